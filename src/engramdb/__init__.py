@@ -1,0 +1,90 @@
+"""EngramDB: one store for the memory of AI applications.
+
+Embedded: ``db = engramdb.open("./data")``. Remote: ``engramdb.connect(url,
+api_key=...)`` or ``engramdb.AsyncClient(url, api_key=...)``, with the same
+methods, types and errors.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from .errors import (
+    AlreadyExists,
+    CorruptData,
+    DimensionMismatch,
+    EngramError,
+    FailedPrecondition,
+    InvalidArgument,
+    InvalidFilter,
+    NotFound,
+    PermissionDenied,
+    RateLimited,
+    StorageFull,
+    Unauthenticated,
+    Unavailable,
+)
+from .types import CollectionConfig, Edge, Hit, Record, ScanPage
+
+if TYPE_CHECKING:
+    from .engine.collection import Collection
+    from .engine.database import Database
+
+__version__ = "0.1.0"
+
+
+def open(path: str | os.PathLike[str], **settings: Any) -> Database:  # noqa: A001 - mirrors the builtin on purpose
+    """Open (creating if needed) an embedded database in directory ``path``.
+
+    Keyword arguments are settings sections, e.g. ``storage={"sync_writes": False}``.
+    """
+    from .config import load
+    from .engine.database import Database
+
+    return Database(path, load(None, data_dir=str(path), **settings))
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: importing engramdb must stay cheap (cold start), and the client
+    # pulls in httpx only when used.
+    if name == "connect":
+        from .client.sync import connect
+
+        return connect
+    if name == "AsyncClient":
+        from .client.asyncio import AsyncClient
+
+        return AsyncClient
+    if name in ("Database", "Collection"):
+        from .engine import collection, database
+
+        return {"Database": database.Database, "Collection": collection.Collection}[name]
+    raise AttributeError(f"module 'engramdb' has no attribute {name!r}")
+
+
+__all__ = [
+    "AlreadyExists",
+    "AsyncClient",
+    "Collection",
+    "CollectionConfig",
+    "CorruptData",
+    "Database",
+    "DimensionMismatch",
+    "Edge",
+    "EngramError",
+    "FailedPrecondition",
+    "Hit",
+    "InvalidArgument",
+    "InvalidFilter",
+    "NotFound",
+    "PermissionDenied",
+    "RateLimited",
+    "Record",
+    "ScanPage",
+    "StorageFull",
+    "Unauthenticated",
+    "Unavailable",
+    "connect",
+    "open",
+]

@@ -1,0 +1,868 @@
+"""A collection: records, their indexes and every query over them."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import math
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from pyroaring import BitMap
+
+from ..errors import Closed, CorruptData, FailedPrecondition, InvalidArgument
+from ..index.payload import PayloadIndex
+from ..index.vector import VectorIndex, remove_snapshot
+from ..storage import keys as K
+from ..storage.codec import EdgeRow, RecordRow, decode_record
+from ..storage.store import Change, Mutation, Store
+from ..types import CollectionConfig, Hit, Record, ScanPage
+from . import validate as V
+from .filters import Filter, compile_filter
+from .hlc import HLC, version_str
+
+if TYPE_CHECKING:
+    from ..embed import Embedder
+    from ..index.text import TextIndex
+
+log = logging.getLogger("engramdb.collection")
+
+_PAYLOAD_FILE = "payload.bin"
+_RECORD_FIELDS = frozenset(
+    {
+        "id",
+        "vector",
+        "text",
+        "metadata",
+        "namespace",
+        "ttl_seconds",
+        "expires_at",
+        "importance",
+        "created_at",
+        "updated_at",
+        "version",
+    }
+)
+
+
+class Collection:
+    """Records of one collection of one tenant, with vector, payload and text indexes.
+
+    Obtain it from :meth:`engramdb.Database.create_collection` or
+    :meth:`~engramdb.Database.get_collection`; it is safe to share between
+    threads.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        hlc: HLC,
+        tenant: str,
+        tenant_id: int,
+        coll_id: int,
+        config: CollectionConfig,
+        index_dir: Path,
+        *,
+        exact_threshold: int = 2048,
+        text_refresh_seconds: float = 0.2,
+        embedder: Embedder | None = None,
+    ):
+        self.store = store
+        self.hlc = hlc
+        self.tenant = tenant
+        self.tenant_id = tenant_id
+        self.id = coll_id
+        self.config = config
+        self.prefix = K.coll_prefix(tenant_id, coll_id)
+        self.index_dir = index_dir
+        self.exact_threshold = exact_threshold
+        self.text_refresh_seconds = text_refresh_seconds
+        self.embedder = embedder
+        self._vindex: VectorIndex | None = None
+        self._payload: PayloadIndex | None = None
+        self._text: TextIndex | None = None
+        self._load_lock = threading.Lock()
+        self._index_lock = threading.RLock()
+        self._applied_seq = 0
+        self._dirty = 0
+        self._closed = False
+        self.load_progress: tuple[int, int] = (0, 0)  # (done, total) while (re)building
+
+    # ------------------------------------------------------------ properties
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def dimension(self) -> int:
+        return self.config.dimension
+
+    @property
+    def metric(self) -> str:
+        return self.config.metric
+
+    def __repr__(self) -> str:
+        return f"Collection(tenant={self.tenant!r}, name={self.name!r}, dimension={self.dimension}, metric={self.metric!r})"
+
+    # --------------------------------------------------------------- loading
+    @property
+    def loaded(self) -> bool:
+        return self._vindex is not None
+
+    def load(self, progress: Callable[[int, int], None] | None = None) -> None:
+        """Load (or rebuild) the indexes and catch up with the changelog.
+
+        Called lazily by the first query; servers call it at start-up so that
+        ``/ready`` reflects progress. ``progress(done, total)`` reports a rebuild.
+        """
+        if self._vindex is not None:
+            return
+        with self._load_lock:
+            if self._vindex is not None:
+                return
+            if self._closed:
+                raise Closed(f"collection {self.name!r} is closed")
+            with self._index_lock:
+                # Subscribe first: the writer blocks on _index_lock until the
+                # catch-up below is done, and re-applying a change is harmless.
+                self.store.subscribe(self.prefix, self._on_changes)
+                vdir = self.index_dir
+                p = self.config.index
+                rebuild = False
+                try:
+                    vindex = VectorIndex.load(vdir, self.dimension, self.metric, p.m, p.ef_construction, p.ef_search)
+                    payload = PayloadIndex.from_bytes((vdir / _PAYLOAD_FILE).read_bytes())
+                    watermark = vindex.watermark
+                except (CorruptData, OSError, ValueError) as e:
+                    if not isinstance(e, CorruptData) or str(e) != "no vector index snapshot":
+                        log.warning("index snapshot of %s/%s unusable (%s); rebuilding", self.tenant, self.name, e)
+                    rebuild = True
+                text, text_fresh = self._open_text()
+                if text_fresh and not rebuild:
+                    log.warning("text index of %s/%s is new or was reset; rebuilding", self.tenant, self.name)
+                    rebuild = True
+                if rebuild:
+                    vindex, payload = self._new_indexes()
+                    if text is not None:
+                        text.clear()
+                    self._rebuild(vindex, payload, text, progress)
+                    watermark = self.store.seq
+                else:
+                    if text is not None and text.watermark() < watermark:
+                        # The text index lags: bring it to the snapshot's point
+                        # by replaying from its own watermark.
+                        watermark = min(watermark, text.watermark())
+                self._vindex, self._payload, self._text = vindex, payload, text
+                self._applied_seq = self._replay(watermark)
+                if rebuild:
+                    self._dirty = max(self._dirty, 1)
+
+    def _open_text(self) -> tuple[TextIndex | None, bool]:
+        if not self.config.text_index:
+            return None, False
+        from ..index.text import TextIndex
+
+        tdir = self.index_dir / "text"
+        tdir.mkdir(parents=True, exist_ok=True)
+        return TextIndex.open_or_reset(tdir, refresh_interval=self.text_refresh_seconds)
+
+    def _new_indexes(self) -> tuple[VectorIndex, PayloadIndex]:
+        p = self.config.index
+        return (
+            VectorIndex(self.dimension, self.metric, m=p.m, ef_construction=p.ef_construction, ef_search=p.ef_search),
+            PayloadIndex(self.config.indexed_fields),
+        )
+
+    def _rebuild(
+        self,
+        vindex: VectorIndex,
+        payload: PayloadIndex,
+        text: TextIndex | None,
+        progress: Callable[[int, int], None] | None,
+    ) -> None:
+        remove_snapshot(self.index_dir)
+        now = time.time()
+        total = self._estimate_rows()
+        done = 0
+        batch: list[tuple[str, RecordRow]] = []
+
+        def flush() -> None:
+            ids = [rid for rid, _ in batch]
+            vecs = np.stack([np.frombuffer(r.vector or b"", dtype=np.float32) for _, r in batch])
+            labels = vindex.upsert(ids, vecs, [r.expires_at for _, r in batch])
+            for label, (_, r) in zip(labels, batch, strict=True):
+                payload.add(label, r.metadata)
+                if text is not None and r.text:
+                    text.upsert(label, r.text)
+            batch.clear()
+
+        for k, v in self.store.iter_prefix("records", self.prefix):
+            row = decode_record(v)
+            if not row.live(now) or row.vector is None:
+                continue
+            batch.append((K.record_id_of(k), row))
+            done += 1
+            if len(batch) >= 1000:
+                flush()
+                self.load_progress = (done, max(total, done))
+                if progress:
+                    progress(done, max(total, done))
+        if batch:
+            flush()
+        self.load_progress = (done, done)
+        if progress:
+            progress(done, done)
+
+    def _estimate_rows(self) -> int:
+        try:
+            return int(self.store.db.property_int_value("rocksdb.estimate-num-keys") or 0)
+        except Exception:
+            return 0
+
+    def _replay(self, after_seq: int) -> int:
+        """Apply every changelog entry of this collection newer than ``after_seq``."""
+        last = after_seq
+        it = self.store.seek_iter("changes", K.seq_key(after_seq + 1))
+        pending: list[bytes] = []
+        try:
+            while it.valid():
+                last = K.parse_seq(it.key())
+                val = it.value()
+                if val[0] == K.CHANGE_RECORD and val[1:9] == self.prefix:
+                    pending.append(bytes(val[1:]))
+                it.next()
+        finally:
+            del it
+        now = time.time()
+        for key in dict.fromkeys(pending):
+            row = self.store.get_record(key)
+            self._index_row(K.record_id_of(key), row if row is not None and row.live(now) else None, None)
+        self._dirty += len(pending)
+        return last
+
+    # ------------------------------------------------------ index maintenance
+    def _on_changes(self, changes: list[Change]) -> None:
+        """Writer-thread hook: bring the indexes up to date with committed changes."""
+        with self._index_lock:
+            if self._vindex is None:
+                return
+            ups: list[tuple[str, RecordRow, RecordRow | None]] = []
+            for c in changes:
+                if c.mutation.kind != K.CHANGE_RECORD:
+                    continue
+                row = c.mutation.row
+                old = c.old if isinstance(c.old, RecordRow) and not c.old.deleted else None
+                rid = K.record_id_of(c.mutation.key)
+                assert isinstance(row, RecordRow)
+                if row.deleted:
+                    self._flush_upserts(ups)
+                    self._index_row(rid, None, old)
+                else:
+                    ups.append((rid, row, old))
+            self._flush_upserts(ups)
+            self._applied_seq = max(self._applied_seq, changes[-1].seq)
+            self._dirty += len(changes)
+
+    def _flush_upserts(self, ups: list[tuple[str, RecordRow, RecordRow | None]]) -> None:
+        if not ups:
+            return
+        assert self._vindex is not None and self._payload is not None
+        # Later changes of the same id in one batch supersede earlier ones.
+        last: dict[str, tuple[RecordRow, RecordRow | None]] = {}
+        for rid, row, old in ups:
+            prev = last.get(rid)
+            last[rid] = (row, prev[1] if prev else old)
+        ids = list(last)
+        vecs = np.stack([np.frombuffer(last[r][0].vector or b"", dtype=np.float32) for r in ids])
+        old_labels = {rid: self._vindex.label_of.get(rid) for rid in ids}
+        labels = self._vindex.upsert(ids, vecs, [last[r][0].expires_at for r in ids])
+        for rid, label in zip(ids, labels, strict=True):
+            row, old = last[rid]
+            if old is not None and old_labels[rid] is not None:
+                self._payload.remove(label, old.metadata)
+            self._payload.add(label, row.metadata)
+            if self._text is not None:
+                if row.text:
+                    self._text.upsert(label, row.text)
+                elif old is not None and old.text:
+                    self._text.delete(label)
+        ups.clear()
+
+    def _index_row(self, rid: str, row: RecordRow | None, old: RecordRow | None) -> None:
+        """Make the indexes agree with ``row`` (None = absent) for one id."""
+        assert self._vindex is not None and self._payload is not None
+        if row is None:
+            label = self._vindex.label_of.get(rid)
+            if label is None:
+                return
+            if old is None:
+                old = self.store.get_record(K.record_key(self.prefix, rid))
+                old = old if old is not None and not old.deleted else None
+            self._vindex.delete(rid)
+            if old is not None:
+                self._payload.remove(label, old.metadata)
+            # Without the old metadata the payload keeps a stale bit for this
+            # label; harmless, as candidates are intersected with live labels
+            # and labels are never reused.
+            if self._text is not None:
+                self._text.delete(label)
+        else:
+            self._flush_upserts([(rid, row, old)])
+
+    # ------------------------------------------------------------- snapshots
+    @property
+    def dirty(self) -> int:
+        return self._dirty
+
+    def snapshot(self) -> bool:
+        """Persist the indexes with their changelog watermark; False if nothing changed."""
+        if self._vindex is None or not self._dirty:
+            return False
+        with self._index_lock:
+            assert self._vindex is not None and self._payload is not None
+            seq = self._applied_seq
+            if self._text is not None:
+                self._text.commit_watermark(seq)
+            self._write_atomic(self.index_dir / _PAYLOAD_FILE, self._payload.to_bytes())
+            self._vindex.save(self.index_dir, seq)
+            self._dirty = 0
+        return True
+
+    @staticmethod
+    def _write_atomic(path: Path, data: bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    @property
+    def watermark(self) -> int:
+        """Changelog sequence the last snapshot contains (0 = none)."""
+        return self._vindex.watermark if self._vindex is not None else 0
+
+    def close(self, snapshot: bool = True) -> None:
+        if self._closed:
+            return
+        if snapshot:
+            self.snapshot()
+        self._closed = True
+        self.store.unsubscribe(self.prefix)
+        if self._text is not None:
+            self._text.close()
+
+    def drop_files(self) -> None:
+        self.close(snapshot=False)
+        shutil.rmtree(self.index_dir, ignore_errors=True)
+
+    # ----------------------------------------------------------------- write
+    def _key(self, rid: str) -> bytes:
+        return K.record_key(self.prefix, rid)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise Closed(f"collection {self.name!r} was closed or deleted")
+
+    def _build_row(self, item: Record | Mapping[str, Any], where: str, now: float) -> tuple[str, RecordRow]:
+        if isinstance(item, Record):
+            d: Mapping[str, Any] = item.__dict__
+        elif isinstance(item, Mapping):
+            d = item
+            unknown = set(d) - _RECORD_FIELDS
+            if unknown:
+                raise InvalidArgument(f"{where} has unknown fields {sorted(unknown)}", code="invalid_record")
+        else:
+            raise InvalidArgument(f"{where} must be a Record or a dict", code="invalid_record")
+        rid = V.record_id(d.get("id"), f"{where}.id")
+        text = V.text(d.get("text"))
+        vec_in = d.get("vector")
+        if vec_in is None:
+            if self.embedder is None or text is None:
+                raise InvalidArgument(
+                    f"{where} has no vector; give a vector, or text in a collection with an embedder",
+                    code="missing_vector",
+                )
+            vec_in = self.embedder.embed([text])[0]
+        vec = V.vector(vec_in, self.dimension, self.metric, f"{where}.vector")
+        ttl = V.positive_seconds(d.get("ttl_seconds"), f"{where}.ttl_seconds")
+        expires_at = V.finite(d.get("expires_at"), f"{where}.expires_at")
+        if ttl is not None and expires_at is not None:
+            raise InvalidArgument(f"{where}: give ttl_seconds or expires_at, not both", code="invalid_ttl")
+        if ttl is None and expires_at is None:
+            ttl = self.config.default_ttl_seconds
+        if ttl is not None:
+            expires_at = now + ttl
+        hlc, node = self.hlc.now()
+        row = RecordRow(
+            hlc=hlc,
+            node=node,
+            created_at=now,
+            updated_at=now,
+            expires_at=expires_at,
+            namespace=V.namespace(d.get("namespace"), f"{where}.namespace"),
+            metadata=V.metadata(d.get("metadata")),
+            text=text,
+            vector=vec.tobytes(),
+            importance=V.finite(d.get("importance"), f"{where}.importance"),
+            ttl_seconds=ttl,
+        )
+        return rid, row
+
+    def upsert(self, records: Record | Mapping[str, Any] | Sequence[Record | Mapping[str, Any]]) -> list[str]:
+        """Insert or replace records (whole-record replace); returns their new versions.
+
+        The batch is validated as a whole first: if any record is invalid,
+        nothing is written. Returns once the write is durable and indexed.
+        """
+        self._check_open()
+        items = [records] if isinstance(records, (Record, Mapping)) else list(records)
+        V.batch(items, "records")
+        now = time.time()
+        if self.embedder is not None:
+            self._embed_missing(items)
+        built = [self._build_row(it, f"records[{i}]", now) for i, it in enumerate(items)]
+        seen: set[str] = set()
+        for rid, _ in built:
+            if rid in seen:
+                raise InvalidArgument(f"id {rid!r} appears twice in one batch", code="duplicate_id")
+            seen.add(rid)
+        self.load()
+        muts = [Mutation(K.CHANGE_RECORD, self.prefix, self._key(rid), row) for rid, row in built]
+        self.store.apply(muts)
+        return [version_str(row.version) for _, row in built]
+
+    def _embed_missing(self, items: list[Record | Mapping[str, Any]]) -> None:
+        """Embed the text of vector-less records in one provider call."""
+        assert self.embedder is not None
+        todo = []
+        for i, it in enumerate(items):
+            d = it.__dict__ if isinstance(it, Record) else it
+            if isinstance(d, Mapping) and d.get("vector") is None and isinstance(d.get("text"), str):
+                todo.append(i)
+        if not todo:
+            return
+        texts = [(items[i].__dict__ if isinstance(items[i], Record) else items[i])["text"] for i in todo]  # type: ignore[index]
+        vecs = self.embedder.embed(texts)
+        for i, v in zip(todo, vecs, strict=True):
+            it = items[i]
+            if isinstance(it, Record):
+                items[i] = Record(**{**it.__dict__, "vector": v})
+            else:
+                items[i] = {**it, "vector": v}
+
+    def patch(
+        self,
+        id: str,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        text: str | None = None,
+        namespace: Sequence[str] | None = None,
+        ttl_seconds: float | None = None,
+        importance: float | None = None,
+        vector: Sequence[float] | None = None,
+    ) -> Record:
+        """Merge ``metadata`` into a live record (keys set to None are removed) and
+        replace the other given fields; raises NotFound if the record is absent."""
+        self._check_open()
+        rid = V.record_id(id)
+        md_patch = V.metadata(metadata) if metadata is not None else None
+        new_text = V.text(text)
+        new_ns = V.namespace(namespace) if namespace is not None else None
+        ttl = V.positive_seconds(ttl_seconds, "ttl_seconds")
+        imp = V.finite(importance, "importance")
+        vec = V.vector(vector, self.dimension, self.metric) if vector is not None else None
+        self.load()
+        for _ in range(16):
+            now = time.time()
+            cur = self.store.get_record(self._key(rid))
+            if cur is None or not cur.live(now):
+                from ..errors import NotFound
+
+                raise NotFound(f"record {rid!r} does not exist in collection {self.name!r}", code="record_not_found")
+            md = dict(cur.metadata)
+            if md_patch:
+                for k, v in md_patch.items():
+                    if v is None:
+                        md.pop(k, None)
+                    else:
+                        md[k] = v
+            hlc, node = self.hlc.now()
+            row = RecordRow(
+                hlc=hlc,
+                node=node,
+                created_at=cur.created_at,
+                updated_at=now,
+                expires_at=(now + ttl) if ttl is not None else cur.expires_at,
+                namespace=new_ns if new_ns is not None else cur.namespace,
+                metadata=md,
+                text=new_text if new_text is not None else cur.text,
+                vector=vec.tobytes() if vec is not None else cur.vector,
+                importance=imp if imp is not None else cur.importance,
+                ttl_seconds=ttl if ttl is not None else cur.ttl_seconds,
+            )
+            if self.embedder is not None and new_text is not None and vec is None:
+                row.vector = V.vector(self.embedder.embed([new_text])[0], self.dimension, self.metric).tobytes()
+            changes = self.store.apply(
+                [Mutation(K.CHANGE_RECORD, self.prefix, self._key(rid), row, if_version=cur.version)]
+            )
+            if changes[0].applied:
+                return self._to_record(
+                    rid,
+                    row,
+                    frozenset({"vector", "text", "metadata", "namespace", "expires_at", "timestamps", "importance"}),
+                )
+        raise FailedPrecondition(f"record {rid!r} is being updated concurrently; retry the patch", code="conflict")
+
+    def delete(self, ids: str | Sequence[str] | None = None, *, filter: Mapping[str, Any] | None = None) -> int:
+        """Delete records by id and/or by filter, with their edges; returns how many existed."""
+        self._check_open()
+        if ids is None and filter is None:
+            raise InvalidArgument("delete needs ids or a filter (use delete(filter={}) to delete everything)")
+        id_list = [ids] if isinstance(ids, str) else list(ids or [])
+        V.batch(id_list, "ids")
+        for i, rid in enumerate(id_list):
+            V.record_id(rid, f"ids[{i}]")
+        targets = dict.fromkeys(id_list)
+        if filter is not None:
+            flt = compile_filter(filter)
+            for rid, _ in self._iter_live(flt):
+                targets[rid] = None
+        self.load()
+        deleted = 0
+        tlist = list(targets)
+        for start in range(0, len(tlist), 1000):
+            chunk = tlist[start : start + 1000]
+            now = time.time()
+            muts = []
+            for rid in chunk:
+                hlc, node = self.hlc.now()
+                muts.append(
+                    Mutation(K.CHANGE_RECORD, self.prefix, self._key(rid), RecordRow(hlc, node, True, updated_at=now))
+                )
+                muts.extend(self._edge_tombstones(rid, now))
+            changes = self.store.apply(muts)
+            for c in changes:
+                if (
+                    c.mutation.kind == K.CHANGE_RECORD
+                    and c.applied
+                    and isinstance(c.old, RecordRow)
+                    and c.old.live(now)
+                ):
+                    deleted += 1
+        return deleted
+
+    def _edge_tombstones(self, rid: str, now: float) -> list[Mutation]:
+        """Tombstones for every live edge touching ``rid`` (both directions)."""
+        out = []
+        for cf in ("edges_out", "edges_in"):
+            for k, v in self.store.iter_prefix(cf, K.edge_node_prefix(self.prefix, rid)):
+                from ..storage.codec import decode_edge
+
+                if decode_edge(v).deleted:
+                    continue
+                a, rel, b = K.parse_edge_key(k)
+                src, dst = (a, b) if cf == "edges_out" else (b, a)
+                hlc, node = self.hlc.now()
+                out.append(
+                    Mutation(
+                        K.CHANGE_EDGE,
+                        self.prefix,
+                        K.edge_out_key(self.prefix, src, rel, dst),
+                        EdgeRow(hlc, node, True, updated_at=now),
+                        in_key=K.edge_in_key(self.prefix, src, rel, dst),
+                    )
+                )
+        return out
+
+    def refresh_ttl(self, ids: str | Sequence[str]) -> int:
+        """Restart the TTL clock of live records that have a TTL; returns how many."""
+        self._check_open()
+        id_list = [ids] if isinstance(ids, str) else list(ids)
+        now = time.time()
+        muts = []
+        for rid in id_list:
+            cur = self.store.get_record(self._key(V.record_id(rid)))
+            if cur is None or not cur.live(now) or cur.ttl_seconds is None:
+                continue
+            hlc, node = self.hlc.now()
+            row = RecordRow(
+                hlc,
+                node,
+                False,
+                cur.created_at,
+                now,
+                now + cur.ttl_seconds,
+                cur.namespace,
+                cur.metadata,
+                cur.text,
+                cur.vector,
+                cur.importance,
+                cur.ttl_seconds,
+            )
+            muts.append(Mutation(K.CHANGE_RECORD, self.prefix, self._key(rid), row, if_version=cur.version))
+        if not muts:
+            return 0
+        self.load()
+        return sum(1 for c in self.store.apply(muts) if c.applied)
+
+    # ------------------------------------------------------------------ read
+    def _to_record(self, rid: str, row: RecordRow, include: frozenset[str]) -> Record:
+        vec = row.vector_array()
+        return Record(
+            id=rid,
+            vector=vec.tolist() if "vector" in include and vec is not None else None,
+            text=row.text if "text" in include else None,
+            metadata=row.metadata if "metadata" in include else {},
+            namespace=row.namespace if "namespace" in include else (),
+            expires_at=row.expires_at if "expires_at" in include else None,
+            ttl_seconds=row.ttl_seconds if "expires_at" in include else None,
+            importance=row.importance if "importance" in include else None,
+            created_at=row.created_at if "timestamps" in include else None,
+            updated_at=row.updated_at if "timestamps" in include else None,
+            version=version_str(row.version),
+        )
+
+    _ALL = frozenset({"vector", "text", "metadata", "namespace", "expires_at", "timestamps", "importance"})
+
+    def get(self, id: str, *, include: Iterable[str] | None = None, refresh_ttl: bool = False) -> Record | None:
+        """The live record with this id, or None. ``include`` defaults to every field."""
+        got = self.get_many([id], include=include, refresh_ttl=refresh_ttl)
+        return got[0] if got else None
+
+    def get_many(
+        self, ids: Sequence[str], *, include: Iterable[str] | None = None, refresh_ttl: bool = False
+    ) -> list[Record]:
+        """Live records for these ids, in the given order; missing ids are skipped."""
+        self._check_open()
+        inc = self._ALL if include is None else V.include(include)
+        V.batch(ids, "ids")
+        keys = [self._key(V.record_id(rid, f"ids[{i}]")) for i, rid in enumerate(ids)]
+        now = time.time()
+        out = []
+        for rid, raw in zip(ids, self.store.multi_get("records", keys), strict=True):
+            if raw is None:
+                continue
+            row = decode_record(raw)
+            if row.live(now):
+                out.append(self._to_record(rid, row, inc))
+        if refresh_ttl and out:
+            self.refresh_ttl([r.id for r in out])
+        return out
+
+    def _iter_live(
+        self, flt: Filter | None, start_id: str | None = None, id_prefix: str = ""
+    ) -> Iterator[tuple[str, RecordRow]]:
+        now = time.time()
+        start = self._key(start_id) if start_id is not None else None
+        for k, v in self.store.iter_prefix("records", self._key(id_prefix), start=start):
+            row = decode_record(v)
+            if not row.live(now):
+                continue
+            rid = K.record_id_of(k)
+            if flt is not None and not flt.matches(rid, row.namespace, row.metadata):
+                continue
+            yield rid, row
+
+    def count(self, filter: Mapping[str, Any] | None = None) -> int:
+        """Number of live records (matching ``filter`` if given)."""
+        self._check_open()
+        flt = compile_filter(filter)
+        if flt is None:
+            self.load()
+            assert self._vindex is not None
+            now = time.time()
+            expired = sum(1 for t in list(self._vindex.expires.values()) if t <= now)
+            return len(self._vindex) - expired
+        return sum(1 for _ in self._iter_live(flt))
+
+    def scan(
+        self,
+        *,
+        cursor: str | None = None,
+        limit: int = 100,
+        id_prefix: str | None = None,
+        namespace_prefix: Sequence[str] | None = None,
+        filter: Mapping[str, Any] | None = None,
+        include: Iterable[str] | None = None,
+    ) -> ScanPage:
+        """A page of live records in id order; pass ``next_cursor`` back for the next page."""
+        self._check_open()
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= V.MAX_BATCH:
+            raise InvalidArgument(f"limit must be an integer from 1 to {V.MAX_BATCH}", code="invalid_limit")
+        inc = self._ALL if include is None else V.include(include)
+        parts: list[Any] = []
+        if filter:
+            parts.append(filter)
+        if namespace_prefix:
+            parts.append({"namespace_prefix": list(V.namespace(namespace_prefix, "namespace_prefix"))})
+        flt = compile_filter({"$and": parts} if len(parts) > 1 else (parts[0] if parts else None))
+        start_id = None
+        if cursor is not None:
+            try:
+                start_id = base64.urlsafe_b64decode(cursor.encode()).decode() + "\x00"
+            except Exception as e:
+                raise InvalidArgument("cursor is not one this collection returned", code="invalid_cursor") from e
+        prefix = "" if id_prefix is None else id_prefix
+        if not isinstance(prefix, str):
+            raise InvalidArgument("id_prefix must be a string")
+        out: list[Record] = []
+        last = None
+        for rid, row in self._iter_live(flt, start_id=start_id, id_prefix=prefix):
+            if len(out) == limit:
+                return ScanPage(out, base64.urlsafe_b64encode(last.encode()).decode() if last else None)
+            out.append(self._to_record(rid, row, inc))
+            last = rid
+        return ScanPage(out, None)
+
+    def list_namespaces(
+        self,
+        prefix: Sequence[str] | None = None,
+        *,
+        suffix: Sequence[str] | None = None,
+        max_depth: int | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[tuple[str, ...]]:
+        """Distinct namespace paths of live records, sorted, truncated to ``max_depth``.
+
+        ``prefix``/``suffix`` segments may be ``"*"`` to match any one segment.
+        """
+        self._check_open()
+        if max_depth is not None and (isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < 1):
+            raise InvalidArgument("max_depth must be a positive integer", code="invalid_argument")
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= V.MAX_BATCH:
+            raise InvalidArgument(f"limit must be an integer from 1 to {V.MAX_BATCH}", code="invalid_limit")
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise InvalidArgument("offset must be a non-negative integer", code="invalid_argument")
+        pre = V.namespace(prefix, "prefix")
+        suf = V.namespace(suffix, "suffix")
+        literal = []
+        for seg in pre:
+            if seg == "*":
+                break
+            literal.append(seg)
+        base = b"n" + self.prefix
+        start = base + K.encode_namespace(literal)
+        seen: list[tuple[str, ...]] = []
+        it = self.store.seek_iter("meta", start)
+        try:
+            while it.valid():
+                key = it.key()
+                if not key.startswith(start):
+                    break
+                enc, _, _ = key[len(base) :].rpartition(K.NS_ID_SEP)
+                ns = K.decode_namespace(enc)
+                if self._ns_matches(ns, pre, suf):
+                    shown = ns[:max_depth] if max_depth is not None else ns
+                    if not seen or seen[-1] != shown:
+                        seen.append(shown)
+                        if len(seen) >= offset + limit:
+                            break
+                    # Skip every other record under the shown path at once.
+                    it.seek(base + K.encode_namespace(shown) + (b"\xff" if len(shown) < len(ns) else b"\x02"))
+                else:
+                    it.seek(base + enc + b"\x02")
+        finally:
+            del it
+        return seen[offset : offset + limit]
+
+    @staticmethod
+    def _ns_matches(ns: tuple[str, ...], pre: tuple[str, ...], suf: tuple[str, ...]) -> bool:
+        if len(ns) < len(pre) or len(ns) < len(suf):
+            return False
+        if any(p != "*" and p != s for p, s in zip(pre, ns, strict=False)):
+            return False
+        if suf and any(p != "*" and p != s for p, s in zip(suf, ns[len(ns) - len(suf) :], strict=True)):
+            return False
+        return True
+
+    # ---------------------------------------------------------------- search
+    def search(
+        self,
+        vector: Sequence[float] | np.ndarray | None = None,
+        k: int = 10,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        ef: int | None = None,
+        include: Iterable[str] | None = ("metadata", "text"),
+        exact: bool = False,
+        text: str | None = None,
+        mode: str | None = None,
+        weights: Mapping[str, float] | None = None,
+        expand: Mapping[str, Any] | None = None,
+        min_score: float | None = None,
+        refresh_ttl: bool = False,
+    ) -> list[Hit]:
+        """Nearest records to ``vector`` (or ``text``), best first.
+
+        ``mode`` is ``"vector"`` (default when a vector is given or the
+        collection embeds text), ``"text"`` (BM25) or ``"hybrid"`` (both, fused by
+        reciprocal rank). ``filter`` uses the filter language; ``exact`` forces
+        brute force; ``expand`` walks the graph from the hits (see docs/graph.md).
+        Scores are higher-is-better: cosine similarity, dot product, or
+        ``1/(1+euclidean distance)`` for l2.
+        """
+        from .search import run_search
+
+        self._check_open()
+        self.load()
+        return run_search(
+            self,
+            vector=vector,
+            k=k,
+            filter=filter,
+            ef=ef,
+            include=include,
+            exact=exact,
+            text=text,
+            mode=mode,
+            weights=weights,
+            expand=expand,
+            min_score=min_score,
+            refresh_ttl=refresh_ttl,
+        )
+
+    # Internal accessors for the search module.
+    @property
+    def vindex(self) -> VectorIndex:
+        self.load()
+        assert self._vindex is not None
+        return self._vindex
+
+    @property
+    def payload(self) -> PayloadIndex:
+        self.load()
+        assert self._payload is not None
+        return self._payload
+
+    @property
+    def text_index(self) -> TextIndex | None:
+        self.load()
+        return self._text
+
+    def rows(self, rids: Sequence[str]) -> list[RecordRow | None]:
+        """Stored rows (live or not) for ids, in order."""
+        raws = self.store.multi_get("records", [self._key(r) for r in rids])
+        return [None if r is None else decode_record(r) for r in raws]
+
+    def live_labels(self) -> BitMap:
+        return self.vindex.live
+
+    def info(self) -> dict[str, Any]:
+        """Configuration and live counts, for listings and metrics."""
+        return {
+            "name": self.name,
+            "tenant": self.tenant,
+            "config": self.config.model_dump(mode="json"),
+            "loaded": self.loaded,
+            "count": len(self._vindex) if self._vindex is not None else None,
+        }
+

@@ -1,0 +1,374 @@
+"""The embedded database: tenants, collections and the background tasks."""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ..config import Settings
+from ..errors import AlreadyExists, Closed, InvalidArgument, NotFound
+from ..storage import keys as K
+from ..storage.codec import RecordRow, decode_record, pack, unpack
+from ..storage.store import Mutation, Store
+from ..types import CollectionConfig
+from . import validate as V
+from .collection import Collection
+from .hlc import HLC
+
+log = logging.getLogger("engramdb.database")
+
+DEFAULT_TENANT = "default"
+_TENANT = b"t|"
+_COLL = b"c|"
+_COUNTER = b"#"
+_U32 = struct.Struct(">I")
+
+
+class Database:
+    """An EngramDB data directory opened in this process.
+
+    Use :func:`engramdb.open`. Thread-safe; close it (or use it as a context
+    manager) so the indexes are snapshotted and the next open is fast.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], settings: Settings | None = None, *, start_background: bool = True
+    ):
+        self.settings = settings or Settings(data_dir=Path(path))
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        s = self.settings.storage
+        self.store = Store(
+            self.path / "db",
+            sync_writes=s.sync_writes,
+            write_buffer_mb=s.write_buffer_mb,
+            max_background_jobs=s.max_background_jobs,
+            max_wal_mb=s.max_wal_mb,
+            block_cache_mb=s.block_cache_mb,
+            tombstone_grace_seconds=s.tombstone_grace_seconds,
+        )
+        self.hlc = HLC(self.settings.node_id)
+        self._lock = threading.RLock()
+        self._collections: dict[tuple[str, str], Collection] = {}
+        self._closed = False
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.ensure_tenant(DEFAULT_TENANT)
+        if start_background:
+            self._start("engramdb-ttl", self._sweep_loop)
+            self._start("engramdb-snapshot", self._snapshot_loop)
+
+    # --------------------------------------------------------------- tenants
+    def _next_id(self, counter: bytes) -> int:
+        key = _COUNTER + counter
+        raw = self.store.get("meta", key)
+        n = (unpack(raw) if raw else 0) + 1
+        self.store.write_meta({key: pack(n)})
+        return int(n)
+
+    def ensure_tenant(self, name: str) -> int:
+        """The tenant's numeric id, creating the tenant if needed."""
+        V.name(name, "tenant name")
+        with self._lock:
+            raw = self.store.get("meta", _TENANT + name.encode())
+            if raw is not None:
+                return int(unpack(raw)["id"])
+            tid = self._next_id(b"tenant")
+            self.store.write_meta({_TENANT + name.encode(): pack({"id": tid, "created_at": time.time()})})
+            return tid
+
+    def tenant_id(self, name: str) -> int:
+        raw = self.store.get("meta", _TENANT + name.encode())
+        if raw is None:
+            raise NotFound(f"tenant {name!r} does not exist", code="tenant_not_found")
+        return int(unpack(raw)["id"])
+
+    def list_tenants(self) -> list[str]:
+        return [k[len(_TENANT) :].decode() for k, _ in self.store.iter_prefix("meta", _TENANT)]
+
+    # ----------------------------------------------------------- collections
+    def _check_open(self) -> None:
+        if self._closed:
+            raise Closed("the database is closed")
+
+    def create_collection(
+        self,
+        name: str,
+        dimension: int | None = None,
+        metric: str = "cosine",
+        *,
+        tenant: str = DEFAULT_TENANT,
+        index: Mapping[str, Any] | None = None,
+        embedder: Mapping[str, Any] | None = None,
+        default_ttl_seconds: float | None = None,
+        indexed_fields: Mapping[str, str] | None = None,
+        text_index: bool = True,
+        exist_ok: bool = False,
+    ) -> Collection:
+        """Create a collection. With ``exist_ok`` an identical existing one is returned.
+
+        ``dimension`` may be omitted when ``embedder`` determines it.
+        """
+        self._check_open()
+        emb = None
+        if embedder is not None:
+            from ..embed import make_embedder
+            from ..types import EmbedderConfig
+
+            try:
+                ecfg = EmbedderConfig.model_validate(dict(embedder))
+            except Exception as e:
+                raise InvalidArgument(f"invalid embedder config: {e}", code="invalid_config") from e
+            emb = make_embedder(ecfg)
+            if emb is not None:
+                if dimension is None:
+                    dimension = emb.dimension
+                elif emb.dimension != dimension:
+                    raise InvalidArgument(
+                        f"the embedder produces {emb.dimension}-dimensional vectors but dimension={dimension}",
+                        code="dimension_mismatch",
+                    )
+        try:
+            cfg = CollectionConfig.model_validate(
+                {
+                    "name": name,
+                    "dimension": dimension,
+                    "metric": metric,
+                    "index": dict(index or {}),
+                    "embedder": dict(embedder) if embedder is not None else None,
+                    "default_ttl_seconds": default_ttl_seconds,
+                    "indexed_fields": dict(indexed_fields or {}),
+                    "text_index": text_index,
+                }
+            )
+        except Exception as e:
+            from pydantic import ValidationError
+
+            if isinstance(e, ValidationError):
+                msg = "; ".join(f"{'.'.join(map(str, x['loc'])) or 'config'}: {x['msg']}" for x in e.errors())
+                raise InvalidArgument(f"invalid collection config: {msg}", code="invalid_config") from e
+            raise
+        with self._lock:
+            tid = self.ensure_tenant(tenant)
+            key = _COLL + _U32.pack(tid) + name.encode()
+            raw = self.store.get("meta", key)
+            if raw is not None:
+                existing = self.get_collection(name, tenant=tenant)
+                if exist_ok and existing.config == cfg:
+                    return existing
+                raise AlreadyExists(
+                    f"collection {name!r} already exists in tenant {tenant!r}"
+                    + (" with a different configuration" if exist_ok else ""),
+                    code="collection_exists",
+                )
+            cid = self._next_id(b"collection")
+            self.store.write_meta(
+                {key: pack({"id": cid, "config": cfg.model_dump(mode="json"), "created_at": time.time()})}
+            )
+            coll = self._make(tenant, tid, cid, cfg, emb)
+            self._collections[(tenant, name)] = coll
+            coll.load()
+            return coll
+
+    def _make(self, tenant: str, tid: int, cid: int, cfg: CollectionConfig, emb: Any = None) -> Collection:
+        if emb is None and cfg.embedder is not None:
+            from ..embed import make_embedder
+
+            emb = make_embedder(cfg.embedder)
+        ix = self.settings.index
+        return Collection(
+            self.store,
+            self.hlc,
+            tenant,
+            tid,
+            cid,
+            cfg,
+            self.path / "indexes" / str(cid),
+            exact_threshold=ix.exact_search_threshold,
+            text_refresh_seconds=ix.text_refresh_seconds,
+            embedder=emb,
+        )
+
+    def get_collection(self, name: str, *, tenant: str = DEFAULT_TENANT) -> Collection:
+        """The named collection; raises NotFound (code ``collection_not_found``)."""
+        self._check_open()
+        with self._lock:
+            coll = self._collections.get((tenant, name))
+            if coll is not None:
+                return coll
+            raw = None
+            tid = None
+            traw = self.store.get("meta", _TENANT + tenant.encode()) if isinstance(tenant, str) else None
+            if traw is not None and isinstance(name, str):
+                tid = int(unpack(traw)["id"])
+                raw = self.store.get("meta", _COLL + _U32.pack(tid) + name.encode())
+            if raw is None or tid is None:
+                raise NotFound(
+                    f"collection {name!r} does not exist in tenant {tenant!r}; create it first",
+                    code="collection_not_found",
+                )
+            meta = unpack(raw)
+            coll = self._make(tenant, tid, meta["id"], CollectionConfig.model_validate(meta["config"]))
+            self._collections[(tenant, name)] = coll
+            return coll
+
+    def list_collections(self, *, tenant: str = DEFAULT_TENANT) -> list[CollectionConfig]:
+        """Configurations of the tenant's collections, sorted by name."""
+        self._check_open()
+        try:
+            tid = self.tenant_id(tenant)
+        except NotFound:
+            return []
+        prefix = _COLL + _U32.pack(tid)
+        return [CollectionConfig.model_validate(unpack(v)["config"]) for _, v in self.store.iter_prefix("meta", prefix)]
+
+    def delete_collection(self, name: str, *, tenant: str = DEFAULT_TENANT) -> None:
+        """Delete a collection with all its records, edges and index files."""
+        self._check_open()
+        with self._lock:
+            coll = self.get_collection(name, tenant=tenant)
+            key = _COLL + _U32.pack(coll.tenant_id) + name.encode()
+            self.store.write_meta({}, [key])
+            self._collections.pop((tenant, name), None)
+            coll.drop_files()
+            p = coll.prefix
+            for cf in ("records", "edges_out", "edges_in"):
+                self.store.delete_range(cf, p, K.prefix_end(p))
+            self.store.delete_range("meta", b"n" + p, K.prefix_end(b"n" + p))
+
+    def collections(self) -> list[Collection]:
+        """Every collection of every tenant (opened, not necessarily loaded)."""
+        out = []
+        for tname in self.list_tenants():
+            for cfg in self.list_collections(tenant=tname):
+                out.append(self.get_collection(cfg.name, tenant=tname))
+        return out
+
+    def load_all(self, progress: Callable[[str, int, int], None] | None = None) -> None:
+        """Load every collection's indexes (servers call this before /ready)."""
+        for coll in self.collections():
+            label = f"{coll.tenant}/{coll.name}"
+            coll.load(None if progress is None else (lambda d, t, label=label: progress(label, d, t)))
+
+    # ------------------------------------------------------ background tasks
+    def _start(self, name: str, fn: Callable[[], None]) -> None:
+        t = threading.Thread(target=fn, name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _sweep_loop(self) -> None:
+        interval = self.settings.storage.ttl_sweep_interval_seconds
+        while not self._stop.wait(interval):
+            try:
+                while self.sweep() >= 1000 and not self._stop.is_set():
+                    pass
+            except Closed:
+                return
+            except Exception:
+                log.exception("TTL sweep failed; will retry")
+
+    def sweep(self, now: float | None = None, limit: int = 1000) -> int:
+        """Delete expired records and purge old tombstones; returns entries handled."""
+        now_ms = int((now if now is not None else time.time()) * 1000)
+        handled = 0
+        expire: list[Mutation] = []
+        purge: list[tuple[bytes, bytes]] = []
+        for tk, _ in self.store.iter_prefix("ttl", b""):
+            when, kind, key = K.parse_ttl_key(tk)
+            if when > now_ms or handled >= limit:
+                break
+            handled += 1
+            if kind == K.TTL_EXPIRE:
+                raw = self.store.get("records", key)
+                row = decode_record(raw) if raw is not None else None
+                if row is None or row.deleted or row.expires_at is None or int(row.expires_at * 1000) != when:
+                    purge.append((tk, b"\x00"))  # stale queue entry: drop it only
+                    continue
+                hlc, node = self.hlc.now()
+                expire.append(
+                    Mutation(
+                        K.CHANGE_RECORD,
+                        key[:8],
+                        key,
+                        RecordRow(hlc, node, True, updated_at=time.time()),
+                        if_version=row.version,
+                    )
+                )
+            else:
+                cf = "records" if kind == K.TTL_PURGE_RECORD else "edges_out"
+                raw = self.store.get(cf, key)
+                purge.append((tk, raw if raw is not None else b"\x00"))
+        if expire:
+            self.store.apply(expire)
+        if purge:
+            self.store.purge(purge)
+        return handled
+
+    def _snapshot_loop(self) -> None:
+        ix = self.settings.index
+        last = time.monotonic()
+        while not self._stop.wait(1.0):
+            try:
+                due = time.monotonic() - last >= ix.snapshot_interval_seconds
+                for coll in list(self._collections.values()):
+                    if coll.loaded and (coll.dirty >= ix.snapshot_after_changes or (due and coll.dirty)):
+                        coll.snapshot()
+                if due:
+                    last = time.monotonic()
+                    self.trim_changelog()
+            except Closed:
+                return
+            except Exception:
+                log.exception("index snapshot failed; will retry")
+
+    def snapshot(self) -> None:
+        """Snapshot every loaded collection's indexes now."""
+        for coll in list(self._collections.values()):
+            coll.snapshot()
+        self.trim_changelog()
+
+    def trim_changelog(self) -> None:
+        """Drop changelog entries every collection's snapshot already contains."""
+        marks = []
+        for coll in self.collections():
+            if not coll.loaded:
+                return  # an unloaded collection may still need old entries
+            marks.append(coll.watermark)
+        if not marks:
+            return
+        upto = min(marks)
+        if upto > 0:
+            self.store.delete_range("changes", K.seq_key(0), K.seq_key(upto))
+
+    # -------------------------------------------------------------- lifecycle
+    def close(self) -> None:
+        """Snapshot indexes, stop background tasks and close storage."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=30)
+        for coll in list(self._collections.values()):
+            try:
+                coll.close(snapshot=True)
+            except Exception:
+                log.exception("closing collection %s failed", coll.name)
+        self.store.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,254 @@
+"""Query execution: vector (planned by filter cardinality), text, hybrid, expansion."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from pyroaring import BitMap
+
+from ..errors import FailedPrecondition, InvalidArgument
+from ..index import planner
+from ..storage.codec import RecordRow
+from ..types import Hit
+from . import validate as V
+from .filters import Filter, compile_filter
+
+if TYPE_CHECKING:
+    from .collection import Collection
+
+RRF_K = 60  # the usual reciprocal-rank-fusion constant; damps the top ranks' dominance
+_MODES = ("vector", "text", "hybrid")
+
+
+def run_search(
+    coll: Collection,
+    *,
+    vector: Sequence[float] | np.ndarray | None,
+    k: Any,
+    filter: Mapping[str, Any] | None,
+    ef: int | None,
+    include: Iterable[str] | None,
+    exact: bool,
+    text: str | None,
+    mode: str | None,
+    weights: Mapping[str, float] | None,
+    expand: Mapping[str, Any] | None,
+    min_score: float | None,
+    refresh_ttl: bool,
+) -> list[Hit]:
+    k = V.k(k)
+    inc = V.include(include)
+    if ef is not None and (isinstance(ef, bool) or not isinstance(ef, int) or not 1 <= ef <= 10_000):
+        raise InvalidArgument("ef must be an integer from 1 to 10000", code="invalid_ef")
+    if mode is None:
+        mode = "vector" if vector is not None or coll.embedder is not None else "text"
+    if mode not in _MODES:
+        raise InvalidArgument(f"mode must be one of {list(_MODES)}, got {mode!r}", code="invalid_mode")
+    if text is not None and not isinstance(text, str):
+        raise InvalidArgument("text must be a string", code="invalid_text")
+    if mode in ("text", "hybrid") and not text:
+        raise InvalidArgument(f"mode {mode!r} needs a non-empty text query", code="missing_text")
+    flt = compile_filter(filter)
+    q = None
+    if mode in ("vector", "hybrid"):
+        if vector is None:
+            if coll.embedder is None or not text:
+                raise InvalidArgument(
+                    "give a query vector, or text in a collection that has an embedder", code="missing_vector"
+                )
+            vector = coll.embedder.embed_query(text)
+        q = V.vector(vector, coll.dimension, coll.metric, "query vector")
+    fetch = k if expand is None else max(k, int(expand.get("seeds", k)) if isinstance(expand, Mapping) else k)
+    checker = _Checker(coll, flt)
+    ranked: dict[str, list[tuple[int, float]]] = {}
+    if q is not None:
+        ranked["vector"] = vector_search(coll, q, fetch if mode == "vector" else max(fetch, 50), checker, ef, exact)
+    if mode in ("text", "hybrid"):
+        ranked["text"] = text_search(coll, text or "", fetch if mode == "text" else max(fetch, 50), checker)
+    if mode == "hybrid":
+        scored = fuse(ranked, weights or {}, fetch)
+    else:
+        scored = [(label, score, {mode: score}) for label, score in ranked[mode][:fetch]]
+    hits = checker.materialize(scored, inc)
+    if min_score is not None:
+        hits = [h for h in hits if h.score >= min_score]
+    if expand is not None:
+        from .graph import expand_hits
+
+        hits = expand_hits(coll, hits, expand, flt, inc)
+    if refresh_ttl and hits:
+        coll.refresh_ttl([h.id for h in hits])
+    return hits if expand is not None else hits[:k]
+
+
+class _Checker:
+    """Decides whether a label may be returned: live, unexpired, matching the filter.
+
+    Rows read from storage to verify a filter are kept, so materialising the
+    hits afterwards does not read them again.
+    """
+
+    def __init__(self, coll: Collection, flt: Filter | None):
+        self.coll = coll
+        self.flt = flt
+        self.now = time.time()
+        self.vindex = coll.vindex
+        self.rows: dict[int, RecordRow | None] = {}
+        self.candidates: BitMap | None = None
+        self.exact = True
+        if flt is not None:
+            self.candidates, self.exact = coll.payload.candidates(flt, self.vindex.live)
+
+    def unexpired(self, label: int) -> bool:
+        exp = self.vindex.expires.get(label)
+        return exp is None or exp > self.now
+
+    def keep(self, labels: Sequence[int]) -> list[bool]:
+        """Per label: may it be returned? Reads rows only when the filter needs them."""
+        ok = [
+            int(lb) in self.vindex.id_of
+            and self.unexpired(int(lb))
+            and (self.candidates is None or int(lb) in self.candidates)
+            for lb in labels
+        ]
+        if self.flt is None or self.exact:
+            return ok
+        need = [int(lb) for lb, good in zip(labels, ok, strict=True) if good and int(lb) not in self.rows]
+        self._load_rows(need)
+        out = []
+        for lb, good in zip(labels, ok, strict=True):
+            row = self.rows.get(int(lb)) if good else None
+            out.append(
+                row is not None
+                and row.live(self.now)
+                and self.flt.matches(self.vindex.id_of.get(int(lb), ""), row.namespace, row.metadata)
+            )
+        return out
+
+    def _load_rows(self, labels: list[int]) -> None:
+        if not labels:
+            return
+        ids = [self.vindex.id_of.get(lb, "") for lb in labels]
+        for lb, row in zip(labels, self.coll.rows(ids), strict=True):
+            self.rows[lb] = row
+
+    def materialize(self, scored: list[tuple[int, float, dict[str, float]]], inc: frozenset[str]) -> list[Hit]:
+        from .collection import Collection
+
+        need_rows = bool(inc - {"vector"}) or "vector" in inc
+        if need_rows:
+            self._load_rows([lb for lb, _, _ in scored if lb not in self.rows])
+        hits = []
+        for label, score, signals in scored:
+            rid = self.vindex.id_of.get(label)
+            if rid is None:
+                continue  # deleted while we searched
+            rec = None
+            if need_rows:
+                row = self.rows.get(label)
+                if row is None or not row.live(self.now):
+                    continue
+                rec = Collection._to_record(self.coll, rid, row, inc)
+            hits.append(Hit(id=rid, score=float(score), record=rec, signals=signals))
+        return hits
+
+
+def vector_search(
+    coll: Collection, q: np.ndarray, k: int, checker: _Checker, ef: int | None, exact: bool
+) -> list[tuple[int, float]]:
+    vindex = coll.vindex
+    total = len(vindex)
+    ef_base = ef or coll.config.index.ef_search
+    if checker.candidates is None:
+        cand_count = total
+    else:
+        cand_count = len(checker.candidates)
+    if exact or (checker.candidates is not None and cand_count <= coll.exact_threshold):
+        return _exact(coll, q, k, checker)
+    if checker.candidates is None and not vindex.expires:
+        labels, dists = vindex.knn(q, k, ef_base)
+        return list(zip(labels.tolist(), vindex.score(dists).tolist(), strict=True))
+    p = planner.plan(k, cand_count, total, ef_base, exact_threshold=coll.exact_threshold)
+    if p.strategy == "exact":
+        return _exact(coll, q, k, checker)
+    if p.strategy == "traverse":
+        cands = checker.candidates
+        assert cands is not None
+        labels, dists = vindex.knn(q, k if checker.exact else k * 4, p.ef, filter_fn=cands.__contains__)
+        keep = checker.keep(labels.tolist())
+        res = [(int(lb), float(s)) for lb, s, ok in zip(labels, vindex.score(dists), keep, strict=True) if ok]
+        if len(res) >= k or len(labels) < k:
+            return res[:k]
+        return _exact(coll, q, k, checker)
+    fetch, ef_q = p.fetch_k, p.ef
+    while True:
+        labels, dists = vindex.knn(q, fetch, ef_q)
+        keep = checker.keep(labels.tolist())
+        res = [(int(lb), float(s)) for lb, s, ok in zip(labels, vindex.score(dists), keep, strict=True) if ok]
+        if len(res) >= k or fetch >= total:
+            return res[:k]
+        if fetch * 2 > total // 2:
+            return _exact(coll, q, k, checker)
+        fetch *= 2
+        ef_q = max(ef_q, fetch)
+
+
+def _exact(coll: Collection, q: np.ndarray, k: int, checker: _Checker) -> list[tuple[int, float]]:
+    """Brute force over the candidate labels (all live labels without a filter)."""
+    vindex = coll.vindex
+    pool = checker.candidates if checker.candidates is not None else vindex.live
+    labels = [lb for lb, ok in zip(list(pool), checker.keep(list(pool)), strict=True) if ok]
+    if not labels:
+        return []
+    # Fetch vectors in slices so a huge candidate set does not copy the world at once.
+    best_l: list[np.ndarray] = []
+    best_d: list[np.ndarray] = []
+    for i in range(0, len(labels), 65_536):
+        lb, d = vindex.exact(q, labels[i : i + 65_536], k)
+        best_l.append(lb)
+        best_d.append(d)
+    all_l = np.concatenate(best_l)
+    all_d = np.concatenate(best_d)
+    order = np.argsort(all_d, kind="stable")[:k]
+    return list(zip(all_l[order].tolist(), vindex.score(all_d[order]).tolist(), strict=True))
+
+
+def text_search(coll: Collection, query: str, k: int, checker: _Checker) -> list[tuple[int, float]]:
+    tindex = coll.text_index
+    if tindex is None:
+        raise FailedPrecondition(
+            f"collection {coll.name!r} was created with text_index=false; text search is unavailable",
+            code="text_index_disabled",
+        )
+    cands = checker.candidates
+    if cands is not None and checker.exact and len(cands) <= coll.exact_threshold:
+        got = tindex.search(query, k, candidates=cands)
+        return [(lb, s) for (lb, s), ok in zip(got, checker.keep([lb for lb, _ in got]), strict=True) if ok]
+
+    def allowed(label: int) -> bool:
+        return checker.keep([label])[0]
+
+    return tindex.search(query, k, allowed=allowed)
+
+
+def fuse(
+    ranked: Mapping[str, list[tuple[int, float]]], weights: Mapping[str, float], k: int
+) -> list[tuple[int, float, dict[str, float]]]:
+    """Weighted reciprocal-rank fusion: score = Σ w_s / (RRF_K + rank_s)."""
+    for name, w in weights.items():
+        if name not in ("vector", "text"):
+            raise InvalidArgument(f"weights may name 'vector' and 'text', not {name!r}", code="invalid_weights")
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w <= 1000:
+            raise InvalidArgument("weights must be numbers from 0 to 1000", code="invalid_weights")
+    fused: dict[int, float] = {}
+    signals: dict[int, dict[str, float]] = {}
+    for name, results in ranked.items():
+        w = float(weights.get(name, 1.0))
+        for rank, (label, score) in enumerate(results, start=1):
+            fused[label] = fused.get(label, 0.0) + w / (RRF_K + rank)
+            signals.setdefault(label, {})[name] = score
+    order = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+    return [(label, score, signals[label]) for label, score in order]

@@ -1,0 +1,195 @@
+"""Error hierarchy with stable codes.
+
+Every error EngramDB raises is an :class:`EngramError`. ``code`` is a stable,
+machine-readable string (never reworded once released), ``http_status`` and
+``grpc_status`` say how the servers map it, and the message tells the user what
+to change. Clients re-raise the same classes from the wire, so code written
+against the embedded engine handles remote errors identically.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class EngramError(Exception):
+    """Base class of every EngramDB error."""
+
+    code: ClassVar[str] = "internal"
+    http_status: ClassVar[int] = 500
+    grpc_status: ClassVar[str] = "INTERNAL"
+
+    def __init__(self, message: str, *, code: str | None = None, details: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            # Instance-level override keeps a finer code inside a broad class,
+            # e.g. ``dimension_mismatch`` is an InvalidArgument.
+            self.code = code  # type: ignore[misc]
+        self.details = details or {}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON body both servers send for this error."""
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details:
+            body["details"] = self.details
+        return body
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(code={self.code!r}, message={self.message!r})"
+
+
+class InvalidArgument(EngramError):
+    """The request is malformed; fix the input and retry."""
+
+    code = "invalid_argument"
+    http_status = 400
+    grpc_status = "INVALID_ARGUMENT"
+
+
+class InvalidFilter(InvalidArgument):
+    """The filter expression is not valid in the filter language."""
+
+    code = "invalid_filter"
+
+
+class DimensionMismatch(InvalidArgument):
+    """A vector's length differs from the collection's dimension."""
+
+    code = "dimension_mismatch"
+
+
+class NotFound(EngramError):
+    """The named collection, record, key or backup does not exist."""
+
+    code = "not_found"
+    http_status = 404
+    grpc_status = "NOT_FOUND"
+
+
+class AlreadyExists(EngramError):
+    """The resource exists already (e.g. a collection of the same name)."""
+
+    code = "already_exists"
+    http_status = 409
+    grpc_status = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(EngramError):
+    """The operation is valid but the current state forbids it."""
+
+    code = "failed_precondition"
+    http_status = 409
+    grpc_status = "FAILED_PRECONDITION"
+
+
+class Unauthenticated(EngramError):
+    """No valid API key was presented."""
+
+    code = "unauthenticated"
+    http_status = 401
+    grpc_status = "UNAUTHENTICATED"
+
+
+class PermissionDenied(EngramError):
+    """The API key is valid but its role or scope does not allow this."""
+
+    code = "permission_denied"
+    http_status = 403
+    grpc_status = "PERMISSION_DENIED"
+
+
+class RateLimited(EngramError):
+    """Too many requests; retry after ``retry_after`` seconds."""
+
+    code = "rate_limited"
+    http_status = 429
+    grpc_status = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, message: str, *, retry_after: float = 1.0, **kw: Any):
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+        self.details.setdefault("retry_after", retry_after)
+
+
+class StorageFull(EngramError):
+    """The disk is full; nothing was written. Free space and retry."""
+
+    code = "storage_full"
+    http_status = 507
+    grpc_status = "RESOURCE_EXHAUSTED"
+
+
+class Unavailable(EngramError):
+    """The node is starting, shutting down or cannot reach enough replicas."""
+
+    code = "unavailable"
+    http_status = 503
+    grpc_status = "UNAVAILABLE"
+
+
+class DeadlineExceeded(EngramError):
+    """The operation did not finish within its time limit."""
+
+    code = "deadline_exceeded"
+    http_status = 504
+    grpc_status = "DEADLINE_EXCEEDED"
+
+
+class CorruptData(EngramError):
+    """Stored data failed a checksum or could not be decoded."""
+
+    code = "corrupt_data"
+    http_status = 500
+    grpc_status = "DATA_LOSS"
+
+
+class UpstreamError(EngramError):
+    """An external service (embedding or LLM endpoint) failed or answered badly."""
+
+    code = "upstream_error"
+    http_status = 502
+    grpc_status = "UNAVAILABLE"
+
+
+class Closed(EngramError):
+    """The database or client has been closed."""
+
+    code = "closed"
+    http_status = 503
+    grpc_status = "UNAVAILABLE"
+
+
+_ALL: tuple[type[EngramError], ...] = (
+    EngramError,
+    InvalidArgument,
+    InvalidFilter,
+    DimensionMismatch,
+    NotFound,
+    AlreadyExists,
+    FailedPrecondition,
+    Unauthenticated,
+    PermissionDenied,
+    RateLimited,
+    StorageFull,
+    Unavailable,
+    DeadlineExceeded,
+    CorruptData,
+    UpstreamError,
+    Closed,
+)
+_BY_CODE: dict[str, type[EngramError]] = {cls.code: cls for cls in _ALL}
+
+
+def error_from_dict(body: dict[str, Any], http_status: int | None = None) -> EngramError:
+    """Rebuild the error a server sent, so clients raise the engine's classes."""
+    code = str(body.get("code", "internal"))
+    message = str(body.get("message", "unknown error"))
+    details = body.get("details") or {}
+    cls = _BY_CODE.get(code)
+    if cls is None:
+        # A finer code inside a broad class: pick the class by HTTP status.
+        cls = next((c for c in _ALL if c.http_status == http_status and c is not EngramError), EngramError)
+    if cls is RateLimited:
+        return RateLimited(message, retry_after=float(details.get("retry_after", 1.0)), code=code, details=details)
+    return cls(message, code=code, details=details)

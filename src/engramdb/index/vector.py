@@ -1,0 +1,292 @@
+"""The HNSW vector index of one collection (hnswlib behind a small interface).
+
+The index owns the mapping between record ids and the integer labels that
+every in-memory index (vector, payload, text) uses. It is derived data: it is
+persisted as a snapshot plus the changelog sequence it contains (watermark),
+and rebuilt from storage when the snapshot is missing or damaged.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import zlib
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import hnswlib
+import msgpack
+import numpy as np
+from pyroaring import BitMap
+
+from ..errors import CorruptData
+
+SNAPSHOT_FORMAT = 1
+_HNSW_FILE = "vector.hnsw"
+_META_FILE = "vector.meta"
+
+
+class VectorIndex:
+    """HNSW over float32 vectors with string ids, TTL awareness and snapshots."""
+
+    def __init__(
+        self,
+        dim: int,
+        metric: str,
+        m: int = 16,
+        ef_construction: int = 200,
+        ef_search: int = 64,
+        capacity: int = 1024,
+        num_threads: int = 0,
+    ):
+        self.dim = dim
+        self.metric = metric
+        self.m = m
+        self.ef_construction = ef_construction
+        self.ef_search = ef_search
+        self._index = hnswlib.Index(space="l2" if metric == "l2" else "ip", dim=dim)
+        self._index.init_index(max_elements=capacity, M=m, ef_construction=ef_construction, allow_replace_deleted=True)
+        self._index.set_ef(ef_search)
+        if num_threads > 0:
+            self._index.set_num_threads(num_threads)
+        self.label_of: dict[str, int] = {}
+        self.id_of: dict[int, str] = {}
+        self.expires: dict[int, float] = {}  # only labels whose record has a TTL
+        self.live = BitMap()
+        self.next_label = 1
+        self.watermark = 0
+        # Resizing reallocates hnswlib's arrays: searches must not run during it.
+        # Ordinary adds and deletes are safe alongside searches (hnswlib locks
+        # per node), so they only serialise among themselves.
+        self._resize_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._readers = 0
+        self._readers_lock = threading.Lock()
+        self._no_readers = threading.Condition(self._readers_lock)
+
+    # ----------------------------------------------------------------- state
+    def __len__(self) -> int:
+        return len(self.label_of)
+
+    def normalize(self, vectors: np.ndarray) -> np.ndarray:
+        """Cosine is inner product over unit vectors: normalise once on the way in."""
+        if self.metric != "cosine":
+            return vectors
+        norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+        return vectors / norms
+
+    def score(self, dist: np.ndarray) -> np.ndarray:
+        """Turn hnswlib distances into scores where higher is always better."""
+        if self.metric == "l2":
+            return 1.0 / (1.0 + np.sqrt(np.maximum(dist, 0.0)))
+        return 1.0 - dist
+
+    # ---------------------------------------------------------------- writes
+    def upsert(self, ids: list[str], vectors: np.ndarray, expires: Iterable[float | None]) -> list[int]:
+        """Insert or replace vectors (already normalised); returns their labels."""
+        with self._write_lock:
+            labels = []
+            for rid in ids:
+                label = self.label_of.get(rid)
+                if label is None:
+                    label = self.next_label
+                    self.next_label += 1
+                labels.append(label)
+            new = sum(1 for rid in ids if rid not in self.label_of)
+            self._ensure_capacity(new)
+            self._index.add_items(vectors, np.asarray(labels, dtype=np.uint64), replace_deleted=True)
+            for rid, label, exp in zip(ids, labels, expires, strict=True):
+                self.label_of[rid] = label
+                self.id_of[label] = rid
+                self.live.add(label)
+                if exp is None:
+                    self.expires.pop(label, None)
+                else:
+                    self.expires[label] = exp
+            return labels
+
+    def delete(self, rid: str) -> int | None:
+        """Remove a record's vector; returns the label it had."""
+        with self._write_lock:
+            label = self.label_of.pop(rid, None)
+            if label is None:
+                return None
+            self.id_of.pop(label, None)
+            self.expires.pop(label, None)
+            self.live.discard(label)
+            self._index.mark_deleted(label)
+            return label
+
+    def _ensure_capacity(self, new: int) -> None:
+        need = self._index.get_current_count() + new
+        cap = self._index.get_max_elements()
+        if need <= cap:
+            return
+        target = max(need, cap * 2)
+        with self._readers_lock:
+            while self._readers:
+                self._no_readers.wait()
+            self._index.resize_index(target)
+
+    # ----------------------------------------------------------------- reads
+    def _enter(self) -> None:
+        with self._readers_lock:
+            self._readers += 1
+
+    def _exit(self) -> None:
+        with self._readers_lock:
+            self._readers -= 1
+            if not self._readers:
+                self._no_readers.notify_all()
+
+    def knn(
+        self, query: np.ndarray, k: int, ef: int | None = None, filter_fn: Callable[[int], bool] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Labels and distances of up to ``k`` nearest live vectors (best first)."""
+        k = min(k, len(self.label_of))
+        if k <= 0:
+            return np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.float32)
+        ef_eff = max(ef or self.ef_search, k)
+        self._enter()
+        try:
+            while True:
+                try:
+                    labels, dists = self._knn_once(query, k, ef_eff, filter_fn)
+                    return labels[0], dists[0]
+                except RuntimeError:
+                    # hnswlib fails rather than return fewer than k (e.g. a
+                    # restrictive filter); fewer is the right answer then.
+                    if k == 1:
+                        return np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.float32)
+                    k = max(1, k // 2)
+        finally:
+            self._exit()
+
+    def _knn_once(
+        self, query: np.ndarray, k: int, ef: int, filter_fn: Callable[[int], bool] | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        # hnswlib's ef is index-wide state; setting it per call is racy across
+        # threads only in which ef a concurrent query sees, never in results'
+        # validity, and it is the only knob the library offers.
+        if self._index.ef != ef:
+            self._index.set_ef(ef)
+        return self._index.knn_query(query, k=k, filter=filter_fn, num_threads=1)
+
+    def vectors(self, labels: list[int]) -> np.ndarray:
+        """Stored vectors of live labels (normalised for cosine)."""
+        if not labels:
+            return np.empty((0, self.dim), dtype=np.float32)
+        self._enter()
+        try:
+            return np.asarray(self._index.get_items(labels, return_type="numpy"), dtype=np.float32)
+        finally:
+            self._exit()
+
+    def exact(self, query: np.ndarray, labels: list[int], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Brute-force top-k among ``labels``: (labels, distances) like ``knn``."""
+        if not labels:
+            return np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.float32)
+        vecs = self.vectors(labels)
+        if self.metric == "l2":
+            diff = vecs - query[None, :]
+            dist = np.einsum("ij,ij->i", diff, diff)
+        else:
+            dist = 1.0 - vecs @ query
+        k = min(k, len(labels))
+        part = np.argpartition(dist, k - 1)[:k] if k < len(labels) else np.arange(len(labels))
+        order = part[np.argsort(dist[part], kind="stable")]
+        return np.asarray(labels, dtype=np.uint64)[order], dist[order].astype(np.float32)
+
+    # ------------------------------------------------------------- snapshots
+    def save(self, directory: str | os.PathLike[str], watermark: int) -> None:
+        """Write a crash-safe snapshot: both files under temp names, fsync, rename."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        with self._write_lock:
+            tmp_hnsw = d / (_HNSW_FILE + ".tmp")
+            self._index.save_index(str(tmp_hnsw))
+            data = tmp_hnsw.read_bytes()
+            meta = {
+                "format": SNAPSHOT_FORMAT,
+                "dim": self.dim,
+                "metric": self.metric,
+                "m": self.m,
+                "ef_construction": self.ef_construction,
+                "next_label": self.next_label,
+                "watermark": watermark,
+                "ids": list(self.id_of.keys()),
+                "names": list(self.id_of.values()),
+                "exp_labels": list(self.expires.keys()),
+                "exp_at": list(self.expires.values()),
+                "hnsw_size": len(data),
+                "hnsw_crc": zlib.crc32(data),
+                "capacity": self._index.get_max_elements(),
+            }
+            payload = msgpack.packb(meta, use_bin_type=True)
+            tmp_meta = d / (_META_FILE + ".tmp")
+            with open(tmp_meta, "wb") as f:
+                f.write(payload + zlib.crc32(payload).to_bytes(4, "big"))
+                f.flush()
+                os.fsync(f.fileno())
+            with open(tmp_hnsw, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp_hnsw, d / _HNSW_FILE)
+            os.replace(tmp_meta, d / _META_FILE)
+            _fsync_dir(d)
+            self.watermark = watermark
+
+    @classmethod
+    def load(
+        cls, directory: str | os.PathLike[str], dim: int, metric: str, m: int, ef_construction: int, ef_search: int
+    ) -> VectorIndex:
+        """Load a snapshot; raises CorruptData if it is missing, damaged or stale-format."""
+        d = Path(directory)
+        try:
+            raw = (d / _META_FILE).read_bytes()
+        except FileNotFoundError as e:
+            raise CorruptData("no vector index snapshot") from e
+        payload, crc = raw[:-4], raw[-4:]
+        if len(raw) < 5 or zlib.crc32(payload).to_bytes(4, "big") != crc:
+            raise CorruptData("vector index snapshot metadata failed its checksum")
+        meta = msgpack.unpackb(payload, raw=False)
+        if meta.get("format") != SNAPSHOT_FORMAT or meta["dim"] != dim or meta["metric"] != metric:
+            raise CorruptData("vector index snapshot does not match the collection")
+        hnsw_path = d / _HNSW_FILE
+        try:
+            data = hnsw_path.read_bytes()
+        except FileNotFoundError as e:
+            raise CorruptData("vector index snapshot file is missing") from e
+        if len(data) != meta["hnsw_size"] or zlib.crc32(data) != meta["hnsw_crc"]:
+            raise CorruptData("vector index snapshot failed its checksum")
+        del data
+        self = cls(dim, metric, m=meta["m"], ef_construction=meta["ef_construction"], ef_search=ef_search, capacity=1)
+        idx = hnswlib.Index(space="l2" if metric == "l2" else "ip", dim=dim)
+        try:
+            idx.load_index(str(hnsw_path), max_elements=meta["capacity"], allow_replace_deleted=True)
+        except Exception as e:
+            raise CorruptData(f"vector index snapshot could not be loaded: {e}") from e
+        idx.set_ef(ef_search)
+        self._index = idx
+        self.id_of = dict(zip(meta["ids"], meta["names"], strict=True))
+        self.label_of = {v: k for k, v in self.id_of.items()}
+        self.expires = dict(zip(meta["exp_labels"], meta["exp_at"], strict=True))
+        self.live = BitMap(self.id_of.keys())
+        self.next_label = meta["next_label"]
+        self.watermark = meta["watermark"]
+        return self
+
+
+def _fsync_dir(d: Path) -> None:
+    fd = os.open(d, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_snapshot(directory: str | os.PathLike[str]) -> None:
+    for name in (_HNSW_FILE, _META_FILE):
+        try:
+            os.remove(Path(directory) / name)
+        except FileNotFoundError:
+            pass

@@ -1,0 +1,413 @@
+"""RocksDB storage: column families, the one mutation function, group commit.
+
+All record and edge writes of every origin (local API, replication, read
+repair, hinted handoff, anti-entropy, restore, TTL expiry) go through
+:meth:`Store.apply`, which queues them for the single writer thread. That
+thread compares versions (last writer wins by HLC), maintains the derived rows
+(changelog, TTL queue, namespace index, in-edges) in the same atomic
+``WriteBatch``, commits many callers' mutations with one fsync, then tells the
+subscribed indexes and wakes the callers. Because one thread orders every
+write, index updates are applied in changelog order and version comparisons
+never race.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from rocksdict import Options, Rdict, WriteBatch, WriteOptions
+
+from ..errors import Closed, CorruptData, EngramError, StorageFull
+from . import keys as K
+from .codec import EdgeRow, RecordRow, decode_edge, decode_record, encode_edge, encode_record
+
+log = logging.getLogger("engramdb.storage")
+
+COLUMN_FAMILIES = ("meta", "records", "edges_out", "edges_in", "changes", "ttl", "hints")
+_MAX_BATCH_MUTATIONS = 20_000
+
+
+@dataclass(slots=True)
+class Mutation:
+    """One versioned write of a record or an edge.
+
+    ``key`` is the records key (or the edges_out key, with ``in_key`` the
+    matching edges_in key). ``if_version`` makes the write conditional on the
+    stored row having exactly that version (``(0, 0)`` = absent), which is how
+    read-modify-write operations and the TTL sweeper avoid lost updates.
+    """
+
+    kind: int
+    prefix: bytes
+    key: bytes
+    row: RecordRow | EdgeRow
+    in_key: bytes | None = None
+    if_version: tuple[int, int] | None = None
+
+
+@dataclass(slots=True)
+class Change:
+    """A mutation after the writer decided on it; passed to index subscribers."""
+
+    mutation: Mutation
+    old: RecordRow | EdgeRow | None
+    applied: bool
+    seq: int = 0
+
+
+@dataclass(slots=True)
+class _Item:
+    mutations: list[Mutation]
+    future: Future[list[Change]]
+    purge: list[tuple[bytes, bytes]] = field(default_factory=list)  # (ttl key, expected raw row)
+
+
+def _map_write_error(e: Exception) -> EngramError:
+    msg = str(e)
+    if "No space left" in msg or "ENOSPC" in msg or getattr(e, "errno", None) == errno.ENOSPC:
+        return StorageFull("the disk is full; nothing was written. Free disk space and retry the write")
+    return EngramError(f"storage write failed: {msg}")
+
+
+class Store:
+    """One RocksDB database per node data directory."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        sync_writes: bool = True,
+        write_buffer_mb: int = 64,
+        max_background_jobs: int = 2,
+        max_wal_mb: int = 512,
+        block_cache_mb: int = 128,
+        tombstone_grace_seconds: float = 10 * 86400,
+        read_only: bool = False,
+    ):
+        self.path = str(path)
+        self.sync_writes = sync_writes
+        self.tombstone_grace_seconds = tombstone_grace_seconds
+        opts = Options(raw_mode=True)
+        opts.create_if_missing(True)
+        opts.create_missing_column_families(True)
+        opts.set_write_buffer_size(write_buffer_mb * 1024 * 1024)
+        opts.set_max_background_jobs(max_background_jobs)
+        opts.set_max_total_wal_size(max_wal_mb * 1024 * 1024)
+        opts.set_paranoid_checks(True)
+        cfs = {name: Options(raw_mode=True) for name in COLUMN_FAMILIES}
+        try:
+            self.db = Rdict(self.path, options=opts, column_families=cfs)
+        except Exception as e:
+            msg = str(e)
+            if "lock" in msg.lower():
+                raise EngramError(
+                    f"the data directory {self.path} is in use by another process; stop it or use another directory",
+                    code="data_dir_locked",
+                ) from e
+            raise CorruptData(
+                f"cannot open the database at {self.path}: {msg}. If files are damaged, restore from a backup"
+            ) from e
+        self.cf = {name: self.db.get_column_family(name) for name in COLUMN_FAMILIES}
+        self.handle = {name: self.db.get_column_family_handle(name) for name in COLUMN_FAMILIES}
+        self._wopts = WriteOptions()
+        self._wopts.sync = sync_writes
+        self._seq = self._last_seq()
+        self._subscribers: dict[bytes, Callable[[list[Change]], None]] = {}
+        self._q: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self.commits = 0  # number of WriteBatches written (for metrics / tests of group commit)
+        self._writer = threading.Thread(target=self._run, name="engramdb-writer", daemon=True)
+        self._writer.start()
+
+    # ------------------------------------------------------------------ reads
+    def get(self, cf: str, key: bytes) -> bytes | None:
+        v = self.cf[cf].get(key)
+        return v if v is None else bytes(v)
+
+    def multi_get(self, cf: str, keys: list[bytes]) -> list[bytes | None]:
+        if not keys:
+            return []
+        return list(self.cf[cf][keys])
+
+    def get_record(self, key: bytes) -> RecordRow | None:
+        raw = self.cf["records"].get(key)
+        return None if raw is None else decode_record(raw)
+
+    def iter_prefix(self, cf: str, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """Rows whose key starts with ``prefix``, from ``start`` (inclusive) on.
+
+        Uses seek + prefix check (rocksdict's lower-bound option is unreliable)
+        and always deletes the iterator so the DB can be closed.
+        """
+        it = self.cf[cf].iter()
+        try:
+            it.seek(start if start is not None and start > prefix else prefix)
+            while it.valid():
+                k = it.key()
+                if not k.startswith(prefix):
+                    break
+                yield k, it.value()
+                it.next()
+        finally:
+            del it
+
+    def seek_iter(self, cf: str, start: bytes) -> Any:
+        """A raw iterator positioned at ``start``; the caller must ``del`` it."""
+        it = self.cf[cf].iter()
+        it.seek(start)
+        return it
+
+    def last_key(self, cf: str) -> bytes | None:
+        it = self.cf[cf].iter()
+        try:
+            it.seek_to_last()
+            return it.key() if it.valid() else None
+        finally:
+            del it
+
+    def _last_seq(self) -> int:
+        k = self.last_key("changes")
+        return K.parse_seq(k) if k else 0
+
+    @property
+    def seq(self) -> int:
+        """The newest changelog sequence number committed."""
+        return self._seq
+
+    # ----------------------------------------------------------------- writes
+    def subscribe(self, prefix: bytes, fn: Callable[[list[Change]], None]) -> None:
+        """Call ``fn`` (in the writer thread, after commit) with a collection's changes."""
+        self._subscribers[prefix] = fn
+
+    def unsubscribe(self, prefix: bytes) -> None:
+        self._subscribers.pop(prefix, None)
+
+    def apply(self, mutations: list[Mutation]) -> list[Change]:
+        """Apply mutations durably (LWW by version); returns once they are on disk."""
+        return self.apply_async(mutations).result()
+
+    def apply_async(self, mutations: list[Mutation]) -> Future[list[Change]]:
+        if self._closed:
+            raise Closed("the database is closed")
+        fut: Future[list[Change]] = Future()
+        self._q.put(_Item(mutations, fut))
+        return fut
+
+    def purge(self, items: list[tuple[bytes, bytes]]) -> None:
+        """Physically remove rows named by ttl keys if they still hold ``expected`` bytes."""
+        fut: Future[list[Change]] = Future()
+        self._q.put(_Item([], fut, purge=items))
+        fut.result()
+
+    def write_meta(self, puts: dict[bytes, bytes], deletes: list[bytes] | tuple[bytes, ...] = ()) -> None:
+        """Durable write of metadata rows (collections, tenants, keys, watermarks)."""
+        wb = WriteBatch(raw_mode=True)
+        h = self.handle["meta"]
+        for k, v in puts.items():
+            wb.put(k, v, h)
+        for k in deletes:
+            wb.delete(k, h)
+        try:
+            self.db.write(wb, self._wopts)
+        except Exception as e:
+            raise _map_write_error(e) from e
+
+    def delete_range(self, cf: str, start: bytes, end: bytes) -> None:
+        """Remove a whole key range (collection drop, changelog trim)."""
+        wb = WriteBatch(raw_mode=True)
+        wb.delete_range(start, end, self.handle[cf])
+        try:
+            self.db.write(wb, self._wopts)
+        except Exception as e:
+            raise _map_write_error(e) from e
+
+    def _run(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            batch = [item]
+            n = len(item.mutations)
+            while n < _MAX_BATCH_MUTATIONS:
+                try:
+                    nxt = self._q.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._commit(batch)
+                    return
+                batch.append(nxt)
+                n += len(nxt.mutations)
+            self._commit(batch)
+
+    def _current(self, overlay: dict[bytes, RecordRow | EdgeRow | None], m: Mutation) -> RecordRow | EdgeRow | None:
+        if m.key in overlay:
+            return overlay[m.key]
+        if m.kind == K.CHANGE_RECORD:
+            raw = self.cf["records"].get(m.key)
+            return None if raw is None else decode_record(raw)
+        raw = self.cf["edges_out"].get(m.key)
+        return None if raw is None else decode_edge(raw)
+
+    def _commit(self, batch: list[_Item]) -> None:
+        wb = WriteBatch(raw_mode=True)
+        h = self.handle
+        grace_ms = int(self.tombstone_grace_seconds * 1000)
+        overlay: dict[bytes, RecordRow | EdgeRow | None] = {}
+        results: list[tuple[_Item, list[Change] | None, BaseException | None]] = []
+        seq = self._seq
+        for item in batch:
+            ops: list[tuple[str, str, bytes, bytes | None]] = []  # (op, cf, key, value)
+            changes: list[Change] = []
+            local: dict[bytes, RecordRow | EdgeRow | None] = {}
+            seq_before = seq
+            try:
+                for ttl_k, expected in item.purge:
+                    _, kind, key = K.parse_ttl_key(ttl_k)
+                    cf = "records" if kind == K.TTL_PURGE_RECORD else "edges_out"
+                    cur = self.cf[cf].get(key)
+                    ops.append(("del", "ttl", ttl_k, None))
+                    if cur is not None and bytes(cur) == expected and key not in overlay:
+                        ops.append(("del", cf, key, None))
+                        if kind == K.TTL_PURGE_EDGE:
+                            a, rel, b = K.parse_edge_key(key)
+                            ops.append(("del", "edges_in", K.edge_in_key(key[:8], a, rel, b), None))
+                for m in item.mutations:
+                    old = local[m.key] if m.key in local else self._current(overlay, m)
+                    old_v = old.version if old is not None else (0, 0)
+                    new = m.row
+                    if m.if_version is not None and old_v != m.if_version:
+                        changes.append(Change(m, old, False))
+                        continue
+                    if new.version <= old_v:
+                        changes.append(Change(m, old, False))
+                        continue
+                    seq += 1
+                    local[m.key] = new
+                    changes.append(Change(m, old, True, seq))
+                    ops.append(("put", "changes", K.seq_key(seq), bytes([m.kind]) + m.key))
+                    if m.kind == K.CHANGE_RECORD:
+                        assert isinstance(new, RecordRow)
+                        if isinstance(old, RecordRow) and not old.deleted and not new.deleted:
+                            # Replacing a live record keeps its creation time.
+                            new.created_at = old.created_at
+                        ops.append(("put", "records", m.key, encode_record(new)))
+                        self._record_derived(ops, m, old, new, grace_ms)
+                    else:
+                        assert isinstance(new, EdgeRow) and m.in_key is not None
+                        val = encode_edge(new)
+                        ops.append(("put", "edges_out", m.key, val))
+                        ops.append(("put", "edges_in", m.in_key, val))
+                        if old is not None and old.deleted:
+                            ops.append(
+                                (
+                                    "del",
+                                    "ttl",
+                                    K.ttl_key(int(old.updated_at * 1000) + grace_ms, K.TTL_PURGE_EDGE, m.key),
+                                    None,
+                                )
+                            )
+                        if new.deleted:
+                            ops.append(
+                                (
+                                    "put",
+                                    "ttl",
+                                    K.ttl_key(int(new.updated_at * 1000) + grace_ms, K.TTL_PURGE_EDGE, m.key),
+                                    b"",
+                                )
+                            )
+            except BaseException as e:  # a corrupt old row fails only its own caller
+                results.append((item, None, e))
+                seq = seq_before
+                continue
+            for op, cf, key, val in ops:
+                if op == "put":
+                    wb.put(key, val, h[cf])
+                else:
+                    wb.delete(key, h[cf])
+            overlay.update(local)
+            results.append((item, changes, None))
+        try:
+            self.db.write(wb, self._wopts)
+        except Exception as e:
+            err = _map_write_error(e)
+            for item, _, _ in results:
+                item.future.set_exception(err)
+            return
+        self._seq = seq
+        self.commits += 1
+        self._notify(results)
+        for item, changes, exc in results:
+            if exc is not None:
+                item.future.set_exception(exc)
+            else:
+                item.future.set_result(changes or [])
+
+    def _record_derived(
+        self, ops: list[tuple[str, str, bytes, bytes | None]], m: Mutation, old: Any, new: RecordRow, grace_ms: int
+    ) -> None:
+        """TTL queue and namespace index rows that follow a record write."""
+        rid = K.record_id_of(m.key)
+        if old is not None:
+            if old.deleted:
+                ops.append(
+                    ("del", "ttl", K.ttl_key(int(old.updated_at * 1000) + grace_ms, K.TTL_PURGE_RECORD, m.key), None)
+                )
+            else:
+                if old.expires_at is not None:
+                    ops.append(("del", "ttl", K.ttl_key(int(old.expires_at * 1000), K.TTL_EXPIRE, m.key), None))
+                if old.namespace:
+                    ops.append(("del", "meta", K.ns_key(m.prefix, old.namespace, rid), None))
+        if new.deleted:
+            ops.append(("put", "ttl", K.ttl_key(int(new.updated_at * 1000) + grace_ms, K.TTL_PURGE_RECORD, m.key), b""))
+        else:
+            if new.expires_at is not None:
+                ops.append(("put", "ttl", K.ttl_key(int(new.expires_at * 1000), K.TTL_EXPIRE, m.key), b""))
+            if new.namespace:
+                ops.append(("put", "meta", K.ns_key(m.prefix, new.namespace, rid), b""))
+
+    def _notify(self, results: list[tuple[_Item, list[Change] | None, BaseException | None]]) -> None:
+        by_prefix: dict[bytes, list[Change]] = {}
+        for _, changes, _ in results:
+            for c in changes or ():
+                if c.applied:
+                    by_prefix.setdefault(c.mutation.prefix, []).append(c)
+        for prefix, changes in by_prefix.items():
+            fn = self._subscribers.get(prefix)
+            if fn is None:
+                continue
+            try:
+                fn(changes)
+            except Exception:
+                # The write is durable; a failed index update is repaired by
+                # replaying the changelog when the index is next loaded.
+                log.exception("index update failed for collection prefix %s", prefix.hex())
+
+    # -------------------------------------------------------------- lifecycle
+    def flush(self) -> None:
+        self.db.flush()
+
+    def close(self) -> None:
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._q.put(None)
+        self._writer.join()
+        # Column-family objects keep RocksDB's LOCK held until they are gone.
+        self.cf.clear()
+        self.handle.clear()
+        self.db.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
