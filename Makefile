@@ -32,9 +32,18 @@ soak: install  ## long reliability soaks
 bench: install
 	$(BIN)/python bench/bench_search.py
 
-proto: install
-	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=src/engramdb/server/grpc --pyi_out=src/engramdb/server/grpc \
-		--grpc_python_out=src/engramdb/server/grpc proto/engramdb/v1/engramdb.proto
+# protoc names its outputs after the proto path (engramdb/v1/...), which keeps the
+# descriptor's file name stable for other protos that import it; the stubs are then
+# moved flat into the package and the stub's absolute sibling import
+# (`from engramdb.v1 import engramdb_pb2`) is made relative.
+proto: install  ## regenerate the gRPC stubs in src/engramdb/server/grpc from proto/
+	rm -rf build/proto && mkdir -p build/proto
+	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=build/proto --pyi_out=build/proto \
+		--grpc_python_out=build/proto proto/engramdb/v1/engramdb.proto
+	cp build/proto/engramdb/v1/engramdb_pb2.py build/proto/engramdb/v1/engramdb_pb2.pyi src/engramdb/server/grpc/
+	sed 's/^from engramdb\.v1 import engramdb_pb2 as/from . import engramdb_pb2 as/' \
+		build/proto/engramdb/v1/engramdb_pb2_grpc.py > src/engramdb/server/grpc/engramdb_pb2_grpc.py
+	grep -q '^from \. import engramdb_pb2 as' src/engramdb/server/grpc/engramdb_pb2_grpc.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

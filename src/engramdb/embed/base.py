@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from types import TracebackType
+from typing import Self
 
 import numpy as np
 from numpy.typing import NDArray
@@ -47,7 +48,7 @@ class Embedder(abc.ABC):
     def close(self) -> None:  # noqa: B027 - an optional hook, deliberately a no-op by default
         """Release connections or model memory. The default holds nothing."""
 
-    def __enter__(self) -> Embedder:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

@@ -18,7 +18,7 @@ import random
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import httpx
 
@@ -176,7 +176,7 @@ class OpenAICompatClient:
         """Close pooled connections."""
         self._client.close()
 
-    def __enter__(self) -> OpenAICompatClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import math
 import os
 import shutil
 import threading
@@ -25,6 +24,7 @@ from ..storage.store import Change, Mutation, Store
 from ..types import CollectionConfig, Hit, Record, ScanPage
 from . import validate as V
 from .filters import Filter, compile_filter
+from .graph import GraphMixin
 from .hlc import HLC, version_str
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ _RECORD_FIELDS = frozenset(
 )
 
 
-class Collection:
+class Collection(GraphMixin):
     """Records of one collection of one tenant, with vector, payload and text indexes.
 
     Obtain it from :meth:`engramdb.Database.create_collection` or
@@ -108,7 +108,7 @@ class Collection:
         return self.config.metric
 
     def __repr__(self) -> str:
-        return f"Collection(tenant={self.tenant!r}, name={self.name!r}, dimension={self.dimension}, metric={self.metric!r})"
+        return f"Collection({self.tenant!r}/{self.name!r}, dimension={self.dimension}, metric={self.metric!r})"
 
     # --------------------------------------------------------------- loading
     @property
@@ -780,9 +780,7 @@ class Collection:
             return False
         if any(p != "*" and p != s for p, s in zip(pre, ns, strict=False)):
             return False
-        if suf and any(p != "*" and p != s for p, s in zip(suf, ns[len(ns) - len(suf) :], strict=True)):
-            return False
-        return True
+        return not (suf and any(p != "*" and p != s for p, s in zip(suf, ns[len(ns) - len(suf):], strict=True)))
 
     # ---------------------------------------------------------------- search
     def search(
@@ -865,4 +863,3 @@ class Collection:
             "loaded": self.loaded,
             "count": len(self._vindex) if self._vindex is not None else None,
         }
-

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import struct
@@ -254,7 +255,10 @@ class Database:
         """Load every collection's indexes (servers call this before /ready)."""
         for coll in self.collections():
             label = f"{coll.tenant}/{coll.name}"
-            coll.load(None if progress is None else (lambda d, t, label=label: progress(label, d, t)))
+            cb: Callable[[int, int], None] | None = None
+            if progress is not None:
+                cb = functools.partial(progress, label)
+            coll.load(cb)
 
     # ------------------------------------------------------ background tasks
     def _start(self, name: str, fn: Callable[[], None]) -> None:

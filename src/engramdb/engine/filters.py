@@ -213,7 +213,7 @@ def _type_name(x: Any) -> str:
 
 
 def _err(path: str, msg: str) -> InvalidFilter:
-    where = f" at `{path}`" if path else ""
+    where = f" at `{path}`" if path else " at the top level"
     return InvalidFilter(f"invalid filter{where}: {msg}", details={"path": path})
 
 
@@ -275,7 +275,7 @@ def _parse_object(obj: Mapping[Any, Any], path: str, depth: int) -> Node:
                 raise _err(kpath, f"id_prefix needs a string, got {_type_name(val)}")
             children.append(IdPrefix(val))
         else:
-            _check_field_name(key, kpath)
+            _check_field_name(key, path if not key else kpath)
             children.extend(_parse_field(key, val, kpath, depth))
     return children[0] if len(children) == 1 else And(tuple(children))
 
@@ -283,7 +283,8 @@ def _parse_object(obj: Mapping[Any, Any], path: str, depth: int) -> Node:
 def _parse_logical(key: str, val: Any, path: str, depth: int) -> Node:
     if key in ("$and", "$or"):
         if not _is_seq(val) or not val:
-            raise _err(path, f"{key} needs a non-empty list of filter objects, got {_type_name(val)}")
+            got = "an empty list" if _is_seq(val) else _type_name(val)
+            raise _err(path, f"{key} needs a non-empty list of filter objects, got {got}")
         kids: list[Node] = []
         for i, item in enumerate(val):
             ipath = f"{path}[{i}]"

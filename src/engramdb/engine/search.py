@@ -15,6 +15,7 @@ from ..storage.codec import RecordRow
 from ..types import Hit
 from . import validate as V
 from .filters import Filter, compile_filter
+from .graph import expand_seeds
 
 if TYPE_CHECKING:
     from .collection import Collection
@@ -61,7 +62,7 @@ def run_search(
                 )
             vector = coll.embedder.embed_query(text)
         q = V.vector(vector, coll.dimension, coll.metric, "query vector")
-    fetch = k if expand is None else max(k, int(expand.get("seeds", k)) if isinstance(expand, Mapping) else k)
+    fetch = k if expand is None else max(k, expand_seeds(expand, k))  # validates the spec before any work
     checker = _Checker(coll, flt)
     ranked: dict[str, list[tuple[int, float]]] = {}
     if q is not None:
@@ -162,10 +163,7 @@ def vector_search(
     vindex = coll.vindex
     total = len(vindex)
     ef_base = ef or coll.config.index.ef_search
-    if checker.candidates is None:
-        cand_count = total
-    else:
-        cand_count = len(checker.candidates)
+    cand_count = total if checker.candidates is None else len(checker.candidates)
     if exact or (checker.candidates is not None and cand_count <= coll.exact_threshold):
         return _exact(coll, q, k, checker)
     if checker.candidates is None and not vindex.expires:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import httpx
 from pydantic import ValidationError
@@ -149,7 +149,7 @@ class ChatExtractor:
         """Close pooled connections."""
         self._http.close()
 
-    def __enter__(self) -> ChatExtractor:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

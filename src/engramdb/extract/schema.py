@@ -52,7 +52,7 @@ class ExtractedEntity(BaseModel):
 
     name: str = Field(..., min_length=1, description="the entity's name as written in the text")
     type: str = Field(..., min_length=1, description="a short lowercase category such as person, organization, place")
-    description: str = Field("", description="one sentence about the entity, from the text only")
+    description: str = Field(default="", description="one sentence about the entity, from the text only")
     attributes: dict[str, Any] = Field(default_factory=dict, description="facts about the entity as key/value pairs")
 
     @field_validator("name")
@@ -73,7 +73,7 @@ class ExtractedRelation(BaseModel):
     source: str = Field(..., min_length=1, description="name of the source entity, exactly as in 'entities'")
     relation: str = Field(..., min_length=1, description="a short snake_case verb phrase such as works_at")
     target: str = Field(..., min_length=1, description="name of the target entity, exactly as in 'entities'")
-    weight: float = Field(1.0, ge=0.0, le=10.0, description="strength or confidence, 0 to 10")
+    weight: float = Field(default=1.0, ge=0.0, le=10.0, description="strength or confidence, 0 to 10")
 
 
 class Extraction(BaseModel):

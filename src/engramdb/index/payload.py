@@ -315,10 +315,10 @@ class _Field:
             self.numeric.remove(label, keys)
             return
         for k in keys:
-            bm = self.values.get(k)
-            if bm is not None:
-                bm.discard(label)
-                if not bm:
+            posting = self.values.get(k)
+            if posting is not None:
+                posting.discard(label)
+                if not posting:
                     del self.values[k]
                     self._sorted_keys = None
 

@@ -42,6 +42,6 @@ def plan(
         return Plan("exact", k, ef)
     selectivity = candidates / max(total, 1)
     if selectivity >= postfilter_min_selectivity:
-        fetch = min(total, int(math.ceil(k / selectivity * oversample)) + k)
+        fetch = min(total, math.ceil(k / selectivity * oversample) + k)
         return Plan("postfilter", fetch, max(ef, fetch))
     return Plan("traverse", k, max(ef, k))

@@ -136,7 +136,8 @@ class Store:
     def multi_get(self, cf: str, keys: list[bytes]) -> list[bytes | None]:
         if not keys:
             return []
-        return list(self.cf[cf][keys])
+        got: Any = self.cf[cf][keys]  # type: ignore[index]  # rocksdict's stubs omit multi-get on bytes keys
+        return list(got)
 
     def get_record(self, key: bytes) -> RecordRow | None:
         raw = self.cf["records"].get(key)
@@ -329,9 +330,9 @@ class Store:
                 results.append((item, None, e))
                 seq = seq_before
                 continue
-            for op, cf, key, val in ops:
+            for op, cf, key, value in ops:
                 if op == "put":
-                    wb.put(key, val, h[cf])
+                    wb.put(key, value or b"", h[cf])
                 else:
                     wb.delete(key, h[cf])
             overlay.update(local)
@@ -346,11 +347,11 @@ class Store:
         self._seq = seq
         self.commits += 1
         self._notify(results)
-        for item, changes, exc in results:
+        for item, done, exc in results:
             if exc is not None:
                 item.future.set_exception(exc)
             else:
-                item.future.set_result(changes or [])
+                item.future.set_result(done or [])
 
     def _record_derived(
         self, ops: list[tuple[str, str, bytes, bytes | None]], m: Mutation, old: Any, new: RecordRow, grace_ms: int

@@ -1,0 +1,776 @@
+"""Graph operations of a collection: edges, traversal and graph-expansion search.
+
+Storage: every edge ``(src, relation, dst)`` is two RocksDB rows written in one
+atomic mutation through :meth:`Store.apply` — ``edges_out`` keyed by ``src``
+and ``edges_in`` keyed by ``dst`` — so both directions are a prefix scan and
+can never disagree. Unlinking writes a tombstone row (same function, same LWW
+rule), which every read here skips.
+
+Visibility: an edge is *visible* only while both of its endpoints are live
+records (not deleted, not expired). Edges to missing ids (written with
+``create_missing=True``) or to expired records stay stored but are never
+listed or traversed, so "deleted means gone" holds on every graph path even
+before the TTL sweeper or a delete has removed the rows. Liveness is read from
+the in-memory vector index (``label_of`` + ``expires``), which the writer
+thread updates before a write is acknowledged; records that are returned are
+re-checked against their stored row.
+
+See ``docs/graph.md`` for the user-facing contract (API, scoring, bounds).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..errors import DeadlineExceeded, InvalidArgument, NotFound
+from ..storage import keys as K
+from ..storage.codec import EdgeRow, RecordRow, decode_edge
+from ..storage.store import Mutation
+from ..types import MAX_K, Edge, Hit, Record
+from . import validate as V
+from .hlc import version_str
+
+if TYPE_CHECKING:
+    from ..index.vector import VectorIndex
+    from ..storage.store import Store
+    from .collection import Collection
+    from .filters import Filter
+    from .hlc import HLC
+
+MAX_HOPS = 5
+MAX_FANOUT = 1000
+MAX_LIMIT = 10_000
+MAX_TIMEOUT_MS = 60_000
+# Edge rows read per node and direction during a traversal. A hub with more
+# edges than this is only partly explored; without a cap one celebrity node
+# could make every traversal that touches it scan millions of rows.
+SCAN_CAP = 10_000
+DEFAULT_GRAPH_TIMEOUT_MS = 2000
+
+_DIRECTIONS = ("out", "in", "both")
+_EDGE_FIELDS = frozenset({"src", "relation", "dst", "weight", "properties", "version"})
+_EXPAND_KEYS = frozenset(
+    {"hops", "relations", "direction", "fanout", "limit", "decay", "timeout_ms", "seeds", "use_importance"}
+)
+_DEFAULT_INCLUDE = ("metadata", "text")
+
+EdgeKey = tuple[str, str, str]
+
+
+# ------------------------------------------------------------------ validation
+def _int_arg(value: Any, where: str, lo: int, hi: int, code: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise InvalidArgument(f"{where} must be an integer from {lo} to {hi}, got {value!r}", code=code)
+    return value
+
+
+def _hops(value: Any, where: str = "hops", lo: int = 1) -> int:
+    return _int_arg(value, where, lo, MAX_HOPS, "invalid_hops")
+
+
+def _direction(value: Any, where: str = "direction") -> str:
+    if value not in _DIRECTIONS:
+        raise InvalidArgument(f"{where} must be one of {list(_DIRECTIONS)}, got {value!r}", code="invalid_direction")
+    return str(value)
+
+
+def _relations(value: Any, where: str = "relations") -> tuple[str, ...] | None:
+    """None (every relation) or a de-duplicated tuple of valid relation names."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, Sequence) or not value:
+        raise InvalidArgument(
+            f"{where} must be a non-empty list of relation names, or null for every relation",
+            code="invalid_relation",
+        )
+    return tuple(dict.fromkeys(V.relation(r) for r in value))
+
+
+def _timeout(value: Any, where: str) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not 0 < value <= MAX_TIMEOUT_MS
+    ):
+        raise InvalidArgument(
+            f"{where} must be a number of milliseconds in (0, {MAX_TIMEOUT_MS}], got {value!r}", code="invalid_timeout"
+        )
+    return float(value)
+
+
+def _include(value: Iterable[str] | None) -> frozenset[str]:
+    return V.include(value)
+
+
+@dataclass(frozen=True, slots=True)
+class _NewEdge:
+    src: str
+    relation: str
+    dst: str
+    weight: float
+    properties: dict[str, Any]
+
+    @property
+    def key(self) -> EdgeKey:
+        return (self.src, self.relation, self.dst)
+
+
+def _edge_dict(item: Any, where: str) -> Mapping[str, Any]:
+    if isinstance(item, Edge):
+        return item.__dict__
+    if isinstance(item, Mapping):
+        unknown = set(item) - _EDGE_FIELDS
+        if unknown:
+            raise InvalidArgument(
+                f"{where} has unknown fields {sorted(unknown)}; allowed: {sorted(_EDGE_FIELDS)}", code="invalid_edge"
+            )
+        return item
+    raise InvalidArgument(f"{where} must be an Edge or a dict with src, relation and dst", code="invalid_edge")
+
+
+def _parse_new_edge(item: Any, where: str) -> _NewEdge:
+    d = _edge_dict(item, where)
+    src = V.record_id(d.get("src"), f"{where}.src")
+    dst = V.record_id(d.get("dst"), f"{where}.dst")
+    try:
+        rel = V.relation(d.get("relation"))
+    except InvalidArgument as e:
+        raise InvalidArgument(f"{where}.{e.message}", code=e.code) from e
+    w = d.get("weight")
+    if w is None:
+        weight = 1.0
+    elif isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
+        raise InvalidArgument(f"{where}.weight must be a finite number, got {w!r}", code="invalid_weight")
+    else:
+        weight = float(w)
+    try:
+        props = V.metadata(d.get("properties"))
+    except InvalidArgument as e:
+        # The shared JSON checks speak of "metadata"; say which field it was.
+        raise InvalidArgument(f"{where}.properties: {e.message}", code="invalid_properties") from e
+    return _NewEdge(src, rel, dst, weight, props)
+
+
+def _parse_edge_key(item: Any, where: str) -> EdgeKey:
+    """The (src, relation, dst) of an unlink item: a 3-tuple, a dict or an Edge."""
+    if isinstance(item, (Edge, Mapping)):
+        d = _edge_dict(item, where)
+        src, rel, dst = d.get("src"), d.get("relation"), d.get("dst")
+    elif isinstance(item, Sequence) and not isinstance(item, str) and len(item) == 3:
+        src, rel, dst = item
+    else:
+        raise InvalidArgument(
+            f"{where} must be a (src, relation, dst) tuple, a dict with those keys, or an Edge", code="invalid_edge"
+        )
+    try:
+        relation = V.relation(rel)
+    except InvalidArgument as e:
+        raise InvalidArgument(f"{where}.{e.message}", code=e.code) from e
+    return (V.record_id(src, f"{where}.src"), relation, V.record_id(dst, f"{where}.dst"))
+
+
+@dataclass(frozen=True, slots=True)
+class ExpandSpec:
+    """A validated ``expand`` argument of :meth:`Collection.search` (see docs/graph.md)."""
+
+    hops: int = 1
+    relations: tuple[str, ...] | None = None
+    direction: str = "out"
+    fanout: int = 20
+    limit: int = 50
+    decay: float = 0.5
+    timeout_ms: float = 1000.0
+    seeds: int | None = None
+    use_importance: bool = False
+
+
+def parse_expand(spec: Any) -> ExpandSpec:
+    """Validate an ``expand`` dict; unknown keys and out-of-range values raise InvalidArgument.
+
+    A key set to None takes its default, so JSON clients may send nulls.
+    """
+    if isinstance(spec, ExpandSpec):
+        return spec
+    if not isinstance(spec, Mapping):
+        raise InvalidArgument("expand must be an object such as {'hops': 2}", code="invalid_expand")
+    unknown = set(spec) - _EXPAND_KEYS
+    if unknown:
+        raise InvalidArgument(
+            f"expand has unknown keys {sorted(map(str, unknown))}; allowed: {sorted(_EXPAND_KEYS)}",
+            code="invalid_expand",
+        )
+    d = ExpandSpec()
+    s = {k: v for k, v in spec.items() if v is not None}
+    decay = s.get("decay", d.decay)
+    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not (0 < decay <= 1):
+        raise InvalidArgument(f"expand.decay must be a number in (0, 1], got {decay!r}", code="invalid_expand")
+    use_imp = s.get("use_importance", d.use_importance)
+    if not isinstance(use_imp, bool):
+        raise InvalidArgument("expand.use_importance must be true or false", code="invalid_expand")
+    seeds = s.get("seeds")
+    return ExpandSpec(
+        hops=_hops(s.get("hops", d.hops), "expand.hops"),
+        relations=_relations(s.get("relations"), "expand.relations"),
+        direction=_direction(s.get("direction", d.direction), "expand.direction"),
+        fanout=_int_arg(s.get("fanout", d.fanout), "expand.fanout", 1, MAX_FANOUT, "invalid_expand"),
+        limit=_int_arg(s.get("limit", d.limit), "expand.limit", 1, MAX_LIMIT, "invalid_expand"),
+        decay=float(decay),
+        timeout_ms=_timeout(s.get("timeout_ms", d.timeout_ms), "expand.timeout_ms"),
+        seeds=None if seeds is None else _int_arg(seeds, "expand.seeds", 1, MAX_K, "invalid_expand"),
+        use_importance=use_imp,
+    )
+
+
+def expand_seeds(spec: Any, k: int) -> int:
+    """How many ranked hits search must fetch for this expand spec (validating it first).
+
+    Called by search before it runs, so a bad spec fails fast and writes/reads nothing.
+    """
+    seeds = parse_expand(spec).seeds
+    return k if seeds is None else seeds
+
+
+# ------------------------------------------------------------------ traversal
+@dataclass(slots=True)
+class _Adj:
+    """One visible edge seen from a node: ``other`` is the neighbour across it."""
+
+    other: str
+    src: str
+    relation: str
+    dst: str
+    weight: float
+
+    def step(self) -> dict[str, Any]:
+        return {"src": self.src, "relation": self.relation, "dst": self.dst, "weight": self.weight}
+
+
+def _importance_factor(row: RecordRow | None) -> float:
+    """``1 + importance`` (floored at 0) for records that have one; 1 otherwise."""
+    if row is None or row.importance is None:
+        return 1.0
+    return max(0.0, 1.0 + row.importance)
+
+
+class GraphMixin:
+    """Edge and traversal methods, mixed into :class:`~engramdb.engine.collection.Collection`."""
+
+    if TYPE_CHECKING:
+        # Provided by Collection; declared so the mixin type-checks on its own.
+        store: Store
+        hlc: HLC
+        prefix: bytes
+
+        @property
+        def name(self) -> str: ...
+
+        @property
+        def vindex(self) -> VectorIndex: ...
+
+        def _check_open(self) -> None: ...
+
+        def rows(self, rids: Sequence[str]) -> list[RecordRow | None]: ...
+
+        def _to_record(self, rid: str, row: RecordRow, include: frozenset[str]) -> Record: ...
+
+        def _edge_tombstones(self, rid: str, now: float) -> list[Mutation]: ...
+
+    # -------------------------------------------------------------- writes
+    def link(
+        self, edges: Edge | Mapping[str, Any] | Sequence[Edge | Mapping[str, Any]], *, create_missing: bool = False
+    ) -> list[str]:
+        """Create or replace edges; returns each edge's new version, in input order.
+
+        Items are :class:`~engramdb.Edge` objects or dicts with ``src``,
+        ``relation``, ``dst`` and optional ``weight`` (finite, default 1.0) and
+        ``properties`` (JSON object). The batch is validated as a whole first:
+        if any edge is invalid, or (unless ``create_missing``) an endpoint is not
+        a live record, nothing is written and ``NotFound`` (code
+        ``record_not_found``) names the missing ids.
+
+        ``create_missing=True`` does not create records: it only allows storing
+        edges whose endpoints do not exist (yet). Such edges are invisible to
+        every read and traversal until both endpoints are live records.
+        """
+        self._check_open()
+        if not isinstance(create_missing, bool):
+            raise InvalidArgument("create_missing must be true or false", code="invalid_argument")
+        items: list[Any] = [edges] if isinstance(edges, (Edge, Mapping)) else list(edges)
+        V.batch(items, "edges")
+        parsed = [_parse_new_edge(it, f"edges[{i}]") for i, it in enumerate(items)]
+        seen: set[EdgeKey] = set()
+        for i, e in enumerate(parsed):
+            if e.key in seen:
+                raise InvalidArgument(
+                    f"edges[{i}] ({e.src!r}, {e.relation!r}, {e.dst!r}) appears twice in one batch",
+                    code="duplicate_edge",
+                )
+            seen.add(e.key)
+        if not parsed:
+            return []
+        endpoints = list(dict.fromkeys(rid for e in parsed for rid in (e.src, e.dst)))
+        if not create_missing:
+            missing = self._not_live(endpoints)
+            if missing:
+                raise NotFound(
+                    f"cannot link to records that do not exist or have expired: {missing[:10]!r}"
+                    f"{' …' if len(missing) > 10 else ''}; create them first or pass create_missing=True",
+                    code="record_not_found",
+                    details={"missing": missing[:100]},
+                )
+        now = time.time()
+        muts: list[Mutation] = []
+        for e in parsed:
+            hlc, node = self.hlc.now()
+            muts.append(
+                Mutation(
+                    K.CHANGE_EDGE,
+                    self.prefix,
+                    K.edge_out_key(self.prefix, e.src, e.relation, e.dst),
+                    EdgeRow(hlc, node, False, e.weight, e.properties, updated_at=now),
+                    in_key=K.edge_in_key(self.prefix, e.src, e.relation, e.dst),
+                )
+            )
+        self.store.apply(muts)
+        if not create_missing:
+            # A delete of an endpoint may have committed between our check and
+            # our write, after it tombstoned that record's edges. Re-check and
+            # remove what the delete would have removed, so the delete wins
+            # instead of leaving an edge that resurfaces if the id is reused.
+            gone = self._not_live(endpoints)
+            if gone:
+                t = time.time()
+                self.store.apply([m for rid in gone for m in self._edge_tombstones(rid, t)])
+        return [version_str(m.row.version) for m in muts]
+
+    def unlink(self, edges: Sequence[Any] | Mapping[str, Any] | Edge) -> int:
+        """Remove edges given as ``(src, relation, dst)`` tuples, dicts or Edges.
+
+        Returns how many of them were stored (dangling edges count; edges that
+        were absent or already removed do not). Validated as a whole first.
+        """
+        self._check_open()
+        items: list[Any] = [edges] if isinstance(edges, (Edge, Mapping)) else list(edges)
+        V.batch(items, "edges")
+        keys = list(dict.fromkeys(_parse_edge_key(it, f"edges[{i}]") for i, it in enumerate(items)))
+        if not keys:
+            return 0
+        out_keys = [K.edge_out_key(self.prefix, s, r, d) for s, r, d in keys]
+        now = time.time()
+        muts: list[Mutation] = []
+        for (s, r, d), ok, raw in zip(keys, out_keys, self.store.multi_get("edges_out", out_keys), strict=True):
+            # Absent or already-removed edges need no tombstone: nothing to hide.
+            if raw is None or decode_edge(raw).deleted:
+                continue
+            hlc, node = self.hlc.now()
+            muts.append(
+                Mutation(
+                    K.CHANGE_EDGE,
+                    self.prefix,
+                    ok,
+                    EdgeRow(hlc, node, True, updated_at=now),
+                    in_key=K.edge_in_key(self.prefix, s, r, d),
+                )
+            )
+        if not muts:
+            return 0
+        changes = self.store.apply(muts)
+        return sum(1 for c in changes if c.applied and isinstance(c.old, EdgeRow) and not c.old.deleted)
+
+    # --------------------------------------------------------------- reads
+    def edges(
+        self,
+        id: str,
+        *,
+        direction: str = "out",
+        relation: str | None = None,
+        limit: int = 1000,
+    ) -> list[Edge]:
+        """Visible edges of a live record: outgoing, incoming or both (out first).
+
+        Edges whose other endpoint is missing, deleted or expired are left out.
+        Raises ``NotFound`` (``record_not_found``) if ``id`` is not a live record.
+        """
+        self._check_open()
+        rid = V.record_id(id)
+        direction = _direction(direction)
+        rel = None if relation is None else V.relation(relation)
+        limit = _int_arg(limit, "limit", 1, MAX_LIMIT, "invalid_limit")
+        alive = self._alive_fn()
+        self._require_live(rid, alive)
+        out: list[Edge] = []
+        seen: set[EdgeKey] = set()
+        for cf in ("edges_out", "edges_in") if direction == "both" else (f"edges_{direction}",):
+            for k, v in self.store.iter_prefix(cf, K.edge_node_prefix(self.prefix, rid, rel)):
+                row = decode_edge(v)
+                if row.deleted:
+                    continue
+                a, r, b = K.parse_edge_key(k)
+                src, dst = (a, b) if cf == "edges_out" else (b, a)
+                if (src, r, dst) in seen or not alive(b):
+                    continue  # a self-loop shows once under "both"
+                seen.add((src, r, dst))
+                out.append(Edge(src, r, dst, row.weight, row.properties, version_str(row.version)))
+                if len(out) >= limit:
+                    return out
+        return out
+
+    def neighbors(
+        self,
+        id: str,
+        *,
+        hops: int = 1,
+        relations: str | Sequence[str] | None = None,
+        direction: str = "out",
+        limit: int = 100,
+        fanout: int | None = None,
+        include: Iterable[str] | None = _DEFAULT_INCLUDE,
+        timeout_ms: float = DEFAULT_GRAPH_TIMEOUT_MS,
+    ) -> list[Hit]:
+        """Records reachable from ``id`` within ``hops`` edges, breadth-first.
+
+        Each node appears once, at its shortest hop distance (``Hit.hop``), with
+        ``Hit.path`` the steps ``{"src", "relation", "dst", "weight"}`` from
+        ``id`` (steps keep the edge's own orientation, also when walked
+        backwards) and ``Hit.score`` the product of the path's edge weights.
+        Among several shortest paths the highest-scoring one is reported.
+        Results are ordered by hop, then score (desc), then id; the start node
+        is not included. ``fanout`` keeps only the heaviest edges of each node.
+        Raises ``NotFound`` if ``id`` is not a live record and
+        ``DeadlineExceeded`` past ``timeout_ms``.
+        """
+        self._check_open()
+        rid = V.record_id(id)
+        hops = _hops(hops)
+        rels = _relations(relations)
+        direction = _direction(direction)
+        limit = _int_arg(limit, "limit", 1, MAX_LIMIT, "invalid_limit")
+        if fanout is not None:
+            fanout = _int_arg(fanout, "fanout", 1, MAX_FANOUT, "invalid_fanout")
+        inc = _include(include)
+        deadline = time.monotonic() + _timeout(timeout_ms, "timeout_ms") / 1000
+        alive = self._alive_fn()
+        self._require_live(rid, alive)
+        visited = {rid}
+        frontier: list[tuple[str, float, list[dict[str, Any]]]] = [(rid, 1.0, [])]
+        found: list[Hit] = []
+        for hop in range(1, hops + 1):
+            level: dict[str, tuple[float, list[dict[str, Any]]]] = {}
+            for u, score, path in frontier:
+                if time.monotonic() > deadline:
+                    raise DeadlineExceeded(
+                        f"neighbors of {rid!r} took longer than {timeout_ms} ms; "
+                        "lower hops, name relations, set a fanout or raise timeout_ms"
+                    )
+                adj = [a for a in self._adjacent(u, direction, rels) if a.other not in visited and alive(a.other)]
+                if fanout is not None:
+                    adj = sorted(adj, key=lambda a: -a.weight)[:fanout]
+                for a in adj:
+                    cand = score * a.weight
+                    cur = level.get(a.other)
+                    if cur is None:
+                        # Stop discovering once the answer is full; nodes already
+                        # found may still improve their path below.
+                        if len(found) + len(level) >= limit:
+                            continue
+                        level[a.other] = (cand, [*path, a.step()])
+                    elif cand > cur[0]:
+                        level[a.other] = (cand, [*path, a.step()])
+            if not level:
+                break
+            ordered = sorted(level.items(), key=lambda kv: (-kv[1][0], kv[0]))
+            visited.update(level)
+            found.extend(Hit(id=v, score=s, hop=hop, path=p) for v, (s, p) in ordered)
+            frontier = [(v, s, p) for v, (s, p) in ordered]
+            if len(found) >= limit:
+                break
+        return self._with_records(found[:limit], inc)
+
+    def subgraph(
+        self,
+        ids: str | Sequence[str],
+        *,
+        hops: int = 1,
+        relations: str | Sequence[str] | None = None,
+        direction: str = "both",
+        limit: int = 500,
+        include: Iterable[str] | None = _DEFAULT_INCLUDE,
+        timeout_ms: float = DEFAULT_GRAPH_TIMEOUT_MS,
+    ) -> dict[str, list[Any]]:
+        """The neighbourhood of ``ids`` for display: ``{"nodes": [Record], "edges": [Edge]}``.
+
+        Nodes are the live ids given (missing ones are skipped) followed by
+        what a breadth-first walk of ``hops`` (0-5; 0 = just these nodes) along
+        ``direction`` and ``relations`` reaches, up to ``limit`` nodes. Edges are
+        every visible edge between two returned nodes whose relation matches,
+        whatever its direction. Raises ``DeadlineExceeded`` past ``timeout_ms``.
+        """
+        self._check_open()
+        id_list = [ids] if isinstance(ids, str) else list(ids)
+        V.batch(id_list, "ids")
+        starts = [V.record_id(r, f"ids[{i}]") for i, r in enumerate(id_list)]
+        hops = _hops(hops, lo=0)
+        rels = _relations(relations)
+        direction = _direction(direction)
+        limit = _int_arg(limit, "limit", 1, MAX_LIMIT, "invalid_limit")
+        inc = _include(include)
+        deadline = time.monotonic() + _timeout(timeout_ms, "timeout_ms") / 1000
+
+        def check_time() -> None:
+            if time.monotonic() > deadline:
+                raise DeadlineExceeded(
+                    f"subgraph took longer than {timeout_ms} ms; "
+                    "lower hops or limit, name relations or raise timeout_ms"
+                )
+
+        alive = self._alive_fn()
+        nodes: dict[str, None] = {}
+        for r in starts:
+            if len(nodes) < limit and alive(r):
+                nodes[r] = None
+        frontier = list(nodes)
+        for _ in range(hops):
+            nxt: list[str] = []
+            for u in frontier:
+                check_time()
+                for a in self._adjacent(u, direction, rels):
+                    if len(nodes) >= limit:
+                        break
+                    if a.other not in nodes and alive(a.other):
+                        nodes[a.other] = None
+                        nxt.append(a.other)
+            frontier = nxt
+            if not frontier or len(nodes) >= limit:
+                break
+        now = time.time()
+        records: list[Record] = []
+        kept: set[str] = set()
+        node_ids = list(nodes)
+        for rid, row in zip(node_ids, self.rows(node_ids), strict=True):
+            if row is not None and row.live(now):
+                records.append(self._to_record(rid, row, inc))
+                kept.add(rid)
+        edge_list: list[Edge] = []
+        for rec in records:
+            check_time()
+            # Scanning only out-edges lists each edge between kept nodes once.
+            for k, v in self._scan_edges("edges_out", rec.id, rels):
+                _, r, dst = K.parse_edge_key(k)
+                if dst not in kept:
+                    continue
+                row_e = decode_edge(v)
+                if not row_e.deleted:
+                    edge_list.append(Edge(rec.id, r, dst, row_e.weight, row_e.properties, version_str(row_e.version)))
+        return {"nodes": records, "edges": edge_list}
+
+    # ------------------------------------------------------------- helpers
+    def _not_live(self, rids: Sequence[str]) -> list[str]:
+        """Ids among ``rids`` that are not live records, read from storage (authoritative)."""
+        now = time.time()
+        return [r for r, row in zip(rids, self.rows(rids), strict=True) if row is None or not row.live(now)]
+
+    def _alive_fn(self) -> Callable[[str], bool]:
+        """A fast liveness test for ids, from the in-memory index, at a fixed 'now'."""
+        vindex = self.vindex
+        now = time.time()
+
+        def alive(rid: str) -> bool:
+            label = vindex.label_of.get(rid)
+            if label is None:
+                return False
+            exp = vindex.expires.get(label)
+            return exp is None or exp > now
+
+        return alive
+
+    def _require_live(self, rid: str, alive: Callable[[str], bool]) -> None:
+        if not alive(rid):
+            raise NotFound(f"record {rid!r} does not exist in collection {self.name!r}", code="record_not_found")
+
+    def _scan_edges(
+        self, cf: str, node: str, relations: tuple[str, ...] | None, cap: int | None = None
+    ) -> Iterable[tuple[bytes, bytes]]:
+        """Raw (key, value) rows of one node's adjacency, restricted to ``relations``."""
+        prefixes = (
+            [K.edge_node_prefix(self.prefix, node)]
+            if relations is None
+            else [K.edge_node_prefix(self.prefix, node, r) for r in relations]
+        )
+        n = 0
+        for p in prefixes:
+            for kv in self.store.iter_prefix(cf, p):
+                yield kv
+                n += 1
+                if cap is not None and n >= cap:
+                    return
+
+    def _adjacent(self, node: str, direction: str, relations: tuple[str, ...] | None) -> list[_Adj]:
+        """Stored, non-tombstoned edges of ``node`` (liveness of the other end is the caller's check)."""
+        out: list[_Adj] = []
+        if direction in ("out", "both"):
+            for k, v in self._scan_edges("edges_out", node, relations, SCAN_CAP):
+                row = decode_edge(v)
+                if not row.deleted:
+                    _, r, dst = K.parse_edge_key(k)
+                    out.append(_Adj(dst, node, r, dst, row.weight))
+        if direction in ("in", "both"):
+            for k, v in self._scan_edges("edges_in", node, relations, SCAN_CAP):
+                row = decode_edge(v)
+                if not row.deleted:
+                    _, r, src = K.parse_edge_key(k)
+                    out.append(_Adj(src, src, r, node, row.weight))
+        return out
+
+    def _with_records(self, hits: list[Hit], inc: frozenset[str]) -> list[Hit]:
+        """Attach records (fields in ``inc``), dropping any node deleted meanwhile."""
+        if not inc or not hits:
+            return hits
+        now = time.time()
+        out = []
+        for h, row in zip(hits, self.rows([h.id for h in hits]), strict=True):
+            if row is not None and row.live(now):
+                h.record = self._to_record(h.id, row, inc)
+                out.append(h)
+        return out
+
+
+# ------------------------------------------------------- expansion for search
+@dataclass(slots=True)
+class _Best:
+    base: float  # seed_score * prod(decay * weight) along the path; what propagates
+    hop: int
+    path: list[dict[str, Any]]
+    on_path: frozenset[str]  # nodes of the path, so a walk never loops back
+    hit: Hit | None = None  # the ranked hit, for nodes that came from search
+
+
+def expand_hits(
+    coll: Collection,
+    hits: list[Hit],
+    expand: Any,
+    flt: Filter | None,
+    inc: frozenset[str],
+) -> list[Hit]:
+    """Graph-expansion of ranked search hits (best first); see docs/graph.md.
+
+    The first ``seeds`` hits (all by default) start a level-by-level walk of up
+    to ``hops`` edges. A node reached over edge ``e`` from ``u`` gets
+    ``base(u) * decay * weight(e)``; a seed's base is its search score. Each
+    node keeps its best base (and the hop and path that gave it), across seeds
+    and hops; a node that improves is walked again from there. Per node the
+    ``fanout`` heaviest eligible edges are followed, and the frontier of each
+    hop keeps the ``limit`` best nodes. Expanded nodes must be live and match
+    ``flt``; nodes that do not are neither returned nor walked through. With
+    ``use_importance`` a node's reported score is ``base * max(0, 1 +
+    importance)`` (1 when it has none); importance does not propagate. Returns
+    the given hits and the expanded nodes by score (desc), cut to ``limit``.
+    Past ``timeout_ms`` the walk stops and what was found so far is returned.
+    """
+    spec = parse_expand(expand)
+    if not hits:
+        return []
+    deadline = time.monotonic() + spec.timeout_ms / 1000
+    alive = coll._alive_fn()
+    rows: dict[str, RecordRow | None] = {}
+
+    def load_rows(ids: Iterable[str]) -> None:
+        need = [r for r in dict.fromkeys(ids) if r not in rows]
+        if need:
+            rows.update(zip(need, coll.rows(need), strict=True))
+
+    now = time.time()
+
+    def eligible(rid: str) -> bool:
+        if flt is None:
+            return True  # liveness was checked from the index already
+        row = rows.get(rid)
+        return row is not None and row.live(now) and flt.matches(rid, row.namespace, row.metadata)
+
+    best: dict[str, _Best] = {}
+    for h in hits:
+        if h.id not in best:
+            best[h.id] = _Best(h.score, 0, [], frozenset((h.id,)), h)
+    n_seeds = len(hits) if spec.seeds is None else min(spec.seeds, len(hits))
+    frontier = list(dict.fromkeys(h.id for h in hits[:n_seeds]))
+    timed_out = False
+    for hop in range(1, spec.hops + 1):
+        # Candidate edges of each frontier node, heaviest first.
+        cands: dict[str, list[_Adj]] = {}
+        for u in frontier:
+            if time.monotonic() > deadline:
+                timed_out = True
+                break
+            on_path = best[u].on_path
+            adj = [a for a in coll._adjacent(u, spec.direction, spec.relations) if a.other not in on_path]
+            adj.sort(key=lambda a: -a.weight)  # stable: ties keep key order
+            cands[u] = [a for a in adj if alive(a.other)]
+        # Pick up to `fanout` eligible edges per node. With a filter that needs
+        # rows, read them in rounds (one multi_get per round for the whole
+        # level) so a node whose first choices fail the filter reaches further.
+        chosen: dict[str, list[_Adj]] = {u: [] for u in cands}
+        pos = dict.fromkeys(cands, 0)
+        pending = [u for u in cands if cands[u]]
+        while pending:
+            want: dict[str, list[_Adj]] = {}
+            for u in pending:
+                take = spec.fanout - len(chosen[u])
+                want[u] = cands[u][pos[u] : pos[u] + take]
+                pos[u] += take
+            if flt is not None:
+                load_rows(a.other for batch in want.values() for a in batch)
+            for u, batch in want.items():
+                chosen[u].extend(a for a in batch if eligible(a.other))
+            pending = [u for u in pending if len(chosen[u]) < spec.fanout and pos[u] < len(cands[u])]
+        updated: dict[str, None] = {}
+        for u in cands:
+            bu = best[u]
+            for a in chosen[u]:
+                cand = bu.base * spec.decay * a.weight
+                cur = best.get(a.other)
+                if cur is None or cand > cur.base:
+                    best[a.other] = _Best(
+                        cand, hop, [*bu.path, a.step()], bu.on_path | {a.other}, cur.hit if cur else None
+                    )
+                    updated[a.other] = None
+        # Walk on from the nodes this hop improved, best first, as a beam of `limit`.
+        frontier = sorted(updated, key=lambda r: (-best[r].base, r))[: spec.limit]
+        if timed_out or not frontier:
+            break
+
+    def final_score(rid: str) -> float:
+        b = best[rid].base
+        return b * _importance_factor(rows.get(rid)) if spec.use_importance else b
+
+    order = list(best)
+    if spec.use_importance:
+        load_rows(order)
+    order.sort(key=lambda r: (-final_score(r), best[r].hop, r))
+    out: list[Hit] = []
+    # Materialise in slices: rows are needed for records (and a last liveness
+    # check), and reading every discovered node would waste I/O on the tail.
+    i = 0
+    while len(out) < spec.limit and i < len(order):
+        chunk = order[i : i + spec.limit - len(out)]
+        i += len(chunk)
+        expanded = [r for r in chunk if best[r].hit is None]
+        if inc or flt is not None:
+            load_rows(expanded)
+        for rid in chunk:
+            b = best[rid]
+            score = final_score(rid)
+            if b.hit is not None:
+                out.append(Hit(rid, score, b.hit.record, b.hop, b.path, b.hit.signals))
+                continue
+            row = rows.get(rid)
+            if inc and (row is None or not row.live(now)):
+                continue  # deleted while we walked
+            rec = coll._to_record(rid, row, inc) if inc and row is not None else None
+            out.append(Hit(rid, score, rec, b.hop, b.path, {}))
+    return out

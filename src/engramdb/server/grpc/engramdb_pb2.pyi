@@ -1,0 +1,540 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class FieldList(_message.Message):
+    __slots__ = ("fields",)
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    fields: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, fields: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class StringList(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, values: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Record(_message.Message):
+    __slots__ = ("id", "vector", "text", "metadata_json", "namespace", "ttl_seconds", "expires_at", "importance", "created_at", "updated_at", "version")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    METADATA_JSON_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    IMPORTANCE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    vector: bytes
+    text: str
+    metadata_json: str
+    namespace: _containers.RepeatedScalarFieldContainer[str]
+    ttl_seconds: float
+    expires_at: float
+    importance: float
+    created_at: float
+    updated_at: float
+    version: str
+    def __init__(self, id: _Optional[str] = ..., vector: _Optional[bytes] = ..., text: _Optional[str] = ..., metadata_json: _Optional[str] = ..., namespace: _Optional[_Iterable[str]] = ..., ttl_seconds: _Optional[float] = ..., expires_at: _Optional[float] = ..., importance: _Optional[float] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., version: _Optional[str] = ...) -> None: ...
+
+class Edge(_message.Message):
+    __slots__ = ("src", "relation", "dst", "weight", "properties_json", "version")
+    SRC_FIELD_NUMBER: _ClassVar[int]
+    RELATION_FIELD_NUMBER: _ClassVar[int]
+    DST_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    PROPERTIES_JSON_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    src: str
+    relation: str
+    dst: str
+    weight: float
+    properties_json: str
+    version: str
+    def __init__(self, src: _Optional[str] = ..., relation: _Optional[str] = ..., dst: _Optional[str] = ..., weight: _Optional[float] = ..., properties_json: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+
+class EdgeKey(_message.Message):
+    __slots__ = ("src", "relation", "dst")
+    SRC_FIELD_NUMBER: _ClassVar[int]
+    RELATION_FIELD_NUMBER: _ClassVar[int]
+    DST_FIELD_NUMBER: _ClassVar[int]
+    src: str
+    relation: str
+    dst: str
+    def __init__(self, src: _Optional[str] = ..., relation: _Optional[str] = ..., dst: _Optional[str] = ...) -> None: ...
+
+class Hit(_message.Message):
+    __slots__ = ("id", "score", "hop", "record", "path_json", "signals")
+    class SignalsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    HOP_FIELD_NUMBER: _ClassVar[int]
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    PATH_JSON_FIELD_NUMBER: _ClassVar[int]
+    SIGNALS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    score: float
+    hop: int
+    record: Record
+    path_json: str
+    signals: _containers.ScalarMap[str, float]
+    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., hop: _Optional[int] = ..., record: _Optional[_Union[Record, _Mapping]] = ..., path_json: _Optional[str] = ..., signals: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class CollectionConfig(_message.Message):
+    __slots__ = ("name", "dimension", "metric", "index_json", "embedder_json", "default_ttl_seconds", "indexed_fields", "text_index")
+    class IndexedFieldsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DIMENSION_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    INDEX_JSON_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDER_JSON_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    INDEXED_FIELDS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_INDEX_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    dimension: int
+    metric: str
+    index_json: str
+    embedder_json: str
+    default_ttl_seconds: float
+    indexed_fields: _containers.ScalarMap[str, str]
+    text_index: bool
+    def __init__(self, name: _Optional[str] = ..., dimension: _Optional[int] = ..., metric: _Optional[str] = ..., index_json: _Optional[str] = ..., embedder_json: _Optional[str] = ..., default_ttl_seconds: _Optional[float] = ..., indexed_fields: _Optional[_Mapping[str, str]] = ..., text_index: _Optional[bool] = ...) -> None: ...
+
+class CreateCollectionRequest(_message.Message):
+    __slots__ = ("name", "dimension", "metric", "index_json", "embedder_json", "default_ttl_seconds", "indexed_fields", "text_index", "exist_ok")
+    class IndexedFieldsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DIMENSION_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    INDEX_JSON_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDER_JSON_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    INDEXED_FIELDS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_INDEX_FIELD_NUMBER: _ClassVar[int]
+    EXIST_OK_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    dimension: int
+    metric: str
+    index_json: str
+    embedder_json: str
+    default_ttl_seconds: float
+    indexed_fields: _containers.ScalarMap[str, str]
+    text_index: bool
+    exist_ok: bool
+    def __init__(self, name: _Optional[str] = ..., dimension: _Optional[int] = ..., metric: _Optional[str] = ..., index_json: _Optional[str] = ..., embedder_json: _Optional[str] = ..., default_ttl_seconds: _Optional[float] = ..., indexed_fields: _Optional[_Mapping[str, str]] = ..., text_index: _Optional[bool] = ..., exist_ok: _Optional[bool] = ...) -> None: ...
+
+class CollectionResponse(_message.Message):
+    __slots__ = ("collection",)
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    collection: CollectionConfig
+    def __init__(self, collection: _Optional[_Union[CollectionConfig, _Mapping]] = ...) -> None: ...
+
+class ListCollectionsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListCollectionsResponse(_message.Message):
+    __slots__ = ("collections",)
+    COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
+    collections: _containers.RepeatedCompositeFieldContainer[CollectionConfig]
+    def __init__(self, collections: _Optional[_Iterable[_Union[CollectionConfig, _Mapping]]] = ...) -> None: ...
+
+class GetCollectionRequest(_message.Message):
+    __slots__ = ("coll",)
+    COLL_FIELD_NUMBER: _ClassVar[int]
+    coll: str
+    def __init__(self, coll: _Optional[str] = ...) -> None: ...
+
+class GetCollectionResponse(_message.Message):
+    __slots__ = ("collection", "count")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    collection: CollectionConfig
+    count: int
+    def __init__(self, collection: _Optional[_Union[CollectionConfig, _Mapping]] = ..., count: _Optional[int] = ...) -> None: ...
+
+class DeleteCollectionRequest(_message.Message):
+    __slots__ = ("coll",)
+    COLL_FIELD_NUMBER: _ClassVar[int]
+    coll: str
+    def __init__(self, coll: _Optional[str] = ...) -> None: ...
+
+class DeleteCollectionResponse(_message.Message):
+    __slots__ = ("deleted",)
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    deleted: bool
+    def __init__(self, deleted: _Optional[bool] = ...) -> None: ...
+
+class UpsertRequest(_message.Message):
+    __slots__ = ("coll", "records")
+    COLL_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    coll: str
+    records: _containers.RepeatedCompositeFieldContainer[Record]
+    def __init__(self, coll: _Optional[str] = ..., records: _Optional[_Iterable[_Union[Record, _Mapping]]] = ...) -> None: ...
+
+class VersionsResponse(_message.Message):
+    __slots__ = ("versions",)
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    versions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, versions: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetRequest(_message.Message):
+    __slots__ = ("coll", "ids", "include", "refresh_ttl")
+    COLL_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_FIELD_NUMBER: _ClassVar[int]
+    REFRESH_TTL_FIELD_NUMBER: _ClassVar[int]
+    coll: str
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    include: FieldList
+    refresh_ttl: bool
+    def __init__(self, coll: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., include: _Optional[_Union[FieldList, _Mapping]] = ..., refresh_ttl: _Optional[bool] = ...) -> None: ...
+
+class RecordsResponse(_message.Message):
+    __slots__ = ("records",)
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[Record]
+    def __init__(self, records: _Optional[_Iterable[_Union[Record, _Mapping]]] = ...) -> None: ...
+
+class PatchRequest(_message.Message):
+    __slots__ = ("coll", "id", "metadata_json", "text", "namespace", "ttl_seconds", "importance", "vector")
+    COLL_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    METADATA_JSON_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    IMPORTANCE_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    coll: str
+    id: str
+    metadata_json: str
+    text: str
+    namespace: StringList
+    ttl_seconds: float
+    importance: float
+    vector: bytes
+    def __init__(self, coll: _Optional[str] = ..., id: _Optional[str] = ..., metadata_json: _Optional[str] = ..., text: _Optional[str] = ..., namespace: _Optional[_Union[StringList, _Mapping]] = ..., ttl_seconds: _Optional[float] = ..., importance: _Optional[float] = ..., vector: _Optional[bytes] = ...) -> None: ...
+
+class RecordResponse(_message.Message):
+    __slots__ = ("record",)
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    record: Record
+    def __init__(self, record: _Optional[_Union[Record, _Mapping]] = ...) -> None: ...
+
+class DeleteRequest(_message.Message):
+    __slots__ = ("coll", "ids", "filter_json")
+    COLL_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    FILTER_JSON_FIELD_NUMBER: _ClassVar[int]
+    coll: str
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    filter_json: str
+    def __init__(self, coll: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., filter_json: _Optional[str] = ...) -> None: ...
+
+class DeletedResponse(_message.Message):
+    __slots__ = ("deleted",)
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    deleted: int
+    def __init__(self, deleted: _Optional[int] = ...) -> None: ...
+
+class ScanRequest(_message.Message):
+    __slots__ = ("coll", "cursor", "limit", "id_prefix", "namespace_prefix", "filter_json", "include")
+    COLL_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    ID_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    FILTER_JSON_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_FIELD_NUMBER: _ClassVar[int]
+    coll: str
+    cursor: str
+    limit: int
+    id_prefix: str
+    namespace_prefix: _containers.RepeatedScalarFieldContainer[str]
+    filter_json: str
+    include: FieldList
+    def __init__(self, coll: _Optional[str] = ..., cursor: _Optional[str] = ..., limit: _Optional[int] = ..., id_prefix: _Optional[str] = ..., namespace_prefix: _Optional[_Iterable[str]] = ..., filter_json: _Optional[str] = ..., include: _Optional[_Union[FieldList, _Mapping]] = ...) -> None: ...
+
+class ScanResponse(_message.Message):
+    __slots__ = ("records", "next_cursor")
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[Record]
+    next_cursor: str
+    def __init__(self, records: _Optional[_Iterable[_Union[Record, _Mapping]]] = ..., next_cursor: _Optional[str] = ...) -> None: ...
+
+class CountRequest(_message.Message):
+    __slots__ = ("coll", "filter_json")
+    COLL_FIELD_NUMBER: _ClassVar[int]
+    FILTER_JSON_FIELD_NUMBER: _ClassVar[int]
+    coll: str
+    filter_json: str
+    def __init__(self, coll: _Optional[str] = ..., filter_json: _Optional[str] = ...) -> None: ...
+
+class CountResponse(_message.Message):
+    __slots__ = ("count",)
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    def __init__(self, count: _Optional[int] = ...) -> None: ...
+
+class RefreshTtlRequest(_message.Message):
+    __slots__ = ("coll", "ids")
+    COLL_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    coll: str
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, coll: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RefreshTtlResponse(_message.Message):
+    __slots__ = ("refreshed",)
+    REFRESHED_FIELD_NUMBER: _ClassVar[int]
+    refreshed: int
+    def __init__(self, refreshed: _Optional[int] = ...) -> None: ...
+
+class SearchRequest(_message.Message):
+    __slots__ = ("coll", "vector", "k", "filter_json", "ef", "include", "exact", "text", "mode", "weights_json", "expand_json", "min_score", "refresh_ttl")
+    COLL_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    FILTER_JSON_FIELD_NUMBER: _ClassVar[int]
+    EF_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_FIELD_NUMBER: _ClassVar[int]
+    EXACT_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_JSON_FIELD_NUMBER: _ClassVar[int]
+    EXPAND_JSON_FIELD_NUMBER: _ClassVar[int]
+    MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
+    REFRESH_TTL_FIELD_NUMBER: _ClassVar[int]
+    coll: str
+    vector: bytes
+    k: int
+    filter_json: str
+    ef: int
+    include: FieldList
+    exact: bool
+    text: str
+    mode: str
+    weights_json: str
+    expand_json: str
+    min_score: float
+    refresh_ttl: bool
+    def __init__(self, coll: _Optional[str] = ..., vector: _Optional[bytes] = ..., k: _Optional[int] = ..., filter_json: _Optional[str] = ..., ef: _Optional[int] = ..., include: _Optional[_Union[FieldList, _Mapping]] = ..., exact: _Optional[bool] = ..., text: _Optional[str] = ..., mode: _Optional[str] = ..., weights_json: _Optional[str] = ..., expand_json: _Optional[str] = ..., min_score: _Optional[float] = ..., refresh_ttl: _Optional[bool] = ...) -> None: ...
+
+class SearchResponse(_message.Message):
+    __slots__ = ("hits",)
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    hits: _containers.RepeatedCompositeFieldContainer[Hit]
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ...) -> None: ...
+
+class ListNamespacesRequest(_message.Message):
+    __slots__ = ("coll", "prefix", "suffix", "max_depth", "limit", "offset")
+    COLL_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    SUFFIX_FIELD_NUMBER: _ClassVar[int]
+    MAX_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    coll: str
+    prefix: _containers.RepeatedScalarFieldContainer[str]
+    suffix: _containers.RepeatedScalarFieldContainer[str]
+    max_depth: int
+    limit: int
+    offset: int
+    def __init__(self, coll: _Optional[str] = ..., prefix: _Optional[_Iterable[str]] = ..., suffix: _Optional[_Iterable[str]] = ..., max_depth: _Optional[int] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class Namespace(_message.Message):
+    __slots__ = ("path",)
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    path: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, path: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListNamespacesResponse(_message.Message):
+    __slots__ = ("namespaces",)
+    NAMESPACES_FIELD_NUMBER: _ClassVar[int]
+    namespaces: _containers.RepeatedCompositeFieldContainer[Namespace]
+    def __init__(self, namespaces: _Optional[_Iterable[_Union[Namespace, _Mapping]]] = ...) -> None: ...
+
+class LinkRequest(_message.Message):
+    __slots__ = ("coll", "edges", "create_missing")
+    COLL_FIELD_NUMBER: _ClassVar[int]
+    EDGES_FIELD_NUMBER: _ClassVar[int]
+    CREATE_MISSING_FIELD_NUMBER: _ClassVar[int]
+    coll: str
+    edges: _containers.RepeatedCompositeFieldContainer[Edge]
+    create_missing: bool
+    def __init__(self, coll: _Optional[str] = ..., edges: _Optional[_Iterable[_Union[Edge, _Mapping]]] = ..., create_missing: _Optional[bool] = ...) -> None: ...
+
+class UnlinkRequest(_message.Message):
+    __slots__ = ("coll", "edges")
+    COLL_FIELD_NUMBER: _ClassVar[int]
+    EDGES_FIELD_NUMBER: _ClassVar[int]
+    coll: str
+    edges: _containers.RepeatedCompositeFieldContainer[EdgeKey]
+    def __init__(self, coll: _Optional[str] = ..., edges: _Optional[_Iterable[_Union[EdgeKey, _Mapping]]] = ...) -> None: ...
+
+class EdgesRequest(_message.Message):
+    __slots__ = ("coll", "id", "direction", "relation", "limit")
+    COLL_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    RELATION_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    coll: str
+    id: str
+    direction: str
+    relation: str
+    limit: int
+    def __init__(self, coll: _Optional[str] = ..., id: _Optional[str] = ..., direction: _Optional[str] = ..., relation: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class EdgesResponse(_message.Message):
+    __slots__ = ("edges",)
+    EDGES_FIELD_NUMBER: _ClassVar[int]
+    edges: _containers.RepeatedCompositeFieldContainer[Edge]
+    def __init__(self, edges: _Optional[_Iterable[_Union[Edge, _Mapping]]] = ...) -> None: ...
+
+class NeighborsRequest(_message.Message):
+    __slots__ = ("coll", "id", "hops", "relations", "direction", "limit")
+    COLL_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    HOPS_FIELD_NUMBER: _ClassVar[int]
+    RELATIONS_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    coll: str
+    id: str
+    hops: int
+    relations: _containers.RepeatedScalarFieldContainer[str]
+    direction: str
+    limit: int
+    def __init__(self, coll: _Optional[str] = ..., id: _Optional[str] = ..., hops: _Optional[int] = ..., relations: _Optional[_Iterable[str]] = ..., direction: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class SubgraphRequest(_message.Message):
+    __slots__ = ("coll", "ids", "hops", "relations", "direction", "limit")
+    COLL_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    HOPS_FIELD_NUMBER: _ClassVar[int]
+    RELATIONS_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    coll: str
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    hops: int
+    relations: _containers.RepeatedScalarFieldContainer[str]
+    direction: str
+    limit: int
+    def __init__(self, coll: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., hops: _Optional[int] = ..., relations: _Optional[_Iterable[str]] = ..., direction: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class SubgraphResponse(_message.Message):
+    __slots__ = ("nodes", "edges")
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    EDGES_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedCompositeFieldContainer[Record]
+    edges: _containers.RepeatedCompositeFieldContainer[Edge]
+    def __init__(self, nodes: _Optional[_Iterable[_Union[Record, _Mapping]]] = ..., edges: _Optional[_Iterable[_Union[Edge, _Mapping]]] = ...) -> None: ...
+
+class CreateKeyRequest(_message.Message):
+    __slots__ = ("role", "tenant", "collections", "expires_at", "name")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    tenant: str
+    collections: _containers.RepeatedScalarFieldContainer[str]
+    expires_at: float
+    name: str
+    def __init__(self, role: _Optional[str] = ..., tenant: _Optional[str] = ..., collections: _Optional[_Iterable[str]] = ..., expires_at: _Optional[float] = ..., name: _Optional[str] = ...) -> None: ...
+
+class KeyInfo(_message.Message):
+    __slots__ = ("id", "role", "tenant", "collections", "expires_at", "name")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    role: str
+    tenant: str
+    collections: _containers.RepeatedScalarFieldContainer[str]
+    expires_at: float
+    name: str
+    def __init__(self, id: _Optional[str] = ..., role: _Optional[str] = ..., tenant: _Optional[str] = ..., collections: _Optional[_Iterable[str]] = ..., expires_at: _Optional[float] = ..., name: _Optional[str] = ...) -> None: ...
+
+class NewKeyResponse(_message.Message):
+    __slots__ = ("key", "id", "role", "tenant", "collections", "expires_at", "name")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    id: str
+    role: str
+    tenant: str
+    collections: _containers.RepeatedScalarFieldContainer[str]
+    expires_at: float
+    name: str
+    def __init__(self, key: _Optional[str] = ..., id: _Optional[str] = ..., role: _Optional[str] = ..., tenant: _Optional[str] = ..., collections: _Optional[_Iterable[str]] = ..., expires_at: _Optional[float] = ..., name: _Optional[str] = ...) -> None: ...
+
+class ListKeysRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListKeysResponse(_message.Message):
+    __slots__ = ("keys",)
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[KeyInfo]
+    def __init__(self, keys: _Optional[_Iterable[_Union[KeyInfo, _Mapping]]] = ...) -> None: ...
+
+class RevokeKeyRequest(_message.Message):
+    __slots__ = ("key_id",)
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    def __init__(self, key_id: _Optional[str] = ...) -> None: ...
+
+class RevokeKeyResponse(_message.Message):
+    __slots__ = ("revoked",)
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    revoked: bool
+    def __init__(self, revoked: _Optional[bool] = ...) -> None: ...
+
+class RotateKeyRequest(_message.Message):
+    __slots__ = ("key_id", "grace_seconds")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    GRACE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    grace_seconds: float
+    def __init__(self, key_id: _Optional[str] = ..., grace_seconds: _Optional[float] = ...) -> None: ...

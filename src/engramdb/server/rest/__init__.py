@@ -1,0 +1,7 @@
+"""REST server: a FastAPI app over the service layer (see docs/server.md)."""
+
+from __future__ import annotations
+
+from .app import create_app
+
+__all__ = ["create_app"]

@@ -1,0 +1,326 @@
+"""The FastAPI application: thin routes over :meth:`Service.execute`.
+
+Each route only turns HTTP into ``(RequestContext, op, params)`` and the result
+or error back into HTTP; authentication, tenancy, limits and validation all
+happen in the service, shared with gRPC. This module adds what is specific to
+HTTP: the request-size limit, request ids, one structured log line and one
+metrics sample per request, refusing API keys in query strings, and mapping
+every error (including routing and framework errors) to
+``{"error": {"code", "message", "details"?}}`` with the right status.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, ORJSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ... import __version__
+from ...errors import EngramError, InvalidArgument, NotFound, RateLimited
+from ...service import RequestContext, Service
+from ...service.context import new_request_id
+from .. import metrics as server_metrics
+from .openapi import TENANT_HEADER, build_openapi
+from .routes import ROUTES, RouteSpec
+
+access_log = logging.getLogger("engramdb.access")
+
+# Query parameter names that would carry a credential; refused so keys never end up in URLs and proxy logs.
+_CREDENTIAL_PARAMS = frozenset(
+    {"api_key", "apikey", "api-key", "key", "token", "access_token", "auth", "authorization", "bearer"}
+)
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_QUIET_PATHS = frozenset({"/health", "/ready", "/metrics"})
+
+
+class PayloadTooLarge(EngramError):
+    """The request body is larger than ``server.max_request_mb``."""
+
+    code = "payload_too_large"
+    http_status = 413
+    grpc_status = "RESOURCE_EXHAUSTED"
+
+
+class MethodNotAllowed(EngramError):
+    code = "method_not_allowed"
+    http_status = 405
+    grpc_status = "UNIMPLEMENTED"
+
+
+def error_response(e: EngramError) -> ORJSONResponse:
+    """The HTTP form of an error: status, JSON body and the headers the status calls for."""
+    headers: dict[str, str] = {}
+    if isinstance(e, RateLimited) or e.http_status == 429:
+        retry = float(getattr(e, "retry_after", e.details.get("retry_after", 1.0)))
+        headers["Retry-After"] = str(max(1, int(-(-retry // 1))))
+    if e.http_status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="engramdb"'
+    allow = e.details.get("allow") if isinstance(e, MethodNotAllowed) else None
+    if allow:
+        headers["Allow"] = str(allow)
+    return ORJSONResponse({"error": e.to_dict()}, status_code=e.http_status, headers=headers)
+
+
+# ------------------------------------------------------------------ middleware
+class RequestMiddleware:
+    """Request id, body-size limit, one JSON access-log line and HTTP metrics per request.
+
+    Pure ASGI (not ``BaseHTTPMiddleware``) so bodies stream through without
+    being buffered twice and errors keep their original status.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, http_metrics: server_metrics.HttpMetrics):
+        self.app = app
+        self.max_body = max_body_bytes
+        self.http_metrics = http_metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        headers = dict(scope.get("headers") or [])
+        incoming = headers.get(b"x-request-id", b"").decode("latin-1")
+        rid = incoming if _REQUEST_ID_RE.match(incoming) else new_request_id()
+        state = scope.setdefault("state", {})
+        state["request_id"] = rid
+        status = [500]
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
+            await send(message)
+
+        try:
+            too_big = self._declared_too_big(headers.get(b"content-length"))
+            if too_big is not None:
+                await error_response(too_big)(scope, receive, send_wrapper)
+                return
+            await self.app(scope, self._limited(receive), send_wrapper)
+        finally:
+            self._finish(scope, state, status[0], time.perf_counter() - start)
+
+    def _declared_too_big(self, value: bytes | None) -> EngramError | None:
+        if value is None:
+            return None
+        try:
+            n = int(value)
+        except ValueError:
+            return InvalidArgument("Content-Length is not a number", code="invalid_argument")
+        return self._too_large() if n > self.max_body else None
+
+    def _too_large(self) -> PayloadTooLarge:
+        mb = self.max_body // (1024 * 1024)
+        return PayloadTooLarge(f"the request body is larger than {mb} MB (server.max_request_mb); split the batch")
+
+    def _limited(self, receive: Receive) -> Receive:
+        # Chunked bodies carry no Content-Length: count as they arrive.
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body:
+                    raise self._too_large()
+            return message
+
+        return limited
+
+    def _finish(self, scope: Scope, state: dict[str, Any], status: int, seconds: float) -> None:
+        route = scope.get("route")
+        template = getattr(route, "path", None) or "unmatched"
+        self.http_metrics.observe(scope["method"], template, status, seconds)
+        ctx: RequestContext | None = state.get("ctx")
+        path = scope.get("path", "")
+        fields = {
+            "method": scope["method"],
+            "path": path,  # never the query string: it could hold a credential
+            "status": status,
+            "duration_ms": round(seconds * 1000, 3),
+            "request_id": state.get("request_id"),
+            "tenant": ctx.acting_tenant if ctx is not None else None,
+            "key_id": ctx.principal.key_id if ctx is not None and ctx.principal is not None else None,
+            "client_ip": ctx.client_ip if ctx is not None else _client_ip(scope),
+        }
+        level = logging.DEBUG if path in _QUIET_PATHS and status < 400 else logging.INFO
+        access_log.log(level, "request", extra=fields)
+
+
+def _client_ip(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
+# ---------------------------------------------------------------- endpoints
+def request_context(request: Request, allowed_query: tuple[str, ...] = ()) -> RequestContext:
+    """The transport facts of a request; refuses credentials and unknown names in the query string."""
+    for name in request.query_params:
+        if name.lower() in _CREDENTIAL_PARAMS or any(v.startswith("edb_") for v in request.query_params.getlist(name)):
+            raise InvalidArgument(
+                "API keys are not accepted in the URL (they end up in logs); send 'Authorization: Bearer <key>'",
+                code="credential_in_query",
+            )
+        if name not in allowed_query:
+            raise InvalidArgument(f"unknown query parameter {name!r}", code="invalid_argument")
+    ctx = RequestContext(
+        authorization=request.headers.get("authorization"),
+        client_ip=_client_ip(request.scope),
+        request_id=request.scope.get("state", {}).get("request_id") or new_request_id(),
+        tenant=request.headers.get(TENANT_HEADER),
+        transport="rest",
+    )
+    request.state.ctx = ctx
+    return ctx
+
+
+async def read_params(request: Request) -> dict[str, Any]:
+    """The JSON object in the body ({} when empty)."""
+    body = await request.body()
+    if not body.strip():
+        return {}
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise InvalidArgument(f"the body is not valid JSON: {e}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise InvalidArgument("the body must be a JSON object", code="invalid_json")
+    return data
+
+
+def _query_params(request: Request, spec: RouteSpec) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if "include" in spec.query and "include" in request.query_params:
+        # Repeated (?include=a&include=b) or comma-separated (?include=a,b); empty means no fields.
+        out["include"] = [p for v in request.query_params.getlist("include") for p in v.split(",") if p]
+    return out
+
+
+def make_endpoint(service: Service, spec: RouteSpec) -> Callable[[Request], Awaitable[Response]]:
+    """The generic endpoint of one route: context + params → ``service.execute`` → JSON."""
+
+    async def endpoint(request: Request) -> Response:
+        ctx = request_context(request, spec.query)
+        params = await read_params(request) if spec.body is not None else {}
+        for name, value in request.path_params.items():
+            if name in params:
+                raise InvalidArgument(f"give {name!r} in the URL path only, not in the body", code="invalid_argument")
+            params[name] = value
+        params.update(_query_params(request, spec))
+        # Engine calls block (RocksDB, fsync, index search): keep them off the event loop.
+        result = await run_in_threadpool(service.execute, ctx, spec.op, params)
+        return ORJSONResponse(result, status_code=spec.status)
+
+    endpoint.__name__ = spec.op
+    return endpoint
+
+
+# --------------------------------------------------------------------- app
+def create_app(service: Service) -> FastAPI:
+    """The REST application for ``service`` (see docs/server.md)."""
+    app = FastAPI(
+        title="EngramDB",
+        version=__version__,
+        default_response_class=ORJSONResponse,
+        openapi_url=None,  # served below, generated from the service models
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.service = service
+    http_metrics = server_metrics.install(service)
+    openapi_doc: dict[str, Any] = {}
+
+    for spec in ROUTES:
+        app.router.add_route(spec.path, make_endpoint(service, spec), methods=[spec.method], name=spec.op)
+
+    async def health(request: Request) -> Response:
+        return ORJSONResponse({"status": "ok"})
+
+    async def ready(request: Request) -> Response:
+        report = await run_in_threadpool(service.ready_report)
+        return ORJSONResponse(report, status_code=200 if report["status"] == "ready" else 503)
+
+    async def metrics(request: Request) -> Response:
+        ctx = request_context(request)
+        await run_in_threadpool(service.check_access, ctx, "admin")
+        body = await run_in_threadpool(server_metrics.render, service)
+        return Response(body, media_type=server_metrics.CONTENT_TYPE_LATEST)
+
+    async def openapi(request: Request) -> Response:
+        if not openapi_doc:
+            openapi_doc.update(build_openapi(__version__))
+        return ORJSONResponse(openapi_doc)
+
+    async def docs(request: Request) -> Response:
+        html: HTMLResponse = get_swagger_ui_html(openapi_url="/openapi.json", title="EngramDB API")
+        return html
+
+    for path, fn in (
+        ("/health", health),
+        ("/ready", ready),
+        ("/metrics", metrics),
+        ("/openapi.json", openapi),
+        ("/docs", docs),
+    ):
+        app.router.add_route(path, fn, methods=["GET"], name=path.strip("/"))
+
+    _install_error_handlers(app)
+    app.add_middleware(
+        RequestMiddleware,
+        max_body_bytes=service.settings.server.max_request_mb * 1024 * 1024,
+        http_metrics=http_metrics,
+    )
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def engram_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, EngramError)
+        return error_response(exc)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 404:
+            return error_response(
+                NotFound(f"no endpoint {request.method} {request.url.path}; see /openapi.json", code="no_such_endpoint")
+            )
+        if exc.status_code == 405:
+            allow = (exc.headers or {}).get("Allow", "")
+            return error_response(
+                MethodNotAllowed(
+                    f"{request.method} is not allowed on {request.url.path}", details={"allow": allow} if allow else None
+                )
+            )
+        err = EngramError(str(exc.detail), code="http_error")
+        resp = error_response(err)
+        resp.status_code = exc.status_code
+        return resp
+
+    async def validation_error(request: Request, exc: Exception) -> Response:
+        # Routes take raw requests, so FastAPI should never validate; if it does, keep the contract (400, not 422).
+        return error_response(InvalidArgument(f"invalid request: {exc}", code="invalid_argument"))
+
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        logging.getLogger("engramdb.rest").error("unhandled error", exc_info=exc)
+        return error_response(EngramError("internal error; the server log has the details"))
+
+    app.add_exception_handler(EngramError, engram_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(Exception, unexpected)

@@ -1,0 +1,158 @@
+"""The OpenAPI 3.1 document, generated from the route table and the service models.
+
+FastAPI would derive a schema from endpoint signatures, but the endpoints here
+deliberately take raw requests (validation happens once, in the service), so
+the document is assembled from the same models the service validates with.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from ...service import models as M
+from .routes import ROUTES, RouteSpec
+
+REF = "#/components/schemas/{model}"
+TENANT_HEADER = "X-EngramDB-Tenant"
+_ERROR_STATUSES = {
+    "400": "The request is invalid (code says why)",
+    "401": "No valid API key",
+    "403": "The key's role or scope does not allow this",
+    "404": "The collection, record or key does not exist (or belongs to another tenant)",
+    "409": "Conflicts with the current state",
+    "413": "The body is larger than server.max_request_mb",
+    "429": "Rate limited; retry after Retry-After seconds",
+    "503": "Starting, shutting down or unavailable",
+}
+_PATH_PARAMS: dict[str, dict[str, Any]] = {
+    "coll": {"type": "string", "pattern": M.NAME_PATTERN},
+    "id": {"type": "string", "minLength": 1, "maxLength": 512},
+    "key_id": {"type": "string", "minLength": 1, "maxLength": 64},
+}
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": REF.format(model=model.__name__)}
+
+
+def _json(schema: dict[str, Any], description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": description, "content": {"application/json": {"schema": schema}}}
+    if headers:
+        out["headers"] = headers
+    return out
+
+
+def _errors() -> dict[str, Any]:
+    err = _ref(M.ErrorBody)
+    out = {code: _json(err, desc) for code, desc in _ERROR_STATUSES.items()}
+    out["401"]["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
+    out["429"]["headers"] = {"Retry-After": {"schema": {"type": "string"}, "description": "seconds"}}
+    out["default"] = _json(err, "Any other error")
+    return out
+
+
+def _required(model: type[BaseModel]) -> bool:
+    return any(f.is_required() for f in model.model_fields.values())
+
+
+def _operation(r: RouteSpec) -> dict[str, Any]:
+    params: list[dict[str, Any]] = []
+    for name in ("coll", "id", "key_id"):
+        if "{" + name in r.path:
+            params.append({"name": name, "in": "path", "required": True, "schema": _PATH_PARAMS[name]})
+    if "include" in r.query:
+        params.append(
+            {
+                "name": "include",
+                "in": "query",
+                "required": False,
+                "style": "form",
+                "explode": True,
+                "schema": {"type": "array", "items": {"$ref": REF.format(model="IncludeField")}},
+                "description": "record fields to return (repeat the parameter, or separate with commas)",
+            }
+        )
+    params.append(
+        {
+            "name": TENANT_HEADER,
+            "in": "header",
+            "required": False,
+            "schema": {"type": "string", "pattern": M.NAME_PATTERN},
+            "description": "act on this tenant (only the bootstrap admin key may name another tenant than its own)",
+        }
+    )
+    op: dict[str, Any] = {
+        "operationId": r.op,
+        "summary": r.summary,
+        "tags": [r.tag],
+        "parameters": params,
+        "responses": {str(r.status): _json(_ref(r.result), "Success"), **_errors()},
+    }
+    if r.body is not None:
+        op["requestBody"] = {
+            "required": _required(r.body),
+            "content": {"application/json": {"schema": _ref(r.body)}},
+        }
+    return op
+
+
+def build_openapi(version: str) -> dict[str, Any]:
+    """The whole document (``/openapi.json``)."""
+    bodies = [r.body for r in ROUTES if r.body is not None]
+    results = [r.result for r in ROUTES] + [M.ErrorBody, M.HealthResult, M.ReadyResult]
+    inputs: list[tuple[type[BaseModel], Any]] = [(m, "validation") for m in dict.fromkeys(bodies)]
+    outputs: list[tuple[type[BaseModel], Any]] = [(m, "serialization") for m in dict.fromkeys(results)]
+    _, top = models_json_schema(inputs + outputs, ref_template=REF)
+    schemas: dict[str, Any] = dict(top.get("$defs", {}))
+    schemas["IncludeField"] = {"type": "string", "enum": list(M.IncludeField.__args__)}
+    paths: dict[str, dict[str, Any]] = {}
+    for r in ROUTES:
+        paths.setdefault(r.openapi_path, {})[r.method.lower()] = _operation(r)
+    public = {"security": [], "tags": ["operations"]}
+    paths["/health"] = {
+        "get": {
+            "operationId": "health",
+            "summary": "Liveness: 200 while the process runs",
+            **public,
+            "responses": {"200": _json(_ref(M.HealthResult), "Alive")},
+        }
+    }
+    paths["/ready"] = {
+        "get": {
+            "operationId": "ready",
+            "summary": "Readiness: 200 once every collection is loaded, 503 with progress before",
+            **public,
+            "responses": {
+                "200": _json(_ref(M.ReadyResult), "Ready"),
+                "503": _json(_ref(M.ReadyResult), "Loading or shutting down"),
+            },
+        }
+    }
+    paths["/metrics"] = {
+        "get": {
+            "operationId": "metrics",
+            "summary": "Prometheus metrics (admin key needed when auth is on)",
+            "tags": ["operations"],
+            "responses": {
+                "200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                **_errors(),
+            },
+        }
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "EngramDB",
+            "version": version,
+            "description": "Memory database for AI applications. Errors are {\"error\": {code, message, details?}}.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearerAuth": []}],
+    }

@@ -1,0 +1,122 @@
+"""The REST routes: one row per service operation (docs/api-contract.md).
+
+Routes are data, not code: the app registers one generic endpoint per row and
+the OpenAPI document is generated from the same rows and the service's
+models, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import BaseModel
+
+from ...service import models as M
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    """How one operation is exposed: method, path, body model, result model and success status.
+
+    ``path`` uses Starlette syntax (``{id:path}`` lets record ids contain ``/``
+    once percent-decoded); ``query`` names the query parameters it accepts.
+    """
+
+    op: str
+    method: str
+    path: str
+    body: type[BaseModel] | None
+    result: type[BaseModel]
+    summary: str
+    status: int = 200
+    query: tuple[str, ...] = ()
+    tag: str = "records"
+
+    @property
+    def openapi_path(self) -> str:
+        return self.path.replace(":path}", "}")
+
+
+_C = "/v1/collections/{coll}"
+_R = _C + "/records"
+
+ROUTES: tuple[RouteSpec, ...] = (
+    RouteSpec(
+        "create_collection",
+        "POST",
+        "/v1/collections",
+        M.CreateCollectionBody,
+        M.CollectionResult,
+        "Create a collection",
+        status=201,
+        tag="collections",
+    ),
+    RouteSpec(
+        "list_collections",
+        "GET",
+        "/v1/collections",
+        None,
+        M.CollectionsResult,
+        "List the tenant's collections",
+        tag="collections",
+    ),
+    RouteSpec(
+        "get_collection", "GET", _C, None, M.CollectionInfoResult, "A collection and its record count", tag="collections"
+    ),
+    RouteSpec(
+        "delete_collection",
+        "DELETE",
+        _C,
+        None,
+        M.DeletedCollectionResult,
+        "Delete a collection with all its data",
+        tag="collections",
+    ),
+    RouteSpec("upsert", "POST", _R, M.UpsertBody, M.VersionsResult, "Insert or replace records"),
+    RouteSpec("get", "POST", _R + "/get", M.GetBody, M.RecordsResult, "Get records by id"),
+    RouteSpec(
+        "get_one", "GET", _R + "/{id:path}", None, M.RecordResult, "Get one record", query=("include",)
+    ),
+    RouteSpec("patch", "PATCH", _R + "/{id:path}", M.PatchBody, M.RecordResult, "Merge changes into a record"),
+    RouteSpec("delete", "POST", _R + "/delete", M.DeleteBody, M.DeletedResult, "Delete records by id or filter"),
+    RouteSpec("delete_one", "DELETE", _R + "/{id:path}", None, M.DeletedResult, "Delete one record"),
+    RouteSpec("scan", "POST", _R + "/scan", M.ScanBody, M.ScanResult, "Page through records in id order"),
+    RouteSpec("count", "POST", _C + "/count", M.CountBody, M.CountResult, "Count records"),
+    RouteSpec(
+        "refresh_ttl", "POST", _R + "/refresh_ttl", M.RefreshTtlBody, M.RefreshedResult, "Restart records' TTL clock"
+    ),
+    RouteSpec("search", "POST", _C + "/search", M.SearchBody, M.HitsResult, "Vector, text or hybrid search"),
+    RouteSpec(
+        "list_namespaces",
+        "POST",
+        _C + "/namespaces",
+        M.ListNamespacesBody,
+        M.NamespacesResult,
+        "List namespace paths",
+    ),
+    RouteSpec("link", "POST", _C + "/edges", M.LinkBody, M.VersionsResult, "Create or replace edges", tag="graph"),
+    RouteSpec("unlink", "POST", _C + "/edges/delete", M.UnlinkBody, M.DeletedResult, "Remove edges", tag="graph"),
+    RouteSpec("edges", "POST", _C + "/edges/list", M.EdgesBody, M.EdgesResult, "Edges of a record", tag="graph"),
+    RouteSpec(
+        "neighbors", "POST", _C + "/neighbors", M.NeighborsBody, M.HitsResult, "Records reachable from one", tag="graph"
+    ),
+    RouteSpec(
+        "subgraph", "POST", _C + "/subgraph", M.SubgraphBody, M.SubgraphResult, "Neighbourhood of records", tag="graph"
+    ),
+    RouteSpec(
+        "create_key", "POST", "/v1/admin/keys", M.CreateKeyBody, M.NewKeyResult, "Create an API key", tag="admin"
+    ),
+    RouteSpec("list_keys", "GET", "/v1/admin/keys", None, M.KeysResult, "List the tenant's API keys", tag="admin"),
+    RouteSpec(
+        "revoke_key", "DELETE", "/v1/admin/keys/{key_id}", None, M.RevokedResult, "Revoke an API key", tag="admin"
+    ),
+    RouteSpec(
+        "rotate_key",
+        "POST",
+        "/v1/admin/keys/{key_id}/rotate",
+        M.RotateKeyBody,
+        M.NewKeyResult,
+        "Replace an API key; the old one expires after a grace period",
+        tag="admin",
+    ),
+)

@@ -1,0 +1,250 @@
+"""API keys: creation, lookup, revocation and rotation.
+
+A key is ``edb_`` followed by 32 random bytes (URL-safe base64). Only its
+SHA-256 digest is stored, in the ``meta`` column family under
+``k|<key id>``, where the key id is the first 16 hex digits of that digest:
+lookup is one point read, and a listing never exposes anything that helps
+recover a key. Digests are compared with :func:`hmac.compare_digest`.
+
+The bootstrap admin key (``ENGRAMDB_ADMIN_KEY`` or ``server.admin_key_file``)
+is never stored; the service keeps only its digest in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, cast
+
+from ..config import Settings
+from ..engine import validate as V
+from ..errors import InvalidArgument, NotFound
+from ..storage.codec import pack, unpack
+from ..storage.store import Store
+from .context import ROLES, Role
+
+KEY_PREFIX = "edb_"
+META_PREFIX = b"k|"
+ADMIN_KEY_ENV = "ENGRAMDB_ADMIN_KEY"
+MIN_BOOTSTRAP_KEY_CHARS = 16
+DEFAULT_ROTATION_GRACE_SECONDS = 86400.0
+
+
+def digest(secret: str) -> str:
+    """Hex SHA-256 of a key (keys are high-entropy, so no salt or KDF is needed)."""
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def key_id_of(hex_digest: str) -> str:
+    return hex_digest[:16]
+
+
+def same_digest(a: str, b: str) -> bool:
+    """Constant-time comparison, so response timing does not leak digest prefixes."""
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
+@dataclass
+class ApiKey:
+    """A stored key (without its secret)."""
+
+    id: str
+    hash: str
+    tenant: str
+    role: Role
+    collections: list[str] | None
+    expires_at: float | None
+    revoked: bool
+    name: str | None
+    created_at: float
+    revoked_at: float | None = None
+    replaced_by: str | None = None
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
+
+    def info(self) -> dict[str, Any]:
+        """The public description of the key (never the digest)."""
+        return {
+            "id": self.id,
+            "tenant": self.tenant,
+            "role": self.role,
+            "collections": self.collections,
+            "expires_at": self.expires_at,
+            "revoked": self.revoked,
+            "name": self.name,
+            "created_at": self.created_at,
+            "replaced_by": self.replaced_by,
+        }
+
+
+def check_key_fields(role: str, tenant: str, collections: list[str] | None, name: str | None) -> None:
+    """Reject key attributes that could never be used; raises InvalidArgument."""
+    if role not in ROLES:
+        raise InvalidArgument(f"role must be one of {list(ROLES)}, got {role!r}", code="invalid_role")
+    V.name(tenant, "tenant")
+    if collections is not None:
+        if not collections:
+            raise InvalidArgument(
+                "collections must name at least one collection, or be omitted for all", code="invalid_scope"
+            )
+        if role == "admin":
+            # An admin key manages keys for its whole tenant, so a scope would be a false promise.
+            raise InvalidArgument("admin keys cannot have a collection scope", code="invalid_scope")
+        for c in collections:
+            V.name(c, "collection name in collections")
+    if name is not None and (not name or len(name) > 200):
+        raise InvalidArgument("name must be 1-200 characters", code="invalid_argument")
+
+
+class KeyStore:
+    """Keys of every tenant, kept in the engine's ``meta`` column family."""
+
+    def __init__(self, store: Store):
+        self._store = store
+        # Serialises read-modify-write of key rows (revoke, rotate) within this process.
+        self._lock = threading.Lock()
+
+    # ----------------------------------------------------------------- rows
+    def _put(self, key: ApiKey) -> None:
+        self._store.write_meta({META_PREFIX + key.id.encode(): pack(asdict(key))})
+
+    @staticmethod
+    def _decode(raw: bytes) -> ApiKey:
+        return ApiKey(**cast(dict[str, Any], unpack(raw, "api key")))
+
+    def get(self, key_id: str) -> ApiKey | None:
+        raw = self._store.get("meta", META_PREFIX + key_id.encode())
+        return None if raw is None else self._decode(raw)
+
+    def list(self, tenant: str | None = None) -> list[ApiKey]:
+        """Every key (of ``tenant`` if given), oldest first."""
+        keys = [self._decode(v) for _, v in self._store.iter_prefix("meta", META_PREFIX)]
+        if tenant is not None:
+            keys = [k for k in keys if k.tenant == tenant]
+        return sorted(keys, key=lambda k: (k.created_at, k.id))
+
+    # ----------------------------------------------------------- lifecycle
+    def create(
+        self,
+        *,
+        tenant: str,
+        role: Role,
+        collections: list[str] | None = None,
+        expires_at: float | None = None,
+        name: str | None = None,
+        now: float | None = None,
+    ) -> tuple[str, ApiKey]:
+        """A new key; returns ``(secret, stored key)``. The secret is not kept anywhere."""
+        check_key_fields(role, tenant, collections, name)
+        now = time.time() if now is None else now
+        if expires_at is not None and expires_at <= now:
+            raise InvalidArgument("expires_at is in the past", code="invalid_expiry")
+        with self._lock:
+            while True:
+                secret = KEY_PREFIX + secrets.token_urlsafe(32)
+                h = digest(secret)
+                if self.get(key_id_of(h)) is None:  # 64-bit id collisions are astronomically rare
+                    break
+            key = ApiKey(
+                id=key_id_of(h),
+                hash=h,
+                tenant=tenant,
+                role=role,
+                collections=sorted(set(collections)) if collections is not None else None,
+                expires_at=expires_at,
+                revoked=False,
+                name=name,
+                created_at=now,
+            )
+            self._put(key)
+        return secret, key
+
+    def revoke(self, key_id: str, *, tenant: str | None = None) -> ApiKey:
+        """Revoke a key at once; ``tenant`` restricts which keys may be named."""
+        with self._lock:
+            key = self._owned(key_id, tenant)
+            if not key.revoked:
+                key.revoked = True
+                key.revoked_at = time.time()
+                self._put(key)
+            return key
+
+    def rotate(
+        self, key_id: str, *, grace_seconds: float = DEFAULT_ROTATION_GRACE_SECONDS, tenant: str | None = None
+    ) -> tuple[str, ApiKey]:
+        """A new key with the same tenant, role, scope and name; the old one expires after the grace."""
+        if grace_seconds < 0:
+            raise InvalidArgument("grace_seconds must not be negative", code="invalid_argument")
+        now = time.time()
+        with self._lock:
+            old = self._owned(key_id, tenant)
+            if old.revoked or old.expired(now):
+                raise InvalidArgument(
+                    f"key {key_id!r} is revoked or expired; create a new key instead", code="key_not_rotatable"
+                )
+        expires = old.expires_at if old.expires_at is not None and old.expires_at > now else None
+        secret, new = self.create(
+            tenant=old.tenant,
+            role=old.role,
+            collections=old.collections,
+            expires_at=expires,
+            name=old.name,
+            now=now,
+        )
+        with self._lock:
+            cur = self.get(key_id) or old
+            grace_end = now + grace_seconds
+            cur.expires_at = grace_end if cur.expires_at is None else min(cur.expires_at, grace_end)
+            cur.replaced_by = new.id
+            self._put(cur)
+        return secret, new
+
+    def _owned(self, key_id: str, tenant: str | None) -> ApiKey:
+        key = self.get(key_id) if isinstance(key_id, str) and key_id else None
+        if key is None or (tenant is not None and key.tenant != tenant):
+            # Another tenant's key is reported exactly like a missing one.
+            raise NotFound(f"API key {key_id!r} does not exist", code="key_not_found")
+        return key
+
+    # --------------------------------------------------------------- verify
+    def lookup(self, secret: str) -> ApiKey | None:
+        """The stored key whose digest matches ``secret``, or None (expiry/revocation not checked)."""
+        h = digest(secret)
+        key = self.get(key_id_of(h))
+        if key is None or not same_digest(key.hash, h):
+            return None
+        return key
+
+
+def load_bootstrap_key(settings: Settings) -> str | None:
+    """The bootstrap admin key from the environment or the key file, or None.
+
+    Raises InvalidArgument (code ``invalid_config``) when the file cannot be
+    read or the key is too short to be safe. The message never contains the key.
+    """
+    value = os.environ.get(ADMIN_KEY_ENV)
+    source = ADMIN_KEY_ENV
+    if not value and settings.server.admin_key_file is not None:
+        path = Path(settings.server.admin_key_file)
+        source = f"server.admin_key_file ({path})"
+        try:
+            value = path.read_text().strip()
+        except OSError as e:
+            raise InvalidArgument(f"{source}: cannot read: {e.strerror}", code="invalid_config") from e
+    if not value:
+        return None
+    value = value.strip()
+    if len(value) < MIN_BOOTSTRAP_KEY_CHARS or any(c.isspace() for c in value):
+        raise InvalidArgument(
+            f"{source}: the admin key must be at least {MIN_BOOTSTRAP_KEY_CHARS} characters without spaces "
+            "(generate one with `engramdb keys generate` or `openssl rand -base64 32`)",
+            code="invalid_config",
+        )
+    return value

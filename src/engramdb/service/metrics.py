@@ -1,0 +1,43 @@
+"""Prometheus metrics of the service layer (one registry per Service).
+
+A registry per service instead of the global default keeps several services in
+one process (tests, embedded tools) from clashing. Labels are bounded: ``op``
+is one of the known operations and ``status`` is ``ok`` or a stable error code;
+no label ever holds a key, an id or user text.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Sub-millisecond point reads up to multi-second bulk writes and graph walks.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class ServiceMetrics:
+    """Operation latency and outcome, auth failures, rate limiting, in-flight requests."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.op_seconds = Histogram(
+            "engramdb_operation_duration_seconds",
+            "Time spent in service operations, by operation and outcome",
+            ["op", "status"],
+            registry=r,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.op_total = Counter(
+            "engramdb_operations", "Service operations by operation and outcome", ["op", "status"], registry=r
+        )
+        self.auth_failures = Counter(
+            "engramdb_auth_failures", "Rejected credentials, by reason", ["reason"], registry=r
+        )
+        self.rate_limited = Counter(
+            "engramdb_rate_limited", "Requests refused by a rate limit, by limit", ["limit"], registry=r
+        )
+        self.in_flight = Gauge("engramdb_operations_in_flight", "Service operations running now", registry=r)
+
+    def observe(self, op: str, status: str, seconds: float) -> None:
+        self.op_seconds.labels(op, status).observe(seconds)
+        self.op_total.labels(op, status).inc()

@@ -1,0 +1,484 @@
+"""Request and response models of every service operation (see docs/api-contract.md).
+
+Each operation has a ``<Op>Body`` model (what REST takes as the JSON body and
+documents in OpenAPI) and, when the REST path carries parameters, an ``<Op>``
+model that adds them (``coll``, ``id``, ``key_id``); the service validates the
+latter. Request models are strict (``"5"`` is not an integer, ``1`` is not a
+boolean) and forbid unknown fields, so a typo is an error instead of being
+silently ignored. Range checks that the engine performs itself are repeated
+here only where they document the API; the engine stays the authority.
+
+Response models describe the JSON the service returns; they are used for the
+OpenAPI document and by clients, not to re-validate every response.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..engine.validate import MAX_BATCH
+from ..types import MAX_DIMENSION, MAX_ID_BYTES, MAX_K, CollectionConfig, EmbedderConfig, FieldType, IndexParams
+
+IncludeField = Literal["vector", "text", "metadata", "namespace", "expires_at", "timestamps", "importance"]
+Metric = Literal["cosine", "dot", "l2"]
+Direction = Literal["out", "in", "both"]
+Mode = Literal["vector", "text", "hybrid"]
+Role = Literal["reader", "writer", "admin"]
+
+NAME_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN, description="letters, digits, '_', '.', '-'; 1-128 characters")]
+RecordId = Annotated[str, Field(min_length=1, max_length=MAX_ID_BYTES, description="1-512 bytes of UTF-8")]
+Include = Annotated[
+    list[IncludeField] | None, Field(description="record fields to return; omitted = the operation's default")
+]
+Filter = Annotated[dict[str, Any] | None, Field(description="a filter expression (see docs/filters.md)")]
+Namespace = Annotated[list[str] | None, Field(description="a hierarchical path such as ['user-42', 'memories']")]
+
+
+class _Req(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+# --------------------------------------------------------------- path params
+class _Coll(_Req):
+    coll: Name
+
+
+class _Id(_Req):
+    id: RecordId
+
+
+class _KeyId(_Req):
+    key_id: Annotated[str, Field(min_length=1, max_length=64)]
+
+
+# ------------------------------------------------------------------- pieces
+class IndexParamsIn(IndexParams):
+    """HNSW parameters (strict variant of :class:`engramdb.types.IndexParams`)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class EmbedderConfigIn(EmbedderConfig):
+    """Server-side embedding settings (strict variant of :class:`engramdb.types.EmbedderConfig`)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class RecordIn(_Req):
+    """A record to upsert; ``created_at``, ``updated_at`` and ``version`` are accepted and ignored."""
+
+    id: RecordId
+    vector: list[float] | None = None
+    text: str | None = None
+    metadata: dict[str, Any] | None = None
+    namespace: Namespace = None
+    ttl_seconds: float | None = None
+    expires_at: float | None = None
+    importance: float | None = None
+    created_at: float | None = None
+    updated_at: float | None = None
+    version: str | None = None
+
+
+class EdgeIn(_Req):
+    """An edge to create or replace; ``version`` is accepted and ignored."""
+
+    src: RecordId
+    relation: Annotated[str, Field(min_length=1)]
+    dst: RecordId
+    weight: float | None = None
+    properties: dict[str, Any] | None = None
+    version: str | None = None
+
+
+class EdgeRef(_Req):
+    """Names an edge to remove."""
+
+    src: RecordId
+    relation: Annotated[str, Field(min_length=1)]
+    dst: RecordId
+
+
+class ExpandIn(_Req):
+    """Graph expansion of search hits (see docs/graph.md); null fields take their defaults."""
+
+    hops: int | None = None
+    relations: list[str] | None = None
+    direction: Direction | None = None
+    fanout: int | None = None
+    limit: int | None = None
+    decay: float | None = None
+    timeout_ms: float | None = None
+    seeds: int | None = None
+    use_importance: bool | None = None
+
+
+Limit = Annotated[int, Field(ge=1, le=MAX_BATCH)]
+TimeoutMs = Annotated[float | None, Field(gt=0, le=60_000)]
+
+
+# -------------------------------------------------------------- collections
+class CreateCollectionBody(_Req):
+    name: Name
+    dimension: Annotated[int | None, Field(ge=1, le=MAX_DIMENSION)] = None
+    metric: Metric = "cosine"
+    index: IndexParamsIn | None = None
+    embedder: EmbedderConfigIn | None = None
+    default_ttl_seconds: Annotated[float | None, Field(gt=0)] = None
+    indexed_fields: dict[str, FieldType] = Field(default_factory=dict)
+    text_index: bool = True
+    exist_ok: bool = False
+
+
+class ListCollectionsBody(_Req):
+    pass
+
+
+class GetCollection(_Coll):
+    pass
+
+
+class DeleteCollection(_Coll):
+    pass
+
+
+# ------------------------------------------------------------------ records
+class UpsertBody(_Req):
+    records: Annotated[list[RecordIn], Field(max_length=MAX_BATCH)]
+
+
+class Upsert(UpsertBody, _Coll):
+    pass
+
+
+class GetBody(_Req):
+    ids: Annotated[list[RecordId], Field(max_length=MAX_BATCH)]
+    include: Include = None
+    refresh_ttl: bool = False
+
+
+class Get(GetBody, _Coll):
+    pass
+
+
+class GetOne(_Id, _Coll):
+    include: Include = None
+
+
+class PatchBody(_Req):
+    metadata: Annotated[dict[str, Any] | None, Field(description="merged; keys set to null are removed")] = None
+    text: str | None = None
+    namespace: Namespace = None
+    ttl_seconds: Annotated[float | None, Field(gt=0)] = None
+    importance: float | None = None
+    vector: list[float] | None = None
+
+
+class Patch(PatchBody, _Id, _Coll):
+    pass
+
+
+class DeleteBody(_Req):
+    ids: Annotated[list[RecordId] | None, Field(max_length=MAX_BATCH)] = None
+    filter: Filter = None
+
+
+class Delete(DeleteBody, _Coll):
+    pass
+
+
+class DeleteOne(_Id, _Coll):
+    pass
+
+
+class ScanBody(_Req):
+    cursor: str | None = None
+    limit: Limit = 100
+    id_prefix: str | None = None
+    namespace_prefix: Namespace = None
+    filter: Filter = None
+    include: Include = None
+
+
+class Scan(ScanBody, _Coll):
+    pass
+
+
+class CountBody(_Req):
+    filter: Filter = None
+
+
+class Count(CountBody, _Coll):
+    pass
+
+
+class RefreshTtlBody(_Req):
+    ids: Annotated[list[RecordId], Field(max_length=MAX_BATCH)]
+
+
+class RefreshTtl(RefreshTtlBody, _Coll):
+    pass
+
+
+# ------------------------------------------------------------------- search
+class SearchBody(_Req):
+    vector: list[float] | None = None
+    k: Annotated[int, Field(ge=1, le=MAX_K)] = 10
+    filter: Filter = None
+    ef: Annotated[int | None, Field(ge=1, le=10_000)] = None
+    include: Include = None
+    exact: bool = False
+    text: str | None = None
+    mode: Mode | None = None
+    weights: dict[str, float] | None = None
+    expand: ExpandIn | None = None
+    min_score: float | None = None
+    refresh_ttl: bool = False
+
+
+class Search(SearchBody, _Coll):
+    pass
+
+
+class ListNamespacesBody(_Req):
+    prefix: Namespace = None
+    suffix: Namespace = None
+    max_depth: Annotated[int | None, Field(ge=1)] = None
+    limit: Limit = 100
+    offset: Annotated[int, Field(ge=0)] = 0
+
+
+class ListNamespaces(ListNamespacesBody, _Coll):
+    pass
+
+
+# -------------------------------------------------------------------- graph
+class LinkBody(_Req):
+    edges: Annotated[list[EdgeIn], Field(max_length=MAX_BATCH)]
+    create_missing: bool = False
+
+
+class Link(LinkBody, _Coll):
+    pass
+
+
+class UnlinkBody(_Req):
+    edges: Annotated[list[EdgeRef], Field(max_length=MAX_BATCH)]
+
+
+class Unlink(UnlinkBody, _Coll):
+    pass
+
+
+class EdgesBody(_Req):
+    id: RecordId
+    direction: Direction = "out"
+    relation: Annotated[str | None, Field(min_length=1)] = None
+    limit: Limit = 1000
+
+
+class Edges(EdgesBody, _Coll):
+    pass
+
+
+class NeighborsBody(_Req):
+    id: RecordId
+    hops: Annotated[int, Field(ge=1, le=5)] = 1
+    relations: list[str] | None = None
+    direction: Direction = "out"
+    limit: Limit = 100
+    fanout: Annotated[int | None, Field(ge=1, le=1000)] = None
+    include: Include = None
+    timeout_ms: TimeoutMs = None
+
+
+class Neighbors(NeighborsBody, _Coll):
+    pass
+
+
+class SubgraphBody(_Req):
+    ids: Annotated[list[RecordId], Field(max_length=MAX_BATCH)]
+    hops: Annotated[int, Field(ge=0, le=5)] = 1
+    relations: list[str] | None = None
+    direction: Direction = "both"
+    limit: Limit = 500
+    include: Include = None
+    timeout_ms: TimeoutMs = None
+
+
+class Subgraph(SubgraphBody, _Coll):
+    pass
+
+
+# --------------------------------------------------------------------- keys
+class CreateKeyBody(_Req):
+    role: Role
+    tenant: Annotated[str | None, Field(pattern=NAME_PATTERN, description="defaults to the caller's tenant")] = None
+    collections: list[Name] | None = None
+    expires_at: Annotated[float | None, Field(description="Unix time in seconds")] = None
+    name: Annotated[str | None, Field(min_length=1, max_length=200)] = None
+
+
+class ListKeysBody(_Req):
+    pass
+
+
+class RevokeKey(_KeyId):
+    pass
+
+
+class RotateKeyBody(_Req):
+    grace_seconds: Annotated[
+        float | None, Field(ge=0, description="how long the old key keeps working; default one day")
+    ] = None
+
+
+class RotateKey(RotateKeyBody, _KeyId):
+    pass
+
+
+# ---------------------------------------------------------------- responses
+class RecordOut(BaseModel):
+    id: str
+    vector: list[float] | None = None
+    text: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    namespace: list[str] = Field(default_factory=list)
+    expires_at: float | None = None
+    importance: float | None = None
+    created_at: float | None = None
+    updated_at: float | None = None
+    version: str | None = None
+
+
+class EdgeOut(BaseModel):
+    src: str
+    relation: str
+    dst: str
+    weight: float
+    properties: dict[str, Any] = Field(default_factory=dict)
+    version: str | None = None
+
+
+class HitOut(BaseModel):
+    id: str
+    score: float
+    record: RecordOut | None = None
+    hop: int = 0
+    path: list[dict[str, Any]] = Field(default_factory=list)
+    signals: dict[str, float] = Field(default_factory=dict)
+
+
+class CollectionResult(BaseModel):
+    collection: CollectionConfig
+
+
+class CollectionInfoResult(BaseModel):
+    collection: CollectionConfig
+    count: int
+
+
+class CollectionsResult(BaseModel):
+    collections: list[CollectionConfig]
+
+
+class DeletedCollectionResult(BaseModel):
+    deleted: bool
+
+
+class VersionsResult(BaseModel):
+    versions: list[str]
+
+
+class RecordsResult(BaseModel):
+    records: list[RecordOut]
+
+
+class RecordResult(BaseModel):
+    record: RecordOut
+
+
+class DeletedResult(BaseModel):
+    deleted: int
+
+
+class ScanResult(BaseModel):
+    records: list[RecordOut]
+    next_cursor: str | None
+
+
+class CountResult(BaseModel):
+    count: int
+
+
+class RefreshedResult(BaseModel):
+    refreshed: int
+
+
+class HitsResult(BaseModel):
+    hits: list[HitOut]
+
+
+class NamespacesResult(BaseModel):
+    namespaces: list[list[str]]
+
+
+class EdgesResult(BaseModel):
+    edges: list[EdgeOut]
+
+
+class SubgraphResult(BaseModel):
+    nodes: list[RecordOut]
+    edges: list[EdgeOut]
+
+
+class KeyInfo(BaseModel):
+    id: str
+    tenant: str
+    role: Role
+    collections: list[str] | None
+    expires_at: float | None
+    revoked: bool
+    name: str | None
+    created_at: float
+    replaced_by: str | None = None
+
+
+class NewKeyResult(BaseModel):
+    key: Annotated[str, Field(description="the secret; shown only in this response")]
+    id: str
+    role: Role
+    tenant: str
+    collections: list[str] | None
+    expires_at: float | None
+    name: str | None
+
+
+class KeysResult(BaseModel):
+    keys: list[KeyInfo]
+
+
+class RevokedResult(BaseModel):
+    revoked: bool
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    details: dict[str, Any] | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class HealthResult(BaseModel):
+    status: Literal["ok"]
+
+
+class ReadyResult(BaseModel):
+    status: Literal["ready", "loading", "shutting_down"]
+    progress: dict[str, Any] | None = None

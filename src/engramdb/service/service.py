@@ -1,0 +1,530 @@
+"""The service layer: the one place for auth, tenancy, limits, validation and metrics.
+
+REST and gRPC call :meth:`Service.execute` with a :class:`RequestContext` and
+the operation's parameters as a dict (the shapes of docs/api-contract.md) and
+get a JSON-ready dict back, or an :class:`~engramdb.errors.EngramError` whose
+``http_status``/``grpc_status`` they map. Every request goes through the same
+steps, in an order chosen so that a caller learns nothing it is not entitled
+to: per-IP rate limit → auth-failure throttle → authentication → tenant →
+per-key rate limit → role → request validation → collection scope → engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ValidationError
+
+from ..config import Settings
+from ..engine import validate as V
+from ..engine.collection import Collection
+from ..engine.database import DEFAULT_TENANT, Database
+from ..errors import (
+    EngramError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    RateLimited,
+    Unauthenticated,
+    Unavailable,
+)
+from . import models as M
+from .context import ANONYMOUS_KEY_ID, BOOTSTRAP_KEY_ID, Principal, RequestContext, Role, role_allows
+from .keys import DEFAULT_ROTATION_GRACE_SECONDS, KeyStore, digest, same_digest
+from .limits import AuthFailureThrottle, TokenBuckets
+from .metrics import ServiceMetrics
+
+log = logging.getLogger("engramdb.service")
+
+AuthMode = Literal["required", "optional", "disabled"]
+Scope = Literal["collection", "create", "list", "none"]
+MAX_REPORTED_ERRORS = 20
+
+
+@dataclass(frozen=True)
+class Call:
+    """What a handler needs besides its parameters."""
+
+    ctx: RequestContext
+    principal: Principal
+    tenant: str
+
+
+Handler = Callable[["Service", Call, Any, dict[str, Any]], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """An operation: its request model, the least role that may call it and its scope check."""
+
+    name: str
+    model: type[BaseModel]
+    role: Role
+    scope: Scope
+    handler: Handler
+
+
+def parse_authorization(value: str | None) -> str | None:
+    """The key in ``Bearer <key>`` (scheme case-insensitive, RFC 7235), None if absent."""
+    if value is None or not value.strip():
+        return None
+    scheme, _, token = value.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or " " in token:
+        raise Unauthenticated("send the API key as 'Authorization: Bearer <key>'", code="invalid_authorization")
+    return token
+
+
+def validation_error(e: ValidationError, what: str) -> InvalidArgument:
+    """An InvalidArgument listing every problem (without echoing the input values)."""
+    problems = []
+    for err in e.errors(include_url=False, include_input=False, include_context=False)[:MAX_REPORTED_ERRORS]:
+        loc = ".".join(str(p) for p in err["loc"]) or "(body)"
+        problems.append({"field": loc, "problem": err["msg"]})
+    summary = "; ".join(f"{p['field']}: {p['problem']}" for p in problems)
+    more = e.error_count() - len(problems)
+    if more > 0:
+        summary += f"; and {more} more"
+    return InvalidArgument(f"invalid {what} request: {summary}", code="invalid_argument", details={"errors": problems})
+
+
+class Readiness:
+    """Start-up progress: ``loading`` until every collection's indexes are loaded."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.status: Literal["loading", "ready", "failed", "shutting_down"] = "loading"
+        self.current: str | None = None
+        self.done = 0
+        self.total = 0
+        self.error: str | None = None
+
+    def progress(self, label: str, done: int, total: int) -> None:
+        with self._lock:
+            self.current, self.done, self.total = label, done, total
+
+    def set(self, status: Literal["loading", "ready", "failed", "shutting_down"], error: str | None = None) -> None:
+        with self._lock:
+            if self.status != "shutting_down":  # shutting down is final
+                self.status = status
+            self.error = error
+
+    @property
+    def ready(self) -> bool:
+        return self.status == "ready"
+
+
+class Service:
+    """Executes operations for REST and gRPC (see the module docstring)."""
+
+    def __init__(self, db: Database, settings: Settings, *, admin_key: str | None = None):
+        self.db = db
+        self.settings = settings
+        self.keys = KeyStore(db.store)
+        srv = settings.server
+        self.auth_mode: AuthMode = (
+            "disabled" if srv.auth == "disabled" else "required" if srv.auth_required() else "optional"
+        )
+        # Only the digest of the bootstrap key is kept, so a heap dump does not reveal it.
+        self._bootstrap_digest = digest(admin_key) if admin_key else None
+        rl = srv.rate_limits
+        self._key_buckets = TokenBuckets(rl.per_key_per_second, rl.per_key_burst)
+        self._ip_buckets = TokenBuckets(rl.per_ip_per_second, rl.per_ip_burst)
+        self._auth_throttle = AuthFailureThrottle(rl.auth_failures_per_minute)
+        self.metrics = ServiceMetrics()
+        self.readiness = Readiness()
+        self._inflight = 0
+        self._idle = threading.Condition()
+        self._draining = False
+
+    # ------------------------------------------------------------ lifecycle
+    def load_all(self) -> None:
+        """Load every collection's indexes, reporting progress; flips readiness when done."""
+        try:
+            self.db.load_all(progress=self.readiness.progress)
+        except Exception as e:
+            log.exception("loading collections failed")
+            self.readiness.set("failed", error=str(e))
+            return
+        self.readiness.set("ready")
+
+    def ready_report(self) -> dict[str, Any]:
+        """The body of ``/ready``: status plus progress while not ready."""
+        r = self.readiness
+        if r.ready:
+            return {"status": "ready"}
+        progress: dict[str, Any] = {"current": r.current, "done": r.done, "total": r.total}
+        if r.error:
+            progress["error"] = r.error
+        try:
+            colls = self.db.collections()
+            progress["collections_total"] = len(colls)
+            progress["collections_loaded"] = sum(1 for c in colls if c.loaded)
+        except EngramError:
+            pass  # closed during shutdown
+        status = "loading" if r.status == "loading" else r.status
+        return {"status": status, "progress": progress}
+
+    def begin_drain(self) -> None:
+        """Refuse new operations (503); those already running finish."""
+        self._draining = True
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no operation runs; False if ``timeout`` passed first."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._inflight:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(left)
+        return True
+
+    # ----------------------------------------------------------------- auth
+    def authenticate(self, ctx: RequestContext) -> Principal:
+        """Who is calling: applies the per-IP limit and failure throttle, then checks the key."""
+        ip = ctx.client_ip or "unknown"
+        wait = self._ip_buckets.take(ip)
+        if wait:
+            self.metrics.rate_limited.labels("ip").inc()
+            raise RateLimited("too many requests from this address; slow down", retry_after=_ceil(wait))
+        if self.auth_mode == "disabled":
+            return Principal(ANONYMOUS_KEY_ID, DEFAULT_TENANT, "admin", None, any_tenant=True)
+        blocked = self._auth_throttle.blocked_for(ip)
+        if blocked:
+            self.metrics.rate_limited.labels("auth_failures").inc()
+            raise RateLimited(
+                "too many failed authentication attempts from this address; wait and retry with a valid key",
+                retry_after=_ceil(blocked),
+                code="auth_throttled",
+            )
+        try:
+            token = ctx.api_key or parse_authorization(ctx.authorization)
+        except Unauthenticated:
+            self.metrics.auth_failures.labels("malformed").inc()
+            raise
+        if token is None:
+            if self.auth_mode == "optional":
+                return Principal(ANONYMOUS_KEY_ID, DEFAULT_TENANT, "admin", None, any_tenant=True)
+            self.metrics.auth_failures.labels("missing").inc()
+            raise Unauthenticated(
+                "this server requires an API key: send 'Authorization: Bearer <key>'", code="missing_api_key"
+            )
+        return self._verify(token, ip)
+
+    def _verify(self, token: str, ip: str) -> Principal:
+        h = digest(token)
+        if self._bootstrap_digest is not None and same_digest(h, self._bootstrap_digest):
+            return Principal(BOOTSTRAP_KEY_ID, DEFAULT_TENANT, "admin", None, any_tenant=True)
+        key = self.keys.lookup(token)
+        reason = None
+        if key is None:
+            reason, code, msg = "invalid", "invalid_api_key", "the API key is not valid"
+        elif key.revoked:
+            reason, code, msg = "revoked", "api_key_revoked", "the API key was revoked; ask an admin for a new one"
+        elif key.expired(time.time()):
+            reason, code, msg = "expired", "api_key_expired", "the API key has expired; ask an admin for a new one"
+        if reason is not None:
+            self._auth_throttle.record(ip)
+            self.metrics.auth_failures.labels(reason).inc()
+            raise Unauthenticated(msg, code=code)
+        assert key is not None
+        scope = frozenset(key.collections) if key.collections is not None else None
+        return Principal(key.id, key.tenant, key.role, scope)
+
+    def _acting_tenant(self, ctx: RequestContext, p: Principal) -> str:
+        asked = ctx.tenant
+        if asked is not None and asked != "":
+            V.name(asked, "tenant (X-EngramDB-Tenant)")
+        if p.any_tenant:
+            return asked or p.tenant
+        if asked and asked != p.tenant:
+            raise PermissionDenied(
+                "this API key belongs to another tenant and cannot act on the tenant asked for",
+                code="tenant_mismatch",
+            )
+        return p.tenant
+
+    def check_access(self, ctx: RequestContext, role: Role) -> Principal:
+        """Authenticate and rate-limit ``ctx`` and require ``role``; for endpoints outside ``execute``."""
+        p = self.authenticate(ctx)
+        ctx.principal = p
+        ctx.acting_tenant = self._acting_tenant(ctx, p)
+        if p.key_id != ANONYMOUS_KEY_ID:
+            wait = self._key_buckets.take(p.key_id)
+            if wait:
+                self.metrics.rate_limited.labels("key").inc()
+                raise RateLimited("this API key's rate limit is exceeded; slow down", retry_after=_ceil(wait))
+        if not role_allows(p.role, role):
+            raise PermissionDenied(
+                f"this API key has role {p.role!r}; this operation needs {role!r}", code="permission_denied"
+            )
+        return p
+
+    # -------------------------------------------------------------- execute
+    def execute(self, ctx: RequestContext, op: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Run operation ``op`` for ``ctx``; returns the JSON-ready result or raises EngramError."""
+        spec = OPS.get(op)
+        label = op if spec is not None else "unknown"
+        start = time.perf_counter()
+        status = "ok"
+        self._enter()
+        try:
+            if spec is None:
+                raise InvalidArgument(f"unknown operation {op!r}", code="unknown_operation")
+            p = self.check_access(ctx, spec.role)
+            assert ctx.acting_tenant is not None
+            if not isinstance(params, dict):
+                raise InvalidArgument("the request must be a JSON object", code="invalid_argument")
+            try:
+                req = spec.model.model_validate(params)
+            except ValidationError as e:
+                raise validation_error(e, op) from None
+            self._check_scope(p, spec, req)
+            return spec.handler(self, Call(ctx, p, ctx.acting_tenant), req, params)
+        except EngramError as e:
+            status = e.code
+            raise
+        except Exception:
+            status = "internal"
+            log.exception("operation %s failed (request id %s)", op, ctx.request_id)
+            raise EngramError(
+                f"internal error; the server log has the details (request id {ctx.request_id})"
+            ) from None
+        finally:
+            self._exit()
+            self.metrics.observe(label, status, time.perf_counter() - start)
+
+    def _enter(self) -> None:
+        with self._idle:
+            if self._draining:
+                raise Unavailable("the server is shutting down; retry shortly", code="shutting_down")
+            self._inflight += 1
+            self.metrics.in_flight.inc()
+
+    def _exit(self) -> None:
+        with self._idle:
+            self._inflight -= 1
+            self.metrics.in_flight.dec()
+            if not self._inflight:
+                self._idle.notify_all()
+
+    @staticmethod
+    def _check_scope(p: Principal, spec: OpSpec, req: Any) -> None:
+        if p.collections is None:
+            return
+        name = req.coll if spec.scope == "collection" else req.name if spec.scope == "create" else None
+        if name is not None and not p.may_use(name):
+            raise PermissionDenied(f"this API key may not use collection {name!r}", code="collection_not_in_scope")
+
+    def collection(self, call: Call, name: str) -> Collection:
+        return self.db.get_collection(name, tenant=call.tenant)
+
+    # ------------------------------------------------------------ handlers
+    # Each handler gets the validated model and the raw params; bulk payloads
+    # (records, edges) are passed to the engine as the validated dicts, which
+    # avoids copying large vectors a second time.
+
+    def _create_collection(self, call: Call, req: M.CreateCollectionBody, params: dict[str, Any]) -> dict[str, Any]:
+        kw = req.model_dump(exclude_unset=True)
+        name = kw.pop("name")
+        coll = self.db.create_collection(name, tenant=call.tenant, **kw)
+        return {"collection": coll.config.model_dump(mode="json")}
+
+    def _list_collections(self, call: Call, req: M.ListCollectionsBody, params: dict[str, Any]) -> dict[str, Any]:
+        configs = self.db.list_collections(tenant=call.tenant)
+        return {
+            "collections": [c.model_dump(mode="json") for c in configs if call.principal.may_use(c.name)],
+        }
+
+    def _get_collection(self, call: Call, req: M.GetCollection, params: dict[str, Any]) -> dict[str, Any]:
+        coll = self.collection(call, req.coll)
+        return {"collection": coll.config.model_dump(mode="json"), "count": coll.count()}
+
+    def _delete_collection(self, call: Call, req: M.DeleteCollection, params: dict[str, Any]) -> dict[str, Any]:
+        self.db.delete_collection(req.coll, tenant=call.tenant)
+        return {"deleted": True}
+
+    def _upsert(self, call: Call, req: M.Upsert, params: dict[str, Any]) -> dict[str, Any]:
+        return {"versions": self.collection(call, req.coll).upsert(params["records"])}
+
+    def _get(self, call: Call, req: M.Get, params: dict[str, Any]) -> dict[str, Any]:
+        kw = _set_fields(req, "include", "refresh_ttl")
+        recs = self.collection(call, req.coll).get_many(req.ids, **kw)
+        return {"records": [r.to_dict() for r in recs]}
+
+    def _get_one(self, call: Call, req: M.GetOne, params: dict[str, Any]) -> dict[str, Any]:
+        coll = self.collection(call, req.coll)
+        rec = coll.get(req.id, **_set_fields(req, "include"))
+        if rec is None:
+            raise NotFound(f"record {req.id!r} does not exist in collection {req.coll!r}", code="record_not_found")
+        return {"record": rec.to_dict()}
+
+    def _patch(self, call: Call, req: M.Patch, params: dict[str, Any]) -> dict[str, Any]:
+        kw = _set_fields(req, "metadata", "text", "namespace", "ttl_seconds", "importance", "vector")
+        return {"record": self.collection(call, req.coll).patch(req.id, **kw).to_dict()}
+
+    def _delete(self, call: Call, req: M.Delete, params: dict[str, Any]) -> dict[str, Any]:
+        return {"deleted": self.collection(call, req.coll).delete(req.ids, filter=req.filter)}
+
+    def _delete_one(self, call: Call, req: M.DeleteOne, params: dict[str, Any]) -> dict[str, Any]:
+        return {"deleted": self.collection(call, req.coll).delete([req.id])}
+
+    def _scan(self, call: Call, req: M.Scan, params: dict[str, Any]) -> dict[str, Any]:
+        kw = _set_fields(req, "cursor", "limit", "id_prefix", "namespace_prefix", "filter", "include")
+        page = self.collection(call, req.coll).scan(**kw)
+        return {"records": [r.to_dict() for r in page.records], "next_cursor": page.next_cursor}
+
+    def _count(self, call: Call, req: M.Count, params: dict[str, Any]) -> dict[str, Any]:
+        return {"count": self.collection(call, req.coll).count(req.filter)}
+
+    def _refresh_ttl(self, call: Call, req: M.RefreshTtl, params: dict[str, Any]) -> dict[str, Any]:
+        return {"refreshed": self.collection(call, req.coll).refresh_ttl(req.ids)}
+
+    def _search(self, call: Call, req: M.Search, params: dict[str, Any]) -> dict[str, Any]:
+        kw = _set_fields(
+            req, "k", "filter", "ef", "include", "exact", "text", "mode", "weights", "min_score", "refresh_ttl"
+        )
+        if "vector" in req.model_fields_set:
+            kw["vector"] = params["vector"]
+        if req.expand is not None:
+            kw["expand"] = req.expand.model_dump(exclude_unset=True)
+        hits = self.collection(call, req.coll).search(**kw)
+        return {"hits": [_hit(h) for h in hits]}
+
+    def _list_namespaces(self, call: Call, req: M.ListNamespaces, params: dict[str, Any]) -> dict[str, Any]:
+        kw = _set_fields(req, "suffix", "max_depth", "limit", "offset")
+        found = self.collection(call, req.coll).list_namespaces(req.prefix, **kw)
+        return {"namespaces": [list(ns) for ns in found]}
+
+    def _link(self, call: Call, req: M.Link, params: dict[str, Any]) -> dict[str, Any]:
+        coll = self.collection(call, req.coll)
+        return {"versions": coll.link(params["edges"], create_missing=req.create_missing)}
+
+    def _unlink(self, call: Call, req: M.Unlink, params: dict[str, Any]) -> dict[str, Any]:
+        return {"deleted": self.collection(call, req.coll).unlink(params["edges"])}
+
+    def _edges(self, call: Call, req: M.Edges, params: dict[str, Any]) -> dict[str, Any]:
+        kw = _set_fields(req, "direction", "relation", "limit")
+        return {"edges": [e.to_dict() for e in self.collection(call, req.coll).edges(req.id, **kw)]}
+
+    def _neighbors(self, call: Call, req: M.Neighbors, params: dict[str, Any]) -> dict[str, Any]:
+        kw = _set_fields(req, "hops", "relations", "direction", "limit", "fanout", "include", "timeout_ms")
+        _drop_none(kw, "fanout", "timeout_ms")
+        return {"hits": [_hit(h) for h in self.collection(call, req.coll).neighbors(req.id, **kw)]}
+
+    def _subgraph(self, call: Call, req: M.Subgraph, params: dict[str, Any]) -> dict[str, Any]:
+        kw = _set_fields(req, "hops", "relations", "direction", "limit", "include", "timeout_ms")
+        _drop_none(kw, "timeout_ms")
+        got = self.collection(call, req.coll).subgraph(req.ids, **kw)
+        return {
+            "nodes": [r.to_dict() for r in got.get("nodes", [])],
+            "edges": [e.to_dict() for e in got.get("edges", [])],
+        }
+
+    # keys
+    def _key_tenant(self, call: Call, asked: str | None) -> str:
+        if asked is None or asked == call.tenant:
+            return call.tenant
+        if not call.principal.any_tenant:
+            raise PermissionDenied("an admin key can create keys only for its own tenant", code="tenant_mismatch")
+        return asked
+
+    def _create_key(self, call: Call, req: M.CreateKeyBody, params: dict[str, Any]) -> dict[str, Any]:
+        secret, key = self.keys.create(
+            tenant=self._key_tenant(call, req.tenant),
+            role=req.role,
+            collections=req.collections,
+            expires_at=req.expires_at,
+            name=req.name,
+        )
+        log.info("API key %s created (tenant %s, role %s)", key.id, key.tenant, key.role)
+        return _new_key(secret, key)
+
+    def _list_keys(self, call: Call, req: M.ListKeysBody, params: dict[str, Any]) -> dict[str, Any]:
+        return {"keys": [k.info() for k in self.keys.list(call.tenant)]}
+
+    def _revoke_key(self, call: Call, req: M.RevokeKey, params: dict[str, Any]) -> dict[str, Any]:
+        key = self.keys.revoke(req.key_id, tenant=call.tenant)
+        log.info("API key %s revoked", key.id)
+        return {"revoked": True}
+
+    def _rotate_key(self, call: Call, req: M.RotateKey, params: dict[str, Any]) -> dict[str, Any]:
+        grace = DEFAULT_ROTATION_GRACE_SECONDS if req.grace_seconds is None else req.grace_seconds
+        secret, key = self.keys.rotate(req.key_id, grace_seconds=grace, tenant=call.tenant)
+        log.info("API key %s rotated to %s", req.key_id, key.id)
+        return _new_key(secret, key)
+
+
+def _ceil(seconds: float) -> float:
+    """Retry-After in whole seconds (what HTTP allows), never zero."""
+    return float(max(1, int(-(-seconds // 1))))
+
+
+def _set_fields(req: BaseModel, *names: str) -> dict[str, Any]:
+    """The named fields the caller actually sent, so the engine's own defaults apply otherwise."""
+    return {n: getattr(req, n) for n in names if n in req.model_fields_set}
+
+
+def _drop_none(kw: dict[str, Any], *names: str) -> None:
+    for n in names:
+        if kw.get(n, 0) is None:
+            del kw[n]
+
+
+def _hit(h: Any) -> dict[str, Any]:
+    d: dict[str, Any] = h.to_dict()
+    d["score"] = float(d["score"])  # numpy scalars are not JSON for every transport
+    return d
+
+
+def _new_key(secret: str, key: Any) -> dict[str, Any]:
+    return {
+        "key": secret,
+        "id": key.id,
+        "role": key.role,
+        "tenant": key.tenant,
+        "collections": key.collections,
+        "expires_at": key.expires_at,
+        "name": key.name,
+    }
+
+
+def _spec(name: str, model: type[BaseModel], role: Role, scope: Scope) -> OpSpec:
+    return OpSpec(name, model, role, scope, getattr(Service, f"_{name}"))
+
+
+OPS: dict[str, OpSpec] = {
+    s.name: s
+    for s in (
+        _spec("create_collection", M.CreateCollectionBody, "writer", "create"),
+        _spec("list_collections", M.ListCollectionsBody, "reader", "list"),
+        _spec("get_collection", M.GetCollection, "reader", "collection"),
+        _spec("delete_collection", M.DeleteCollection, "writer", "collection"),
+        _spec("upsert", M.Upsert, "writer", "collection"),
+        _spec("get", M.Get, "reader", "collection"),
+        _spec("get_one", M.GetOne, "reader", "collection"),
+        _spec("patch", M.Patch, "writer", "collection"),
+        _spec("delete", M.Delete, "writer", "collection"),
+        _spec("delete_one", M.DeleteOne, "writer", "collection"),
+        _spec("scan", M.Scan, "reader", "collection"),
+        _spec("count", M.Count, "reader", "collection"),
+        _spec("refresh_ttl", M.RefreshTtl, "writer", "collection"),
+        _spec("search", M.Search, "reader", "collection"),
+        _spec("list_namespaces", M.ListNamespaces, "reader", "collection"),
+        _spec("link", M.Link, "writer", "collection"),
+        _spec("unlink", M.Unlink, "writer", "collection"),
+        _spec("edges", M.Edges, "reader", "collection"),
+        _spec("neighbors", M.Neighbors, "reader", "collection"),
+        _spec("subgraph", M.Subgraph, "reader", "collection"),
+        _spec("create_key", M.CreateKeyBody, "admin", "none"),
+        _spec("list_keys", M.ListKeysBody, "admin", "none"),
+        _spec("revoke_key", M.RevokeKey, "admin", "none"),
+        _spec("rotate_key", M.RotateKey, "admin", "none"),
+    )
+}
