@@ -291,7 +291,7 @@ class Stats:
             f"acknowledged_ops={model.acked_ops} acknowledged_record_writes={model.acked_upserts} "
             f"acknowledged_deletes={model.acked_deletes} lost_writes={self.lost} resurrected={self.resurrected} "
             f"in_flight_applied={self.in_flight_applied} in_flight_not_applied={self.in_flight_dropped} "
-            f"kills_mid_snapshot={self.torn_snapshots} payload_text_index_disagreements={len(self.index_problems)} "
+            f"kills_mid_snapshot={self.torn_snapshots} index_disagreements_known_bugs={len(self.index_problems)} "
             f"reopen_p50={p50 * 1000:.0f}ms reopen_p99={p99 * 1000:.0f}ms"
         )
 

@@ -149,7 +149,7 @@ def snapshot_loop(db: Any, deadline: float, stop: threading.Event, failed: Calla
             if stop.is_set() or time.monotonic() >= deadline:
                 return
             db.snapshot()
-            time.sleep(0.002)
+            time.sleep(0.1)  # let the writers through: a snapshot holds the index lock
     except BaseException as e:
         failed(e)
 

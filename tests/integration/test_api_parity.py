@@ -15,7 +15,6 @@ a real server rarely does on demand: 503s, slow answers, refused connections.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import http.server
 import inspect
 import json
@@ -252,6 +251,16 @@ def fill(coll: Any, n: int, dim: int = 4) -> None:
     )
 
 
+def eventually(fn: Callable[[], T], timeout: float = 5.0) -> T:
+    """``fn()`` once it returns something truthy (for near-real-time indexes)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = fn()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(0.05)
+
+
 def expect_error(fn: Callable[[], Any], cls: type[EngramError], code: str) -> EngramError:
     """Run ``fn``; it must raise exactly ``cls`` (not a subclass or parent) with ``code``."""
     with pytest.raises(EngramError) as ei:
@@ -279,8 +288,12 @@ def test_collection_lifecycle(api: Any) -> None:
     assert all(isinstance(x, CollectionConfig) for x in listed)
     assert [x.name for x in listed] == ["alpha", "notes"]
     # exist_ok returns the identical collection, and refuses a different one.
-    assert api.create_collection("notes", 4, "l2", indexed_fields={"tag": "keyword"}, default_ttl_seconds=3600,
-                                 index={"m": 8}, exist_ok=True).config == c.config  # fmt: skip
+    assert (
+        api.create_collection(
+            "notes", 4, "l2", indexed_fields={"tag": "keyword"}, default_ttl_seconds=3600, index={"m": 8}, exist_ok=True
+        ).config
+        == c.config
+    )
     expect_error(lambda: api.create_collection("notes", 4, "cosine", exist_ok=True), AlreadyExists, "collection_exists")
     assert api.delete_collection("alpha") is None
     assert [x.name for x in api.list_collections()] == ["notes"]
@@ -292,8 +305,14 @@ def test_upsert_get_roundtrip(api: Any) -> None:
     c = api.create_collection("rt", dimension=3, metric="dot")
     versions = c.upsert(
         [
-            Record(id="a", vector=[1.0, 2.0, 3.0], text="hello", metadata={"x": 1, "nested": {"y": [1, "two"]}},
-                   namespace=("u1", "mem"), importance=0.5),  # fmt: skip
+            Record(
+                id="a",
+                vector=[1.0, 2.0, 3.0],
+                text="hello",
+                metadata={"x": 1, "nested": {"y": [1, "two"]}},
+                namespace=("u1", "mem"),
+                importance=0.5,
+            ),
             {"id": "b", "vector": np.array([0.5, 0.25, 0.125], dtype=np.float32)},  # numpy is fine
             {"id": "weird/id with spaces?#&", "vector": (1, 1, 1)},
         ]
@@ -302,8 +321,12 @@ def test_upsert_get_roundtrip(api: Any) -> None:
     a = c.get("a")
     assert isinstance(a, Record)
     assert a.vector == [1.0, 2.0, 3.0]
-    assert (a.text, a.metadata, a.namespace, a.importance) == ("hello", {"x": 1, "nested": {"y": [1, "two"]}},
-                                                               ("u1", "mem"), 0.5)  # fmt: skip
+    assert (a.text, a.metadata, a.namespace, a.importance) == (
+        "hello",
+        {"x": 1, "nested": {"y": [1, "two"]}},
+        ("u1", "mem"),
+        0.5,
+    )
     assert a.version == versions[0]
     assert a.created_at is not None and a.updated_at is not None and a.expires_at is None
     assert c.get("b").vector == [0.5, 0.25, 0.125]
@@ -312,7 +335,12 @@ def test_upsert_get_roundtrip(api: Any) -> None:
     many = c.get_many(["b", "missing", "a"])
     assert [r.id for r in many] == ["b", "a"]
     slim = c.get("a", include=["metadata"])
-    assert (slim.vector, slim.text, slim.metadata, slim.namespace) == (None, None, {"x": 1, "nested": {"y": [1, "two"]}}, ())
+    assert (slim.vector, slim.text, slim.metadata, slim.namespace) == (
+        None,
+        None,
+        {"x": 1, "nested": {"y": [1, "two"]}},
+        (),
+    )
     assert slim.created_at is None
     # Whole-record replace keeps created_at and bumps the version.
     new_v = c.upsert(Record(id="a", vector=[3.0, 2.0, 1.0]))
@@ -419,8 +447,9 @@ def test_search_filter_include(api: Any) -> None:
     exact = c.search(q, k=20, filter={"$or": [{"i": 3}, {"i": {"$in": [4, 5]}}]}, exact=True)
     assert sorted(h.id for h in exact) == ["r003", "r004", "r005"]
     assert c.search(q, k=3, min_score=2.0) == []
-    text_hits = c.search(text="number 7", mode="text", k=3)
-    assert text_hits and text_hits[0].id == "r007"
+    # BM25 is near-real-time (DESIGN.md §5.3): poll briefly for the text index to catch up.
+    text_hits = eventually(lambda: c.search(text="number 7", mode="text", k=3))
+    assert text_hits[0].id == "r007"
     hybrid = c.search(q, text="number 7", mode="hybrid", k=3)
     assert hybrid and all(h.signals for h in hybrid)
 
@@ -450,6 +479,20 @@ def test_ttl_expiry_and_refresh(api: Any) -> None:
     assert c.refresh_ttl("short") == 0
 
 
+def test_ttl_seconds_is_returned(api: Any, request: pytest.FixtureRequest) -> None:
+    if _backend(request) != "embedded":
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                reason="types.Record.to_dict() and service RecordOut omit ttl_seconds, so remote reads lose it",
+            )
+        )
+    c = api.create_collection("ttls", dimension=2)
+    c.upsert({"id": "a", "vector": [1, 0], "ttl_seconds": 600})
+    assert c.get("a").ttl_seconds == 600
+    assert c.get("a", include=["expires_at"]).ttl_seconds == 600
+
+
 @needs_graph
 def test_graph_link_edges_neighbors(api: Any) -> None:
     c = api.create_collection("graph", dimension=2)
@@ -464,7 +507,10 @@ def test_graph_link_edges_neighbors(api: Any) -> None:
     assert len(versions) == 3 and all(isinstance(x, str) for x in versions)
     out = c.edges("a")
     assert all(isinstance(e, Edge) for e in out)
-    assert sorted((e.src, e.relation, e.dst, e.weight) for e in out) == [("a", "knows", "b", 0.5), ("a", "likes", "d", 2.0)]
+    assert sorted((e.src, e.relation, e.dst, e.weight) for e in out) == [
+        ("a", "knows", "b", 0.5),
+        ("a", "likes", "d", 2.0),
+    ]
     assert next(e for e in out if e.dst == "b").properties == {"since": 2020}
     assert [(e.src, e.dst) for e in c.edges("b", direction="in")] == [("a", "b")]
     assert [e.dst for e in c.edges("a", relation="likes")] == ["d"]
@@ -492,41 +538,98 @@ def test_graph_link_edges_neighbors(api: Any) -> None:
 
 # ----------------------------------------------------------- error parity
 ERROR_CASES: dict[str, tuple[Callable[[Any, Any], Any], type[EngramError], str]] = {
-    "dimension mismatch (upsert)": (lambda db, c: c.upsert({"id": "x", "vector": [1, 2, 3]}), DimensionMismatch,
-                                    "dimension_mismatch"),
+    "dimension mismatch (upsert)": (
+        lambda db, c: c.upsert({"id": "x", "vector": [1, 2, 3]}),
+        DimensionMismatch,
+        "dimension_mismatch",
+    ),
     "dimension mismatch (search)": (lambda db, c: c.search([1.0], k=1), DimensionMismatch, "dimension_mismatch"),
-    "NaN vector": (lambda db, c: c.upsert({"id": "x", "vector": [float("nan"), 1.0]}), InvalidArgument,
-                   "invalid_vector"),
+    "NaN vector": (
+        lambda db, c: c.upsert({"id": "x", "vector": [float("nan"), 1.0]}),
+        InvalidArgument,
+        "invalid_vector",
+    ),
     "infinite query vector": (lambda db, c: c.search([float("inf"), 1.0]), InvalidArgument, "invalid_vector"),
-    "zero vector under cosine": (lambda db, c: c.upsert({"id": "x", "vector": [0, 0]}), InvalidArgument,
-                                 "invalid_vector"),
-    "unknown filter operator": (lambda db, c: c.search([1, 0], filter={"a": {"$regex": "x"}}), InvalidFilter,
-                                "invalid_filter"),
+    "zero vector under cosine": (
+        lambda db, c: c.upsert({"id": "x", "vector": [0, 0]}),
+        InvalidArgument,
+        "invalid_vector",
+    ),
+    "unknown filter operator": (
+        lambda db, c: c.search([1, 0], filter={"a": {"$regex": "x"}}),
+        InvalidFilter,
+        "invalid_filter",
+    ),
     "unknown filter operator (count)": (lambda db, c: c.count({"a": {"$near": 1}}), InvalidFilter, "invalid_filter"),
     "missing collection": (lambda db, c: db.get_collection("does-not-exist"), NotFound, "collection_not_found"),
-    "duplicate collection": (lambda db, c: db.create_collection("errs", dimension=2), AlreadyExists,
-                             "collection_exists"),
+    "duplicate collection": (
+        lambda db, c: db.create_collection("errs", dimension=2),
+        AlreadyExists,
+        "collection_exists",
+    ),
     "k = 0": (lambda db, c: c.search([1, 0], k=0), InvalidArgument, "invalid_k"),
     "k too large": (lambda db, c: c.search([1, 0], k=10_001), InvalidArgument, "invalid_k"),
     "patch a missing record": (lambda db, c: c.patch("ghost", text="x"), NotFound, "record_not_found"),
     "unknown include field": (lambda db, c: c.get("x", include=["vectors"]), InvalidArgument, "invalid_include"),
     "scan limit 0": (lambda db, c: c.scan(limit=0), InvalidArgument, "invalid_limit"),
     "bad cursor": (lambda db, c: c.scan(cursor="!!not-a-cursor!!"), InvalidArgument, "invalid_cursor"),
-    "namespace is a string": (lambda db, c: c.upsert({"id": "x", "vector": [1, 0], "namespace": "a/b"}),
-                              InvalidArgument, "invalid_namespace"),
-    "duplicate ids in a batch": (lambda db, c: c.upsert([{"id": "x", "vector": [1, 0]}, {"id": "x", "vector": [0, 1]}]),
-                                 InvalidArgument, "duplicate_id"),
-    "unknown record field": (lambda db, c: c.upsert({"id": "x", "vector": [1, 0], "colour": "red"}), InvalidArgument,
-                             "invalid_record"),
-    "bad collection name": (lambda db, c: db.create_collection("bad name!", dimension=2), InvalidArgument,
-                            "invalid_config"),
-    "bad metric": (lambda db, c: db.create_collection("m", dimension=2, metric="hamming"), InvalidArgument,
-                   "invalid_config"),
-}  # fmt: skip
+    "namespace is a string": (
+        lambda db, c: c.upsert({"id": "x", "vector": [1, 0], "namespace": "a/b"}),
+        InvalidArgument,
+        "invalid_namespace",
+    ),
+    "duplicate ids in a batch": (
+        lambda db, c: c.upsert([{"id": "x", "vector": [1, 0]}, {"id": "x", "vector": [0, 1]}]),
+        InvalidArgument,
+        "duplicate_id",
+    ),
+    "unknown record field": (
+        lambda db, c: c.upsert({"id": "x", "vector": [1, 0], "colour": "red"}),
+        InvalidArgument,
+        "invalid_record",
+    ),
+    "bad collection name": (
+        lambda db, c: db.create_collection("bad name!", dimension=2),
+        InvalidArgument,
+        "invalid_config",
+    ),
+    "bad metric": (
+        lambda db, c: db.create_collection("m", dimension=2, metric="hamming"),
+        InvalidArgument,
+        "invalid_config",
+    ),
+}
+
+
+# Mismatches of the current server, reported to its owners. Strict xfail: when the
+# server is fixed the case XPASSes, fails, and the entry must be removed.
+_PYDANTIC_FIRST = (
+    "server: the service's pydantic request model rejects this before the engine sees it and answers the "
+    "generic code 'invalid_argument' instead of the engine's {code!r}"
+)
+REMOTE_MISMATCHES: dict[str, str] = {
+    case: _PYDANTIC_FIRST.format(code=ERROR_CASES[case][2])
+    for case in (
+        "k = 0",
+        "k too large",
+        "unknown include field",
+        "scan limit 0",
+        "namespace is a string",
+        "unknown record field",
+        "bad collection name",
+        "bad metric",
+    )
+}
+
+
+def _backend(request: pytest.FixtureRequest) -> str:
+    return str(request.node.callspec.params.get("api", ""))
 
 
 @pytest.mark.parametrize("case", list(ERROR_CASES))
-def test_error_parity(api: Any, case: str) -> None:
+def test_error_parity(api: Any, case: str, request: pytest.FixtureRequest) -> None:
+    if _backend(request) != "embedded" and case in REMOTE_MISMATCHES:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=REMOTE_MISMATCHES[case]))
     fn, cls, code = ERROR_CASES[case]
     c = api.create_collection("errs", dimension=2)
     c.upsert({"id": "keep", "vector": [1, 0]})
@@ -540,8 +643,8 @@ def test_error_parity(api: Any, case: str) -> None:
 def _norm(x: Any) -> Any:
     """Comparable form of a result: drop what differs between two runs (versions, clocks)."""
     if isinstance(x, Record):
+        # ttl_seconds is compared by test_ttl_seconds_is_returned (a known server gap).
         d = x.to_dict()
-        d["ttl_seconds"] = x.ttl_seconds
         for k in ("version", "created_at", "updated_at", "expires_at"):
             d[k] = d[k] is not None  # presence must match, the value is a clock reading
         return ("Record", d)
@@ -583,7 +686,11 @@ def _scenario(db: Any) -> list[Any]:
     out.append(c.list_namespaces(max_depth=2))
     out.append(c.search([1, 1, 1, 1], k=4, exact=True, include=["metadata", "namespace", "importance"]))
     out.append(c.search([1, 1, 1, 1], k=4, exact=True, include=None))
-    out.append(c.search(text="record number", mode="text", k=4))
+    # BM25 is near-real-time (refresh every 0.2 s): wait until it holds every write so
+    # both runs score against the same corpus; the query ranks without ties, since the
+    # order of equal BM25 scores is not defined.
+    time.sleep(0.8)
+    out.append(c.search(text="number 7 patched", mode="text", k=2))
     out.append(c.delete(["r001", "zz"]))
     out.append(c.refresh_ttl(["ttl", "r002"]))
     if HAS_GRAPH:
@@ -618,9 +725,13 @@ def test_identical_answers_everywhere(request: pytest.FixtureRequest, tmp_path: 
         loop.run(aclient.close())
     finally:
         loop.close()
-    for kind in ("sync", "async"):
-        for i, (want, got) in enumerate(zip(results["embedded"], results[kind], strict=True)):
-            assert got == want, f"{kind} step {i} differs from embedded"
+    diffs = [
+        f"{kind} step {i}:\n  embedded: {want!r}\n  {kind}: {got!r}"
+        for kind in ("sync", "async")
+        for i, (want, got) in enumerate(zip(results["embedded"], results[kind], strict=True))
+        if got != want
+    ]
+    assert not diffs, "\n".join(diffs)
 
 
 # ------------------------------------------------------ same signatures
@@ -630,8 +741,18 @@ def _params(fn: Any, skip: tuple[str, ...] = ()) -> list[tuple[str, Any, Any]]:
 
 
 DB_METHODS = ["create_collection", "get_collection", "list_collections", "delete_collection", "close"]
-COLL_METHODS = ["upsert", "get", "get_many", "patch", "delete", "count", "scan", "list_namespaces", "search",
-                "refresh_ttl"] + (["link", "unlink", "edges", "neighbors", "subgraph"] if HAS_GRAPH else [])  # fmt: skip
+COLL_METHODS = [
+    "upsert",
+    "get",
+    "get_many",
+    "patch",
+    "delete",
+    "count",
+    "scan",
+    "list_namespaces",
+    "search",
+    "refresh_ttl",
+] + (["link", "unlink", "edges", "neighbors", "subgraph"] if HAS_GRAPH else [])
 
 
 @pytest.mark.parametrize("cls", [Client, AsyncClient], ids=["sync", "async"])
@@ -651,9 +772,10 @@ def test_collection_signatures_match(cls: type, method: str) -> None:
 # =============================================================== remote only
 def test_tenants_are_isolated_by_header(remote_server: ServerInfo) -> None:
     a, b = ("t-" + uuid.uuid4().hex[:12] for _ in range(2))
-    with engramdb.connect(remote_server.url, remote_server.admin_key, tenant=a) as ca, engramdb.connect(
-        remote_server.url, remote_server.admin_key, tenant=b
-    ) as cb:
+    with (
+        engramdb.connect(remote_server.url, remote_server.admin_key, tenant=a) as ca,
+        engramdb.connect(remote_server.url, remote_server.admin_key, tenant=b) as cb,
+    ):
         ca.create_collection("mine", dimension=2).upsert({"id": "1", "vector": [1, 0]})
         assert [x.name for x in cb.list_collections()] == []
         expect_error(lambda: cb.get_collection("mine"), NotFound, "collection_not_found")
@@ -662,7 +784,7 @@ def test_tenants_are_isolated_by_header(remote_server: ServerInfo) -> None:
 
 def test_bad_api_key_is_unauthenticated(remote_server: ServerInfo) -> None:
     with engramdb.connect(remote_server.url, "not-a-real-key", retries=0) as client:
-        err = expect_error(client.list_collections, Unauthenticated, "unauthenticated")
+        err = expect_error(client.list_collections, Unauthenticated, "invalid_api_key")
         assert "not-a-real-key" not in err.message
 
 
@@ -792,11 +914,11 @@ def test_idempotent_call_retried_after_503s(flaky: Any, kind: str) -> None:
 
 @pytest.mark.parametrize("kind", ["sync", "async"])
 def test_non_idempotent_call_not_retried(flaky: Any, kind: str) -> None:
-    srv = flaky([UNAVAILABLE, Canned(200, {"deleted": 1})])
+    srv = flaky([UNAVAILABLE])
     coll, close = _remote_coll(kind, srv.url)
     try:
         expect_error(lambda: coll.delete(filter={"a": 1}), Unavailable, "unavailable")
-        expect_error(lambda: coll.patch("x/y", text="t"), Canned and Unavailable, "unavailable")  # type: ignore[arg-type]
+        expect_error(lambda: coll.patch("x/y", text="t"), Unavailable, "unavailable")
     finally:
         close()
     assert [(m, p) for m, p, _, _ in srv.requests] == [
@@ -821,8 +943,15 @@ def test_rate_limited_call_retried_after_retry_after(flaky: Any, kind: str) -> N
 
 
 def test_long_retry_after_is_not_waited_for(flaky: Any) -> None:
-    srv = flaky([Canned(429, {"error": {"code": "rate_limited", "message": "later", "details": {"retry_after": 3600}}},
-                        {"Retry-After": "3600"})])  # fmt: skip
+    srv = flaky(
+        [
+            Canned(
+                429,
+                {"error": {"code": "rate_limited", "message": "later", "details": {"retry_after": 3600}}},
+                {"Retry-After": "3600"},
+            )
+        ]
+    )
     coll, close = _remote_coll("sync", srv.url)
     try:
         err = expect_error(coll.count, RateLimited, "rate_limited")
@@ -848,8 +977,9 @@ def test_error_body_is_decoded_to_the_engine_class(flaky: Any) -> None:
     srv = flaky([Canned(400, body)])
     coll, close = _remote_coll("sync", srv.url)
     try:
-        err = expect_error(lambda: coll.upsert({"id": "a", "vector": [1, 2, 3]}), DimensionMismatch,
-                           "dimension_mismatch")  # fmt: skip
+        err = expect_error(
+            lambda: coll.upsert({"id": "a", "vector": [1, 2, 3]}), DimensionMismatch, "dimension_mismatch"
+        )
     finally:
         close()
     assert (err.message, err.details) == ("vector has 3 dimensions", {"x": 1})
@@ -863,8 +993,9 @@ def test_vectors_are_sent_as_lists_and_nan_never_leaves(flaky: Any) -> None:
         coll.upsert(Record(id="a", vector=np.array([0.5, 0.25], dtype=np.float32), ttl_seconds=5, namespace=("x",)))
         sent = json.loads(srv.requests[0][3])["records"][0]
         assert (sent["vector"], sent["ttl_seconds"], sent["namespace"]) == ([0.5, 0.25], 5, ["x"])
-        expect_error(lambda: coll.upsert({"id": "b", "vector": np.array([np.nan, 1.0])}), InvalidArgument,
-                     "invalid_vector")  # fmt: skip
+        expect_error(
+            lambda: coll.upsert({"id": "b", "vector": np.array([np.nan, 1.0])}), InvalidArgument, "invalid_vector"
+        )
         expect_error(lambda: coll.search([np.inf, 1.0, 2.0]), DimensionMismatch, "dimension_mismatch")
     finally:
         close()
@@ -920,5 +1051,3 @@ def test_bad_url_is_invalid_argument() -> None:
 def test_lazy_exports() -> None:
     assert engramdb.connect is __import__("engramdb.client.sync", fromlist=["connect"]).connect
     assert engramdb.AsyncClient is AsyncClient
-    with contextlib.suppress(AttributeError):
-        assert engramdb.DeadlineExceeded is DeadlineExceeded  # not re-exported (yet); the errors module has it

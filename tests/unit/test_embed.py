@@ -306,6 +306,11 @@ def test_missing_key_sources_are_invalid_argument(fake: FakeOpenAI, tmp_path: Pa
         make(fake, api_key_file=str(tmp_path / "absent"))
     with pytest.raises(InvalidArgument, match="only one of"):
         make(fake, api_key_env="X", api_key_file="y")
+    bad = tmp_path / "bad"
+    bad.write_text(f"{SECRET} extra")
+    with pytest.raises(InvalidArgument, match="not allowed in an HTTP header") as info:
+        make(fake, api_key_file=str(bad))
+    assert SECRET not in info.value.message
 
 
 # --- configuration ----------------------------------------------------------------------------------------------------

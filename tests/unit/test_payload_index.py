@@ -172,6 +172,11 @@ def test_contains(world: World) -> None:
     assert world.check({"tags": {"$contains": "hello"}}) == (BitMap([1]), True)
     assert world.check({"kind": {"$contains": "o"}}) == (BitMap([0, 2]), True)
     assert world.check({"age": {"$contains": 30}}) == (BitMap(), True)  # a scalar contains nothing
+    world.put(5, {"tags": ["hello", "ab"], "age": [30, 31]})
+    assert world.check({"tags": {"$contains": "ell"}}) == (BitMap([1]), True)  # no substring inside lists
+    assert world.check({"tags": {"$contains": "ab"}}) == (BitMap([5]), True)
+    assert world.check({"age": {"$contains": 30}}) == (BitMap([5]), True)
+    assert world.check({"age": {"$contains": "30"}}) == (BitMap(), True)
 
 
 def test_whole_list_equality_is_a_superset(world: World) -> None:
@@ -407,12 +412,15 @@ def test_structurally_bad_body_with_valid_checksum() -> None:
 
 # --------------------------------------------------------------------------- property tests
 
+# Small value pools so equal values, shared substrings and range boundaries collide often.
+STRS = ["", "a", "ab", "b", "ba", "xyz"]
+NUMS = [-3, 0, 1, 2, 7, 2.0, 2.5, -1.5, 2**53, 2**53 + 1, 10**30, math.inf, -math.inf]
 scalars = st.one_of(
     st.none(),
     st.booleans(),
-    st.sampled_from([-3, 0, 1, 2, 7, 2**53 + 1, 10**30]),
-    st.sampled_from([-1.5, 0.0, 1.0, 2.5, math.inf, math.nan]),
-    st.sampled_from(["", "a", "ab", "b", "ba", "xyz"]),
+    st.sampled_from(NUMS),
+    st.just(math.nan),
+    st.sampled_from(STRS),
 )
 values = st.one_of(
     scalars,
@@ -420,46 +428,78 @@ values = st.one_of(
     st.dictionaries(st.sampled_from(["p", "q"]), scalars, max_size=2),
     st.lists(st.lists(scalars, max_size=2), min_size=1, max_size=2),
 )
-operands = st.one_of(
-    scalars.filter(lambda v: not (isinstance(v, float) and math.isnan(v))),
-    st.lists(st.sampled_from(["a", "b", 1, 2, True, None]), max_size=2),
-    st.dictionaries(st.sampled_from(["p"]), st.sampled_from([1, "a"]), max_size=1),
-)
-range_operands = st.sampled_from([-2, 0, 1, 1.5, 2, 2**53, 2**53 + 1, 10**30, -math.inf, "", "a", "b", "c"])
-KEYS = ["k", "i", "f", "b", "t"]
-PATHS = [*KEYS, "o.x", "u"]
-TYPES = ["keyword", "int", "float", "bool"]
+NATURAL: dict[str, st.SearchStrategy[Any]] = {
+    "keyword": st.sampled_from(STRS),
+    "int": st.sampled_from([-3, 0, 1, 2, 7, 2.0, 2**53 + 1]),
+    "float": st.sampled_from(NUMS),
+    "bool": st.booleans(),
+}
+PATHS = ["k", "i", "f", "b", "t", "o.x"]
+declarations = st.fixed_dictionaries({p: st.sampled_from(["keyword", "int", "float", "bool"]) for p in PATHS})
+
+
+def value_for(ftype: str) -> st.SearchStrategy[Any]:
+    """Mostly values of the declared type (scalars and lists), sometimes anything at all."""
+    nat = NATURAL[ftype]
+    return st.one_of(nat, st.lists(st.one_of(nat, nat, scalars), max_size=3), nat, values)
+
+
+def operand_for(ftype: str) -> st.SearchStrategy[Any]:
+    nat = NATURAL[ftype]
+    plain = scalars.filter(lambda v: not (isinstance(v, float) and math.isnan(v)))
+    return st.one_of(
+        nat,
+        plain,
+        st.lists(st.one_of(nat, plain), max_size=2),
+        st.dictionaries(st.sampled_from(["p"]), st.sampled_from([1, "a"]), max_size=1),
+    )
+
+
+def range_for(ftype: str) -> st.SearchStrategy[Any]:
+    pool = [*STRS, "c"] if ftype == "keyword" else [*NUMS, 1.5, 10**400]
+    return st.one_of(st.sampled_from(pool), st.sampled_from([0, 2, "", "b"]))
 
 
 @st.composite
-def records(draw: st.DrawFn) -> dict[str, Any]:
-    md: dict[str, Any] = draw(st.dictionaries(st.sampled_from(KEYS), values, max_size=5))
+def metadata_for(draw: st.DrawFn, fields: dict[str, str]) -> dict[str, Any]:
+    md: dict[str, Any] = {}
+    for key in ["k", "i", "f", "b", "t"]:
+        if draw(st.integers(0, 4)) > 0:  # each field is missing one time in five
+            md[key] = draw(value_for(fields[key]))
+    shape = draw(st.integers(0, 3))
+    if shape < 2:
+        md["o"] = {"x": draw(value_for(fields["o.x"]))}
+    elif shape == 2:
+        md["o"] = draw(values)
     if draw(st.booleans()):
-        md["o"] = draw(st.one_of(st.dictionaries(st.just("x"), values, max_size=1), values))
-    if draw(st.booleans()):
-        md["u"] = draw(values)
+        md["u"] = draw(values)  # undeclared
     return md
 
 
-def leaf() -> st.SearchStrategy[dict[str, Any]]:
-    path = st.sampled_from(PATHS)
+def leaf_for(fields: dict[str, str]) -> st.SearchStrategy[dict[str, Any]]:
+    def on(path: str) -> st.SearchStrategy[dict[str, Any]]:
+        t = fields.get(path, "keyword")
+        return st.one_of(
+            operand_for(t).map(lambda v: {path: v}),
+            st.tuples(st.sampled_from(["$eq", "$ne", "$contains"]), operand_for(t)).map(lambda x: {path: {x[0]: x[1]}}),
+            st.tuples(st.sampled_from(["$gt", "$gte", "$lt", "$lte"]), range_for(t)).map(
+                lambda x: {path: {x[0]: x[1]}}
+            ),
+            st.tuples(st.sampled_from(["$in", "$nin"]), st.lists(operand_for(t), max_size=3)).map(
+                lambda x: {path: {x[0]: x[1]}}
+            ),
+            st.booleans().map(lambda b: {path: {"$exists": b}}),
+        )
+
     return st.one_of(
-        st.tuples(path, operands).map(lambda t: {t[0]: t[1]}),
-        st.tuples(path, st.sampled_from(["$eq", "$ne", "$contains"]), operands).map(lambda t: {t[0]: {t[1]: t[2]}}),
-        st.tuples(path, st.sampled_from(["$gt", "$gte", "$lt", "$lte"]), range_operands).map(
-            lambda t: {t[0]: {t[1]: t[2]}}
-        ),
-        st.tuples(path, st.sampled_from(["$in", "$nin"]), st.lists(operands, max_size=3)).map(
-            lambda t: {t[0]: {t[1]: t[2]}}
-        ),
-        st.tuples(path, st.booleans()).map(lambda t: {t[0]: {"$exists": t[1]}}),
+        *[on(p) for p in [*PATHS, "u"]],
         st.sampled_from([{"id_prefix": "r1"}, {"id_prefix": ""}, {"namespace_prefix": []}]),
     )
 
 
-def filter_objs() -> st.SearchStrategy[dict[str, Any]]:
+def filter_for(fields: dict[str, str]) -> st.SearchStrategy[dict[str, Any]]:
     return st.recursive(
-        leaf(),
+        leaf_for(fields),
         lambda kids: st.one_of(
             st.lists(kids, min_size=1, max_size=3).map(lambda xs: {"$and": xs}),
             st.lists(kids, min_size=1, max_size=3).map(lambda xs: {"$or": xs}),
@@ -469,32 +509,33 @@ def filter_objs() -> st.SearchStrategy[dict[str, Any]]:
     )
 
 
-declarations = st.fixed_dictionaries({p: st.sampled_from(TYPES) for p in ["k", "i", "f", "b", "t", "o.x"]})
+@settings(max_examples=400, deadline=None)
+@given(data=st.data(), fields=declarations)
+def test_single_predicates_superset_and_exact(data: st.DataObject, fields: dict[str, str]) -> None:
+    # Many records, one predicate at a time: the densest check of each operator's bitmap logic.
+    w = World(fields)
+    for lb, md in enumerate(data.draw(st.lists(metadata_for(fields), min_size=5, max_size=25))):
+        w.put(lb, md)
+    for obj in data.draw(st.lists(leaf_for(fields), min_size=4, max_size=10)):
+        w.check(obj)
 
 
 @settings(max_examples=300, deadline=None)
-@given(fields=declarations, recs=st.lists(records(), max_size=12), flts=st.lists(filter_objs(), min_size=1, max_size=5))
-def test_candidates_superset_and_exact(
-    fields: dict[str, str], recs: list[dict[str, Any]], flts: list[dict[str, Any]]
-) -> None:
+@given(data=st.data(), fields=declarations)
+def test_candidates_superset_and_exact(data: st.DataObject, fields: dict[str, str]) -> None:
     w = World(fields)
-    for lb, md in enumerate(recs):
+    for lb, md in enumerate(data.draw(st.lists(metadata_for(fields), max_size=15))):
         w.put(lb * 3, md)  # sparse labels: the universe is not 0..n
-    for obj in flts:
+    for obj in data.draw(st.lists(filter_for(fields), min_size=1, max_size=5)):
         w.check(obj)
 
 
 @pytest.mark.usefixtures("tiny_delta")
 @settings(max_examples=150, deadline=None)
-@given(
-    fields=declarations,
-    ops=st.lists(st.tuples(st.integers(0, 9), st.one_of(st.none(), records())), max_size=40),
-    flts=st.lists(filter_objs(), min_size=1, max_size=4),
-)
-def test_candidates_after_updates_and_reload(
-    fields: dict[str, str], ops: list[tuple[int, dict[str, Any] | None]], flts: list[dict[str, Any]]
-) -> None:
+@given(data=st.data(), fields=declarations)
+def test_candidates_after_updates_and_reload(data: st.DataObject, fields: dict[str, str]) -> None:
     w = World(fields)
+    ops = data.draw(st.lists(st.tuples(st.integers(0, 9), st.one_of(st.none(), metadata_for(fields))), max_size=40))
     for label, md in ops:
         if md is None:
             if label in w.records:
@@ -502,6 +543,6 @@ def test_candidates_after_updates_and_reload(
         else:
             w.put(label, md)
     reloaded = PayloadIndex.from_bytes(w.index.to_bytes(), fields=fields)
-    for obj in flts:
+    for obj in data.draw(st.lists(filter_for(fields), min_size=1, max_size=4)):
         got = w.check(obj)
         assert w.check(obj, reloaded) == got

@@ -93,6 +93,8 @@ class OpenAIEmbedder(Embedder):
     def embed(self, texts: Sequence[str]) -> FloatMatrix:
         items = check_texts(texts)
         if not items:
+            # No request for nothing: when the dimension is still unknown the
+            # empty result has 0 columns rather than costing a probe.
             return np.zeros((0, self._dimension or 0), dtype=np.float32)
         parts = [
             self._embed_batch(items[start : start + self.batch_size]) for start in range(0, len(items), self.batch_size)

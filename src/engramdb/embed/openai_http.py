@@ -51,7 +51,7 @@ def resolve_api_key(api_key_env: str | None, api_key_file: str | None) -> str | 
         value = os.environ.get(api_key_env, "").strip()
         if not value:
             raise InvalidArgument(f"the environment variable {api_key_env!r} (api_key_env) is not set or is empty")
-        return value
+        return _check_key(value, f"the environment variable {api_key_env!r}")
     if api_key_file:
         path = Path(api_key_file).expanduser()
         try:
@@ -60,9 +60,17 @@ def resolve_api_key(api_key_env: str | None, api_key_file: str | None) -> str | 
             raise InvalidArgument(f"cannot read api_key_file {str(path)!r}: {exc.strerror or exc}") from None
         if not value:
             raise InvalidArgument(f"api_key_file {str(path)!r} is empty")
-        return value
+        return _check_key(value, f"api_key_file {str(path)!r}")
     # Local servers (Ollama, TEI, vLLM without --api-key) need no key.
     return None
+
+
+def _check_key(key: str, source: str) -> str:
+    # Checked here because httpx would fail later, at the first request, with
+    # an encoding error far from the cause.
+    if not key.isascii() or not key.isprintable() or any(ch.isspace() for ch in key):
+        raise InvalidArgument(f"the API key in {source} contains spaces or characters not allowed in an HTTP header")
+    return key
 
 
 def endpoint_url(base_url: str, path: str) -> str:

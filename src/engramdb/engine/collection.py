@@ -780,7 +780,7 @@ class Collection(GraphMixin):
             return False
         if any(p != "*" and p != s for p, s in zip(pre, ns, strict=False)):
             return False
-        return not (suf and any(p != "*" and p != s for p, s in zip(suf, ns[len(ns) - len(suf):], strict=True)))
+        return not (suf and any(p != "*" and p != s for p, s in zip(suf, ns[len(ns) - len(suf) :], strict=True)))
 
     # ---------------------------------------------------------------- search
     def search(
@@ -826,6 +826,38 @@ class Collection(GraphMixin):
             expand=expand,
             min_score=min_score,
             refresh_ttl=refresh_ttl,
+        )
+
+    def extract(
+        self,
+        text: str,
+        extractor: Any,
+        *,
+        instructions: str | None = None,
+        namespace: Sequence[str] | None = None,
+        dedupe_threshold: float = 0.92,
+        source_id: str | None = None,
+    ) -> Any:
+        """Extract entities and relations from ``text`` with an LLM and store them.
+
+        ``extractor`` is an :class:`engramdb.extract.ChatExtractor` (or anything
+        with its ``extract`` method). Entities become records (deduplicated by
+        normalised name and vector similarity), relations become edges, all in
+        one atomic write. Needs a collection with an embedder. Returns an
+        ``ExtractResult`` listing what was written.
+        """
+        from .extraction import extract_into
+
+        self._check_open()
+        self.load()
+        return extract_into(
+            self,
+            text,
+            extractor,
+            instructions=instructions,
+            namespace=namespace,
+            dedupe_threshold=dedupe_threshold,
+            source_id=source_id,
         )
 
     # Internal accessors for the search module.

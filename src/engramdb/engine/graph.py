@@ -459,10 +459,10 @@ class GraphMixin:
         alive = self._alive_fn()
         self._require_live(rid, alive)
         visited = {rid}
-        frontier: list[tuple[str, float, list[dict[str, Any]]]] = [(rid, 1.0, [])]
-        found: list[Hit] = []
+        frontier: list[tuple[str, float, tuple[_Adj, ...]]] = [(rid, 1.0, ())]
+        found: list[tuple[str, float, int, tuple[_Adj, ...]]] = []
         for hop in range(1, hops + 1):
-            level: dict[str, tuple[float, list[dict[str, Any]]]] = {}
+            level: dict[str, tuple[float, tuple[_Adj, ...]]] = {}
             for u, score, path in frontier:
                 if time.monotonic() > deadline:
                     raise DeadlineExceeded(
@@ -480,18 +480,19 @@ class GraphMixin:
                         # found may still improve their path below.
                         if len(found) + len(level) >= limit:
                             continue
-                        level[a.other] = (cand, [*path, a.step()])
+                        level[a.other] = (cand, (*path, a))
                     elif cand > cur[0]:
-                        level[a.other] = (cand, [*path, a.step()])
+                        level[a.other] = (cand, (*path, a))
             if not level:
                 break
             ordered = sorted(level.items(), key=lambda kv: (-kv[1][0], kv[0]))
             visited.update(level)
-            found.extend(Hit(id=v, score=s, hop=hop, path=p) for v, (s, p) in ordered)
+            found.extend((v, s, hop, p) for v, (s, p) in ordered)
             frontier = [(v, s, p) for v, (s, p) in ordered]
             if len(found) >= limit:
                 break
-        return self._with_records(found[:limit], inc)
+        hits = [Hit(id=v, score=s, hop=h, path=[a.step() for a in p]) for v, s, h, p in found[:limit]]
+        return self._with_records(hits, inc)
 
     def subgraph(
         self,
@@ -572,9 +573,14 @@ class GraphMixin:
 
     # ------------------------------------------------------------- helpers
     def _not_live(self, rids: Sequence[str]) -> list[str]:
-        """Ids among ``rids`` that are not live records, read from storage (authoritative)."""
-        now = time.time()
-        return [r for r, row in zip(rids, self.rows(rids), strict=True) if row is None or not row.live(now)]
+        """Ids among ``rids`` that are not live records.
+
+        Uses the same in-memory liveness as traversal (current for every
+        acknowledged write), so "may be linked" and "is visible" agree, and a
+        batch of thousands of edges is checked without decoding any row.
+        """
+        alive = self._alive_fn()
+        return [r for r in rids if not alive(r)]
 
     def _alive_fn(self) -> Callable[[str], bool]:
         """A fast liveness test for ids, from the in-memory index, at a fixed 'now'."""
@@ -646,9 +652,17 @@ class GraphMixin:
 class _Best:
     base: float  # seed_score * prod(decay * weight) along the path; what propagates
     hop: int
-    path: list[dict[str, Any]]
-    on_path: frozenset[str]  # nodes of the path, so a walk never loops back
+    path: tuple[_Adj, ...]  # edges from the seed; turned into dicts only for returned nodes
+    seed: str
     hit: Hit | None = None  # the ranked hit, for nodes that came from search
+
+    def nodes(self) -> set[str]:
+        """Nodes on the path, so a walk never loops back onto itself."""
+        out = {self.seed}
+        for a in self.path:
+            out.add(a.src)
+            out.add(a.dst)
+        return out
 
 
 def expand_hits(
@@ -696,18 +710,21 @@ def expand_hits(
     best: dict[str, _Best] = {}
     for h in hits:
         if h.id not in best:
-            best[h.id] = _Best(h.score, 0, [], frozenset((h.id,)), h)
+            best[h.id] = _Best(h.score, 0, (), h.id, h)
     n_seeds = len(hits) if spec.seeds is None else min(spec.seeds, len(hits))
     frontier = list(dict.fromkeys(h.id for h in hits[:n_seeds]))
     timed_out = False
     for hop in range(1, spec.hops + 1):
-        # Candidate edges of each frontier node, heaviest first.
+        # Candidate edges of each frontier node, heaviest first. The frontier's
+        # entries are frozen for the level: a node improved during this level is
+        # walked again from its new score at the next one.
         cands: dict[str, list[_Adj]] = {}
-        for u in frontier:
+        level = {u: best[u] for u in frontier}
+        for u, bu in level.items():
             if time.monotonic() > deadline:
                 timed_out = True
                 break
-            on_path = best[u].on_path
+            on_path = bu.nodes()
             adj = [a for a in coll._adjacent(u, spec.direction, spec.relations) if a.other not in on_path]
             adj.sort(key=lambda a: -a.weight)  # stable: ties keep key order
             cands[u] = [a for a in adj if alive(a.other)]
@@ -730,14 +747,12 @@ def expand_hits(
             pending = [u for u in pending if len(chosen[u]) < spec.fanout and pos[u] < len(cands[u])]
         updated: dict[str, None] = {}
         for u in cands:
-            bu = best[u]
+            bu = level[u]
             for a in chosen[u]:
                 cand = bu.base * spec.decay * a.weight
                 cur = best.get(a.other)
                 if cur is None or cand > cur.base:
-                    best[a.other] = _Best(
-                        cand, hop, [*bu.path, a.step()], bu.on_path | {a.other}, cur.hit if cur else None
-                    )
+                    best[a.other] = _Best(cand, hop, (*bu.path, a), bu.seed, cur.hit if cur else None)
                     updated[a.other] = None
         # Walk on from the nodes this hop improved, best first, as a beam of `limit`.
         frontier = sorted(updated, key=lambda r: (-best[r].base, r))[: spec.limit]
@@ -766,11 +781,11 @@ def expand_hits(
             b = best[rid]
             score = final_score(rid)
             if b.hit is not None:
-                out.append(Hit(rid, score, b.hit.record, b.hop, b.path, b.hit.signals))
+                out.append(Hit(rid, score, b.hit.record, b.hop, [a.step() for a in b.path], b.hit.signals))
                 continue
             row = rows.get(rid)
             if inc and (row is None or not row.live(now)):
                 continue  # deleted while we walked
             rec = coll._to_record(rid, row, inc) if inc and row is not None else None
-            out.append(Hit(rid, score, rec, b.hop, b.path, {}))
+            out.append(Hit(rid, score, rec, b.hop, [a.step() for a in b.path], {}))
     return out

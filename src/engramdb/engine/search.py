@@ -99,35 +99,49 @@ class _Checker:
         self.vindex = coll.vindex
         self.rows: dict[int, RecordRow | None] = {}
         self.candidates: BitMap | None = None
+        self._cand_arr: np.ndarray | None = None
         self.exact = True
         if flt is not None:
             self.candidates, self.exact = coll.payload.candidates(flt, self.vindex.live)
 
-    def unexpired(self, label: int) -> bool:
-        exp = self.vindex.expires.get(label)
-        return exp is None or exp > self.now
+    def candidate_array(self) -> np.ndarray:
+        """The candidate (or all live) labels as a sorted uint32 array, built once."""
+        if self._cand_arr is None:
+            pool = self.candidates if self.candidates is not None else self.vindex.live
+            self._cand_arr = np.frombuffer(pool.to_array(), dtype=np.uint32)
+        return self._cand_arr
 
-    def keep(self, labels: Sequence[int]) -> list[bool]:
-        """Per label: may it be returned? Reads rows only when the filter needs them."""
-        ok = [
-            int(lb) in self.vindex.id_of
-            and self.unexpired(int(lb))
-            and (self.candidates is None or int(lb) in self.candidates)
-            for lb in labels
-        ]
+    def keep(self, labels: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Per label: may it be returned? Vectorised; reads rows only when the filter needs them."""
+        lab = np.asarray(labels, dtype=np.int64)
+        if lab.size == 0:
+            return np.zeros(0, dtype=bool)
+        if self.candidates is not None:
+            arr = self.candidate_array()
+            if arr.size == 0:
+                return np.zeros(lab.size, dtype=bool)
+            pos = np.minimum(np.searchsorted(arr, lab), arr.size - 1)
+            ok = arr[pos] == lab
+        else:
+            ok = np.ones(lab.size, dtype=bool)
+        expires = self.vindex.expires
+        if expires:
+            for i in np.flatnonzero(ok):
+                exp = expires.get(int(lab[i]))
+                if exp is not None and exp <= self.now:
+                    ok[i] = False
         if self.flt is None or self.exact:
             return ok
-        need = [int(lb) for lb, good in zip(labels, ok, strict=True) if good and int(lb) not in self.rows]
+        need = [int(lb) for lb in lab[ok] if int(lb) not in self.rows]
         self._load_rows(need)
-        out = []
-        for lb, good in zip(labels, ok, strict=True):
-            row = self.rows.get(int(lb)) if good else None
-            out.append(
-                row is not None
-                and row.live(self.now)
-                and self.flt.matches(self.vindex.id_of.get(int(lb), ""), row.namespace, row.metadata)
+        id_of = self.vindex.id_of
+        for i in np.flatnonzero(ok):
+            lb = int(lab[i])
+            row = self.rows.get(lb)
+            ok[i] = (
+                row is not None and row.live(self.now) and self.flt.matches(id_of.get(lb, ""), row.namespace, row.metadata)
             )
-        return out
+        return ok
 
     def _load_rows(self, labels: list[int]) -> None:
         if not labels:
@@ -176,16 +190,16 @@ def vector_search(
         cands = checker.candidates
         assert cands is not None
         labels, dists = vindex.knn(q, k if checker.exact else k * 4, p.ef, filter_fn=cands.__contains__)
-        keep = checker.keep(labels.tolist())
-        res = [(int(lb), float(s)) for lb, s, ok in zip(labels, vindex.score(dists), keep, strict=True) if ok]
+        keep = checker.keep(labels)
+        res = list(zip(labels[keep].tolist(), vindex.score(dists[keep]).tolist(), strict=True))
         if len(res) >= k or len(labels) < k:
             return res[:k]
         return _exact(coll, q, k, checker)
     fetch, ef_q = p.fetch_k, p.ef
     while True:
         labels, dists = vindex.knn(q, fetch, ef_q)
-        keep = checker.keep(labels.tolist())
-        res = [(int(lb), float(s)) for lb, s, ok in zip(labels, vindex.score(dists), keep, strict=True) if ok]
+        keep = checker.keep(labels)
+        res = list(zip(labels[keep].tolist(), vindex.score(dists[keep]).tolist(), strict=True))
         if len(res) >= k or fetch >= total:
             return res[:k]
         if fetch * 2 > total // 2:
@@ -197,8 +211,8 @@ def vector_search(
 def _exact(coll: Collection, q: np.ndarray, k: int, checker: _Checker) -> list[tuple[int, float]]:
     """Brute force over the candidate labels (all live labels without a filter)."""
     vindex = coll.vindex
-    pool = checker.candidates if checker.candidates is not None else vindex.live
-    labels = [lb for lb, ok in zip(list(pool), checker.keep(list(pool)), strict=True) if ok]
+    pool = checker.candidate_array()
+    labels = pool[checker.keep(pool)].tolist()
     if not labels:
         return []
     # Fetch vectors in slices so a huge candidate set does not copy the world at once.
@@ -224,10 +238,11 @@ def text_search(coll: Collection, query: str, k: int, checker: _Checker) -> list
     cands = checker.candidates
     if cands is not None and checker.exact and len(cands) <= coll.exact_threshold:
         got = tindex.search(query, k, candidates=cands)
-        return [(lb, s) for (lb, s), ok in zip(got, checker.keep([lb for lb, _ in got]), strict=True) if ok]
+        keep = checker.keep([lb for lb, _ in got])
+        return [(lb, s) for (lb, s), ok in zip(got, keep.tolist(), strict=True) if ok]
 
     def allowed(label: int) -> bool:
-        return checker.keep([label])[0]
+        return bool(checker.keep([label])[0])
 
     return tindex.search(query, k, allowed=allowed)
 

@@ -61,7 +61,8 @@ def parse_json(text: str, where: str) -> Any:
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError as e:
-        raise InvalidArgument(f"{where} is not valid JSON: {e}", details={"field": where}) from e
+        # Same code REST uses for a body that is not JSON.
+        raise InvalidArgument(f"{where} is not valid JSON: {e}", code="invalid_json", details={"field": where}) from e
 
 
 def dump_json(value: Any) -> str:
@@ -122,20 +123,35 @@ def record_in(m: pb.Record, where: str) -> Params:
     return d
 
 
-def record_out(d: Mapping[str, Any]) -> pb.Record:
-    """A Record message from a contract Record dict (``Record.to_dict()``)."""
-    kw: dict[str, Any] = {"id": d["id"]}
+# Responses are filled in place (``repeated.add()`` and attribute stores)
+# rather than built from keyword arguments: with upb, constructing a nested
+# message from kwargs copies it into its parent, which made search responses
+# two to three times slower to build.
+_RECORD_SCALARS = ("text", "ttl_seconds", "expires_at", "importance", "created_at", "updated_at", "version")
+
+
+def fill_record(m: pb.Record, d: Mapping[str, Any]) -> pb.Record:
+    """Set a Record message's fields from a contract Record dict (``Record.to_dict()``)."""
+    m.id = d["id"]
     vec = d.get("vector")
     if vec is not None:
-        kw["vector"] = pack_vector(vec)
+        m.vector = pack_vector(vec)
     meta = d.get("metadata")
     if meta:
-        kw["metadata_json"] = dump_json(meta)
+        m.metadata_json = dump_json(meta)
     ns = d.get("namespace")
     if ns:
-        kw["namespace"] = ns
-    _set(kw, d, "text", "ttl_seconds", "expires_at", "importance", "created_at", "updated_at", "version")
-    return pb.Record(**kw)
+        m.namespace.extend(ns)
+    for name in _RECORD_SCALARS:
+        value = d.get(name)
+        if value is not None:
+            setattr(m, name, value)
+    return m
+
+
+def record_out(d: Mapping[str, Any]) -> pb.Record:
+    """A Record message from a contract Record dict."""
+    return fill_record(pb.Record(), d)
 
 
 def edge_in(m: pb.Edge, where: str) -> Params:
@@ -147,30 +163,36 @@ def edge_in(m: pb.Edge, where: str) -> Params:
     return d
 
 
-def edge_out(d: Mapping[str, Any]) -> pb.Edge:
-    kw: dict[str, Any] = {"src": d["src"], "relation": d["relation"], "dst": d["dst"]}
+def fill_edge(m: pb.Edge, d: Mapping[str, Any]) -> pb.Edge:
+    """Set an Edge message's fields from ``Edge.to_dict()``."""
+    m.src, m.relation, m.dst = d["src"], d["relation"], d["dst"]
     props = d.get("properties")
     if props:
-        kw["properties_json"] = dump_json(props)
-    _set(kw, d, "weight", "version")
-    return pb.Edge(**kw)
+        m.properties_json = dump_json(props)
+    if d.get("weight") is not None:
+        m.weight = d["weight"]
+    if d.get("version") is not None:
+        m.version = d["version"]
+    return m
 
 
-def hit_out(d: Mapping[str, Any]) -> pb.Hit:
-    kw: dict[str, Any] = {"id": d["id"], "score": d["score"]}
+def fill_hit(m: pb.Hit, d: Mapping[str, Any]) -> pb.Hit:
+    """Set a Hit message's fields from ``Hit.to_dict()``."""
+    m.id = d["id"]
+    m.score = d["score"]
     hop = d.get("hop")
     if hop:
-        kw["hop"] = hop
+        m.hop = hop
     rec = d.get("record")
     if rec is not None:
-        kw["record"] = record_out(rec)
+        fill_record(m.record, rec)
     path = d.get("path")
     if path:
-        kw["path_json"] = dump_json(path)
+        m.path_json = dump_json(path)
     signals = d.get("signals")
     if signals:
-        kw["signals"] = signals
-    return pb.Hit(**kw)
+        m.signals.update(signals)
+    return m
 
 
 def collection_out(d: Mapping[str, Any]) -> pb.CollectionConfig:
@@ -191,18 +213,22 @@ def collection_out(d: Mapping[str, Any]) -> pb.CollectionConfig:
     return pb.CollectionConfig(**kw)
 
 
-_KEY_FIELDS = ("id", "role", "tenant", "expires_at", "name")
-
-
-def key_out(d: Mapping[str, Any], cls: type[pb.KeyInfo] | type[pb.NewKeyResponse]) -> Any:
-    """A KeyInfo or NewKeyResponse from a key dict (the secret only in the latter)."""
-    kw: dict[str, Any] = {}
-    _set(kw, d, *_KEY_FIELDS)
+def key_info_out(d: Mapping[str, Any]) -> pb.KeyInfo:
+    """A KeyInfo from ``ApiKey.info()`` (never the secret or digest)."""
+    kw: dict[str, Any] = {"revoked": bool(d.get("revoked"))}
+    _set(kw, d, "id", "role", "tenant", "expires_at", "name", "created_at", "replaced_by")
     if d.get("collections"):
         kw["collections"] = d["collections"]
-    if cls is pb.NewKeyResponse:
-        kw["key"] = d["key"]
-    return cls(**kw)
+    return pb.KeyInfo(**kw)
+
+
+def new_key_out(d: Mapping[str, Any]) -> pb.NewKeyResponse:
+    """A NewKeyResponse (with the secret) from create_key / rotate_key."""
+    kw: dict[str, Any] = {}
+    _set(kw, d, "key", "id", "role", "tenant", "expires_at", "name")
+    if d.get("collections"):
+        kw["collections"] = d["collections"]
+    return pb.NewKeyResponse(**kw)
 
 
 # ------------------------------------------------------------ request -> params
@@ -242,12 +268,10 @@ def patch_in(m: pb.PatchRequest) -> Params:
 
 
 def delete_in(m: pb.DeleteRequest) -> Params:
+    # filter_json "{}" is a real filter (match everything); "" is no filter.
     p: Params = {"coll": m.coll}
+    _list(m, p, "ids")
     _json(m, p, "filter_json", "filter")
-    # Without a filter, ids are always sent (even empty), so an empty delete is
-    # the same no-op it is over REST rather than a "give ids or a filter" error.
-    if m.ids or "filter" not in p:
-        p["ids"] = list(m.ids)
     return p
 
 
@@ -314,15 +338,17 @@ def edges_in(m: pb.EdgesRequest) -> Params:
 
 def neighbors_in(m: pb.NeighborsRequest) -> Params:
     p: Params = {"coll": m.coll, "id": m.id}
-    _opt(m, p, "hops", "direction", "limit")
+    _opt(m, p, "hops", "direction", "limit", "fanout", "timeout_ms")
     _list(m, p, "relations")
+    _fields(m, p, "include")
     return p
 
 
 def subgraph_in(m: pb.SubgraphRequest) -> Params:
     p: Params = {"coll": m.coll, "ids": list(m.ids)}
-    _opt(m, p, "hops", "direction", "limit")
+    _opt(m, p, "hops", "direction", "limit", "timeout_ms")
     _list(m, p, "relations")
+    _fields(m, p, "include")
     return p
 
 
@@ -341,14 +367,99 @@ def rotate_key_in(m: pb.RotateKeyRequest) -> Params:
 
 # ---------------------------------------------------------- result -> response
 def search_out(r: Result) -> pb.SearchResponse:
-    return pb.SearchResponse(hits=[hit_out(h) for h in r["hits"]])
+    resp = pb.SearchResponse()
+    add = resp.hits.add
+    for h in r["hits"]:
+        fill_hit(add(), h)
+    return resp
+
+
+def records_out(r: Result) -> pb.RecordsResponse:
+    resp = pb.RecordsResponse()
+    add = resp.records.add
+    for x in r["records"]:
+        fill_record(add(), x)
+    return resp
 
 
 def scan_out(r: Result) -> pb.ScanResponse:
-    resp = pb.ScanResponse(records=[record_out(x) for x in r["records"]])
+    resp = pb.ScanResponse()
+    add = resp.records.add
+    for x in r["records"]:
+        fill_record(add(), x)
     if r.get("next_cursor") is not None:
         resp.next_cursor = r["next_cursor"]
     return resp
+
+
+def edges_out(r: Result) -> pb.EdgesResponse:
+    resp = pb.EdgesResponse()
+    add = resp.edges.add
+    for e in r["edges"]:
+        fill_edge(add(), e)
+    return resp
+
+
+def subgraph_out(r: Result) -> pb.SubgraphResponse:
+    resp = pb.SubgraphResponse()
+    for x in r["nodes"]:
+        fill_record(resp.nodes.add(), x)
+    for e in r["edges"]:
+        fill_edge(resp.edges.add(), e)
+    return resp
+
+
+# ------------------------------------------------- messages -> contract dicts
+# The reverse direction, for gRPC clients and tests: each gives exactly the
+# dict the REST JSON decodes to (``Record.to_dict()`` and friends).
+def record_to_dict(m: pb.Record) -> dict[str, Any]:
+    return {
+        "id": m.id,
+        "vector": np.frombuffer(m.vector, dtype=_F32).tolist() if m.HasField("vector") else None,
+        "text": m.text if m.HasField("text") else None,
+        "metadata": orjson.loads(m.metadata_json) if m.metadata_json else {},
+        "namespace": list(m.namespace),
+        "expires_at": m.expires_at if m.HasField("expires_at") else None,
+        "importance": m.importance if m.HasField("importance") else None,
+        "created_at": m.created_at if m.HasField("created_at") else None,
+        "updated_at": m.updated_at if m.HasField("updated_at") else None,
+        "version": m.version if m.HasField("version") else None,
+    }
+
+
+def edge_to_dict(m: pb.Edge) -> dict[str, Any]:
+    return {
+        "src": m.src,
+        "relation": m.relation,
+        "dst": m.dst,
+        "weight": m.weight if m.HasField("weight") else 1.0,
+        "properties": orjson.loads(m.properties_json) if m.properties_json else {},
+        "version": m.version if m.HasField("version") else None,
+    }
+
+
+def hit_to_dict(m: pb.Hit) -> dict[str, Any]:
+    return {
+        "id": m.id,
+        "score": m.score,
+        "record": record_to_dict(m.record) if m.HasField("record") else None,
+        "hop": m.hop,
+        "path": orjson.loads(m.path_json) if m.path_json else [],
+        "signals": dict(m.signals),
+    }
+
+
+def collection_to_dict(m: pb.CollectionConfig) -> dict[str, Any]:
+    return {
+        "name": m.name,
+        "dimension": m.dimension,
+        "metric": m.metric,
+        "index": orjson.loads(m.index_json) if m.index_json else None,
+        "embedder": orjson.loads(m.embedder_json) if m.embedder_json else None,
+        "default_ttl_seconds": m.default_ttl_seconds if m.HasField("default_ttl_seconds") else None,
+        "indexed_fields": dict(m.indexed_fields),
+        "text_index": m.text_index,
+    }
 
 
 # --------------------------------------------------------------------- table
@@ -404,7 +515,7 @@ RPCS: dict[str, Rpc] = {
         pb.GetRequest,
         pb.RecordsResponse,
         get_in,
-        lambda r: pb.RecordsResponse(records=[record_out(x) for x in r["records"]]),
+        records_out,
     ),
     "Patch": Rpc(
         "patch",
@@ -462,7 +573,7 @@ RPCS: dict[str, Rpc] = {
         pb.EdgesRequest,
         pb.EdgesResponse,
         edges_in,
-        lambda r: pb.EdgesResponse(edges=[edge_out(e) for e in r["edges"]]),
+        edges_out,
     ),
     "Neighbors": Rpc("neighbors", pb.NeighborsRequest, pb.SearchResponse, neighbors_in, search_out),
     "Subgraph": Rpc(
@@ -470,23 +581,21 @@ RPCS: dict[str, Rpc] = {
         pb.SubgraphRequest,
         pb.SubgraphResponse,
         subgraph_in,
-        lambda r: pb.SubgraphResponse(
-            nodes=[record_out(x) for x in r["nodes"]], edges=[edge_out(e) for e in r["edges"]]
-        ),
+        subgraph_out,
     ),
     "CreateKey": Rpc(
         "create_key",
         pb.CreateKeyRequest,
         pb.NewKeyResponse,
         create_key_in,
-        lambda r: key_out(r, pb.NewKeyResponse),
+        new_key_out,
     ),
     "ListKeys": Rpc(
         "list_keys",
         pb.ListKeysRequest,
         pb.ListKeysResponse,
         lambda m: {},
-        lambda r: pb.ListKeysResponse(keys=[key_out(k, pb.KeyInfo) for k in r["keys"]]),
+        lambda r: pb.ListKeysResponse(keys=[key_info_out(k) for k in r["keys"]]),
     ),
     "RevokeKey": Rpc(
         "revoke_key",
@@ -500,6 +609,6 @@ RPCS: dict[str, Rpc] = {
         pb.RotateKeyRequest,
         pb.NewKeyResponse,
         rotate_key_in,
-        lambda r: key_out(r, pb.NewKeyResponse),
+        new_key_out,
     ),
 }

@@ -1,3 +1,4 @@
+# ruff: noqa
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -19,7 +20,19 @@ class StringList(_message.Message):
     def __init__(self, values: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Record(_message.Message):
-    __slots__ = ("id", "vector", "text", "metadata_json", "namespace", "ttl_seconds", "expires_at", "importance", "created_at", "updated_at", "version")
+    __slots__ = (
+        "id",
+        "vector",
+        "text",
+        "metadata_json",
+        "namespace",
+        "ttl_seconds",
+        "expires_at",
+        "importance",
+        "created_at",
+        "updated_at",
+        "version",
+    )
     ID_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
@@ -42,7 +55,20 @@ class Record(_message.Message):
     created_at: float
     updated_at: float
     version: str
-    def __init__(self, id: _Optional[str] = ..., vector: _Optional[bytes] = ..., text: _Optional[str] = ..., metadata_json: _Optional[str] = ..., namespace: _Optional[_Iterable[str]] = ..., ttl_seconds: _Optional[float] = ..., expires_at: _Optional[float] = ..., importance: _Optional[float] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., version: _Optional[str] = ...) -> None: ...
+    def __init__(
+        self,
+        id: _Optional[str] = ...,
+        vector: _Optional[bytes] = ...,
+        text: _Optional[str] = ...,
+        metadata_json: _Optional[str] = ...,
+        namespace: _Optional[_Iterable[str]] = ...,
+        ttl_seconds: _Optional[float] = ...,
+        expires_at: _Optional[float] = ...,
+        importance: _Optional[float] = ...,
+        created_at: _Optional[float] = ...,
+        updated_at: _Optional[float] = ...,
+        version: _Optional[str] = ...,
+    ) -> None: ...
 
 class Edge(_message.Message):
     __slots__ = ("src", "relation", "dst", "weight", "properties_json", "version")
@@ -58,7 +84,15 @@ class Edge(_message.Message):
     weight: float
     properties_json: str
     version: str
-    def __init__(self, src: _Optional[str] = ..., relation: _Optional[str] = ..., dst: _Optional[str] = ..., weight: _Optional[float] = ..., properties_json: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+    def __init__(
+        self,
+        src: _Optional[str] = ...,
+        relation: _Optional[str] = ...,
+        dst: _Optional[str] = ...,
+        weight: _Optional[float] = ...,
+        properties_json: _Optional[str] = ...,
+        version: _Optional[str] = ...,
+    ) -> None: ...
 
 class EdgeKey(_message.Message):
     __slots__ = ("src", "relation", "dst")
@@ -68,7 +102,9 @@ class EdgeKey(_message.Message):
     src: str
     relation: str
     dst: str
-    def __init__(self, src: _Optional[str] = ..., relation: _Optional[str] = ..., dst: _Optional[str] = ...) -> None: ...
+    def __init__(
+        self, src: _Optional[str] = ..., relation: _Optional[str] = ..., dst: _Optional[str] = ...
+    ) -> None: ...
 
 class Hit(_message.Message):
     __slots__ = ("id", "score", "hop", "record", "path_json", "signals")
@@ -79,6 +115,7 @@ class Hit(_message.Message):
         key: str
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+
     ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     HOP_FIELD_NUMBER: _ClassVar[int]
@@ -91,10 +128,27 @@ class Hit(_message.Message):
     record: Record
     path_json: str
     signals: _containers.ScalarMap[str, float]
-    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., hop: _Optional[int] = ..., record: _Optional[_Union[Record, _Mapping]] = ..., path_json: _Optional[str] = ..., signals: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    def __init__(
+        self,
+        id: _Optional[str] = ...,
+        score: _Optional[float] = ...,
+        hop: _Optional[int] = ...,
+        record: _Optional[_Union[Record, _Mapping]] = ...,
+        path_json: _Optional[str] = ...,
+        signals: _Optional[_Mapping[str, float]] = ...,
+    ) -> None: ...
 
 class CollectionConfig(_message.Message):
-    __slots__ = ("name", "dimension", "metric", "index_json", "embedder_json", "default_ttl_seconds", "indexed_fields", "text_index")
+    __slots__ = (
+        "name",
+        "dimension",
+        "metric",
+        "index_json",
+        "embedder_json",
+        "default_ttl_seconds",
+        "indexed_fields",
+        "text_index",
+    )
     class IndexedFieldsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +156,7 @@ class CollectionConfig(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+
     NAME_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
     METRIC_FIELD_NUMBER: _ClassVar[int]
@@ -118,10 +173,30 @@ class CollectionConfig(_message.Message):
     default_ttl_seconds: float
     indexed_fields: _containers.ScalarMap[str, str]
     text_index: bool
-    def __init__(self, name: _Optional[str] = ..., dimension: _Optional[int] = ..., metric: _Optional[str] = ..., index_json: _Optional[str] = ..., embedder_json: _Optional[str] = ..., default_ttl_seconds: _Optional[float] = ..., indexed_fields: _Optional[_Mapping[str, str]] = ..., text_index: _Optional[bool] = ...) -> None: ...
+    def __init__(
+        self,
+        name: _Optional[str] = ...,
+        dimension: _Optional[int] = ...,
+        metric: _Optional[str] = ...,
+        index_json: _Optional[str] = ...,
+        embedder_json: _Optional[str] = ...,
+        default_ttl_seconds: _Optional[float] = ...,
+        indexed_fields: _Optional[_Mapping[str, str]] = ...,
+        text_index: _Optional[bool] = ...,
+    ) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
-    __slots__ = ("name", "dimension", "metric", "index_json", "embedder_json", "default_ttl_seconds", "indexed_fields", "text_index", "exist_ok")
+    __slots__ = (
+        "name",
+        "dimension",
+        "metric",
+        "index_json",
+        "embedder_json",
+        "default_ttl_seconds",
+        "indexed_fields",
+        "text_index",
+        "exist_ok",
+    )
     class IndexedFieldsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -129,6 +204,7 @@ class CreateCollectionRequest(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+
     NAME_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
     METRIC_FIELD_NUMBER: _ClassVar[int]
@@ -147,7 +223,18 @@ class CreateCollectionRequest(_message.Message):
     indexed_fields: _containers.ScalarMap[str, str]
     text_index: bool
     exist_ok: bool
-    def __init__(self, name: _Optional[str] = ..., dimension: _Optional[int] = ..., metric: _Optional[str] = ..., index_json: _Optional[str] = ..., embedder_json: _Optional[str] = ..., default_ttl_seconds: _Optional[float] = ..., indexed_fields: _Optional[_Mapping[str, str]] = ..., text_index: _Optional[bool] = ..., exist_ok: _Optional[bool] = ...) -> None: ...
+    def __init__(
+        self,
+        name: _Optional[str] = ...,
+        dimension: _Optional[int] = ...,
+        metric: _Optional[str] = ...,
+        index_json: _Optional[str] = ...,
+        embedder_json: _Optional[str] = ...,
+        default_ttl_seconds: _Optional[float] = ...,
+        indexed_fields: _Optional[_Mapping[str, str]] = ...,
+        text_index: _Optional[bool] = ...,
+        exist_ok: _Optional[bool] = ...,
+    ) -> None: ...
 
 class CollectionResponse(_message.Message):
     __slots__ = ("collection",)
@@ -177,7 +264,9 @@ class GetCollectionResponse(_message.Message):
     COUNT_FIELD_NUMBER: _ClassVar[int]
     collection: CollectionConfig
     count: int
-    def __init__(self, collection: _Optional[_Union[CollectionConfig, _Mapping]] = ..., count: _Optional[int] = ...) -> None: ...
+    def __init__(
+        self, collection: _Optional[_Union[CollectionConfig, _Mapping]] = ..., count: _Optional[int] = ...
+    ) -> None: ...
 
 class DeleteCollectionRequest(_message.Message):
     __slots__ = ("coll",)
@@ -197,7 +286,9 @@ class UpsertRequest(_message.Message):
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     coll: str
     records: _containers.RepeatedCompositeFieldContainer[Record]
-    def __init__(self, coll: _Optional[str] = ..., records: _Optional[_Iterable[_Union[Record, _Mapping]]] = ...) -> None: ...
+    def __init__(
+        self, coll: _Optional[str] = ..., records: _Optional[_Iterable[_Union[Record, _Mapping]]] = ...
+    ) -> None: ...
 
 class VersionsResponse(_message.Message):
     __slots__ = ("versions",)
@@ -215,7 +306,13 @@ class GetRequest(_message.Message):
     ids: _containers.RepeatedScalarFieldContainer[str]
     include: FieldList
     refresh_ttl: bool
-    def __init__(self, coll: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., include: _Optional[_Union[FieldList, _Mapping]] = ..., refresh_ttl: _Optional[bool] = ...) -> None: ...
+    def __init__(
+        self,
+        coll: _Optional[str] = ...,
+        ids: _Optional[_Iterable[str]] = ...,
+        include: _Optional[_Union[FieldList, _Mapping]] = ...,
+        refresh_ttl: _Optional[bool] = ...,
+    ) -> None: ...
 
 class RecordsResponse(_message.Message):
     __slots__ = ("records",)
@@ -241,7 +338,17 @@ class PatchRequest(_message.Message):
     ttl_seconds: float
     importance: float
     vector: bytes
-    def __init__(self, coll: _Optional[str] = ..., id: _Optional[str] = ..., metadata_json: _Optional[str] = ..., text: _Optional[str] = ..., namespace: _Optional[_Union[StringList, _Mapping]] = ..., ttl_seconds: _Optional[float] = ..., importance: _Optional[float] = ..., vector: _Optional[bytes] = ...) -> None: ...
+    def __init__(
+        self,
+        coll: _Optional[str] = ...,
+        id: _Optional[str] = ...,
+        metadata_json: _Optional[str] = ...,
+        text: _Optional[str] = ...,
+        namespace: _Optional[_Union[StringList, _Mapping]] = ...,
+        ttl_seconds: _Optional[float] = ...,
+        importance: _Optional[float] = ...,
+        vector: _Optional[bytes] = ...,
+    ) -> None: ...
 
 class RecordResponse(_message.Message):
     __slots__ = ("record",)
@@ -257,7 +364,9 @@ class DeleteRequest(_message.Message):
     coll: str
     ids: _containers.RepeatedScalarFieldContainer[str]
     filter_json: str
-    def __init__(self, coll: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., filter_json: _Optional[str] = ...) -> None: ...
+    def __init__(
+        self, coll: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., filter_json: _Optional[str] = ...
+    ) -> None: ...
 
 class DeletedResponse(_message.Message):
     __slots__ = ("deleted",)
@@ -281,7 +390,16 @@ class ScanRequest(_message.Message):
     namespace_prefix: _containers.RepeatedScalarFieldContainer[str]
     filter_json: str
     include: FieldList
-    def __init__(self, coll: _Optional[str] = ..., cursor: _Optional[str] = ..., limit: _Optional[int] = ..., id_prefix: _Optional[str] = ..., namespace_prefix: _Optional[_Iterable[str]] = ..., filter_json: _Optional[str] = ..., include: _Optional[_Union[FieldList, _Mapping]] = ...) -> None: ...
+    def __init__(
+        self,
+        coll: _Optional[str] = ...,
+        cursor: _Optional[str] = ...,
+        limit: _Optional[int] = ...,
+        id_prefix: _Optional[str] = ...,
+        namespace_prefix: _Optional[_Iterable[str]] = ...,
+        filter_json: _Optional[str] = ...,
+        include: _Optional[_Union[FieldList, _Mapping]] = ...,
+    ) -> None: ...
 
 class ScanResponse(_message.Message):
     __slots__ = ("records", "next_cursor")
@@ -289,7 +407,9 @@ class ScanResponse(_message.Message):
     NEXT_CURSOR_FIELD_NUMBER: _ClassVar[int]
     records: _containers.RepeatedCompositeFieldContainer[Record]
     next_cursor: str
-    def __init__(self, records: _Optional[_Iterable[_Union[Record, _Mapping]]] = ..., next_cursor: _Optional[str] = ...) -> None: ...
+    def __init__(
+        self, records: _Optional[_Iterable[_Union[Record, _Mapping]]] = ..., next_cursor: _Optional[str] = ...
+    ) -> None: ...
 
 class CountRequest(_message.Message):
     __slots__ = ("coll", "filter_json")
@@ -320,7 +440,21 @@ class RefreshTtlResponse(_message.Message):
     def __init__(self, refreshed: _Optional[int] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("coll", "vector", "k", "filter_json", "ef", "include", "exact", "text", "mode", "weights_json", "expand_json", "min_score", "refresh_ttl")
+    __slots__ = (
+        "coll",
+        "vector",
+        "k",
+        "filter_json",
+        "ef",
+        "include",
+        "exact",
+        "text",
+        "mode",
+        "weights_json",
+        "expand_json",
+        "min_score",
+        "refresh_ttl",
+    )
     COLL_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
@@ -347,7 +481,22 @@ class SearchRequest(_message.Message):
     expand_json: str
     min_score: float
     refresh_ttl: bool
-    def __init__(self, coll: _Optional[str] = ..., vector: _Optional[bytes] = ..., k: _Optional[int] = ..., filter_json: _Optional[str] = ..., ef: _Optional[int] = ..., include: _Optional[_Union[FieldList, _Mapping]] = ..., exact: _Optional[bool] = ..., text: _Optional[str] = ..., mode: _Optional[str] = ..., weights_json: _Optional[str] = ..., expand_json: _Optional[str] = ..., min_score: _Optional[float] = ..., refresh_ttl: _Optional[bool] = ...) -> None: ...
+    def __init__(
+        self,
+        coll: _Optional[str] = ...,
+        vector: _Optional[bytes] = ...,
+        k: _Optional[int] = ...,
+        filter_json: _Optional[str] = ...,
+        ef: _Optional[int] = ...,
+        include: _Optional[_Union[FieldList, _Mapping]] = ...,
+        exact: _Optional[bool] = ...,
+        text: _Optional[str] = ...,
+        mode: _Optional[str] = ...,
+        weights_json: _Optional[str] = ...,
+        expand_json: _Optional[str] = ...,
+        min_score: _Optional[float] = ...,
+        refresh_ttl: _Optional[bool] = ...,
+    ) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("hits",)
@@ -369,7 +518,15 @@ class ListNamespacesRequest(_message.Message):
     max_depth: int
     limit: int
     offset: int
-    def __init__(self, coll: _Optional[str] = ..., prefix: _Optional[_Iterable[str]] = ..., suffix: _Optional[_Iterable[str]] = ..., max_depth: _Optional[int] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...
+    def __init__(
+        self,
+        coll: _Optional[str] = ...,
+        prefix: _Optional[_Iterable[str]] = ...,
+        suffix: _Optional[_Iterable[str]] = ...,
+        max_depth: _Optional[int] = ...,
+        limit: _Optional[int] = ...,
+        offset: _Optional[int] = ...,
+    ) -> None: ...
 
 class Namespace(_message.Message):
     __slots__ = ("path",)
@@ -391,7 +548,12 @@ class LinkRequest(_message.Message):
     coll: str
     edges: _containers.RepeatedCompositeFieldContainer[Edge]
     create_missing: bool
-    def __init__(self, coll: _Optional[str] = ..., edges: _Optional[_Iterable[_Union[Edge, _Mapping]]] = ..., create_missing: _Optional[bool] = ...) -> None: ...
+    def __init__(
+        self,
+        coll: _Optional[str] = ...,
+        edges: _Optional[_Iterable[_Union[Edge, _Mapping]]] = ...,
+        create_missing: _Optional[bool] = ...,
+    ) -> None: ...
 
 class UnlinkRequest(_message.Message):
     __slots__ = ("coll", "edges")
@@ -399,7 +561,9 @@ class UnlinkRequest(_message.Message):
     EDGES_FIELD_NUMBER: _ClassVar[int]
     coll: str
     edges: _containers.RepeatedCompositeFieldContainer[EdgeKey]
-    def __init__(self, coll: _Optional[str] = ..., edges: _Optional[_Iterable[_Union[EdgeKey, _Mapping]]] = ...) -> None: ...
+    def __init__(
+        self, coll: _Optional[str] = ..., edges: _Optional[_Iterable[_Union[EdgeKey, _Mapping]]] = ...
+    ) -> None: ...
 
 class EdgesRequest(_message.Message):
     __slots__ = ("coll", "id", "direction", "relation", "limit")
@@ -413,7 +577,14 @@ class EdgesRequest(_message.Message):
     direction: str
     relation: str
     limit: int
-    def __init__(self, coll: _Optional[str] = ..., id: _Optional[str] = ..., direction: _Optional[str] = ..., relation: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+    def __init__(
+        self,
+        coll: _Optional[str] = ...,
+        id: _Optional[str] = ...,
+        direction: _Optional[str] = ...,
+        relation: _Optional[str] = ...,
+        limit: _Optional[int] = ...,
+    ) -> None: ...
 
 class EdgesResponse(_message.Message):
     __slots__ = ("edges",)
@@ -422,36 +593,67 @@ class EdgesResponse(_message.Message):
     def __init__(self, edges: _Optional[_Iterable[_Union[Edge, _Mapping]]] = ...) -> None: ...
 
 class NeighborsRequest(_message.Message):
-    __slots__ = ("coll", "id", "hops", "relations", "direction", "limit")
+    __slots__ = ("coll", "id", "hops", "relations", "direction", "limit", "fanout", "include", "timeout_ms")
     COLL_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     HOPS_FIELD_NUMBER: _ClassVar[int]
     RELATIONS_FIELD_NUMBER: _ClassVar[int]
     DIRECTION_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    FANOUT_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     coll: str
     id: str
     hops: int
     relations: _containers.RepeatedScalarFieldContainer[str]
     direction: str
     limit: int
-    def __init__(self, coll: _Optional[str] = ..., id: _Optional[str] = ..., hops: _Optional[int] = ..., relations: _Optional[_Iterable[str]] = ..., direction: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+    fanout: int
+    include: FieldList
+    timeout_ms: float
+    def __init__(
+        self,
+        coll: _Optional[str] = ...,
+        id: _Optional[str] = ...,
+        hops: _Optional[int] = ...,
+        relations: _Optional[_Iterable[str]] = ...,
+        direction: _Optional[str] = ...,
+        limit: _Optional[int] = ...,
+        fanout: _Optional[int] = ...,
+        include: _Optional[_Union[FieldList, _Mapping]] = ...,
+        timeout_ms: _Optional[float] = ...,
+    ) -> None: ...
 
 class SubgraphRequest(_message.Message):
-    __slots__ = ("coll", "ids", "hops", "relations", "direction", "limit")
+    __slots__ = ("coll", "ids", "hops", "relations", "direction", "limit", "include", "timeout_ms")
     COLL_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
     HOPS_FIELD_NUMBER: _ClassVar[int]
     RELATIONS_FIELD_NUMBER: _ClassVar[int]
     DIRECTION_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     coll: str
     ids: _containers.RepeatedScalarFieldContainer[str]
     hops: int
     relations: _containers.RepeatedScalarFieldContainer[str]
     direction: str
     limit: int
-    def __init__(self, coll: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., hops: _Optional[int] = ..., relations: _Optional[_Iterable[str]] = ..., direction: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+    include: FieldList
+    timeout_ms: float
+    def __init__(
+        self,
+        coll: _Optional[str] = ...,
+        ids: _Optional[_Iterable[str]] = ...,
+        hops: _Optional[int] = ...,
+        relations: _Optional[_Iterable[str]] = ...,
+        direction: _Optional[str] = ...,
+        limit: _Optional[int] = ...,
+        include: _Optional[_Union[FieldList, _Mapping]] = ...,
+        timeout_ms: _Optional[float] = ...,
+    ) -> None: ...
 
 class SubgraphResponse(_message.Message):
     __slots__ = ("nodes", "edges")
@@ -459,7 +661,11 @@ class SubgraphResponse(_message.Message):
     EDGES_FIELD_NUMBER: _ClassVar[int]
     nodes: _containers.RepeatedCompositeFieldContainer[Record]
     edges: _containers.RepeatedCompositeFieldContainer[Edge]
-    def __init__(self, nodes: _Optional[_Iterable[_Union[Record, _Mapping]]] = ..., edges: _Optional[_Iterable[_Union[Edge, _Mapping]]] = ...) -> None: ...
+    def __init__(
+        self,
+        nodes: _Optional[_Iterable[_Union[Record, _Mapping]]] = ...,
+        edges: _Optional[_Iterable[_Union[Edge, _Mapping]]] = ...,
+    ) -> None: ...
 
 class CreateKeyRequest(_message.Message):
     __slots__ = ("role", "tenant", "collections", "expires_at", "name")
@@ -473,23 +679,47 @@ class CreateKeyRequest(_message.Message):
     collections: _containers.RepeatedScalarFieldContainer[str]
     expires_at: float
     name: str
-    def __init__(self, role: _Optional[str] = ..., tenant: _Optional[str] = ..., collections: _Optional[_Iterable[str]] = ..., expires_at: _Optional[float] = ..., name: _Optional[str] = ...) -> None: ...
+    def __init__(
+        self,
+        role: _Optional[str] = ...,
+        tenant: _Optional[str] = ...,
+        collections: _Optional[_Iterable[str]] = ...,
+        expires_at: _Optional[float] = ...,
+        name: _Optional[str] = ...,
+    ) -> None: ...
 
 class KeyInfo(_message.Message):
-    __slots__ = ("id", "role", "tenant", "collections", "expires_at", "name")
+    __slots__ = ("id", "role", "tenant", "collections", "expires_at", "name", "revoked", "created_at", "replaced_by")
     ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    REPLACED_BY_FIELD_NUMBER: _ClassVar[int]
     id: str
     role: str
     tenant: str
     collections: _containers.RepeatedScalarFieldContainer[str]
     expires_at: float
     name: str
-    def __init__(self, id: _Optional[str] = ..., role: _Optional[str] = ..., tenant: _Optional[str] = ..., collections: _Optional[_Iterable[str]] = ..., expires_at: _Optional[float] = ..., name: _Optional[str] = ...) -> None: ...
+    revoked: bool
+    created_at: float
+    replaced_by: str
+    def __init__(
+        self,
+        id: _Optional[str] = ...,
+        role: _Optional[str] = ...,
+        tenant: _Optional[str] = ...,
+        collections: _Optional[_Iterable[str]] = ...,
+        expires_at: _Optional[float] = ...,
+        name: _Optional[str] = ...,
+        revoked: _Optional[bool] = ...,
+        created_at: _Optional[float] = ...,
+        replaced_by: _Optional[str] = ...,
+    ) -> None: ...
 
 class NewKeyResponse(_message.Message):
     __slots__ = ("key", "id", "role", "tenant", "collections", "expires_at", "name")
@@ -507,7 +737,16 @@ class NewKeyResponse(_message.Message):
     collections: _containers.RepeatedScalarFieldContainer[str]
     expires_at: float
     name: str
-    def __init__(self, key: _Optional[str] = ..., id: _Optional[str] = ..., role: _Optional[str] = ..., tenant: _Optional[str] = ..., collections: _Optional[_Iterable[str]] = ..., expires_at: _Optional[float] = ..., name: _Optional[str] = ...) -> None: ...
+    def __init__(
+        self,
+        key: _Optional[str] = ...,
+        id: _Optional[str] = ...,
+        role: _Optional[str] = ...,
+        tenant: _Optional[str] = ...,
+        collections: _Optional[_Iterable[str]] = ...,
+        expires_at: _Optional[float] = ...,
+        name: _Optional[str] = ...,
+    ) -> None: ...
 
 class ListKeysRequest(_message.Message):
     __slots__ = ()

@@ -26,7 +26,11 @@ if _version_not_supported:
 
 
 class EngramDBStub:
-    """Missing associated documentation comment in .proto file."""
+    """The EngramDB operations; each RPC is the service operation named in its
+    comment (docs/api-contract.md) with the same parameters and results.
+    Metadata: `authorization: Bearer <key>`, optional `x-engramdb-tenant`
+    (callers allowed to pick a tenant) and `x-request-id`.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -147,141 +151,162 @@ class EngramDBStub:
 
 
 class EngramDBServicer:
-    """Missing associated documentation comment in .proto file."""
+    """The EngramDB operations; each RPC is the service operation named in its
+    comment (docs/api-contract.md) with the same parameters and results.
+    Metadata: `authorization: Bearer <key>`, optional `x-engramdb-tenant`
+    (callers allowed to pick a tenant) and `x-request-id`.
+    """
 
     def CreateCollection(self, request, context):
-        """Collections
+        """create_collection: a new collection (or the existing one with exist_ok).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListCollections(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """list_collections: the tenant's collections (within the key's scope).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetCollection(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """get_collection: configuration and live record count.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteCollection(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """delete_collection: the collection with all its records and edges.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Upsert(self, request, context):
-        """Records
+        """upsert: insert or replace whole records; one version per record.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Get(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """get: live records by id, in request order; missing ids are skipped.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Patch(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """patch: merge metadata into a record and replace the other given fields.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Delete(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """delete: records by id and/or filter, with their edges.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Scan(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """scan: a page of live records in id order; pass next_cursor back.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Count(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """count: live records, optionally matching a filter.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RefreshTtl(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """refresh_ttl: restart the TTL clock of records.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Search(self, request, context):
-        """Search and namespaces
+        """search: vector, text or hybrid search, optionally filtered and graph-expanded.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListNamespaces(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """list_namespaces: distinct namespace paths of live records.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Link(self, request, context):
-        """Graph
+        """link: create or replace edges.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Unlink(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """unlink: remove edges.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Edges(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """edges: the edges of one record.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Neighbors(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """neighbors: records reachable from one record within `hops`.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Subgraph(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """subgraph: the neighbourhood of some records, as nodes and edges.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CreateKey(self, request, context):
-        """API keys (admin role)
+        """create_key (admin): a new API key; the secret is returned only here.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListKeys(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """list_keys (admin): the tenant's keys, without secrets.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RevokeKey(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """revoke_key (admin): revoke a key at once.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RotateKey(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """rotate_key (admin): a new key; the old one expires after the grace period.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -408,7 +433,11 @@ def add_EngramDBServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class EngramDB:
-    """Missing associated documentation comment in .proto file."""
+    """The EngramDB operations; each RPC is the service operation named in its
+    comment (docs/api-contract.md) with the same parameters and results.
+    Metadata: `authorization: Bearer <key>`, optional `x-engramdb-tenant`
+    (callers allowed to pick a tenant) and `x-request-id`.
+    """
 
     @staticmethod
     def CreateCollection(request,

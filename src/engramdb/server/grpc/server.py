@@ -14,7 +14,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -41,6 +41,7 @@ class GrpcServerHandle:
     port: int  # the bound port (useful when settings asked for port 0)
     tls: bool
     shutdown_timeout: float
+    executor: ThreadPoolExecutor
 
     @property
     def address(self) -> str:
@@ -54,6 +55,9 @@ class GrpcServerHandle:
         the server has fully stopped.
         """
         self.server.stop(self.shutdown_timeout if grace is None else grace).wait()
+        # grpc does not own the pool; release its idle threads (a call cancelled
+        # at the end of the grace may still be finishing in one: don't wait).
+        self.executor.shutdown(wait=False, cancel_futures=True)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the server stops (True) or ``timeout`` passes (False)."""
@@ -80,15 +84,6 @@ def server_credentials(tls: TLSSettings) -> grpc.ServerCredentials | None:
     )
 
 
-def _default_context_factory(service: Service) -> Any:
-    from ...service import RequestContext
-
-    def make(api_key: str | None, client_ip: str | None) -> Any:
-        return RequestContext(api_key=api_key, client_ip=client_ip, transport="grpc")
-
-    return make
-
-
 def start_grpc_server(service: Service, settings: Settings, *, max_workers: int | None = None) -> GrpcServerHandle:
     """Serve ``service`` over gRPC on ``settings.server.host:grpc_port``; returns once listening.
 
@@ -105,8 +100,9 @@ def start_grpc_server(service: Service, settings: Settings, *, max_workers: int 
     creds = server_credentials(cfg.tls)
 
     max_bytes = cfg.max_request_mb * 1024 * 1024
+    executor = ThreadPoolExecutor(max_workers=max_workers or DEFAULT_MAX_WORKERS, thread_name_prefix="engramdb-grpc")
     server = grpc.server(
-        ThreadPoolExecutor(max_workers=max_workers or DEFAULT_MAX_WORKERS, thread_name_prefix="engramdb-grpc"),
+        executor,
         options=[
             ("grpc.max_receive_message_length", max_bytes),
             ("grpc.max_send_message_length", max_bytes),
@@ -115,7 +111,7 @@ def start_grpc_server(service: Service, settings: Settings, *, max_workers: int 
             ("grpc.so_reuseport", 0),
         ],
     )
-    handlers = EngramDBServicer(service, _default_context_factory(service)).method_handlers()
+    handlers = EngramDBServicer(service).method_handlers()
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     # Registered methods skip the per-call generic lookup (grpcio >= 1.62).
     server.add_registered_method_handlers(SERVICE_NAME, handlers)
@@ -124,9 +120,11 @@ def start_grpc_server(service: Service, settings: Settings, *, max_workers: int 
     try:
         port = server.add_secure_port(address, creds) if creds is not None else server.add_insecure_port(address)
     except RuntimeError as e:  # newer grpcio raises instead of returning 0
+        executor.shutdown(wait=False)
         raise Unavailable(f"cannot listen for gRPC on {address}: {e}", code="bind_failed") from e
     if port == 0:
+        executor.shutdown(wait=False)
         raise Unavailable(f"cannot listen for gRPC on {address} (address in use?)", code="bind_failed")
     server.start()
     log.info("gRPC listening on %s:%d (tls=%s)", cfg.host, port, creds is not None)
-    return GrpcServerHandle(server, cfg.host, port, creds is not None, cfg.shutdown_timeout_seconds)
+    return GrpcServerHandle(server, cfg.host, port, creds is not None, cfg.shutdown_timeout_seconds, executor)

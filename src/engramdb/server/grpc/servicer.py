@@ -1,19 +1,22 @@
 """The generic servicer of ``engramdb.v1.EngramDB``: a thin adapter over the service.
 
 Every RPC does the same four things, driven by :data:`convert.RPCS`: build the
-request context from the call (API key from ``authorization`` metadata, client
-IP from the peer), convert the request message to the contract's params,
-``Service.execute`` it, and convert the result dict back to a message. Auth,
-tenancy, limits, validation and metrics all live in the service; an
-:class:`~engramdb.errors.EngramError` it raises becomes the matching gRPC
-status with the error JSON as the status message.
+:class:`~engramdb.service.RequestContext` from the call exactly as REST builds
+it from an HTTP request (the raw ``authorization`` value, the peer address,
+``x-request-id`` and ``x-engramdb-tenant``), convert the request message to the
+contract's params, ``Service.execute`` them, and convert the result dict back
+to a message. Auth, tenancy, limits, validation and metrics all live in the
+service; an :class:`~engramdb.errors.EngramError` it raises becomes the
+matching gRPC status with the error JSON as the status message.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import NoReturn
 from urllib.parse import unquote
 
 import grpc
@@ -21,30 +24,25 @@ import orjson
 from google.protobuf.message import Message
 
 from ...errors import EngramError, RateLimited
+from ...service import RequestContext, Service
+from ...service.context import new_request_id
 from .convert import RPCS, Rpc
 
-if TYPE_CHECKING:
-    from ...service import Service
-
 log = logging.getLogger("engramdb.server.grpc")
+# The logger REST's access lines go to, so one query sees both transports.
+access_log = logging.getLogger("engramdb.access")
 
 SERVICE_NAME = "engramdb.v1.EngramDB"
 ERROR_CODE_KEY = "engramdb-error-code"
+REQUEST_ID_KEY = "x-request-id"
+TENANT_KEY = "x-engramdb-tenant"  # REST: the X-EngramDB-Tenant header
+# Same acceptance rule as REST for client-chosen request ids (anything else is
+# replaced, so ids stay safe to log and to echo back).
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # gRPC carries the status message in a header, and peers reject headers over
 # their metadata limit (8 KiB by default), so an oversized error body is cut
 # down rather than turning a clear error into a transport failure.
 _MAX_ERROR_BYTES = 4096
-
-
-def api_key_from_metadata(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
-    """The key of ``authorization: Bearer <key>``, or None when absent or not a bearer token."""
-    for name, value in metadata or ():
-        if name == "authorization" and isinstance(value, str):
-            scheme, _, token = value.strip().partition(" ")
-            if scheme.lower() == "bearer" and token.strip():
-                return token.strip()
-            return None
-    return None
 
 
 def ip_from_peer(peer: str | None) -> str | None:
@@ -56,6 +54,27 @@ def ip_from_peer(peer: str | None) -> str | None:
         return None  # e.g. unix: sockets have no client address
     host = unquote(rest).rpartition(":")[0]  # some gRPC versions percent-encode IPv6 brackets
     return host.strip("[]") or None
+
+
+def request_context(metadata: Sequence[tuple[str, str | bytes]] | None, peer: str | None) -> RequestContext:
+    """The transport facts of a call, as REST's ``request_context`` collects them from HTTP."""
+    authorization = tenant = request_id = None
+    for name, value in metadata or ():
+        if not isinstance(value, str):
+            continue  # binary (-bin) metadata carries none of these
+        if name == "authorization":
+            authorization = value
+        elif name == TENANT_KEY:
+            tenant = value
+        elif name == REQUEST_ID_KEY and _REQUEST_ID_RE.match(value):
+            request_id = value
+    return RequestContext(
+        authorization=authorization,
+        client_ip=ip_from_peer(peer) or "unknown",
+        request_id=request_id or new_request_id(),
+        tenant=tenant,
+        transport="grpc",
+    )
 
 
 def error_status(err: EngramError) -> grpc.StatusCode:
@@ -74,12 +93,12 @@ def error_body(err: EngramError) -> str:
     return text
 
 
-def abort_with(context: grpc.ServicerContext, err: EngramError) -> NoReturn:
+def abort_with(context: grpc.ServicerContext, err: EngramError, request_id: str) -> NoReturn:
     """End the call with the status, JSON body and trailing metadata of ``err``."""
-    trailers: list[tuple[str, str]] = [(ERROR_CODE_KEY, err.code)]
+    trailers: list[tuple[str, str]] = [(ERROR_CODE_KEY, err.code), (REQUEST_ID_KEY, request_id)]
     if isinstance(err, RateLimited):
-        # Same hint REST gives in Retry-After (whole seconds, at least 1).
-        trailers.append(("retry-after", str(max(1, round(err.retry_after + 0.499)))))
+        # The hint REST sends as Retry-After: whole seconds, at least 1.
+        trailers.append(("retry-after", str(max(1, int(-(-err.retry_after // 1))))))
     context.set_trailing_metadata(trailers)
     context.abort(error_status(err), error_body(err))
     raise AssertionError("grpc.ServicerContext.abort returned")  # abort always raises
@@ -88,37 +107,65 @@ def abort_with(context: grpc.ServicerContext, err: EngramError) -> NoReturn:
 class EngramDBServicer:
     """Dispatches every RPC in :data:`convert.RPCS` to ``service.execute``."""
 
-    def __init__(self, service: Service, make_context: Callable[[str | None, str | None], Any]):
-        """``make_context(api_key, client_ip)`` builds the service's request context."""
+    def __init__(self, service: Service):
         self._service = service
-        self._make_context = make_context
 
     def method_handlers(self) -> dict[str, grpc.RpcMethodHandler]:
         """One unary-unary handler per RPC, keyed by method name."""
         return {
             name: grpc.unary_unary_rpc_method_handler(
-                self._handler(rpc),
+                self._handler(name, rpc),
                 request_deserializer=rpc.request.FromString,
                 response_serializer=rpc.response.SerializeToString,
             )
             for name, rpc in RPCS.items()
         }
 
-    def _handler(self, rpc: Rpc) -> Callable[[Message, grpc.ServicerContext], Message]:
+    def _handler(self, name: str, rpc: Rpc) -> Callable[[Message, grpc.ServicerContext], Message]:
         op, to_params, to_response = rpc.op, rpc.to_params, rpc.to_response
         execute = self._service.execute
+        path = f"/{SERVICE_NAME}/{name}"
 
         def handle(request: Message, context: grpc.ServicerContext) -> Message:
+            start = time.perf_counter()
+            ctx = request_context(context.invocation_metadata(), context.peer())
+            status = "OK"
             try:
-                ctx = self._make_context(api_key_from_metadata(context.invocation_metadata()), ip_from_peer(context.peer()))
-                return to_response(execute(ctx, op, to_params(request)))
+                response = to_response(execute(ctx, op, to_params(request)))
+                context.set_trailing_metadata(((REQUEST_ID_KEY, ctx.request_id),))
+                return response
             except EngramError as e:
-                abort_with(context, e)
+                status = error_status(e).name
+                abort_with(context, e, ctx.request_id)
             except Exception:
                 # The service maps its own failures; reaching here is a bug in
-                # this adapter. Log it with the traceback, never leak it.
-                log.exception("grpc %s failed", op)
-                abort_with(context, EngramError("internal error"))
+                # this adapter (a converter). Log it with the traceback, never leak it.
+                status = "INTERNAL"
+                log.exception("grpc %s failed (request id %s)", name, ctx.request_id)
+                abort_with(
+                    context,
+                    EngramError(f"internal error; the server log has the details (request id {ctx.request_id})"),
+                    ctx.request_id,
+                )
+            finally:
+                _log_access(ctx, path, status, time.perf_counter() - start)
 
         handle.__name__ = handle.__qualname__ = f"handle_{op}"
         return handle
+
+
+def _log_access(ctx: RequestContext, path: str, status: str, seconds: float) -> None:
+    """One access line per call, with the fields of REST's (never metadata or bodies)."""
+    access_log.info(
+        "request",
+        extra={
+            "method": "grpc",
+            "path": path,
+            "status": status,
+            "duration_ms": round(seconds * 1000, 3),
+            "request_id": ctx.request_id,
+            "tenant": ctx.acting_tenant,
+            "key_id": ctx.principal.key_id if ctx.principal is not None else None,
+            "client_ip": ctx.client_ip,
+        },
+    )

@@ -21,7 +21,7 @@ import orjson
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, ORJSONResponse
+from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
@@ -58,6 +58,15 @@ class MethodNotAllowed(EngramError):
     code = "method_not_allowed"
     http_status = 405
     grpc_status = "UNIMPLEMENTED"
+
+
+class ORJSONResponse(Response):
+    """JSON rendered with orjson (numpy scalars included); FastAPI's own class of that name is deprecated."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
 
 
 def error_response(e: EngramError) -> ORJSONResponse:
@@ -212,10 +221,18 @@ def _query_params(request: Request, spec: RouteSpec) -> dict[str, Any]:
     return out
 
 
-def make_endpoint(service: Service, spec: RouteSpec) -> Callable[[Request], Awaitable[Response]]:
-    """The generic endpoint of one route: context + params → ``service.execute`` → JSON."""
+def make_endpoint(service: Service, specs: list[RouteSpec]) -> Callable[[Request], Awaitable[Response]]:
+    """The endpoint of one path: picks the operation by method, then context + params → ``service.execute``.
+
+    One endpoint per path (not per operation) so a wrong method gets a 405
+    whose ``Allow`` header lists every method of the path.
+    """
+    by_method = {s.method: s for s in specs}
+    if "GET" in by_method:
+        by_method.setdefault("HEAD", by_method["GET"])
 
     async def endpoint(request: Request) -> Response:
+        spec = by_method[request.method]
         ctx = request_context(request, spec.query)
         params = await read_params(request) if spec.body is not None else {}
         for name, value in request.path_params.items():
@@ -227,7 +244,7 @@ def make_endpoint(service: Service, spec: RouteSpec) -> Callable[[Request], Awai
         result = await run_in_threadpool(service.execute, ctx, spec.op, params)
         return ORJSONResponse(result, status_code=spec.status)
 
-    endpoint.__name__ = spec.op
+    endpoint.__name__ = "_".join(s.op for s in specs)
     return endpoint
 
 
@@ -246,8 +263,11 @@ def create_app(service: Service) -> FastAPI:
     http_metrics = server_metrics.install(service)
     openapi_doc: dict[str, Any] = {}
 
+    by_path: dict[str, list[RouteSpec]] = {}
     for spec in ROUTES:
-        app.router.add_route(spec.path, make_endpoint(service, spec), methods=[spec.method], name=spec.op)
+        by_path.setdefault(spec.path, []).append(spec)
+    for path, specs in by_path.items():
+        app.router.add_route(path, make_endpoint(service, specs), methods=[s.method for s in specs])
 
     async def health(request: Request) -> Response:
         return ORJSONResponse({"status": "ok"})

@@ -1,0 +1,167 @@
+"""Writing an LLM extraction into a collection: entities as records, relations as edges.
+
+Entities get deterministic ids (``entity:<normalised name>``), so the same
+name always lands on the same record. Before that, each new entity is compared
+with existing entity records by vector similarity (same type, cosine ≥
+``dedupe_threshold``), so "IBM" and "International Business Machines" merge
+when the embedder places them together. Everything is validated and built
+first, then written with one call of the storage mutation function: either
+the whole extraction is stored or nothing is.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from ..errors import FailedPrecondition, InvalidArgument
+from ..extract.schema import Extraction, normalise_name
+from ..storage import keys as K
+from ..storage.codec import EdgeRow, RecordRow
+from ..storage.store import Mutation
+from . import validate as V
+from .hlc import version_str
+
+if TYPE_CHECKING:
+    from .collection import Collection
+
+ENTITY_PREFIX = "entity:"
+MAX_ID_NAME_BYTES = 400
+
+
+class Extractor(Protocol):
+    def extract(self, text: str, *, instructions: str | None = None) -> Extraction: ...
+
+
+@dataclass
+class ExtractResult:
+    """What an extraction wrote: entity ids (new or merged into) and edges."""
+
+    entities: list[dict[str, Any]] = field(default_factory=list)
+    edges: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"entities": self.entities, "edges": self.edges}
+
+
+def entity_id(name: str) -> str:
+    key = normalise_name(name)
+    raw = key.encode()
+    if len(raw) > MAX_ID_NAME_BYTES:
+        key = raw[:MAX_ID_NAME_BYTES].decode(errors="ignore")
+    return ENTITY_PREFIX + key
+
+
+def extract_into(
+    coll: Collection,
+    text: str,
+    extractor: Extractor,
+    *,
+    instructions: str | None = None,
+    namespace: Sequence[str] | None = None,
+    dedupe_threshold: float = 0.92,
+    source_id: str | None = None,
+) -> ExtractResult:
+    """Extract entities/relations from ``text`` and store them atomically."""
+    if coll.embedder is None:
+        raise FailedPrecondition(
+            "extraction needs a collection with an embedder (entities are stored as searchable records)",
+            code="embedder_required",
+        )
+    if not 0 < dedupe_threshold <= 1:
+        raise InvalidArgument("dedupe_threshold must be in (0, 1]", code="invalid_argument")
+    ns = V.namespace(namespace)
+    if source_id is not None:
+        V.record_id(source_id, "source_id")
+    extraction = extractor.extract(text, instructions=instructions)
+    if not extraction.entities:
+        return ExtractResult()
+
+    # Collapse duplicates inside the extraction itself first.
+    by_key: dict[str, Any] = {}
+    for ent in extraction.entities:
+        by_key.setdefault(normalise_name(ent.name), ent)
+    keys = list(by_key)
+    texts = [f"{by_key[k].name}: {by_key[k].description}".strip(": ") for k in keys]
+    vecs = np.asarray(coll.embedder.embed(texts), dtype=np.float32)
+    now = time.time()
+    target_of: dict[str, str] = {}
+    for k, vec in zip(keys, vecs, strict=True):
+        rid = entity_id(k)
+        if coll.get(rid, include=()) is None:
+            similar = coll.search(
+                vec,
+                k=1,
+                filter={"kind": "entity", "entity_type": by_key[k].type},
+                include=(),
+                min_score=dedupe_threshold,
+            )
+            if similar:
+                rid = similar[0].id
+        target_of[k] = rid
+
+    existing = {r.id: r for r in coll.get_many(sorted(set(target_of.values())))}
+    muts: list[Mutation] = []
+    written: dict[str, dict[str, Any]] = {}
+    for k, vec in zip(keys, vecs, strict=True):
+        ent = by_key[k]
+        rid = target_of[k]
+        if rid in written:
+            continue  # two extracted names merged into one existing record
+        old = existing.get(rid)
+        md: dict[str, Any] = dict(old.metadata) if old is not None else {}
+        aliases = set(md.get("aliases", []))
+        aliases.add(ent.name)
+        md.update(
+            {
+                "kind": "entity",
+                "name": md.get("name", ent.name),
+                "entity_type": ent.type,
+                "aliases": sorted(aliases),
+                "mentions": int(md.get("mentions", 0)) + 1,
+                "attributes": {**md.get("attributes", {}), **ent.attributes},
+            }
+        )
+        if source_id is not None:
+            md["sources"] = sorted(set(md.get("sources", [])) | {source_id})
+        desc = ent.description or (old.text if old is not None else "") or ent.name
+        hlc, node = coll.hlc.now()
+        row = RecordRow(
+            hlc=hlc,
+            node=node,
+            created_at=now,
+            updated_at=now,
+            namespace=ns or (old.namespace if old is not None else ()),
+            metadata=V.metadata(md),
+            text=V.text(desc),
+            vector=V.vector(vec, coll.dimension, coll.metric).tobytes(),
+            importance=old.importance if old is not None else None,
+        )
+        muts.append(Mutation(K.CHANGE_RECORD, coll.prefix, K.record_key(coll.prefix, rid), row))
+        written[rid] = {"id": rid, "name": ent.name, "type": ent.type, "merged": old is not None}
+
+    edges = []
+    for rel in extraction.relations:
+        src = target_of[normalise_name(rel.source)]
+        dst = target_of[normalise_name(rel.target)]
+        relation = V.relation(rel.relation)
+        hlc, node = coll.hlc.now()
+        props = {"source_id": source_id} if source_id is not None else {}
+        muts.append(
+            Mutation(
+                K.CHANGE_EDGE,
+                coll.prefix,
+                K.edge_out_key(coll.prefix, src, relation, dst),
+                EdgeRow(hlc, node, False, float(rel.weight), props, now),
+                in_key=K.edge_in_key(coll.prefix, src, relation, dst),
+            )
+        )
+        edges.append(
+            {"src": src, "relation": relation, "dst": dst, "weight": rel.weight, "version": version_str((hlc, node))}
+        )
+    coll.store.apply(muts)
+    return ExtractResult(list(written.values()), edges)
