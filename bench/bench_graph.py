@@ -62,14 +62,15 @@ def report(name: str, latencies: list[float]) -> float:
 
 
 def knn_graph(x: np.ndarray, k: int, chunk: int = 2_000) -> tuple[np.ndarray, np.ndarray]:
-    """Exact k nearest neighbours (self excluded) by inner product of unit vectors."""
+    """Exact k nearest neighbours (self excluded) by inner product of unit vectors, in chunks."""
+    xt = np.ascontiguousarray(x.T)  # BLAS is faster on a contiguous right operand
     idx = np.empty((len(x), k), dtype=np.int64)
     sims = np.empty((len(x), k), dtype=np.float32)
     for start in range(0, len(x), chunk):
-        s = x[start : start + chunk] @ x.T
+        s = x[start : start + chunk] @ xt
         rows = np.arange(s.shape[0])
         s[rows, rows + start] = -np.inf  # never link a record to itself
-        part = np.argpartition(-s, k, axis=1)[:, :k]
+        part = np.argpartition(s, -k, axis=1)[:, -k:]
         psims = np.take_along_axis(s, part, axis=1)
         order = np.argsort(-psims, axis=1)
         idx[start : start + chunk] = np.take_along_axis(part, order, axis=1)

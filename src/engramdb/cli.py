@@ -154,7 +154,11 @@ def _print_new_key(secret: str, info: dict[str, Any], as_json: bool) -> None:
     print(
         f"# id {info['id']}, tenant {info['tenant']}, role {info['role']}"
         + (f", collections {','.join(info['collections'])}" if info.get("collections") else "")
-        + (f", expires {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(info['expires_at']))} UTC" if info.get("expires_at") else "")
+        + (
+            f", expires {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(info['expires_at']))} UTC"
+            if info.get("expires_at")
+            else ""
+        )
         + " - store the key now, it is not shown again",
         file=sys.stderr,
     )
@@ -185,14 +189,20 @@ def cmd_keys(args: argparse.Namespace) -> int:
             )
             _print_new_key(secret, key.info(), args.json)
         elif args.keys_command == "list":
-            keys = [k.info() for k in ks.list(args.tenant)]
+            keys = [k.info() for k in ks.list_keys(args.tenant)]
             if args.json:
                 print(json.dumps(keys))
             else:
                 for k in keys:
-                    state = "revoked" if k["revoked"] else "expired" if k["expires_at"] and k["expires_at"] <= time.time() else "active"
-                    scope = ",".join(k["collections"]) if k["collections"] else "*"
-                    print(f"{k['id']}  {k['tenant']:<16} {k['role']:<7} {state:<8} {scope}  {k['name'] or ''}")
+                    state = (
+                        "revoked"
+                        if k["revoked"]
+                        else "expired"
+                        if k["expires_at"] and k["expires_at"] <= time.time()
+                        else "active"
+                    )
+                    colls = ",".join(k["collections"]) if k["collections"] else "*"
+                    print(f"{k['id']}  {k['tenant']:<16} {k['role']:<7} {state:<8} {colls}  {k['name'] or ''}")
         elif args.keys_command == "revoke":
             ks.revoke(args.key_id)
             print(f"revoked {args.key_id}")

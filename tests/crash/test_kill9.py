@@ -41,6 +41,7 @@ import random
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -134,7 +135,14 @@ class WriterRun:
 
 
 def run_writer_and_kill(
-    data: Path, cycle: int, seed: int, rng: random.Random, *, snapshot_loop: bool, index_settings: dict[str, Any]
+    data: Path,
+    cycle: int,
+    seed: int,
+    rng: random.Random,
+    *,
+    snapshot_loop: bool,
+    index_settings: dict[str, Any],
+    sync_writes: bool,
 ) -> WriterRun:
     """Start a writer, wait until it is ready, SIGKILL it after a random delay."""
     r, w = os.pipe()
@@ -156,6 +164,8 @@ def run_writer_and_kill(
     ]
     if snapshot_loop:
         cmd.append("--snapshot-loop")
+    if not sync_writes:
+        cmd.append("--no-sync")
     err_path = data.parent / f"writer-{cycle}.stderr"
     with open(err_path, "wb") as err:
         proc = subprocess.Popen(cmd, env=env, pass_fds=(w,), stdin=subprocess.DEVNULL, stdout=err, stderr=err)
@@ -181,7 +191,9 @@ def run_writer_and_kill(
     errors = [line["error"] for line in run.lines if line["k"] == "X"]
     assert not errors, f"cycle {cycle}: a writer thread failed: {errors[0]}\n{run.stderr}"
     assert run.lines and run.lines[0]["k"] == "R", f"cycle {cycle}: the writer did not open the database:\n{run.stderr}"
-    assert run.returncode == -signal.SIGKILL, f"cycle {cycle}: writer exited on its own ({run.returncode}):\n{run.stderr}"
+    assert run.returncode == -signal.SIGKILL, (
+        f"cycle {cycle}: writer exited on its own ({run.returncode}):\n{run.stderr}"
+    )
     return run
 
 
@@ -232,7 +244,7 @@ class Model:
                 for key, content in effects:
                     self.pending.setdefault(key, []).append(Pending(line["op"], content))
 
-    def keys(self) -> set[Key]:
+    def all_keys(self) -> set[Key]:
         return set(self.acked) | set(self.pending)
 
 
@@ -325,7 +337,7 @@ def _chunks(items: list[str], n: int) -> Iterator[list[str]]:
 def check_storage(model: Model, stats: Stats, live: dict[str, dict[str, Record]], cycle: int) -> list[str]:
     """Compare every record with the ledger; settle in-flight operations to what was observed."""
     problems: list[str] = []
-    keys = model.keys() | {(c, rid) for c, recs in live.items() for rid in recs}
+    keys = model.all_keys() | {(c, rid) for c, recs in live.items() for rid in recs}
     settled: dict[Key, str | None] = {}  # key -> op that explains it (None = its acknowledged state)
     before = dict(model.acked)
     for key in sorted(keys):
@@ -398,7 +410,9 @@ def check_indexes(
     for exact in (True, False):
         got = {h.id for h in coll.search(probe, k=every, exact=exact)}
         if not got <= live_ids:
-            problems.append(f"{where}: search(exact={exact}) returned ids absent from storage: {sorted(got - live_ids)}")
+            problems.append(
+                f"{where}: search(exact={exact}) returned ids absent from storage: {sorted(got - live_ids)}"
+            )
         if exact and got != live_ids:
             problems.append(f"{where}: exact search misses live records {sorted(live_ids - got)}")
     for rid, rec in live.items():
@@ -435,13 +449,13 @@ def check_indexes(
         text_index.flush()  # make buffered (replayed) text visible now, rather than after the refresh interval
         tokens = {rec.text.split()[1]: rid for rid, rec in live.items() if rec.text}
         for token, rid in tokens.items():
-            got = [h.id for h in coll.search(text=token, mode="text", k=10)]
-            if got != [rid]:
-                derived.append(f"{where}: text search for {token!r} (text of {rid!r}) returned {got}")
+            found = [h.id for h in coll.search(text=token, mode="text", k=10)]
+            if found != [rid]:
+                derived.append(f"{where}: text search for {token!r} (text of {rid!r}) returned {found}")
         old = [t for c, t in model.tokens if c == name and t not in tokens]
         for token in random.Random(cycle).sample(old, min(TOKEN_SAMPLE, len(old))):
-            got = [h.id for h in coll.search(text=token, mode="text", k=10)]
-            bad = [rid for rid in got if token not in (live[rid].text or "").split()]
+            found = [h.id for h in coll.search(text=token, mode="text", k=10)]
+            bad = [rid for rid in found if token not in (live[rid].text or "").split()]
             if bad:
                 derived.append(
                     f"{where}: text search for superseded word {token!r} returned {bad}, "
@@ -456,11 +470,13 @@ def check_indexes(
     return problems, derived
 
 
-def verify(data: Path, model: Model, stats: Stats, cycle: int, index_settings: dict[str, Any]) -> None:
+def verify(
+    data: Path, model: Model, stats: Stats, cycle: int, index_settings: dict[str, Any], sync_writes: bool
+) -> None:
     if list((data / "indexes").glob("*/*.tmp")):
         stats.torn_snapshots += 1
     t0 = time.perf_counter()
-    db = engramdb.open(data, storage={"sync_writes": True}, index=index_settings)
+    db = engramdb.open(data, storage={"sync_writes": sync_writes}, index=index_settings)
     try:
         colls = {name: db.get_collection(name) for name in COLLECTIONS}
         for c in colls.values():
@@ -469,7 +485,7 @@ def verify(data: Path, model: Model, stats: Stats, cycle: int, index_settings: d
         stats.verifications += 1
         live = {name: scan_all(c) for name, c in colls.items()}
         for name, c in colls.items():
-            ids = sorted(rid for coll, rid in model.keys() | set(map(lambda r: (name, r), live[name])) if coll == name)
+            ids = sorted({rid for coll, rid in model.all_keys() if coll == name} | set(live[name]))
             for chunk in _chunks(ids, 1000):
                 got = {r.id: r for r in c.get_many(chunk)}
                 for rid in chunk:
@@ -489,7 +505,14 @@ def verify(data: Path, model: Model, stats: Stats, cycle: int, index_settings: d
 
 # ------------------------------------------------------------------ driver
 def kill_loop(
-    tmp_path: Path, cycles: int, *, seed: int, snapshot: bool, capsys: pytest.CaptureFixture[str], label: str
+    tmp_path: Path,
+    cycles: int,
+    *,
+    seed: int,
+    snapshot: bool,
+    capsys: pytest.CaptureFixture[str],
+    label: str,
+    sync_writes: bool = True,
 ) -> tuple[Stats, Model]:
     data = tmp_path / "data"
     index_settings = SNAPSHOT_INDEX_SETTINGS if snapshot else {}
@@ -498,12 +521,14 @@ def kill_loop(
     stats = Stats()
     try:
         for cycle in range(cycles):
-            run = run_writer_and_kill(data, cycle, seed, rng, snapshot_loop=snapshot, index_settings=index_settings)
+            run = run_writer_and_kill(
+                data, cycle, seed, rng, snapshot_loop=snapshot, index_settings=index_settings, sync_writes=sync_writes
+            )
             model.apply(run)
             stats.cycles += 1
             # Every third kill is followed directly by the next writer (crash during recovery + writing).
             if cycle % 3 != 1 or cycle == cycles - 1:
-                verify(data, model, stats, cycle, index_settings)
+                verify(data, model, stats, cycle, index_settings, sync_writes)
     finally:
         with capsys.disabled():
             print("\n" + stats.summary(model, label))
@@ -527,7 +552,14 @@ def test_kill9_acknowledged_writes_survive(tmp_path: Path, capsys: pytest.Captur
 
 @pytest.mark.xfail(raises=IndexDisagreement, strict=True, reason=KNOWN_BUGS)
 def test_kill9_during_index_snapshots(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    kill_loop(tmp_path, 6, seed=2, snapshot=True, capsys=capsys, label="kill9-snapshot")
+    kill_loop(tmp_path, 5, seed=2, snapshot=True, capsys=capsys, label="kill9-snapshot")
+
+
+@pytest.mark.xfail(raises=IndexDisagreement, strict=True, reason=KNOWN_BUGS)
+def test_kill9_without_sync_writes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # storage.sync_writes=false: the WAL is written (not fsynced) before the ack, so a
+    # process crash still loses nothing acknowledged (an OS crash or power failure could).
+    kill_loop(tmp_path, 4, seed=5, snapshot=False, capsys=capsys, label="kill9-nosync", sync_writes=False)
 
 
 @pytest.mark.soak
@@ -537,3 +569,128 @@ def test_kill9_during_index_snapshots(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_kill9_soak(tmp_path: Path, capsys: pytest.CaptureFixture[str], snapshot: bool) -> None:
     label = "soak-snapshot" if snapshot else "soak"
     kill_loop(tmp_path, SOAK_CYCLES, seed=3 if snapshot else 4, snapshot=snapshot, capsys=capsys, label=label)
+
+
+# --------------------------------------------- regressions for the bugs found
+def run_then_kill(data: Path, body: str) -> None:
+    """Run ``body`` in a fresh interpreter (the data dir is ``DATA``), then SIGKILL it."""
+    script = (
+        "import os, signal, sys\nimport engramdb\nDATA = sys.argv[1]\n"
+        + textwrap.dedent(body)
+        + "\nos.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "src"), env.get("PYTHONPATH")) if p)
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(data)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+
+
+@pytest.mark.xfail(raises=IndexDisagreement, strict=True, reason=REPLAY_BUG)
+def test_replay_after_kill_drops_the_old_payload_entry_of_an_update(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with engramdb.open(data) as db:
+        c = db.create_collection("c", dimension=2, metric="l2", indexed_fields={"kind": "keyword"}, text_index=False)
+        c.upsert({"id": "a", "vector": [1.0, 0.0], "metadata": {"kind": "old"}})
+    # clean close: the index snapshot has a with kind=old
+    run_then_kill(
+        data,
+        """
+        db = engramdb.open(DATA)
+        db.get_collection("c").upsert({"id": "a", "vector": [1.0, 0.0], "metadata": {"kind": "new"}})
+        """,
+    )
+    with engramdb.open(data) as db:
+        c = db.get_collection("c")
+        rec = c.get("a")
+        assert rec is not None and rec.metadata == {"kind": "new"}  # storage is right
+        hits = [h.id for h in c.search([1.0, 0.0], k=10, filter={"kind": "old"})]
+        if hits:
+            raise IndexDisagreement(f"filter kind=old returned {hits}, but a's kind is 'new'")
+
+
+@pytest.mark.xfail(raises=IndexDisagreement, strict=True, reason=REPLAY_BUG)
+def test_replay_after_kill_leaves_no_text_of_another_label(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with engramdb.open(data) as db:
+        db.create_collection("c", dimension=2, metric="l2").upsert({"id": "a", "vector": [1.0, 0.0], "text": "alpha"})
+    run_then_kill(
+        data,
+        """
+        db = engramdb.open(DATA)
+        c = db.get_collection("c")
+        c.upsert({"id": "d", "vector": [0.0, 1.0], "text": "delta"})  # label 2
+        c.delete("d")
+        c.upsert({"id": "p", "vector": [1.0, 1.0], "text": "bravo"})  # label 3
+        c.upsert({"id": "q", "vector": [2.0, 1.0]})  # label 4, no text
+        c.text_index.flush()  # what the background refresher does within text_refresh_seconds
+        """,
+    )
+    with engramdb.open(data) as db:
+        c = db.get_collection("c")
+        assert {r.id: r.text for r in c.scan().records} == {"a": "alpha", "p": "bravo", "q": None}
+        text_index = c.text_index
+        assert text_index is not None
+        text_index.flush()
+        hits = [h.id for h in c.search(text="bravo", mode="text", k=10)]
+        if hits != ["p"]:
+            raise IndexDisagreement(f"text search for 'bravo' returned {hits}; only p has that text")
+
+
+@pytest.mark.xfail(raises=IndexDisagreement, strict=True, reason=REPLAY_BUG)
+def test_kill_between_payload_and_vector_snapshot_files(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with engramdb.open(data) as db:
+        c = db.create_collection("c", dimension=2, metric="l2", indexed_fields={"kind": "keyword"}, text_index=False)
+        c.upsert({"id": "a", "vector": [1.0, 0.0], "metadata": {"kind": "a"}})
+    run_then_kill(
+        data,
+        """
+        from engramdb.index import vector
+        db = engramdb.open(DATA)
+        c = db.get_collection("c")
+        c.upsert({"id": "d", "vector": [0.0, 1.0], "metadata": {"kind": "d"}})
+        c.delete("d")
+        c.upsert({"id": "p", "vector": [1.0, 1.0], "metadata": {"kind": "p"}})
+        c.upsert({"id": "q", "vector": [2.0, 1.0], "metadata": {"kind": "q"}})
+        # Die right after payload.bin was replaced, before the vector snapshot is written.
+        vector.VectorIndex.save = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+        db.snapshot()
+        """,
+    )
+    with engramdb.open(data) as db:
+        c = db.get_collection("c")
+        wrong = {}
+        for kind in "apq":
+            hits = [h.id for h in c.search([1.0, 0.0], k=10, filter={"kind": kind})]
+            if hits != [kind]:
+                wrong[kind] = hits
+        if wrong:
+            raise IndexDisagreement(f"filters returned records of another kind after a torn snapshot: {wrong}")
+
+
+@pytest.mark.xfail(raises=IndexDisagreement, strict=True, reason=HNSW_UPDATE_BUG)
+def test_vector_update_next_to_a_deleted_slot_then_reopen(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    problems = []
+    with engramdb.open(data) as db:
+        c = db.create_collection("c", dimension=2, metric="l2", text_index=False)
+        c.upsert(
+            [{"id": "x", "vector": [10.0, 10.0]}, {"id": "b", "vector": [0.0, 1.0]}, {"id": "a", "vector": [1.0, 0.0]}]
+        )
+        c.delete("x")  # leaves a deleted slot in the HNSW graph
+        c.upsert({"id": "a", "vector": [5.0, 5.0]})
+        stale = [(h.id, h.score) for h in c.search([1.0, 0.0], k=2) if h.id == "a" and h.score > 0.5]
+        if stale:
+            problems.append(f"search by a's superseded vector [1, 0] finds a as an exact match: {stale}")
+    with engramdb.open(data) as db:
+        c = db.get_collection("c")
+        top = [(h.id, round(h.score, 3)) for h in c.search([5.0, 5.0], k=1, exact=True)]
+        if top != [("a", 1.0)]:
+            problems.append(f"after reopen, exact search for a's vector [5, 5] returned {top}")
+        ann = [h.id for h in c.search([5.0, 5.0], k=2)]
+        if len(set(ann)) != len(ann):
+            problems.append(f"after reopen, HNSW search returned an id twice: {ann}")
+    if problems:
+        raise IndexDisagreement("; ".join(problems))

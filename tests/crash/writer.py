@@ -165,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-ops", type=int, default=200_000, help="per thread")
     ap.add_argument("--snapshot-loop", action="store_true", help="snapshot indexes continuously")
     ap.add_argument("--index-settings", default="{}", help="JSON for engramdb.open(index=...)")
+    ap.add_argument("--no-sync", action="store_true", help="open with storage.sync_writes=false")
     args = ap.parse_args(argv)
 
     import engramdb
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         stop.set()
         ledger.emit({"k": "X", "error": repr(e)})
 
-    db = engramdb.open(args.data, storage={"sync_writes": True}, index=json.loads(args.index_settings))
+    db = engramdb.open(args.data, storage={"sync_writes": not args.no_sync}, index=json.loads(args.index_settings))
     colls = {name: db.create_collection(name, exist_ok=True, **cfg) for name, cfg in COLLECTIONS.items()}
     for c in colls.values():
         c.count()  # load the indexes before reporting ready

@@ -990,7 +990,9 @@ def test_vectors_are_sent_as_lists_and_nan_never_leaves(flaky: Any) -> None:
     srv = flaky([Canned(200, {"versions": ["1"]})])
     coll, close = _remote_coll("sync", srv.url)
     try:
-        coll.upsert(Record(id="a", vector=np.array([0.5, 0.25], dtype=np.float32), ttl_seconds=5, namespace=("x",)))
+        # Record.vector is typed list[float], but numpy arrays work everywhere at runtime.
+        vec: Any = np.array([0.5, 0.25], dtype=np.float32)
+        coll.upsert(Record(id="a", vector=vec, ttl_seconds=5, namespace=("x",)))
         sent = json.loads(srv.requests[0][3])["records"][0]
         assert (sent["vector"], sent["ttl_seconds"], sent["namespace"]) == ([0.5, 0.25], 5, ["x"])
         expect_error(

@@ -213,9 +213,9 @@ def test_other_tenants_collections_are_invisible(world: World) -> None:
 
 def test_tenant_header(world: World) -> None:
     s = world.server
-    tenant_a = httpx.get(
-        s.base_url + "/v1/admin/keys", headers=s.headers(world.keys["a_admin"])
-    ).json()["keys"][0]["tenant"]
+    tenant_a = httpx.get(s.base_url + "/v1/admin/keys", headers=s.headers(world.keys["a_admin"])).json()["keys"][0][
+        "tenant"
+    ]
     # The bootstrap admin key picks the tenant per request.
     r = httpx.get(s.base_url + "/v1/collections", headers={**s.headers(), "X-EngramDB-Tenant": tenant_a})
     assert {world.coll_a, world.coll_a2} <= {c["name"] for c in r.json()["collections"]}

@@ -380,10 +380,16 @@ def test_graph(api: Api, coll: str) -> None:
 
 
 # ------------------------------------------------------------------ API keys
-def test_keys_and_roles(api: Api, channel: grpc.Channel, coll: str) -> None:
+def test_keys_and_roles(channel: grpc.Channel, server: ServerProcess) -> None:
+    # A tenant of its own, so the keys made here never show up in other tests' listings.
+    tenant = unique_name("keys")
+    api = Api(channel, server.admin_key, (("x-engramdb-tenant", tenant),))
+    coll = "records"
+    api.CreateCollection(pb.CreateCollectionRequest(name=coll, dimension=3))
     api.Upsert(pb.UpsertRequest(coll=coll, records=records()))
     new = api.CreateKey(pb.CreateKeyRequest(role="reader", collections=[coll], name="grpc-reader"))
     assert new.key.startswith("edb_") and new.role == "reader" and list(new.collections) == [coll]
+    assert new.tenant == tenant
     reader = Api(channel, new.key)
 
     assert [h.id for h in reader.Search(pb.SearchRequest(coll=coll, vector=pack_vector([1, 0, 0]), k=1)).hits] == ["a"]

@@ -412,52 +412,65 @@ def test_structurally_bad_body_with_valid_checksum() -> None:
 
 # --------------------------------------------------------------------------- property tests
 
-# Small value pools so equal values, shared substrings and range boundaries collide often.
+# Small value pools so equal values, shared substrings and range boundaries collide often. All
+# strategies are module constants: building strategies inside a test makes hypothesis slow.
 STRS = ["", "a", "ab", "b", "ba", "xyz"]
 NUMS = [-3, 0, 1, 2, 7, 2.0, 2.5, -1.5, 2**53, 2**53 + 1, 10**30, math.inf, -math.inf]
-scalars = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.sampled_from(NUMS),
-    st.just(math.nan),
-    st.sampled_from(STRS),
-)
+POOL = [*STRS, *NUMS, True, False, None]
+scalars = st.one_of(st.sampled_from(POOL), st.just(math.nan))
 values = st.one_of(
     scalars,
     st.lists(scalars, max_size=3),
     st.dictionaries(st.sampled_from(["p", "q"]), scalars, max_size=2),
     st.lists(st.lists(scalars, max_size=2), min_size=1, max_size=2),
 )
-NATURAL: dict[str, st.SearchStrategy[Any]] = {
-    "keyword": st.sampled_from(STRS),
-    "int": st.sampled_from([-3, 0, 1, 2, 7, 2.0, 2**53 + 1]),
-    "float": st.sampled_from(NUMS),
-    "bool": st.booleans(),
-}
-PATHS = ["k", "i", "f", "b", "t", "o.x"]
-declarations = st.fixed_dictionaries({p: st.sampled_from(["keyword", "int", "float", "bool"]) for p in PATHS})
 
 
-def value_for(ftype: str) -> st.SearchStrategy[Any]:
-    """Mostly values of the declared type (scalars and lists), sometimes anything at all."""
-    nat = NATURAL[ftype]
+def _typed(nat: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    # Mostly values of the declared type, as scalars and lists, sometimes anything at all.
     return st.one_of(nat, st.lists(st.one_of(nat, nat, scalars), max_size=3), nat, values)
 
 
-def operand_for(ftype: str) -> st.SearchStrategy[Any]:
-    nat = NATURAL[ftype]
-    plain = scalars.filter(lambda v: not (isinstance(v, float) and math.isnan(v)))
-    return st.one_of(
-        nat,
-        plain,
-        st.lists(st.one_of(nat, plain), max_size=2),
-        st.dictionaries(st.sampled_from(["p"]), st.sampled_from([1, "a"]), max_size=1),
-    )
+VALUE_FOR: dict[str, st.SearchStrategy[Any]] = {
+    "keyword": _typed(st.sampled_from(STRS)),
+    "int": _typed(st.sampled_from([-3, 0, 1, 2, 7, 2.0, 2**53 + 1])),
+    "float": _typed(st.sampled_from(NUMS)),
+    "bool": _typed(st.booleans()),
+}
+NATURAL_TYPES = {"k": "keyword", "i": "int", "f": "float", "b": "bool", "t": "keyword", "o.x": "int"}
+PATHS = list(NATURAL_TYPES)
+# Usually the natural type for the path, often any type (so values of the wrong type are common).
+declarations = st.fixed_dictionaries(
+    {p: st.one_of(st.just(t), st.sampled_from(sorted(VALUE_FOR))) for p, t in NATURAL_TYPES.items()}
+)
 
-
-def range_for(ftype: str) -> st.SearchStrategy[Any]:
-    pool = [*STRS, "c"] if ftype == "keyword" else [*NUMS, 1.5, 10**400]
-    return st.one_of(st.sampled_from(pool), st.sampled_from([0, 2, "", "b"]))
+operand = st.one_of(
+    st.sampled_from(POOL),
+    st.sampled_from(STRS),
+    st.lists(st.sampled_from(POOL), max_size=2),
+    st.dictionaries(st.sampled_from(["p"]), st.sampled_from([1, "a"]), max_size=1),
+)
+range_operand = st.sampled_from([*STRS, "c", *NUMS, 1.5, 10**400])
+path = st.sampled_from([*PATHS, "u"])
+leaf = st.one_of(
+    st.tuples(path, operand).map(lambda x: {x[0]: x[1]}),
+    st.tuples(path, st.sampled_from(["$eq", "$ne", "$contains"]), operand).map(lambda x: {x[0]: {x[1]: x[2]}}),
+    st.tuples(path, st.sampled_from(["$gt", "$gte", "$lt", "$lte"]), range_operand).map(lambda x: {x[0]: {x[1]: x[2]}}),
+    st.tuples(path, st.sampled_from(["$in", "$nin"]), st.lists(operand, max_size=3)).map(
+        lambda x: {x[0]: {x[1]: x[2]}}
+    ),
+    st.tuples(path, st.booleans()).map(lambda x: {x[0]: {"$exists": x[1]}}),
+    st.sampled_from([{"id_prefix": "r1"}, {"id_prefix": ""}, {"namespace_prefix": []}]),
+)
+filter_objs = st.recursive(
+    leaf,
+    lambda kids: st.one_of(
+        st.lists(kids, min_size=1, max_size=3).map(lambda xs: {"$and": xs}),
+        st.lists(kids, min_size=1, max_size=3).map(lambda xs: {"$or": xs}),
+        kids.map(lambda x: {"$not": x}),
+    ),
+    max_leaves=6,
+)
 
 
 @st.composite
@@ -465,10 +478,10 @@ def metadata_for(draw: st.DrawFn, fields: dict[str, str]) -> dict[str, Any]:
     md: dict[str, Any] = {}
     for key in ["k", "i", "f", "b", "t"]:
         if draw(st.integers(0, 4)) > 0:  # each field is missing one time in five
-            md[key] = draw(value_for(fields[key]))
+            md[key] = draw(VALUE_FOR[fields[key]])
     shape = draw(st.integers(0, 3))
     if shape < 2:
-        md["o"] = {"x": draw(value_for(fields["o.x"]))}
+        md["o"] = {"x": draw(VALUE_FOR[fields["o.x"]])}
     elif shape == 2:
         md["o"] = draw(values)
     if draw(st.booleans()):
@@ -476,64 +489,50 @@ def metadata_for(draw: st.DrawFn, fields: dict[str, str]) -> dict[str, Any]:
     return md
 
 
-def leaf_for(fields: dict[str, str]) -> st.SearchStrategy[dict[str, Any]]:
-    def on(path: str) -> st.SearchStrategy[dict[str, Any]]:
-        t = fields.get(path, "keyword")
-        return st.one_of(
-            operand_for(t).map(lambda v: {path: v}),
-            st.tuples(st.sampled_from(["$eq", "$ne", "$contains"]), operand_for(t)).map(lambda x: {path: {x[0]: x[1]}}),
-            st.tuples(st.sampled_from(["$gt", "$gte", "$lt", "$lte"]), range_for(t)).map(
-                lambda x: {path: {x[0]: x[1]}}
-            ),
-            st.tuples(st.sampled_from(["$in", "$nin"]), st.lists(operand_for(t), max_size=3)).map(
-                lambda x: {path: {x[0]: x[1]}}
-            ),
-            st.booleans().map(lambda b: {path: {"$exists": b}}),
-        )
-
-    return st.one_of(
-        *[on(p) for p in [*PATHS, "u"]],
-        st.sampled_from([{"id_prefix": "r1"}, {"id_prefix": ""}, {"namespace_prefix": []}]),
-    )
+def predicates(p: str, v: Any, r: Any) -> list[dict[str, Any]]:
+    """Every field operator for one path, operand and range operand."""
+    ops: list[dict[str, Any]] = [{p: v}]
+    ops += [{p: {op: v}} for op in ("$eq", "$ne", "$contains")]
+    ops += [{p: {op: [v, r]}} for op in ("$in", "$nin")]
+    ops += [{p: {op: r}} for op in ("$gt", "$gte", "$lt", "$lte")]
+    ops += [{p: {"$exists": True}}, {p: {"$exists": False}}, {p: {"$not": {"$gte": r}}}]
+    return ops
 
 
-def filter_for(fields: dict[str, str]) -> st.SearchStrategy[dict[str, Any]]:
-    return st.recursive(
-        leaf_for(fields),
-        lambda kids: st.one_of(
-            st.lists(kids, min_size=1, max_size=3).map(lambda xs: {"$and": xs}),
-            st.lists(kids, min_size=1, max_size=3).map(lambda xs: {"$or": xs}),
-            kids.map(lambda x: {"$not": x}),
-        ),
-        max_leaves=6,
-    )
-
-
-@settings(max_examples=400, deadline=None)
-@given(data=st.data(), fields=declarations)
-def test_single_predicates_superset_and_exact(data: st.DataObject, fields: dict[str, str]) -> None:
-    # Many records, one predicate at a time: the densest check of each operator's bitmap logic.
+@settings(max_examples=250, deadline=None)
+@given(
+    data=st.data(),
+    fields=declarations,
+    probes=st.lists(st.tuples(path, operand, range_operand), min_size=3, max_size=8),
+)
+def test_every_operator_superset_and_exact(
+    data: st.DataObject, fields: dict[str, str], probes: list[tuple[str, Any, Any]]
+) -> None:
+    # Many records, every operator on each probe: the densest check of each operator's bitmap logic.
     w = World(fields)
     for lb, md in enumerate(data.draw(st.lists(metadata_for(fields), min_size=5, max_size=25))):
         w.put(lb, md)
-    for obj in data.draw(st.lists(leaf_for(fields), min_size=4, max_size=10)):
-        w.check(obj)
+    for p, v, r in probes:
+        for obj in predicates(p, v, r):
+            w.check(obj)
 
 
-@settings(max_examples=300, deadline=None)
-@given(data=st.data(), fields=declarations)
-def test_candidates_superset_and_exact(data: st.DataObject, fields: dict[str, str]) -> None:
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), fields=declarations, flts=st.lists(filter_objs, min_size=1, max_size=5))
+def test_candidates_superset_and_exact(data: st.DataObject, fields: dict[str, str], flts: list[dict[str, Any]]) -> None:
     w = World(fields)
     for lb, md in enumerate(data.draw(st.lists(metadata_for(fields), max_size=15))):
         w.put(lb * 3, md)  # sparse labels: the universe is not 0..n
-    for obj in data.draw(st.lists(filter_for(fields), min_size=1, max_size=5)):
+    for obj in flts:
         w.check(obj)
 
 
 @pytest.mark.usefixtures("tiny_delta")
-@settings(max_examples=150, deadline=None)
-@given(data=st.data(), fields=declarations)
-def test_candidates_after_updates_and_reload(data: st.DataObject, fields: dict[str, str]) -> None:
+@settings(max_examples=100, deadline=None)
+@given(data=st.data(), fields=declarations, flts=st.lists(filter_objs, min_size=1, max_size=4))
+def test_candidates_after_updates_and_reload(
+    data: st.DataObject, fields: dict[str, str], flts: list[dict[str, Any]]
+) -> None:
     w = World(fields)
     ops = data.draw(st.lists(st.tuples(st.integers(0, 9), st.one_of(st.none(), metadata_for(fields))), max_size=40))
     for label, md in ops:
@@ -543,6 +542,6 @@ def test_candidates_after_updates_and_reload(data: st.DataObject, fields: dict[s
         else:
             w.put(label, md)
     reloaded = PayloadIndex.from_bytes(w.index.to_bytes(), fields=fields)
-    for obj in data.draw(st.lists(filter_for(fields), min_size=1, max_size=4)):
+    for obj in flts:
         got = w.check(obj)
         assert w.check(obj, reloaded) == got

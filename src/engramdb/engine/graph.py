@@ -21,8 +21,9 @@ See ``docs/graph.md`` for the user-facing contract (API, scoring, bounds).
 from __future__ import annotations
 
 import math
+import struct
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -252,6 +253,56 @@ class _Adj:
         return {"src": self.src, "relation": self.relation, "dst": self.dst, "weight": self.weight}
 
 
+_U16 = struct.Struct(">H")
+
+
+class _EdgeReader:
+    """Adjacency scans for one traversal, one RocksDB iterator per column family.
+
+    A traversal seeks hundreds of adjacency lists; re-seeking one iterator is
+    cheaper than creating one per node, and it reads one consistent view. Use
+    it as a context manager: iterators must be gone before the store closes.
+    """
+
+    def __init__(self, store: Store, prefix: bytes):
+        self.store = store
+        self.prefix = prefix
+        self._its: dict[str, Any] = {}
+
+    def __enter__(self) -> _EdgeReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._its.clear()  # drops (and so closes) the iterators
+
+    def scan(
+        self, cf: str, node: str, relations: tuple[str, ...] | None, cap: int | None = None
+    ) -> Iterator[tuple[str, str, bytes]]:
+        """(relation, other node, raw edge row) of ``node``'s edges in ``cf``, in key order."""
+        it = self._its.get(cf)
+        if it is None:
+            it = self._its[cf] = self.store.seek_iter(cf, self.prefix)
+        node_prefix = K.edge_node_prefix(self.prefix, node)
+        # Keys are prefix | u16 len + node | u16 len + relation | other node
+        # (storage/keys.py); parsing just the tail after the known node prefix
+        # is the hot loop of every traversal.
+        off = len(node_prefix)
+        prefixes = [node_prefix] if relations is None else [K.edge_node_prefix(self.prefix, node, r) for r in relations]
+        n = 0
+        for p in prefixes:
+            it.seek(p)
+            while it.valid():
+                k = it.key()
+                if not k.startswith(p):
+                    break
+                (ln,) = _U16.unpack_from(k, off)
+                yield k[off + 2 : off + 2 + ln].decode(), k[off + 2 + ln :].decode(), it.value()
+                n += 1
+                if cap is not None and n >= cap:
+                    return
+                it.next()
+
+
 def _importance_factor(row: RecordRow | None) -> float:
     """``1 + importance`` (floored at 0) for records that have one; 1 otherwise."""
     if row is None or row.importance is None:
@@ -458,39 +509,42 @@ class GraphMixin:
         deadline = time.monotonic() + _timeout(timeout_ms, "timeout_ms") / 1000
         alive = self._alive_fn()
         self._require_live(rid, alive)
-        visited = {rid}
-        frontier: list[tuple[str, float, tuple[_Adj, ...]]] = [(rid, 1.0, ())]
-        found: list[tuple[str, float, int, tuple[_Adj, ...]]] = []
-        for hop in range(1, hops + 1):
-            level: dict[str, tuple[float, tuple[_Adj, ...]]] = {}
-            for u, score, path in frontier:
-                if time.monotonic() > deadline:
-                    raise DeadlineExceeded(
-                        f"neighbors of {rid!r} took longer than {timeout_ms} ms; "
-                        "lower hops, name relations, set a fanout or raise timeout_ms"
-                    )
-                adj = [a for a in self._adjacent(u, direction, rels) if a.other not in visited and alive(a.other)]
-                if fanout is not None:
-                    adj = sorted(adj, key=lambda a: -a.weight)[:fanout]
-                for a in adj:
-                    cand = score * a.weight
-                    cur = level.get(a.other)
-                    if cur is None:
-                        # Stop discovering once the answer is full; nodes already
-                        # found may still improve their path below.
-                        if len(found) + len(level) >= limit:
-                            continue
-                        level[a.other] = (cand, (*path, a))
-                    elif cand > cur[0]:
-                        level[a.other] = (cand, (*path, a))
-            if not level:
-                break
-            ordered = sorted(level.items(), key=lambda kv: (-kv[1][0], kv[0]))
-            visited.update(level)
-            found.extend((v, s, hop, p) for v, (s, p) in ordered)
-            frontier = [(v, s, p) for v, (s, p) in ordered]
-            if len(found) >= limit:
-                break
+        with self._edge_reader() as rd:
+            visited = {rid}
+            frontier: list[tuple[str, float, tuple[_Adj, ...]]] = [(rid, 1.0, ())]
+            found: list[tuple[str, float, int, tuple[_Adj, ...]]] = []
+            for hop in range(1, hops + 1):
+                level: dict[str, tuple[float, tuple[_Adj, ...]]] = {}
+                for u, score, path in frontier:
+                    if time.monotonic() > deadline:
+                        raise DeadlineExceeded(
+                            f"neighbors of {rid!r} took longer than {timeout_ms} ms; "
+                            "lower hops, name relations, set a fanout or raise timeout_ms"
+                        )
+                    adj = [
+                        a for a in self._adjacent(rd, u, direction, rels) if a.other not in visited and alive(a.other)
+                    ]
+                    if fanout is not None:
+                        adj = sorted(adj, key=lambda a: -a.weight)[:fanout]
+                    for a in adj:
+                        cand = score * a.weight
+                        cur = level.get(a.other)
+                        if cur is None:
+                            # Stop discovering once the answer is full; nodes already
+                            # found may still improve their path below.
+                            if len(found) + len(level) >= limit:
+                                continue
+                            level[a.other] = (cand, (*path, a))
+                        elif cand > cur[0]:
+                            level[a.other] = (cand, (*path, a))
+                if not level:
+                    break
+                ordered = sorted(level.items(), key=lambda kv: (-kv[1][0], kv[0]))
+                visited.update(level)
+                found.extend((v, s, hop, p) for v, (s, p) in ordered)
+                frontier = [(v, s, p) for v, (s, p) in ordered]
+                if len(found) >= limit:
+                    break
         hits = [Hit(id=v, score=s, hop=h, path=[a.step() for a in p]) for v, s, h, p in found[:limit]]
         return self._with_records(hits, inc)
 
@@ -536,39 +590,41 @@ class GraphMixin:
         for r in starts:
             if len(nodes) < limit and alive(r):
                 nodes[r] = None
-        frontier = list(nodes)
-        for _ in range(hops):
-            nxt: list[str] = []
-            for u in frontier:
+        with self._edge_reader() as rd:
+            frontier = list(nodes)
+            for _ in range(hops):
+                nxt: list[str] = []
+                for u in frontier:
+                    check_time()
+                    for a in self._adjacent(rd, u, direction, rels):
+                        if len(nodes) >= limit:
+                            break
+                        if a.other not in nodes and alive(a.other):
+                            nodes[a.other] = None
+                            nxt.append(a.other)
+                frontier = nxt
+                if not frontier or len(nodes) >= limit:
+                    break
+            now = time.time()
+            records: list[Record] = []
+            kept: set[str] = set()
+            node_ids = list(nodes)
+            for rid, row in zip(node_ids, self.rows(node_ids), strict=True):
+                if row is not None and row.live(now):
+                    records.append(self._to_record(rid, row, inc))
+                    kept.add(rid)
+            edge_list: list[Edge] = []
+            for rec in records:
                 check_time()
-                for a in self._adjacent(u, direction, rels):
-                    if len(nodes) >= limit:
-                        break
-                    if a.other not in nodes and alive(a.other):
-                        nodes[a.other] = None
-                        nxt.append(a.other)
-            frontier = nxt
-            if not frontier or len(nodes) >= limit:
-                break
-        now = time.time()
-        records: list[Record] = []
-        kept: set[str] = set()
-        node_ids = list(nodes)
-        for rid, row in zip(node_ids, self.rows(node_ids), strict=True):
-            if row is not None and row.live(now):
-                records.append(self._to_record(rid, row, inc))
-                kept.add(rid)
-        edge_list: list[Edge] = []
-        for rec in records:
-            check_time()
-            # Scanning only out-edges lists each edge between kept nodes once.
-            for k, v in self._scan_edges("edges_out", rec.id, rels):
-                _, r, dst = K.parse_edge_key(k)
-                if dst not in kept:
-                    continue
-                row_e = decode_edge(v)
-                if not row_e.deleted:
-                    edge_list.append(Edge(rec.id, r, dst, row_e.weight, row_e.properties, version_str(row_e.version)))
+                # Scanning only out-edges lists each edge between kept nodes once.
+                for r, dst, v in rd.scan("edges_out", rec.id, rels):
+                    if dst not in kept:
+                        continue
+                    row_e = decode_edge(v)
+                    if not row_e.deleted:
+                        edge_list.append(
+                            Edge(rec.id, r, dst, row_e.weight, row_e.properties, version_str(row_e.version))
+                        )
         return {"nodes": records, "edges": edge_list}
 
     # ------------------------------------------------------------- helpers
@@ -600,37 +656,21 @@ class GraphMixin:
         if not alive(rid):
             raise NotFound(f"record {rid!r} does not exist in collection {self.name!r}", code="record_not_found")
 
-    def _scan_edges(
-        self, cf: str, node: str, relations: tuple[str, ...] | None, cap: int | None = None
-    ) -> Iterable[tuple[bytes, bytes]]:
-        """Raw (key, value) rows of one node's adjacency, restricted to ``relations``."""
-        prefixes = (
-            [K.edge_node_prefix(self.prefix, node)]
-            if relations is None
-            else [K.edge_node_prefix(self.prefix, node, r) for r in relations]
-        )
-        n = 0
-        for p in prefixes:
-            for kv in self.store.iter_prefix(cf, p):
-                yield kv
-                n += 1
-                if cap is not None and n >= cap:
-                    return
+    def _edge_reader(self) -> _EdgeReader:
+        return _EdgeReader(self.store, self.prefix)
 
-    def _adjacent(self, node: str, direction: str, relations: tuple[str, ...] | None) -> list[_Adj]:
+    def _adjacent(self, rd: _EdgeReader, node: str, direction: str, relations: tuple[str, ...] | None) -> list[_Adj]:
         """Stored, non-tombstoned edges of ``node`` (liveness of the other end is the caller's check)."""
         out: list[_Adj] = []
         if direction in ("out", "both"):
-            for k, v in self._scan_edges("edges_out", node, relations, SCAN_CAP):
+            for r, dst, v in rd.scan("edges_out", node, relations, SCAN_CAP):
                 row = decode_edge(v)
                 if not row.deleted:
-                    _, r, dst = K.parse_edge_key(k)
                     out.append(_Adj(dst, node, r, dst, row.weight))
         if direction in ("in", "both"):
-            for k, v in self._scan_edges("edges_in", node, relations, SCAN_CAP):
+            for r, src, v in rd.scan("edges_in", node, relations, SCAN_CAP):
                 row = decode_edge(v)
                 if not row.deleted:
-                    _, r, src = K.parse_edge_key(k)
                     out.append(_Adj(src, src, r, node, row.weight))
         return out
 
@@ -702,10 +742,9 @@ def expand_hits(
     now = time.time()
 
     def eligible(rid: str) -> bool:
-        if flt is None:
-            return True  # liveness was checked from the index already
+        """May an expanded node be returned and walked through (given a filter)?"""
         row = rows.get(rid)
-        return row is not None and row.live(now) and flt.matches(rid, row.namespace, row.metadata)
+        return row is not None and row.live(now) and (flt is None or flt.matches(rid, row.namespace, row.metadata))
 
     best: dict[str, _Best] = {}
     for h in hits:
@@ -714,50 +753,53 @@ def expand_hits(
     n_seeds = len(hits) if spec.seeds is None else min(spec.seeds, len(hits))
     frontier = list(dict.fromkeys(h.id for h in hits[:n_seeds]))
     timed_out = False
-    for hop in range(1, spec.hops + 1):
-        # Candidate edges of each frontier node, heaviest first. The frontier's
-        # entries are frozen for the level: a node improved during this level is
-        # walked again from its new score at the next one.
-        cands: dict[str, list[_Adj]] = {}
-        level = {u: best[u] for u in frontier}
-        for u, bu in level.items():
-            if time.monotonic() > deadline:
-                timed_out = True
+    with coll._edge_reader() as rd:
+        for hop in range(1, spec.hops + 1):
+            # Candidate edges of each frontier node, heaviest first. The frontier's
+            # entries are frozen for the level: a node improved during this level is
+            # walked again from its new score at the next one.
+            cands: dict[str, list[_Adj]] = {}
+            level = {u: best[u] for u in frontier}
+            for u, bu in level.items():
+                if time.monotonic() > deadline:
+                    timed_out = True
+                    break
+                on_path = bu.nodes()
+                adj = [a for a in coll._adjacent(rd, u, spec.direction, spec.relations) if a.other not in on_path]
+                adj.sort(key=lambda a: -a.weight)  # stable: ties keep key order
+                cands[u] = [a for a in adj if alive(a.other)]
+            # Pick up to `fanout` eligible edges per node. With a filter that needs
+            # rows, read them in rounds (one multi_get per round for the whole
+            # level) so a node whose first choices fail the filter reaches further.
+            if flt is None:
+                chosen = {u: c[: spec.fanout] for u, c in cands.items()}
+            else:
+                chosen = {u: [] for u in cands}
+                pos = dict.fromkeys(cands, 0)
+                pending = [u for u in cands if cands[u]]
+                while pending:
+                    want: dict[str, list[_Adj]] = {}
+                    for u in pending:
+                        take = spec.fanout - len(chosen[u])
+                        want[u] = cands[u][pos[u] : pos[u] + take]
+                        pos[u] += take
+                    load_rows(a.other for batch in want.values() for a in batch)
+                    for u, batch in want.items():
+                        chosen[u].extend(a for a in batch if eligible(a.other))
+                    pending = [u for u in pending if len(chosen[u]) < spec.fanout and pos[u] < len(cands[u])]
+            updated: dict[str, None] = {}
+            for u in cands:
+                bu = level[u]
+                for a in chosen[u]:
+                    cand = bu.base * spec.decay * a.weight
+                    cur = best.get(a.other)
+                    if cur is None or cand > cur.base:
+                        best[a.other] = _Best(cand, hop, (*bu.path, a), bu.seed, cur.hit if cur else None)
+                        updated[a.other] = None
+            # Walk on from the nodes this hop improved, best first, as a beam of `limit`.
+            frontier = sorted(updated, key=lambda r: (-best[r].base, r))[: spec.limit]
+            if timed_out or not frontier:
                 break
-            on_path = bu.nodes()
-            adj = [a for a in coll._adjacent(u, spec.direction, spec.relations) if a.other not in on_path]
-            adj.sort(key=lambda a: -a.weight)  # stable: ties keep key order
-            cands[u] = [a for a in adj if alive(a.other)]
-        # Pick up to `fanout` eligible edges per node. With a filter that needs
-        # rows, read them in rounds (one multi_get per round for the whole
-        # level) so a node whose first choices fail the filter reaches further.
-        chosen: dict[str, list[_Adj]] = {u: [] for u in cands}
-        pos = dict.fromkeys(cands, 0)
-        pending = [u for u in cands if cands[u]]
-        while pending:
-            want: dict[str, list[_Adj]] = {}
-            for u in pending:
-                take = spec.fanout - len(chosen[u])
-                want[u] = cands[u][pos[u] : pos[u] + take]
-                pos[u] += take
-            if flt is not None:
-                load_rows(a.other for batch in want.values() for a in batch)
-            for u, batch in want.items():
-                chosen[u].extend(a for a in batch if eligible(a.other))
-            pending = [u for u in pending if len(chosen[u]) < spec.fanout and pos[u] < len(cands[u])]
-        updated: dict[str, None] = {}
-        for u in cands:
-            bu = level[u]
-            for a in chosen[u]:
-                cand = bu.base * spec.decay * a.weight
-                cur = best.get(a.other)
-                if cur is None or cand > cur.base:
-                    best[a.other] = _Best(cand, hop, (*bu.path, a), bu.seed, cur.hit if cur else None)
-                    updated[a.other] = None
-        # Walk on from the nodes this hop improved, best first, as a beam of `limit`.
-        frontier = sorted(updated, key=lambda r: (-best[r].base, r))[: spec.limit]
-        if timed_out or not frontier:
-            break
 
     def final_score(rid: str) -> float:
         b = best[rid].base

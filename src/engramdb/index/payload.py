@@ -22,6 +22,10 @@ so the index stays a correct superset):
 * A list value indexes each element under the same rules; nested lists and objects are not.
 * NaN is ignored entirely: no filter operand can be NaN, so a NaN can never match.
 
+Unindexed values cost exactness only where they could match: ``{"color": "red"}`` stays exact
+when some records hold ``color: 5``, but ``{"age": {"$gt": 3}}`` on an ``int`` field is inexact
+while any record holds ``age: 3.5`` (those labels are added to the candidates for a re-check).
+
 :meth:`PayloadIndex.candidates` walks the filter AST and returns a bitmap that is a superset of
 the matching labels, with ``exact=True`` when no per-record check is needed. The semantics are
 those of :mod:`engramdb.engine.filters`; the property tests hold the two together.

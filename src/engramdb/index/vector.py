@@ -92,9 +92,15 @@ class VectorIndex:
                     label = self.next_label
                     self.next_label += 1
                 labels.append(label)
-            new = sum(1 for rid in ids if rid not in self.label_of)
-            self._ensure_capacity(new)
-            self._index.add_items(vectors, np.asarray(labels, dtype=np.uint64), replace_deleted=True)
+            is_new = np.fromiter((rid not in self.label_of for rid in ids), dtype=bool, count=len(ids))
+            lab = np.asarray(labels, dtype=np.uint64)
+            self._ensure_capacity(int(is_new.sum()))
+            # hnswlib's replace_deleted ignores that a label already exists and
+            # would give it a second node; existing labels are updated in place.
+            if is_new.any():
+                self._index.add_items(vectors[is_new], lab[is_new], replace_deleted=True)
+            if not is_new.all():
+                self._index.add_items(vectors[~is_new], lab[~is_new], replace_deleted=False)
             for rid, label, exp in zip(ids, labels, expires, strict=True):
                 self.label_of[rid] = label
                 self.id_of[label] = rid

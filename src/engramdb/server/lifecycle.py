@@ -26,13 +26,13 @@ from collections.abc import Callable, Generator
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+import uvicorn
+
 from ..config import Settings, TLSSettings, check
 from ..errors import EngramError
 from ..service.keys import load_bootstrap_key
 
 if TYPE_CHECKING:
-    import uvicorn
-
     from ..service import Service
 
 log = logging.getLogger("engramdb.server")
@@ -81,31 +81,28 @@ def tls_context(tls: TLSSettings) -> ssl.SSLContext:
     return ctx
 
 
-def _uvicorn_server_class() -> type[uvicorn.Server]:
-    import uvicorn
+class _Server(uvicorn.Server):
+    """uvicorn's server with signal handling owned by :func:`run_server`.
 
-    class _Server(uvicorn.Server):
-        """uvicorn's server with signal handling owned by :func:`run_server`.
+    uvicorn re-raises a caught SIGTERM after serving, which would kill the
+    process before the database is closed; here the handlers stay installed
+    until everything is flushed, and ``on_exit`` runs on the first signal.
+    """
 
-        uvicorn re-raises a caught SIGTERM after serving, which would kill the
-        process before the database is closed; here the handlers stay installed
-        until everything is flushed, and ``on_exit`` runs on the first signal.
-        """
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]):
+        super().__init__(config)
+        self.on_exit = on_exit
 
-        on_exit: Callable[[], None] = staticmethod(lambda: None)
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
 
-        @contextlib.contextmanager
-        def capture_signals(self) -> Generator[None, None, None]:
-            yield
-
-        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-            first = not self.should_exit
-            super().handle_exit(sig, frame)
-            if first:
-                log.info("signal %s received: draining", signal.Signals(sig).name)
-                self.on_exit()
-
-    return _Server
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        first = not self.should_exit
+        super().handle_exit(sig, frame)
+        if first:
+            log.info("signal %s received: draining", signal.Signals(sig).name)
+            self.on_exit()
 
 
 def _start_grpc(service: Service, settings: Settings) -> Any:
@@ -132,8 +129,6 @@ def run_server(settings: Settings) -> int:
         return 1
     for w in warnings:
         log.warning(w)
-
-    import uvicorn
 
     from ..engine.database import Database
     from ..service import Service
@@ -167,7 +162,6 @@ def run_server(settings: Settings) -> int:
         timeout_graceful_shutdown=int(-(-srv.shutdown_timeout_seconds // 1)),
         ssl_context_factory=(lambda cfg, default: tls_context(srv.tls)) if srv.tls.enabled else None,
     )
-    server = _uvicorn_server_class()(config)
     deadline: list[float] = []
     grpc_stopper: list[threading.Thread] = []
 
@@ -182,14 +176,12 @@ def run_server(settings: Settings) -> int:
             t.start()
             grpc_stopper.append(t)
 
-    server.on_exit = on_exit  # type: ignore[method-assign]
+    server = _Server(config, on_exit)
     previous = {sig: signal.signal(sig, server.handle_exit) for sig in (signal.SIGTERM, signal.SIGINT)}
     loader = threading.Thread(target=service.load_all, name="engramdb-load", daemon=True)
     loader.start()
     scheme = "https" if srv.tls.enabled else "http"
-    log.info(
-        "EngramDB REST on %s://%s:%d, auth %s, data in %s", scheme, srv.host, srv.port, service.auth_mode, db.path
-    )
+    log.info("EngramDB REST on %s://%s:%d, auth %s, data in %s", scheme, srv.host, srv.port, service.auth_mode, db.path)
     status = 0
     try:
         server.run()
@@ -198,7 +190,10 @@ def run_server(settings: Settings) -> int:
     finally:
         if not deadline:
             on_exit()
-        left = lambda: max(0.0, deadline[0] - time.monotonic())  # noqa: E731
+
+        def left() -> float:
+            return max(0.0, deadline[0] - time.monotonic())
+
         for t in grpc_stopper:
             t.join(left() + 1.0)
         service.begin_drain()

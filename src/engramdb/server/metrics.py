@@ -30,7 +30,10 @@ class HttpMetrics:
     def __init__(self, service: Service):
         r = service.metrics.registry
         self.requests = Counter(
-            "engramdb_http_requests", "HTTP requests by method, route and status", ["method", "route", "status"], registry=r
+            "engramdb_http_requests",
+            "HTTP requests by method, route and status",
+            ["method", "route", "status"],
+            registry=r,
         )
         self.seconds = Histogram(
             "engramdb_http_request_duration_seconds",
@@ -66,7 +69,9 @@ class StorageCollector(Collector):
             labels=["tenant", "collection"],
         )
         loaded = GaugeMetricFamily(
-            "engramdb_collection_loaded", "1 when the collection's indexes are in memory", labels=["tenant", "collection"]
+            "engramdb_collection_loaded",
+            "1 when the collection's indexes are in memory",
+            labels=["tenant", "collection"],
         )
         try:
             for coll in svc.db.collections():

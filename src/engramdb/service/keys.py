@@ -123,7 +123,7 @@ class KeyStore:
         raw = self._store.get("meta", META_PREFIX + key_id.encode())
         return None if raw is None else self._decode(raw)
 
-    def list(self, tenant: str | None = None) -> list[ApiKey]:
+    def list_keys(self, tenant: str | None = None) -> list[ApiKey]:
         """Every key (of ``tenant`` if given), oldest first."""
         keys = [self._decode(v) for _, v in self._store.iter_prefix("meta", META_PREFIX)]
         if tenant is not None:

@@ -239,7 +239,7 @@ class Service:
 
     def _acting_tenant(self, ctx: RequestContext, p: Principal) -> str:
         asked = ctx.tenant
-        if asked is not None and asked != "":
+        if asked is not None:
             V.name(asked, "tenant (X-EngramDB-Tenant)")
         if p.any_tenant:
             return asked or p.tenant
@@ -293,9 +293,7 @@ class Service:
         except Exception:
             status = "internal"
             log.exception("operation %s failed (request id %s)", op, ctx.request_id)
-            raise EngramError(
-                f"internal error; the server log has the details (request id {ctx.request_id})"
-            ) from None
+            raise EngramError(f"internal error; the server log has the details (request id {ctx.request_id})") from None
         finally:
             self._exit()
             self.metrics.observe(label, status, time.perf_counter() - start)
@@ -447,7 +445,7 @@ class Service:
         return _new_key(secret, key)
 
     def _list_keys(self, call: Call, req: M.ListKeysBody, params: dict[str, Any]) -> dict[str, Any]:
-        return {"keys": [k.info() for k in self.keys.list(call.tenant)]}
+        return {"keys": [k.info() for k in self.keys.list_keys(call.tenant)]}
 
     def _revoke_key(self, call: Call, req: M.RevokeKey, params: dict[str, Any]) -> dict[str, Any]:
         key = self.keys.revoke(req.key_id, tenant=call.tenant)

@@ -324,7 +324,8 @@ def _install_error_handlers(app: FastAPI) -> None:
             allow = (exc.headers or {}).get("Allow", "")
             return error_response(
                 MethodNotAllowed(
-                    f"{request.method} is not allowed on {request.url.path}", details={"allow": allow} if allow else None
+                    f"{request.method} is not allowed on {request.url.path}",
+                    details={"allow": allow} if allow else None,
                 )
             )
         err = EngramError(str(exc.detail), code="http_error")

@@ -7,7 +7,7 @@ the document is assembled from the same models the service validates with.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
@@ -101,13 +101,13 @@ def _operation(r: RouteSpec) -> dict[str, Any]:
 
 def build_openapi(version: str) -> dict[str, Any]:
     """The whole document (``/openapi.json``)."""
-    bodies = [r.body for r in ROUTES if r.body is not None]
-    results = [r.result for r in ROUTES] + [M.ErrorBody, M.HealthResult, M.ReadyResult]
+    bodies: list[type[BaseModel]] = [r.body for r in ROUTES if r.body is not None]
+    results: list[type[BaseModel]] = [r.result for r in ROUTES] + [M.ErrorBody, M.HealthResult, M.ReadyResult]
     inputs: list[tuple[type[BaseModel], Any]] = [(m, "validation") for m in dict.fromkeys(bodies)]
     outputs: list[tuple[type[BaseModel], Any]] = [(m, "serialization") for m in dict.fromkeys(results)]
     _, top = models_json_schema(inputs + outputs, ref_template=REF)
     schemas: dict[str, Any] = dict(top.get("$defs", {}))
-    schemas["IncludeField"] = {"type": "string", "enum": list(M.IncludeField.__args__)}
+    schemas["IncludeField"] = {"type": "string", "enum": list(get_args(M.IncludeField))}
     paths: dict[str, dict[str, Any]] = {}
     for r in ROUTES:
         paths.setdefault(r.openapi_path, {})[r.method.lower()] = _operation(r)
@@ -137,7 +137,10 @@ def build_openapi(version: str) -> dict[str, Any]:
             "summary": "Prometheus metrics (admin key needed when auth is on)",
             "tags": ["operations"],
             "responses": {
-                "200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                "200": {
+                    "description": "Prometheus text format",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                },
                 **_errors(),
             },
         }
@@ -147,7 +150,7 @@ def build_openapi(version: str) -> dict[str, Any]:
         "info": {
             "title": "EngramDB",
             "version": version,
-            "description": "Memory database for AI applications. Errors are {\"error\": {code, message, details?}}.",
+            "description": 'Memory database for AI applications. Errors are {"error": {code, message, details?}}.',
         },
         "paths": paths,
         "components": {

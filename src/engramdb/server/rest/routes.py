@@ -61,7 +61,13 @@ ROUTES: tuple[RouteSpec, ...] = (
         tag="collections",
     ),
     RouteSpec(
-        "get_collection", "GET", _C, None, M.CollectionInfoResult, "A collection and its record count", tag="collections"
+        "get_collection",
+        "GET",
+        _C,
+        None,
+        M.CollectionInfoResult,
+        "A collection and its record count",
+        tag="collections",
     ),
     RouteSpec(
         "delete_collection",
@@ -74,9 +80,7 @@ ROUTES: tuple[RouteSpec, ...] = (
     ),
     RouteSpec("upsert", "POST", _R, M.UpsertBody, M.VersionsResult, "Insert or replace records"),
     RouteSpec("get", "POST", _R + "/get", M.GetBody, M.RecordsResult, "Get records by id"),
-    RouteSpec(
-        "get_one", "GET", _R + "/{id:path}", None, M.RecordResult, "Get one record", query=("include",)
-    ),
+    RouteSpec("get_one", "GET", _R + "/{id:path}", None, M.RecordResult, "Get one record", query=("include",)),
     RouteSpec("patch", "PATCH", _R + "/{id:path}", M.PatchBody, M.RecordResult, "Merge changes into a record"),
     RouteSpec("delete", "POST", _R + "/delete", M.DeleteBody, M.DeletedResult, "Delete records by id or filter"),
     RouteSpec("delete_one", "DELETE", _R + "/{id:path}", None, M.DeletedResult, "Delete one record"),

@@ -1,0 +1,102 @@
+"""Property-based API testing: schemathesis generates valid and invalid requests from /openapi.json.
+
+Every generated request must get a documented status (never a 5xx), a JSON
+body matching the documented schema, and invalid requests must be rejected
+with a 4xx. Path parameters naming a collection are pinned to a real one so
+requests reach the engine instead of stopping at "collection not found".
+Bounded by ``MAX_EXAMPLES`` per operation and mode (well under a minute).
+
+``positive_data_acceptance`` is not checked on purpose: a request that is
+valid for the schema can still be refused by the engine (a vector of the wrong
+dimension, a cursor from nowhere), which is correct behaviour.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+import requests
+from conftest import ServerProcess, unique_name
+
+schemathesis = pytest.importorskip("schemathesis")
+
+from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
+from hypothesis.errors import Unsatisfiable  # noqa: E402
+from schemathesis import GenerationMode  # noqa: E402
+from schemathesis.checks import (  # noqa: E402
+    content_type_conformance,
+    negative_data_rejection,
+    not_a_server_error,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+MAX_EXAMPLES = 5
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    negative_data_rejection,
+]
+
+
+def _ensure_collection(server: ServerProcess, name: str) -> None:
+    with server.client() as c:
+        r = c.post("/v1/collections", json={"name": name, "dimension": 3, "exist_ok": True})
+        assert r.status_code == 201, r.text
+        c.post(
+            f"/v1/collections/{name}/records",
+            json={"records": [{"id": "a", "vector": [1, 0, 0], "text": "alpha"}, {"id": "b", "vector": [0, 1, 0]}]},
+        ).raise_for_status()
+
+
+def _fuzz(server: ServerProcess, session: requests.Session, strategy: Any, label: str, failures: list[str]) -> None:
+    """Run one operation's generated cases in one generation mode, collecting failures."""
+    headers_auth = {"Authorization": f"Bearer {server.admin_key}"}
+
+    @settings(
+        max_examples=MAX_EXAMPLES,
+        deadline=None,
+        database=None,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=strategy)
+    def run(case: Any) -> None:
+        headers = {**(case.headers or {}), **headers_auth}
+        response = case.call(base_url=server.base_url, session=session, headers=headers, timeout=30)
+        try:
+            case.validate_response(response, checks=CHECKS, headers=headers)
+        except Exception as e:  # schemathesis' FailureGroup lists every failed check
+            failures.append(f"{label}: {e}\n{case.as_curl_command()}")
+
+    try:
+        run()
+    except Unsatisfiable:
+        pass  # nothing to negate (an operation without parameters or body)
+    except Exception as e:
+        failures.append(f"{label}: {type(e).__name__}: {e}")
+
+
+def test_api_conforms_to_its_openapi_document(server: ServerProcess) -> None:
+    coll = unique_name("fuzz")
+    schema = schemathesis.openapi.from_url(server.base_url + "/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 27
+    failures: list[str] = []
+    session = requests.Session()  # keep-alive: the run measures the API, not TCP set-up
+    for op in operations:
+        _ensure_collection(server, coll)  # a fuzzed delete_collection may have removed it
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            kw: dict[str, Any] = {}
+            if "{coll}" in op.path:
+                kw["path_parameters"] = {"coll": coll}
+            _fuzz(server, session, op.as_strategy(mode, **kw), f"{op.label} [{mode.value}]", failures)
+    assert not failures, "\n\n".join(failures[:10])
+    # The server survived the whole run.
+    assert httpx.get(server.base_url + "/health").status_code == 200
