@@ -107,6 +107,10 @@ class Store:
             self.db = Rdict(self.path, options=opts, column_families=cfs)
         except Exception as e:
             msg = str(e)
+            if "No space left" in msg:
+                raise StorageFull(
+                    f"cannot open the database at {self.path}: the disk is full. Free disk space and start again"
+                ) from e
             if "lock" in msg.lower():
                 raise EngramError(
                     f"the data directory {self.path} is in use by another process; stop it or use another directory",
