@@ -45,6 +45,7 @@ from engramdb.errors import (
     DeadlineExceeded,
     DimensionMismatch,
     EngramError,
+    FailedPrecondition,
     InvalidArgument,
     InvalidFilter,
     NotFound,
@@ -549,6 +550,21 @@ ERROR_CASES: dict[str, tuple[Callable[[Any, Any], Any], type[EngramError], str]]
         InvalidArgument,
         "invalid_vector",
     ),
+    "NaN in metadata": (
+        lambda db, c: c.upsert({"id": "x", "vector": [1, 0], "metadata": {"a": [1, {"b": float("nan")}]}}),
+        InvalidArgument,
+        "invalid_metadata",
+    ),
+    "infinite ttl": (
+        lambda db, c: c.patch("keep", ttl_seconds=float("inf")),
+        InvalidArgument,
+        "invalid_ttl",
+    ),
+    "NaN edge weight": (
+        lambda db, c: c.link({"src": "keep", "relation": "r", "dst": "keep", "weight": float("nan")}),
+        InvalidArgument,
+        "invalid_weight",
+    ),
     "infinite query vector": (lambda db, c: c.search([float("inf"), 1.0]), InvalidArgument, "invalid_vector"),
     "zero vector under cosine": (
         lambda db, c: c.upsert({"id": "x", "vector": [0, 0]}),
@@ -563,7 +579,7 @@ ERROR_CASES: dict[str, tuple[Callable[[Any, Any], Any], type[EngramError], str]]
     "unknown filter operator (count)": (lambda db, c: c.count({"a": {"$near": 1}}), InvalidFilter, "invalid_filter"),
     "missing collection": (lambda db, c: db.get_collection("does-not-exist"), NotFound, "collection_not_found"),
     "duplicate collection": (
-        lambda db, c: db.create_collection("errs", dimension=2),
+        lambda db, c: db.create_collection("errs", dimension=2, text_index=False),
         AlreadyExists,
         "collection_exists",
     ),
@@ -593,6 +609,11 @@ ERROR_CASES: dict[str, tuple[Callable[[Any, Any], Any], type[EngramError], str]]
         InvalidArgument,
         "invalid_config",
     ),
+    "text search without a text index": (
+        lambda db, c: c.search(text="hello", mode="text"),
+        FailedPrecondition,
+        "text_index_disabled",
+    ),
     "bad metric": (
         lambda db, c: db.create_collection("m", dimension=2, metric="hamming"),
         InvalidArgument,
@@ -620,6 +641,10 @@ REMOTE_MISMATCHES: dict[str, str] = {
         "bad metric",
     )
 }
+REMOTE_MISMATCHES["text search without a text index"] = (
+    "errors.error_from_dict: an unknown fine code with HTTP 409 becomes the first 409 class, AlreadyExists, "
+    "so every FailedPrecondition code (text_index_disabled, conflict, ...) is decoded as AlreadyExists"
+)
 
 
 def _backend(request: pytest.FixtureRequest) -> str:
@@ -631,7 +656,7 @@ def test_error_parity(api: Any, case: str, request: pytest.FixtureRequest) -> No
     if _backend(request) != "embedded" and case in REMOTE_MISMATCHES:
         request.applymarker(pytest.mark.xfail(strict=True, reason=REMOTE_MISMATCHES[case]))
     fn, cls, code = ERROR_CASES[case]
-    c = api.create_collection("errs", dimension=2)
+    c = api.create_collection("errs", dimension=2, text_index=False)
     c.upsert({"id": "keep", "vector": [1, 0]})
     expect_error(lambda: fn(api, c), cls, code)
     # Bad input changes nothing (DESIGN.md §1.5).
@@ -852,7 +877,7 @@ class FlakyServer:
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
 
     def close(self) -> None:
@@ -970,6 +995,69 @@ def test_retries_are_bounded(flaky: Any) -> None:
         close()
     assert "502" in err.message
     assert len(srv.requests) == 3
+
+
+def test_server_own_timeout_is_not_retried(flaky: Any) -> None:
+    # The server's 504 means the operation itself ran out of time (e.g. a traversal
+    # past timeout_ms); unlike a proxy's 504 it would most likely fail again.
+    srv = flaky([Canned(504, {"error": {"code": "deadline_exceeded", "message": "neighbors took too long"}})])
+    coll, close = _remote_coll("sync", srv.url)
+    try:
+        expect_error(lambda: coll.neighbors("a"), DeadlineExceeded, "deadline_exceeded")
+    finally:
+        close()
+    assert len(srv.requests) == 1
+
+
+def test_retry_policy_decisions() -> None:
+    from engramdb.client import _common as C
+
+    policy = C.RetryPolicy(retries=3, backoff_base=0.1, backoff_max=0.5, max_retry_after=10)
+    read = C.count("c", None)
+    write = C.delete("c", ["a"], None)
+    ambiguous = C.Failure(Unavailable("x"), retryable=True)
+    refused = C.Failure(Unavailable("x"), retryable=True, not_executed=True)
+    final = C.Failure(InvalidArgument("x"), retryable=False)
+    assert 0.05 <= (policy.delay(read, 0, ambiguous) or 0) <= 0.1
+    assert 0.2 <= (policy.delay(read, 2, ambiguous) or 0) <= 0.4
+    many = C.RetryPolicy(retries=20, backoff_base=0.1, backoff_max=0.5)
+    assert 0.25 <= (many.delay(read, 10, ambiguous) or 0) <= 0.5  # each wait is capped
+    assert policy.delay(read, 3, ambiguous) is None  # out of retries
+    assert policy.delay(write, 0, ambiguous) is None  # may have run: never resent
+    assert policy.delay(write, 0, refused) is not None  # certainly did not run
+    assert policy.delay(read, 0, final) is None
+    assert policy.delay(read, 0, C.Failure(Unavailable("x"), retryable=True, retry_after=2.5)) == 2.5
+    assert policy.delay(read, 0, C.Failure(Unavailable("x"), retryable=True, retry_after=11)) is None
+    # Which calls are idempotent is part of the documented contract (docs/client.md).
+    assert C.create_collection(
+        "c",
+        2,
+        "cosine",
+        index=None,
+        embedder=None,
+        default_ttl_seconds=None,
+        indexed_fields=None,
+        text_index=True,
+        exist_ok=True,
+    ).idempotent
+    assert not C.create_collection(
+        "c",
+        2,
+        "cosine",
+        index=None,
+        embedder=None,
+        default_ttl_seconds=None,
+        indexed_fields=None,
+        text_index=True,
+        exist_ok=False,
+    ).idempotent
+    assert C.upsert("c", 2, {"id": "a", "vector": [1, 0]}).idempotent
+    assert C.link("c", {"src": "a", "relation": "r", "dst": "b"}, False).idempotent
+    assert not C.patch(
+        "c", 2, "a", metadata=None, text="t", namespace=None, ttl_seconds=None, importance=None, vector=None
+    ).idempotent
+    assert not C.unlink("c", [("a", "r", "b")]).idempotent
+    assert not C.delete_collection("c").idempotent
 
 
 def test_error_body_is_decoded_to_the_engine_class(flaky: Any) -> None:

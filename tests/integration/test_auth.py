@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +57,7 @@ class World:
     coll_a2: str
     keys: dict[str, str]  # label -> secret
     ids: dict[str, str]  # label -> key id
+    http: httpx.Client  # one keep-alive connection pool for the whole matrix
 
     def url(self, r: RouteSpec, coll: str | None = None, key_id: str | None = None) -> str:
         path = r.path.replace("{coll}", coll or self.coll_a).replace("{id:path}", "r1")
@@ -70,7 +71,7 @@ class World:
         if r.op == "create_collection":
             body = {"name": kw.pop("coll", None) or unique_name("new"), "dimension": 3}
         url = self.url(r, kw.pop("coll", None), kw.pop("key_id", None)) + kw.pop("query", "")
-        return httpx.request(r.method, url, json=body, headers=headers, timeout=30)
+        return self.http.request(r.method, url, json=body, headers=headers)
 
 
 def _make_key(admin: httpx.Client, **body: Any) -> tuple[str, str]:
@@ -80,7 +81,7 @@ def _make_key(admin: httpx.Client, **body: Any) -> tuple[str, str]:
 
 
 @pytest.fixture(scope="module")
-def world(server: ServerProcess) -> World:
+def world(server: ServerProcess) -> Iterator[World]:
     ta, tb = unique_name("ta"), unique_name("tb")
     coll_a, coll_a2 = unique_name("ca"), unique_name("ca2")
     keys: dict[str, str] = {}
@@ -101,8 +102,9 @@ def world(server: ServerProcess) -> World:
         for c in (coll_a, coll_a2):
             assert w.post("/v1/collections", json={"name": c, "dimension": 3}).status_code == 201
             w.post(f"/v1/collections/{c}/records", json={"records": [{"id": "r1", "vector": [1, 0, 0]}]})
-    time.sleep(max(0.0, 1.1 - 0.0))  # let the short-lived key expire
-    return World(server, coll_a, coll_a2, keys, ids)
+    time.sleep(1.1)  # let the short-lived key expire
+    with httpx.Client(timeout=30) as http:
+        yield World(server, coll_a, coll_a2, keys, ids, http)
 
 
 def _code(r: httpx.Response) -> str:

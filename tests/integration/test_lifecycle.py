@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import os
 import shutil
 import signal
 import ssl
@@ -24,6 +25,7 @@ ServerFactory = Callable[..., ServerProcess]
 
 
 def _cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """The real ``engramdb`` command in a subprocess (for exit statuses and start-up behaviour)."""
     return subprocess.run(
         [sys.executable, "-m", "engramdb.cli", *args],
         env=server_env(env, admin_key=None),
@@ -32,6 +34,25 @@ def _cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> 
         timeout=timeout,
         cwd=str(SRC.parent),
     )
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str]]:
+    """``engramdb`` run in this process (fast): returns (exit status, stdout, stderr)."""
+    from engramdb.cli import main
+
+    def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+        with monkeypatch.context() as m:
+            for k in [k for k in os.environ if k.startswith("ENGRAMDB_")]:
+                m.delenv(k)
+            for k, v in (env or {}).items():
+                m.setenv(k, v)
+            capsys.readouterr()
+            status = main(list(args))
+            out = capsys.readouterr()
+        return status, out.out, out.err
+
+    return run
 
 
 # ---------------------------------------------------------------- readiness
@@ -125,32 +146,30 @@ def test_sigterm_during_writes_exits_0_and_keeps_every_acknowledged_write(
 
 
 # ------------------------------------------------------------------ config
-def test_config_check_reports_every_problem(tmp_path: Path) -> None:
+def test_config_check_reports_every_problem(tmp_path: Path, cli: Callable[..., tuple[int, str, str]]) -> None:
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("server:\n  port: -1\n  auth: sometimes\nstorage:\n  write_buffer_mb: 0\n  bogus: 1\n")
-    r = _cli("config", "check", "--config", str(cfg))
+    r = _cli("config", "check", "--config", str(cfg))  # the real command once, for its exit status
     assert r.returncode == 1
-    out = r.stdout + r.stderr
     for needle in ("server.port", "server.auth", "storage.write_buffer_mb", "storage.bogus"):
-        assert needle in out, out
+        assert needle in r.stderr, r.stderr
 
     files = tmp_path / "files.yaml"
     files.write_text(
         f"data_dir: {tmp_path / 'd'}\nserver:\n  admin_key_file: {tmp_path / 'nokey'}\n"
         f"  tls:\n    cert_file: {tmp_path / 'no.crt'}\n    key_file: {tmp_path / 'no.key'}\n"
     )
-    r = _cli("config", "check", "--config", str(files))
-    assert r.returncode == 1
-    out = r.stdout + r.stderr
+    status, _, err = cli("config", "check", "--config", str(files))
+    assert status == 1
     for needle in ("server.tls.cert_file", "server.tls.key_file", "server.admin_key_file"):
-        assert needle in out, out
+        assert needle in err, err
 
-    r = _cli("config", "check", "--data-dir", str(tmp_path / "ok"), env={"ENGRAMDB_ADMIN_KEY": "short"})
-    assert r.returncode == 1 and "ENGRAMDB_ADMIN_KEY" in r.stderr and "short" not in r.stderr
+    status, _, err = cli("config", "check", "--data-dir", str(tmp_path / "ok"), env={"ENGRAMDB_ADMIN_KEY": "short"})
+    assert status == 1 and "ENGRAMDB_ADMIN_KEY" in err and "short" not in err
 
-    r = _cli("config", "check", "--data-dir", str(tmp_path / "ok"), env={"ENGRAMDB_ADMIN_KEY": ADMIN_KEY})
-    assert r.returncode == 0, r.stderr
-    assert "configuration OK" in r.stdout and ADMIN_KEY not in r.stdout + r.stderr
+    status, out, err = cli("config", "check", "--data-dir", str(tmp_path / "ok"), env={"ENGRAMDB_ADMIN_KEY": ADMIN_KEY})
+    assert status == 0, err
+    assert "configuration OK" in out and ADMIN_KEY not in out + err
 
 
 # --------------------------------------------------------------------- TLS
@@ -191,23 +210,30 @@ def _serve_cmd(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProce
     return _cli(*args, env={"ENGRAMDB_ADMIN_KEY": ADMIN_KEY, **env}, timeout=60)
 
 
-def test_refuses_to_start_with_missing_or_invalid_tls_files(tmp_path: Path) -> None:
+def test_refuses_to_start_with_missing_or_invalid_tls_files(
+    tmp_path: Path, cli: Callable[..., tuple[int, str, str]]
+) -> None:
     r = _serve_cmd(
         tmp_path,
         {"ENGRAMDB_SERVER__TLS__CERT_FILE": str(tmp_path / "no.crt"), "ENGRAMDB_SERVER__TLS__KEY_FILE": "/no/key"},
     )
     assert r.returncode == 1
     assert "refusing to start" in r.stderr and "server.tls.cert_file" in r.stderr and "server.tls.key_file" in r.stderr
+    assert not (tmp_path / "data").exists()  # refused before touching anything
+
+    serve = ("serve", "--data-dir", str(tmp_path / "data"), "--port", str(free_port()), "--grpc-port", str(free_port()))
     bad_cert, bad_key = tmp_path / "bad.crt", tmp_path / "bad.key"
     bad_cert.write_text("-----BEGIN CERTIFICATE-----\nnot a cert\n-----END CERTIFICATE-----\n")
     bad_key.write_text("garbage")
-    r = _serve_cmd(
-        tmp_path, {"ENGRAMDB_SERVER__TLS__CERT_FILE": str(bad_cert), "ENGRAMDB_SERVER__TLS__KEY_FILE": str(bad_key)}
+    env = {"ENGRAMDB_ADMIN_KEY": ADMIN_KEY}
+    status, _, err = cli(
+        *serve,
+        env={**env, "ENGRAMDB_SERVER__TLS__CERT_FILE": str(bad_cert), "ENGRAMDB_SERVER__TLS__KEY_FILE": str(bad_key)},
     )
-    assert r.returncode == 1 and "cannot load certificate" in r.stderr, r.stderr
+    assert status == 1 and "cannot load certificate" in err, err
     cert, _ = _self_signed(tmp_path)
-    r = _serve_cmd(tmp_path, {"ENGRAMDB_SERVER__TLS__CERT_FILE": str(cert)})  # key missing
-    assert r.returncode == 1 and "must be given together" in r.stderr
+    status, _, err = cli(*serve, env={**env, "ENGRAMDB_SERVER__TLS__CERT_FILE": str(cert)})  # key missing
+    assert status == 1 and "must be given together" in err
 
 
 def test_tls_serves_1_2_plus_and_rejects_1_1(tmp_path: Path, server_factory: ServerFactory) -> None:
@@ -250,30 +276,43 @@ def test_tls_serves_1_2_plus_and_rejects_1_1(tmp_path: Path, server_factory: Ser
 
 
 # -------------------------------------------------------------------- keys
-def test_keys_cli_on_a_stopped_data_dir(tmp_path: Path, server_factory: ServerFactory) -> None:
+def test_keys_cli_on_a_stopped_data_dir(
+    tmp_path: Path, server_factory: ServerFactory, cli: Callable[..., tuple[int, str, str]]
+) -> None:
     data = str(tmp_path / "data")
-    r = _cli("keys", "create", "--data-dir", data, "--role", "writer", "--tenant", "acme", "--name", "ci",
-             "--expires-in", "1d")  # fmt: skip
-    assert r.returncode == 0, r.stderr
-    secret = r.stdout.strip()
-    assert secret.startswith("edb_") and "store the key now" in r.stderr
-    listed = _cli("keys", "list", "--data-dir", data)
-    assert listed.returncode == 0 and "acme" in listed.stdout and "writer" in listed.stdout
-    assert secret not in listed.stdout
-    key_id = listed.stdout.split()[0]
+    status, out, err = cli(
+        "keys",
+        "create",
+        "--data-dir",
+        data,
+        "--role",
+        "writer",
+        "--tenant",
+        "acme",
+        "--name",
+        "ci",
+        "--expires-in",
+        "1d",
+    )
+    assert status == 0, err
+    secret = out.strip()
+    assert secret.startswith("edb_") and "store the key now" in err
+    status, listed, _ = cli("keys", "list", "--data-dir", data)
+    assert status == 0 and "acme" in listed and "writer" in listed and secret not in listed
+    key_id = listed.split()[0]
 
     sp = server_factory(tmp_path / "data")
     with sp.client(secret) as c:
         assert c.post("/v1/collections", json={"name": "k", "dimension": 2}).status_code == 201
     # The data dir is locked while the server runs.
-    busy = _cli("keys", "list", "--data-dir", data)
-    assert busy.returncode == 1 and "is a server running" in busy.stderr
+    status, _, err = cli("keys", "list", "--data-dir", data)
+    assert status == 1 and "is a server running" in err
     assert sp.stop() == 0
 
-    assert _cli("keys", "revoke", "--data-dir", data, key_id).returncode == 0
+    assert cli("keys", "revoke", "--data-dir", data, key_id)[0] == 0
     sp = server_factory(tmp_path / "data")
     with sp.client(secret) as c:
         r2 = c.get("/v1/collections")
         assert r2.status_code == 401 and r2.json()["error"]["code"] == "api_key_revoked"
-    gen = _cli("keys", "generate")
-    assert gen.returncode == 0 and gen.stdout.startswith("edb_") and len(gen.stdout.strip()) > 40
+    status, out, _ = cli("keys", "generate")
+    assert status == 0 and out.startswith("edb_") and len(out.strip()) > 40

@@ -54,6 +54,11 @@ USER_AGENT = "engramdb-python"
 # them; 429 is answered before anything runs, so every call may be retried.
 _RETRY_STATUSES = frozenset({502, 503, 504})
 _RATE_LIMITED = 429
+# When the EngramDB server itself answers (an error body is present), only these
+# codes describe a transient state of the node. Its own 504 (an operation ran out
+# of time, e.g. a graph traversal past timeout_ms) and 502 (the embedding
+# provider failed after the server's own retries) would most likely fail again.
+_TRANSIENT_CODES = frozenset({"unavailable", "closed", "rate_limited"})
 
 
 # --------------------------------------------------------------------- calls
@@ -137,6 +142,39 @@ def _vector(value: Any, dimension: int | None, where: str) -> Any:
     return out  # not a list: let the server produce the validation error
 
 
+def _non_finite(value: Any, path: str) -> str | None:
+    """Path of the first NaN/Infinity inside a JSON-like value, in the engine's notation."""
+    tolist = getattr(value, "tolist", None)
+    if callable(tolist):
+        value = tolist()
+    if isinstance(value, float):
+        return None if math.isfinite(value) else path
+    if isinstance(value, Mapping):
+        for k, x in value.items():
+            if (bad := _non_finite(x, f"{path}.{k}")) is not None:
+                return bad
+    elif isinstance(value, (list, tuple)):
+        for i, x in enumerate(value):
+            if (bad := _non_finite(x, f"{path}[{i}]")) is not None:
+                return bad
+    return None
+
+
+def _check_json_numbers(d: Mapping[str, Any], where: str) -> None:
+    """Raise the engine's error for NaN/Infinity that JSON could not carry to the server.
+
+    Without this the request would fail to encode (or, with a lenient encoder,
+    the server would answer ``invalid_json``): either way not the error the
+    embedded engine gives for the same input.
+    """
+    md = d.get("metadata")
+    if isinstance(md, Mapping) and (bad := _non_finite(md, "metadata")) is not None:
+        raise InvalidArgument(f"metadata at {bad} is NaN or infinite, which JSON cannot hold", code="invalid_metadata")
+    ttl = d.get("ttl_seconds")
+    if isinstance(ttl, float) and not math.isfinite(ttl):
+        raise InvalidArgument(f"{where}ttl_seconds must be a positive number of seconds", code="invalid_ttl")
+
+
 def record_payload(item: Any, dimension: int | None, where: str) -> dict[str, Any]:
     """The wire form of one record to upsert (a Record or a dict, as the engine accepts)."""
     if isinstance(item, Record):
@@ -151,6 +189,7 @@ def record_payload(item: Any, dimension: int | None, where: str) -> dict[str, An
         raise InvalidArgument(f"{where} must be a Record or a dict", code="invalid_record")
     if "vector" in d:
         d["vector"] = _vector(d["vector"], dimension, f"{where}.vector")
+    _check_json_numbers(d, f"{where}.")
     return d
 
 
@@ -307,6 +346,7 @@ def patch(
             "vector": _vector(vector, dimension, "vector"),
         }
     )
+    _check_json_numbers(body, "")
     # Not retried: a patch restarts the TTL clock and bumps the version, and a
     # client cannot tell whether a lost attempt was applied.
     return Call(
@@ -450,10 +490,22 @@ def _edge_list(edges: Any) -> list[Any]:
 
 def _link_item(e: Any, where: str) -> dict[str, Any]:
     if isinstance(e, Edge):
-        return e.to_dict()
-    if isinstance(e, Mapping):
-        return dict(e)  # unknown keys are the server's to reject, as the engine does
-    raise InvalidArgument(f"{where} must be an Edge or a dict with src, relation and dst", code="invalid_edge")
+        d = e.to_dict()
+    elif isinstance(e, Mapping):
+        d = dict(e)  # unknown keys are the server's to reject, as the engine does
+    else:
+        raise InvalidArgument(f"{where} must be an Edge or a dict with src, relation and dst", code="invalid_edge")
+    # NaN/Infinity cannot travel as JSON: raise what the engine raises for them.
+    w = d.get("weight")
+    if isinstance(w, float) and not math.isfinite(w):
+        raise InvalidArgument(f"{where}.weight must be a finite number, got {w!r}", code="invalid_weight")
+    props = d.get("properties")
+    if isinstance(props, Mapping) and (bad := _non_finite(props, "metadata")) is not None:
+        raise InvalidArgument(
+            f"{where}.properties: metadata at {bad} is NaN or infinite, which JSON cannot hold",
+            code="invalid_properties",
+        )
+    return d
 
 
 def _unlink_item(e: Any, where: str) -> dict[str, Any]:
@@ -613,14 +665,14 @@ def decode_response(call: Call[T], resp: httpx.Response) -> T | Failure:
         err = error_from_dict(body["error"], status)
         if isinstance(err, RateLimited) and retry_after is None:
             retry_after = err.retry_after
+        retryable = (status in _RETRY_STATUSES or status == _RATE_LIMITED) and (
+            type(err).code in _TRANSIENT_CODES or err.code in _TRANSIENT_CODES
+        )
     else:
+        # No EngramDB error body: a proxy or load balancer answered.
         err = _status_error(call, status, resp)
-    return Failure(
-        err,
-        retryable=status in _RETRY_STATUSES or status == _RATE_LIMITED,
-        not_executed=status == _RATE_LIMITED,
-        retry_after=retry_after,
-    )
+        retryable = status in _RETRY_STATUSES or status == _RATE_LIMITED
+    return Failure(err, retryable=retryable, not_executed=status == _RATE_LIMITED, retry_after=retry_after)
 
 
 def _status_error(call: Call[Any], status: int, resp: httpx.Response) -> EngramError:

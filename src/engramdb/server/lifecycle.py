@@ -120,13 +120,13 @@ def run_server(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT; returns the process exit status (0 after a clean shutdown)."""
     from ..service.logs import configure_logging
 
-    configure_logging(settings.server.log_level)
     problems, warnings = preflight(settings)
     if problems:
         print(f"engramdb: refusing to start, {len(problems)} configuration problem(s):", file=sys.stderr)
         for p in problems:
             print(f"  - {p}", file=sys.stderr)
         return 1
+    configure_logging(settings.server.log_level)
     for w in warnings:
         log.warning(w)
 

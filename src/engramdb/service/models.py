@@ -43,7 +43,8 @@ class _Req(BaseModel):
 
 # --------------------------------------------------------------- path params
 class _Coll(_Req):
-    coll: Name
+    # No name pattern here: like the engine, a malformed name is simply a collection that does not exist (404).
+    coll: Annotated[str, Field(min_length=1, max_length=1024)]
 
 
 class _Id(_Req):
@@ -348,6 +349,7 @@ class RecordOut(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     namespace: list[str] = Field(default_factory=list)
     expires_at: float | None = None
+    ttl_seconds: Annotated[float | None, Field(description="the record's TTL, returned with expires_at")] = None
     importance: float | None = None
     created_at: float | None = None
     updated_at: float | None = None

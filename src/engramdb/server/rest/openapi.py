@@ -28,7 +28,7 @@ _ERROR_STATUSES = {
     "503": "Starting, shutting down or unavailable",
 }
 _PATH_PARAMS: dict[str, dict[str, Any]] = {
-    "coll": {"type": "string", "pattern": M.NAME_PATTERN},
+    "coll": {"type": "string", "minLength": 1, "maxLength": 1024},
     "id": {"type": "string", "minLength": 1, "maxLength": 512},
     "key_id": {"type": "string", "minLength": 1, "maxLength": 64},
 }
@@ -102,7 +102,8 @@ def _operation(r: RouteSpec) -> dict[str, Any]:
 def build_openapi(version: str) -> dict[str, Any]:
     """The whole document (``/openapi.json``)."""
     bodies: list[type[BaseModel]] = [r.body for r in ROUTES if r.body is not None]
-    results: list[type[BaseModel]] = [r.result for r in ROUTES] + [M.ErrorBody, M.HealthResult, M.ReadyResult]
+    results: list[type[BaseModel]] = [r.result for r in ROUTES]
+    results.extend((M.ErrorBody, M.HealthResult, M.ReadyResult))
     inputs: list[tuple[type[BaseModel], Any]] = [(m, "validation") for m in dict.fromkeys(bodies)]
     outputs: list[tuple[type[BaseModel], Any]] = [(m, "serialization") for m in dict.fromkeys(results)]
     _, top = models_json_schema(inputs + outputs, ref_template=REF)
