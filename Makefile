@@ -2,34 +2,44 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= server,dev
+SERVE_STAMP := $(VENV)/.installed-serve
+TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: install serve test lint soak bench proto clean
+.PHONY: install install-test serve test lint soak bench proto clean
 
-$(BIN)/.installed-$(subst $(comma),-,$(EXTRAS)): pyproject.toml
+$(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[$(EXTRAS)]'
+
+$(SERVE_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[server]'
 	touch $@
 
-comma := ,
-install: $(BIN)/.installed-$(subst $(comma),-,$(EXTRAS))
+# The test run covers every optional part: the local embedder (torch's CPU
+# build, installed first so nothing pulls a CUDA one), LangGraph, LangChain.
+$(TEST_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[server,dev,local,langgraph,langchain]'
+	touch $@
+
+install: $(SERVE_STAMP)
+install-test: $(TEST_STAMP)
 
 serve: install  ## start the server on 127.0.0.1:7878 (REST) and :7879 (gRPC), data in ./engramdb-data
 	$(BIN)/engramdb serve
 
-test: install  ## the default test run (a few minutes on 2 cores)
+test: install-test  ## the default test run (a few minutes on 2 cores)
 	$(BIN)/python -m pytest
 
-lint: install
+lint: install-test
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy src/engramdb
 
-soak: install  ## long reliability soaks
+soak: install-test  ## long reliability soaks
 	$(BIN)/python -m pytest -m soak -o addopts="" --timeout=7200
 
-bench: install
+bench: install-test
 	$(BIN)/python bench/bench_search.py
 
 # protoc names its outputs after the proto path (engramdb/v1/...), which keeps the
@@ -38,7 +48,7 @@ bench: install
 # (`from engramdb.v1 import engramdb_pb2`) is made relative. pyproject's ruff
 # exclude covers the generated .py files but not the .pyi stub, so the stub is
 # marked noqa and formatted to keep `make lint` clean.
-proto: install  ## regenerate the gRPC stubs in src/engramdb/server/grpc from proto/
+proto: install-test  ## regenerate the gRPC stubs in src/engramdb/server/grpc from proto/
 	rm -rf build/proto && mkdir -p build/proto
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=build/proto --pyi_out=build/proto \
 		--grpc_python_out=build/proto proto/engramdb/v1/engramdb.proto

@@ -28,7 +28,7 @@ PERFORMANCE.md. Results: ``bench/results/search-<timestamp>.json``.
 Usage::
 
     python bench/bench_search.py             # all 42,887 real rows, 500 queries (< 10 min on 2 cores)
-    python bench/bench_search.py --quick     # smoke run: 10,000 rows, 100 queries (< 2 min)
+    python bench/bench_search.py --quick     # smoke run: 5,000 rows, 100 queries (< 2 min)
     python bench/bench_search.py --n 100000  # PERFORMANCE.md scale (adds interpolated rows)
     python bench/bench_search.py --systems engramdb --profile   # cProfile of the engine's search path
 """
@@ -304,10 +304,11 @@ RUNNERS: dict[str, type[Runner]] = {"engramdb": EngramRunner, "hnswlib": Hnswlib
 
 # ============================================================================ worker
 ROUNDS = 1  # set from --rounds in the worker
+MAX_LOOP_S: float | None = None  # set from --max-loop-s in the worker
 
 
 def _timed(fn: Callable[[int], list[int]], count: int) -> dict[str, Any]:
-    stats, ids, rounds = C.time_calls_best(fn, list(range(count)), rounds=ROUNDS)
+    stats, ids, rounds = C.time_calls_best(fn, list(range(count)), rounds=ROUNDS, max_s=MAX_LOOP_S)
     return {"stats": stats.to_dict(), "ids": ids, "rounds": rounds}
 
 
@@ -323,8 +324,9 @@ def _filter_fn(
 
 def run_worker(args: argparse.Namespace) -> None:
     """Measure one system; writes a JSON result (with result ids, for recall) to ``args.result``."""
-    global ROUNDS
+    global ROUNDS, MAX_LOOP_S
     ROUNDS = args.rounds
+    MAX_LOOP_S = args.max_loop_s or None
     ds = C.load_dataset(args.n, args.queries)
     params = json.loads(args.params)
     workdir = Path(args.workdir)
@@ -553,6 +555,8 @@ def run_system(system: str, args: argparse.Namespace, params: dict[str, int], ro
         str(args.peer_filter_queries),
         "--rounds",
         str(args.rounds),
+        "--max-loop-s",
+        str(args.max_loop_s),
     ]
     if args.n is not None:
         cmd += ["--n", str(args.n)]
@@ -598,6 +602,12 @@ def main() -> None:
     ap.add_argument("--peer-filter-queries", type=int, default=None, help="cap for Chroma filtered (default 100)")
     ap.add_argument("--cold-trials", type=int, default=None, help="cold-start processes per system (default 3)")
     ap.add_argument("--rounds", type=int, default=None, help="repeat each search loop, keep the best (default 3)")
+    ap.add_argument(
+        "--max-loop-s",
+        type=float,
+        default=None,
+        help="cut a timed loop after this many seconds (>= 50 calls; default 15, quick 5; 0 = never)",
+    )
     ap.add_argument("--profile", action="store_true", help="cProfile EngramDB's search and upsert paths")
     ap.add_argument("--keep", action="store_true", help="keep the temporary data directories")
     ap.add_argument("--worker", choices=SYSTEMS, help=argparse.SUPPRESS)
@@ -607,7 +617,7 @@ def main() -> None:
     args = ap.parse_args()
     q = args.quick
     if args.n is None and q:
-        args.n = 10_000
+        args.n = 5_000
     args.queries = args.queries or (100 if q else 500)
     efs = args.efs if isinstance(args.efs, str) else ("32,64" if q else "16,32,64,128,256")
     args.efs = [int(x) for x in efs.split(",") if x]
@@ -616,6 +626,8 @@ def main() -> None:
     args.peer_filter_queries = args.peer_filter_queries or (30 if q else 100)
     args.cold_trials = args.cold_trials or (1 if q else 3)
     args.rounds = args.rounds or (1 if q else 3)
+    if args.max_loop_s is None:
+        args.max_loop_s = 5.0 if q else 15.0
     if args.worker:
         run_worker(args)
         return

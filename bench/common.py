@@ -259,10 +259,19 @@ def percentile(samples: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(samples, dtype=np.float64), q))
 
 
-def time_calls(fn: Callable[[T], Any], items: Sequence[T], warmup: int = 20) -> tuple[LatencyStats, list[Any]]:
+def time_calls(
+    fn: Callable[[T], Any],
+    items: Sequence[T],
+    warmup: int = 20,
+    max_s: float | None = None,
+    min_items: int = 50,
+) -> tuple[LatencyStats, list[Any]]:
     """Call ``fn`` once per item, timing each call; returns stats and the results.
 
-    The first ``warmup`` items are run untimed first (and not returned).
+    The first ``warmup`` items are run untimed first (and not returned). With
+    ``max_s``, the loop stops once that much time has passed and at least
+    ``min_items`` calls were made (for very slow systems); the stats and
+    results then cover only the calls made (a prefix of ``items``).
     """
     for item in items[: min(warmup, len(items))]:
         fn(item)
@@ -275,19 +284,28 @@ def time_calls(fn: Callable[[T], Any], items: Sequence[T], warmup: int = 20) -> 
         r = fn(item)
         samples.append(clock() - t0)
         results.append(r)
+        if max_s is not None and len(results) >= min_items and clock() - start > max_s:
+            break
     return LatencyStats.of(samples, clock() - start), results
 
 
 def time_calls_best(
-    fn: Callable[[T], Any], items: Sequence[T], rounds: int = 1, budget_s: float = 5.0, warmup: int = 20
+    fn: Callable[[T], Any],
+    items: Sequence[T],
+    rounds: int = 1,
+    budget_s: float = 5.0,
+    warmup: int = 20,
+    max_s: float | None = None,
 ) -> tuple[LatencyStats, list[Any], int]:
     """Like :func:`time_calls`, repeated up to ``rounds`` times; keeps the round with the best QPS.
 
     On a shared, noisy machine the fastest round is the one least disturbed by
     other processes. Stops early once the rounds so far took ``budget_s``.
+    Later rounds run the same items as the first (which ``max_s`` may cut short).
     Returns the best round's stats, the first round's results, and the rounds run.
     """
-    best, results = time_calls(fn, items, warmup)
+    best, results = time_calls(fn, items, warmup, max_s=max_s)
+    items = items[: len(results)]
     spent = best.wall_s
     done = 1
     while done < rounds and spent < budget_s:

@@ -30,7 +30,9 @@ class EngramError(Exception):
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON body both servers send for this error."""
-        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        # "kind" names the class, so clients rebuild the right class even for
+        # finer codes they do not know (e.g. a newer server's codes).
+        body: dict[str, Any] = {"code": self.code, "kind": type(self).code, "message": self.message}
         if self.details:
             body["details"] = self.details
         return body
@@ -186,7 +188,7 @@ def error_from_dict(body: dict[str, Any], http_status: int | None = None) -> Eng
     code = str(body.get("code", "internal"))
     message = str(body.get("message", "unknown error"))
     details = body.get("details") or {}
-    cls = _BY_CODE.get(code)
+    cls = _BY_CODE.get(str(body.get("kind", ""))) or _BY_CODE.get(code)
     if cls is None:
         # A finer code inside a broad class: pick the class by HTTP status.
         cls = next((c for c in _ALL if c.http_status == http_status and c is not EngramError), EngramError)

@@ -108,6 +108,7 @@ class Record:
             "metadata": self.metadata,
             "namespace": list(self.namespace),
             "expires_at": self.expires_at,
+            "ttl_seconds": self.ttl_seconds,
             "importance": self.importance,
             "created_at": self.created_at,
             "updated_at": self.updated_at,

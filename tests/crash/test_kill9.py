@@ -29,12 +29,12 @@ snapshot thresholds and snapshots the indexes back to back in the writer, so
 kills land inside snapshot writes (torn snapshot files); the ``nosync``
 variant runs with ``storage.sync_writes=false``.
 
-Storage problems (lost, wrong or resurrected records, partly applied
-operations, a failure to open, ``count``/``get``/namespace disagreements, a
-search returning an id that is not live) fail a loop at once. Index answers
-that the known engine bugs (``KNOWN_BUGS``) produce are collected and raised
-as ``IndexDisagreement`` at the end, which the loops expect (strict xfail)
-until those bugs are fixed.
+Lost, wrong or resurrected records, partly applied operations, a failure to
+open, ``count``/``get``/namespace disagreements and any vector-search
+disagreement fail a loop at once. Filter and text-search disagreements, which
+the known engine bug (``KNOWN_BUGS``) produces, are collected and raised as
+``IndexDisagreement`` at the end; the loops expect that (strict xfail) until
+the bug is fixed.
 
 Figures (cycles, acknowledged writes, lost writes, reopen time p50/p99) are
 printed at the end of each run; ``docs/reliability.md`` quotes them.
@@ -75,7 +75,7 @@ SNAPSHOT_INDEX_SETTINGS = {"snapshot_after_changes": 50, "snapshot_interval_seco
 MAX_SCAN_PAGES = 1000
 TOKEN_SAMPLE = 200  # written-then-superseded text tokens checked per verification
 
-# Engine bugs found by this suite (details and reproductions in docs/reliability.md, "Known issues").
+# Engine bug found by this suite (details and reproductions in docs/reliability.md, "Known issues").
 # REPLAY_BUG: changelog replay after a crash re-indexes changed records without removing what the
 # older snapshot's payload index held for them, and assigns labels in another order than the
 # crashed process did, while the text index (committed in the background past its watermark) and
@@ -85,19 +85,11 @@ REPLAY_BUG = (
     "engine bug: after kill -9, changelog replay leaves stale payload-index postings and stale text-index "
     "documents (keyed by labels that replay reassigns), so filtered and text searches return non-matching records"
 )
-# HNSW_UPDATE_BUG: VectorIndex.upsert calls hnswlib add_items(replace_deleted=True) for labels that
-# already exist; while the graph has a deleted slot, the new vector goes into that slot and the old
-# element stays live under the same label. Search finds records by superseded vectors (and twice),
-# and after a snapshot reload the label may point at the old vector.
-HNSW_UPDATE_BUG = (
-    "engine bug: updating a record's vector while the HNSW graph has a deleted slot leaves the old vector "
-    "live under the same label (hnswlib replace_deleted on an existing label)"
-)
-KNOWN_BUGS = f"{REPLAY_BUG}; {HNSW_UPDATE_BUG}"
+KNOWN_BUGS = REPLAY_BUG
 
 
 class IndexDisagreement(AssertionError):
-    """A derived index disagrees with storage in a way the known engine bugs produce (see KNOWN_BUGS)."""
+    """The payload or text index disagrees with storage, as the known engine bug does (see KNOWN_BUGS)."""
 
 
 Key = tuple[str, str]  # (collection, record id)
@@ -402,9 +394,8 @@ def check_indexes(
     """The vector, payload, text and namespace indexes must agree with storage.
 
     Returns (problems, derived). ``derived`` holds the disagreements the known
-    engine bugs produce (see ``KNOWN_BUGS``): a record not being the nearest
-    neighbour of its own vector, filters and text search returning records
-    that do not match. Everything else is in ``problems``.
+    engine bug produces (see ``KNOWN_BUGS``): filters and text search that
+    disagree with storage. Everything else is in ``problems``.
     """
     problems: list[str] = []
     derived: list[str] = []
@@ -426,12 +417,12 @@ def check_indexes(
     for rid, rec in live.items():
         top = coll.search(rec.vector, k=1, exact=True, include=None)
         if not top or top[0].id != rid:
-            derived.append(f"{where}: exact search for {rid!r}'s own vector returned {[h.id for h in top]}")
+            problems.append(f"{where}: exact search for {rid!r}'s own vector returned {[h.id for h in top]}")
         ann = [h.id for h in coll.search(rec.vector, k=10, include=None)]
         if rid not in ann:
-            derived.append(f"{where}: HNSW search for {rid!r}'s own vector did not find it: {ann}")
+            problems.append(f"{where}: HNSW search for {rid!r}'s own vector did not find it: {ann}")
         if len(set(ann)) != len(ann):
-            derived.append(f"{where}: HNSW search for {rid!r}'s own vector returned an id twice: {ann}")
+            problems.append(f"{where}: HNSW search for {rid!r}'s own vector returned an id twice: {ann}")
         if not set(ann) <= live_ids:
             problems.append(f"{where}: HNSW search returned ids absent from storage: {sorted(set(ann) - live_ids)}")
     # Payload index: filters give the same answer as the stored metadata.
@@ -551,7 +542,7 @@ def kill_loop(
 
 
 # The loops fail with IndexDisagreement (only) because of KNOWN_BUGS; a lost or resurrected
-# write, wrong content, a failure to open, a deleted id in any result or a count that differs
+# write, wrong content, a failure to open, a vector-index disagreement or a count that differs
 # from the scan is an ordinary failure.
 @pytest.mark.xfail(raises=IndexDisagreement, strict=True, reason=KNOWN_BUGS)
 def test_kill9_acknowledged_writes_survive(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -678,8 +669,9 @@ def test_kill_between_payload_and_vector_snapshot_files(tmp_path: Path) -> None:
             raise IndexDisagreement(f"filters returned records of another kind after a torn snapshot: {wrong}")
 
 
-@pytest.mark.xfail(raises=IndexDisagreement, strict=True, reason=HNSW_UPDATE_BUG)
 def test_vector_update_next_to_a_deleted_slot_then_reopen(tmp_path: Path) -> None:
+    """Regression (found by the kill loop, fixed in VectorIndex.upsert): hnswlib's replace_deleted
+    gave an updated label a second node while the graph had a deleted slot."""
     data = tmp_path / "data"
     problems = []
     with engramdb.open(data) as db:
@@ -700,5 +692,4 @@ def test_vector_update_next_to_a_deleted_slot_then_reopen(tmp_path: Path) -> Non
         ann = [h.id for h in c.search([5.0, 5.0], k=2)]
         if len(set(ann)) != len(ann):
             problems.append(f"after reopen, HNSW search returned an id twice: {ann}")
-    if problems:
-        raise IndexDisagreement("; ".join(problems))
+    assert not problems, "; ".join(problems)

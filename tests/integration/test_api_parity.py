@@ -480,14 +480,7 @@ def test_ttl_expiry_and_refresh(api: Any) -> None:
     assert c.refresh_ttl("short") == 0
 
 
-def test_ttl_seconds_is_returned(api: Any, request: pytest.FixtureRequest) -> None:
-    if _backend(request) != "embedded":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="types.Record.to_dict() and service RecordOut omit ttl_seconds, so remote reads lose it",
-            )
-        )
+def test_ttl_seconds_is_returned(api: Any) -> None:
     c = api.create_collection("ttls", dimension=2)
     c.upsert({"id": "a", "vector": [1, 0], "ttl_seconds": 600})
     assert c.get("a").ttl_seconds == 600
@@ -624,27 +617,7 @@ ERROR_CASES: dict[str, tuple[Callable[[Any, Any], Any], type[EngramError], str]]
 
 # Mismatches of the current server, reported to its owners. Strict xfail: when the
 # server is fixed the case XPASSes, fails, and the entry must be removed.
-_PYDANTIC_FIRST = (
-    "server: the service's pydantic request model rejects this before the engine sees it and answers the "
-    "generic code 'invalid_argument' instead of the engine's {code!r}"
-)
-REMOTE_MISMATCHES: dict[str, str] = {
-    case: _PYDANTIC_FIRST.format(code=ERROR_CASES[case][2])
-    for case in (
-        "k = 0",
-        "k too large",
-        "unknown include field",
-        "scan limit 0",
-        "namespace is a string",
-        "unknown record field",
-        "bad collection name",
-        "bad metric",
-    )
-}
-REMOTE_MISMATCHES["text search without a text index"] = (
-    "errors.error_from_dict: an unknown fine code with HTTP 409 becomes the first 409 class, AlreadyExists, "
-    "so every FailedPrecondition code (text_index_disabled, conflict, ...) is decoded as AlreadyExists"
-)
+REMOTE_MISMATCHES: dict[str, str] = {}
 
 
 def _backend(request: pytest.FixtureRequest) -> str:
@@ -668,8 +641,8 @@ def test_error_parity(api: Any, case: str, request: pytest.FixtureRequest) -> No
 def _norm(x: Any) -> Any:
     """Comparable form of a result: drop what differs between two runs (versions, clocks)."""
     if isinstance(x, Record):
-        # ttl_seconds is compared by test_ttl_seconds_is_returned (a known server gap).
         d = x.to_dict()
+        d["ttl_seconds"] = x.ttl_seconds  # to_dict() leaves it out, but reads return it
         for k in ("version", "created_at", "updated_at", "expires_at"):
             d[k] = d[k] is not None  # presence must match, the value is a clock reading
         return ("Record", d)
@@ -1136,6 +1109,7 @@ def test_closed_client_raises_closed() -> None:
 
 def test_bad_url_is_invalid_argument() -> None:
     expect_error(lambda: engramdb.connect("localhost:7878"), InvalidArgument, "invalid_url")
+    expect_error(lambda: engramdb.AsyncClient("ftp://host"), InvalidArgument, "invalid_url")
 
 
 def test_lazy_exports() -> None:

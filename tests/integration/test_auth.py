@@ -53,6 +53,7 @@ class World:
     """Two tenants with keys of every kind, created through the admin API."""
 
     server: ServerProcess
+    tenant_a: str
     coll_a: str
     coll_a2: str
     keys: dict[str, str]  # label -> secret
@@ -86,25 +87,27 @@ def world(server: ServerProcess) -> Iterator[World]:
     coll_a, coll_a2 = unique_name("ca"), unique_name("ca2")
     keys: dict[str, str] = {}
     ids: dict[str, str] = {}
+    expires = time.time() + 3.0  # created first, expired by the time the tests run
+    specs: dict[str, dict[str, Any]] = {
+        "a_expired": {"role": "admin", "tenant": ta, "expires_at": expires},
+        "a_admin": {"role": "admin", "tenant": ta},
+        "a_writer": {"role": "writer", "tenant": ta},
+        "a_reader": {"role": "reader", "tenant": ta},
+        "a_scoped": {"role": "writer", "tenant": ta, "collections": [coll_a]},
+        "a_revoked": {"role": "admin", "tenant": ta},
+        "b_admin": {"role": "admin", "tenant": tb},
+    }
     with server.client() as admin:
-        for label, body in {
-            "a_admin": {"role": "admin", "tenant": ta},
-            "a_writer": {"role": "writer", "tenant": ta},
-            "a_reader": {"role": "reader", "tenant": ta},
-            "a_scoped": {"role": "writer", "tenant": ta, "collections": [coll_a]},
-            "a_revoked": {"role": "admin", "tenant": ta},
-            "a_expired": {"role": "admin", "tenant": ta, "expires_at": time.time() + 1.0},
-            "b_admin": {"role": "admin", "tenant": tb},
-        }.items():
+        for label, body in specs.items():
             keys[label], ids[label] = _make_key(admin, **body)
         assert admin.delete(f"/v1/admin/keys/{ids['a_revoked']}", headers={"X-EngramDB-Tenant": ta}).status_code == 200
     with server.client(keys["a_writer"]) as w:
         for c in (coll_a, coll_a2):
             assert w.post("/v1/collections", json={"name": c, "dimension": 3}).status_code == 201
             w.post(f"/v1/collections/{c}/records", json={"records": [{"id": "r1", "vector": [1, 0, 0]}]})
-    time.sleep(1.1)  # let the short-lived key expire
+    time.sleep(max(0.0, expires - time.time() + 0.05))
     with httpx.Client(timeout=30) as http:
-        yield World(server, coll_a, coll_a2, keys, ids, http)
+        yield World(server, ta, coll_a, coll_a2, keys, ids, http)
 
 
 def _code(r: httpx.Response) -> str:
@@ -205,8 +208,9 @@ def test_other_tenants_collections_are_invisible(world: World) -> None:
             assert resp.status_code == 404 and _code(resp) == "key_not_found", resp.text
     with world.server.client(key) as b:
         assert world.coll_a not in [c["name"] for c in b.get("/v1/collections").json()["collections"]]
-        assert all(k["tenant"] != world.ids["a_admin"] for k in b.get("/v1/admin/keys").json()["keys"])
-        ids_b = {k["id"] for k in b.get("/v1/admin/keys").json()["keys"]}
+        keys_b = b.get("/v1/admin/keys").json()["keys"]
+        assert all(k["tenant"] != world.tenant_a for k in keys_b)
+        ids_b = {k["id"] for k in keys_b}
         assert world.ids["a_reader"] not in ids_b and world.ids["b_admin"] in ids_b
     # And tenant A's collection is still intact.
     with world.server.client(world.keys["a_reader"]) as a:
@@ -215,9 +219,7 @@ def test_other_tenants_collections_are_invisible(world: World) -> None:
 
 def test_tenant_header(world: World) -> None:
     s = world.server
-    tenant_a = httpx.get(s.base_url + "/v1/admin/keys", headers=s.headers(world.keys["a_admin"])).json()["keys"][0][
-        "tenant"
-    ]
+    tenant_a = world.tenant_a
     # The bootstrap admin key picks the tenant per request.
     r = httpx.get(s.base_url + "/v1/collections", headers={**s.headers(), "X-EngramDB-Tenant": tenant_a})
     assert {world.coll_a, world.coll_a2} <= {c["name"] for c in r.json()["collections"]}

@@ -89,7 +89,7 @@ def test_collection_lifecycle(admin: httpx.Client) -> None:
 
 
 def test_create_collection_validation(admin: httpx.Client) -> None:
-    _err(admin.post("/v1/collections", json={"name": "bad name!", "dimension": 3}), 400, "invalid_argument")
+    _err(admin.post("/v1/collections", json={"name": "bad name!", "dimension": 3}), 400, "invalid_config")
     _err(admin.post("/v1/collections", json={"name": unique_name(), "dimension": 0}), 400)
     _err(admin.post("/v1/collections", json={"name": unique_name(), "dimension": "3"}), 400)
     _err(admin.post("/v1/collections", json={"name": unique_name(), "dimension": 3, "metrik": "l2"}), 400)
@@ -109,6 +109,7 @@ def test_records_roundtrip(admin: httpx.Client, coll: str) -> None:
 
     one = admin.get(base + "/records/a").json()["record"]
     assert one["vector"] == [1.0, 0.0, 0.0] and one["text"] == "the quick brown fox" and one["created_at"]
+    assert admin.get(base + "/records/c").json()["record"]["ttl_seconds"] == 3600
     slim = admin.get(base + "/records/a", params=[("include", "text"), ("include", "namespace")]).json()["record"]
     assert slim["text"] and slim["vector"] is None and slim["metadata"] == {}
     assert admin.get(base + "/records/a?include=metadata,text").json()["record"]["metadata"]["n"] == 1
@@ -159,7 +160,15 @@ def test_record_errors(admin: httpx.Client, coll: str) -> None:
     _err(admin.post(base + "/records", json={"records": [{"id": "x"}]}), 400, "missing_vector")
     e = _err(admin.post(base + "/records", json={"records": [{"id": 1, "vector": ["a", 0, 0]}]}), 400)
     assert {p["field"] for p in e["details"]["errors"]} == {"records.0.id", "records.0.vector.0"}
-    _err(admin.post(base + "/records", json={"records": [{"id": "x", "vector": [1, 0, 0], "colour": 1}]}), 400)
+    # Codes match what the embedded engine raises for the same mistake.
+    _err(admin.post(base + "/records", json={"records": [{"id": "x", "vector": [1, 0, 0], "colour": 1}]}), 400,
+         "invalid_record")  # fmt: skip
+    _err(admin.post(base + "/records", json={"records": [{"id": "x", "vector": [1, 0, 0], "namespace": "a/b"}]}),
+         400, "invalid_namespace")  # fmt: skip
+    _err(admin.post(base + "/search", json={"vector": [1, 0, 0], "k": 0}), 400, "invalid_k")
+    _err(admin.post(base + "/records/get", json={"ids": ["x"], "include": ["vectors"]}), 400, "invalid_include")
+    _err(admin.post(base + "/records/get", json={"ids": ["x"] * 10_001}), 400, "batch_too_large")
+    _err(admin.post(base + "/count", json={"filter": [1]}), 400, "invalid_filter")
     _err(admin.post(base + "/records", content=b"{not json"), 400, "invalid_json")
     _err(admin.post(base + "/records", content=b"[1, 2]"), 400, "invalid_json")
     _err(admin.post(base + "/records", json={"coll": "other", "records": []}), 400)

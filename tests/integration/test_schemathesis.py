@@ -13,15 +13,16 @@ dimension, a cursor from nowhere), which is correct behaviour.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import httpx
 import pytest
-import requests
 from conftest import ServerProcess, unique_name
 
 schemathesis = pytest.importorskip("schemathesis")
 
+import requests  # noqa: E402  (a dependency of schemathesis)
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from hypothesis.errors import Unsatisfiable  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
@@ -34,7 +35,8 @@ from schemathesis.checks import (  # noqa: E402
     status_code_conformance,
 )
 
-MAX_EXAMPLES = 5
+# Small by default to keep the run bounded; raise it for a deeper local run.
+MAX_EXAMPLES = int(os.environ.get("ENGRAMDB_TEST_FUZZ_EXAMPLES", "5"))
 CHECKS = [
     not_a_server_error,
     status_code_conformance,

@@ -146,6 +146,10 @@ def test_equality_on_list_fields() -> None:
     assert not m({"tags": {"$ne": "a"}}, md)
     assert m({"tags": {"$ne": "z"}}, md)
     assert m({"tags": []}, {"tags": []})
+    assert not m({"tags": [True]}, {"tags": [1]})  # bool is not a number inside lists either
+    assert not m({"tags": [1]}, {"tags": [True]})
+    assert not m({"o": {"k": 1}}, {"o": {"k": True}})
+    assert m({"o": {"k": 1}}, {"o": {"k": 1.0}})
     assert not m({"tags": []}, {"tags": ["a"]})
 
 
@@ -589,7 +593,7 @@ record_ids = st.sampled_from(["r1", "r12", "x9", "q"])
 namespaces = st.lists(st.sampled_from(["u1", "u2", "m"]), max_size=3).map(tuple)
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(flt=filters(), rid=record_ids, ns=namespaces, mds=st.lists(metadata(), min_size=1, max_size=6))
 def test_matches_agrees_with_reference(
     flt: dict[str, Any], rid: str, ns: tuple[str, ...], mds: list[dict[str, Any]]
@@ -604,7 +608,46 @@ def test_matches_agrees_with_reference(
         assert roundtrip.matches(rid, ns, md) is expected
 
 
-@settings(max_examples=200, deadline=None)
+POOL: list[Any] = [None, True, False, -2, 0, 1, 1.0, 2.5, 2**53 + 1, math.inf, "", "a", "ab", "b", "ba"]
+pool_values = st.one_of(
+    st.sampled_from(POOL),
+    st.lists(st.sampled_from(POOL), max_size=3),
+    st.lists(st.sampled_from(POOL), max_size=2).map(lambda xs: [xs]),
+    st.dictionaries(st.sampled_from(["k"]), st.sampled_from(POOL), max_size=1),
+)
+dense_metadata = st.fixed_dictionaries(
+    {"a": pool_values, "b": pool_values, "o": st.fixed_dictionaries({"x": pool_values})},
+    optional={"c": pool_values},
+)
+probe = st.tuples(
+    st.sampled_from(["a", "b", "c", "o.x", "o"]),
+    pool_values,
+    st.sampled_from([-2, 0, 1, 2.5, 2**53, math.inf, "", "a", "b", "bb"]),
+)
+
+
+def every_operator(p: str, v: Any, r: Any) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = [{p: v}]
+    out += [{p: {op: v}} for op in ("$eq", "$ne", "$contains")]
+    out += [{p: {op: [v, r]}} for op in ("$in", "$nin")]
+    out += [{p: {op: r}} for op in ("$gt", "$gte", "$lt", "$lte")]
+    out += [{p: {"$exists": True}}, {p: {"$not": {"$lt": r}}}]
+    return [f for f in out if not (isinstance(v, dict) and p in f and f[p] is v)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(mds=st.lists(dense_metadata, min_size=3, max_size=8), probes=st.lists(probe, min_size=2, max_size=5))
+def test_every_operator_agrees_with_reference(mds: list[dict[str, Any]], probes: list[tuple[str, Any, Any]]) -> None:
+    # Dense: every operator on fields that are nearly always present, with colliding values.
+    for p, v, r in probes:
+        for flt in every_operator(p, v, r):
+            f = compile_filter(flt)
+            assert f is not None
+            for md in mds:
+                assert f.matches("r", (), md) is ref_match(flt, "r", (), md), (flt, md)
+
+
+@settings(max_examples=100, deadline=None)
 @given(flt=filters())
 def test_fields_are_exactly_the_metadata_paths(flt: dict[str, Any]) -> None:
     f = compile_filter(flt)

@@ -591,7 +591,6 @@ def test_link_racing_a_delete_leaves_no_edge(g, monkeypatch):
     assert "late" not in {e.relation for e in g.edges("a")}
 
 
-@pytest.mark.xfail(strict=True, reason="TTL sweeper (engine/database.py) tombstones the record but not its edges")
 def test_ttl_sweep_removes_edges(db):
     c = db.create_collection("sweep", dimension=4)
     c.upsert([{"id": "a", "vector": VECS["a"]}, {"id": "b", "vector": VECS["b"], "ttl_seconds": 0.2}])

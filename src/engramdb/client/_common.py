@@ -60,6 +60,11 @@ _RATE_LIMITED = 429
 # provider failed after the server's own retries) would most likely fail again.
 _TRANSIENT_CODES = frozenset({"unavailable", "closed", "rate_limited"})
 
+# Idle pooled connections are dropped after 2 s, below uvicorn's 5 s keep-alive:
+# reusing a connection the server is closing at that moment fails after the
+# request was written, which a non-idempotent call (patch, delete) must not retry.
+POOL_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=2.0)
+
 
 # --------------------------------------------------------------------- calls
 @dataclass(frozen=True)
@@ -756,8 +761,8 @@ class RetryPolicy:
 # ------------------------------------------------------------------- setup
 def base_url(url: str) -> str:
     """Normalise the server URL: no trailing slash, no ``/v1`` (paths add it)."""
-    if not isinstance(url, str) or "://" not in url:
-        raise InvalidArgument(f"url must look like http://host:7878, got {url!r}", code="invalid_url")
+    if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):
+        raise InvalidArgument(f"url must look like http://host:7878 or https://host, got {url!r}", code="invalid_url")
     url = url.rstrip("/")
     if url.endswith("/v1"):
         url = url[: -len("/v1")]

@@ -55,6 +55,7 @@ class AsyncClient:
             timeout=timeout,
             verify=C.verify_arg(verify),
             transport=transport,
+            limits=C.POOL_LIMITS,
             # Redirects would replay bodies to another host; an EngramDB server never redirects.
             follow_redirects=False,
         )

@@ -24,7 +24,7 @@ from ..storage.store import Change, Mutation, Store
 from ..types import CollectionConfig, Hit, Record, ScanPage
 from . import validate as V
 from .filters import Filter, compile_filter
-from .graph import GraphMixin
+from .graph import GraphMixin, edge_tombstones
 from .hlc import HLC, version_str
 
 if TYPE_CHECKING:
@@ -557,30 +557,16 @@ class Collection(GraphMixin):
                     and c.old.live(now)
                 ):
                     deleted += 1
+            # A link racing with this delete may have landed between the edge
+            # lookup and the tombstone; sweep the deleted ids' edges once more.
+            late = [m for rid in chunk for m in self._edge_tombstones(rid, now)]
+            if late:
+                self.store.apply(late)
         return deleted
 
     def _edge_tombstones(self, rid: str, now: float) -> list[Mutation]:
         """Tombstones for every live edge touching ``rid`` (both directions)."""
-        out = []
-        for cf in ("edges_out", "edges_in"):
-            for k, v in self.store.iter_prefix(cf, K.edge_node_prefix(self.prefix, rid)):
-                from ..storage.codec import decode_edge
-
-                if decode_edge(v).deleted:
-                    continue
-                a, rel, b = K.parse_edge_key(k)
-                src, dst = (a, b) if cf == "edges_out" else (b, a)
-                hlc, node = self.hlc.now()
-                out.append(
-                    Mutation(
-                        K.CHANGE_EDGE,
-                        self.prefix,
-                        K.edge_out_key(self.prefix, src, rel, dst),
-                        EdgeRow(hlc, node, True, updated_at=now),
-                        in_key=K.edge_in_key(self.prefix, src, rel, dst),
-                    )
-                )
-        return out
+        return edge_tombstones(self.store, self.hlc, self.prefix, rid, now)
 
     def refresh_ttl(self, ids: str | Sequence[str]) -> int:
         """Restart the TTL clock of live records that have a TTL; returns how many."""

@@ -20,6 +20,7 @@ from ..storage.store import Mutation, Store
 from ..types import CollectionConfig
 from . import validate as V
 from .collection import Collection
+from .graph import edge_tombstones
 from .hlc import HLC
 
 log = logging.getLogger("engramdb.database")
@@ -309,7 +310,18 @@ class Database:
                 raw = self.store.get(cf, key)
                 purge.append((tk, raw if raw is not None else b"\x00"))
         if expire:
-            self.store.apply(expire)
+            changes = self.store.apply(expire)
+            # Expiry is a delete: the record's edges go too (after the
+            # conditional tombstone landed, so a concurrent re-upsert keeps them).
+            now_s = time.time()
+            gone = [
+                m
+                for c in changes
+                if c.applied
+                for m in edge_tombstones(self.store, self.hlc, c.mutation.prefix, K.record_id_of(c.mutation.key), now_s)
+            ]
+            if gone:
+                self.store.apply(gone)
         if purge:
             self.store.purge(purge)
         return handled

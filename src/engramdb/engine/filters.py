@@ -445,14 +445,25 @@ _RANGE_FN: Final[dict[str, Callable[[Any, Any], bool]]] = {
 
 def _range_test(op: str, v: Any) -> Callable[[Any], bool]:
     fn = _RANGE_FN[op]
-    kind: Callable[[Any], bool] = is_number if is_number(v) else (lambda x: isinstance(x, str))
+    if is_number(v):
+        # Exact-type fast path first (bool's type is not int, so True never compares with 5);
+        # int/float subclasses other than bool still count as numbers via the slow path.
+        def num_test(x: Any) -> bool:
+            t = type(x)
+            if t is int or t is float:
+                return fn(x, v)
+            if is_number(x):
+                return fn(x, v)
+            return _is_seq(x) and any(is_number(e) and fn(e, v) for e in x)
 
-    def test(x: Any) -> bool:
-        if kind(x):
+        return num_test
+
+    def str_test(x: Any) -> bool:
+        if isinstance(x, str):
             return fn(x, v)
-        return _is_seq(x) and any(kind(e) and fn(e, v) for e in x)
+        return _is_seq(x) and any(isinstance(e, str) and fn(e, v) for e in x)
 
-    return test
+    return str_test
 
 
 def _contains_test(v: Any) -> Callable[[Any], bool]:
@@ -491,25 +502,69 @@ def _always(rid: str, ns: tuple[str, ...], md: Mapping[str, Any]) -> bool:
     return True
 
 
+def _compile_field(parts: tuple[str, ...], tests: list[Callable[[Any], bool]]) -> Matcher:
+    """One matcher for all the conditions on one path, reading the value once."""
+    if len(tests) == 1:
+        test = tests[0]
+        if len(parts) == 1:
+            key = parts[0]
+            return lambda rid, ns, md: test(md.get(key, MISSING))
+        get = _getter(parts)
+        return lambda rid, ns, md: test(get(md))
+    get = _getter(parts)
+    if len(tests) == 2:
+        t1, t2 = tests
+
+        def both(rid: str, ns: tuple[str, ...], md: Mapping[str, Any]) -> bool:
+            x = get(md)
+            return t1(x) and t2(x)
+
+        return both
+    ts = tuple(tests)
+
+    def every(rid: str, ns: tuple[str, ...], md: Mapping[str, Any]) -> bool:
+        x = get(md)
+        return all(t(x) for t in ts)
+
+    return every
+
+
+def _compile_and(children: tuple[Node, ...]) -> Matcher:
+    # Conditions on the same path (``{"age": {"$gte": 18, "$lt": 65}}``) share one lookup, and
+    # prefix checks run first: they are the cheapest and AND is order-independent here.
+    by_path: dict[str, list[Callable[[Any], bool]]] = {}
+    rest: list[Node] = []
+    for c in children:
+        if isinstance(c, Cmp):
+            by_path.setdefault(c.field, []).append(_value_test(c.op, c.value))
+        else:
+            rest.append(c)
+    cheap = [_compile(c) for c in rest if isinstance(c, (IdPrefix, NamespacePrefix))]
+    fields = [_compile_field(tuple(p.split(".")), tests) for p, tests in by_path.items()]
+    other = [_compile(c) for c in rest if not isinstance(c, (IdPrefix, NamespacePrefix))]
+    fs = tuple(cheap + fields + other)
+    if not fs:
+        return _always
+    if len(fs) == 1:
+        return fs[0]
+    if len(fs) == 2:
+        a, b = fs
+        return lambda rid, ns, md: a(rid, ns, md) and b(rid, ns, md)
+
+    def all_of(rid: str, ns: tuple[str, ...], md: Mapping[str, Any]) -> bool:
+        for f in fs:  # noqa: SIM110 - a plain loop is faster than all(<genexpr>) on this hot path
+            if not f(rid, ns, md):
+                return False
+        return True
+
+    return all_of
+
+
 def _compile(node: Node) -> Matcher:
     if isinstance(node, Cmp):
-        get = _getter(node.parts)
-        test = _value_test(node.op, node.value)
-        return lambda rid, ns, md: test(get(md))
+        return _compile_field(node.parts, [_value_test(node.op, node.value)])
     if isinstance(node, And):
-        fs = tuple(_compile(c) for c in node.children)
-        if not fs:
-            return _always
-        if len(fs) == 1:
-            return fs[0]
-        if len(fs) == 2:
-            a, b = fs
-            return lambda rid, ns, md: a(rid, ns, md) and b(rid, ns, md)
-
-        def all_of(rid: str, ns: tuple[str, ...], md: Mapping[str, Any]) -> bool:
-            return all(f(rid, ns, md) for f in fs)
-
-        return all_of
+        return _compile_and(node.children)
     if isinstance(node, Or):
         fs = tuple(_compile(c) for c in node.children)
         if not fs:
@@ -519,7 +574,10 @@ def _compile(node: Node) -> Matcher:
             return lambda rid, ns, md: a(rid, ns, md) or b(rid, ns, md)
 
         def any_of(rid: str, ns: tuple[str, ...], md: Mapping[str, Any]) -> bool:
-            return any(f(rid, ns, md) for f in fs)
+            for f in fs:  # noqa: SIM110 - a plain loop is faster than any(<genexpr>) on this hot path
+                if f(rid, ns, md):
+                    return True
+            return False
 
         return any_of
     if isinstance(node, Not):

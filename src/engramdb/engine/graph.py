@@ -20,6 +20,7 @@ See ``docs/graph.md`` for the user-facing contract (API, scoring, bounds).
 
 from __future__ import annotations
 
+import heapq
 import math
 import struct
 import time
@@ -30,10 +31,10 @@ from typing import TYPE_CHECKING, Any
 from ..errors import DeadlineExceeded, InvalidArgument, NotFound
 from ..storage import keys as K
 from ..storage.codec import EdgeRow, RecordRow, decode_edge
-from ..storage.store import Mutation
+from ..storage.store import Mutation, Store
 from ..types import MAX_K, Edge, Hit, Record
 from . import validate as V
-from .hlc import version_str
+from .hlc import HLC, version_str
 
 if TYPE_CHECKING:
     from ..index.vector import VectorIndex
@@ -127,10 +128,11 @@ def _edge_dict(item: Any, where: str) -> Mapping[str, Any]:
     if isinstance(item, Edge):
         return item.__dict__
     if isinstance(item, Mapping):
-        unknown = set(item) - _EDGE_FIELDS
-        if unknown:
+        if not _EDGE_FIELDS.issuperset(item):
+            unknown = set(item) - _EDGE_FIELDS
             raise InvalidArgument(
-                f"{where} has unknown fields {sorted(unknown)}; allowed: {sorted(_EDGE_FIELDS)}", code="invalid_edge"
+                f"{where} has unknown fields {sorted(map(str, unknown))}; allowed: {sorted(_EDGE_FIELDS)}",
+                code="invalid_edge",
             )
         return item
     raise InvalidArgument(f"{where} must be an Edge or a dict with src, relation and dst", code="invalid_edge")
@@ -720,7 +722,8 @@ def expand_hits(
     node keeps its best base (and the hop and path that gave it), across seeds
     and hops; a node that improves is walked again from there. Per node the
     ``fanout`` heaviest eligible edges are followed, and the frontier of each
-    hop keeps the ``limit`` best nodes. Expanded nodes must be live and match
+    hop keeps the ``limit`` best nodes (without ``use_importance``, only those
+    at or above the ``limit``-th best score so far). Expanded nodes must be live and match
     ``flt``; nodes that do not are neither returned nor walked through. With
     ``use_importance`` a node's reported score is ``base * max(0, 1 +
     importance)`` (1 when it has none); importance does not propagate. Returns
@@ -798,6 +801,13 @@ def expand_hits(
                         updated[a.other] = None
             # Walk on from the nodes this hop improved, best first, as a beam of `limit`.
             frontier = sorted(updated, key=lambda r: (-best[r].base, r))[: spec.limit]
+            if frontier and not spec.use_importance and len(best) >= spec.limit:
+                # A step multiplies by decay * weight, which is <= 1 for the usual
+                # weights in [0, 1/decay]: nothing reached from a node scoring
+                # below the current limit-th best can make the answer. Skip those
+                # nodes (their adjacency reads are the cost of expansion).
+                bar = heapq.nlargest(spec.limit, (b.base for b in best.values()))[-1]
+                frontier = [u for u in frontier if best[u].base >= bar]
             if timed_out or not frontier:
                 break
 
@@ -830,4 +840,29 @@ def expand_hits(
                 continue  # deleted while we walked
             rec = coll._to_record(rid, row, inc) if inc and row is not None else None
             out.append(Hit(rid, score, rec, b.hop, [a.step() for a in b.path], {}))
+    return out
+
+
+def edge_tombstones(store: Store, hlc: HLC, prefix: bytes, rid: str, now: float) -> list[Mutation]:
+    """Tombstone mutations for every live edge touching ``rid``, in both directions.
+
+    Used by record deletes and TTL expiry, so a record never leaves edges behind.
+    """
+    out = []
+    for cf in ("edges_out", "edges_in"):
+        for k, v in store.iter_prefix(cf, K.edge_node_prefix(prefix, rid)):
+            if decode_edge(v).deleted:
+                continue
+            a, rel, b = K.parse_edge_key(k)
+            src, dst = (a, b) if cf == "edges_out" else (b, a)
+            version = hlc.now()
+            out.append(
+                Mutation(
+                    K.CHANGE_EDGE,
+                    prefix,
+                    K.edge_out_key(prefix, src, rel, dst),
+                    EdgeRow(version[0], version[1], True, updated_at=now),
+                    in_key=K.edge_in_key(prefix, src, rel, dst),
+                )
+            )
     return out

@@ -80,6 +80,8 @@ def run_search(
         from .graph import expand_hits
 
         hits = expand_hits(coll, hits, expand, flt, inc)
+        if min_score is not None:
+            hits = [h for h in hits if h.score >= min_score]
     if refresh_ttl and hits:
         coll.refresh_ttl([h.id for h in hits])
     return hits if expand is not None else hits[:k]

@@ -199,7 +199,11 @@ def run_server(settings: Settings) -> int:
         service.begin_drain()
         if not service.wait_idle(left()):
             log.warning("shutdown timeout reached with operations still running")
-        loader.join(timeout=1.0)
+        # An index rebuild cannot be cancelled (engine); closing the store under it is unsafe, so give
+        # it the rest of the shutdown budget before closing anyway.
+        loader.join(timeout=max(1.0, left()))
+        if loader.is_alive():
+            log.warning("closing while collections are still loading; the next start will rebuild them")
         try:
             db.close()
         except Exception:

@@ -482,5 +482,5 @@ class HealthResult(BaseModel):
 
 
 class ReadyResult(BaseModel):
-    status: Literal["ready", "loading", "shutting_down"]
+    status: Literal["ready", "loading", "failed", "shutting_down"]
     progress: dict[str, Any] | None = None

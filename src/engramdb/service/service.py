@@ -27,12 +27,14 @@ from ..engine.database import DEFAULT_TENANT, Database
 from ..errors import (
     EngramError,
     InvalidArgument,
+    InvalidFilter,
     NotFound,
     PermissionDenied,
     RateLimited,
     Unauthenticated,
     Unavailable,
 )
+from ..types import Hit, Record
 from . import models as M
 from .context import ANONYMOUS_KEY_ID, BOOTSTRAP_KEY_ID, Principal, RequestContext, Role, role_allows
 from .keys import DEFAULT_ROTATION_GRACE_SECONDS, KeyStore, digest, same_digest
@@ -80,17 +82,78 @@ def parse_authorization(value: str | None) -> str | None:
     return token
 
 
-def validation_error(e: ValidationError, what: str) -> InvalidArgument:
+# The engine's error code for a problem in each request field, so a request refused by the
+# pydantic models fails with the same code as the same call on the embedded engine
+# (DESIGN.md §1.3): e.g. k=0 is ``invalid_k`` both ways, not a generic ``invalid_argument``.
+_FIELD_CODES: dict[str, str] = {
+    "k": "invalid_k",
+    "include": "invalid_include",
+    "limit": "invalid_limit",
+    "cursor": "invalid_cursor",
+    "ef": "invalid_ef",
+    "mode": "invalid_mode",
+    "text": "invalid_text",
+    "weights": "invalid_weights",
+    "expand": "invalid_expand",
+    "filter": "invalid_filter",
+    "namespace": "invalid_namespace",
+    "namespace_prefix": "invalid_namespace",
+    "prefix": "invalid_namespace",
+    "suffix": "invalid_namespace",
+    "id": "invalid_id",
+    "ids": "invalid_id",
+    "src": "invalid_id",
+    "dst": "invalid_id",
+    "vector": "invalid_vector",
+    "metadata": "invalid_metadata",
+    "ttl_seconds": "invalid_ttl",
+    "relation": "invalid_relation",
+    "relations": "invalid_relation",
+    "direction": "invalid_direction",
+    "hops": "invalid_hops",
+    "fanout": "invalid_fanout",
+    "timeout_ms": "invalid_timeout",
+    "weight": "invalid_weight",
+    "properties": "invalid_properties",
+    "role": "invalid_role",
+    "tenant": "invalid_name",
+    "collections": "invalid_scope",
+}
+_BATCHES = {"records": "invalid_record", "edges": "invalid_edge"}
+
+
+def _error_code(op: str, loc: tuple[int | str, ...], kind: str) -> str:
+    """The engine-compatible code of one pydantic error (see ``_FIELD_CODES``)."""
+    if not loc:
+        return "invalid_argument"
+    head = str(loc[0])
+    if kind == "too_long" and len(loc) == 1 and head in ("records", "ids", "edges"):
+        return "batch_too_large"
+    if op == "create_collection":
+        return "invalid_config"  # the engine reports every collection-config problem so
+    if head in _BATCHES:
+        if len(loc) <= 2 or kind == "extra_forbidden":
+            return _BATCHES[head]
+        return _FIELD_CODES.get(str(loc[2]), "invalid_argument")
+    if op in ("create_key", "rotate_key") and head == "expires_at":
+        return "invalid_expiry"
+    return _FIELD_CODES.get(head, "invalid_argument")
+
+
+def validation_error(e: ValidationError, op: str) -> InvalidArgument:
     """An InvalidArgument listing every problem (without echoing the input values)."""
+    errors = e.errors(include_url=False, include_input=False, include_context=False)
     problems = []
-    for err in e.errors(include_url=False, include_input=False, include_context=False)[:MAX_REPORTED_ERRORS]:
+    for err in errors[:MAX_REPORTED_ERRORS]:
         loc = ".".join(str(p) for p in err["loc"]) or "(body)"
         problems.append({"field": loc, "problem": err["msg"]})
     summary = "; ".join(f"{p['field']}: {p['problem']}" for p in problems)
-    more = e.error_count() - len(problems)
+    more = len(errors) - len(problems)
     if more > 0:
         summary += f"; and {more} more"
-    return InvalidArgument(f"invalid {what} request: {summary}", code="invalid_argument", details={"errors": problems})
+    code = _error_code(op, tuple(errors[0]["loc"]), errors[0]["type"]) if errors else "invalid_argument"
+    cls = InvalidFilter if code == "invalid_filter" else InvalidArgument
+    return cls(f"invalid {op} request: {summary}", code=code, details={"errors": problems})
 
 
 class Readiness:
@@ -354,18 +417,18 @@ class Service:
     def _get(self, call: Call, req: M.Get, params: dict[str, Any]) -> dict[str, Any]:
         kw = _set_fields(req, "include", "refresh_ttl")
         recs = self.collection(call, req.coll).get_many(req.ids, **kw)
-        return {"records": [r.to_dict() for r in recs]}
+        return {"records": [_record(r) for r in recs]}
 
     def _get_one(self, call: Call, req: M.GetOne, params: dict[str, Any]) -> dict[str, Any]:
         coll = self.collection(call, req.coll)
         rec = coll.get(req.id, **_set_fields(req, "include"))
         if rec is None:
             raise NotFound(f"record {req.id!r} does not exist in collection {req.coll!r}", code="record_not_found")
-        return {"record": rec.to_dict()}
+        return {"record": _record(rec)}
 
     def _patch(self, call: Call, req: M.Patch, params: dict[str, Any]) -> dict[str, Any]:
         kw = _set_fields(req, "metadata", "text", "namespace", "ttl_seconds", "importance", "vector")
-        return {"record": self.collection(call, req.coll).patch(req.id, **kw).to_dict()}
+        return {"record": _record(self.collection(call, req.coll).patch(req.id, **kw))}
 
     def _delete(self, call: Call, req: M.Delete, params: dict[str, Any]) -> dict[str, Any]:
         return {"deleted": self.collection(call, req.coll).delete(req.ids, filter=req.filter)}
@@ -376,7 +439,7 @@ class Service:
     def _scan(self, call: Call, req: M.Scan, params: dict[str, Any]) -> dict[str, Any]:
         kw = _set_fields(req, "cursor", "limit", "id_prefix", "namespace_prefix", "filter", "include")
         page = self.collection(call, req.coll).scan(**kw)
-        return {"records": [r.to_dict() for r in page.records], "next_cursor": page.next_cursor}
+        return {"records": [_record(r) for r in page.records], "next_cursor": page.next_cursor}
 
     def _count(self, call: Call, req: M.Count, params: dict[str, Any]) -> dict[str, Any]:
         return {"count": self.collection(call, req.coll).count(req.filter)}
@@ -421,7 +484,7 @@ class Service:
         _drop_none(kw, "timeout_ms")
         got = self.collection(call, req.coll).subgraph(req.ids, **kw)
         return {
-            "nodes": [r.to_dict() for r in got.get("nodes", [])],
+            "nodes": [_record(r) for r in got.get("nodes", [])],
             "edges": [e.to_dict() for e in got.get("edges", [])],
         }
 
@@ -475,9 +538,18 @@ def _drop_none(kw: dict[str, Any], *names: str) -> None:
             del kw[n]
 
 
-def _hit(h: Any) -> dict[str, Any]:
-    d: dict[str, Any] = h.to_dict()
+def _record(r: Record) -> dict[str, Any]:
+    d = r.to_dict()
+    # Record.to_dict() leaves out ttl_seconds; remote reads must return what embedded reads do.
+    d["ttl_seconds"] = r.ttl_seconds
+    return d
+
+
+def _hit(h: Hit) -> dict[str, Any]:
+    d = h.to_dict()
     d["score"] = float(d["score"])  # numpy scalars are not JSON for every transport
+    if h.record is not None:
+        d["record"] = _record(h.record)
     return d
 
 
