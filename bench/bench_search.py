@@ -887,6 +887,15 @@ def report(
             0,
         ),
     ]
+    specs.append(
+        (
+            "QPS ratio paired on the same graph (mean)",
+            lambda r: float(r["paired_overhead"]["qps_ratio_by_mean"]),
+            ">= 0.6",
+            lambda e, h: None if e is None else e >= TARGETS["search_qps_ratio"],
+            2,
+        )
+    )
     for field, card in C.FILTER_FIELDS.items():
         specs.append(
             (

@@ -55,7 +55,7 @@ class CollectionConfig(BaseModel):
     metric: Metric = "cosine"
     index: IndexParams = Field(default_factory=IndexParams)
     embedder: EmbedderConfig | None = None
-    default_ttl_seconds: float | None = Field(None, gt=0)
+    default_ttl_seconds: float | None = Field(None, gt=0, le=100 * 365 * 86400)
     indexed_fields: dict[str, FieldType] = Field(
         default_factory=dict, description="metadata fields that get a payload index (dotted paths)"
     )
@@ -64,7 +64,7 @@ class CollectionConfig(BaseModel):
     @field_validator("name")
     @classmethod
     def _name_ok(cls, v: str) -> str:
-        if not NAME_RE.match(v):
+        if not NAME_RE.fullmatch(v):
             raise ValueError(
                 "collection names are 1-128 letters, digits, '_', '.', '-', starting with a letter or digit"
             )

@@ -87,7 +87,7 @@ def expect_error(fn: Callable[[], Any], status: grpc.StatusCode, code: str | Non
     err: Any = info.value
     assert err.code() == status, (err.code(), err.details())
     body = json.loads(err.details())
-    assert {"code", "message"} <= set(body) <= {"code", "message", "details"}, body
+    assert {"code", "message"} <= set(body) <= {"code", "kind", "message", "details"}, body
     if code is not None:
         assert body["code"] == code, body
     trailers = dict(err.trailing_metadata() or ())

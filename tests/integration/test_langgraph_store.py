@@ -15,8 +15,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterator
-from datetime import datetime
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +24,10 @@ import pytest
 
 pytest.importorskip("langgraph.store.memory")
 
-from langchain_core.embeddings import DeterministicFakeEmbedding  # noqa: E402
-from langgraph.store.base import (  # noqa: E402
+from langchain_core.embeddings import DeterministicFakeEmbedding
+from langgraph.store.base import (
     GetOp,
+    IndexConfig,
     InvalidNamespaceError,
     Item,
     ListNamespacesOp,
@@ -35,16 +36,16 @@ from langgraph.store.base import (  # noqa: E402
     SearchItem,
     SearchOp,
 )
-from langgraph.store.memory import InMemoryStore  # noqa: E402
+from langgraph.store.memory import InMemoryStore
 
-import engramdb  # noqa: E402
-from engramdb.integrations.langgraph import EngramStore  # noqa: E402
+import engramdb
+from engramdb.integrations.langgraph import EngramStore
 
 DIMS = 16
 
 
-def _index(fields: list[str] | None = None) -> dict[str, Any]:
-    cfg: dict[str, Any] = {"dims": DIMS, "embed": DeterministicFakeEmbedding(size=DIMS)}
+def _index(fields: list[str] | None = None) -> IndexConfig:
+    cfg: IndexConfig = {"dims": DIMS, "embed": DeterministicFakeEmbedding(size=DIMS)}
     if fields is not None:
         cfg["fields"] = fields
     return cfg
@@ -191,8 +192,8 @@ def _compare(got: list[Any], want: list[Any]) -> None:
 
 @pytest.mark.parametrize("fields", [None, ["text", "tags[*]"]], ids=["whole-value", "fields"])
 def test_scenario_matches_inmemorystore(db: Any, fields: list[str] | None) -> None:
-    want = _run(InMemoryStore(index=_index(fields)))  # type: ignore[arg-type]
-    got = _run(EngramStore(db, index=_index(fields)))  # type: ignore[arg-type]
+    want = _run(InMemoryStore(index=_index(fields)))
+    got = _run(EngramStore(db, index=_index(fields)))
     _compare(got, want)
     # Sanity: the scenario really exercised scores, unscored fill-up and empty results.
     flat = [r for res in want if isinstance(res, list) for r in res if isinstance(r, tuple) and len(r) == 5]
@@ -210,7 +211,7 @@ def test_scenario_without_index_matches_inmemorystore(db: Any) -> None:
 def test_async_scenario_matches_inmemorystore(db: Any) -> None:
     async def both() -> tuple[list[Any], list[Any]]:
         idx = _index(["text", "tags[*]"])
-        return await _arun(EngramStore(db, index=idx)), await _arun(InMemoryStore(index=idx))  # type: ignore[arg-type]
+        return await _arun(EngramStore(db, index=idx)), await _arun(InMemoryStore(index=idx))
 
     got, want = asyncio.run(both())
     _compare(got, want)
@@ -220,17 +221,18 @@ def test_async_embedding_function(db: Any) -> None:
     """An async ``embed`` function works through the async API (the sync one cannot call it)."""
     fake = DeterministicFakeEmbedding(size=DIMS)
 
-    async def aembed(texts: list[str]) -> list[list[float]]:
+    async def aembed(texts: Sequence[str]) -> list[list[float]]:
         await asyncio.sleep(0)
-        return fake.embed_documents(texts)
+        return fake.embed_documents(list(texts))
 
     async def scenario(store: Any) -> list[Any]:
         await store.aput(("a",), "1", {"text": "blue whale"})
         await store.aput(("a",), "2", {"text": "red fox"})
         return _norm(await store.asearch(("a",), query="fox"))
 
-    got = asyncio.run(scenario(EngramStore(db, index={"dims": DIMS, "embed": aembed})))
-    want = asyncio.run(scenario(InMemoryStore(index={"dims": DIMS, "embed": aembed})))
+    idx: IndexConfig = {"dims": DIMS, "embed": aembed}
+    got = asyncio.run(scenario(EngramStore(db, index=idx)))
+    want = asyncio.run(scenario(InMemoryStore(index=idx)))
     _assert_same(got, want, "asearch")
 
 
@@ -255,13 +257,13 @@ def test_item_fields_and_timestamps(db: Any) -> None:
 
 def test_persists_across_reopen(tmp_path: Path) -> None:
     path = str(tmp_path / "db")
-    with EngramStore.from_path(path, index=_index(), storage={"sync_writes": False}) as store:  # type: ignore[arg-type]
+    with EngramStore.from_path(path, index=_index(), storage={"sync_writes": False}) as store:
         for i, ns in enumerate([("b",), ("a",), ("b",), ("c", "d")]):
             store.put(ns, f"k{i}", {"text": f"item number {i}", "i": i})
         store.delete(("a",), "k1")
         before = _norm(store.search(()))
         scored = _norm(store.search((), query="item number 2"))
-    with EngramStore.from_path(path, index=_index()) as store:  # type: ignore[arg-type]
+    with EngramStore.from_path(path, index=_index()) as store:
         # The namespace order outlives the namespace's items and the process.
         store.put(("a",), "k9", {"text": "back again", "i": 9})
         after = _norm(store.search(()))
@@ -273,7 +275,7 @@ def test_persists_across_reopen(tmp_path: Path) -> None:
 
 
 def test_ttl_expiry_refresh_and_default(db: Any) -> None:
-    store = EngramStore(db, index=_index(["text", "tags[*]"]), ttl={"default_ttl": 1.0 / 60})  # type: ignore[arg-type]
+    store = EngramStore(db, index=_index(["text", "tags[*]"]), ttl={"default_ttl": 1.0 / 60})
     assert store.supports_ttl
     store.put(("t",), "default", {"text": "uses the default ttl", "tags": ["a", "b"]})
     store.put(("t",), "forever", {"text": "never expires"}, ttl=None)
@@ -296,13 +298,15 @@ def test_ttl_expiry_refresh_and_default(db: Any) -> None:
 def test_ttl_store_without_ttl_config_still_accepts_ttl(db: Any) -> None:
     store = EngramStore(db)
     store.put(("t",), "k", {"a": 1}, ttl=0.5 / 60)
-    assert store.get(("t",), "k") is not None
+    # Newer LangGraph releases may hand a timedelta to batch(); it means the same.
+    store.batch([PutOp(("t",), "td", {"a": 2}, ttl=timedelta(seconds=0.5))])  # type: ignore[arg-type]
+    assert store.get(("t",), "k") is not None and store.get(("t",), "td") is not None
     time.sleep(0.7)
     assert store.get(("t",), "k") is None and store.search(("t",)) == []
 
 
 def test_put_index_false_and_field_changes_drop_old_vectors(db: Any) -> None:
-    store = EngramStore(db, index=_index(["tags[*]"]))  # type: ignore[arg-type]
+    store = EngramStore(db, index=_index(["tags[*]"]))
     coll = store.collection
     store.put(("x",), "k", {"tags": ["one", "two", "three"]})
     base = coll.count()
@@ -319,7 +323,7 @@ def test_put_index_false_and_field_changes_drop_old_vectors(db: Any) -> None:
 
 
 def test_filters_beyond_inmemorystore(db: Any) -> None:
-    store = EngramStore(db, index=_index(["text"]))  # type: ignore[arg-type]
+    store = EngramStore(db, index=_index(["text"]))
     store.put(("f",), "a", {"text": "alpha", "n": 1, "user": {"tier": "gold", "access-level": 3}})
     store.put(("f",), "b", {"text": "beta", "n": "7"})
     store.put(("f",), "c", {"text": "gamma"})
@@ -335,8 +339,8 @@ def test_filters_beyond_inmemorystore(db: Any) -> None:
 
 
 def test_semantic_search_widens_past_post_filtered_hits(db: Any) -> None:
-    store = EngramStore(db, index=_index(["text"]))  # type: ignore[arg-type]
-    mem = InMemoryStore(index=_index(["text"]))  # type: ignore[arg-type]
+    store = EngramStore(db, index=_index(["text"]))
+    mem = InMemoryStore(index=_index(["text"]))
     for s in (store, mem):
         s.batch(
             [PutOp(("w",), f"k{i}", {"text": f"note {i}", "tags": ["x"] if i % 7 else ["x", "y"]}) for i in range(60)]
@@ -347,6 +351,25 @@ def test_semantic_search_widens_past_post_filtered_hits(db: Any) -> None:
         got = _norm(store.search(("w",), query="note 3", filter=flt, limit=5, offset=2))
         want = _norm(mem.search(("w",), query="note 3", filter=flt, limit=5, offset=2))
         _assert_same(got, want, str(flt))
+
+
+def test_above_the_exact_search_threshold(db: Any) -> None:
+    """Past 2048 candidates the engine uses HNSW; exact_search=True keeps InMemoryStore's ranking."""
+    ops = [PutOp((f"u{i % 3}",), f"k{i}", {"text": f"memory {i}", "i": i}) for i in range(2300)]
+    mem, approx = InMemoryStore(index=_index(["text"])), EngramStore(db, index=_index(["text"]))
+    exact = EngramStore(db, index=_index(["text"]), exact_search=True)
+    mem.batch(ops)
+    approx.batch(ops)
+    cases: list[tuple[tuple[str, ...], dict[str, Any]]] = [
+        ((), {"query": "memory 17", "limit": 25}),
+        (("u1",), {"query": "x", "filter": {"i": {"$gt": 9}}}),
+    ]
+    for prefix, kw in cases:
+        want = _norm(mem.search(prefix, **kw))
+        _assert_same(_norm(exact.search(prefix, **kw)), want, f"exact {prefix} {kw}")
+        got = _norm(approx.search(prefix, **kw))
+        assert got[0] == want[0] or got[0][4] == pytest.approx(want[0][4], abs=1e-5)
+        assert len({r[2] for r in got} & {r[2] for r in want}) >= 0.8 * len(want)  # HNSW recall
 
 
 def test_invalid_input(db: Any) -> None:
@@ -364,11 +387,13 @@ def test_invalid_input(db: Any) -> None:
     with pytest.raises(engramdb.InvalidArgument):
         store.put(("a",), "k", {"when": datetime.now()})  # values must be JSON
     with pytest.raises(ValueError, match="dimension"):
-        EngramStore(db, index=_index())  # type: ignore[arg-type]  # existing 1-dim collection
+        EngramStore(db, index=_index())  # existing 1-dim collection
     with pytest.raises(ValueError):
         EngramStore(db, collection="s", index={"dims": 4, "embed": "openai:text-embedding-3-small"})
     with pytest.raises(TypeError):
         EngramStore(object())
+    with pytest.raises(TypeError, match="synchronous"):
+        EngramStore(engramdb.AsyncClient("http://127.0.0.1:9", api_key="k"))
     assert store.search(("a",)) == []  # nothing was half-written
 
 
@@ -420,7 +445,7 @@ def test_used_by_a_langgraph_graph(db: Any) -> None:
     builder.add_node("remember", remember)
     builder.add_edge(START, "remember")
     builder.add_edge("remember", END)
-    graph = builder.compile(store=EngramStore(db, index=_index(["text"])))  # type: ignore[arg-type]
+    graph = builder.compile(store=EngramStore(db, index=_index(["text"])))
     assert graph.invoke({"user": "u1", "seen": 0})["seen"] == 1
     assert graph.invoke({"user": "u1", "seen": 0})["seen"] == 2
     assert asyncio.run(graph.ainvoke({"user": "u2", "seen": 0}))["seen"] == 1
@@ -433,8 +458,9 @@ def test_remote_client_matches_inmemorystore(server: Any) -> None:
     try:
         idx = _index(["text", "tags[*]"])
         name = f"lg-{uuid.uuid4().hex[:12]}"  # the session's server is shared
-        got = _run(EngramStore(client, index=idx, collection=name))  # type: ignore[arg-type]
-        want = _run(InMemoryStore(index=idx))  # type: ignore[arg-type]
+        got = _run(EngramStore(client, index=idx, collection=name))
+        want = _run(InMemoryStore(index=idx))
         _compare(got, want)
+        client.delete_collection(name)
     finally:
         client.close()

@@ -236,3 +236,26 @@ def test_concurrent_writers_group_commit(db):
     assert c.count() == 400
     # 400 acknowledged writes in fewer commits than writes: callers shared fsyncs.
     assert db.store.commits - commits_before < 400
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"ttl_seconds": 1e308}, {"expires_at": -5}, {"expires_at": 1e300}, {"ttl_seconds": float("nan")}],
+)
+def test_out_of_range_expiry_rejected(coll, extra):
+    with pytest.raises(InvalidArgument) as ei:
+        coll.upsert({"id": "a", "vector": [1, 0, 0], **extra})
+    assert ei.value.code == "invalid_ttl"
+    assert coll.count() == 0
+
+
+def test_names_with_trailing_newline_rejected(db):
+    with pytest.raises(InvalidArgument):
+        db.create_collection("abc\n", dimension=2)
+
+
+def test_garbage_cursor_rejected(coll):
+    coll.upsert({"id": "a", "vector": [1, 0, 0]})
+    for bad in ["!!!", "a", "%%%%"]:
+        with pytest.raises(InvalidArgument):
+            coll.scan(cursor=bad)

@@ -393,7 +393,7 @@ class Collection(GraphMixin):
             vec_in = self.embedder.embed([text])[0]
         vec = V.vector(vec_in, self.dimension, self.metric, f"{where}.vector")
         ttl = V.positive_seconds(d.get("ttl_seconds"), f"{where}.ttl_seconds")
-        expires_at = V.finite(d.get("expires_at"), f"{where}.expires_at")
+        expires_at = V.epoch_seconds(d.get("expires_at"), f"{where}.expires_at")
         if ttl is not None and expires_at is not None:
             raise InvalidArgument(f"{where}: give ttl_seconds or expires_at, not both", code="invalid_ttl")
         if ttl is None and expires_at is None:
@@ -693,7 +693,7 @@ class Collection(GraphMixin):
         start_id = None
         if cursor is not None:
             try:
-                start_id = base64.urlsafe_b64decode(cursor.encode()).decode() + "\x00"
+                start_id = base64.b64decode(cursor.encode(), altchars=b"-_", validate=True).decode() + "\x00"
             except Exception as e:
                 raise InvalidArgument("cursor is not one this collection returned", code="invalid_cursor") from e
         prefix = "" if id_prefix is None else id_prefix

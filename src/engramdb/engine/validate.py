@@ -25,7 +25,7 @@ MAX_RELATION_BYTES = 256
 
 
 def name(value: Any, what: str = "name") -> str:
-    if not isinstance(value, str) or not NAME_RE.match(value):
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
         raise InvalidArgument(
             f"{what} {value!r} is invalid: use 1-128 letters, digits, '_', '.' or '-', starting with a letter or digit",
             code="invalid_name",
@@ -141,11 +141,36 @@ def text(value: Any) -> str | None:
     return value
 
 
+MAX_TTL_SECONDS = 100 * 365 * 86400  # beyond a century a TTL is a mistake, and it must fit the u64 ms queue key
+MAX_EPOCH_SECONDS = 1e11
+
+
 def positive_seconds(value: Any, where: str) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise InvalidArgument(f"{where} must be a positive number of seconds", code="invalid_ttl")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not 0 < value <= MAX_TTL_SECONDS
+    ):
+        raise InvalidArgument(
+            f"{where} must be a positive number of seconds, at most {MAX_TTL_SECONDS}", code="invalid_ttl"
+        )
+    return float(value)
+
+
+def epoch_seconds(value: Any, where: str) -> float | None:
+    """An absolute time in Unix seconds (e.g. ``expires_at``)."""
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not 0 <= value < MAX_EPOCH_SECONDS
+    ):
+        raise InvalidArgument(f"{where} must be a Unix time in seconds (0 to {MAX_EPOCH_SECONDS:.0f})", code="invalid_ttl")
     return float(value)
 
 

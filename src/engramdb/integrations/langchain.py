@@ -276,9 +276,7 @@ class EngramVectorStore(VectorStore):
         if self._collection is None:
             return []
         vector = await self._embedding.aembed_query(query)
-        return await run_in_executor(
-            None, self.similarity_search_with_score_by_vector, vector, k, filter, **kwargs
-        )
+        return await run_in_executor(None, self.similarity_search_with_score_by_vector, vector, k, filter, **kwargs)
 
     def similarity_search(
         self, query: str, k: int = 4, filter: dict[str, Any] | None = None, **kwargs: Any
@@ -309,12 +307,13 @@ class EngramVectorStore(VectorStore):
     ) -> list[Document]:
         """``k`` documents chosen by maximal marginal relevance among the ``fetch_k`` nearest."""
         hits = self._hits(embedding, max(fetch_k, k), filter, ("text", "metadata", "vector"), kwargs)
-        recs = [h.record for h in hits if h.record is not None and h.record.vector is not None]
-        if not recs:
+        pairs = [(h.record, h.record.vector) for h in hits if h.record is not None and h.record.vector is not None]
+        if not pairs:
             return []
+        recs = [r for r, _ in pairs]
         chosen = maximal_marginal_relevance(
             np.asarray(embedding, dtype=np.float32),
-            [r.vector for r in recs],
+            [v for _, v in pairs],
             k=min(k, len(recs)),
             lambda_mult=lambda_mult,
         )

@@ -46,8 +46,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import json
 import math
+import os
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -356,6 +358,24 @@ def _now_us() -> int:
     return time.time_ns() // 1000
 
 
+def _ttl_seconds(ttl: Any) -> float | None:
+    """A put's TTL in seconds. LangGraph gives minutes; newer releases may pass a timedelta or an expiry time."""
+    if ttl is None:
+        return None
+    if isinstance(ttl, timedelta):
+        seconds = ttl.total_seconds()
+    elif isinstance(ttl, datetime):
+        expiry = ttl if ttl.tzinfo is not None else ttl.astimezone()  # naive means local time
+        seconds = (expiry - datetime.now(UTC)).total_seconds()
+    elif isinstance(ttl, (int, float)) and not isinstance(ttl, bool):
+        seconds = float(ttl) * 60.0
+    else:
+        raise ValueError(f"ttl must be a number of minutes, a timedelta or None, got {ttl!r}")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"ttl must be positive, got {ttl!r}")
+    return seconds
+
+
 @dataclass
 class _Write:
     """One item to write, planned before its texts are embedded."""
@@ -371,6 +391,8 @@ class _Write:
 
 @dataclass
 class _PutPlan:
+    """Everything one batch writes: items, stale extra vectors to delete, new namespace registrations."""
+
     writes: list[_Write] = field(default_factory=list)
     deletes: list[str] = field(default_factory=list)
     registry: list[dict[str, Any]] = field(default_factory=list)
@@ -400,6 +422,10 @@ class EngramStore(BaseStore):
         collection: name of the collection to use when ``target`` is a database or client.
         tenant: tenant of that collection (embedded database only; a client's key
             decides its tenant).
+        exact_search: rank semantic queries by brute force. By default the engine
+            searches exactly only below its ``index.exact_search_threshold`` (2048
+            candidates) and uses HNSW above it, which may miss a few distant items
+            that InMemoryStore's brute force would rank.
 
     The store's own collection is cosine, has no text index and no default TTL, and
     indexes the ``part`` and ``embedded`` metadata fields it filters on.
@@ -415,6 +441,7 @@ class EngramStore(BaseStore):
         ttl: TTLConfig | None = None,
         collection: str = "langgraph_store",
         tenant: str | None = None,
+        exact_search: bool = False,
     ) -> None:
         self.index_config: IndexConfig | None = None
         self.embeddings: Embeddings | None = None
@@ -431,25 +458,32 @@ class EngramStore(BaseStore):
             dimension = int(index["dims"])
         self.ttl_config = ttl
         self._owned: Any = None
-        self.collection = cast(_CollectionLike, self._resolve(target, collection, dimension, tenant))
-        if int(self.collection.dimension) != dimension:
+        self._coll = cast(_CollectionLike, self._resolve(target, collection, dimension, tenant))
+        if int(self._coll.dimension) != dimension:
             raise ValueError(
-                f"collection has dimension {self.collection.dimension} but this store needs {dimension} "
+                f"collection has dimension {self._coll.dimension} but this store needs {dimension} "
                 + ("(index['dims'])" if index else "(no index config: items carry a 1-dimensional placeholder)")
             )
         self._placeholder = [1.0] + [0.0] * (dimension - 1)
         self._seq_lock = threading.Lock()
         self._last_seq = 0
         self._ns_seq: dict[tuple[str, ...], int] = {}
+        self._exact = exact_search
+
+    @property
+    def collection(self) -> Any:
+        """The EngramDB collection (embedded or remote) that holds this store's records."""
+        return self._coll
 
     @classmethod
     def from_path(
         cls,
-        path: str,
+        path: str | os.PathLike[str],
         *,
         index: IndexConfig | None = None,
         ttl: TTLConfig | None = None,
         collection: str = "langgraph_store",
+        exact_search: bool = False,
         **settings: Any,
     ) -> EngramStore:
         """Open (creating if needed) an embedded database at ``path``; :meth:`close` closes it.
@@ -460,7 +494,7 @@ class EngramStore(BaseStore):
 
         db = engramdb.open(path, **settings)
         try:
-            store = cls(db, index=index, ttl=ttl, collection=collection)
+            store = cls(db, index=index, ttl=ttl, collection=collection, exact_search=exact_search)
         except BaseException:
             db.close()
             raise
@@ -485,6 +519,12 @@ class EngramStore(BaseStore):
 
     @staticmethod
     def _resolve(target: Any, name: str, dimension: int, tenant: str | None) -> Any:
+        for method in ("upsert", "get_collection"):
+            if inspect.iscoroutinefunction(getattr(target, method, None)):
+                raise TypeError(
+                    "EngramStore needs a synchronous database, client or collection (engramdb.open or "
+                    "engramdb.connect); its async methods already run engine calls in a worker thread"
+                )
         if hasattr(target, "upsert") and hasattr(target, "search"):
             return target
         if not hasattr(target, "create_collection"):
@@ -554,15 +594,14 @@ class EngramStore(BaseStore):
                         raise InvalidNamespaceError(
                             f'Root label for namespace cannot be "langgraph". Got: {op.namespace}'
                         )
-                    if op.ttl is not None and (
-                        isinstance(op.ttl, bool) or not isinstance(op.ttl, (int, float)) or not op.ttl > 0
-                    ):
-                        raise ValueError(f"ttl must be a positive number of minutes or None, got {op.ttl!r}")
+                    _ttl_seconds(op.ttl)  # fail before anything is written
                 puts[(tuple(op.namespace), str(op.key))] = op
             elif isinstance(op, GetOp):
                 _check_labels(op.namespace)
             elif isinstance(op, SearchOp):
                 _check_labels(op.namespace_prefix, "namespace_prefix")
+                if op.filter is not None and not isinstance(op.filter, Mapping):
+                    raise ValueError(f"filter must be a dict of value fields, got {type(op.filter).__name__}")
                 _check_filter(op.filter)
             elif isinstance(op, ListNamespacesOp):
                 for cond in op.match_conditions or ():
@@ -604,7 +643,7 @@ class EngramStore(BaseStore):
     def _get_many(self, ids: Sequence[str]) -> list[Record]:
         out: list[Record] = []
         for start in range(0, len(ids), _MAX_BATCH):
-            out.extend(self.collection.get_many(list(ids[start : start + _MAX_BATCH]), include=_INCLUDE))
+            out.extend(self._coll.get_many(list(ids[start : start + _MAX_BATCH]), include=_INCLUDE))
         return out
 
     def _refresh(self, recs: Iterable[Record]) -> None:
@@ -617,7 +656,7 @@ class EngramStore(BaseStore):
             ids.append(item_id)
             ids.extend(_part_ids(item_id, 1, int(rec.metadata.get(_NVEC, 1))))
         for start in range(0, len(ids), _MAX_BATCH):
-            self.collection.refresh_ttl(ids[start : start + _MAX_BATCH])
+            self._coll.refresh_ttl(ids[start : start + _MAX_BATCH])
 
     def _get_items(self, ops: list[GetOp]) -> list[Item | None]:
         ids = [_item_id(tuple(op.namespace), str(op.key)) for op in ops]
@@ -640,7 +679,7 @@ class EngramStore(BaseStore):
         out: list[Record] = []
         cursor: str | None = None
         while True:
-            page = self.collection.scan(
+            page = self._coll.scan(
                 cursor=cursor, limit=_MAX_BATCH, namespace_prefix=prefix, filter=flt, include=_INCLUDE
             )
             out.extend(r for r in page.records if _matches(r.metadata[_VALUE], op.filter))
@@ -673,7 +712,7 @@ class EngramStore(BaseStore):
         want = offset + limit
         k = min(_MAX_K, max(want, 10))
         while True:
-            hits = self.collection.search(qvec, k, filter=flt, include=["metadata", "namespace", "expires_at"])
+            hits = self._coll.search(qvec, k, filter=flt, include=list(_INCLUDE), exact=self._exact)
             best: dict[tuple[tuple[str, ...], str], tuple[Record, float]] = {}
             for hit in hits:
                 rec = hit.record
@@ -706,7 +745,7 @@ class EngramStore(BaseStore):
             offset, want = max(op.offset, 0), op.limit
             while len(out) < want:
                 n = min(_MAX_BATCH, want - len(out))
-                page = self.collection.list_namespaces(pre, limit=n, offset=offset, **kw)
+                page = self._coll.list_namespaces(pre, limit=n, offset=offset, **kw)
                 out.extend(tuple(ns) for ns in page)
                 if len(page) < n:
                     break
@@ -717,7 +756,7 @@ class EngramStore(BaseStore):
         everything: list[tuple[str, ...]] = []
         offset = 0
         while True:
-            page = self.collection.list_namespaces(pre, limit=_MAX_BATCH, offset=offset, max_depth=None)
+            page = self._coll.list_namespaces(pre, limit=_MAX_BATCH, offset=offset, max_depth=None)
             everything.extend(tuple(ns) for ns in page)
             if len(page) < _MAX_BATCH:
                 break
@@ -782,8 +821,7 @@ class EngramStore(BaseStore):
                 _CREATED: int(old.metadata[_CREATED]) if old is not None else now,
                 _UPDATED: now,
             }
-            ttl = float(op.ttl) * 60.0 if op.ttl is not None else None
-            plan.writes.append(_Write(ns, key, item_id, meta, self._texts(op), ttl, old_nvec))
+            plan.writes.append(_Write(ns, key, item_id, meta, self._texts(op), _ttl_seconds(op.ttl), old_nvec))
         for ns in reg_ids:
             if ns in known and ns not in plan.registered:
                 plan.registered[ns] = known[ns]
@@ -809,9 +847,9 @@ class EngramStore(BaseStore):
                 records.append(rec)
             deletes.extend(_part_ids(w.item_id, nvec, w.old_nvec))
         for start in range(0, len(records), _MAX_BATCH):
-            self.collection.upsert(records[start : start + _MAX_BATCH])
+            self._coll.upsert(records[start : start + _MAX_BATCH])
         for start in range(0, len(deletes), _MAX_BATCH):
-            self.collection.delete(deletes[start : start + _MAX_BATCH])
+            self._coll.delete(deletes[start : start + _MAX_BATCH])
         if len(self._ns_seq) > _NS_CACHE_MAX:
             self._ns_seq.clear()
         self._ns_seq.update(plan.registered)

@@ -35,6 +35,12 @@ Include = Annotated[
 ]
 Filter = Annotated[dict[str, Any] | None, Field(description="a filter expression (see docs/filters.md)")]
 Namespace = Annotated[list[str] | None, Field(description="a hierarchical path such as ['user-42', 'memories']")]
+# Expiry bounds. The engine stores expiry as unsigned milliseconds and (as of this writing) does not
+# bound these fields itself, so out-of-range values would fail deep in the storage writer (a 500).
+MAX_TTL_SECONDS = 1e10  # about 317 years
+MAX_EXPIRES_AT = 1e11  # Unix seconds, about the year 5100
+TtlSeconds = Annotated[float | None, Field(gt=0, le=MAX_TTL_SECONDS)]
+ExpiresAt = Annotated[float | None, Field(ge=0, le=MAX_EXPIRES_AT, description="Unix time in seconds")]
 
 
 class _Req(BaseModel):
@@ -76,8 +82,8 @@ class RecordIn(_Req):
     text: str | None = None
     metadata: dict[str, Any] | None = None
     namespace: Namespace = None
-    ttl_seconds: float | None = None
-    expires_at: float | None = None
+    ttl_seconds: TtlSeconds = None
+    expires_at: ExpiresAt = None
     importance: float | None = None
     created_at: float | None = None
     updated_at: float | None = None
@@ -128,7 +134,7 @@ class CreateCollectionBody(_Req):
     metric: Metric = "cosine"
     index: IndexParamsIn | None = None
     embedder: EmbedderConfigIn | None = None
-    default_ttl_seconds: Annotated[float | None, Field(gt=0)] = None
+    default_ttl_seconds: TtlSeconds = None
     indexed_fields: dict[str, FieldType] = Field(default_factory=dict)
     text_index: bool = True
     exist_ok: bool = False
@@ -173,7 +179,7 @@ class PatchBody(_Req):
     metadata: Annotated[dict[str, Any] | None, Field(description="merged; keys set to null are removed")] = None
     text: str | None = None
     namespace: Namespace = None
-    ttl_seconds: Annotated[float | None, Field(gt=0)] = None
+    ttl_seconds: TtlSeconds = None
     importance: float | None = None
     vector: list[float] | None = None
 

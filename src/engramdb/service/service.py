@@ -539,10 +539,7 @@ def _drop_none(kw: dict[str, Any], *names: str) -> None:
 
 
 def _record(r: Record) -> dict[str, Any]:
-    d = r.to_dict()
-    # Record.to_dict() leaves out ttl_seconds; remote reads must return what embedded reads do.
-    d["ttl_seconds"] = r.ttl_seconds
-    return d
+    return r.to_dict()
 
 
 def _hit(h: Hit) -> dict[str, Any]:

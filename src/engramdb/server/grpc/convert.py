@@ -420,6 +420,7 @@ def record_to_dict(m: pb.Record) -> dict[str, Any]:
         "metadata": orjson.loads(m.metadata_json) if m.metadata_json else {},
         "namespace": list(m.namespace),
         "expires_at": m.expires_at if m.HasField("expires_at") else None,
+        "ttl_seconds": m.ttl_seconds if m.HasField("ttl_seconds") else None,
         "importance": m.importance if m.HasField("importance") else None,
         "created_at": m.created_at if m.HasField("created_at") else None,
         "updated_at": m.updated_at if m.HasField("updated_at") else None,
