@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 import shutil
 import threading
 import time
@@ -19,7 +18,7 @@ from ..errors import Closed, CorruptData, FailedPrecondition, InvalidArgument
 from ..index.payload import PayloadIndex
 from ..index.vector import VectorIndex, remove_snapshot
 from ..storage import keys as K
-from ..storage.codec import EdgeRow, RecordRow, decode_record
+from ..storage.codec import RecordRow, decode_record
 from ..storage.store import Change, Mutation, Store
 from ..types import CollectionConfig, Hit, Record, ScanPage
 from . import validate as V
@@ -33,7 +32,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("engramdb.collection")
 
-_PAYLOAD_FILE = "payload.bin"
 _RECORD_FIELDS = frozenset(
     {
         "id",
@@ -137,7 +135,7 @@ class Collection(GraphMixin):
                 rebuild = False
                 try:
                     vindex = VectorIndex.load(vdir, self.dimension, self.metric, p.m, p.ef_construction, p.ef_search)
-                    payload = PayloadIndex.from_bytes((vdir / _PAYLOAD_FILE).read_bytes())
+                    payload = PayloadIndex.from_bytes(vindex.extra, self.config.indexed_fields)
                     watermark = vindex.watermark
                 except (CorruptData, OSError, ValueError) as e:
                     if not isinstance(e, CorruptData) or str(e) != "no vector index snapshot":
@@ -154,9 +152,13 @@ class Collection(GraphMixin):
                     self._rebuild(vindex, payload, text, progress)
                     watermark = self.store.seq
                 else:
-                    if text is not None and text.watermark() < watermark:
-                        # The text index lags: bring it to the snapshot's point
-                        # by replaying from its own watermark.
+                    if text is not None:
+                        # The text index commits in the background, so after a
+                        # crash it may hold documents of labels this snapshot
+                        # never assigned (replay will reuse those numbers), or
+                        # lag behind the snapshot: drop the former, and replay
+                        # from the older of the two watermarks.
+                        text.delete_from(vindex.next_label)
                         watermark = min(watermark, text.watermark())
                 self._vindex, self._payload, self._text = vindex, payload, text
                 self._applied_seq = self._replay(watermark)
@@ -240,10 +242,19 @@ class Collection(GraphMixin):
         finally:
             del it
         now = time.time()
-        for key in dict.fromkeys(pending):
+        keys = list(dict.fromkeys(pending))
+        assert self._vindex is not None and self._payload is not None
+        # What the snapshot indexed for a changed record is unknown now (its old
+        # row is overwritten): drop those labels from the payload and text
+        # indexes wholesale, then index the current rows afresh.
+        stale = BitMap(lb for k in keys if (lb := self._vindex.label_of.get(K.record_id_of(k))) is not None)
+        self._payload.remove_labels(stale)
+        if self._text is not None and stale:
+            self._text.delete_many(stale)
+        for key in keys:
             row = self.store.get_record(key)
             self._index_row(K.record_id_of(key), row if row is not None and row.live(now) else None, None)
-        self._dirty += len(pending)
+        self._dirty += len(keys)
         return last
 
     # ------------------------------------------------------ index maintenance
@@ -329,20 +340,9 @@ class Collection(GraphMixin):
             seq = self._applied_seq
             if self._text is not None:
                 self._text.commit_watermark(seq)
-            self._write_atomic(self.index_dir / _PAYLOAD_FILE, self._payload.to_bytes())
-            self._vindex.save(self.index_dir, seq)
+            self._vindex.save(self.index_dir, seq, extra=self._payload.to_bytes())
             self._dirty = 0
         return True
-
-    @staticmethod
-    def _write_atomic(path: Path, data: bytes) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
 
     @property
     def watermark(self) -> int:

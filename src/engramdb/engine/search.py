@@ -141,7 +141,9 @@ class _Checker:
             lb = int(lab[i])
             row = self.rows.get(lb)
             ok[i] = (
-                row is not None and row.live(self.now) and self.flt.matches(id_of.get(lb, ""), row.namespace, row.metadata)
+                row is not None
+                and row.live(self.now)
+                and self.flt.matches(id_of.get(lb, ""), row.namespace, row.metadata)
             )
         return ok
 

@@ -170,7 +170,9 @@ def epoch_seconds(value: Any, where: str) -> float | None:
         or not math.isfinite(value)
         or not 0 <= value < MAX_EPOCH_SECONDS
     ):
-        raise InvalidArgument(f"{where} must be a Unix time in seconds (0 to {MAX_EPOCH_SECONDS:.0f})", code="invalid_ttl")
+        raise InvalidArgument(
+            f"{where} must be a Unix time in seconds (0 to {MAX_EPOCH_SECONDS:.0f})", code="invalid_ttl"
+        )
     return float(value)
 
 

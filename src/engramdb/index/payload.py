@@ -446,6 +446,37 @@ class PayloadIndex:
             if value is not MISSING:
                 f.remove(label, value)
 
+    def remove_labels(self, labels: BitMap) -> None:
+        """Un-index every label in ``labels`` without knowing their metadata.
+
+        Crash recovery needs this: the metadata a snapshot indexed for a record
+        that changed afterwards is gone from storage, so the labels are dropped
+        from every posting wholesale (one bitmap difference per posting).
+        """
+        if not labels:
+            return
+        for f in self._fields.values():
+            f.present -= labels
+            f.lists -= labels
+            for kd in list(f.other):
+                f.other[kd] -= labels
+            if f.numeric is not None:
+                num = f.numeric
+                num.stale |= labels
+                num.pending += len(labels)
+                for k in list(num.delta):
+                    num.delta[k] -= labels
+                    if not num.delta[k]:
+                        del num.delta[k]
+                        del num.delta_keys[bisect.bisect_left(num.delta_keys, k)]
+                num._maybe_compact()
+            else:
+                for k in list(f.values):
+                    f.values[k] -= labels
+                    if not f.values[k]:
+                        del f.values[k]
+                        f._sorted_keys = None
+
     def clear(self) -> None:
         """Drop every entry, keeping the declared fields."""
         self._fields = {p: _Field(p, f.type) for p, f in self._fields.items()}

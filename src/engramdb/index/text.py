@@ -450,6 +450,26 @@ class TextIndex:
                 raise _wrap(exc, "delete") from exc
             self._dirty = True
 
+    def delete_from(self, min_label: int) -> None:
+        """Remove the documents of every label >= ``min_label``.
+
+        Crash recovery: the text index commits in the background, so after a
+        crash it can hold documents for labels the reloaded vector snapshot
+        never assigned; replay will hand those labels to other records.
+        """
+        lo = _check_label(min_label)
+        with self._lock:
+            writer = self._writer_or_raise()
+            try:
+                q = tantivy.Query.range_query(self._schema, LABEL_FIELD, tantivy.FieldType.Unsigned, lower_bound=lo)
+                writer.delete_documents_by_query(q)
+            except BaseException as exc:
+                self._dirty = True
+                if not _is_failure(exc):
+                    raise
+                raise _wrap(exc, "delete") from exc
+            self._dirty = True
+
     def clear(self) -> None:
         """Remove every document (visible after the next refresh/flush)."""
         with self._lock:

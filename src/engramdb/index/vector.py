@@ -55,6 +55,7 @@ class VectorIndex:
         self.live = BitMap()
         self.next_label = 1
         self.watermark = 0
+        self.extra = b""  # opaque bytes stored with the snapshot (the payload index)
         # Resizing reallocates hnswlib's arrays: searches must not run during it.
         # Ordinary adds and deletes are safe alongside searches (hnswlib locks
         # per node), so they only serialise among themselves.
@@ -204,8 +205,13 @@ class VectorIndex:
         return np.asarray(labels, dtype=np.uint64)[order], dist[order].astype(np.float32)
 
     # ------------------------------------------------------------- snapshots
-    def save(self, directory: str | os.PathLike[str], watermark: int) -> None:
-        """Write a crash-safe snapshot: both files under temp names, fsync, rename."""
+    def save(self, directory: str | os.PathLike[str], watermark: int, extra: bytes = b"") -> None:
+        """Write a crash-safe snapshot: both files under temp names, fsync, rename.
+
+        The metadata file is renamed last and is the commit point. ``extra``
+        (the payload index) is stored inside it, so it can never be newer or
+        older than the vectors it describes.
+        """
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         with self._write_lock:
@@ -227,6 +233,7 @@ class VectorIndex:
                 "hnsw_size": len(data),
                 "hnsw_crc": zlib.crc32(data),
                 "capacity": self._index.get_max_elements(),
+                "extra": extra,
             }
             payload = msgpack.packb(meta, use_bin_type=True)
             tmp_meta = d / (_META_FILE + ".tmp")
@@ -279,6 +286,7 @@ class VectorIndex:
         self.live = BitMap(self.id_of.keys())
         self.next_label = meta["next_label"]
         self.watermark = meta["watermark"]
+        self.extra = meta.get("extra", b"")
         return self
 
 

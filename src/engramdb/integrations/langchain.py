@@ -14,6 +14,7 @@ for ``dot``, ``1 / (1 + distance)`` for ``l2``.
 
 from __future__ import annotations
 
+import inspect
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -70,6 +71,12 @@ class EngramVectorStore(VectorStore):
         self._text_index = text_index
         self._tenant_kw: dict[str, Any] = {"tenant": tenant} if tenant is not None else {}
         self._owned: Any = None
+        for obj, method in ((db, "get_collection"), (collection, "upsert")):
+            if inspect.iscoroutinefunction(getattr(obj, method, None)):
+                raise TypeError(
+                    "EngramVectorStore needs a synchronous database, client or collection (engramdb.open or "
+                    "engramdb.connect); its async methods already run engine calls in a worker thread"
+                )
         if isinstance(collection, str):
             if db is None:
                 raise ValueError(
@@ -105,6 +112,15 @@ class EngramVectorStore(VectorStore):
         if self._owned is not None:
             self._owned.close()
             self._owned = None
+
+    def _existing(self) -> Any:
+        """The collection, looked up again if it did not exist yet (another store may have created it)."""
+        if self._collection is None and self._db is not None:
+            try:
+                self._collection = self._db.get_collection(self._name, **self._tenant_kw)
+            except NotFound:
+                pass
+        return self._collection
 
     def _create(self, dimension: int) -> Any:
         try:
@@ -160,7 +176,9 @@ class EngramVectorStore(VectorStore):
         # Later duplicates of an id win, as in a sequence of single adds; the
         # engine itself rejects a batch that names an id twice.
         unique = list({r["id"]: r for r in records}.values())
-        coll = self._collection if self._collection is not None else self._create(len(unique[0]["vector"]))
+        coll = self._existing()
+        if coll is None:
+            coll = self._create(len(unique[0]["vector"]))
         for start in range(0, len(unique), _MAX_BATCH):
             coll.upsert(unique[start : start + _MAX_BATCH])
 
@@ -207,17 +225,18 @@ class EngramVectorStore(VectorStore):
 
         Missing ids are not an error. Returns True.
         """
-        if self._collection is None:
+        coll = self._existing()
+        if coll is None:
             return True
         flt = kwargs.get("filter")
         if ids is None:
-            self._collection.delete(filter=flt if flt is not None else {})
+            coll.delete(filter=flt if flt is not None else {})
             return True
         ids = list(ids)
         for start in range(0, len(ids), _MAX_BATCH):
-            self._collection.delete(ids[start : start + _MAX_BATCH])
+            coll.delete(ids[start : start + _MAX_BATCH])
         if flt is not None:
-            self._collection.delete(filter=flt)
+            coll.delete(filter=flt)
         return True
 
     # ------------------------------------------------------------------ read
@@ -227,26 +246,26 @@ class EngramVectorStore(VectorStore):
 
     def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
         """Documents for these ids, in the given order; missing (and repeated) ids are skipped."""
-        if self._collection is None:
+        coll = self._existing()
+        if coll is None:
             return []
         unique = list(dict.fromkeys(ids))
         docs: list[Document] = []
         for start in range(0, len(unique), _MAX_BATCH):
-            recs = self._collection.get_many(unique[start : start + _MAX_BATCH], include=["text", "metadata"])
+            recs = coll.get_many(unique[start : start + _MAX_BATCH], include=["text", "metadata"])
             docs.extend(self._document(r) for r in recs)
         return docs
 
     def _hits(
         self, vector: Sequence[float], k: int, flt: Any, include: Sequence[str], kwargs: dict[str, Any]
     ) -> list[Hit]:
-        if self._collection is None or k <= 0:
+        coll = self._existing()
+        if coll is None or k <= 0:
             return []
         if flt is not None and not isinstance(flt, dict):
             raise TypeError("filter must be a dict in the EngramDB filter language, e.g. {'source': 'a.md'}")
         extra = {key: kwargs[key] for key in ("ef", "exact", "min_score") if key in kwargs}
-        return list(
-            self._collection.search(list(vector), min(k, 10_000), filter=flt or None, include=list(include), **extra)
-        )
+        return list(coll.search(list(vector), min(k, 10_000), filter=flt or None, include=list(include), **extra))
 
     def similarity_search_with_score_by_vector(
         self, embedding: list[float], k: int = 4, filter: dict[str, Any] | None = None, **kwargs: Any
@@ -263,8 +282,8 @@ class EngramVectorStore(VectorStore):
         ``filter`` is an EngramDB filter over document metadata; ``ef``, ``exact`` and
         ``min_score`` are passed to the engine's search.
         """
-        if self._collection is None:
-            return []
+        if self._existing() is None:
+            return []  # nothing stored yet: no need to embed the query
         return self.similarity_search_with_score_by_vector(
             self._embedding.embed_query(query), k, filter=filter, **kwargs
         )
@@ -273,7 +292,7 @@ class EngramVectorStore(VectorStore):
         self, query: str, k: int = 4, filter: dict[str, Any] | None = None, **kwargs: Any
     ) -> list[tuple[Document, float]]:
         """Async :meth:`similarity_search_with_score` (awaits the query embedding)."""
-        if self._collection is None:
+        if await run_in_executor(None, self._existing) is None:
             return []
         vector = await self._embedding.aembed_query(query)
         return await run_in_executor(None, self.similarity_search_with_score_by_vector, vector, k, filter, **kwargs)
@@ -329,7 +348,7 @@ class EngramVectorStore(VectorStore):
         **kwargs: Any,
     ) -> list[Document]:
         """Maximal marginal relevance search for a query text (diverse yet relevant results)."""
-        if self._collection is None:
+        if self._existing() is None:
             return []
         return self.max_marginal_relevance_search_by_vector(
             self._embedding.embed_query(query), k, fetch_k, lambda_mult, filter=filter, **kwargs
@@ -345,7 +364,7 @@ class EngramVectorStore(VectorStore):
         **kwargs: Any,
     ) -> list[Document]:
         """Async :meth:`max_marginal_relevance_search` (awaits the query embedding)."""
-        if self._collection is None:
+        if await run_in_executor(None, self._existing) is None:
             return []
         vector = await self._embedding.aembed_query(query)
         return await run_in_executor(

@@ -846,10 +846,12 @@ class EngramStore(BaseStore):
                     rec["ttl_seconds"] = w.ttl_seconds
                 records.append(rec)
             deletes.extend(_part_ids(w.item_id, nvec, w.old_nvec))
-        for start in range(0, len(records), _MAX_BATCH):
-            self._coll.upsert(records[start : start + _MAX_BATCH])
+        # Deletes first: a failure in between then leaves an item with fewer
+        # vectors, never a stale extra vector record carrying an old value.
         for start in range(0, len(deletes), _MAX_BATCH):
             self._coll.delete(deletes[start : start + _MAX_BATCH])
+        for start in range(0, len(records), _MAX_BATCH):
+            self._coll.upsert(records[start : start + _MAX_BATCH])
         if len(self._ns_seq) > _NS_CACHE_MAX:
             self._ns_seq.clear()
         self._ns_seq.update(plan.registered)
