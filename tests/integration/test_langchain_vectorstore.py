@@ -149,6 +149,13 @@ def test_constructors(tmp_path: Path, db: Any) -> None:
     assert eager.get_by_ids(["h"])[0].page_content == "hello"
     with pytest.raises(ValueError, match="db="):
         EngramVectorStore(emb, "no-db")
+    with pytest.raises(TypeError, match="synchronous"):
+        EngramVectorStore(emb, "x", db=engramdb.AsyncClient("http://127.0.0.1:9", api_key="k"))
+    # A store made before its collection existed finds it once another store created it.
+    early = EngramVectorStore(emb, "late", db=db)
+    assert early.similarity_search("x") == [] and early.collection is None
+    EngramVectorStore(emb, "late", db=db).add_texts(["made elsewhere"], ids=["m"])
+    assert [d.id for d in early.similarity_search("x")] == ["m"]
     with pytest.raises(engramdb.InvalidArgument):
         eager.add_texts(["bad metadata"], [{"when": object()}])
 

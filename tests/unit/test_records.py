@@ -259,3 +259,16 @@ def test_garbage_cursor_rejected(coll):
     for bad in ["!!!", "a", "%%%%"]:
         with pytest.raises(InvalidArgument):
             coll.scan(cursor=bad)
+
+
+def test_list_namespaces_hides_expired_paths(db):
+    c = db.create_collection("nsx", dimension=2)
+    c.upsert(
+        [
+            {"id": "a", "vector": [1, 0], "namespace": ["x"], "ttl_seconds": 0.2},
+            {"id": "b", "vector": [0, 1], "namespace": ["y"]},
+        ]
+    )
+    assert c.list_namespaces() == [("x",), ("y",)]
+    time.sleep(0.3)
+    assert c.list_namespaces() == [("y",)]

@@ -737,6 +737,7 @@ class Collection(GraphMixin):
             literal.append(seg)
         base = b"n" + self.prefix
         start = base + K.encode_namespace(literal)
+        now = time.time()
         seen: list[tuple[str, ...]] = []
         it = self.store.seek_iter("meta", start)
         try:
@@ -744,9 +745,14 @@ class Collection(GraphMixin):
                 key = it.key()
                 if not key.startswith(start):
                     break
-                enc, _, _ = key[len(base) :].rpartition(K.NS_ID_SEP)
+                enc, _, rid = key[len(base) :].rpartition(K.NS_ID_SEP)
                 ns = K.decode_namespace(enc)
                 if self._ns_matches(ns, pre, suf):
+                    row = self.store.get_record(self.prefix + rid)
+                    if row is None or not row.live(now):
+                        # Expired but not yet swept: it must not keep the path alive.
+                        it.next()
+                        continue
                     shown = ns[:max_depth] if max_depth is not None else ns
                     if not seen or seen[-1] != shown:
                         seen.append(shown)
