@@ -55,7 +55,10 @@ def test_extract_writes_entities_and_edges(coll, fake):
 
 def test_invalid_llm_output_writes_nothing(coll, fake):
     ex = ChatExtractor(fake.url + "/v1", "fake-chat", max_retries=0)
-    bad = {"entities": [{"name": "A", "type": "x"}], "relations": [{"source": "A", "relation": "r", "target": "Nobody"}]}
+    bad = {
+        "entities": [{"name": "A", "type": "x"}],
+        "relations": [{"source": "A", "relation": "r", "target": "Nobody"}],
+    }
     fake.enqueue(Reply(body=chat_body(json.dumps(bad))))
     with pytest.raises(EngramError) as ei:
         coll.extract("text", ex)
