@@ -870,6 +870,19 @@ class Collection(GraphMixin):
         self.load()
         return self._text
 
+    def stored_vectors(self, labels: Sequence[int]) -> np.ndarray | None:
+        """Vectors of live labels from the ``vectors`` column family, row for row.
+
+        None if any is missing (a data directory from before the mirror, or a
+        concurrent delete): the caller then falls back to the index's copy.
+        """
+        id_of = self.vindex.id_of
+        keys = [self._key(id_of.get(lb, "")) for lb in labels]
+        raws = self.store.multi_get("vectors", keys)
+        if any(r is None for r in raws):
+            return None
+        return np.frombuffer(b"".join(raws), dtype=np.float32).reshape(len(labels), self.dimension)
+
     def rows(self, rids: Sequence[str]) -> list[RecordRow | None]:
         """Stored rows (live or not) for ids, in order."""
         raws = self.store.multi_get("records", [self._key(r) for r in rids])

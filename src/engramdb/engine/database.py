@@ -240,7 +240,7 @@ class Database:
             self._collections.pop((tenant, name), None)
             coll.drop_files()
             p = coll.prefix
-            for cf in ("records", "edges_out", "edges_in"):
+            for cf in ("records", "edges_out", "edges_in", "vectors"):
                 self.store.delete_range(cf, p, K.prefix_end(p))
             self.store.delete_range("meta", b"n" + p, K.prefix_end(b"n" + p))
 

@@ -223,7 +223,8 @@ def _exact(coll: Collection, q: np.ndarray, k: int, checker: _Checker) -> list[t
     best_l: list[np.ndarray] = []
     best_d: list[np.ndarray] = []
     for i in range(0, len(labels), 65_536):
-        lb, d = vindex.exact(q, labels[i : i + 65_536], k)
+        part = labels[i : i + 65_536]
+        lb, d = vindex.exact(q, part, k, coll.stored_vectors(part))
         best_l.append(lb)
         best_d.append(d)
     all_l = np.concatenate(best_l)

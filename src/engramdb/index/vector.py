@@ -189,11 +189,18 @@ class VectorIndex:
         finally:
             self._exit()
 
-    def exact(self, query: np.ndarray, labels: list[int], k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Brute-force top-k among ``labels``: (labels, distances) like ``knn``."""
+    def exact(
+        self, query: np.ndarray, labels: list[int], k: int, vecs: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Brute-force top-k among ``labels``: (labels, distances) like ``knn``.
+
+        ``vecs`` (the labels' vectors, row for row) avoids hnswlib's slow
+        per-item copy when the caller can read them faster elsewhere.
+        """
         if not labels:
             return np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.float32)
-        vecs = self.vectors(labels)
+        if vecs is None:
+            vecs = self.vectors(labels)
         if self.metric == "l2":
             diff = vecs - query[None, :]
             dist = np.einsum("ij,ij->i", diff, diff)

@@ -31,7 +31,10 @@ from .codec import EdgeRow, RecordRow, decode_edge, decode_record, encode_edge, 
 
 log = logging.getLogger("engramdb.storage")
 
-COLUMN_FAMILIES = ("meta", "records", "edges_out", "edges_in", "changes", "ttl", "hints")
+# "vectors" mirrors each live record's (normalised) vector as raw float32 under
+# the record's key: brute-force search reads them in one multi-get instead of
+# copying them out of the HNSW index one by one (hnswlib's get_items is slow).
+COLUMN_FAMILIES = ("meta", "records", "edges_out", "edges_in", "changes", "ttl", "hints", "vectors")
 _MAX_BATCH_MUTATIONS = 20_000
 
 
@@ -372,6 +375,10 @@ class Store:
                     ops.append(("del", "ttl", K.ttl_key(int(old.expires_at * 1000), K.TTL_EXPIRE, m.key), None))
                 if old.namespace:
                     ops.append(("del", "meta", K.ns_key(m.prefix, old.namespace, rid), None))
+        if new.deleted or new.vector is None:
+            ops.append(("del", "vectors", m.key, None))
+        else:
+            ops.append(("put", "vectors", m.key, new.vector))
         if new.deleted:
             ops.append(("put", "ttl", K.ttl_key(int(new.updated_at * 1000) + grace_ms, K.TTL_PURGE_RECORD, m.key), b""))
         else:
