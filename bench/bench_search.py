@@ -165,38 +165,63 @@ class EngramRunner(Runner):
     def filtered(self, q: np.ndarray, field: str, value: int) -> list[int]:
         return [int(h.id) for h in self.coll.search(q, k=C.K, filter={field: value}, include=[])]
 
-    def paired_overhead(self, qs: np.ndarray, ef: int) -> dict[str, float]:
-        """Engine search vs a raw ``knn_query`` on the engine's own hnswlib index, alternating per query.
+    def paired_overhead(self, qs: np.ndarray, ef: int, passes: int = 6) -> dict[str, float]:
+        """Engine search vs raw ``knn_query`` on the engine's own hnswlib index, in interleaved passes.
 
-        Same graph, same ef, same moment: the difference is the engine's per-query
-        overhead (validation, planning, locking, result objects), free of graph
-        differences and of machine noise drift. Uses the private ``vindex._index``
-        on purpose (diagnostic only).
+        Same graph and ef, measured in alternating passes over all queries (engine,
+        raw, raw, engine, ...; the first two passes are warm-up), so both see the same
+        machine noise and neither reuses the other's just-warmed cache lines for the
+        same query. The difference is the engine's per-query overhead (validation,
+        planning, locking, result objects), free of graph differences. Uses the
+        private ``vindex._index`` on purpose (diagnostic only).
         """
         raw = self.coll.vindex._index
         clock = time.perf_counter
-        eng_t: list[float] = []
-        raw_t: list[float] = []
-        for rnd in range(2):
+        coll = self.coll
+
+        def engine_pass() -> list[float]:
+            out = []
             for q in qs:
                 t0 = clock()
-                self.coll.search(q, k=C.K, ef=ef, include=[])
-                t1 = clock()
+                coll.search(q, k=C.K, ef=ef, include=[])
+                out.append(clock() - t0)
+            return out
+
+        def raw_pass() -> list[float]:
+            out = []
+            raw.set_ef(ef)
+            for q in qs:
+                t0 = clock()
                 raw.knn_query(q, k=C.K, num_threads=1)
-                t2 = clock()
-                if rnd:  # round 0 warms both paths up
-                    eng_t.append(t1 - t0)
-                    raw_t.append(t2 - t1)
-        diffs = [e - r for e, r in zip(eng_t, raw_t, strict=True)]
+                out.append(clock() - t0)
+            return out
+
+        eng_t: list[float] = []
+        raw_t: list[float] = []
+        best_eng = best_raw = float("inf")
+        for p in range(passes + 2):
+            order = (engine_pass, raw_pass) if p % 2 == 0 else (raw_pass, engine_pass)
+            for fn in order:
+                got = fn()
+                if p < 2:
+                    continue
+                if fn is engine_pass:
+                    eng_t += got
+                    best_eng = min(best_eng, sum(got))
+                else:
+                    raw_t += got
+                    best_raw = min(best_raw, sum(got))
         return {
-            "queries": len(eng_t),
+            "queries": len(qs),
+            "passes": passes,
             "engine_p50_ms": C.percentile(eng_t, 50) * 1e3,
             "raw_p50_ms": C.percentile(raw_t, 50) * 1e3,
             "engine_mean_ms": float(np.mean(eng_t)) * 1e3,
             "raw_mean_ms": float(np.mean(raw_t)) * 1e3,
-            "overhead_p50_us": C.percentile(diffs, 50) * 1e6,
+            "overhead_p50_us": (C.percentile(eng_t, 50) - C.percentile(raw_t, 50)) * 1e6,
             "qps_ratio_by_mean": float(np.mean(raw_t) / np.mean(eng_t)),
             "qps_ratio_by_p50": C.percentile(raw_t, 50) / C.percentile(eng_t, 50),
+            "qps_ratio_best_pass": best_raw / best_eng,
         }
 
     def upsert(self, i: int) -> None:
@@ -785,11 +810,12 @@ def report(
     if eng and "paired_overhead" in eng:
         po = eng["paired_overhead"]
         print(
-            f"Paired, same graph (engine search vs raw knn_query on the engine's own hnswlib index, alternating, "
-            f"ef={default_ef}, {po['queries']} queries): p50 {po['engine_p50_ms']:.3f} vs {po['raw_p50_ms']:.3f} ms, "
+            f"Same graph, interleaved passes (engine search vs raw knn_query on the engine's own hnswlib index, "
+            f"ef={default_ef}, {po['queries']} queries x {po.get('passes', 1)} passes each): "
+            f"p50 {po['engine_p50_ms']:.3f} vs {po['raw_p50_ms']:.3f} ms, "
             f"mean {po['engine_mean_ms']:.3f} vs {po['raw_mean_ms']:.3f} ms; engine overhead p50 "
-            f"{po['overhead_p50_us']:.0f} us/query; QPS ratio {po['qps_ratio_by_mean']:.2f}x (mean), "
-            f"{po['qps_ratio_by_p50']:.2f}x (p50)\n"
+            f"{po['overhead_p50_us']:.0f} us/query; EngramDB/raw QPS {po['qps_ratio_by_mean']:.2f}x (mean), "
+            f"{po['qps_ratio_by_p50']:.2f}x (p50), {po.get('qps_ratio_best_pass', float('nan')):.2f}x (best pass)\n"
         )
     C.print_table(
         ["recall", "EngramDB QPS", "hnswlib QPS", "EngramDB/hnswlib", "Chroma QPS"],
@@ -889,7 +915,7 @@ def report(
     ]
     specs.append(
         (
-            "QPS ratio paired on the same graph (mean)",
+            "QPS ratio on the same graph (interleaved, mean)",
             lambda r: float(r["paired_overhead"]["qps_ratio_by_mean"]),
             ">= 0.6",
             lambda e, h: None if e is None else e >= TARGETS["search_qps_ratio"],

@@ -49,6 +49,9 @@ DIM = 8
 N = 120
 KINDS = ("fact", "episode", "note")
 MAX_SCAN_PAGES = 100
+# The vector snapshot: vector.hnsw, and vector.meta (its commit point, which also holds the
+# payload index; older versions kept that in a separate payload.bin).
+SNAPSHOT_FILES = ("vector.hnsw", "vector.meta", "payload.bin")
 
 SST_BUG = "engine bug: RocksDB read errors (block checksum mismatch) escape as a bare Exception instead of CorruptData"
 ITER_BUG = (
@@ -122,9 +125,7 @@ def build_dataset(data: Path) -> Dataset:
     index_rel = c.index_dir.relative_to(data)
     other_rel = other.index_dir.relative_to(data)
     db.close()
-    old_snapshot = {
-        name: (data / index_rel / name).read_bytes() for name in ("vector.hnsw", "vector.meta", "payload.bin")
-    }
+    old_snapshot = {n: (data / index_rel / n).read_bytes() for n in SNAPSHOT_FILES if (data / index_rel / n).exists()}
     db = engramdb.open(data)
     c = db.get_collection(COLL)
     for i in range(N // 2, N):  # one call each
@@ -575,23 +576,22 @@ def _replace_with(index_dir: Path, files: dict[str, bytes]) -> None:
 
 def _copy_other_snapshot(ds: Dataset) -> Callable[[Path], None]:
     def damage(index_dir: Path) -> None:
-        for name in ("vector.hnsw", "vector.meta", "payload.bin"):
-            shutil.copyfile(ds.data / ds.other_index_rel / name, index_dir / name)
+        for name in SNAPSHOT_FILES:
+            if (ds.data / ds.other_index_rel / name).exists():
+                shutil.copyfile(ds.data / ds.other_index_rel / name, index_dir / name)
 
     return damage
 
 
 INDEX_DAMAGE: dict[str, tuple[Callable[[Path], object], bool]] = {
-    # name: (damage, a full rebuild is expected)
+    # name: (damage, a full rebuild is expected). The payload index is stored inside
+    # vector.meta, so the meta-* cases damage it too.
     "hnsw-bit-flip": (lambda d: flip_at(d / "vector.hnsw", 0.5), True),
     "hnsw-truncated": (lambda d: truncate_to(d / "vector.hnsw", 0.5), True),
     "hnsw-zeroed": (lambda d: zero_from(d / "vector.hnsw", 0.0), True),
     "meta-bit-flip": (lambda d: flip_at(d / "vector.meta", 0.5), True),
     "meta-truncated": (lambda d: truncate_to(d / "vector.meta", 0.5), True),
     "meta-empty": (lambda d: truncate_to(d / "vector.meta", 0.0), True),
-    "payload-bit-flip": (lambda d: flip_at(d / "payload.bin", 0.5), True),
-    "payload-truncated": (lambda d: truncate_to(d / "payload.bin", 0.5), True),
-    "payload-garbage": (lambda d: (d / "payload.bin").write_bytes(os.urandom(64)), True),
     "text-meta-garbage": (lambda d: (d / "text" / "meta.json").write_text("{not json"), True),
     "text-meta-deleted": (lambda d: (d / "text" / "meta.json").unlink(), True),
     "text-segment-deleted": (lambda d: _text_segments(d, "idx")[-1].unlink(), True),
@@ -601,7 +601,6 @@ INDEX_DAMAGE: dict[str, tuple[Callable[[Path], object], bool]] = {
     # (e) snapshot files deleted
     "hnsw-deleted": (lambda d: (d / "vector.hnsw").unlink(), True),
     "meta-deleted": (lambda d: (d / "vector.meta").unlink(), True),
-    "payload-deleted": (lambda d: (d / "payload.bin").unlink(), True),
     "text-dir-deleted": (lambda d: shutil.rmtree(d / "text"), True),
     "index-dir-deleted": (lambda d: shutil.rmtree(d), True),
 }
