@@ -441,6 +441,7 @@ def machine_info() -> dict[str, Any]:
         info["mem_total_gib"] = round(psutil.virtual_memory().total / 2**30, 1)
     except ImportError:
         pass
+    info["engramdb_git"] = git_revision()
     for mod in ("hnswlib", "rocksdict", "chromadb"):
         try:
             from importlib.metadata import version
@@ -449,6 +450,22 @@ def machine_info() -> dict[str, Any]:
         except Exception:
             info[mod] = None
     return info
+
+
+def git_revision() -> str | None:
+    """``<short commit>`` of the checkout, with ``+dirty`` if ``src/`` has uncommitted changes."""
+    import subprocess
+
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src"], cwd=REPO, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return rev + ("+dirty" if dirty else "")
 
 
 def write_results(name: str, payload: dict[str, Any], directory: Path | None = None) -> Path:

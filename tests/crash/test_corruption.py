@@ -409,7 +409,6 @@ def test_wal_tail_damage_reopens_to_a_prefix(tmp_path: Path, damage: str) -> Non
     _wal_case(tmp_path, damage, snapshot=False)
 
 
-@pytest.mark.xfail(raises=IndexDisagreement, strict=True, reason=WATERMARK_BUG)
 def test_wal_tail_lost_behind_an_index_snapshot(tmp_path: Path) -> None:
     # The index snapshot was written (and fsynced) after writes whose WAL tail is then
     # lost -- what a power failure does with storage.sync_writes=false.
@@ -475,7 +474,6 @@ def _sst_trial(
 DATA_BLOCK_FRACS = (0.05, 0.2, 0.35, 0.5)
 
 
-@pytest.mark.xfail(raises=UnclearError, strict=True, reason=SST_BUG)
 def test_sst_data_block_damage_get_raises_corrupt_data(pristine: Dataset, tmp_path: Path) -> None:
     silent: list[str] = []
     unclear: list[str] = []
@@ -488,7 +486,6 @@ def test_sst_data_block_damage_get_raises_corrupt_data(pristine: Dataset, tmp_pa
         raise UnclearError("\n".join(unclear[:20]))
 
 
-@pytest.mark.xfail(raises=SilentCorruption, strict=True, reason=ITER_BUG)
 def test_sst_data_block_damage_scan_and_rebuild_never_drop_records_silently(pristine: Dataset, tmp_path: Path) -> None:
     silent: list[str] = []
     for frac in DATA_BLOCK_FRACS:
@@ -498,7 +495,6 @@ def test_sst_data_block_damage_scan_and_rebuild_never_drop_records_silently(pris
         raise SilentCorruption("\n".join(silent[:20]))
 
 
-@pytest.mark.xfail(raises=UnclearError, strict=True, reason=OPEN_BUG)
 def test_sst_table_metadata_damage_fails_clearly(pristine: Dataset, tmp_path: Path) -> None:
     # The tail of an SSTable holds its index, properties and footer: damage there is seen at
     # open, which must then fail with CorruptData (reads are test_sst_data_block_damage_*).
@@ -628,7 +624,6 @@ def test_snapshot_of_another_collection_is_rebuilt(pristine: Dataset, tmp_path: 
     assert reopen_and_check(ds) == (len(ds.expected), len(ds.expected))
 
 
-@pytest.mark.xfail(raises=IndexDisagreement, strict=True, reason=WATERMARK_BUG)
 def test_older_snapshot_than_the_trimmed_changelog_is_rebuilt(pristine: Dataset, tmp_path: Path) -> None:
     # The vector and payload files of an earlier (valid) snapshot, e.g. restored from an
     # older copy: its watermark predates the changelog entries db.snapshot() trimmed since,

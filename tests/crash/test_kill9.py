@@ -682,7 +682,6 @@ CLOCK_BUG = (
 )
 
 
-@pytest.mark.xfail(raises=LostWrite, strict=True, reason=CLOCK_BUG)
 def test_acknowledged_write_after_restart_with_the_clock_behind(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -19,7 +19,7 @@ from ..index.payload import PayloadIndex
 from ..index.vector import VectorIndex, remove_snapshot
 from ..storage import keys as K
 from ..storage.codec import RecordRow, decode_record
-from ..storage.store import Change, Mutation, Store
+from ..storage.store import Change, Mutation, Store, check_iterator
 from ..types import CollectionConfig, Hit, Record, ScanPage
 from . import validate as V
 from .filters import Filter, compile_filter
@@ -137,6 +137,7 @@ class Collection(GraphMixin):
                     vindex = VectorIndex.load(vdir, self.dimension, self.metric, p.m, p.ef_construction, p.ef_search)
                     payload = PayloadIndex.from_bytes(vindex.extra, self.config.indexed_fields)
                     watermark = vindex.watermark
+                    self._check_watermark(watermark)
                 except (CorruptData, OSError, ValueError) as e:
                     if not isinstance(e, CorruptData) or str(e) != "no vector index snapshot":
                         log.warning("index snapshot of %s/%s unusable (%s); rebuilding", self.tenant, self.name, e)
@@ -164,6 +165,19 @@ class Collection(GraphMixin):
                 self._applied_seq = self._replay(watermark)
                 if rebuild:
                     self._dirty = max(self._dirty, 1)
+
+    def _check_watermark(self, watermark: int) -> None:
+        """A snapshot is only usable if the changelog can bring it up to date.
+
+        It is not when it claims changes storage does not have (the WAL tail was
+        lost with sync off), or when entries after it were already trimmed.
+        """
+        if watermark > self.store.seq:
+            raise CorruptData(f"index snapshot is ahead of storage (seq {watermark} > {self.store.seq})")
+        if watermark < self.store.seq:
+            first = self.store.first_key("changes")
+            if first is None or K.parse_seq(first) > watermark + 1:
+                raise CorruptData("index snapshot is older than the retained changelog")
 
     def _open_text(self) -> tuple[TextIndex | None, bool]:
         if not self.config.text_index:
@@ -239,6 +253,7 @@ class Collection(GraphMixin):
                 if val[0] == K.CHANGE_RECORD and val[1:9] == self.prefix:
                     pending.append(bytes(val[1:]))
                 it.next()
+            check_iterator(it)
         finally:
             del it
         now = time.time()

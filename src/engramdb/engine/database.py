@@ -56,6 +56,11 @@ class Database:
             tombstone_grace_seconds=s.tombstone_grace_seconds,
         )
         self.hlc = HLC(self.settings.node_id)
+        # After a restart with the wall clock behind the newest stored write,
+        # new writes must still win over it: start the clock past it.
+        newest = self.store.newest_version()
+        if newest is not None:
+            self.hlc.observe(newest)
         self._lock = threading.RLock()
         self._collections: dict[tuple[str, str], Collection] = {}
         self._closed = False

@@ -27,7 +27,7 @@ from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 
 from ..errors import Closed, CorruptData, EngramError, StorageFull
 from . import keys as K
-from .codec import EdgeRow, RecordRow, decode_edge, decode_record, encode_edge, encode_record
+from .codec import EdgeRow, RecordRow, decode_edge, decode_record, decode_version, encode_edge, encode_record
 
 log = logging.getLogger("engramdb.storage")
 
@@ -73,6 +73,26 @@ class _Item:
     purge: list[tuple[bytes, bytes]] = field(default_factory=list)  # (ttl key, expected raw row)
 
 
+def _read_error(e: Exception) -> EngramError:
+    msg = str(e)
+    if "Corruption" in msg or "checksum" in msg.lower():
+        return CorruptData(f"stored data is damaged ({msg}); restore from a backup")
+    return EngramError(f"storage read failed: {msg}")
+
+
+def check_iterator(it: Any) -> None:
+    """Raise if a RocksDB iterator stopped because of an error rather than at the end."""
+    try:
+        it.status()
+        return
+    except Exception as e:
+        err = _read_error(e)
+    # The traceback keeps this frame alive; an iterator referenced from it
+    # would keep RocksDB's LOCK held after close().
+    del it
+    raise err
+
+
 def _map_write_error(e: Exception) -> EngramError:
     msg = str(e)
     if "No space left" in msg or "ENOSPC" in msg or getattr(e, "errno", None) == errno.ENOSPC:
@@ -114,7 +134,7 @@ class Store:
                 raise StorageFull(
                     f"cannot open the database at {self.path}: the disk is full. Free disk space and start again"
                 ) from e
-            if "lock" in msg.lower():
+            if "LOCK" in msg and ("lock hold" in msg or "Resource temporarily unavailable" in msg or "No locks" in msg):
                 raise EngramError(
                     f"the data directory {self.path} is in use by another process; stop it or use another directory",
                     code="data_dir_locked",
@@ -137,17 +157,23 @@ class Store:
 
     # ------------------------------------------------------------------ reads
     def get(self, cf: str, key: bytes) -> bytes | None:
-        v = self.cf[cf].get(key)
+        try:
+            v = self.cf[cf].get(key)
+        except Exception as e:
+            raise _read_error(e) from e
         return v if v is None else bytes(v)
 
     def multi_get(self, cf: str, keys: list[bytes]) -> list[bytes | None]:
         if not keys:
             return []
-        got: Any = self.cf[cf][keys]  # type: ignore[index]  # rocksdict's stubs omit multi-get on bytes keys
+        try:
+            got: Any = self.cf[cf][keys]  # type: ignore[index]  # rocksdict's stubs omit multi-get on bytes keys
+        except Exception as e:
+            raise _read_error(e) from e
         return list(got)
 
     def get_record(self, key: bytes) -> RecordRow | None:
-        raw = self.cf["records"].get(key)
+        raw = self.get("records", key)
         return None if raw is None else decode_record(raw)
 
     def iter_prefix(self, cf: str, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
@@ -162,9 +188,12 @@ class Store:
             while it.valid():
                 k = it.key()
                 if not k.startswith(prefix):
-                    break
+                    return
                 yield k, it.value()
                 it.next()
+            # An iterator also stops being valid on a read error (e.g. a
+            # damaged block): that must not look like the end of the data.
+            check_iterator(it)
         finally:
             del it
 
@@ -181,6 +210,31 @@ class Store:
             return it.key() if it.valid() else None
         finally:
             del it
+
+    def first_key(self, cf: str) -> bytes | None:
+        it = self.cf[cf].iter()
+        try:
+            it.seek_to_first()
+            return it.key() if it.valid() else None
+        finally:
+            del it
+
+    def newest_version(self) -> tuple[int, int] | None:
+        """Version of the row the newest changelog entry names (seeds the clock at open)."""
+        k = self.last_key("changes")
+        if k is None:
+            return None
+        ref = self.get("changes", k)
+        if not ref:
+            return None
+        cf = "records" if ref[0] == K.CHANGE_RECORD else "edges_out"
+        raw = self.get(cf, ref[1:])
+        if raw is None:
+            return None
+        try:
+            return decode_version(raw)
+        except CorruptData:
+            return None
 
     def _last_seq(self) -> int:
         k = self.last_key("changes")
