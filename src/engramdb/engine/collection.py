@@ -894,9 +894,10 @@ class Collection(GraphMixin):
         id_of = self.vindex.id_of
         keys = [self._key(id_of.get(lb, "")) for lb in labels]
         raws = self.store.multi_get("vectors", keys)
-        if any(r is None for r in raws):
+        present = [r for r in raws if r is not None]
+        if len(present) != len(raws):
             return None
-        return np.frombuffer(b"".join(raws), dtype=np.float32).reshape(len(labels), self.dimension)
+        return np.frombuffer(b"".join(present), dtype=np.float32).reshape(len(labels), self.dimension)
 
     def rows(self, rids: Sequence[str]) -> list[RecordRow | None]:
         """Stored rows (live or not) for ids, in order."""
