@@ -9,13 +9,15 @@ module) and damages real files, then reopens it:
 * (b) SSTable bit flips: every read returns the right record or raises
   CorruptData, opening fails (if it does) with CorruptData, nothing is
   returned silently wrong or missing; a row whose own CRC fails is CorruptData;
-* (c)-(e) vector snapshot, payload index, text index damaged or deleted: the
+* (c)-(e) vector snapshot (with the payload index inside it), text index
+  damaged, deleted, or replaced by an older or another collection's copy: the
   next open rebuilds them and every answer is right again;
 * (f) changelog entries that point to missing records are tolerated.
 
-Tests marked ``xfail(strict=True)`` reproduce engine bugs described in
-docs/reliability.md ("Known issues"); each raises a dedicated exception
-class, so any other failure in them is still reported as a failure.
+Symptoms are raised as dedicated exception classes (IndexDisagreement,
+SilentCorruption, UnclearError). The test of the one open engine bug
+(``TEXT_BUG``, see docs/reliability.md "Known issues") is a strict xfail that
+expects exactly its class, so any other failure in it is still a failure.
 """
 
 from __future__ import annotations
@@ -53,19 +55,7 @@ MAX_SCAN_PAGES = 100
 # payload index; older versions kept that in a separate payload.bin).
 SNAPSHOT_FILES = ("vector.hnsw", "vector.meta", "payload.bin")
 
-SST_BUG = "engine bug: RocksDB read errors (block checksum mismatch) escape as a bare Exception instead of CorruptData"
-ITER_BUG = (
-    "engine bug: Store.iter_prefix/seek_iter never check the iterator status, so a corrupt block silently "
-    "ends scans, index rebuilds and changelog replay early"
-)
-OPEN_BUG = (
-    "engine bug: Store.__init__ reports any open error whose message contains 'lock' (e.g. 'block checksum "
-    "mismatch') as data_dir_locked ('in use by another process')"
-)
-WATERMARK_BUG = (
-    "engine bug: Collection.load trusts the snapshot watermark without checking it against the store: a snapshot "
-    "ahead of storage (lost WAL tail) or older than the trimmed changelog is used as is"
-)
+# Open engine bug (docs/reliability.md, "Known issues"); the test that shows it is a strict xfail.
 TEXT_BUG = (
     "engine bug: damage inside tantivy segment files is not detected when the text index is opened, so text "
     "search can return wrong results silently instead of rebuilding"

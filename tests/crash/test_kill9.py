@@ -676,15 +676,11 @@ def test_vector_update_next_to_a_deleted_slot_then_reopen(tmp_path: Path) -> Non
     assert not problems, "; ".join(problems)
 
 
-CLOCK_BUG = (
-    "engine bug: the hybrid logical clock is not seeded from stored versions at open, so after a restart with the "
-    "wall clock behind the newest stored version, upserts are acknowledged but lose last-writer-wins"
-)
-
-
 def test_acknowledged_write_after_restart_with_the_clock_behind(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Regression (found with this suite): the clock was not seeded from stored versions at open, so
+    after a restart with the wall clock behind, upserts were acknowledged but lost last-writer-wins."""
     from engramdb.engine import hlc
 
     data = tmp_path / "data"

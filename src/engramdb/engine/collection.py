@@ -304,18 +304,32 @@ class Collection(GraphMixin):
         for rid, row, old in ups:
             prev = last.get(rid)
             last[rid] = (row, prev[1] if prev else old)
-        ids = list(last)
-        vecs = np.stack([np.frombuffer(last[r][0].vector or b"", dtype=np.float32) for r in ids])
-        old_labels = {rid: self._vindex.label_of.get(rid) for rid in ids}
-        labels = self._vindex.upsert(ids, vecs, [last[r][0].expires_at for r in ids])
-        for rid, label in zip(ids, labels, strict=True):
-            row, old = last[rid]
-            if old is not None and old_labels[rid] is not None:
-                self._payload.remove(label, old.metadata)
-            self._payload.add(label, row.metadata)
+        old_labels = {rid: self._vindex.label_of.get(rid) for rid in last}
+        # Metadata-only changes (patch, refresh_ttl, re-upserts of the same
+        # vector) skip the HNSW update, which relinks the node every time.
+        moved = [
+            r for r, (row, old) in last.items() if old is None or old_labels[r] is None or old.vector != row.vector
+        ]
+        labels_of: dict[str, int] = {}
+        if moved:
+            vecs = np.stack([np.frombuffer(last[r][0].vector or b"", dtype=np.float32) for r in moved])
+            labels = self._vindex.upsert(moved, vecs, [last[r][0].expires_at for r in moved])
+            labels_of = dict(zip(moved, labels, strict=True))
+        for rid, (row, old) in last.items():
+            label = labels_of.get(rid)
+            if label is None:
+                label = old_labels[rid]
+                assert label is not None
+                self._vindex.set_expiry(label, row.expires_at)
+            indexed_before = old is not None and old_labels[rid] is not None
+            if not indexed_before or old.metadata != row.metadata:  # type: ignore[union-attr]
+                if indexed_before:
+                    self._payload.remove(label, old.metadata)  # type: ignore[union-attr]
+                self._payload.add(label, row.metadata)
             if self._text is not None:
                 if row.text:
-                    self._text.upsert(label, row.text)
+                    if old is None or old.text != row.text or old_labels[rid] is None:
+                        self._text.upsert(label, row.text)
                 elif old is not None and old.text:
                     self._text.delete(label)
         ups.clear()

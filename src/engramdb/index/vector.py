@@ -112,6 +112,14 @@ class VectorIndex:
                     self.expires[label] = exp
             return labels
 
+    def set_expiry(self, label: int, expires_at: float | None) -> None:
+        """Change a live label's expiry without touching its vector."""
+        with self._write_lock:
+            if expires_at is None:
+                self.expires.pop(label, None)
+            else:
+                self.expires[label] = expires_at
+
     def delete(self, rid: str) -> int | None:
         """Remove a record's vector; returns the label it had."""
         with self._write_lock:
