@@ -381,12 +381,17 @@ class Collection(GraphMixin):
     def close(self, snapshot: bool = True) -> None:
         if self._closed:
             return
-        if snapshot:
-            self.snapshot()
-        self._closed = True
-        self.store.unsubscribe(self.prefix)
-        if self._text is not None:
-            self._text.close()
+        try:
+            if snapshot:
+                self.snapshot()
+        finally:
+            # A failed snapshot (e.g. a commit tripping over a file a crash left
+            # behind) must not leave the text index's writer lock held; the
+            # changelog still covers everything the snapshot would have saved.
+            self._closed = True
+            self.store.unsubscribe(self.prefix)
+            if self._text is not None:
+                self._text.close()
 
     def drop_files(self) -> None:
         self.close(snapshot=False)
