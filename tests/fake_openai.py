@@ -136,6 +136,17 @@ class FakeOpenAI:
         with self._lock:
             self._queue.extend(replies)
 
+    def reset(self) -> None:
+        """Forget queued replies and recorded requests (for a server shared by several tests)."""
+        with self._lock:
+            self._queue.clear()
+            self.requests.clear()
+
+    def chat_requests(self) -> list[Recorded]:
+        """The ``/chat/completions`` requests received so far."""
+        with self._lock:
+            return [r for r in self.requests if r.path.endswith("/chat/completions")]
+
     def _next_reply(self, req: Recorded) -> Reply:
         with self._lock:
             self.requests.append(req)

@@ -25,7 +25,7 @@ from .errors import (
     Unauthenticated,
     Unavailable,
 )
-from .types import CollectionConfig, Edge, Hit, Record, ScanPage
+from .types import CollectionConfig, Edge, ExtractResult, Hit, Record, ScanPage
 
 if TYPE_CHECKING:
     from .engine.collection import Collection
@@ -73,6 +73,7 @@ __all__ = [
     "DimensionMismatch",
     "Edge",
     "EngramError",
+    "ExtractResult",
     "FailedPrecondition",
     "Hit",
     "InvalidArgument",

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .errors import InvalidArgument
@@ -98,6 +98,62 @@ class ServerSettings(BaseModel):
             return self.host != "localhost"
 
 
+DEFAULT_EXTRACTION_BASE_URL = "https://api.openai.com/v1"
+
+
+class ExtractionSettings(BaseModel):
+    """The chat model behind the ``extract`` operation (DESIGN.md §6), chosen by the operator.
+
+    API callers cannot name an endpoint: a caller-supplied URL would let any
+    writer make the server send requests (with its API key) to any address
+    it can reach. Extraction is off until ``model`` is set.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(None, description="chat model name, e.g. gpt-4o-mini; unset = extraction disabled")
+    base_url: str = Field(
+        DEFAULT_EXTRACTION_BASE_URL, description="an OpenAI-compatible endpoint: OpenAI, Ollama, vLLM, ..."
+    )
+    api_key_env: str | None = Field(None, description="environment variable that holds the endpoint's API key")
+    api_key_file: Path | None = Field(None, description="file that holds the endpoint's API key")
+    timeout_seconds: float = Field(60.0, gt=0, le=600, description="per attempt; a timed-out attempt is not retried")
+    max_retries: int = Field(2, ge=0, le=10, description="extra attempts after connect errors, 429 and 5xx")
+    temperature: float = Field(0.0, ge=0, le=2)
+    max_tokens: int | None = Field(None, ge=1, le=1_000_000, description="cap on the answer's length")
+    max_concurrent: int = Field(
+        8, ge=1, le=1024, description="extractions running at once; more answer 429 extraction_busy"
+    )
+
+    @field_validator("model")
+    @classmethod
+    def _model_not_blank(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("must be a model name, or left unset to disable extraction")
+        return v.strip() if v is not None else None
+
+    @field_validator("base_url")
+    @classmethod
+    def _url_ok(cls, v: str) -> str:
+        from .embed.openai_http import endpoint_url
+
+        try:
+            endpoint_url(v, "chat/completions")
+        except InvalidArgument as e:
+            raise ValueError(e.message) from None
+        return v
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> ExtractionSettings:
+        if self.api_key_env and self.api_key_file:
+            raise ValueError("set only one of api_key_env and api_key_file")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.model is not None
+
+
 class Settings(BaseSettings):
     """All EngramDB settings."""
 
@@ -108,6 +164,7 @@ class Settings(BaseSettings):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     index: IndexSettings = Field(default_factory=IndexSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    extraction: ExtractionSettings = Field(default_factory=ExtractionSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -198,4 +255,20 @@ def check(settings: Settings, *, for_server: bool = True) -> list[str]:
         akf = settings.server.admin_key_file
         if akf is not None and not Path(akf).is_file():
             problems.append(f"server.admin_key_file: {akf} does not exist")
+        problems.extend(check_extraction(settings.extraction))
     return problems
+
+
+def check_extraction(ext: ExtractionSettings) -> list[str]:
+    """Problems of an enabled extraction section that need the environment or files (its API key)."""
+    if not ext.enabled:
+        return []
+    from .embed.openai_http import resolve_api_key
+
+    try:
+        # Reads the key exactly as the extractor will, so a missing variable or
+        # unreadable file stops the start instead of failing the first request.
+        resolve_api_key(ext.api_key_env, str(ext.api_key_file) if ext.api_key_file else None)
+    except InvalidArgument as e:
+        return [f"extraction: {e.message}"]
+    return []

@@ -212,6 +212,31 @@ class ScanPage:
 
 
 @dataclass
+class ExtractResult:
+    """What an extraction wrote (``Collection.extract``).
+
+    ``entities``: one dict per entity record written, ``{"id", "name", "type",
+    "merged"}`` (``merged`` is true when the entity was merged into a record
+    that existed before, false when the record was created). ``edges``: one
+    dict per relation stored, ``{"src", "relation", "dst", "weight",
+    "version"}``. Both are empty when the text mentions nothing.
+    """
+
+    entities: list[dict[str, Any]] = field(default_factory=list)
+    edges: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"entities": self.entities, "edges": self.edges}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ExtractResult:
+        return cls(
+            entities=[dict(e) for e in d.get("entities") or ()],
+            edges=[{**e, "weight": float(e["weight"])} for e in d.get("edges") or ()],
+        )
+
+
+@dataclass
 class NamespaceInfo:
     """A namespace path and how many live records sit at or below it."""
 

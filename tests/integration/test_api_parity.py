@@ -1115,3 +1115,168 @@ def test_bad_url_is_invalid_argument() -> None:
 def test_lazy_exports() -> None:
     assert engramdb.connect is __import__("engramdb.client.sync", fromlist=["connect"]).connect
     assert engramdb.AsyncClient is AsyncClient
+
+
+# ================================================================ extraction
+# The server extracts with the model its operator configured, so the remote
+# ``extract`` takes no extractor (the parameter stays, optional, and must be
+# None) and adds a per-call ``timeout``; otherwise the parameters, results and
+# errors are the engine's.
+EXTRACT_ANSWER = {
+    "entities": [
+        {"name": "Ada Lovelace", "type": "person", "description": "a mathematician", "attributes": {"born": 1815}},
+        {"name": "Analytical Engine", "type": "machine", "description": "a mechanical computer"},
+    ],
+    "relations": [{"source": "Ada Lovelace", "relation": "wrote_about", "target": "Analytical Engine", "weight": 2}],
+}
+
+
+@pytest.mark.parametrize("cls", [RemoteCollection, AsyncRemoteCollection], ids=["sync", "async"])
+def test_extract_signature_matches(cls: type) -> None:
+    remote = _params(cls.extract, skip=("timeout",))
+    embedded = [
+        (name, kind, None if name == "extractor" else default) for name, kind, default in _params(Collection.extract)
+    ]
+    assert remote == embedded
+    timeout = inspect.signature(cls.extract).parameters["timeout"]
+    assert (timeout.kind, timeout.default) == (inspect.Parameter.KEYWORD_ONLY, None)
+    assert inspect.iscoroutinefunction(cls.extract) == (cls is AsyncRemoteCollection)
+
+
+def _norm_extract(x: Any) -> Any:
+    if isinstance(x, engramdb.types.ExtractResult):
+        return ("ExtractResult", x.entities, [{**e, "version": e["version"] is not None} for e in x.edges])
+    return _norm(x)
+
+
+def _extract_scenario(db: Any, fake_url: str, extractor: Any) -> list[Any]:
+    """Extraction, merging, reading back and every input error; results recorded for comparison."""
+    out: list[Any] = []
+    embedder = {"provider": "openai", "model": "fake-embed", "base_url": fake_url + "/v1", "dimension": 8}
+    c = db.create_collection("kg", 8, embedder=embedder, indexed_fields={"kind": "keyword"})
+    out.append(c.extract("Ada Lovelace wrote about the Analytical Engine.", extractor, namespace=["docs"]))
+    out.append(c.extract("Again.", extractor, source_id="doc-2", dedupe_threshold=0.5, instructions="people only"))
+    out.append(c.get("entity:ada lovelace"))
+    out.append(c.get_many(["entity:analytical engine"], include=["metadata", "namespace", "text"]))
+    out.append(c.edges("entity:ada lovelace", direction="both"))
+    out.append(c.count())
+    bad: list[dict[str, Any]] = [
+        {"text": ""},
+        {"text": "   "},
+        {"text": "t", "dedupe_threshold": 0},
+        {"text": "t", "dedupe_threshold": 1.01},
+        {"text": "t", "dedupe_threshold": "high"},
+        {"text": "t", "dedupe_threshold": float("nan")},
+        {"text": "t", "namespace": "docs"},
+        {"text": "t", "namespace": ["ok", ""]},
+        {"text": "t", "source_id": ""},
+    ]
+    for kw in bad:
+        with pytest.raises(EngramError) as ei:
+            c.extract(extractor=extractor, **kw)
+        out.append((repr(kw), type(ei.value).__name__, ei.value.code))
+    out.append(c.count())  # bad input changed nothing
+    plain = db.create_collection("plain", 8)
+    with pytest.raises(EngramError) as ei:
+        plain.extract("t", extractor)
+    out.append((type(ei.value).__name__, ei.value.code))
+    return out
+
+
+def test_extract_same_answers_everywhere(tmp_path: Path) -> None:
+    """The embedded engine with a ChatExtractor and a server configured with the same model answer alike."""
+    from conftest import start_server
+    from fake_openai import FakeOpenAI
+
+    from engramdb.extract import ChatExtractor
+
+    results: dict[str, list[Any]] = {}
+    with FakeOpenAI(dim=8, chat_content=json.dumps(EXTRACT_ANSWER)) as fake:
+        db = engramdb.open(tmp_path / "emb", storage={"sync_writes": False})
+        try:
+            with ChatExtractor(fake.url + "/v1", "fake-chat", max_retries=0) as ex:
+                results["embedded"] = [_norm_extract(x) for x in _extract_scenario(db, fake.url, ex)]
+        finally:
+            db.close()
+        sp = start_server(
+            tmp_path / "srv",
+            env={
+                "ENGRAMDB_EXTRACTION__MODEL": "fake-chat",
+                "ENGRAMDB_EXTRACTION__BASE_URL": fake.url + "/v1",
+                "ENGRAMDB_EXTRACTION__MAX_RETRIES": "0",
+                "ENGRAMDB_STORAGE__SYNC_WRITES": "false",
+            },
+        )
+        try:
+            with engramdb.connect(sp.base_url, sp.admin_key, tenant="sync") as client:
+                results["sync"] = [_norm_extract(x) for x in _extract_scenario(client, fake.url, None)]
+            loop = LoopThread()
+            try:
+
+                async def make() -> AsyncClient:
+                    return engramdb.AsyncClient(sp.base_url, sp.admin_key, tenant="async")
+
+                aclient = loop.run(make())
+                adapted = SyncAdapter(aclient, loop)
+                results["async"] = [_norm_extract(x) for x in _extract_scenario(adapted, fake.url, None)]
+                loop.run(aclient.close())
+            finally:
+                loop.close()
+        finally:
+            sp.stop()
+    assert results["embedded"][0][1][0]["id"] == "entity:ada lovelace"  # the scenario really extracted
+    diffs = [
+        f"{kind} step {i}:\n  embedded: {want!r}\n  {kind}: {got!r}"
+        for kind in ("sync", "async")
+        for i, (want, got) in enumerate(zip(results["embedded"], results[kind], strict=True))
+        if got != want
+    ]
+    assert not diffs, "\n".join(diffs)
+
+
+EXTRACTED = Canned(200, {"entities": [{"id": "entity:a", "name": "A", "type": "x", "merged": False}], "edges": []})
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_extract_request_and_retries(flaky: Any, kind: str) -> None:
+    # Not idempotent (a repeat counts the mentions twice): an ambiguous 503 is not resent...
+    srv = flaky([UNAVAILABLE])
+    coll, close = _remote_coll(kind, srv.url)
+    try:
+        expect_error(lambda: coll.extract("some text", namespace=("u", "docs")), Unavailable, "unavailable")
+        expect_error(lambda: coll.extract("t", object()), InvalidArgument, "invalid_argument")  # never sent
+    finally:
+        close()
+    assert [(m, p, json.loads(b)) for m, p, _, b in srv.requests] == [
+        (
+            "POST",
+            "/v1/collections/c/extract",
+            {"text": "some text", "dedupe_threshold": 0.92, "namespace": ["u", "docs"]},
+        )
+    ]
+    # ...but a 429 (extraction_busy: nothing ran) is.
+    busy = Canned(429, {"error": {"code": "extraction_busy", "message": "busy"}}, {"Retry-After": "0.1"})
+    srv = flaky([busy, EXTRACTED])
+    coll, close = _remote_coll(kind, srv.url)
+    try:
+        res = coll.extract("t")
+    finally:
+        close()
+    assert isinstance(res, engramdb.types.ExtractResult)
+    assert res.entities == [{"id": "entity:a", "name": "A", "type": "x", "merged": False}] and res.edges == []
+    assert len(srv.requests) == 2
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_extract_waits_longer_than_the_client_timeout(flaky: Any, kind: str) -> None:
+    """A model takes longer than a database call: extract waits at least 120 s unless told otherwise."""
+    srv = flaky([Canned(200, EXTRACTED.body, delay=0.8)])
+    coll, close = _remote_coll(kind, srv.url, timeout=0.3)
+    try:
+        assert coll.extract("t").entities[0]["id"] == "entity:a"
+        err = expect_error(lambda: coll.extract("t", timeout=0.2), DeadlineExceeded, "deadline_exceeded")
+        assert "0.2" in err.message
+        expect_error(lambda: coll.extract("t", timeout=0), InvalidArgument, "invalid_timeout")
+    finally:
+        close()
+    assert len(srv.requests) == 2

@@ -36,13 +36,15 @@ BODIES: dict[str, dict[str, Any] | None] = {
     "edges": {"id": "r1"},
     "neighbors": {"id": "r1"},
     "subgraph": {"ids": ["r1"]},
+    "extract": {"text": "Ada Lovelace wrote about the Analytical Engine."},
     "create_key": {"role": "reader"},
     "list_keys": None,
     "revoke_key": None,
     "rotate_key": {},
 }
 WRITER_OPS = {
-    "create_collection", "delete_collection", "upsert", "patch", "delete", "delete_one", "refresh_ttl", "link", "unlink"
+    "create_collection", "delete_collection", "upsert", "patch", "delete", "delete_one", "refresh_ttl", "link",
+    "unlink", "extract",
 }  # fmt: skip
 ADMIN_OPS = {"create_key", "list_keys", "revoke_key", "rotate_key"}
 COLLECTION_OPS = [r for r in ROUTES if "{coll}" in r.path]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 import uuid
 
 import numpy as np
@@ -29,40 +30,71 @@ def small_fs(tmp_path):
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-def test_disk_full_fails_cleanly_and_loses_nothing(small_fs):
-    path = small_fs / "d"
-    ballast = small_fs / "ballast"
-    ballast.write_bytes(b"\0" * 2_000_000)  # freed later, as an operator would
-    db = engramdb.open(path, storage={"write_buffer_mb": 1, "max_wal_mb": 16})
-    c = db.create_collection("x", dimension=32, text_index=False)
-    rng = np.random.default_rng(0)
+def _fill(c, rng, start: int = 0) -> tuple[list[str], StorageFull]:
+    """Upsert until the disk is full; the acknowledged ids and the error."""
     acked: list[str] = []
-    failure = None
-    for i in range(20_000):
+    for i in range(start, start + 20_000):
         try:
-            c.upsert({"id": f"r{i}", "vector": rng.normal(size=32).tolist(), "text": "x" * 2000})
+            c.upsert({"id": f"r{i}", "vector": rng.normal(size=32).tolist(), "text": f"word{i} " + "x" * 2000})
             acked.append(f"r{i}")
         except StorageFull as e:
-            failure = e
-            break
-    assert failure is not None, "the 8 MiB filesystem never filled up"
+            return acked, e
+    raise AssertionError("the 8 MiB filesystem never filled up")
+
+
+def _await_writes(c, rng, timeout: float = 30.0) -> float:
+    """Seconds until a write succeeds again (retrying as a client would)."""
+    t0 = time.monotonic()
+    while True:
+        try:
+            c.upsert({"id": "after", "vector": rng.normal(size=32).tolist(), "text": "after the disk was full"})
+            return time.monotonic() - t0
+        except StorageFull:
+            if time.monotonic() - t0 > timeout:
+                raise
+            time.sleep(0.2)
+
+
+def test_disk_full_fails_cleanly_loses_nothing_and_recovers_without_restart(small_fs):
+    path = small_fs / "d"
+    ballast = small_fs / "ballast"
+    ballast.write_bytes(b"\0" * 3_000_000)  # freed later, as an operator would
+    db = engramdb.open(path, storage={"write_buffer_mb": 1, "max_wal_mb": 16})
+    c = db.create_collection("x", dimension=32)
+    rng = np.random.default_rng(0)
+    acked, failure = _fill(c, rng)
     assert failure.http_status == 507 and failure.grpc_status == "RESOURCE_EXHAUSTED"
     assert "disk is full" in failure.message
     # Reads keep working and every acknowledged write is readable.
     assert len(c.get_many(acked[-100:], include=())) == min(100, len(acked))
     with pytest.raises(StorageFull):
         c.upsert({"id": "more", "vector": rng.normal(size=32).tolist()})
-    try:
-        db.close()
-    except Exception:
-        pass  # closing may fail to flush on a full disk; the WAL already holds every acknowledged write
-    # Once space is freed, a restart recovers: every acknowledged write is
-    # there and the failed ones are not.
+    with pytest.raises(StorageFull):
+        c.link({"src": acked[0], "relation": "rel", "dst": acked[1]})
+
+    # Space is freed; the same open database accepts writes again.
     ballast.unlink()
     os.sync()
+    _await_writes(c, rng)
+    assert db.store.recoveries == 1
+    c.link({"src": acked[0], "relation": "rel", "dst": acked[1]})
+    assert c.get("more") is None
+    assert {r.id for r in c.get_many(acked, include=())} == set(acked)
+    # The indexes kept up: vector, text and graph queries see old and new writes.
+    probe = acked[len(acked) // 2]
+    hit = c.search(vector=c.get(probe, include=["vector"]).vector, k=1)
+    assert hit[0].id == probe
+    deadline = time.monotonic() + 5  # text search is near-real-time (bound: 1 s)
+    while [h.id for h in c.search(text="after disk full", mode="text", k=1)] != ["after"]:
+        assert time.monotonic() < deadline, "the text index missed a write made after the recovery"
+        time.sleep(0.1)
+    assert [h.id for h in c.search(text=f"word{probe[1:]}", mode="text", k=1)] == [probe]
+    assert [e.dst for e in c.edges(acked[0], direction="out")] == [acked[1]]
+
+    db.close()
+    # And everything is still there after a restart.
     db = engramdb.open(path)
     c = db.get_collection("x")
-    got = {r.id for r in c.get_many(acked, include=())} if len(acked) <= 10_000 else set()
-    assert got == set(acked)
+    assert {r.id for r in c.get_many([*acked, "after"], include=())} == {*acked, "after"}
     assert c.get("more") is None
     db.close()

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
+import shutil
+import struct
 import threading
 import time
-from collections.abc import Iterator
+import uuid
+import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import tantivy
 from pyroaring import BitMap
 
-from engramdb.errors import Closed, CorruptData, FailedPrecondition, InvalidArgument
+from engramdb.errors import Closed, CorruptData, EngramError, FailedPrecondition, InvalidArgument
 from engramdb.index import text as text_mod
 from engramdb.index.text import WATERMARK_FILE, TextIndex
 
@@ -501,6 +509,303 @@ def test_path_is_a_file_is_reset(tmp_path: Path) -> None:
         assert path.is_dir()
     finally:
         index.close()
+
+
+# -------------------------------------------------------- integrity check
+
+
+def _body_index(path: Path) -> Path:
+    """An index with several segments and deletes (so .del files exist)."""
+    index = TextIndex(path, refresh_interval=1.0)
+    index.upsert_many((i, f"document number {i} about {'cats' if i % 2 else 'dogs'}") for i in range(60))
+    index.commit_watermark(1)
+    index.upsert_many((i, f"later document {i}") for i in range(60, 80))
+    index.commit_watermark(2)
+    index.delete_many(range(0, 80, 7))
+    index.commit_watermark(3)
+    index.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def good_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _body_index(tmp_path_factory.mktemp("good") / "text")
+
+
+@pytest.fixture
+def index_copy(good_index: Path, tmp_path: Path) -> Path:
+    path = tmp_path / "text"
+    shutil.copytree(good_index, path)
+    return path
+
+
+def _segment_names(path: Path) -> set[str]:
+    return {p.name for p in path.iterdir() if re.fullmatch(r"[0-9a-f]{32}\..+", p.name)}
+
+
+def _one(path: Path, ext: str) -> Path:
+    files = sorted(p for p in path.iterdir() if p.name.endswith("." + ext) and p.name[:32].isalnum())
+    assert files, f"no .{ext} file in {path}"
+    return files[0]
+
+
+def _footer(file: Path) -> tuple[int, int]:
+    """(offset of the footer JSON, its length) in a tantivy file."""
+    data = file.read_bytes()
+    json_len, magic = struct.unpack("<II", data[-8:])
+    assert magic == 1337
+    return len(data) - 8 - json_len, json_len
+
+
+def _flip(file: Path, offset: int, mask: int = 0x01) -> None:
+    data = bytearray(file.read_bytes())
+    data[offset] ^= mask
+    file.write_bytes(bytes(data))
+
+
+def _flip_body(ext: str) -> Callable[[Path], None]:
+    def damage(path: Path) -> None:
+        file = _one(path, ext)
+        start, _ = _footer(file)
+        _flip(file, start // 3)
+
+    return damage
+
+
+def _flip_footer_field(ext: str, key: bytes) -> Callable[[Path], None]:
+    def damage(path: Path) -> None:
+        file = _one(path, ext)
+        data = file.read_bytes()
+        _flip(file, data.rindex(key) + len(key))  # the value's first digit: 0 <-> 1, 7 <-> 6, ...
+
+    return damage
+
+
+def _cut(ext: str, keep: Callable[[int], int]) -> Callable[[Path], None]:
+    def damage(path: Path) -> None:
+        file = _one(path, ext)
+        with open(file, "r+b") as fh:
+            fh.truncate(keep(file.stat().st_size))
+
+    return damage
+
+
+def _zero(ext: str, frac: float) -> Callable[[Path], None]:
+    def damage(path: Path) -> None:
+        file = _one(path, ext)
+        size = file.stat().st_size
+        with open(file, "r+b") as fh:
+            fh.seek(int(size * frac))
+            fh.write(b"\0" * (size - int(size * frac)))
+
+    return damage
+
+
+def _edit_meta(edit: Callable[[dict[str, Any]], object]) -> Callable[[Path], None]:
+    def damage(path: Path) -> None:
+        meta = json.loads((path / "meta.json").read_text())
+        edit(meta)
+        (path / "meta.json").write_text(json.dumps(meta))
+
+    return damage
+
+
+def _first_with_deletes(meta: dict[str, Any]) -> dict[str, Any]:
+    return next(s for s in meta["segments"] if s["deletes"])
+
+
+def _set(obj: dict[str, Any], key: str, value: object) -> None:
+    obj[key] = value
+
+
+DAMAGE: dict[str, Callable[[Path], object]] = {
+    **{f"bit-flip-{ext}": _flip_body(ext) for ext in ("idx", "pos", "term", "fieldnorm", "fast", "store", "del")},
+    "bit-flip-footer-crc": _flip_footer_field("term", b'"crc":'),
+    "bit-flip-footer-format-version": _flip_footer_field("idx", b'"index_format_version":'),
+    "bit-flip-footer-length": lambda p: _flip(_one(p, "pos"), _one(p, "pos").stat().st_size - 8),
+    "bit-flip-footer-magic": lambda p: _flip(_one(p, "fast"), _one(p, "fast").stat().st_size - 1),
+    "footer-length-huge": lambda p: _one(p, "store").write_bytes(
+        _one(p, "store").read_bytes()[:-8] + struct.pack("<II", 60_000, 1337)
+    ),
+    "footer-garbled": lambda p: _one(p, "term").write_bytes(
+        _one(p, "term").read_bytes()[: _footer(_one(p, "term"))[0]]
+        + b"x" * _footer(_one(p, "term"))[1]
+        + _one(p, "term").read_bytes()[-8:]
+    ),
+    "truncated-by-1": _cut("idx", lambda n: n - 1),
+    "truncated-half": _cut("store", lambda n: n // 2),
+    "truncated-to-7": _cut("fieldnorm", lambda n: 7),
+    "truncated-empty": _cut("del", lambda n: 0),
+    "byte-appended": lambda p: _one(p, "pos").write_bytes(_one(p, "pos").read_bytes() + b"\0"),
+    "zeroed-tail": _zero("term", 0.5),
+    "zeroed-whole": _zero("fast", 0.0),
+    "component-deleted": lambda p: _one(p, "pos").unlink(),
+    "del-file-deleted": lambda p: _one(p, "del").unlink(),
+    "meta-garbage": lambda p: (p / "meta.json").write_text("{not json"),
+    "meta-not-an-object": lambda p: (p / "meta.json").write_text("[]"),
+    "meta-segments-not-a-list": _edit_meta(lambda m: _set(m, "segments", 7)),
+    "meta-bad-segment-id": _edit_meta(lambda m: _set(m["segments"][0], "segment_id", "not-a-uuid")),
+    "meta-unknown-segment": _edit_meta(
+        lambda m: m["segments"].append({"segment_id": str(uuid.uuid4()), "max_doc": 3, "deletes": None})
+    ),
+    "meta-bad-max-doc": _edit_meta(lambda m: _set(m["segments"][0], "max_doc", -1)),
+    "meta-bad-deletes": _edit_meta(lambda m: _set(_first_with_deletes(m)["deletes"], "opstamp", "7")),
+    "meta-other-delete-opstamp": _edit_meta(
+        lambda m: _set(_first_with_deletes(m)["deletes"], "opstamp", _first_with_deletes(m)["deletes"]["opstamp"] + 1)
+    ),
+}
+
+
+def test_checker_passes_a_good_index(good_index: Path) -> None:
+    names = text_mod.check_index_files(good_index)
+    assert names == _segment_names(good_index)
+    assert any(n.endswith(".del") for n in names) and len({n[:32] for n in names}) >= 2
+    # The footer layout the checker relies on, spelled out: body | JSON | u32 len | u32 1337,
+    # with the standard CRC-32 of the body in the JSON.
+    for name in names:
+        data = (good_index / name).read_bytes()
+        start, json_len = _footer(good_index / name)
+        footer = json.loads(data[start : start + json_len])
+        assert footer["crc"] == zlib.crc32(data[:start])
+        assert set(footer["version"]) >= {"index_format_version"}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_checker_detects_damage_and_open_rebuilds(index_copy: Path, damage: str) -> None:
+    DAMAGE[damage](index_copy)
+    with pytest.raises(CorruptData):
+        text_mod.check_index_files(index_copy)
+    with pytest.raises(CorruptData):
+        TextIndex(index_copy)
+    index, rebuild = TextIndex.open_or_reset(index_copy)
+    try:
+        assert rebuild is True
+        assert index.count() == 0
+        index.upsert(1, "rebuilt document")
+        index.flush()
+        assert labels(index.search("rebuilt", 5)) == [1]
+    finally:
+        index.close()
+    text_mod.check_index_files(index_copy)
+
+
+def test_checker_names_the_damaged_file(index_copy: Path) -> None:
+    file = _one(index_copy, "term")
+    _flip_body("term")(index_copy)
+    with pytest.raises(CorruptData, match="checksum mismatch") as err:
+        text_mod.check_index_files(index_copy)
+    assert file.name in err.value.message
+    assert err.value.details["file"] == str(file)
+
+
+def test_damage_is_logged_when_reset(index_copy: Path, caplog: pytest.LogCaptureFixture) -> None:
+    _flip_body("idx")(index_copy)
+    with caplog.at_level(logging.WARNING, logger="engramdb"):
+        index, rebuild = TextIndex.open_or_reset(index_copy)
+    index.close()
+    assert rebuild is True
+    assert any("checksum mismatch" in r.getMessage() and "rebuild" in r.getMessage() for r in caplog.records)
+
+
+def test_unreadable_file_is_not_damage(index_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A permission problem is no reason to wipe the index (root ignores chmod, so it is simulated).
+    def denied(*args: object, **kwargs: object) -> object:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(text_mod, "open", denied, raising=False)
+    with pytest.raises(EngramError) as err:
+        TextIndex.open_or_reset(index_copy)
+    assert not isinstance(err.value, CorruptData)
+    assert _segment_names(index_copy)  # not wiped
+
+
+def test_pre_open_lock_and_tantivy_writer_lock_exclude_each_other(tmp_path: Path) -> None:
+    # The pre-open check relies on tantivy's writer taking an flock on the same file.
+    path = tmp_path / "text"
+    index = TextIndex(path)
+    try:
+        with pytest.raises(FailedPrecondition), text_mod._writer_lock(path):
+            pass
+    finally:
+        index.close()
+    with text_mod._writer_lock(path):
+        raw = tantivy.Index(text_mod.build_schema(), path=str(path), reuse=True)
+        with pytest.raises(ValueError, match="LockBusy"):
+            raw.writer()
+
+
+def _ops(index: TextIndex) -> None:
+    index.delete_many(range(0, 10))
+    index.upsert_many((i, f"replacement text {i}") for i in range(100, 110))
+
+
+def test_leftovers_of_an_interrupted_commit_are_removed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A kill after tantivy wrote a commit's files but before it published meta.json.
+
+    The next process's first commit then wants to create the same <segment>.<opstamp>.del
+    file and used to fail once with FileAlreadyExists.
+    """
+    path, before = tmp_path / "text", tmp_path / "before"
+    index = TextIndex(path, refresh_interval=1.0)
+    index.upsert_many((i, f"hello world doc {i}") for i in range(50))
+    index.commit_watermark(1)
+    index.close()
+    shutil.copytree(path, before)
+    index = TextIndex(path, refresh_interval=1.0)
+    _ops(index)
+    index.commit_watermark(2)
+    index.close()
+    written = _segment_names(path) - _segment_names(before)
+    assert any(n.endswith(".del") for n in written)
+    # "Kill": the files of the last commit are there, meta.json (and the rest) are the old ones.
+    for name in ("meta.json", ".managed.json", WATERMARK_FILE):
+        shutil.copyfile(before / name, path / name)
+    for name in _segment_names(before) - _segment_names(path):
+        shutil.copyfile(before / name, path / name)
+    (path / ".tmpAb12Cd").write_bytes(b"half a meta.json")
+    (path / f"{WATERMARK_FILE}.x1y2.tmp").write_bytes(b"{")
+    (path / "notes.txt").write_text("not ours, kept")
+
+    with caplog.at_level(logging.WARNING, logger="engramdb"):
+        index = TextIndex(path, refresh_interval=1.0)
+    try:
+        assert any("left behind" in r.getMessage() for r in caplog.records)
+        assert not written & _segment_names(path)
+        assert not (path / ".tmpAb12Cd").exists() and not (path / f"{WATERMARK_FILE}.x1y2.tmp").exists()
+        assert (path / "notes.txt").exists()
+        assert index.watermark() == 1 and index.count() == 50
+        _ops(index)
+        index.commit_watermark(2)  # the first commit succeeds
+        assert index.count() == 50
+        assert labels(index.search("replacement", 20)) != [] and labels(index.search("doc 3", 100)).count(3) == 0
+    finally:
+        index.close()
+    assert text_mod.check_index_files(path) == _segment_names(path)
+
+
+def test_unreadable_managed_list_is_removed_without_a_rebuild(
+    index_copy: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (index_copy / ".managed.json").write_text("{garbage")
+    with caplog.at_level(logging.WARNING, logger="engramdb"):
+        index, rebuild = TextIndex.open_or_reset(index_copy)
+    try:
+        assert rebuild is False
+        assert index.count() > 0
+        assert any(".managed.json" in r.getMessage() for r in caplog.records)
+    finally:
+        index.close()
+
+
+def test_translated_maps_binding_errors_only() -> None:
+    with pytest.raises(CorruptData), text_mod._translated("search"):
+        raise ValueError("Data corrupted: bad block")
+    with pytest.raises(KeyboardInterrupt), text_mod._translated("search"):
+        raise KeyboardInterrupt
+    original = InvalidArgument("kept as is")
+    with pytest.raises(InvalidArgument) as err, text_mod._translated("search"):
+        raise original
+    assert err.value is original and err.value.__cause__ is None
 
 
 # ------------------------------------------------------------ lifecycle

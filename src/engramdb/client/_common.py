@@ -34,7 +34,7 @@ from ..errors import (
     Unavailable,
     error_from_dict,
 )
-from ..types import CollectionConfig, Edge, Hit, Record, ScanPage
+from ..types import CollectionConfig, Edge, ExtractResult, Hit, Record, ScanPage
 
 try:  # orjson parses large responses (vectors) several times faster; stdlib json is the fallback.
     import orjson
@@ -82,6 +82,7 @@ class Call(Generic[T]):
     body: dict[str, Any] | None
     decode: Callable[[Any], T]
     idempotent: bool
+    timeout: float | None = None  # seconds for this call; None = the client's timeout
 
 
 def _seg(value: str) -> str:
@@ -607,6 +608,60 @@ def subgraph(
         body,
         lambda d: {"nodes": [Record.from_dict(r) for r in d["nodes"]], "edges": _edges(d)},
         True,
+    )
+
+
+# An extraction waits for a chat model (often tens of seconds, more with the
+# server's own retries), so it gets at least this long even when the client's
+# timeout, sized for database calls, is shorter.
+EXTRACT_MIN_TIMEOUT = 120.0
+
+
+def extract_timeout(client_timeout: float | None, timeout: float | None) -> float | None:
+    """Seconds an ``extract`` call waits: ``timeout`` if given, else the client's but at least 2 minutes."""
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
+            raise InvalidArgument("timeout must be a positive number of seconds", code="invalid_timeout")
+        return float(timeout)
+    if client_timeout is None:
+        return None  # the client waits without limit; so does this call
+    return max(float(client_timeout), EXTRACT_MIN_TIMEOUT)
+
+
+def extract(
+    coll: str,
+    text: str,
+    extractor: Any,
+    *,
+    instructions: str | None,
+    namespace: Sequence[str] | None,
+    dedupe_threshold: float,
+    source_id: str | None,
+    timeout: float | None,
+) -> Call[ExtractResult]:
+    if extractor is not None:
+        # The server extracts with the model its operator configured; sending a
+        # caller's endpoint would let any writer point the server anywhere.
+        raise InvalidArgument(
+            "a remote collection extracts with the server's configured model (server setting "
+            "extraction.model); call extract(text) without an extractor",
+            code="invalid_argument",
+        )
+    # A string namespace is sent as it is, for the server to refuse as the engine does
+    # (list("docs") would silently become ["d", "o", "c", "s"]).
+    ns = namespace if namespace is None or isinstance(namespace, str) else list(namespace)
+    body: dict[str, Any] = {"text": text, "dedupe_threshold": dedupe_threshold}
+    body.update(_compact({"instructions": instructions, "namespace": ns, "source_id": source_id}))
+    # Not idempotent: a repeat counts every entity's mentions again, and costs another model call
+    # whose answer may differ.
+    return Call(
+        "extract",
+        "POST",
+        coll_path(coll, "extract"),
+        body,
+        lambda d: ExtractResult.from_dict(d),
+        False,
+        timeout,
     )
 
 

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import httpx
 
 from ..errors import Closed
-from ..types import CollectionConfig, Edge, Hit, Record, ScanPage
+from ..types import CollectionConfig, Edge, ExtractResult, Hit, Record, ScanPage
 from . import _common as C
 
 T = TypeVar("T")
@@ -74,10 +74,18 @@ class Client:
         while True:
             cause: BaseException | None = None
             try:
-                resp = self._http.request(call.method, call.path, content=content, headers=hdrs)
+                resp = self._http.request(
+                    call.method,
+                    call.path,
+                    content=content,
+                    headers=hdrs,
+                    timeout=httpx.USE_CLIENT_DEFAULT if call.timeout is None else call.timeout,
+                )
             except httpx.HTTPError as e:
                 cause = e
-                outcome: T | C.Failure = C.transport_error(call, e, self.url, self.timeout)
+                outcome: T | C.Failure = C.transport_error(
+                    call, e, self.url, self.timeout if call.timeout is None else call.timeout
+                )
             except RuntimeError as e:
                 # httpx raises RuntimeError when the pool was closed by another thread.
                 if self._closed:
@@ -400,6 +408,44 @@ class RemoteCollection:
                 limit=limit,
                 include=include,
                 timeout_ms=timeout_ms,
+            )
+        )
+
+    # ----------------------------------------------------------- extraction
+    def extract(
+        self,
+        text: str,
+        extractor: None = None,
+        *,
+        instructions: str | None = None,
+        namespace: Sequence[str] | None = None,
+        dedupe_threshold: float = 0.92,
+        source_id: str | None = None,
+        timeout: float | None = None,
+    ) -> ExtractResult:
+        """Extract entities and relations from ``text`` with the server's model and store them.
+
+        As the engine's ``Collection.extract``, except that the model is the
+        one the server's operator configured (``extraction.*`` settings), so
+        ``extractor`` must be left out. Entities become records, relations
+        edges, in one atomic write; nothing is written when the model's answer
+        is rejected (``UpstreamError``, code ``invalid_extraction``). Raises
+        ``FailedPrecondition`` (``extraction_not_configured``) when the server
+        has no model, ``RateLimited`` (``extraction_busy``) when it runs as many
+        extractions as it allows. ``timeout`` (seconds) defaults to the
+        client's timeout but at least 120 s. Not retried after an ambiguous
+        failure: a repeat would count the entities' mentions twice.
+        """
+        return self._client._run(
+            C.extract(
+                self.name,
+                text,
+                extractor,
+                instructions=instructions,
+                namespace=namespace,
+                dedupe_threshold=dedupe_threshold,
+                source_id=source_id,
+                timeout=C.extract_timeout(self._client.timeout, timeout),
             )
         )
 

@@ -85,13 +85,13 @@ def endpoint_url(base_url: str, path: str) -> str:
     except Exception:  # httpx raises several types for bad URLs
         raise InvalidArgument(f"base_url {base_url!r} is not a valid URL") from None
     if url.scheme not in ("http", "https") or not url.host:
-        raise InvalidArgument(f"base_url must be an http:// or https:// URL with a host, got {_public_url(base)!r}")
+        raise InvalidArgument(f"base_url must be an http:// or https:// URL with a host, got {public_url(base)!r}")
     if base.endswith("/v1"):
         return f"{base}/{path}"
     return f"{base}/v1/{path}"
 
 
-def _public_url(url: str) -> str:
+def public_url(url: str) -> str:
     """``url`` without user:password, for messages."""
     try:
         parsed = httpx.URL(url)
@@ -178,7 +178,7 @@ class OpenAICompatClient:
         )
 
     def __repr__(self) -> str:
-        return f"<OpenAICompatClient {self.what} {_public_url(self.base_url)}>"
+        return f"<OpenAICompatClient {self.what} {public_url(self.base_url)}>"
 
     def close(self) -> None:
         """Close pooled connections."""
@@ -232,7 +232,7 @@ class OpenAICompatClient:
         times out.
         """
         url = endpoint_url(self.base_url, path)
-        shown = _public_url(url)
+        shown = public_url(url)
         attempt = 0
         while True:
             try:

@@ -237,16 +237,15 @@ class Collection(GraphMixin):
 
     def _estimate_rows(self) -> int:
         try:
-            return int(self.store.db.property_int_value("rocksdb.estimate-num-keys") or 0)
+            return self.store.estimate_keys()
         except Exception:
             return 0
 
     def _replay(self, after_seq: int) -> int:
         """Apply every changelog entry of this collection newer than ``after_seq``."""
         last = after_seq
-        it = self.store.seek_iter("changes", K.seq_key(after_seq + 1))
         pending: list[bytes] = []
-        try:
+        with self.store.iterator("changes", K.seq_key(after_seq + 1)) as it:
             while it.valid():
                 last = K.parse_seq(it.key())
                 val = it.value()
@@ -254,8 +253,6 @@ class Collection(GraphMixin):
                     pending.append(bytes(val[1:]))
                 it.next()
             check_iterator(it)
-        finally:
-            del it
         now = time.time()
         keys = list(dict.fromkeys(pending))
         assert self._vindex is not None and self._payload is not None
@@ -773,8 +770,7 @@ class Collection(GraphMixin):
         start = base + K.encode_namespace(literal)
         now = time.time()
         seen: list[tuple[str, ...]] = []
-        it = self.store.seek_iter("meta", start)
-        try:
+        with self.store.iterator("meta", start) as it:
             while it.valid():
                 key = it.key()
                 if not key.startswith(start):
@@ -796,8 +792,6 @@ class Collection(GraphMixin):
                     it.seek(base + K.encode_namespace(shown) + (b"\xff" if len(shown) < len(ns) else b"\x02"))
                 else:
                     it.seek(base + enc + b"\x02")
-        finally:
-            del it
         return seen[offset : offset + limit]
 
     @staticmethod

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -23,6 +22,7 @@ from ..extract.schema import Extraction, normalise_name
 from ..storage import keys as K
 from ..storage.codec import EdgeRow, RecordRow
 from ..storage.store import Mutation
+from ..types import ExtractResult
 from . import validate as V
 from .hlc import version_str
 
@@ -34,18 +34,13 @@ MAX_ID_NAME_BYTES = 400
 
 
 class Extractor(Protocol):
+    """What ``extract`` needs: :class:`engramdb.extract.ChatExtractor` or anything with its ``extract``."""
+
     def extract(self, text: str, *, instructions: str | None = None) -> Extraction: ...
 
 
-@dataclass
-class ExtractResult:
-    """What an extraction wrote: entity ids (new or merged into) and edges."""
-
-    entities: list[dict[str, Any]] = field(default_factory=list)
-    edges: list[dict[str, Any]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"entities": self.entities, "edges": self.edges}
+# ExtractResult lives in engramdb.types (shared with the remote clients); re-exported here.
+__all__ = ["ENTITY_PREFIX", "ExtractResult", "Extractor", "entity_id", "extract_into"]
 
 
 def entity_id(name: str) -> str:
@@ -72,8 +67,13 @@ def extract_into(
             "extraction needs a collection with an embedder (entities are stored as searchable records)",
             code="embedder_required",
         )
-    if not 0 < dedupe_threshold <= 1:
-        raise InvalidArgument("dedupe_threshold must be in (0, 1]", code="invalid_argument")
+    # A non-number would fail the comparison with a TypeError (a 500 on a server), hence the type test first.
+    if (
+        isinstance(dedupe_threshold, bool)
+        or not isinstance(dedupe_threshold, (int, float))
+        or not 0 < dedupe_threshold <= 1
+    ):
+        raise InvalidArgument("dedupe_threshold must be a number in (0, 1]", code="invalid_argument")
     ns = V.namespace(namespace)
     if source_id is not None:
         V.record_id(source_id, "source_id")

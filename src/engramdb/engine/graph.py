@@ -20,6 +20,7 @@ See ``docs/graph.md`` for the user-facing contract (API, scoring, bounds).
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import math
 import struct
@@ -270,12 +271,14 @@ class _EdgeReader:
         self.store = store
         self.prefix = prefix
         self._its: dict[str, Any] = {}
+        self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> _EdgeReader:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._its.clear()  # drops (and so closes) the iterators
+        self._its.clear()
+        self._stack.close()  # drops (and so closes) the iterators
 
     def scan(
         self, cf: str, node: str, relations: tuple[str, ...] | None, cap: int | None = None
@@ -283,7 +286,7 @@ class _EdgeReader:
         """(relation, other node, raw edge row) of ``node``'s edges in ``cf``, in key order."""
         it = self._its.get(cf)
         if it is None:
-            it = self._its[cf] = self.store.seek_iter(cf, self.prefix)
+            it = self._its[cf] = self._stack.enter_context(self.store.iterator(cf, self.prefix))
         node_prefix = K.edge_node_prefix(self.prefix, node)
         # Keys are prefix | u16 len + node | u16 len + relation | other node
         # (storage/keys.py); parsing just the tail after the known node prefix

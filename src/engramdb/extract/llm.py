@@ -177,7 +177,9 @@ class ChatExtractor:
         timeout, ``InvalidArgument`` for empty text.
         """
         if not isinstance(text, str) or not text.strip():
-            raise InvalidArgument("extract() needs a non-empty text")
+            # invalid_text: the code the server gives the same input, so the
+            # embedded and remote calls fail alike.
+            raise InvalidArgument("extract() needs a non-empty text", code="invalid_text")
         payload: dict[str, Any] = {
             "model": self.model,
             "messages": self.messages(text, instructions),

@@ -31,6 +31,21 @@ Durability and restart
     replays its changelog after it. Background commits may persist changes
     beyond the watermark; replaying them is harmless because upserts replace
     and deletes are idempotent.
+
+Integrity
+    The index is derived data (the record store is the source of truth), so
+    damage is answered by a rebuild, never by serving from damaged files.
+    Every open checks, before tantivy reads anything, that ``meta.json``
+    parses, has our schema and names well-formed segments, that every file of
+    every segment exists, and that each file's tantivy footer is intact and
+    holds the CRC-32 of the file's content (:func:`check_index_files`; tantivy
+    writes that footer on every segment file but tantivy-py does not expose
+    its ``validate_checksum``). Damage raises :class:`CorruptData`, which
+    :meth:`TextIndex.open_or_reset` answers by wiping the directory for a
+    rebuild. The check reads every segment file once (a few ms for an index
+    of 40,000 passages, see :func:`check_index_files`), which also warms the
+    page cache for the first queries. Files a killed writer left behind,
+    which no commit refers to, are removed at the same time.
 """
 
 from __future__ import annotations
@@ -41,17 +56,26 @@ import json
 import logging
 import operator
 import os
+import re
 import shutil
+import struct
 import tempfile
 import threading
+import uuid
 import weakref
-from collections.abc import Callable, Iterable
+import zlib
+from collections.abc import Callable, Iterable, Iterator
 from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any, Self
 
 import tantivy
 from pyroaring import AbstractBitMap
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no cross-process lock for the pre-open check
+    fcntl = None  # type: ignore[assignment]
 
 from engramdb.errors import (
     Closed,
@@ -62,7 +86,7 @@ from engramdb.errors import (
     StorageFull,
 )
 
-__all__ = ["TOKENIZER_NAME", "TextIndex", "build_analyzer", "build_schema"]
+__all__ = ["TOKENIZER_NAME", "TextIndex", "build_analyzer", "build_schema", "check_index_files"]
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +100,8 @@ TOKENIZER_NAME = "engram_en_v1"
 WATERMARK_FILE = "engramdb-text-watermark.json"
 _WATERMARK_FORMAT = 1
 _META_FILE = "meta.json"
+_MANAGED_FILE = ".managed.json"  # tantivy's list of the files it may garbage-collect
+_WRITER_LOCK_FILE = ".tantivy-writer.lock"
 
 MAX_LABEL = 2**64 - 1
 MAX_REFRESH_INTERVAL = 1.0
@@ -145,6 +171,23 @@ def _wrap(exc: BaseException, action: str) -> EngramError:
     return EngramError(f"text index: {action} failed: {text}", details={"cause": text})
 
 
+@contextlib.contextmanager
+def _translated(action: str) -> Iterator[None]:
+    """Re-raise failures of the binding calls in the block as engine errors (:func:`_wrap`).
+
+    :class:`EngramError` and non-failures (``KeyboardInterrupt``, …) pass
+    through unchanged.
+    """
+    try:
+        yield
+    except EngramError:
+        raise
+    except BaseException as exc:
+        if not _is_failure(exc):
+            raise
+        raise _wrap(exc, action) from exc
+
+
 def _check_label(label: Any) -> int:
     try:
         value = operator.index(label)
@@ -172,10 +215,41 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def _verify_meta(path: Path) -> None:
-    """Check that an existing tantivy index at ``path`` has our schema.
+# ------------------------------------------------------------- integrity
+#
+# tantivy (since 0.15; the same in the 0.27 that tantivy-py 0.27 bundles) ends
+# every file it writes for a segment with a footer (tantivy
+# src/directory/footer.rs):
+#
+#     body | footer JSON | u32 LE len(footer JSON) | u32 LE 1337
+#
+# where the JSON is {"version": {...}, "crc": <CRC-32 of body>}, computed with
+# crc32fast, i.e. the standard CRC-32 that zlib.crc32 computes. meta.json and
+# .managed.json are written atomically and carry no footer.
+_FOOTER_MAGIC = 1337
+_FOOTER_MAX_LEN = 50_000  # tantivy refuses longer footers as well
+_FOOTER_TAIL = struct.Struct("<II")
+_CRC_CHUNK = 1 << 20
+# Files every segment of our schema has (postings, positions, term dictionary,
+# field norms, fast fields, doc store), plus <segment>.<opstamp>.del when the
+# segment has deletes.
+_SEGMENT_COMPONENTS = ("idx", "pos", "term", "fieldnorm", "fast", "store")
+# Any file tantivy writes for a segment, including the doc store's temporary.
+_SEGMENT_FILE_RE = re.compile(r"[0-9a-f]{32}\.(?:idx|pos|term|fieldnorm|fast|store|store\.temp|[0-9]+\.del)")
+# Temporaries of tantivy's atomic writes (tempfile crate: ".tmp" + 6 chars).
+_TANTIVY_TEMP_RE = re.compile(r"\.tmp[0-9A-Za-z]{6}")
 
-    The binding cannot introspect a schema, so ``meta.json`` is read directly.
+
+def _damaged(file: Path, reason: str) -> CorruptData:
+    return CorruptData(
+        f"text index file {file.name} is damaged: {reason}", details={"file": str(file), "reason": reason}
+    )
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    """Parse ``meta.json`` and check that the index has our schema.
+
+    The binding cannot introspect a schema, so the file is read directly.
     Raises :class:`CorruptData` for an unreadable file or a different schema
     (e.g. an older tokenizer version) — both mean the index must be rebuilt.
     """
@@ -191,12 +265,196 @@ def _verify_meta(path: Path) -> None:
             and text["type"] == "text"
             and text["options"]["indexing"]["tokenizer"] == TOKENIZER_NAME
         )
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except PermissionError as exc:
+        raise _wrap(exc, f"read {_META_FILE}") from exc  # not damage: never a reason to wipe
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise CorruptData(f"text index at {path}: unreadable {_META_FILE}", details={"cause": str(exc)}) from exc
     if not ok:
         raise CorruptData(
             f"text index at {path} has an incompatible schema or tokenizer (expected {TOKENIZER_NAME})",
             code="index_schema_mismatch",
+        )
+    return meta
+
+
+def _segment_files(path: Path, meta: dict[str, Any]) -> set[str]:
+    """Names of the files the segments listed in ``meta`` consist of."""
+    names: set[str] = set()
+    try:
+        for segment in meta["segments"]:
+            seg = uuid.UUID(segment["segment_id"]).hex
+            max_doc, deletes = segment["max_doc"], segment["deletes"]
+            if isinstance(max_doc, bool) or not isinstance(max_doc, int) or max_doc < 0:
+                raise ValueError(f"bad max_doc {max_doc!r}")
+            names.update(f"{seg}.{ext}" for ext in _SEGMENT_COMPONENTS)
+            if deletes is not None:
+                opstamp, deleted = deletes["opstamp"], deletes["num_deleted_docs"]
+                if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (opstamp, deleted)):
+                    raise ValueError(f"bad deletes {deletes!r}")
+                names.add(f"{seg}.{opstamp}.del")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CorruptData(
+            f"text index at {path}: {_META_FILE} lists a malformed segment", details={"cause": str(exc)}
+        ) from exc
+    return names
+
+
+def _verify_footer(file: Path, buf: memoryview) -> Any:
+    """Check ``file``'s tantivy footer and the CRC-32 of its body; returns the footer's version.
+
+    ``buf`` is scratch space for reading the body in chunks.
+    """
+    try:
+        with open(file, "rb", buffering=0) as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size < _FOOTER_TAIL.size:
+                raise _damaged(file, f"{size} bytes, too short for a footer")
+            fh.seek(size - _FOOTER_TAIL.size)
+            json_len, magic = _FOOTER_TAIL.unpack(fh.read(_FOOTER_TAIL.size))
+            if magic != _FOOTER_MAGIC:
+                raise _damaged(file, "no footer magic number (truncated or overwritten)")
+            body_len = size - _FOOTER_TAIL.size - json_len
+            if json_len > _FOOTER_MAX_LEN or body_len < 0:
+                raise _damaged(file, f"impossible footer length {json_len}")
+            fh.seek(body_len)
+            try:
+                footer = json.loads(fh.read(json_len))
+                stored, version = footer["crc"], footer["version"]
+                if isinstance(stored, bool) or not isinstance(stored, int) or not isinstance(version, dict):
+                    raise TypeError(f"malformed footer {footer!r}")
+            except (ValueError, KeyError, TypeError) as exc:
+                raise _damaged(file, f"unreadable footer ({exc})") from exc
+            fh.seek(0)
+            crc, left = 0, body_len
+            while left:
+                n = fh.readinto(buf[: min(left, len(buf))])
+                if not n:
+                    raise _damaged(file, "shorter than its size")
+                crc = zlib.crc32(buf[:n], crc)
+                left -= n
+    except FileNotFoundError as exc:
+        raise _damaged(file, "missing") from exc
+    except PermissionError as exc:
+        raise _wrap(exc, f"read {file.name}") from exc  # not damage: never a reason to wipe
+    except OSError as exc:  # e.g. EIO from a bad sector
+        raise _damaged(file, f"unreadable ({exc})") from exc
+    if crc != stored:
+        raise _damaged(file, f"checksum mismatch (footer says {stored:#010x}, content has {crc:#010x})")
+    return version
+
+
+def check_index_files(path: str | os.PathLike[str]) -> set[str]:
+    """Verify the on-disk index at ``path``; returns the names of the files it consists of.
+
+    Checks that ``meta.json`` parses, has this module's schema and lists
+    well-formed segments, that every file of every listed segment exists, and
+    that each of them ends with an intact tantivy footer whose CRC-32 matches
+    the file's content (tantivy's ``Index::validate_checksum``, which
+    tantivy-py does not expose, plus the existence check it lacks) and whose
+    version matches the other files of the segment. Raises
+    :class:`CorruptData` for the first damage found; a permission error is not
+    damage and raises a plain :class:`EngramError`.
+
+    Cost: one sequential read of every segment file plus a CRC-32 (about
+    1-1.5 GB/s of CPU). Measured on 2 cores: the 4 MB index of 42,000 short
+    passages takes 3-8 ms from the page cache and 25-30 ms from disk; a 36 MB
+    one 20-30 ms and 105-125 ms. Nothing may write the index meanwhile
+    (:class:`TextIndex` holds the writer lock while it checks).
+    """
+    p = Path(path)
+    names = _segment_files(p, _read_meta(p))
+    buf = memoryview(bytearray(_CRC_CHUNK))
+    versions: dict[str, Any] = {}
+    for name in sorted(names):
+        version = _verify_footer(p / name, buf)
+        # The CRC does not cover the footer's own version, which tantivy reads
+        # (index_format_version). A segment's files are written together, so
+        # they carry the same one; a .del file can be written by a later
+        # tantivy and is left out of the comparison.
+        segment, _, ext = name.partition(".")
+        if not ext.endswith("del") and versions.setdefault(segment, version) != version:
+            raise _damaged(p / name, "footer version differs from the other files of its segment")
+    return names
+
+
+@contextlib.contextmanager
+def _writer_lock(path: Path) -> Iterator[None]:
+    """Hold tantivy's writer lock on ``path`` (the index directory) for a block.
+
+    tantivy's ``IndexWriter`` holds an ``flock(2)`` on ``.tantivy-writer.lock``
+    for its lifetime (a unit test checks the two exclude each other), so no
+    writer, in this process or another, changes the files while the block
+    checks or cleans them. The lock is released at the end of the block,
+    before tantivy takes it for this index's own writer; a writer that slips
+    in between makes that fail with ``index_locked``, as it would anyway.
+    """
+    if fcntl is None:  # pragma: no cover - not POSIX
+        yield
+        return
+    try:
+        fd = os.open(path / _WRITER_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise _wrap(exc, "lock") from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise FailedPrecondition(
+                "text index: open failed: another writer holds the index lock",
+                code="index_locked",
+                details={"cause": str(exc)},
+            ) from exc
+        except OSError as exc:
+            raise _wrap(exc, "lock") from exc
+        yield
+    finally:
+        os.close(fd)  # also releases the lock
+
+
+def _remove_leftovers(path: Path, referenced: AbstractSet[str]) -> None:
+    """Remove what a killed writer can leave behind; the writer lock must be held.
+
+    A kill between writing a segment's files (or a new ``.del`` file) and
+    publishing them in ``meta.json`` leaves files no commit refers to. tantivy
+    names a ``.del`` file after its segment and the commit's opstamp, so the
+    next process's first commit with deletes can try to create that very name
+    and fail with ``FileAlreadyExists``; tantivy's own garbage collection runs
+    only after a commit, and only for files listed in ``.managed.json``. Also
+    removed: temporaries of atomic writes (tantivy's and the watermark's) and
+    an unreadable ``.managed.json``, which would make tantivy refuse to open an
+    intact index (deleting it is safe: the list only drives garbage
+    collection, which this function does at every open).
+    """
+    removed: list[str] = []
+    for entry in os.scandir(path):
+        name = entry.name
+        if (
+            (_SEGMENT_FILE_RE.fullmatch(name) and name not in referenced)
+            or _TANTIVY_TEMP_RE.fullmatch(name)
+            or (name.startswith(WATERMARK_FILE + ".") and name.endswith(".tmp"))
+        ):
+            try:
+                os.unlink(entry.path)
+                removed.append(name)
+            except OSError as exc:  # never fatal: at worst one commit fails and is retried
+                log.warning("text index at %s: cannot remove leftover file %s: %s", path, name, exc)
+    managed = path / _MANAGED_FILE
+    try:
+        listed = json.loads(managed.read_text(encoding="utf-8"))
+        if not isinstance(listed, list) or not all(isinstance(n, str) for n in listed):
+            raise ValueError("not a list of file names")
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as exc:
+        log.warning("text index at %s: %s is unreadable (%s); removing it", path, _MANAGED_FILE, exc)
+        with contextlib.suppress(OSError):
+            managed.unlink()
+    if removed:
+        log.warning(
+            "text index at %s: removed %d file(s) left behind by an interrupted commit: %s",
+            path,
+            len(removed),
+            ", ".join(sorted(removed)[:10]),
         )
 
 
@@ -275,14 +533,19 @@ class TextIndex:
             except OSError as exc:
                 # e.g. permissions: not corruption, so never a reason to wipe.
                 raise _wrap(exc, "create directory") from exc
-            existed = (self._path / _META_FILE).exists()
-            if existed:
-                _verify_meta(self._path)
-            else:
-                # A watermark without an index would make the engine skip
-                # replaying changes the (new, empty) index never saw.
-                with contextlib.suppress(FileNotFoundError):
-                    (self._path / WATERMARK_FILE).unlink()
+            # Checked before tantivy reads anything: damaged segment files can
+            # otherwise answer queries wrongly or make tantivy panic later.
+            with _writer_lock(self._path):
+                existed = (self._path / _META_FILE).exists()
+                referenced: AbstractSet[str] = frozenset()
+                if existed:
+                    referenced = check_index_files(self._path)
+                else:
+                    # A watermark without an index would make the engine skip
+                    # replaying changes the (new, empty) index never saw.
+                    with contextlib.suppress(FileNotFoundError):
+                        (self._path / WATERMARK_FILE).unlink()
+                _remove_leftovers(self._path, referenced)
 
         try:
             self._index = tantivy.Index(self._schema, path=str(self._path) if self._path else None, reuse=True)
@@ -298,17 +561,14 @@ class TextIndex:
                 err = CorruptData(f"text index at {self._path} cannot be opened", details={"cause": str(exc)})
             raise err from exc
 
-        try:
+        with _translated("create writer"):
             self._writer: tantivy.IndexWriter | None = self._index.writer(
                 heap_size=writer_heap_bytes, num_threads=writer_threads
             )
-        except BaseException as exc:
-            if not _is_failure(exc):
-                raise
-            raise _wrap(exc, "create writer") from exc
 
         try:
-            # Probe: opens every segment reader, which validates file footers.
+            # Probe: opens every segment reader (tantivy reads the footers'
+            # versions here, not their checksums: check_index_files did that).
             self._index.reload()
             _ = self._index.searcher().num_docs
             if self._path is not None and existed:
@@ -407,24 +667,14 @@ class TextIndex:
         if not batch:
             return
         schema = self._schema
-        with self._lock:
-            writer = self._writer_or_raise()
-            try:
-                for label, text in batch:
-                    writer.delete_documents_by_query(tantivy.Query.term_query(schema, LABEL_FIELD, label))
-                    if text.strip():
-                        doc = tantivy.Document()
-                        doc.add_unsigned(LABEL_FIELD, label)
-                        doc.add_text(TEXT_FIELD, text)
-                        writer.add_document(doc)
-            except BaseException as exc:
-                # Part of the batch may be buffered; it is committed with the
-                # rest later, which is consistent per item.
-                self._dirty = True
-                if not _is_failure(exc):
-                    raise
-                raise _wrap(exc, "upsert") from exc
-            self._dirty = True
+        with self._writing("upsert") as writer:
+            for label, text in batch:
+                writer.delete_documents_by_query(tantivy.Query.term_query(schema, LABEL_FIELD, label))
+                if text.strip():
+                    doc = tantivy.Document()
+                    doc.add_unsigned(LABEL_FIELD, label)
+                    doc.add_text(TEXT_FIELD, text)
+                    writer.add_document(doc)
 
     def delete(self, label: int) -> None:
         """Remove the document of ``label`` (no-op if absent)."""
@@ -435,20 +685,12 @@ class TextIndex:
         checked = [_check_label(label) for label in labels]
         if not checked:
             return
-        with self._lock:
-            writer = self._writer_or_raise()
-            try:
-                for label in checked:
-                    # The binding turns a Python int into an i64 term, which
-                    # never matches a u64 field, so delete_documents_by_term
-                    # silently deletes nothing; a u64 term query is exact.
-                    writer.delete_documents_by_query(tantivy.Query.term_query(self._schema, LABEL_FIELD, label))
-            except BaseException as exc:
-                self._dirty = True
-                if not _is_failure(exc):
-                    raise
-                raise _wrap(exc, "delete") from exc
-            self._dirty = True
+        with self._writing("delete") as writer:
+            for label in checked:
+                # The binding turns a Python int into an i64 term, which
+                # never matches a u64 field, so delete_documents_by_term
+                # silently deletes nothing; a u64 term query is exact.
+                writer.delete_documents_by_query(tantivy.Query.term_query(self._schema, LABEL_FIELD, label))
 
     def delete_from(self, min_label: int) -> None:
         """Remove the documents of every label >= ``min_label``.
@@ -458,48 +700,45 @@ class TextIndex:
         never assigned; replay will hand those labels to other records.
         """
         lo = _check_label(min_label)
-        with self._lock:
-            writer = self._writer_or_raise()
-            try:
-                q = tantivy.Query.range_query(self._schema, LABEL_FIELD, tantivy.FieldType.Unsigned, lower_bound=lo)
-                writer.delete_documents_by_query(q)
-            except BaseException as exc:
-                self._dirty = True
-                if not _is_failure(exc):
-                    raise
-                raise _wrap(exc, "delete") from exc
-            self._dirty = True
+        with self._writing("delete") as writer:
+            q = tantivy.Query.range_query(self._schema, LABEL_FIELD, tantivy.FieldType.Unsigned, lower_bound=lo)
+            writer.delete_documents_by_query(q)
 
     def clear(self) -> None:
         """Remove every document (visible after the next refresh/flush)."""
+        with self._writing("clear") as writer:
+            # delete_all_documents drops committed segments only; buffered
+            # adds would survive it. They are superseded anyway, so roll
+            # them back first.
+            writer.rollback()
+            writer.delete_all_documents()
+
+    @contextlib.contextmanager
+    def _writing(self, action: str) -> Iterator[tantivy.IndexWriter]:
+        """Hold the write lock and the writer for one write operation.
+
+        The index is marked dirty even when the block fails: part of a batch
+        may be buffered in the writer already, and it is committed with the
+        rest later, which is consistent per item.
+        """
         with self._lock:
             writer = self._writer_or_raise()
             try:
-                # delete_all_documents drops committed segments only; buffered
-                # adds would survive it. They are superseded anyway, so roll
-                # them back first.
-                writer.rollback()
-                writer.delete_all_documents()
-            except BaseException as exc:
-                if not _is_failure(exc):
-                    raise
-                raise _wrap(exc, "clear") from exc
-            self._dirty = True
+                with _translated(action):
+                    yield writer
+            finally:
+                self._dirty = True
 
     # ------------------------------------------------------- commit / reload
 
     def _commit_locked(self) -> None:
         """Commit pending changes and reload the searcher; lock must be held."""
         writer = self._writer_or_raise()
-        try:
+        with _translated("commit"):
             if self._dirty:
                 writer.commit()
                 self._dirty = False
             self._index.reload()
-        except BaseException as exc:
-            if not _is_failure(exc):
-                raise
-            raise _wrap(exc, "commit") from exc
 
     def _refresh_if_dirty(self) -> None:
         """One background tick: commit + reload only when something changed."""
@@ -647,15 +886,11 @@ class TextIndex:
         out: list[tuple[int, float]] = []
         seen: set[int] = set()
         while True:
-            try:
+            # Only binding errors are translated; allowed() below runs
+            # outside this block so its exceptions reach the caller as-is.
+            with _translated("search"):
                 hits = searcher.search(q, limit=page, count=False, offset=offset).hits
                 labels = searcher.fast_field_values(LABEL_FIELD, [addr for _, addr in hits]) if hits else []
-            except BaseException as exc:
-                # Only binding errors are translated; allowed() below runs
-                # outside this block so its exceptions reach the caller as-is.
-                if not _is_failure(exc):
-                    raise
-                raise _wrap(exc, "search") from exc
             if not hits:
                 return out
             for (score, _), label in zip(hits, labels, strict=True):

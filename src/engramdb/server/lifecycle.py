@@ -10,7 +10,8 @@
    503 with progress until that finishes, then 200.
 4. On SIGTERM/SIGINT: ``/ready`` turns 503, both servers stop accepting, in-flight
    requests get up to ``server.shutdown_timeout_seconds`` to finish, then the
-   database is closed (which snapshots the indexes) and the process exits 0.
+   service (its extraction model's connections) and the database are closed
+   (which snapshots the indexes) and the process exits 0.
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ def preflight(settings: Settings) -> tuple[list[str], list[str]]:
         warnings.append(f"auth is disabled while listening on {srv.host}: anyone who can connect is an admin")
     if srv.tls.dev_insecure:
         warnings.append("server.tls.dev_insecure is on: for development only")
+    ext = settings.extraction
+    if not ext.enabled and ext.model_fields_set - {"model"}:
+        warnings.append("extraction settings are given but extraction.model is not set: extraction stays disabled")
     return problems, warnings
 
 
@@ -140,12 +144,18 @@ def run_server(settings: Settings) -> int:
     except Exception as e:  # a held LOCK (another server on this data dir), permissions, corruption
         print(f"engramdb: cannot open the data directory {settings.data_dir}: {e}", file=sys.stderr)
         return 1
-    service = Service(db, settings, admin_key=load_bootstrap_key(settings))
+    try:
+        service = Service(db, settings, admin_key=load_bootstrap_key(settings))
+    except EngramError as e:  # e.g. the extraction key vanished between preflight and here
+        print(f"engramdb: refusing to start: {e.message}", file=sys.stderr)
+        db.close()
+        return 1
     grpc_handle: Any = None
     try:
         grpc_handle = _start_grpc(service, settings)
     except Exception as e:
         print(f"engramdb: cannot start gRPC: {e}", file=sys.stderr)
+        service.close()
         db.close()
         return 1
 
@@ -204,6 +214,7 @@ def run_server(settings: Settings) -> int:
         loader.join(timeout=max(1.0, left()))
         if loader.is_alive():
             log.warning("closing while collections are still loading; the next start will rebuild them")
+        service.close()  # after the drain: no extraction is using the model's connections any more
         try:
             db.close()
         except Exception:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..engine.validate import MAX_BATCH
 from ..types import MAX_DIMENSION, MAX_ID_BYTES, MAX_K, CollectionConfig, EmbedderConfig, FieldType, IndexParams
@@ -320,6 +320,65 @@ class Subgraph(SubgraphBody, _Coll):
     pass
 
 
+# --------------------------------------------------------------- extraction
+# Bounds of an extract request. The text goes into one chat request: 100,000
+# characters is about 25,000 tokens, within the context of current chat models
+# with room for the answer; longer documents should be split by the caller
+# (per section or paragraph), which also gives the model less to get wrong.
+MAX_EXTRACT_TEXT_CHARS = 100_000
+MAX_EXTRACT_INSTRUCTIONS_CHARS = 4_000
+
+
+class ExtractBody(_Req):
+    text: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=MAX_EXTRACT_TEXT_CHARS,
+            description=f"the text to extract entities and relations from; at most {MAX_EXTRACT_TEXT_CHARS} characters",
+        ),
+    ]
+    instructions: Annotated[
+        str | None,
+        Field(
+            max_length=MAX_EXTRACT_INSTRUCTIONS_CHARS,
+            description="added to the model's prompt, e.g. 'only people and companies'",
+        ),
+    ] = None
+    namespace: Annotated[
+        list[str] | None, Field(description="namespace of new entity records (merged ones keep theirs if omitted)")
+    ] = None
+    dedupe_threshold: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=1,
+            description="cosine similarity from which a new entity merges into an existing one of the same type",
+        ),
+    ] = 0.92
+    source_id: Annotated[
+        str | None,
+        Field(
+            min_length=1,
+            max_length=MAX_ID_BYTES,
+            description="recorded in each entity's metadata.sources and each edge's properties",
+        ),
+    ] = None
+
+    @field_validator("text")
+    @classmethod
+    def _text_not_blank(cls, v: str) -> str:
+        # Checked here rather than left to the extractor so that a blank text
+        # costs no model call and fails with the same code as an empty one.
+        if not v.strip():
+            raise ValueError("text must contain something besides whitespace")
+        return v
+
+
+class Extract(ExtractBody, _Coll):
+    pass
+
+
 # --------------------------------------------------------------------- keys
 class CreateKeyBody(_Req):
     role: Role
@@ -441,6 +500,26 @@ class EdgesResult(BaseModel):
 class SubgraphResult(BaseModel):
     nodes: list[RecordOut]
     edges: list[EdgeOut]
+
+
+class ExtractedEntityOut(BaseModel):
+    id: Annotated[str, Field(description="the entity's record id (entity:<normalised name>, or the merged record's)")]
+    name: str
+    type: str
+    merged: Annotated[bool, Field(description="true: merged into a record that existed; false: record created")]
+
+
+class ExtractedEdgeOut(BaseModel):
+    src: str
+    relation: str
+    dst: str
+    weight: float
+    version: str
+
+
+class ExtractionResult(BaseModel):
+    entities: list[ExtractedEntityOut]
+    edges: list[ExtractedEdgeOut]
 
 
 class KeyInfo(BaseModel):

@@ -20,12 +20,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
-from ..config import Settings
+from ..config import ExtractionSettings, Settings
 from ..engine import validate as V
 from ..engine.collection import Collection
 from ..engine.database import DEFAULT_TENANT, Database
+from ..engine.extraction import Extractor
 from ..errors import (
+    DeadlineExceeded,
     EngramError,
+    FailedPrecondition,
     InvalidArgument,
     InvalidFilter,
     NotFound,
@@ -33,8 +36,9 @@ from ..errors import (
     RateLimited,
     Unauthenticated,
     Unavailable,
+    UpstreamError,
 )
-from ..types import Hit, Record
+from ..types import ExtractResult, Hit, Record
 from . import models as M
 from .context import ANONYMOUS_KEY_ID, BOOTSTRAP_KEY_ID, Principal, RequestContext, Role, role_allows
 from .keys import DEFAULT_ROTATION_GRACE_SECONDS, KeyStore, digest, same_digest
@@ -118,6 +122,7 @@ _FIELD_CODES: dict[str, str] = {
     "role": "invalid_role",
     "tenant": "invalid_name",
     "collections": "invalid_scope",
+    "source_id": "invalid_id",
 }
 _BATCHES = {"records": "invalid_record", "edges": "invalid_edge"}
 
@@ -182,10 +187,48 @@ class Readiness:
         return self.status == "ready"
 
 
-class Service:
-    """Executes operations for REST and gRPC (see the module docstring)."""
+def build_extractor(cfg: ExtractionSettings) -> Extractor | None:
+    """The chat extractor of the ``extraction`` settings, or None when extraction is disabled.
 
-    def __init__(self, db: Database, settings: Settings, *, admin_key: str | None = None):
+    Raises InvalidArgument (code ``invalid_config``) when it cannot be built,
+    e.g. the API key's environment variable is unset.
+    """
+    if not cfg.enabled:
+        return None
+    from ..extract.llm import ChatExtractor
+
+    assert cfg.model is not None
+    try:
+        return ChatExtractor(
+            cfg.base_url,
+            cfg.model,
+            api_key_env=cfg.api_key_env,
+            api_key_file=str(cfg.api_key_file) if cfg.api_key_file else None,
+            timeout_seconds=cfg.timeout_seconds,
+            max_retries=cfg.max_retries,
+            temperature=cfg.temperature,
+            max_tokens=cfg.max_tokens,
+        )
+    except InvalidArgument as e:
+        raise InvalidArgument(f"extraction: {e.message}", code="invalid_config") from None
+
+
+class Service:
+    """Executes operations for REST and gRPC (see the module docstring).
+
+    ``extractor`` overrides the one built from ``settings.extraction`` (for
+    applications embedding the service); the service closes only an extractor
+    it built itself. Call :meth:`close` after the last operation.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        *,
+        admin_key: str | None = None,
+        extractor: Extractor | None = None,
+    ):
         self.db = db
         self.settings = settings
         self.keys = KeyStore(db.store)
@@ -204,6 +247,13 @@ class Service:
         self._inflight = 0
         self._idle = threading.Condition()
         self._draining = False
+        # Built at start so a bad key or URL stops the server instead of failing the first request.
+        self._owns_extractor = extractor is None
+        self.extractor: Extractor | None = extractor if extractor is not None else build_extractor(settings.extraction)
+        self._extraction_url = _public_endpoint(settings.extraction) if self._owns_extractor else None
+        # Each extraction holds a worker thread for as long as the model takes (seconds to minutes);
+        # bounding them keeps the other operations served when many arrive at once.
+        self._extract_slots = threading.BoundedSemaphore(settings.extraction.max_concurrent)
 
     # ------------------------------------------------------------ lifecycle
     def load_all(self) -> None:
@@ -247,6 +297,14 @@ class Service:
                     return False
                 self._idle.wait(left)
         return True
+
+    def close(self) -> None:
+        """Release what the service holds besides the database (the extractor's connections)."""
+        ext, self.extractor = self.extractor, None
+        if ext is not None and self._owns_extractor:
+            close = getattr(ext, "close", None)
+            if callable(close):
+                close()
 
     # ----------------------------------------------------------------- auth
     def authenticate(self, ctx: RequestContext) -> Principal:
@@ -488,6 +546,49 @@ class Service:
             "edges": [e.to_dict() for e in got.get("edges", [])],
         }
 
+    def _extract(self, call: Call, req: M.Extract, params: dict[str, Any]) -> dict[str, Any]:
+        # The collection first: another tenant's (or a missing) collection is a 404 whatever the configuration.
+        coll = self.collection(call, req.coll)
+        extractor = self.extractor
+        if extractor is None:
+            raise FailedPrecondition(
+                "extraction is not configured on this server; the operator enables it by setting "
+                "extraction.model (ENGRAMDB_EXTRACTION__MODEL) and, for a provider other than OpenAI, "
+                "extraction.base_url, with the key in extraction.api_key_env or extraction.api_key_file",
+                code="extraction_not_configured",
+            )
+        if not self._extract_slots.acquire(blocking=False):
+            # Refused before anything runs, so clients may retry it like any 429.
+            raise RateLimited(
+                f"{self.settings.extraction.max_concurrent} extractions are already running "
+                "(extraction.max_concurrent); retry shortly",
+                retry_after=1.0,
+                code="extraction_busy",
+            )
+        try:
+            kw = _set_fields(req, "instructions", "namespace", "dedupe_threshold", "source_id")
+            result: ExtractResult = coll.extract(req.text, extractor, **kw)
+        except (UpstreamError, DeadlineExceeded) as e:
+            raise self._without_endpoint(e) from None
+        finally:
+            self._extract_slots.release()
+        return result.to_dict()
+
+    def _without_endpoint(self, e: EngramError) -> EngramError:
+        """``e`` without the operator's model URL, which is internal to the deployment.
+
+        Callers of ``extract`` never chose that endpoint and need not learn where
+        it is (often an address on a private network); the operator finds the
+        full message in the log. Same class, code and other details.
+        """
+        url = self._extraction_url
+        if url is None or e.details.get("url") != url:
+            return e  # not the extraction endpoint (e.g. the collection's own embedder)
+        log.warning("extraction failed: %s", e.message)
+        details = {k: v for k, v in e.details.items() if k != "url"}
+        message = e.message.replace(f"chat endpoint at {url}", "extraction endpoint").replace(url, "<endpoint>")
+        return type(e)(message, code=e.code, details=details)
+
     # keys
     def _key_tenant(self, call: Call, asked: str | None) -> str:
         if asked is None or asked == call.tenant:
@@ -520,6 +621,15 @@ class Service:
         secret, key = self.keys.rotate(req.key_id, grace_seconds=grace, tenant=call.tenant)
         log.info("API key %s rotated to %s", req.key_id, key.id)
         return _new_key(secret, key)
+
+
+def _public_endpoint(cfg: ExtractionSettings) -> str | None:
+    """The chat URL as the extractor's errors show it (``details.url``), None when extraction is off."""
+    if not cfg.enabled:
+        return None
+    from ..embed.openai_http import endpoint_url, public_url
+
+    return public_url(endpoint_url(cfg.base_url, "chat/completions"))
 
 
 def _ceil(seconds: float) -> float:
@@ -589,6 +699,7 @@ OPS: dict[str, OpSpec] = {
         _spec("edges", M.Edges, "reader", "collection"),
         _spec("neighbors", M.Neighbors, "reader", "collection"),
         _spec("subgraph", M.Subgraph, "reader", "collection"),
+        _spec("extract", M.Extract, "writer", "collection"),
         _spec("create_key", M.CreateKeyBody, "admin", "none"),
         _spec("list_keys", M.ListKeysBody, "admin", "none"),
         _spec("revoke_key", M.RevokeKey, "admin", "none"),

@@ -13,17 +13,19 @@ never race.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from rocksdict import Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteBufferManager, WriteOptions
 
 from ..errors import Closed, CorruptData, EngramError, StorageFull
 from . import keys as K
@@ -93,11 +95,91 @@ def check_iterator(it: Any) -> None:
     raise err
 
 
-def _map_write_error(e: Exception) -> EngramError:
+def _is_no_space(e: Exception) -> bool:
     msg = str(e)
-    if "No space left" in msg or "ENOSPC" in msg or getattr(e, "errno", None) == errno.ENOSPC:
+    return "No space left" in msg or "ENOSPC" in msg or getattr(e, "errno", None) == errno.ENOSPC
+
+
+def _map_write_error(e: Exception) -> EngramError:
+    if _is_no_space(e):
         return StorageFull("the disk is full; nothing was written. Free disk space and retry the write")
-    return EngramError(f"storage write failed: {msg}")
+    return EngramError(f"storage write failed: {e}")
+
+
+class Cursor:
+    """A RocksDB iterator that lets go of the database when its block ends.
+
+    Holding the raw iterator past the block (say, in a traceback's frame)
+    would keep RocksDB's LOCK and the old handle alive after a close or a
+    reopen; this proxy drops every reference to it instead. Its methods are
+    the raw iterator's own bound methods, so stepping costs nothing extra.
+    """
+
+    _METHODS = ("valid", "key", "value", "next", "prev", "seek", "seek_to_first", "seek_to_last", "status")
+    __slots__ = _METHODS
+    valid: Callable[[], bool]
+    key: Callable[[], bytes]
+    value: Callable[[], bytes]
+    next: Callable[[], None]
+    prev: Callable[[], None]
+    seek: Callable[[bytes], None]
+    seek_to_first: Callable[[], None]
+    seek_to_last: Callable[[], None]
+    status: Callable[[], None]
+
+    def __init__(self, it: Any) -> None:
+        for name in self._METHODS:
+            setattr(self, name, getattr(it, name))
+
+    def _drop(self) -> None:
+        for name in self._METHODS:
+            delattr(self, name)
+
+
+class _Gate:
+    """Many users of the RocksDB handle at once, or one thread replacing it.
+
+    Reads, iterators and writes hold the gate shared; reopening the database
+    after a disk-full error holds it exclusive, so no iterator or column
+    family object outlives the handle it came from. New shared holders are
+    not held back while a reopen waits (a thread that already holds the gate
+    may take it again without deadlocking); they wait only for the reopen
+    itself, which is short.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._shared = 0
+        self._exclusive = False
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._exclusive:
+                self._cond.wait()
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._shared -= 1
+                if not self._shared:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self, timeout: float) -> Iterator[bool]:
+        """Yields whether the gate was won within ``timeout`` seconds."""
+        with self._cond:
+            won = self._cond.wait_for(lambda: not self._shared and not self._exclusive, timeout)
+            if won:
+                self._exclusive = True
+        try:
+            yield won
+        finally:
+            if won:
+                with self._cond:
+                    self._exclusive = False
+                    self._cond.notify_all()
 
 
 class Store:
@@ -113,21 +195,60 @@ class Store:
         max_wal_mb: int = 512,
         block_cache_mb: int = 128,
         tombstone_grace_seconds: float = 10 * 86400,
-        read_only: bool = False,
     ):
         self.path = str(path)
         self.sync_writes = sync_writes
         self.tombstone_grace_seconds = tombstone_grace_seconds
-        opts = Options(raw_mode=True)
+        # Free space the disk must have before a database that hit a full
+        # disk is reopened: reopening writes a new WAL and MANIFEST, and a
+        # reopen that fails half way would leave no handle to read from.
+        self.recovery_free_bytes = max(write_buffer_mb, 1) * 1024 * 1024 * 2
+        # Every column family shares one block cache and one memtable budget:
+        # left to their defaults, each of the eight would get its own 64 MiB
+        # write buffers and its own cache, and the settings would mean little.
+        cache = Cache(block_cache_mb * 1024 * 1024)  # LRU
+        memtables = WriteBufferManager(write_buffer_mb * 1024 * 1024 * 2, False)
+
+        def options() -> Options:
+            o = Options(raw_mode=True)
+            table = BlockBasedOptions()
+            table.set_block_cache(cache)
+            o.set_block_based_table_factory(table)
+            o.set_write_buffer_size(write_buffer_mb * 1024 * 1024)
+            o.set_write_buffer_manager(memtables)
+            return o
+
+        opts = options()
         opts.create_if_missing(True)
         opts.create_missing_column_families(True)
-        opts.set_write_buffer_size(write_buffer_mb * 1024 * 1024)
         opts.set_max_background_jobs(max_background_jobs)
         opts.set_max_total_wal_size(max_wal_mb * 1024 * 1024)
         opts.set_paranoid_checks(True)
-        cfs = {name: Options(raw_mode=True) for name in COLUMN_FAMILIES}
+        self._opts = opts
+        self._cf_opts = options
+        self._gate = _Gate()
+        self._open()
+        self._wopts = WriteOptions()
+        self._wopts.sync = sync_writes
+        self._seq = self._last_seq()
+        self._subscribers: dict[bytes, Callable[[list[Change]], None]] = {}
+        self._q: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self.commits = 0  # number of WriteBatches written (for metrics / tests of group commit)
+        # Set by a write that failed for lack of space: RocksDB then refuses
+        # every write until the handle is reopened (it has no Resume() here).
+        self._no_space = False
+        self._recover_lock = threading.Lock()
+        self._next_recovery = 0.0
+        self.recoveries = 0
+        self._writer = threading.Thread(target=self._run, name="engramdb-writer", daemon=True)
+        self._writer.start()
+
+    def _open(self) -> None:
+        cfs = {name: self._cf_opts() for name in COLUMN_FAMILIES}
         try:
-            self.db = Rdict(self.path, options=opts, column_families=cfs)
+            self.db = Rdict(self.path, options=self._opts, column_families=cfs)
         except Exception as e:
             msg = str(e)
             if "No space left" in msg:
@@ -144,21 +265,12 @@ class Store:
             ) from e
         self.cf = {name: self.db.get_column_family(name) for name in COLUMN_FAMILIES}
         self.handle = {name: self.db.get_column_family_handle(name) for name in COLUMN_FAMILIES}
-        self._wopts = WriteOptions()
-        self._wopts.sync = sync_writes
-        self._seq = self._last_seq()
-        self._subscribers: dict[bytes, Callable[[list[Change]], None]] = {}
-        self._q: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
-        self._closed = False
-        self._close_lock = threading.Lock()
-        self.commits = 0  # number of WriteBatches written (for metrics / tests of group commit)
-        self._writer = threading.Thread(target=self._run, name="engramdb-writer", daemon=True)
-        self._writer.start()
 
     # ------------------------------------------------------------------ reads
     def get(self, cf: str, key: bytes) -> bytes | None:
         try:
-            v = self.cf[cf].get(key)
+            with self._gate.shared():
+                v = self.cf[cf].get(key)
         except Exception as e:
             raise _read_error(e) from e
         return v if v is None else bytes(v)
@@ -167,7 +279,8 @@ class Store:
         if not keys:
             return []
         try:
-            got: Any = self.cf[cf][keys]  # type: ignore[index]  # rocksdict's stubs omit multi-get on bytes keys
+            with self._gate.shared():
+                got: Any = self.cf[cf][keys]  # type: ignore[index]  # rocksdict's stubs omit multi-get on bytes keys
         except Exception as e:
             raise _read_error(e) from e
         return list(got)
@@ -182,9 +295,7 @@ class Store:
         Uses seek + prefix check (rocksdict's lower-bound option is unreliable)
         and always deletes the iterator so the DB can be closed.
         """
-        it = self.cf[cf].iter()
-        try:
-            it.seek(start if start is not None and start > prefix else prefix)
+        with self.iterator(cf, start if start is not None and start > prefix else prefix) as it:
             while it.valid():
                 k = it.key()
                 if not k.startswith(prefix):
@@ -194,30 +305,34 @@ class Store:
             # An iterator also stops being valid on a read error (e.g. a
             # damaged block): that must not look like the end of the data.
             check_iterator(it)
-        finally:
-            del it
 
-    def seek_iter(self, cf: str, start: bytes) -> Any:
-        """A raw iterator positioned at ``start``; the caller must ``del`` it."""
-        it = self.cf[cf].iter()
-        it.seek(start)
-        return it
+    @contextlib.contextmanager
+    def iterator(self, cf: str, start: bytes | None = None) -> Iterator[Cursor]:
+        """A :class:`Cursor` positioned at ``start`` (or the first key), usable inside the block only."""
+        with self._gate.shared():
+            cur = Cursor(self.cf[cf].iter())
+            try:
+                if start is None:
+                    cur.seek_to_first()
+                else:
+                    cur.seek(start)
+                yield cur
+            finally:
+                cur._drop()
 
     def last_key(self, cf: str) -> bytes | None:
-        it = self.cf[cf].iter()
-        try:
+        with self.iterator(cf) as it:
             it.seek_to_last()
             return it.key() if it.valid() else None
-        finally:
-            del it
 
     def first_key(self, cf: str) -> bytes | None:
-        it = self.cf[cf].iter()
-        try:
-            it.seek_to_first()
+        with self.iterator(cf) as it:
             return it.key() if it.valid() else None
-        finally:
-            del it
+
+    def estimate_keys(self) -> int:
+        """RocksDB's estimate of the number of keys (default column family)."""
+        with self._gate.shared():
+            return int(self.db.property_int_value("rocksdb.estimate-num-keys") or 0)
 
     def newest_version(self) -> tuple[int, int] | None:
         """Version of the row the newest changelog entry names (seeds the clock at open)."""
@@ -272,25 +387,73 @@ class Store:
 
     def write_meta(self, puts: dict[bytes, bytes], deletes: list[bytes] | tuple[bytes, ...] = ()) -> None:
         """Durable write of metadata rows (collections, tenants, keys, watermarks)."""
-        wb = WriteBatch(raw_mode=True)
-        h = self.handle["meta"]
-        for k, v in puts.items():
-            wb.put(k, v, h)
-        for k in deletes:
-            wb.delete(k, h)
-        try:
-            self.db.write(wb, self._wopts)
-        except Exception as e:
-            raise _map_write_error(e) from e
+
+        def fill(wb: WriteBatch) -> None:
+            h = self.handle["meta"]
+            for k, v in puts.items():
+                wb.put(k, v, h)
+            for k in deletes:
+                wb.delete(k, h)
+
+        self._write_direct(fill)
 
     def delete_range(self, cf: str, start: bytes, end: bytes) -> None:
         """Remove a whole key range (collection drop, changelog trim)."""
-        wb = WriteBatch(raw_mode=True)
-        wb.delete_range(start, end, self.handle[cf])
+        self._write_direct(lambda wb: wb.delete_range(start, end, self.handle[cf]))
+
+    def _write_direct(self, fill: Callable[[WriteBatch], None]) -> None:
+        """Write a batch that needs no version check, from the calling thread."""
+        self._recover_if_due()
         try:
-            self.db.write(wb, self._wopts)
+            with self._gate.shared():
+                wb = WriteBatch(raw_mode=True)
+                fill(wb)
+                self.db.write(wb, self._wopts)
         except Exception as e:
-            raise _map_write_error(e) from e
+            raise self._write_failed(e) from e
+
+    def _write_failed(self, e: Exception) -> EngramError:
+        if _is_no_space(e):
+            self._no_space = True
+        return _map_write_error(e)
+
+    def _recover_if_due(self) -> None:
+        """After a disk-full error, reopen the database once space is free again.
+
+        RocksDB keeps refusing writes after a failed WAL append until it is
+        reopened; without a reopen the node would need a restart. The reopen
+        waits (briefly) for every reader and iterator to let go of the handle
+        and is tried at most once a second; writes keep failing with
+        StorageFull until it succeeds.
+        """
+        if not self._no_space or time.monotonic() < self._next_recovery:
+            return
+        with self._recover_lock:
+            if not self._no_space or time.monotonic() < self._next_recovery:
+                return
+            self._next_recovery = time.monotonic() + 1.0
+            try:
+                st = os.statvfs(self.path)
+            except OSError:
+                return
+            if st.f_bavail * st.f_frsize < self.recovery_free_bytes:
+                return
+            with self._gate.exclusive(timeout=1.0) as won:
+                if not won:
+                    return
+                self.cf.clear()
+                self.handle.clear()
+                try:
+                    self.db.close()
+                except Exception:
+                    log.warning("closing the database after a disk-full error failed", exc_info=True)
+                del self.db
+                # If this open fails, the next attempt opens again; reads
+                # fail (as unavailable) in between, writes with StorageFull.
+                self._open()
+                self._no_space = False
+                self.recoveries += 1
+            log.warning("storage recovered from a full disk: writes are accepted again")
 
     def _run(self) -> None:
         while True:
@@ -321,6 +484,33 @@ class Store:
         return None if raw is None else decode_edge(raw)
 
     def _commit(self, batch: list[_Item]) -> None:
+        try:
+            self._recover_if_due()
+        except EngramError as e:
+            log.warning("reopening the database after a full disk failed (%s); will retry", e.message)
+        try:
+            # Shared for the whole batch: its version checks read the handle
+            # a reopen would replace.
+            with self._gate.shared():
+                results, seq = self._write_batch(batch)
+        except Exception as e:
+            err = e if isinstance(e, EngramError) else self._write_failed(e)
+            for item in batch:
+                item.future.set_exception(err)
+            return
+        self._seq = seq
+        self.commits += 1
+        self._notify(results)
+        for item, done, exc in results:
+            if exc is not None:
+                item.future.set_exception(exc)
+            else:
+                item.future.set_result(done or [])
+
+    def _write_batch(
+        self, batch: list[_Item]
+    ) -> tuple[list[tuple[_Item, list[Change] | None, BaseException | None]], int]:
+        """Decide every mutation of ``batch`` against the stored versions and write the result atomically."""
         wb = WriteBatch(raw_mode=True)
         h = self.handle
         grace_ms = int(self.tombstone_grace_seconds * 1000)
@@ -401,18 +591,8 @@ class Store:
         try:
             self.db.write(wb, self._wopts)
         except Exception as e:
-            err = _map_write_error(e)
-            for item, _, _ in results:
-                item.future.set_exception(err)
-            return
-        self._seq = seq
-        self.commits += 1
-        self._notify(results)
-        for item, done, exc in results:
-            if exc is not None:
-                item.future.set_exception(exc)
-            else:
-                item.future.set_result(done or [])
+            raise self._write_failed(e) from e
+        return results, seq
 
     def _record_derived(
         self, ops: list[tuple[str, str, bytes, bytes | None]], m: Mutation, old: Any, new: RecordRow, grace_ms: int
@@ -460,7 +640,8 @@ class Store:
 
     # -------------------------------------------------------------- lifecycle
     def flush(self) -> None:
-        self.db.flush()
+        with self._gate.shared():
+            self.db.flush()
 
     def close(self) -> None:
         with self._close_lock:

@@ -352,6 +352,13 @@ def subgraph_in(m: pb.SubgraphRequest) -> Params:
     return p
 
 
+def extract_in(m: pb.ExtractRequest) -> Params:
+    p: Params = {"coll": m.coll, "text": m.text}
+    _opt(m, p, "instructions", "dedupe_threshold", "source_id")
+    _list(m, p, "namespace")
+    return p
+
+
 def create_key_in(m: pb.CreateKeyRequest) -> Params:
     p: Params = {"role": m.role}
     _opt(m, p, "tenant", "expires_at", "name")
@@ -409,6 +416,16 @@ def subgraph_out(r: Result) -> pb.SubgraphResponse:
     return resp
 
 
+def extract_out(r: Result) -> pb.ExtractResponse:
+    resp = pb.ExtractResponse()
+    for e in r["entities"]:
+        ent = resp.entities.add()
+        ent.id, ent.name, ent.type, ent.merged = e["id"], e["name"], e["type"], bool(e["merged"])
+    for e in r["edges"]:
+        fill_edge(resp.edges.add(), e)
+    return resp
+
+
 # ------------------------------------------------- messages -> contract dicts
 # The reverse direction, for gRPC clients and tests: each gives exactly the
 # dict the REST JSON decodes to (``Record.to_dict()`` and friends).
@@ -447,6 +464,17 @@ def hit_to_dict(m: pb.Hit) -> dict[str, Any]:
         "hop": m.hop,
         "path": orjson.loads(m.path_json) if m.path_json else [],
         "signals": dict(m.signals),
+    }
+
+
+def extract_to_dict(m: pb.ExtractResponse) -> dict[str, Any]:
+    """The extract result as REST returns it (``ExtractResult.to_dict()``)."""
+    return {
+        "entities": [{"id": e.id, "name": e.name, "type": e.type, "merged": e.merged} for e in m.entities],
+        "edges": [
+            {"src": e.src, "relation": e.relation, "dst": e.dst, "weight": e.weight, "version": e.version}
+            for e in m.edges
+        ],
     }
 
 
@@ -584,6 +612,7 @@ RPCS: dict[str, Rpc] = {
         subgraph_in,
         subgraph_out,
     ),
+    "Extract": Rpc("extract", pb.ExtractRequest, pb.ExtractResponse, extract_in, extract_out),
     "CreateKey": Rpc(
         "create_key",
         pb.CreateKeyRequest,

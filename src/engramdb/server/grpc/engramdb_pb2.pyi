@@ -667,6 +667,60 @@ class SubgraphResponse(_message.Message):
         edges: _Optional[_Iterable[_Union[Edge, _Mapping]]] = ...,
     ) -> None: ...
 
+class ExtractRequest(_message.Message):
+    __slots__ = ("coll", "text", "instructions", "namespace", "dedupe_threshold", "source_id")
+    COLL_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    INSTRUCTIONS_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    DEDUPE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    coll: str
+    text: str
+    instructions: str
+    namespace: _containers.RepeatedScalarFieldContainer[str]
+    dedupe_threshold: float
+    source_id: str
+    def __init__(
+        self,
+        coll: _Optional[str] = ...,
+        text: _Optional[str] = ...,
+        instructions: _Optional[str] = ...,
+        namespace: _Optional[_Iterable[str]] = ...,
+        dedupe_threshold: _Optional[float] = ...,
+        source_id: _Optional[str] = ...,
+    ) -> None: ...
+
+class ExtractedEntity(_message.Message):
+    __slots__ = ("id", "name", "type", "merged")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    MERGED_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    type: str
+    merged: bool
+    def __init__(
+        self,
+        id: _Optional[str] = ...,
+        name: _Optional[str] = ...,
+        type: _Optional[str] = ...,
+        merged: _Optional[bool] = ...,
+    ) -> None: ...
+
+class ExtractResponse(_message.Message):
+    __slots__ = ("entities", "edges")
+    ENTITIES_FIELD_NUMBER: _ClassVar[int]
+    EDGES_FIELD_NUMBER: _ClassVar[int]
+    entities: _containers.RepeatedCompositeFieldContainer[ExtractedEntity]
+    edges: _containers.RepeatedCompositeFieldContainer[Edge]
+    def __init__(
+        self,
+        entities: _Optional[_Iterable[_Union[ExtractedEntity, _Mapping]]] = ...,
+        edges: _Optional[_Iterable[_Union[Edge, _Mapping]]] = ...,
+    ) -> None: ...
+
 class CreateKeyRequest(_message.Message):
     __slots__ = ("role", "tenant", "collections", "expires_at", "name")
     ROLE_FIELD_NUMBER: _ClassVar[int]

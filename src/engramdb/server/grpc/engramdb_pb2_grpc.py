@@ -128,6 +128,11 @@ class EngramDBStub:
                 request_serializer=engramdb_dot_v1_dot_engramdb__pb2.SubgraphRequest.SerializeToString,
                 response_deserializer=engramdb_dot_v1_dot_engramdb__pb2.SubgraphResponse.FromString,
                 _registered_method=True)
+        self.Extract = channel.unary_unary(
+                '/engramdb.v1.EngramDB/Extract',
+                request_serializer=engramdb_dot_v1_dot_engramdb__pb2.ExtractRequest.SerializeToString,
+                response_deserializer=engramdb_dot_v1_dot_engramdb__pb2.ExtractResponse.FromString,
+                _registered_method=True)
         self.CreateKey = channel.unary_unary(
                 '/engramdb.v1.EngramDB/CreateKey',
                 request_serializer=engramdb_dot_v1_dot_engramdb__pb2.CreateKeyRequest.SerializeToString,
@@ -283,6 +288,15 @@ class EngramDBServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Extract(self, request, context):
+        """extract (writer): entities and relations found in a text by the server's
+        configured chat model, stored as entity records and edges in one atomic
+        write (nothing is written when the model's answer is rejected).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateKey(self, request, context):
         """create_key (admin): a new API key; the secret is returned only here.
         """
@@ -403,6 +417,11 @@ def add_EngramDBServicer_to_server(servicer, server):
                     servicer.Subgraph,
                     request_deserializer=engramdb_dot_v1_dot_engramdb__pb2.SubgraphRequest.FromString,
                     response_serializer=engramdb_dot_v1_dot_engramdb__pb2.SubgraphResponse.SerializeToString,
+            ),
+            'Extract': grpc.unary_unary_rpc_method_handler(
+                    servicer.Extract,
+                    request_deserializer=engramdb_dot_v1_dot_engramdb__pb2.ExtractRequest.FromString,
+                    response_serializer=engramdb_dot_v1_dot_engramdb__pb2.ExtractResponse.SerializeToString,
             ),
             'CreateKey': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateKey,
@@ -915,6 +934,33 @@ class EngramDB:
             '/engramdb.v1.EngramDB/Subgraph',
             engramdb_dot_v1_dot_engramdb__pb2.SubgraphRequest.SerializeToString,
             engramdb_dot_v1_dot_engramdb__pb2.SubgraphResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Extract(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/engramdb.v1.EngramDB/Extract',
+            engramdb_dot_v1_dot_engramdb__pb2.ExtractRequest.SerializeToString,
+            engramdb_dot_v1_dot_engramdb__pb2.ExtractResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,9 +45,10 @@ def _json(schema: dict[str, Any], description: str, headers: dict[str, Any] | No
     return out
 
 
-def _errors() -> dict[str, Any]:
+def _errors(extra: tuple[tuple[str, str], ...] = ()) -> dict[str, Any]:
+    """The error responses every operation documents, plus ``extra`` (status, description) pairs."""
     err = _ref(M.ErrorBody)
-    out = {code: _json(err, desc) for code, desc in _ERROR_STATUSES.items()}
+    out = {code: _json(err, desc) for code, desc in (*_ERROR_STATUSES.items(), *extra)}
     out["401"]["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
     out["429"]["headers"] = {"Retry-After": {"schema": {"type": "string"}, "description": "seconds"}}
     out["default"] = _json(err, "Any other error")
@@ -89,7 +90,7 @@ def _operation(r: RouteSpec) -> dict[str, Any]:
         "summary": r.summary,
         "tags": [r.tag],
         "parameters": params,
-        "responses": {str(r.status): _json(_ref(r.result), "Success"), **_errors()},
+        "responses": {str(r.status): _json(_ref(r.result), "Success"), **_errors(r.errors)},
     }
     if r.body is not None:
         op["requestBody"] = {

@@ -31,6 +31,7 @@ class RouteSpec:
     status: int = 200
     query: tuple[str, ...] = ()
     tag: str = "records"
+    errors: tuple[tuple[str, str], ...] = ()  # (status, description) beyond the common ones
 
     @property
     def openapi_path(self) -> str:
@@ -39,6 +40,11 @@ class RouteSpec:
 
 _C = "/v1/collections/{coll}"
 _R = _C + "/records"
+# Statuses only operations that call an external model can answer.
+_UPSTREAM_ERRORS = (
+    ("502", "The model endpoint failed or its answer was rejected (code upstream_error, invalid_extraction)"),
+    ("504", "The model endpoint did not answer within its timeout (code deadline_exceeded)"),
+)
 
 ROUTES: tuple[RouteSpec, ...] = (
     RouteSpec(
@@ -106,6 +112,16 @@ ROUTES: tuple[RouteSpec, ...] = (
     ),
     RouteSpec(
         "subgraph", "POST", _C + "/subgraph", M.SubgraphBody, M.SubgraphResult, "Neighbourhood of records", tag="graph"
+    ),
+    RouteSpec(
+        "extract",
+        "POST",
+        _C + "/extract",
+        M.ExtractBody,
+        M.ExtractionResult,
+        "Extract entities and relations from text with the server's LLM and store them",
+        tag="graph",
+        errors=_UPSTREAM_ERRORS,
     ),
     RouteSpec(
         "create_key", "POST", "/v1/admin/keys", M.CreateKeyBody, M.NewKeyResult, "Create an API key", tag="admin"
