@@ -905,12 +905,17 @@ class Collection(GraphMixin):
         concurrent delete): the caller then falls back to the index's copy.
         """
         id_of = self.vindex.id_of
-        keys = [self._key(id_of.get(lb, "")) for lb in labels]
-        raws = self.store.multi_get("vectors", keys)
+        prefix = self.prefix
+        keys = [prefix + id_of.get(lb, "").encode() for lb in labels]
+        # RocksDB answers a multi-get in key order markedly faster.
+        order = sorted(range(len(keys)), key=keys.__getitem__)
+        raws = self.store.multi_get("vectors", [keys[i] for i in order])
         present = [r for r in raws if r is not None]
         if len(present) != len(raws):
             return None
-        return np.frombuffer(b"".join(present), dtype=np.float32).reshape(len(labels), self.dimension)
+        out = np.empty((len(labels), self.dimension), dtype=np.float32)
+        out[order] = np.frombuffer(b"".join(present), dtype=np.float32).reshape(len(labels), self.dimension)
+        return out
 
     def rows(self, rids: Sequence[str]) -> list[RecordRow | None]:
         """Stored rows (live or not) for ids, in order."""

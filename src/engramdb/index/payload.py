@@ -80,6 +80,8 @@ _MAX_LABEL: Final = 2**32 - 1
 _DELTA_MIN: Final = 256
 _DELTA_MAX: Final = 8192
 
+_BASE_CACHE: Final = 64  # slice bitmaps kept per numeric field
+
 _MAGIC: Final = b"EGPX"
 _FORMAT_VERSION: Final = 1
 _TYPE_CODES: Final[dict[str, int]] = {"keyword": 1, "int": 2, "float": 3, "bool": 4}
@@ -149,15 +151,30 @@ def _float_bounds(op: str, v: float | int) -> tuple[float | None, bool, float | 
 class _NumericPostings:
     """Sorted (value, label) arrays plus a bounded delta; see the module docstring."""
 
-    __slots__ = ("delta", "delta_keys", "labs", "pending", "stale", "vals")
+    __slots__ = ("_base", "_labs", "delta", "delta_keys", "pending", "stale", "vals")
 
     def __init__(self) -> None:
         self.vals: Floats = np.empty(0, dtype=np.float64)
-        self.labs: Labels = np.empty(0, dtype=np.uint32)
+        self._labs: Labels = np.empty(0, dtype=np.uint32)
+        # Bitmaps of base-array slices already built: the same equality or
+        # range filter recurs across queries, and building a 10k-label bitmap
+        # costs more than the filtered HNSW search it feeds.
+        self._base: dict[tuple[int, int], BitMap] = {}
         self.stale = BitMap()  # labels whose entries in vals/labs no longer count
         self.delta: dict[float, BitMap] = {}  # entries added since vals/labs were built
         self.delta_keys: list[float] = []  # sorted keys of delta, for range bisection
         self.pending = 0  # delta (value, label) pairs + stale labels: drives the rebuild
+
+    @property
+    def labs(self) -> Labels:
+        return self._labs
+
+    @labs.setter
+    def labs(self, labs: Labels) -> None:
+        # Every assignment of the base arrays goes through here (vals is
+        # always assigned together with labs), so the slice cache stays true.
+        self._labs = labs
+        self._base = {}
 
     def add(self, label: int, keys: Iterable[float]) -> None:
         for k in keys:
@@ -219,7 +236,15 @@ class _NumericPostings:
         n = len(self.vals)
         i = 0 if lo is None else int(np.searchsorted(self.vals, lo, side="left" if lo_inc else "right"))
         j = n if hi is None else int(np.searchsorted(self.vals, hi, side="right" if hi_inc else "left"))
-        out = _bitmap_from(self.labs[i:j]) if j > i else BitMap()
+        if j > i:
+            base = self._base.get((i, j))
+            if base is None:
+                if len(self._base) >= _BASE_CACHE:
+                    self._base.clear()
+                base = self._base[(i, j)] = _bitmap_from(self.labs[i:j])
+            out = base.copy()
+        else:
+            out = BitMap()
         if self.stale and out:
             out -= self.stale
         if self.delta_keys:

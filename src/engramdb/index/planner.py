@@ -35,7 +35,7 @@ def plan(
     *,
     exact_threshold: int = 2048,
     postfilter_min_selectivity: float = 0.05,
-    oversample: float = 1.5,
+    oversample: float = 1.0,
 ) -> Plan:
     """Pick a strategy for a filter matching ``candidates`` of ``total`` vectors."""
     if candidates <= exact_threshold or candidates <= k:

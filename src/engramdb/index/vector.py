@@ -8,6 +8,7 @@ and rebuilt from storage when the snapshot is missing or damaged.
 
 from __future__ import annotations
 
+import mmap
 import os
 import threading
 import zlib
@@ -17,11 +18,14 @@ from pathlib import Path
 import hnswlib
 import msgpack
 import numpy as np
+import xxhash
 from pyroaring import BitMap
 
 from ..errors import CorruptData
 
-SNAPSHOT_FORMAT = 1
+# 2: the HNSW file's checksum is XXH3-64 (hashing 150 MB with CRC-32 took
+# longer than loading the index); format-1 snapshots are rebuilt.
+SNAPSHOT_FORMAT = 2
 _HNSW_FILE = "vector.hnsw"
 _META_FILE = "vector.meta"
 
@@ -49,8 +53,10 @@ class VectorIndex:
         self._index.set_ef(ef_search)
         if num_threads > 0:
             self._index.set_num_threads(num_threads)
-        self.label_of: dict[str, int] = {}
         self.id_of: dict[int, str] = {}
+        # The reverse map is built on first use: a cold start that only
+        # searches never needs it, and building it costs as much as loading.
+        self._label_of: dict[str, int] | None = {}
         self.expires: dict[int, float] = {}  # only labels whose record has a TTL
         self.live = BitMap()
         self.next_label = 1
@@ -60,14 +66,25 @@ class VectorIndex:
         # Ordinary adds and deletes are safe alongside searches (hnswlib locks
         # per node), so they only serialise among themselves.
         self._resize_lock = threading.Lock()
-        self._write_lock = threading.Lock()
+        self._write_lock = threading.RLock()
         self._readers = 0
         self._readers_lock = threading.Lock()
         self._no_readers = threading.Condition(self._readers_lock)
 
     # ----------------------------------------------------------------- state
     def __len__(self) -> int:
-        return len(self.label_of)
+        return len(self.id_of)
+
+    @property
+    def label_of(self) -> dict[str, int]:
+        """Record id → label (the inverse of ``id_of``)."""
+        lo = self._label_of
+        if lo is None:
+            with self._write_lock:  # writers change id_of under it
+                if self._label_of is None:
+                    self._label_of = {rid: label for label, rid in self.id_of.items()}
+                lo = self._label_of
+        return lo
 
     def normalize(self, vectors: np.ndarray) -> np.ndarray:
         """Cosine is inner product over unit vectors: normalise once on the way in."""
@@ -158,7 +175,7 @@ class VectorIndex:
         self, query: np.ndarray, k: int, ef: int | None = None, filter_fn: Callable[[int], bool] | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Labels and distances of up to ``k`` nearest live vectors (best first)."""
-        k = min(k, len(self.label_of))
+        k = min(k, len(self.id_of))
         if k <= 0:
             return np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.float32)
         ef_eff = max(ef or self.ef_search, k)
@@ -232,7 +249,7 @@ class VectorIndex:
         with self._write_lock:
             tmp_hnsw = d / (_HNSW_FILE + ".tmp")
             self._index.save_index(str(tmp_hnsw))
-            data = tmp_hnsw.read_bytes()
+            size, digest = _file_digest(tmp_hnsw)
             meta = {
                 "format": SNAPSHOT_FORMAT,
                 "dim": self.dim,
@@ -245,8 +262,8 @@ class VectorIndex:
                 "names": list(self.id_of.values()),
                 "exp_labels": list(self.expires.keys()),
                 "exp_at": list(self.expires.values()),
-                "hnsw_size": len(data),
-                "hnsw_crc": zlib.crc32(data),
+                "hnsw_size": size,
+                "hnsw_xxh3": digest,
                 "capacity": self._index.get_max_elements(),
                 "extra": extra,
             }
@@ -281,12 +298,11 @@ class VectorIndex:
             raise CorruptData("vector index snapshot does not match the collection")
         hnsw_path = d / _HNSW_FILE
         try:
-            data = hnsw_path.read_bytes()
+            size, digest = _file_digest(hnsw_path)
         except FileNotFoundError as e:
             raise CorruptData("vector index snapshot file is missing") from e
-        if len(data) != meta["hnsw_size"] or zlib.crc32(data) != meta["hnsw_crc"]:
+        if size != meta["hnsw_size"] or digest != meta["hnsw_xxh3"]:
             raise CorruptData("vector index snapshot failed its checksum")
-        del data
         self = cls(dim, metric, m=meta["m"], ef_construction=meta["ef_construction"], ef_search=ef_search, capacity=1)
         idx = hnswlib.Index(space="l2" if metric == "l2" else "ip", dim=dim)
         try:
@@ -296,13 +312,23 @@ class VectorIndex:
         idx.set_ef(ef_search)
         self._index = idx
         self.id_of = dict(zip(meta["ids"], meta["names"], strict=True))
-        self.label_of = {v: k for k, v in self.id_of.items()}
+        self._label_of = None
         self.expires = dict(zip(meta["exp_labels"], meta["exp_at"], strict=True))
         self.live = BitMap(self.id_of.keys())
         self.next_label = meta["next_label"]
         self.watermark = meta["watermark"]
         self.extra = meta.get("extra", b"")
         return self
+
+
+def _file_digest(path: Path) -> tuple[int, int]:
+    """Size and XXH3-64 of a file, hashed through a read-only mapping (no copy)."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if not size:
+            return 0, xxhash.xxh3_64_intdigest(b"")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            return size, xxhash.xxh3_64_intdigest(m)
 
 
 def _fsync_dir(d: Path) -> None:

@@ -25,7 +25,16 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteBufferManager, WriteOptions
+from rocksdict import (
+    BlockBasedOptions,
+    Cache,
+    DBCompressionType,
+    Options,
+    Rdict,
+    WriteBatch,
+    WriteBufferManager,
+    WriteOptions,
+)
 
 from ..errors import Closed, CorruptData, EngramError, StorageFull
 from . import keys as K
@@ -209,8 +218,10 @@ class Store:
         cache = Cache(block_cache_mb * 1024 * 1024)  # LRU
         memtables = WriteBufferManager(write_buffer_mb * 1024 * 1024 * 2, False)
 
-        def options() -> Options:
+        def options(compress: bool = True) -> Options:
             o = Options(raw_mode=True)
+            if not compress:
+                o.set_compression_type(DBCompressionType.none())
             table = BlockBasedOptions()
             table.set_block_cache(cache)
             o.set_block_based_table_factory(table)
@@ -246,7 +257,9 @@ class Store:
         self._writer.start()
 
     def _open(self) -> None:
-        cfs = {name: self._cf_opts() for name in COLUMN_FAMILIES}
+        # Float vectors do not compress; decompressing them would only slow
+        # the multi-gets of exact search.
+        cfs = {name: self._cf_opts(name != "vectors") for name in COLUMN_FAMILIES}
         try:
             self.db = Rdict(self.path, options=self._opts, column_families=cfs)
         except Exception as e:
