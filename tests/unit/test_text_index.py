@@ -622,6 +622,8 @@ DAMAGE: dict[str, Callable[[Path], object]] = {
     **{f"bit-flip-{ext}": _flip_body(ext) for ext in ("idx", "pos", "term", "fieldnorm", "fast", "store", "del")},
     "bit-flip-footer-crc": _flip_footer_field("term", b'"crc":'),
     "bit-flip-footer-format-version": _flip_footer_field("idx", b'"index_format_version":'),
+    "bit-flip-del-footer-version": _flip_footer_field("del", b'"minor":'),
+    "bit-flip-footer-key": _flip_footer_field("store", b'"pat'),  # "patch" -> "patbh": a key tantivy needs
     "bit-flip-footer-length": lambda p: _flip(_one(p, "pos"), _one(p, "pos").stat().st_size - 8),
     "bit-flip-footer-magic": lambda p: _flip(_one(p, "fast"), _one(p, "fast").stat().st_size - 1),
     "footer-length-huge": lambda p: _one(p, "store").write_bytes(

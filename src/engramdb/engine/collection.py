@@ -127,7 +127,7 @@ class Collection(GraphMixin):
             if self._closed:
                 raise Closed(f"collection {self.name!r} is closed")
             with self._index_lock:
-                # Subscribe first: the writer blocks on _index_lock until the
+                # Subscribe first: the notifier blocks on _index_lock until the
                 # catch-up below is done, and re-applying a change is harmless.
                 self.store.subscribe(self.prefix, self._on_changes)
                 vdir = self.index_dir
@@ -271,7 +271,7 @@ class Collection(GraphMixin):
 
     # ------------------------------------------------------ index maintenance
     def _on_changes(self, changes: list[Change]) -> None:
-        """Writer-thread hook: bring the indexes up to date with committed changes."""
+        """Notifier-thread hook: bring the indexes up to date with committed changes."""
         with self._index_lock:
             if self._vindex is None:
                 return

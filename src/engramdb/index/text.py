@@ -229,6 +229,8 @@ def _fsync_dir(path: Path) -> None:
 _FOOTER_MAGIC = 1337
 _FOOTER_MAX_LEN = 50_000  # tantivy refuses longer footers as well
 _FOOTER_TAIL = struct.Struct("<II")
+# What tantivy deserialises from the footer's version (it ignores extra keys).
+_FOOTER_VERSION_KEYS = ("major", "minor", "patch", "index_format_version")
 _CRC_CHUNK = 1 << 20
 # Files every segment of our schema has (postings, positions, term dictionary,
 # field norms, fast fields, doc store), plus <segment>.<opstamp>.del when the
@@ -238,6 +240,10 @@ _SEGMENT_COMPONENTS = ("idx", "pos", "term", "fieldnorm", "fast", "store")
 _SEGMENT_FILE_RE = re.compile(r"[0-9a-f]{32}\.(?:idx|pos|term|fieldnorm|fast|store|store\.temp|[0-9]+\.del)")
 # Temporaries of tantivy's atomic writes (tempfile crate: ".tmp" + 6 chars).
 _TANTIVY_TEMP_RE = re.compile(r"\.tmp[0-9A-Za-z]{6}")
+
+
+def _is_uint(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _damaged(file: Path, reason: str) -> CorruptData:
@@ -284,12 +290,12 @@ def _segment_files(path: Path, meta: dict[str, Any]) -> set[str]:
         for segment in meta["segments"]:
             seg = uuid.UUID(segment["segment_id"]).hex
             max_doc, deletes = segment["max_doc"], segment["deletes"]
-            if isinstance(max_doc, bool) or not isinstance(max_doc, int) or max_doc < 0:
+            if not _is_uint(max_doc):
                 raise ValueError(f"bad max_doc {max_doc!r}")
             names.update(f"{seg}.{ext}" for ext in _SEGMENT_COMPONENTS)
             if deletes is not None:
                 opstamp, deleted = deletes["opstamp"], deletes["num_deleted_docs"]
-                if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (opstamp, deleted)):
+                if not (_is_uint(opstamp) and _is_uint(deleted)):
                     raise ValueError(f"bad deletes {deletes!r}")
                 names.add(f"{seg}.{opstamp}.del")
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -320,7 +326,7 @@ def _verify_footer(file: Path, buf: memoryview) -> Any:
             try:
                 footer = json.loads(fh.read(json_len))
                 stored, version = footer["crc"], footer["version"]
-                if isinstance(stored, bool) or not isinstance(stored, int) or not isinstance(version, dict):
+                if not all(_is_uint(v) for v in (stored, *(version[k] for k in _FOOTER_VERSION_KEYS))):
                     raise TypeError(f"malformed footer {footer!r}")
             except (ValueError, KeyError, TypeError) as exc:
                 raise _damaged(file, f"unreadable footer ({exc})") from exc
@@ -351,7 +357,7 @@ def check_index_files(path: str | os.PathLike[str]) -> set[str]:
     that each of them ends with an intact tantivy footer whose CRC-32 matches
     the file's content (tantivy's ``Index::validate_checksum``, which
     tantivy-py does not expose, plus the existence check it lacks) and whose
-    version matches the other files of the segment. Raises
+    version (not covered by the CRC) matches the other files of the segment. Raises
     :class:`CorruptData` for the first damage found; a permission error is not
     damage and raises a plain :class:`EngramError`.
 
@@ -368,12 +374,14 @@ def check_index_files(path: str | os.PathLike[str]) -> set[str]:
     for name in sorted(names):
         version = _verify_footer(p / name, buf)
         # The CRC does not cover the footer's own version, which tantivy reads
-        # (index_format_version). A segment's files are written together, so
-        # they carry the same one; a .del file can be written by a later
-        # tantivy and is left out of the comparison.
-        segment, _, ext = name.partition(".")
-        if not ext.endswith("del") and versions.setdefault(segment, version) != version:
-            raise _damaged(p / name, "footer version differs from the other files of its segment")
+        # (index_format_version). A segment's files are written by one tantivy,
+        # so they carry the same version. A .del file written by a newer
+        # tantivy for an older segment differs too: after such an upgrade the
+        # index is rebuilt once, which costs less than missing a flipped bit.
+        if versions.setdefault(name.partition(".")[0], version) != version:
+            raise _damaged(
+                p / name, "footer version differs from its segment's other files (damaged, or another tantivy)"
+            )
     return names
 
 
