@@ -526,6 +526,7 @@ class TextIndex:
         self._dirty = False
         self._closed = False
         self._watermark = 0
+        self._opstamp = 0  # of the last commit; see open
         self._schema = build_schema()
         # TextAnalyzer.analyze needs a mutable borrow on the Rust side, so
         # concurrent query analysis is serialised; it takes microseconds.
@@ -579,8 +580,11 @@ class TextIndex:
             # versions here, not their checksums: check_index_files did that).
             self._index.reload()
             _ = self._index.searcher().num_docs
+            # tantivy-py's commit_opstamp is read once at open and not
+            # updated by later commits; commit() returns the true one.
+            self._opstamp = int(self._writer.commit_opstamp)
             if self._path is not None and existed:
-                self._watermark = self._read_watermark(self._path, self._writer.commit_opstamp)
+                self._watermark = self._read_watermark(self._path, self._opstamp)
         except BaseException as exc:
             self._release_writer()
             if isinstance(exc, EngramError) or not _is_failure(exc):
@@ -744,7 +748,7 @@ class TextIndex:
         writer = self._writer_or_raise()
         with _translated("commit"):
             if self._dirty:
-                writer.commit()
+                self._opstamp = int(writer.commit())
                 self._dirty = False
             self._index.reload()
 
@@ -776,8 +780,7 @@ class TextIndex:
         with self._lock:
             self._commit_locked()
             if self._path is not None:
-                writer = self._writer_or_raise()
-                body = {"format": _WATERMARK_FORMAT, "watermark": seq, "opstamp": writer.commit_opstamp}
+                body = {"format": _WATERMARK_FORMAT, "watermark": seq, "opstamp": self._opstamp}
                 self._write_sidecar(self._path, json.dumps(body).encode())
             self._watermark = seq
 
