@@ -143,9 +143,15 @@ class Collection(GraphMixin):
                         log.warning("index snapshot of %s/%s unusable (%s); rebuilding", self.tenant, self.name, e)
                     rebuild = True
                 text, text_fresh = self._open_text()
-                if text_fresh and not rebuild:
-                    log.warning("text index of %s/%s is new or was reset; rebuilding", self.tenant, self.name)
-                    rebuild = True
+                if text_fresh and not rebuild and text is not None:
+                    # The vector snapshot is sound: only the text index needs
+                    # rebuilding, with the snapshot's labels; the replay below
+                    # then brings both up to date.
+                    log.warning("text index of %s/%s is new or was reset; rebuilding it", self.tenant, self.name)
+                    self._rebuild_text(vindex, text, progress)
+                    self._vindex, self._payload, self._text = vindex, payload, text
+                    self._applied_seq = self._replay(watermark)
+                    return
                 if rebuild:
                     vindex, payload = self._new_indexes()
                     if text is not None:
@@ -234,6 +240,37 @@ class Collection(GraphMixin):
         self.load_progress = (done, done)
         if progress:
             progress(done, done)
+
+    def _rebuild_text(
+        self, vindex: VectorIndex, text: TextIndex, progress: Callable[[int, int], None] | None
+    ) -> None:
+        """Fill an empty text index from the stored rows the vector snapshot has labels for."""
+        text.clear()
+        label_of = vindex.label_of
+        now = time.time()
+        total = len(vindex)
+        done = 0
+        batch: list[tuple[int, str]] = []
+        for k, v in self.store.iter_prefix("records", self.prefix):
+            row = decode_record(v)
+            label = label_of.get(K.record_id_of(k))
+            # Rows the snapshot does not know yet are indexed by the replay.
+            if label is None or not row.live(now):
+                continue
+            done += 1
+            if row.text:
+                batch.append((label, row.text))
+            if len(batch) >= 1000:
+                text.upsert_many(batch)
+                batch.clear()
+                self.load_progress = (done, max(total, done))
+                if progress:
+                    progress(done, max(total, done))
+        text.upsert_many(batch)
+        self.load_progress = (done, done)
+        if progress:
+            progress(done, done)
+        self._dirty = max(self._dirty, 1)
 
     def _estimate_rows(self) -> int:
         try:
