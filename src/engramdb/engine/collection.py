@@ -407,6 +407,28 @@ class Collection(GraphMixin):
             self._dirty = 0
         return True
 
+    def advance_watermark(self) -> int:
+        """Let an unchanged collection's snapshot cover the changelog up to now; returns its watermark.
+
+        A collection nobody writes to would otherwise hold its old watermark
+        forever and keep every later changelog entry (of all collections)
+        from being trimmed. Only metadata is rewritten, never the HNSW file.
+        """
+        # Read before the check below: every change up to here has reached
+        # this collection's indexes, so if none is pending the snapshot is
+        # exact as of this sequence number.
+        through = self.store.notified_seq
+        with self._index_lock:
+            if self._vindex is None or self._payload is None:
+                return 0
+            if self._dirty or through <= self._vindex.watermark:
+                return self._vindex.watermark
+            if self._text is not None:
+                self._text.commit_watermark(through)
+            if self._vindex.save_watermark(self.index_dir, through, extra=self._payload.to_bytes()):
+                self._applied_seq = max(self._applied_seq, through)
+            return self._vindex.watermark
+
     @property
     def watermark(self) -> int:
         """Changelog sequence the last snapshot contains (0 = none)."""

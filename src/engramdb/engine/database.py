@@ -360,7 +360,7 @@ class Database:
         for coll in self.collections():
             if not coll.loaded:
                 return  # an unloaded collection may still need old entries
-            marks.append(coll.watermark)
+            marks.append(coll.advance_watermark())
         if not marks:
             return
         upto = min(marks)

@@ -62,6 +62,7 @@ class VectorIndex:
         self.next_label = 1
         self.watermark = 0
         self.extra = b""  # opaque bytes stored with the snapshot (the payload index)
+        self._snapshot_file: tuple[int, int] | None = None  # (size, xxh3) of the HNSW file on disk
         # Resizing reallocates hnswlib's arrays: searches must not run during it.
         # Ordinary adds and deletes are safe alongside searches (hnswlib locks
         # per node), so they only serialise among themselves.
@@ -250,35 +251,55 @@ class VectorIndex:
             tmp_hnsw = d / (_HNSW_FILE + ".tmp")
             self._index.save_index(str(tmp_hnsw))
             size, digest = _file_digest(tmp_hnsw)
-            meta = {
-                "format": SNAPSHOT_FORMAT,
-                "dim": self.dim,
-                "metric": self.metric,
-                "m": self.m,
-                "ef_construction": self.ef_construction,
-                "next_label": self.next_label,
-                "watermark": watermark,
-                "ids": list(self.id_of.keys()),
-                "names": list(self.id_of.values()),
-                "exp_labels": list(self.expires.keys()),
-                "exp_at": list(self.expires.values()),
-                "hnsw_size": size,
-                "hnsw_xxh3": digest,
-                "capacity": self._index.get_max_elements(),
-                "extra": extra,
-            }
-            payload = msgpack.packb(meta, use_bin_type=True)
-            tmp_meta = d / (_META_FILE + ".tmp")
-            with open(tmp_meta, "wb") as f:
-                f.write(payload + zlib.crc32(payload).to_bytes(4, "big"))
-                f.flush()
-                os.fsync(f.fileno())
             with open(tmp_hnsw, "rb") as f:
                 os.fsync(f.fileno())
             os.replace(tmp_hnsw, d / _HNSW_FILE)
-            os.replace(tmp_meta, d / _META_FILE)
-            _fsync_dir(d)
-            self.watermark = watermark
+            self._write_meta(d, watermark, extra, size, digest)
+            self._snapshot_file = (size, digest)
+
+    def save_watermark(self, directory: str | os.PathLike[str], watermark: int, extra: bytes = b"") -> bool:
+        """Move the snapshot's watermark forward without rewriting the HNSW file.
+
+        Only valid when nothing changed since the snapshot (the caller knows);
+        lets an idle collection stop pinning old changelog entries. False if
+        this index has no snapshot of its own to move.
+        """
+        d = Path(directory)
+        with self._write_lock:
+            if self._snapshot_file is None:
+                return False
+            size, digest = self._snapshot_file
+            self._write_meta(d, watermark, extra, size, digest)
+            return True
+
+    def _write_meta(self, d: Path, watermark: int, extra: bytes, size: int, digest: int) -> None:
+        """Write the metadata file, the snapshot's commit point: temp name, fsync, rename."""
+        meta = {
+            "format": SNAPSHOT_FORMAT,
+            "dim": self.dim,
+            "metric": self.metric,
+            "m": self.m,
+            "ef_construction": self.ef_construction,
+            "next_label": self.next_label,
+            "watermark": watermark,
+            "ids": list(self.id_of.keys()),
+            "names": list(self.id_of.values()),
+            "exp_labels": list(self.expires.keys()),
+            "exp_at": list(self.expires.values()),
+            "hnsw_size": size,
+            "hnsw_xxh3": digest,
+            "capacity": self._index.get_max_elements(),
+            "extra": extra,
+        }
+        payload = msgpack.packb(meta, use_bin_type=True)
+        tmp_meta = d / (_META_FILE + ".tmp")
+        with open(tmp_meta, "wb") as f:
+            f.write(payload + zlib.crc32(payload).to_bytes(4, "big"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_meta, d / _META_FILE)
+        _fsync_dir(d)
+        self.watermark = watermark
 
     @classmethod
     def load(
@@ -318,6 +339,7 @@ class VectorIndex:
         self.next_label = meta["next_label"]
         self.watermark = meta["watermark"]
         self.extra = meta.get("extra", b"")
+        self._snapshot_file = (size, digest)
         return self
 
 

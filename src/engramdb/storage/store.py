@@ -254,9 +254,11 @@ class Store:
         self._recover_lock = threading.Lock()
         self._next_recovery = 0.0
         self.recoveries = 0
-        self._done_q: queue.SimpleQueue[list[tuple[_Item, list[Change] | None, BaseException | None]] | None] = (
-            queue.SimpleQueue()
-        )
+        self._done_q: queue.SimpleQueue[
+            tuple[list[tuple[_Item, list[Change] | None, BaseException | None]], int] | None
+        ] = queue.SimpleQueue()
+        # Every change up to this sequence number has been handed to the indexes.
+        self.notified_seq = self._seq
         self._writer = threading.Thread(target=self._run, name="engramdb-writer", daemon=True)
         self._writer.start()
         self._notifier = threading.Thread(target=self._run_notifier, name="engramdb-notifier", daemon=True)
@@ -523,14 +525,16 @@ class Store:
         # thread, in commit order, while this thread already decides and
         # fsyncs the next batch: index work and fsync overlap instead of
         # adding up.
-        self._done_q.put(results)
+        self._done_q.put((results, seq))
 
     def _run_notifier(self) -> None:
         while True:
-            results = self._done_q.get()
-            if results is None:
+            got = self._done_q.get()
+            if got is None:
                 return
+            results, seq = got
             self._notify(results)
+            self.notified_seq = seq
             for item, done, exc in results:
                 if exc is not None:
                     item.future.set_exception(exc)
