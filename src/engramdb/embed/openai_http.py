@@ -119,7 +119,22 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-class OpenAICompatClient:
+class Closing:
+    """``with obj:`` closes ``obj`` at the end of the block."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class OpenAICompatClient(Closing):
     """POSTs JSON to one OpenAI-compatible server with retries, and returns the decoded answer.
 
     ``timeout_seconds`` bounds each attempt (connect, send, wait for the
@@ -183,14 +198,6 @@ class OpenAICompatClient:
     def close(self) -> None:
         """Close pooled connections."""
         self._client.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def scrub(self, text: str) -> str:
         """``text`` with every secret replaced by ``***``."""

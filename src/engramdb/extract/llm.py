@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import re
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import httpx
 from pydantic import ValidationError
 
-from engramdb.embed.openai_http import OpenAICompatClient
+from engramdb.embed.openai_http import Closing, OpenAICompatClient
 from engramdb.errors import InvalidArgument, UpstreamError
 from engramdb.extract.schema import Extraction
 
@@ -101,7 +100,7 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(problems)
 
 
-class ChatExtractor:
+class ChatExtractor(Closing):
     """Extracts entities and relations from text with an OpenAI-compatible chat model.
 
     Thread-safe; holds one pooled HTTP client (call :meth:`close` or use it
@@ -148,14 +147,6 @@ class ChatExtractor:
     def close(self) -> None:
         """Close pooled connections."""
         self._http.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def messages(self, text: str, instructions: str | None = None) -> list[dict[str, str]]:
         """The chat messages sent for ``text`` (public so prompts can be inspected and tested)."""
