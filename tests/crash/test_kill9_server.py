@@ -714,13 +714,17 @@ def check_indexes(
         if rid in hits:
             problems.append(f"{where}: search by the last vector of deleted {rid!r} returned it")
     # Payload index.
-    filters: list[tuple[dict[str, Any], Callable[[dict[str, Any]], bool]]] = [
-        ({"kind": kind}, lambda md, kind=kind: md.get("kind") == kind) for kind in KINDS
-    ]
+    filters: list[dict[str, Any]] = [{"kind": kind} for kind in KINDS]
     if "n" in COLLECTIONS[name]["indexed_fields"]:
-        filters.append(({"n": {"$gte": 50}}, lambda md: isinstance(md.get("n"), int) and md["n"] >= 50))
-    for flt, pred in filters:
-        want = {rid for rid, rec in live.items() if pred(rec.metadata)}
+        filters.append({"n": {"$gte": 50}})
+
+    def selected(md: dict[str, Any], flt: dict[str, Any]) -> bool:
+        if "kind" in flt:
+            return bool(md.get("kind") == flt["kind"])
+        return isinstance(md.get("n"), int) and not isinstance(md["n"], bool) and md["n"] >= 50
+
+    for flt in filters:
+        want = {rid for rid, rec in live.items() if selected(rec.metadata, flt)}
         got_f = {h.id for h in coll.search(probe, k=every, filter=flt, exact=True, include=None)}
         if got_f != want:
             problems.append(
