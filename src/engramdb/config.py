@@ -24,7 +24,9 @@ class StorageSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     sync_writes: bool = Field(True, description="fsync the write-ahead log before acknowledging a write")
-    write_buffer_mb: int = Field(64, ge=1, le=65536)
+    write_buffer_mb: int = Field(
+        16, ge=1, le=65536, description="memtable size per column family; all share a budget of twice this"
+    )
     max_background_jobs: int = Field(2, ge=1, le=64)
     max_wal_mb: int = Field(512, ge=16, le=1_048_576)
     block_cache_mb: int = Field(128, ge=8, le=1_048_576)

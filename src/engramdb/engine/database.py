@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import logging
 import os
@@ -30,6 +31,28 @@ _TENANT = b"t|"
 _COLL = b"c|"
 _COUNTER = b"#"
 _U32 = struct.Struct(">I")
+
+
+_libc: Any = None
+_TRIM_EVERY_CHANGES = 10_000
+
+
+def release_free_memory() -> None:
+    """Hand memory the allocator keeps after a burst of writes back to the OS (glibc only).
+
+    Ingest and snapshots free many short-lived buffers; glibc keeps the freed
+    pages in its arenas, so a process that ingested once would go on
+    holding them. Elsewhere this does nothing.
+    """
+    global _libc
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL("libc.so.6")
+            _libc.malloc_trim  # noqa: B018  (musl and others lack it)
+        except (OSError, AttributeError):
+            _libc = False
+    if _libc:
+        _libc.malloc_trim(0)
 
 
 class Database:
@@ -334,12 +357,20 @@ class Database:
     def _snapshot_loop(self) -> None:
         ix = self.settings.index
         last = time.monotonic()
+        trimmed_at = prev = self.store.seq
         while not self._stop.wait(1.0):
             try:
                 due = time.monotonic() - last >= ix.snapshot_interval_seconds
+                saved = False
                 for coll in list(self._collections.values()):
                     if coll.loaded and (coll.dirty >= ix.snapshot_after_changes or (due and coll.dirty)):
-                        coll.snapshot()
+                        saved = coll.snapshot() or saved
+                seq = self.store.seq
+                # After snapshots, every so many writes, and once writes pause.
+                if saved or seq - trimmed_at >= _TRIM_EVERY_CHANGES or (seq == prev != trimmed_at):
+                    trimmed_at = seq
+                    release_free_memory()
+                prev = seq
                 if due:
                     last = time.monotonic()
                     self.trim_changelog()

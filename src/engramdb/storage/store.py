@@ -200,7 +200,7 @@ class Store:
         path: str | os.PathLike[str],
         *,
         sync_writes: bool = True,
-        write_buffer_mb: int = 64,
+        write_buffer_mb: int = 16,
         max_background_jobs: int = 2,
         max_wal_mb: int = 512,
         block_cache_mb: int = 128,
