@@ -1,4 +1,4 @@
-"""Server benchmark: search over REST vs gRPC, 32 concurrent clients, one real server.
+"""Server benchmark: search over REST vs gRPC vs a bare Starlette endpoint, 32 concurrent clients.
 
 What it does, in one run:
 
@@ -8,41 +8,64 @@ What it does, in one run:
 2. loads ``--n`` rows of the shared dataset (``real.npy``; see bench/common.py)
    into a cosine collection over gRPC in batches of 1,000, and checks that REST
    and gRPC return the same hits for a few queries;
-3. runs ``--clients`` concurrent clients (default 32) for ``--duration``
-   seconds (default 15) per transport, each doing k = 10 searches with the
+3. restarts the server (so its index comes from the snapshot it wrote), and
+   starts the *reference*: a bare Starlette app on uvicorn (same settings as
+   the server's REST: httptools + uvloop when installed, no access log) in its
+   own process, on a copy of the data, whose one route parses the JSON body,
+   makes the same engine call as the service's ``search`` (same result
+   conversion) in Starlette's thread pool and answers with orjson: no auth,
+   validation, rate limit, metrics or logging. Its hits are checked equal to
+   the server's. It is what REST costs without EngramDB's own layers.
+   With ``--baseline-src DIR`` a third server runs the ``engramdb`` package of
+   another checkout (phase ``rest-base``): before/after in the same run;
+4. runs ``--clients`` concurrent clients (default 32) for ``--duration``
+   seconds (default 10) per phase, each doing k = 10 searches with the
    held-out queries of ``queries_dev.npy`` (default ``include``: metadata and
-   text), one query per call:
+   text), one query per call, phases alternated over ``--rounds`` (default 3)
+   so slow spells of a shared machine hit every transport:
 
-   - REST: an ``httpx.Client`` per client thread (keep-alive, one connection
-     each), the JSON bodies pre-encoded, responses decoded with orjson;
-   - gRPC: a channel per client thread (own connection), requests
+   - ``rest`` / ``ref``: a raw keep-alive HTTP/1.1 connection per client
+     thread (request bytes pre-built, response read by Content-Length, status
+     checked, body decoded with orjson). It costs ~0.15 ms of client CPU per
+     call; ``httpx`` (phase ``rest-httpx``, not run by default) costs 2.5-3.5
+     ms, which on 2 shared cores took CPU from the server and made REST look
+     3x slower than gRPC in earlier runs;
+   - ``grpc``: a channel per client thread (own connection), requests
      pre-serialised, responses decoded into ``SearchResponse``;
 
    The clients are spread over ``--procs`` processes (default 4 x 8 threads)
-   so one client process's GIL is not the limit; ``--rounds`` alternates
-   REST and gRPC phases and compares the best phase of each;
-4. prints QPS, mean/p50/p99 latency, server and client CPU for each, the
-   gRPC/REST ratios and the PERFORMANCE.md targets (REST ≥ 2,000 QPS with
-   p99 ≤ 20 ms; gRPC ≥ 1.5 x REST), and writes ``bench/results/server-<ts>.json``.
+   so one client process's GIL is not the limit;
+5. prints, per phase: QPS, mean/p50/p99 latency, server and client CPU (%, and
+   ms per request), the load average; then the best phase of each transport,
+   the ratios gRPC / REST and REST / reference (best and median of the
+   rounds), the PERFORMANCE.md targets (REST >= 2,000 QPS with p99 <= 20 ms;
+   gRPC >= 1.5 x REST), and writes ``bench/results/server-<ts>.json``.
 
 The load generator runs on the same machine as the server: on 2 cores they
 compete for CPU, so these numbers are a lower bound of what the server does
-with its own cores (the client CPU column shows how much the clients took).
+with its own cores (the client CPU columns show how much the clients took).
+On a shared machine other processes take CPU too: compare the transports
+within a run (the ratios), and read the load average columns.
 
 Usage::
 
-    python bench/bench_server.py                 # 42,887 rows (load time = server ingest), 2 x 15 s of search
-    python bench/bench_server.py --quick         # 5,000 rows, 2 x 5 s
-    python bench/bench_server.py --n 20000 --duration 10 --clients 16 --procs 2
+    python bench/bench_server.py                 # 42,887 rows, 3 rounds x (rest, grpc, ref) x 10 s
+    python bench/bench_server.py --quick         # 5,000 rows, 1 round x 5 s
+    python bench/bench_server.py --phases rest,rest-httpx,grpc,ref   # also show what httpx costs
+    python bench/bench_server.py --baseline-src /tmp/base/src   # before/after: also a server from another checkout
+    python bench/bench_server.py --py-spy /tmp/rest.txt   # first an extra REST phase sampled by py-spy
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -65,6 +88,8 @@ COLLECTION = "bench"
 BATCH = 1000
 START_TIMEOUT_S = 120.0
 WARMUP_S = 2.0
+PHASES = ("rest", "grpc", "ref", "rest-httpx", "rest-base")
+SEARCH_PATH = f"/v1/collections/{COLLECTION}/search"
 # Requests one client thread may make per phase: a safety bound on top of the time bound.
 MAX_REQUESTS_PER_CLIENT = 200_000
 
@@ -76,28 +101,43 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class Server:
-    """An ``engramdb serve`` subprocess on loopback."""
+def _server_env(log_level: str, src: Path | None = None) -> dict[str, str]:
+    env = {k: v for k, v in C.src_env().items() if not k.startswith("ENGRAMDB_")}
+    if src is not None:  # another checkout's sources (--baseline-src)
+        env["PYTHONPATH"] = os.pathsep.join([str(src), env["PYTHONPATH"]])
+    env.update(
+        {
+            "ENGRAMDB_ADMIN_KEY": ADMIN_KEY,
+            "ENGRAMDB_SERVER__AUTH": "required",
+            "ENGRAMDB_SERVER__LOG_LEVEL": log_level,
+            "ENGRAMDB_STORAGE__SYNC_WRITES": "false",
+            "ENGRAMDB_SERVER__RATE_LIMITS__PER_KEY_PER_SECOND": "1000000",
+            "ENGRAMDB_SERVER__RATE_LIMITS__PER_KEY_BURST": "1000000",
+            "ENGRAMDB_SERVER__RATE_LIMITS__PER_IP_PER_SECOND": "1000000",
+            "ENGRAMDB_SERVER__RATE_LIMITS__PER_IP_BURST": "1000000",
+        }
+    )
+    return env
 
-    def __init__(self, data_dir: Path, log_level: str):
-        self.port, self.grpc_port = free_port(), free_port()
-        self.log_path = data_dir.parent / "server.log"
-        env = {k: v for k, v in C.src_env().items() if not k.startswith("ENGRAMDB_")}
-        env.update(
-            {
-                "ENGRAMDB_ADMIN_KEY": ADMIN_KEY,
-                "ENGRAMDB_SERVER__AUTH": "required",
-                "ENGRAMDB_SERVER__LOG_LEVEL": log_level,
-                "ENGRAMDB_STORAGE__SYNC_WRITES": "false",
-                "ENGRAMDB_SERVER__RATE_LIMITS__PER_KEY_PER_SECOND": "1000000",
-                "ENGRAMDB_SERVER__RATE_LIMITS__PER_KEY_BURST": "1000000",
-                "ENGRAMDB_SERVER__RATE_LIMITS__PER_IP_PER_SECOND": "1000000",
-                "ENGRAMDB_SERVER__RATE_LIMITS__PER_IP_BURST": "1000000",
-            }
-        )
-        cmd = [sys.executable, "-m", "engramdb.cli", "serve", "--data-dir", str(data_dir)]
-        cmd += ["--host", "127.0.0.1", "--port", str(self.port), "--grpc-port", str(self.grpc_port)]
-        with open(self.log_path, "wb") as log:
+
+class Server:
+    """An ``engramdb serve`` subprocess on loopback (or, with ``reference``, the bare Starlette endpoint).
+
+    ``src``: import ``engramdb`` from that directory instead of this checkout (the baseline server).
+    """
+
+    def __init__(self, data_dir: Path, log_level: str, reference: bool = False, src: Path | None = None):
+        self.port = free_port()
+        self.grpc_port = 0 if reference else free_port()
+        self.reference = reference
+        self.log_path = data_dir.parent / ("reference.log" if reference else "server.log")
+        env = _server_env(log_level, src)
+        if reference:
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-reference", str(data_dir), str(self.port)]
+        else:
+            cmd = [sys.executable, "-m", "engramdb.cli", "serve", "--data-dir", str(data_dir)]
+            cmd += ["--host", "127.0.0.1", "--port", str(self.port), "--grpc-port", str(self.grpc_port)]
+        with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
         self.url = f"http://127.0.0.1:{self.port}"
         self.grpc_address = f"127.0.0.1:{self.grpc_port}"
@@ -120,11 +160,7 @@ class Server:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the server process so far (Linux /proc; 0 elsewhere)."""
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return 0.0
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return _proc_cpu_seconds(self.proc.pid)
 
     def log_tail(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
@@ -138,6 +174,69 @@ class Server:
                 self.proc.kill()
                 self.proc.wait(10)
         return int(self.proc.returncode)
+
+
+def _proc_cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# --------------------------------------------------------------- reference
+def serve_reference(data_dir: str, port: int) -> None:
+    """The reference: one bare Starlette route making the service's search engine call, on uvicorn.
+
+    Same engine calls and result conversion as ``Service._search`` (``get_collection``,
+    ``Collection.search`` with the body's vector and k, hits converted by the service's ``_hit``), in
+    Starlette's thread pool, answered with orjson; uvicorn configured as
+    ``engramdb serve`` configures it. No auth, validation, limits, metrics or logs.
+    """
+    import orjson
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from engramdb.config import Settings
+    from engramdb.engine.database import Database
+    from engramdb.service.service import _hit
+
+    settings = Settings(data_dir=Path(data_dir))
+    db = Database(settings.data_dir, settings)
+    db.load_all()  # every index in memory before the port opens
+
+    def search(name: str, params: dict[str, Any]) -> dict[str, Any]:
+        hits = db.get_collection(name).search(vector=params["vector"], k=params["k"])
+        return {"hits": [_hit(h) for h in hits]}
+
+    async def endpoint(request: Request) -> Response:
+        params = orjson.loads(await request.body())
+        result = await run_in_threadpool(search, request.path_params["coll"], params)
+        return Response(orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
+
+    async def ready(request: Request) -> Response:
+        return Response(b'{"status":"ready"}', media_type="application/json")
+
+    app = Starlette(routes=[Route("/v1/collections/{coll}/search", endpoint, methods=["POST"]), Route("/ready", ready)])
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_config=None,
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+        lifespan="off",
+        ws="none",
+    )
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        db.close()
 
 
 # -------------------------------------------------------------------- load
@@ -189,7 +288,72 @@ def check_parity(server: Server, ds: C.Dataset, n_queries: int = 20) -> tuple[bo
     return same, C.recall_at_k(found, truth)
 
 
+def same_rest_hits(url_a: str, url_b: str, queries: np.ndarray) -> bool:
+    """Whether two REST endpoints (the server and the reference) answer the same hits, records included."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    with httpx.Client(headers=headers, timeout=30) as http:
+        for q in queries:
+            body = {"vector": q.tolist(), "k": C.K}
+            a = http.post(url_a + SEARCH_PATH, json=body)
+            b = http.post(url_b + SEARCH_PATH, json=body)
+            if a.status_code != 200 or b.status_code != 200 or a.json()["hits"] != b.json()["hits"]:
+                return False
+    return True
+
+
 # ----------------------------------------------------------------- clients
+class RawHTTPConnection:
+    """One keep-alive HTTP/1.1 connection that POSTs JSON bodies: the cheapest honest REST client.
+
+    The request head is built once; a response is read up to its
+    ``Content-Length`` (the server always sends one for these answers; anything
+    else is an error, as is a closed connection). No pooling, retries or
+    redirects: each client thread owns its connection, as an ``httpx.Client``
+    with one connection would.
+    """
+
+    def __init__(self, url: str, path: str, headers: dict[str, str]):
+        host, _, port = url.removeprefix("http://").partition(":")
+        self.sock = socket.create_connection((host, int(port)), timeout=30)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        lines = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}", *(f"{k}: {v}" for k, v in headers.items())]
+        self.head = ("\r\n".join(lines) + "\r\nContent-Length: ").encode("latin-1")
+        self.buf = b""
+
+    def post(self, body: bytes) -> tuple[int, bytes]:
+        """Send one request; returns (status, body)."""
+        self.sock.sendall(b"%s%d\r\n\r\n%s" % (self.head, len(body), body))
+        buf = self.buf
+        end = buf.find(b"\r\n\r\n")
+        while end < 0:
+            buf += self._recv()
+            end = buf.find(b"\r\n\r\n")
+        head, buf = buf[:end].decode("latin-1"), buf[end + 4 :]
+        status = int(head[9:12])
+        length = None
+        for line in head.split("\r\n")[1:]:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value)
+        if length is None:
+            raise RuntimeError(f"HTTP {status} without Content-Length: {head[:200]!r}")
+        while len(buf) < length:
+            buf += self._recv()
+        self.buf = buf[length:]
+        return status, buf[:length]
+
+    def _recv(self) -> bytes:
+        chunk = self.sock.recv(1 << 16)
+        if not chunk:
+            raise ConnectionError("the server closed the connection")
+        return chunk
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 def _client_process(
     transport: str,
     target: str,
@@ -201,7 +365,10 @@ def _client_process(
     duration: float,
     out: Any,
 ) -> None:
-    """``threads`` client threads of one transport; puts (latencies, errors, first error, cpu s) on ``out``."""
+    """``threads`` client threads of one transport; puts (latencies, errors, first error, cpu s) on ``out``.
+
+    The CPU time is this process's over the measured window (from the common start until its threads are done).
+    """
     end_at = start_at + duration
     lock = threading.Lock()
     latencies: list[float] = []
@@ -226,6 +393,9 @@ def _client_process(
                         errors[0] += 1
                         if not first_error:
                             first_error.append(repr(e)[:300])
+                    if transport != "grpc":  # a broken HTTP connection stays broken: open a new one
+                        close()
+                        call, close = _make_caller(transport, target, key)
                 else:
                     mine.append(clock() - t0)
                 i += 1
@@ -234,10 +404,11 @@ def _client_process(
         with lock:
             latencies.extend(mine)
 
-    cpu0 = sum(os.times()[:2])
     workers = [threading.Thread(target=run, args=(t,)) for t in range(threads)]
     for w in workers:
         w.start()
+    time.sleep(max(0.0, start_at - time.time()))
+    cpu0 = sum(os.times()[:2])
     for w in workers:
         w.join()
     out.put((np.asarray(latencies, dtype=np.float64).tobytes(), errors[0], first_error, sum(os.times()[:2]) - cpu0))
@@ -245,24 +416,36 @@ def _client_process(
 
 def _make_caller(transport: str, target: str, key: str) -> tuple[Any, Any]:
     """A blocking ``call(payload)`` that sends one search and decodes the answer, and its ``close``."""
-    if transport == "rest":
+    import orjson
+
+    if transport in ("rest", "ref", "rest-base"):
+        conn = RawHTTPConnection(
+            target, SEARCH_PATH, {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+        )
+
+        def raw_call(body: bytes) -> Any:
+            status, content = conn.post(body)
+            if status != 200:
+                raise RuntimeError(f"HTTP {status}: {content[:200]!r}")
+            return orjson.loads(content)
+
+        return raw_call, conn.close
+    if transport == "rest-httpx":
         import httpx
-        import orjson
 
         client = httpx.Client(
             base_url=target,
             headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
             timeout=30,
         )
-        path = f"/v1/collections/{COLLECTION}/search"
 
-        def rest_call(body: bytes) -> Any:
-            r = client.post(path, content=body)
+        def httpx_call(body: bytes) -> Any:
+            r = client.post(SEARCH_PATH, content=body)
             if r.status_code != 200:
                 raise RuntimeError(f"HTTP {r.status_code}: {r.text[:200]}")
             return orjson.loads(r.content)
 
-        return rest_call, client.close
+        return httpx_call, client.close
 
     import grpc
 
@@ -286,7 +469,7 @@ def _make_caller(transport: str, target: str, key: str) -> tuple[Any, Any]:
 
 def payloads(transport: str, queries: np.ndarray) -> list[bytes]:
     """One pre-encoded k = 10 search per query, so clients spend no time encoding."""
-    if transport == "rest":
+    if transport != "grpc":
         import orjson
 
         return [orjson.dumps({"vector": q.tolist(), "k": C.K}) for q in queries]
@@ -296,13 +479,19 @@ def payloads(transport: str, queries: np.ndarray) -> list[bytes]:
 
 
 def run_phase(
-    server: Server, transport: str, queries: np.ndarray, clients: int, procs: int, duration: float
+    server: Server,
+    transport: str,
+    queries: np.ndarray,
+    clients: int,
+    procs: int,
+    duration: float,
+    py_spy: str | None = None,
 ) -> dict[str, Any]:
     """``clients`` concurrent clients over ``procs`` processes for ``duration`` seconds."""
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     bodies = payloads(transport, queries)
-    target = server.url if transport == "rest" else server.grpc_address
+    target = server.grpc_address if transport == "grpc" else server.url
     per_proc = [clients // procs + (1 if p < clients % procs else 0) for p in range(procs)]
     # Spawned interpreters take a moment to start; the common start leaves them
     # time to import, connect and warm up before anything is measured.
@@ -318,17 +507,22 @@ def run_phase(
         workers.append(p)
         offset += n
     time.sleep(max(0.0, start_at - time.time()))
+    load_before = os.getloadavg()[0]
+    spy = _start_py_spy(server.proc.pid, duration, py_spy) if py_spy else None
     cpu0 = server.cpu_seconds()
     time.sleep(duration)
     server_cpu = server.cpu_seconds() - cpu0
+    load_after = os.getloadavg()[0]
     results = [out.get(timeout=duration + 120) for _ in workers]
     for p in workers:
         p.join(30)
+    if spy is not None:
+        _finish_py_spy(spy, py_spy)
     lat = np.concatenate([np.frombuffer(r[0], dtype=np.float64) for r in results])
     stats = C.LatencyStats.of(lat.tolist(), duration)
     errors = sum(r[1] for r in results)
     first = next((r[2][0] for r in results if r[2]), None)
-    client_cpu = sum(r[3] for r in results)  # includes warm-up: an upper bound
+    client_cpu = sum(r[3] for r in results)
     return {
         "transport": transport,
         "clients": clients,
@@ -337,25 +531,100 @@ def run_phase(
         "errors": errors,
         "first_error": first,
         "server_cpu_pct": 100 * server_cpu / duration,
-        "client_cpu_pct": 100 * client_cpu / (duration + WARMUP_S),
+        "client_cpu_pct": 100 * client_cpu / duration,
+        "server_cpu_ms_per_req": 1000 * server_cpu / stats.count if stats.count else None,
+        "client_cpu_ms_per_req": 1000 * client_cpu / stats.count if stats.count else None,
+        "loadavg1_before": load_before,
+        "loadavg1_after": load_after,
     }
 
 
+def _start_py_spy(pid: int, duration: float, path: str) -> subprocess.Popen[bytes] | None:
+    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(exe).exists():
+        C.log("--py-spy: py-spy is not installed (pip install py-spy); not profiling")
+        return None
+    cmd = [exe, "record", "--pid", str(pid), "--duration", str(int(duration)), "--rate", "100"]
+    cmd += ["--nonblocking", "--threads", "--format", "raw", "--output", path]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _finish_py_spy(proc: subprocess.Popen[bytes], path: str | None) -> None:
+    """Wait for py-spy and print the functions most often on top of the server's stacks."""
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return
+    if not path or not Path(path).exists():
+        C.log("py-spy wrote nothing (it needs ptrace rights: root or CAP_SYS_PTRACE)")
+        return
+    own: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in Path(path).read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        total += int(count)
+        own[stack.split(";")[-1]] += int(count)
+    print(f"\npy-spy, server during the profiled REST phase ({total} samples of busy threads; raw stacks in {path}):")
+    for frame, n in own.most_common(15):
+        print(f"  {100 * n / max(total, 1):5.1f}%  {frame[:140]}")
+
+
 # -------------------------------------------------------------------- main
+def _summary(phases: list[dict[str, Any]], transport: str) -> dict[str, Any] | None:
+    mine = [p for p in phases if p["transport"] == transport]
+    if not mine:
+        return None
+    best = max(mine, key=lambda p: p["qps"])
+    return {
+        "best": best,
+        "median_qps": statistics.median(p["qps"] for p in mine),
+        "median_server_cpu_ms_per_req": statistics.median(p["server_cpu_ms_per_req"] or 0.0 for p in mine),
+    }
+
+
 def main() -> None:
+    if len(sys.argv) == 4 and sys.argv[1] == "--serve-reference":
+        serve_reference(sys.argv[2], int(sys.argv[3]))
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=C.N_REAL, help="rows to load (default: every real row)")
-    ap.add_argument("--duration", type=float, default=15.0, help="seconds of load per transport (max 120)")
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds of load per phase (max 120)")
     ap.add_argument("--clients", type=int, default=32, help="concurrent clients (max 256)")
     ap.add_argument("--procs", type=int, default=4, help="client processes the clients are spread over")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of phases, alternated (max 5)")
     ap.add_argument(
-        "--rounds", type=int, default=1, help="REST/gRPC phase pairs, alternated (max 5); the best of each is compared"
+        "--phases",
+        default="rest,grpc,ref",
+        help=f"comma-separated phases of a round, from {', '.join(PHASES)} (ref: the bare Starlette reference)",
     )
     ap.add_argument("--log-level", default="warning", help="server log level (info logs a line per request)")
-    ap.add_argument("--quick", action="store_true", help="5,000 rows and 5 s per transport")
+    ap.add_argument(
+        "--baseline-src",
+        type=Path,
+        metavar="DIR",
+        help="also run phase rest-base against a second server importing engramdb from DIR (another checkout's "
+        "src/, e.g. from `git archive`), on its own copy of the data: before/after in one run",
+    )
+    ap.add_argument(
+        "--py-spy", metavar="PATH", help="first sample the server with py-spy during an extra REST phase (not compared)"
+    )
+    ap.add_argument("--quick", action="store_true", help="5,000 rows, 1 round of 5 s phases")
     args = ap.parse_args()
     if args.quick:
-        args.n, args.duration = 5000, 5.0
+        args.n, args.duration, args.rounds = 5000, 5.0, 1
+    phase_names = [p.strip() for p in args.phases.split(",") if p.strip()]
+    if not phase_names or any(p not in PHASES for p in phase_names):
+        raise SystemExit(f"--phases takes names from {', '.join(PHASES)}")
+    if args.baseline_src is not None:
+        if not (args.baseline_src / "engramdb" / "__init__.py").exists():
+            raise SystemExit(f"--baseline-src {args.baseline_src}: no engramdb package there")
+        if "rest-base" not in phase_names:
+            phase_names.insert(phase_names.index("rest") + 1 if "rest" in phase_names else 0, "rest-base")
+    elif "rest-base" in phase_names:
+        raise SystemExit("phase rest-base needs --baseline-src")
     if not (0 < args.duration <= 120 and 0 < args.clients <= 256 and 0 < args.procs <= args.clients):
         raise SystemExit("need 0 < --duration <= 120, 0 < --clients <= 256 and 0 < --procs <= --clients")
     if not 1 <= args.rounds <= 5:
@@ -364,35 +633,84 @@ def main() -> None:
     load_before = " ".join(f"{x:.1f}" for x in os.getloadavg())
     ds = C.load_dataset(args.n, queries=500, log=C.log)
     C.log(f"dataset: {ds.label}, {len(ds.queries)} held-out queries, k={C.K}")
+    phases: list[dict[str, Any]] = []
+    profiled: dict[str, Any] | None = None
+    statuses: list[int] = []
     with tempfile.TemporaryDirectory(prefix="bench-server-") as tmp:
-        server = Server(Path(tmp) / "data", args.log_level)
+        data = Path(tmp) / "data"
+        server = Server(data, args.log_level)
         try:
             server.wait_ready()
             C.log(f"server up: REST {server.url}, gRPC {server.grpc_address}; loading {ds.n:,} rows over gRPC ...")
             load_rate = load(server, ds)
             same, recall = check_parity(server, ds)
             C.log(f"loaded at {load_rate:,.0f} vec/s; REST == gRPC hits: {same}; recall@10 (20 queries): {recall:.3f}")
-            phases = []
-            # Alternating rounds spread slow spells of a shared machine over both transports.
+        finally:
+            statuses.append(server.stop())
+        # The reference and the baseline open their own copies: RocksDB allows one process per data directory.
+        reference = baseline = None
+        if "ref" in phase_names:
+            shutil.copytree(data, Path(tmp) / "ref" / "data")
+        if "rest-base" in phase_names:
+            shutil.copytree(data, Path(tmp) / "base" / "data")
+        server = Server(data, args.log_level)
+        try:
+            if "ref" in phase_names:
+                reference = Server(Path(tmp) / "ref" / "data", args.log_level, reference=True)
+            if "rest-base" in phase_names:
+                baseline = Server(Path(tmp) / "base" / "data", args.log_level, src=args.baseline_src)
+            server.wait_ready()
+            ref_same = base_same = None
+            if reference is not None:
+                reference.wait_ready()
+                ref_same = same_rest_hits(server.url, reference.url, ds.queries[:20])
+                C.log(f"reference up: {reference.url}; same hits as the server: {ref_same}")
+            if baseline is not None:
+                baseline.wait_ready()
+                base_same = same_rest_hits(server.url, baseline.url, ds.queries[:20])
+                C.log(f"baseline up: {baseline.url} ({args.baseline_src}); same hits as the server: {base_same}")
+            targets_of = {"ref": reference, "rest-base": baseline}
+            if args.py_spy:
+                # Sampling costs the server CPU: a phase of its own, left out of the comparisons.
+                C.log(f"rest under py-spy (not compared): {args.clients} clients ...")
+                phase = run_phase(server, "rest", ds.queries, args.clients, args.procs, args.duration, args.py_spy)
+                profiled = {"round": 0, "profiled": True, **phase}
+            # Alternating rounds spread slow spells of a shared machine over every transport.
             for rnd in range(args.rounds):
-                for transport in ("rest", "grpc"):
+                for transport in phase_names:
+                    target = targets_of.get(transport, server)
+                    assert target is not None
                     C.log(f"{transport} (round {rnd + 1}/{args.rounds}): {args.clients} clients ...")
-                    phase = run_phase(server, transport, ds.queries, args.clients, args.procs, args.duration)
+                    phase = run_phase(target, transport, ds.queries, args.clients, args.procs, args.duration)
                     phases.append({"round": rnd + 1, **phase})
         finally:
-            status = server.stop()
-    rest = max((p for p in phases if p["transport"] == "rest"), key=lambda p: p["qps"])
-    grpc_ = max((p for p in phases if p["transport"] == "grpc"), key=lambda p: p["qps"])
+            for proc in (server, reference, baseline):
+                if proc is not None:
+                    statuses.append(proc.stop())
+    summary = {t: _summary(phases, t) for t in phase_names}
     print()
     print(
         f"Search over the server: {ds.label}, k={C.K}, {args.clients} concurrent clients "
         f"({args.procs} client processes), {args.duration:.0f} s per phase, {args.rounds} round(s), "
         f"{os.cpu_count()} CPUs, load average before: {load_before}.\n"
-        "NOTE: the load generator shares this machine's cores with the server; on 2 cores the clients\n"
-        "take a large share of the CPU (client CPU column), so these numbers are a lower bound."
+        "NOTE: the load generator shares this machine's cores with the server (client CPU columns);\n"
+        "on a shared machine other processes do too (load columns): compare transports within a run."
     )
     C.print_table(
-        ["transport", "round", "QPS", "mean ms", "p50 ms", "p99 ms", "errors", "server CPU %", "client CPU %"],
+        [
+            "phase",
+            "round",
+            "QPS",
+            "mean ms",
+            "p50 ms",
+            "p99 ms",
+            "errors",
+            "server CPU %",
+            "server ms/req",
+            "client CPU %",
+            "client ms/req",
+            "load 1m",
+        ],
         [
             [
                 p["transport"],
@@ -403,41 +721,74 @@ def main() -> None:
                 C.fmt(p["p99_ms"], 2),
                 p["errors"],
                 C.fmt(p["server_cpu_pct"]),
+                C.fmt(p["server_cpu_ms_per_req"], 2),
                 C.fmt(p["client_cpu_pct"]),
+                C.fmt(p["client_cpu_ms_per_req"], 2),
+                f"{p['loadavg1_before']:.1f}-{p['loadavg1_after']:.1f}",
             ]
             for p in phases
         ],
     )
-    ratios = {
-        "qps": C.ratio(grpc_["qps"], rest["qps"]),
-        "p50": C.ratio(grpc_["p50_ms"], rest["p50_ms"]),
-        "p99": C.ratio(grpc_["p99_ms"], rest["p99_ms"]),
+
+    def ratios(a: str, b: str) -> dict[str, float | None] | None:
+        sa, sb = summary.get(a), summary.get(b)
+        if sa is None or sb is None:
+            return None
+        return {
+            "qps_best": C.ratio(sa["best"]["qps"], sb["best"]["qps"]),
+            "qps_median": C.ratio(sa["median_qps"], sb["median_qps"]),
+            "p50_best": C.ratio(sa["best"]["p50_ms"], sb["best"]["p50_ms"]),
+            "p99_best": C.ratio(sa["best"]["p99_ms"], sb["best"]["p99_ms"]),
+            "server_cpu_per_req_median": C.ratio(
+                sa["median_server_cpu_ms_per_req"], sb["median_server_cpu_ms_per_req"]
+            ),
+        }
+
+    compared = {
+        "grpc_over_rest": ratios("grpc", "rest"),
+        "rest_over_ref": ratios("rest", "ref"),
+        "rest-base_over_ref": ratios("rest-base", "ref"),
+        "rest_over_rest-base": ratios("rest", "rest-base"),
+        "rest-httpx_over_rest": ratios("rest-httpx", "rest"),
     }
-    print(
-        f"gRPC / REST (best round of each): QPS {C.fmt_ratio(ratios['qps'])}, p50 {C.fmt_ratio(ratios['p50'])}, "
-        f"p99 {C.fmt_ratio(ratios['p99'])}"
-    )
-    targets = {
-        "rest_qps>=2000": rest["qps"] >= 2000,
-        "rest_p99<=20ms": rest["p99_ms"] <= 20,
-        "grpc>=1.5x_rest": (ratios["qps"] or 0) >= 1.5,
-    }
+    for name, r in compared.items():
+        if r is not None:
+            a, _, b = name.partition("_over_")
+            print(
+                f"{a} / {b}: QPS {C.fmt_ratio(r['qps_best'])} (best rounds), {C.fmt_ratio(r['qps_median'])} (medians); "
+                f"p50 {C.fmt_ratio(r['p50_best'])}, p99 {C.fmt_ratio(r['p99_best'])} (best rounds); "
+                f"server CPU per request {C.fmt_ratio(r['server_cpu_per_req_median'])} (medians)"
+            )
+    rest = summary.get("rest")
+    targets: dict[str, bool] = {}
+    if rest is not None:
+        targets["rest_qps>=2000"] = rest["best"]["qps"] >= 2000
+        targets["rest_p99<=20ms"] = rest["best"]["p99_ms"] <= 20
+    if compared["grpc_over_rest"] is not None:
+        targets["grpc>=1.5x_rest"] = (compared["grpc_over_rest"]["qps_best"] or 0) >= 1.5
     print("targets (PERFORMANCE.md): " + ", ".join(f"{k} {'MET' if v else 'NOT MET'}" for k, v in targets.items()))
     for p in phases:
         if p["errors"]:
-            print(f"{p['transport']}: {p['errors']} errors, first: {p['first_error']}")
+            print(f"{p['transport']} round {p['round']}: {p['errors']} errors, first: {p['first_error']}")
     path = C.write_results(
         "server",
         {
             "dataset": ds.describe(),
             "settings": {**vars(args), "server_log_level": args.log_level, "sync_writes": False},
+            "command": " ".join(["python", "bench/bench_server.py", *sys.argv[1:]]),
             "load_vectors_per_s": load_rate,
             "rest_grpc_same_hits": same,
+            "rest_reference_same_hits": ref_same,
+            "rest_baseline_same_hits": base_same,
+            "baseline_src": args.baseline_src,
             "recall_at_10_sample": recall,
             "phases": phases,
-            "grpc_over_rest": ratios,
+            "profiled_phase": profiled,
+            "best": {t: (v["best"] if v else None) for t, v in summary.items()},
+            "median_qps": {t: (v["median_qps"] if v else None) for t, v in summary.items()},
+            **compared,
             "targets": targets,
-            "server_exit_status": status,
+            "server_exit_status": statuses,
             "loadavg_before": load_before,
         },
     )

@@ -159,8 +159,9 @@ def run_server(settings: Settings) -> int:
         db.close()
         return 1
 
+    app = create_app(service)
     config = uvicorn.Config(
-        create_app(service),
+        app,
         host=srv.host,
         port=srv.port,
         log_config=None,  # keep the JSON logging configured above
@@ -209,6 +210,7 @@ def run_server(settings: Settings) -> int:
         service.begin_drain()
         if not service.wait_idle(left()):
             log.warning("shutdown timeout reached with operations still running")
+        app.state.run_blocking.shutdown()  # the REST app's threads for blocking calls
         # An index rebuild cannot be cancelled (engine); closing the store under it is unsafe, so give
         # it the rest of the shutdown budget before closing anyway.
         loader.join(timeout=max(1.0, left()))

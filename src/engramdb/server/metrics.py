@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -43,9 +44,20 @@ class HttpMetrics:
             buckets=LATENCY_BUCKETS,
         )
 
+        # (method, route, status) -> (counter child, histogram child): ``labels()`` validates and
+        # locks on every call, a dict hit does not. Bounded like the series themselves (routes are
+        # templates, methods and statuses few); setdefault keeps a racing duplicate harmless.
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(method, route, str(status)).inc()
-        self.seconds.labels(method, route).observe(seconds)
+        key = (method, route, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children.setdefault(
+                key, (self.requests.labels(method, route, str(status)), self.seconds.labels(method, route))
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 class StorageCollector(Collector):
