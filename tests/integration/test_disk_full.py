@@ -42,7 +42,7 @@ def _fill(c, rng, start: int = 0) -> tuple[list[str], StorageFull]:
     raise AssertionError("the 8 MiB filesystem never filled up")
 
 
-def _await_writes(c, rng, timeout: float = 30.0) -> float:
+def _await_writes(c, rng, timeout: float = 60.0) -> float:
     """Seconds until a write succeeds again (retrying as a client would)."""
     t0 = time.monotonic()
     while True:
@@ -84,7 +84,7 @@ def test_disk_full_fails_cleanly_loses_nothing_and_recovers_without_restart(smal
     probe = acked[len(acked) // 2]
     hit = c.search(vector=c.get(probe, include=["vector"]).vector, k=1)
     assert hit[0].id == probe
-    deadline = time.monotonic() + 5  # text search is near-real-time (bound: 1 s)
+    deadline = time.monotonic() + 15  # text search is near-real-time (1 s); generous for loaded machines
     while [h.id for h in c.search(text="after disk full", mode="text", k=1)] != ["after"]:
         assert time.monotonic() < deadline, "the text index missed a write made after the recovery"
         time.sleep(0.1)
