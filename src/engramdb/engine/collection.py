@@ -241,9 +241,7 @@ class Collection(GraphMixin):
         if progress:
             progress(done, done)
 
-    def _rebuild_text(
-        self, vindex: VectorIndex, text: TextIndex, progress: Callable[[int, int], None] | None
-    ) -> None:
+    def _rebuild_text(self, vindex: VectorIndex, text: TextIndex, progress: Callable[[int, int], None] | None) -> None:
         """Fill an empty text index from the stored rows the vector snapshot has labels for."""
         text.clear()
         label_of = vindex.label_of
