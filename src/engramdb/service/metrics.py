@@ -38,6 +38,16 @@ class ServiceMetrics:
         )
         self.in_flight = Gauge("engramdb_operations_in_flight", "Service operations running now", registry=r)
 
+        # labels() hashes and locks on every call; the (op, status) pairs are
+        # few and fixed, so their children are kept here.
+        self._children: dict[tuple[str, str], tuple[Histogram, Counter]] = {}
+
     def observe(self, op: str, status: str, seconds: float) -> None:
-        self.op_seconds.labels(op, status).observe(seconds)
-        self.op_total.labels(op, status).inc()
+        child = self._children.get((op, status))
+        if child is None:
+            child = self._children[(op, status)] = (
+                self.op_seconds.labels(op, status),
+                self.op_total.labels(op, status),
+            )
+        child[0].observe(seconds)
+        child[1].inc()
