@@ -12,7 +12,6 @@ exit of the server is an error). The caller owns the process and must
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -22,9 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from server_env import server_env
 
-ROOT = Path(__file__).resolve().parents[2]
-SRC = ROOT / "src"
 HOST = "127.0.0.1"
 READY_TIMEOUT = 180.0  # generous: a loaded 2-core CI machine, an index rebuild after a kill
 POLL_SECONDS = 0.02
@@ -47,15 +45,6 @@ def free_port(exclude: tuple[int, ...] = ()) -> int:
         if port not in exclude:
             return port
     raise RuntimeError("no free loopback port found")
-
-
-def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """This checkout's sources on the path, no stray ``ENGRAMDB_*`` settings from the caller."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ENGRAMDB_")}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SRC), env.get("PYTHONPATH")) if p)
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra or {})
-    return env
 
 
 @dataclass

@@ -18,7 +18,6 @@ exactly as users run them.
 
 from __future__ import annotations
 
-import os
 import secrets
 import signal
 import socket
@@ -33,6 +32,7 @@ from typing import Any
 
 import httpx
 import pytest
+from server_env import server_env as _server_env
 
 ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "src"
@@ -52,14 +52,8 @@ def unique_name(prefix: str = "t") -> str:
 
 
 def server_env(extra: dict[str, str] | None = None, admin_key: str | None = ADMIN_KEY) -> dict[str, str]:
-    """The environment of a test server: this checkout's sources, no stray ENGRAMDB_* settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ENGRAMDB_")}
-    env["PYTHONPATH"] = os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env["PYTHONUNBUFFERED"] = "1"
-    if admin_key is not None:
-        env["ENGRAMDB_ADMIN_KEY"] = admin_key
-    env.update(extra or {})
-    return env
+    """The environment of a test server (see tests/server_env.py), with the suite's admin key by default."""
+    return _server_env(extra, admin_key)
 
 
 @dataclass

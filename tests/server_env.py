@@ -1,0 +1,22 @@
+"""The environment of a test server subprocess: this checkout's sources, no stray settings."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def server_env(extra: dict[str, str] | None = None, admin_key: str | None = None) -> dict[str, str]:
+    """``os.environ`` without any ``ENGRAMDB_*`` variable, with ``src/`` first on ``PYTHONPATH``.
+
+    ``admin_key`` becomes ``ENGRAMDB_ADMIN_KEY``; ``extra`` is applied last.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENGRAMDB_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SRC), env.get("PYTHONPATH")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    if admin_key is not None:
+        env["ENGRAMDB_ADMIN_KEY"] = admin_key
+    env.update(extra or {})
+    return env
