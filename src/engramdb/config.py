@@ -13,7 +13,6 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -193,6 +192,8 @@ class _YamlSource(PydanticBaseSettingsSource):
 
 
 def _read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    import yaml  # only with a config file: keeps it off the import path of engramdb.open()
+
     try:
         text = Path(path).read_text()
     except OSError as e:
