@@ -154,33 +154,26 @@ class _Gate:
     family object outlives the handle it came from. New shared holders are
     not held back while a reopen waits (a thread that already holds the gate
     may take it again without deadlocking); they wait only for the reopen
-    itself, which is short.
+    itself, which is short. Every read passes through here, so the shared
+    side is a plain object with ``__enter__``/``__exit__`` (about a
+    microsecond) rather than a generator-based context manager.
     """
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._shared = 0
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._count = 0
         self._exclusive = False
+        self._shared = _SharedHold(self)
 
-    @contextlib.contextmanager
-    def shared(self) -> Iterator[None]:
-        with self._cond:
-            while self._exclusive:
-                self._cond.wait()
-            self._shared += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._shared -= 1
-                if not self._shared:
-                    self._cond.notify_all()
+    def shared(self) -> _SharedHold:
+        return self._shared
 
     @contextlib.contextmanager
     def exclusive(self, timeout: float) -> Iterator[bool]:
         """Yields whether the gate was won within ``timeout`` seconds."""
         with self._cond:
-            won = self._cond.wait_for(lambda: not self._shared and not self._exclusive, timeout)
+            won = self._cond.wait_for(lambda: not self._count and not self._exclusive, timeout)
             if won:
                 self._exclusive = True
         try:
@@ -190,6 +183,29 @@ class _Gate:
                 with self._cond:
                     self._exclusive = False
                     self._cond.notify_all()
+
+
+class _SharedHold:
+    """``with gate.shared():`` — reentrant and shared by all threads (it keeps no state of its own)."""
+
+    __slots__ = ("_gate",)
+
+    def __init__(self, gate: _Gate) -> None:
+        self._gate = gate
+
+    def __enter__(self) -> None:
+        g = self._gate
+        with g._lock:
+            while g._exclusive:
+                g._cond.wait()
+            g._count += 1
+
+    def __exit__(self, *exc: object) -> None:
+        g = self._gate
+        with g._lock:
+            g._count -= 1
+            if not g._count:
+                g._cond.notify_all()
 
 
 class Store:
