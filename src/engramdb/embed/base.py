@@ -16,7 +16,22 @@ FloatMatrix = NDArray[np.float32]
 """A float32 array of shape ``[n, dimension]`` (or ``[dimension]`` for one query)."""
 
 
-class Embedder(abc.ABC):
+class Closing:
+    """``with obj:`` closes ``obj`` at the end of the block."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class Embedder(Closing, abc.ABC):
     """Turns text into float32 vectors of a fixed dimension.
 
     Implementations are thread-safe: the engine and the servers call one
@@ -45,16 +60,8 @@ class Embedder(abc.ABC):
         """
         return self.embed([text])[0]
 
-    def close(self) -> None:  # noqa: B027 - an optional hook, deliberately a no-op by default
+    def close(self) -> None:
         """Release connections or model memory. The default holds nothing."""
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"

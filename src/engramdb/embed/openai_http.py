@@ -17,11 +17,11 @@ import os
 import random
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import httpx
 
+from engramdb.embed.base import Closing
 from engramdb.errors import DeadlineExceeded, InvalidArgument, UpstreamError
 
 log = logging.getLogger("engramdb.upstream")
@@ -117,21 +117,6 @@ def parse_retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
-
-
-class Closing:
-    """``with obj:`` closes ``obj`` at the end of the block."""
-
-    def close(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
 
 class OpenAICompatClient(Closing):

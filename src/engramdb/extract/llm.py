@@ -15,7 +15,8 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
-from engramdb.embed.openai_http import Closing, OpenAICompatClient
+from engramdb.embed.base import Closing
+from engramdb.embed.openai_http import OpenAICompatClient
 from engramdb.errors import InvalidArgument, UpstreamError
 from engramdb.extract.schema import Extraction
 
