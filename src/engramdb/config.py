@@ -8,87 +8,99 @@ at once (see :func:`check`).
 from __future__ import annotations
 
 import contextvars
+import dataclasses
+import functools
 import ipaddress
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from annotated_types import Ge, Gt, Le, Lt
 
 from .errors import InvalidArgument
+from .types import FieldCheck, pydantic_fields
+
+if TYPE_CHECKING:
+    from pydantic import TypeAdapter, ValidationError
+
+# The settings are plain dataclasses, validated by pydantic only when there is
+# something to validate (flags, environment, a file): an embedded
+# ``engramdb.open(path)`` then never imports pydantic, a third of a cold
+# start. pydantic reads the ``Annotated`` bounds, ``__pydantic_config__`` and
+# ``__post_init__`` checks below exactly as it would on its own models.
+_STRICT_KEYS: dict[str, Any] = {"extra": "forbid"}
 
 
-class StorageSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+@dataclass
+class StorageSettings:
+    __pydantic_config__: ClassVar[dict[str, Any]] = _STRICT_KEYS
 
-    sync_writes: bool = Field(True, description="fsync the write-ahead log before acknowledging a write")
-    write_buffer_mb: int = Field(
-        16, ge=1, le=65536, description="memtable size per column family; all share a budget of twice this"
-    )
-    max_background_jobs: int = Field(2, ge=1, le=64)
-    max_wal_mb: int = Field(512, ge=16, le=1_048_576)
-    block_cache_mb: int = Field(128, ge=8, le=1_048_576)
-    tombstone_grace_seconds: float = Field(10 * 86400, ge=0)
-    ttl_sweep_interval_seconds: float = Field(1.0, gt=0, le=3600)
-
-
-class IndexSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    snapshot_interval_seconds: float = Field(300.0, gt=0)
-    snapshot_after_changes: int = Field(50_000, ge=1)
-    exact_search_threshold: int = Field(
-        2048, ge=0, description="filtered searches with at most this many candidates are exact"
-    )
-    text_refresh_seconds: float = Field(0.2, gt=0, le=1.0, description="near-real-time bound of text search")
+    sync_writes: bool = True  # fsync the write-ahead log before acknowledging a write
+    # memtable size per column family; all share a budget of twice this
+    write_buffer_mb: Annotated[int, Ge(1), Le(65536)] = 16
+    max_background_jobs: Annotated[int, Ge(1), Le(64)] = 2
+    max_wal_mb: Annotated[int, Ge(16), Le(1_048_576)] = 512
+    block_cache_mb: Annotated[int, Ge(8), Le(1_048_576)] = 128
+    tombstone_grace_seconds: Annotated[float, Ge(0)] = 10 * 86400
+    ttl_sweep_interval_seconds: Annotated[float, Gt(0), Le(3600)] = 1.0
 
 
-class TLSSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+@dataclass
+class IndexSettings:
+    __pydantic_config__: ClassVar[dict[str, Any]] = _STRICT_KEYS
+
+    snapshot_interval_seconds: Annotated[float, Gt(0)] = 300.0
+    snapshot_after_changes: Annotated[int, Ge(1)] = 50_000
+    # a ceiling for exact search over a filter's candidates (the planner may choose less)
+    exact_search_threshold: Annotated[int, Ge(0)] = 2048
+    text_refresh_seconds: Annotated[float, Gt(0), Le(1.0)] = 0.2  # near-real-time bound of text search
+
+
+@dataclass
+class TLSSettings:
+    __pydantic_config__: ClassVar[dict[str, Any]] = _STRICT_KEYS
 
     cert_file: Path | None = None
     key_file: Path | None = None
     client_ca_file: Path | None = None
-    dev_insecure: bool = Field(False, description="development only: allow self-signed peers without verification")
+    dev_insecure: bool = False  # development only: allow self-signed peers without verification
 
     @property
     def enabled(self) -> bool:
         return self.cert_file is not None
 
 
-class RateLimitSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+@dataclass
+class RateLimitSettings:
+    __pydantic_config__: ClassVar[dict[str, Any]] = _STRICT_KEYS
 
-    per_key_per_second: float = Field(1000.0, gt=0)
-    per_key_burst: int = Field(2000, ge=1)
-    per_ip_per_second: float = Field(2000.0, gt=0)
-    per_ip_burst: int = Field(4000, ge=1)
-    auth_failures_per_minute: int = Field(20, ge=1)
+    per_key_per_second: Annotated[float, Gt(0)] = 1000.0
+    per_key_burst: Annotated[int, Ge(1)] = 2000
+    per_ip_per_second: Annotated[float, Gt(0)] = 2000.0
+    per_ip_burst: Annotated[int, Ge(1)] = 4000
+    auth_failures_per_minute: Annotated[int, Ge(1)] = 20
 
 
-class ServerSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+@dataclass
+class ServerSettings:
+    __pydantic_config__: ClassVar[dict[str, Any]] = _STRICT_KEYS
 
     host: str = "127.0.0.1"
-    port: int = Field(7878, ge=0, le=65535)
-    grpc_port: int = Field(7879, ge=0, le=65535)
+    port: Annotated[int, Ge(0), Le(65535)] = 7878
+    grpc_port: Annotated[int, Ge(0), Le(65535)] = 7879
     grpc_enabled: bool = True
-    auth: Literal["auto", "required", "disabled"] = Field(
-        "auto", description="auto = required unless bound to a loopback address"
-    )
+    auth: Literal["auto", "required", "disabled"] = "auto"  # auto = required unless bound to a loopback address
     admin_key_file: Path | None = None
-    shutdown_timeout_seconds: float = Field(30.0, ge=0, le=3600)
-    max_request_mb: int = Field(64, ge=1, le=4096)
-    tls: TLSSettings = Field(default_factory=TLSSettings)
-    rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    shutdown_timeout_seconds: Annotated[float, Ge(0), Le(3600)] = 30.0
+    max_request_mb: Annotated[int, Ge(1), Le(4096)] = 64
+    tls: TLSSettings = field(default_factory=TLSSettings)
+    rate_limits: RateLimitSettings = field(default_factory=RateLimitSettings)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
-    @model_validator(mode="after")
-    def _ports_differ(self) -> ServerSettings:
+    def __post_init__(self) -> None:
         if self.grpc_enabled and self.port and self.port == self.grpc_port:
             raise ValueError("server.port and server.grpc_port must differ")
-        return self
 
     def auth_required(self) -> bool:
         if self.auth != "auto":
@@ -102,7 +114,25 @@ class ServerSettings(BaseModel):
 DEFAULT_EXTRACTION_BASE_URL = "https://api.openai.com/v1"
 
 
-class ExtractionSettings(BaseModel):
+def _model_name(v: str | None) -> str | None:
+    if v is not None and not v.strip():
+        raise ValueError("must be a model name, or left unset to disable extraction")
+    return v.strip() if v is not None else None
+
+
+def _chat_url(v: str) -> str:
+    if v != DEFAULT_EXTRACTION_BASE_URL:
+        from .embed.openai_http import endpoint_url
+
+        try:
+            endpoint_url(v, "chat/completions")
+        except InvalidArgument as e:
+            raise ValueError(e.message) from None
+    return v
+
+
+@dataclass
+class ExtractionSettings:
     """The chat model behind the ``extract`` operation (DESIGN.md §6), chosen by the operator.
 
     API callers cannot name an endpoint: a caller-supplied URL would let any
@@ -110,85 +140,92 @@ class ExtractionSettings(BaseModel):
     it can reach. Extraction is off until ``model`` is set.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    __pydantic_config__: ClassVar[dict[str, Any]] = _STRICT_KEYS
 
-    model: str | None = Field(None, description="chat model name, e.g. gpt-4o-mini; unset = extraction disabled")
-    base_url: str = Field(
-        DEFAULT_EXTRACTION_BASE_URL, description="an OpenAI-compatible endpoint: OpenAI, Ollama, vLLM, ..."
-    )
-    api_key_env: str | None = Field(None, description="environment variable that holds the endpoint's API key")
-    api_key_file: Path | None = Field(None, description="file that holds the endpoint's API key")
-    timeout_seconds: float = Field(60.0, gt=0, le=600, description="per attempt; a timed-out attempt is not retried")
-    max_retries: int = Field(2, ge=0, le=10, description="extra attempts after connect errors, 429 and 5xx")
-    temperature: float = Field(0.0, ge=0, le=2)
-    max_tokens: int | None = Field(None, ge=1, le=1_000_000, description="cap on the answer's length")
-    max_concurrent: int = Field(
-        8, ge=1, le=1024, description="extractions running at once; more answer 429 extraction_busy"
-    )
+    # chat model name, e.g. gpt-4o-mini; unset = extraction disabled
+    model: Annotated[str | None, FieldCheck(_model_name)] = None
+    # an OpenAI-compatible endpoint: OpenAI, Ollama, vLLM, ...
+    base_url: Annotated[str, FieldCheck(_chat_url)] = DEFAULT_EXTRACTION_BASE_URL
+    api_key_env: str | None = None  # environment variable that holds the endpoint's API key
+    api_key_file: Path | None = None  # file that holds the endpoint's API key
+    timeout_seconds: Annotated[float, Gt(0), Le(600)] = 60.0  # per attempt; a timed-out attempt is not retried
+    max_retries: Annotated[int, Ge(0), Le(10)] = 2  # extra attempts after connect errors, 429 and 5xx
+    temperature: Annotated[float, Ge(0), Le(2)] = 0.0
+    max_tokens: Annotated[int, Ge(1), Le(1_000_000)] | None = None  # cap on the answer's length
+    max_concurrent: Annotated[int, Ge(1), Le(1024)] = 8  # extractions running at once; more answer 429
 
-    @field_validator("model")
-    @classmethod
-    def _model_not_blank(cls, v: str | None) -> str | None:
-        if v is not None and not v.strip():
-            raise ValueError("must be a model name, or left unset to disable extraction")
-        return v.strip() if v is not None else None
-
-    @field_validator("base_url")
-    @classmethod
-    def _url_ok(cls, v: str) -> str:
-        from .embed.openai_http import endpoint_url
-
-        try:
-            endpoint_url(v, "chat/completions")
-        except InvalidArgument as e:
-            raise ValueError(e.message) from None
-        return v
-
-    @model_validator(mode="after")
-    def _one_key_source(self) -> ExtractionSettings:
+    def __post_init__(self) -> None:
+        # pydantic has run the field checks already; direct construction has not.
+        self.model = _model_name(self.model)
+        _chat_url(self.base_url)
         if self.api_key_env and self.api_key_file:
             raise ValueError("set only one of api_key_env and api_key_file")
-        return self
 
     @property
     def enabled(self) -> bool:
         return self.model is not None
 
+    def customised(self) -> bool:
+        """True if any setting besides ``model`` differs from its default."""
+        return dataclasses.replace(self, model=None) != ExtractionSettings()
 
-class Settings(BaseSettings):
+
+ENV_PREFIX = "ENGRAMDB_"
+
+
+@dataclass
+class Settings:
     """All EngramDB settings."""
 
-    model_config = SettingsConfigDict(env_prefix="ENGRAMDB_", env_nested_delimiter="__", extra="forbid")
+    __pydantic_config__: ClassVar[dict[str, Any]] = _STRICT_KEYS
 
     data_dir: Path = Path("./engramdb-data")
-    node_id: int = Field(0, ge=0, lt=65536)
-    storage: StorageSettings = Field(default_factory=StorageSettings)
-    index: IndexSettings = Field(default_factory=IndexSettings)
-    server: ServerSettings = Field(default_factory=ServerSettings)
-    extraction: ExtractionSettings = Field(default_factory=ExtractionSettings)
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Precedence: flags (init) > environment > YAML file.
-        return (init_settings, env_settings, _YamlSource(settings_cls))
+    node_id: Annotated[int, Ge(0), Lt(65536)] = 0
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    index: IndexSettings = field(default_factory=IndexSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
+    extraction: ExtractionSettings = field(default_factory=ExtractionSettings)
 
 
 _yaml_data: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("engramdb_yaml", default=None)
 
 
-class _YamlSource(PydanticBaseSettingsSource):
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return (_yaml_data.get() or {}).get(field_name), field_name, False
+@functools.cache
+def _adapter() -> TypeAdapter[Settings]:
+    from pydantic import TypeAdapter
 
-    def __call__(self) -> dict[str, Any]:
-        return dict(_yaml_data.get() or {})
+    return TypeAdapter(Settings)
+
+
+@functools.cache
+def _sourced_settings() -> Any:
+    """A pydantic-settings model with ``Settings``' fields that also reads the environment and the YAML file."""
+    from pydantic import create_model
+    from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+    class YamlSource(PydanticBaseSettingsSource):
+        def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+            return (_yaml_data.get() or {}).get(field_name), field_name, False
+
+        def __call__(self) -> dict[str, Any]:
+            return dict(_yaml_data.get() or {})
+
+    class Sourced(BaseSettings):
+        model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid")
+
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            # Precedence: flags (init) > environment > YAML file.
+            return (init_settings, env_settings, YamlSource(settings_cls))
+
+    return create_model("SourcedSettings", __base__=Sourced, **pydantic_fields(Settings))
 
 
 def _read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -213,13 +250,28 @@ def load(config_file: str | os.PathLike[str] | None = None, **overrides: Any) ->
     ``overrides`` are flag values, given as nested dicts (``server={"port": 1}``);
     None values are ignored so unset flags do not mask the file or environment.
     """
+    flags = {k: v for k, v in overrides.items() if v is not None}
+    # Environment variable names are matched case-insensitively, as pydantic-settings does.
+    from_env = any(name.upper().startswith(ENV_PREFIX) for name in os.environ)
+    if config_file is None and not from_env and set(flags) <= {"data_dir"} and _is_path(flags.get("data_dir")):
+        # Defaults and a directory: nothing to validate.
+        return Settings(data_dir=Path(flags["data_dir"])) if "data_dir" in flags else Settings()
+    from pydantic import ValidationError
+
     token = _yaml_data.set(_read_yaml(config_file) if config_file else {})
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+        if config_file is None and not from_env:
+            return _adapter().validate_python(flags)
+        sourced = _sourced_settings()(**flags)
+        return Settings(**{f.name: getattr(sourced, f.name) for f in dataclasses.fields(Settings)})
     except ValidationError as e:
         raise InvalidArgument(format_errors(e), code="invalid_config") from e
     finally:
         _yaml_data.reset(token)
+
+
+def _is_path(v: Any) -> bool:
+    return v is None or (isinstance(v, (str, os.PathLike)) and str(v) != "")
 
 
 def format_errors(e: ValidationError) -> str:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from annotated_types import Ge, Gt, Le
+
+if TYPE_CHECKING:
+    from pydantic import TypeAdapter
 
 Metric = Literal["cosine", "dot", "l2"]
 FieldType = Literal["keyword", "int", "float", "bool"]
@@ -19,64 +23,136 @@ MAX_DIMENSION = 4096
 MAX_K = 10_000
 INCLUDE_FIELDS = frozenset({"vector", "text", "metadata", "namespace", "expires_at", "timestamps", "importance"})
 
+T = TypeVar("T")
 
-class IndexParams(BaseModel):
+
+_ADAPTERS: dict[type, TypeAdapter[Any]] = {}
+
+
+def _adapter(cls: type[T]) -> TypeAdapter[T]:
+    ta = _ADAPTERS.get(cls)
+    if ta is None:
+        from pydantic import TypeAdapter
+
+        ta = _ADAPTERS[cls] = TypeAdapter(cls)
+    return ta
+
+
+class FieldCheck:
+    """``Annotated`` metadata: a check pydantic runs on a field after its type (a ``ValueError`` fails it).
+
+    Errors name the field and come together with the other fields' errors;
+    pydantic is imported only when it validates.
+    """
+
+    def __init__(self, check: Callable[[Any], Any]):
+        self.check = check
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Callable[[Any], Any]) -> Any:
+        from pydantic_core import core_schema
+
+        return core_schema.no_info_after_validator_function(self.check, handler(source))
+
+
+def pydantic_fields(cls: type) -> dict[str, Any]:
+    """A dataclass's fields as ``pydantic.create_model`` arguments (type, default), for models built from it."""
+    import dataclasses
+    import typing
+
+    from pydantic import Field
+
+    hints = typing.get_type_hints(cls, include_extras=True)
+    spec: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.default_factory is not dataclasses.MISSING:
+            spec[f.name] = (hints[f.name], Field(default_factory=f.default_factory))
+        elif f.default is not dataclasses.MISSING:
+            spec[f.name] = (hints[f.name], Field(default=f.default))
+        else:
+            spec[f.name] = (hints[f.name], ...)
+    return spec
+
+
+class _Validated:
+    """``model_validate`` / ``model_dump`` for the configuration dataclasses.
+
+    They are plain dataclasses, so that opening a database does not import
+    pydantic (a third of a cold start); pydantic validates them, reading the
+    ``Annotated`` bounds, ``__pydantic_config__`` and ``__post_init__``, only
+    when untrusted input arrives.
+    """
+
+    __pydantic_config__: ClassVar[dict[str, Any]] = {"extra": "forbid"}
+
+    @classmethod
+    def model_validate(cls, data: Any) -> Self:
+        """Validate a mapping (or an instance); raises ``pydantic.ValidationError``."""
+        return _adapter(cls).validate_python(data)
+
+    def model_dump(self, *, mode: Literal["python", "json"] = "python") -> dict[str, Any]:
+        """The fields as a dict (``mode="json"``: JSON-compatible values)."""
+        out: dict[str, Any] = _adapter(type(self)).dump_python(self, mode=mode)
+        return out
+
+
+@dataclass
+class IndexParams(_Validated):
     """HNSW parameters of a collection's vector index."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    m: int = Field(16, ge=2, le=128, description="HNSW graph degree")
-    ef_construction: int = Field(200, ge=8, le=4096)
-    ef_search: int = Field(64, ge=1, le=10_000)
+    m: Annotated[int, Ge(2), Le(128)] = 16  # HNSW graph degree
+    ef_construction: Annotated[int, Ge(8), Le(4096)] = 200
+    ef_search: Annotated[int, Ge(1), Le(10_000)] = 64
 
 
-class EmbedderConfig(BaseModel):
+@dataclass
+class EmbedderConfig(_Validated):
     """Server-side embedding of text for a collection."""
-
-    model_config = ConfigDict(extra="forbid")
 
     provider: Literal["none", "local", "openai"] = "none"
     model: str | None = None
     base_url: str | None = None
-    api_key_env: str | None = Field(None, description="environment variable that holds the provider's key")
+    api_key_env: str | None = None  # environment variable that holds the provider's key
     api_key_file: str | None = None
-    timeout_seconds: float = Field(30.0, gt=0, le=600)
-    max_retries: int = Field(3, ge=0, le=10)
-    dimension: int | None = Field(None, ge=1, le=MAX_DIMENSION)
+    timeout_seconds: Annotated[float, Gt(0), Le(600)] = 30.0
+    max_retries: Annotated[int, Ge(0), Le(10)] = 3
+    dimension: Annotated[int, Ge(1), Le(MAX_DIMENSION)] | None = None
 
 
-class CollectionConfig(BaseModel):
+@dataclass
+class CollectionConfig(_Validated):
     """How a collection is created; immutable after creation except TTL."""
 
-    model_config = ConfigDict(extra="forbid")
-
     name: str
-    dimension: int = Field(..., ge=1, le=MAX_DIMENSION)
+    dimension: Annotated[int, Ge(1), Le(MAX_DIMENSION)]
     metric: Metric = "cosine"
-    index: IndexParams = Field(default_factory=IndexParams)
+    index: IndexParams = field(default_factory=IndexParams)
     embedder: EmbedderConfig | None = None
-    default_ttl_seconds: float | None = Field(None, gt=0, le=100 * 365 * 86400)
-    indexed_fields: dict[str, FieldType] = Field(
-        default_factory=dict, description="metadata fields that get a payload index (dotted paths)"
-    )
-    text_index: bool = Field(True, description="keep a BM25 index over record text")
+    default_ttl_seconds: Annotated[float, Gt(0), Le(100 * 365 * 86400)] | None = None
+    # metadata fields that get a payload index (dotted paths)
+    indexed_fields: dict[str, FieldType] = field(default_factory=dict)
+    text_index: bool = True  # keep a BM25 index over record text
 
-    @field_validator("name")
-    @classmethod
-    def _name_ok(cls, v: str) -> str:
-        if not NAME_RE.fullmatch(v):
+    def __post_init__(self) -> None:
+        if not NAME_RE.fullmatch(self.name):
             raise ValueError(
                 "collection names are 1-128 letters, digits, '_', '.', '-', starting with a letter or digit"
             )
-        return v
-
-    @field_validator("indexed_fields")
-    @classmethod
-    def _fields_ok(cls, v: dict[str, FieldType]) -> dict[str, FieldType]:
-        for name in v:
+        for name in self.indexed_fields:
             if not name or any(not part for part in name.split(".")):
                 raise ValueError(f"indexed field {name!r} must be a non-empty dotted path")
-        return v
+
+    @classmethod
+    def from_stored(cls, d: dict[str, Any]) -> CollectionConfig:
+        """Rebuild a configuration this package validated and stored (no pydantic needed)."""
+        emb = d.get("embedder")
+        return cls(
+            **{
+                **d,
+                "index": IndexParams(**d.get("index", {})),
+                "embedder": EmbedderConfig(**emb) if emb is not None else None,
+                "indexed_fields": dict(d.get("indexed_fields", {})),
+            }
+        )
 
 
 @dataclass

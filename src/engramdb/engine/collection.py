@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from pyroaring import BitMap
@@ -31,6 +31,18 @@ if TYPE_CHECKING:
     from ..index.text import TextIndex
 
 log = logging.getLogger("engramdb.collection")
+
+_CAND_CACHE_ENTRIES = 256
+_CAND_CACHE_BYTES = 32 << 20
+
+
+class Candidates(NamedTuple):
+    """A filter's candidate labels: bitmap, sorted array, and whether no row check is needed."""
+
+    labels: BitMap
+    exact: bool
+    array: np.ndarray
+
 
 _RECORD_FIELDS = frozenset(
     {
@@ -90,6 +102,11 @@ class Collection(GraphMixin):
         self._applied_seq = 0
         self._dirty = 0
         self._closed = False
+        # Bumped after every change the indexes apply: cached filter
+        # candidates are valid only for the generation they were built in.
+        self._generation = 0
+        self._cand_cache: dict[str, tuple[int, Candidates]] = {}
+        self._cand_cache_bytes = 0
         self.load_progress: tuple[int, int] = (0, 0)  # (done, total) while (re)building
 
     # ------------------------------------------------------------ properties
@@ -127,6 +144,7 @@ class Collection(GraphMixin):
             if self._closed:
                 raise Closed(f"collection {self.name!r} is closed")
             with self._index_lock:
+                self._generation += 1  # nothing cached for earlier indexes may be served
                 # Subscribe first: the notifier blocks on _index_lock until the
                 # catch-up below is done, and re-applying a change is harmless.
                 self.store.subscribe(self.prefix, self._on_changes)
@@ -310,22 +328,28 @@ class Collection(GraphMixin):
         with self._index_lock:
             if self._vindex is None:
                 return
-            ups: list[tuple[str, RecordRow, RecordRow | None]] = []
-            for c in changes:
-                if c.mutation.kind != K.CHANGE_RECORD:
-                    continue
-                row = c.mutation.row
-                old = c.old if isinstance(c.old, RecordRow) and not c.old.deleted else None
-                rid = K.record_id_of(c.mutation.key)
-                assert isinstance(row, RecordRow)
-                if row.deleted:
-                    self._flush_upserts(ups)
-                    self._index_row(rid, None, old)
-                else:
-                    ups.append((rid, row, old))
-            self._flush_upserts(ups)
-            self._applied_seq = max(self._applied_seq, changes[-1].seq)
-            self._dirty += len(changes)
+            try:
+                self._apply(changes)
+            finally:
+                self._generation += 1
+
+    def _apply(self, changes: list[Change]) -> None:
+        ups: list[tuple[str, RecordRow, RecordRow | None]] = []
+        for c in changes:
+            if c.mutation.kind != K.CHANGE_RECORD:
+                continue
+            row = c.mutation.row
+            old = c.old if isinstance(c.old, RecordRow) and not c.old.deleted else None
+            rid = K.record_id_of(c.mutation.key)
+            assert isinstance(row, RecordRow)
+            if row.deleted:
+                self._flush_upserts(ups)
+                self._index_row(rid, None, old)
+            else:
+                ups.append((rid, row, old))
+        self._flush_upserts(ups)
+        self._applied_seq = max(self._applied_seq, changes[-1].seq)
+        self._dirty += len(changes)
 
     def _flush_upserts(self, ups: list[tuple[str, RecordRow, RecordRow | None]]) -> None:
         if not ups:
@@ -981,6 +1005,32 @@ class Collection(GraphMixin):
 
     def live_labels(self) -> BitMap:
         return self.vindex.live
+
+    def filter_candidates(self, flt: Filter) -> Candidates:
+        """Live labels that may match ``flt`` (see ``PayloadIndex.candidates``), cached.
+
+        Repeated filters (a tenant, a user, a session) are the common case;
+        the cache answers them until the next change the indexes apply. The
+        result is shared between callers and must not be modified.
+        """
+        vindex, payload = self.vindex, self.payload
+        gen = self._generation
+        # repr keeps True, 1 and 1.0 apart, which equality of the nodes does not.
+        key = repr(flt.node)
+        hit = self._cand_cache.get(key)
+        if hit is not None and hit[0] == gen:
+            return hit[1]
+        bm, exact = payload.candidates(flt, vindex.live)
+        arr = np.frombuffer(bm.to_array(), dtype=np.uint32)
+        cands = Candidates(bm, exact, arr)
+        size = arr.nbytes * 2  # the array and, roughly, the bitmap
+        if size <= _CAND_CACHE_BYTES // 4:
+            if len(self._cand_cache) >= _CAND_CACHE_ENTRIES or self._cand_cache_bytes + size > _CAND_CACHE_BYTES:
+                self._cand_cache = {}
+                self._cand_cache_bytes = 0
+            self._cand_cache[key] = (gen, cands)
+            self._cand_cache_bytes += size
+        return cands
 
     def info(self) -> dict[str, Any]:
         """Configuration and live counts, for listings and metrics."""

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Settings
+from ..config import load as load_settings
 from ..errors import AlreadyExists, Closed, InvalidArgument, NotFound
 from ..storage import keys as K
 from ..storage.codec import RecordRow, decode_record, pack, unpack
@@ -65,7 +66,7 @@ class Database:
     def __init__(
         self, path: str | os.PathLike[str], settings: Settings | None = None, *, start_background: bool = True
     ):
-        self.settings = settings or Settings(data_dir=Path(path))
+        self.settings = settings or load_settings(data_dir=str(path))
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         s = self.settings.storage
@@ -244,7 +245,7 @@ class Database:
                     code="collection_not_found",
                 )
             meta = unpack(raw)
-            coll = self._make(tenant, tid, meta["id"], CollectionConfig.model_validate(meta["config"]))
+            coll = self._make(tenant, tid, meta["id"], CollectionConfig.from_stored(meta["config"]))
             self._collections[(tenant, name)] = coll
             return coll
 
@@ -256,7 +257,7 @@ class Database:
         except NotFound:
             return []
         prefix = _COLL + _U32.pack(tid)
-        return [CollectionConfig.model_validate(unpack(v)["config"]) for _, v in self.store.iter_prefix("meta", prefix)]
+        return [CollectionConfig.from_stored(unpack(v)["config"]) for _, v in self.store.iter_prefix("meta", prefix)]
 
     def delete_collection(self, name: str, *, tenant: str = DEFAULT_TENANT) -> None:
         """Delete a collection with all its records, edges and index files."""

@@ -104,7 +104,8 @@ class _Checker:
         self._cand_arr: np.ndarray | None = None
         self.exact = True
         if flt is not None:
-            self.candidates, self.exact = coll.payload.candidates(flt, self.vindex.live)
+            cands = coll.filter_candidates(flt)  # shared with other queries: read only
+            self.candidates, self.exact, self._cand_arr = cands.labels, cands.exact, cands.array
 
     def candidate_array(self) -> np.ndarray:
         """The candidate (or all live) labels as a sorted uint32 array, built once."""
@@ -113,12 +114,15 @@ class _Checker:
             self._cand_arr = np.frombuffer(pool.to_array(), dtype=np.uint32)
         return self._cand_arr
 
-    def keep(self, labels: Sequence[int] | np.ndarray) -> np.ndarray:
-        """Per label: may it be returned? Vectorised; reads rows only when the filter needs them."""
+    def keep(self, labels: Sequence[int] | np.ndarray, *, members: bool = False) -> np.ndarray:
+        """Per label: may it be returned? Vectorised; reads rows only when the filter needs them.
+
+        ``members``: the labels are known candidates (a traversal filtered by them).
+        """
         lab = np.asarray(labels, dtype=np.int64)
         if lab.size == 0:
             return np.zeros(0, dtype=bool)
-        if self.candidates is not None:
+        if self.candidates is not None and not members:
             arr = self.candidate_array()
             if arr.size == 0:
                 return np.zeros(lab.size, dtype=bool)
@@ -155,23 +159,27 @@ class _Checker:
             self.rows[lb] = row
 
     def materialize(self, scored: list[tuple[int, float, dict[str, float]]], inc: frozenset[str]) -> list[Hit]:
+        id_of = self.vindex.id_of
+        if not inc:
+            # Ids and scores only: nothing to read. A label deleted while we
+            # searched has no id any more and is dropped.
+            return [
+                Hit(id=rid, score=float(score), signals=signals)
+                for label, score, signals in scored
+                if (rid := id_of.get(label)) is not None
+            ]
         from .collection import Collection
 
-        need_rows = bool(inc - {"vector"}) or "vector" in inc
-        if need_rows:
-            self._load_rows([lb for lb, _, _ in scored if lb not in self.rows])
+        self._load_rows([lb for lb, _, _ in scored if lb not in self.rows])
         hits = []
         for label, score, signals in scored:
-            rid = self.vindex.id_of.get(label)
-            if rid is None:
-                continue  # deleted while we searched
-            rec = None
-            if need_rows:
-                row = self.rows.get(label)
-                if row is None or not row.live(self.now):
-                    continue
-                rec = Collection._to_record(self.coll, rid, row, inc)
-            hits.append(Hit(id=rid, score=float(score), record=rec, signals=signals))
+            rid = id_of.get(label)
+            row = self.rows.get(label)
+            if rid is None or row is None or not row.live(self.now):
+                continue  # deleted or expired while we searched
+            hits.append(
+                Hit(id=rid, score=float(score), record=Collection._to_record(self.coll, rid, row, inc), signals=signals)
+            )
         return hits
 
 
@@ -182,31 +190,25 @@ def vector_search(
     total = len(vindex)
     ef_base = ef or coll.config.index.ef_search
     cand_count = total if checker.candidates is None else len(checker.candidates)
-    if exact or (checker.candidates is not None and cand_count <= coll.exact_threshold):
+    if exact:
         return _exact(coll, q, k, checker)
     if checker.candidates is None and not vindex.expires:
         labels, dists = vindex.knn(q, k, ef_base)
         return list(zip(labels.tolist(), vindex.score(dists).tolist(), strict=True))
-    p = planner.plan(k, cand_count, total, ef_base, exact_threshold=coll.exact_threshold)
+    p = planner.plan(k, cand_count, total, ef_base, exact_threshold=coll.exact_threshold, exact_filter=checker.exact)
     if p.strategy == "exact":
         return _exact(coll, q, k, checker)
-    if p.strategy == "traverse":
-        cands = checker.candidates
-        assert cands is not None
-        labels, dists = vindex.knn(q, k if checker.exact else k * 4, p.ef, filter_fn=cands.__contains__)
-        keep = checker.keep(labels)
-        res = list(zip(labels[keep].tolist(), vindex.score(dists[keep]).tolist(), strict=True))
-        if len(res) >= k or len(labels) < k:
-            return res[:k]
-        return _exact(coll, q, k, checker)
+    cands = checker.candidates
+    filter_fn = cands.__contains__ if p.strategy == "traverse" and cands is not None else None
     fetch, ef_q = p.fetch_k, p.ef
     while True:
-        labels, dists = vindex.knn(q, fetch, ef_q)
-        keep = checker.keep(labels)
+        labels, dists = vindex.knn(q, fetch, ef_q, filter_fn=filter_fn)
+        keep = checker.keep(labels, members=filter_fn is not None)
         res = list(zip(labels[keep].tolist(), vindex.score(dists[keep]).tolist(), strict=True))
-        if len(res) >= k or fetch >= total:
+        # Fewer labels than asked for means the index has no more (matching) ones.
+        if len(res) >= k or len(labels) < fetch or fetch >= cand_count:
             return res[:k]
-        if fetch * 2 > total // 2:
+        if fetch * 2 > cand_count // 2 and cand_count <= max(coll.exact_threshold, total // 2):
             return _exact(coll, q, k, checker)
         fetch *= 2
         ef_q = max(ef_q, fetch)

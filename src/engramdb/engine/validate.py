@@ -56,15 +56,21 @@ def vector(value: Any, dim: int, metric: str, where: str = "vector") -> np.ndarr
         raise InvalidArgument(f"{where} must be a flat list of numbers", code="invalid_vector")
     if arr.shape[0] != dim:
         raise DimensionMismatch(f"{where} has {arr.shape[0]} dimensions but the collection has {dim}")
-    if not np.isfinite(arr).all():
-        raise InvalidArgument(f"{where} contains NaN or infinity", code="invalid_vector")
+    # One dot product both proves every element finite (NaN and infinity
+    # propagate into it) and gives the norm; it is the hot path of every query.
+    with np.errstate(over="ignore", invalid="ignore"):
+        sq = float(np.dot(arr, arr))
+    if not math.isfinite(sq):
+        if not np.isfinite(arr).all():
+            raise InvalidArgument(f"{where} contains NaN or infinity", code="invalid_vector")
+        wide = arr.astype(np.float64)  # finite, but the squares overflow float32
+        sq = float(np.dot(wide, wide))
     if metric == "cosine":
-        norm = float(np.linalg.norm(arr))
-        if norm == 0.0 or not math.isfinite(norm):
+        if sq == 0.0:
             raise InvalidArgument(
                 f"{where} is all zeros, which has no direction under the cosine metric", code="invalid_vector"
             )
-        arr = arr / norm
+        arr = arr / np.float32(math.sqrt(sq))
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 

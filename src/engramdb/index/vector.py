@@ -8,6 +8,7 @@ and rebuilt from storage when the snapshot is missing or damaged.
 
 from __future__ import annotations
 
+import array
 import mmap
 import os
 import threading
@@ -282,7 +283,8 @@ class VectorIndex:
             "ef_construction": self.ef_construction,
             "next_label": self.next_label,
             "watermark": watermark,
-            "ids": list(self.id_of.keys()),
+            # Labels as packed integers: decoding 100k msgpack ints was a tenth of a cold start.
+            "labels_u64": np.fromiter(self.id_of.keys(), dtype="<u8", count=len(self.id_of)).tobytes(),
             "names": list(self.id_of.values()),
             "exp_labels": list(self.expires.keys()),
             "exp_at": list(self.expires.values()),
@@ -332,10 +334,16 @@ class VectorIndex:
             raise CorruptData(f"vector index snapshot could not be loaded: {e}") from e
         idx.set_ef(ef_search)
         self._index = idx
-        self.id_of = dict(zip(meta["ids"], meta["names"], strict=True))
+        if "labels_u64" in meta:
+            labels = np.frombuffer(meta["labels_u64"], dtype="<u8")
+            self.id_of = dict(zip(labels.tolist(), meta["names"], strict=True))
+            # array.array is pyroaring's fast path (a numpy array is iterated item by item).
+            self.live = BitMap(array.array("I", np.sort(labels).astype(np.uint32).tobytes()))
+        else:  # written before labels were packed
+            self.id_of = dict(zip(meta["ids"], meta["names"], strict=True))
+            self.live = BitMap(self.id_of.keys())
         self._label_of = None
         self.expires = dict(zip(meta["exp_labels"], meta["exp_at"], strict=True))
-        self.live = BitMap(self.id_of.keys())
         self.next_label = meta["next_label"]
         self.watermark = meta["watermark"]
         self.extra = meta.get("extra", b"")

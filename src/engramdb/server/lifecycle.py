@@ -59,7 +59,7 @@ def preflight(settings: Settings) -> tuple[list[str], list[str]]:
     if srv.tls.dev_insecure:
         warnings.append("server.tls.dev_insecure is on: for development only")
     ext = settings.extraction
-    if not ext.enabled and ext.model_fields_set - {"model"}:
+    if not ext.enabled and ext.customised():
         warnings.append("extraction settings are given but extraction.model is not set: extraction stays disabled")
     return problems, warnings
 

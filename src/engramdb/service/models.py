@@ -14,12 +14,21 @@ OpenAPI document and by clients, not to re-validate every response.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from ..engine.validate import MAX_BATCH
-from ..types import MAX_DIMENSION, MAX_ID_BYTES, MAX_K, CollectionConfig, EmbedderConfig, FieldType, IndexParams
+from ..types import (
+    MAX_DIMENSION,
+    MAX_ID_BYTES,
+    MAX_K,
+    CollectionConfig,
+    EmbedderConfig,
+    FieldType,
+    IndexParams,
+    pydantic_fields,
+)
 
 IncludeField = Literal["vector", "text", "metadata", "namespace", "expires_at", "timestamps", "importance"]
 Metric = Literal["cosine", "dot", "l2"]
@@ -62,16 +71,21 @@ class _KeyId(_Req):
 
 
 # ------------------------------------------------------------------- pieces
-class IndexParamsIn(IndexParams):
-    """HNSW parameters (strict variant of :class:`engramdb.types.IndexParams`)."""
+def _strict(cls: type, doc: str) -> Any:
+    """A strict request model with the fields of a configuration dataclass (one definition of each field)."""
+    return create_model(
+        cls.__name__ + "In", __config__=ConfigDict(extra="forbid", strict=True), __doc__=doc, **pydantic_fields(cls)
+    )
 
-    model_config = ConfigDict(extra="forbid", strict=True)
 
-
-class EmbedderConfigIn(EmbedderConfig):
-    """Server-side embedding settings (strict variant of :class:`engramdb.types.EmbedderConfig`)."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
+if TYPE_CHECKING:
+    IndexParamsIn = IndexParams
+    EmbedderConfigIn = EmbedderConfig
+else:
+    IndexParamsIn = _strict(IndexParams, "HNSW parameters (strict variant of :class:`engramdb.types.IndexParams`).")
+    EmbedderConfigIn = _strict(
+        EmbedderConfig, "Server-side embedding settings (strict variant of :class:`engramdb.types.EmbedderConfig`)."
+    )
 
 
 class RecordIn(_Req):
