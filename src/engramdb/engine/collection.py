@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pyroaring import BitMap
@@ -36,12 +36,33 @@ _CAND_CACHE_ENTRIES = 256
 _CAND_CACHE_BYTES = 32 << 20
 
 
-class Candidates(NamedTuple):
-    """A filter's candidate labels: bitmap, sorted array, and whether no row check is needed."""
+def _same_json(a: Any, b: Any) -> bool:
+    """Equality that tells True, 1 and 1.0 apart (Python's does not; the filter language does)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same_json(v, b[k]) for k, v in a.items())
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same_json(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
 
-    labels: BitMap
-    exact: bool
-    array: np.ndarray
+
+class Candidates:
+    """A filter's candidate labels, and whether they need no check against stored rows."""
+
+    __slots__ = ("_array", "exact", "labels")
+
+    def __init__(self, labels: BitMap, exact: bool):
+        self.labels = labels
+        self.exact = exact
+        self._array: np.ndarray | None = None
+
+    @property
+    def array(self) -> np.ndarray:
+        """The labels as a sorted uint32 array (built on first use; graph walks never need it)."""
+        if self._array is None:
+            self._array = np.frombuffer(self.labels.to_array(), dtype=np.uint32)
+        return self._array
 
 
 _RECORD_FIELDS = frozenset(
@@ -378,7 +399,7 @@ class Collection(GraphMixin):
                 assert label is not None
                 self._vindex.set_expiry(label, row.expires_at)
             indexed_before = old is not None and old_labels[rid] is not None
-            if not indexed_before or old.metadata != row.metadata:  # type: ignore[union-attr]
+            if not indexed_before or not _same_json(old.metadata, row.metadata):  # type: ignore[union-attr]
                 if indexed_before:
                     self._payload.remove(label, old.metadata)  # type: ignore[union-attr]
                 self._payload.add(label, row.metadata)
@@ -979,24 +1000,39 @@ class Collection(GraphMixin):
         self.load()
         return self._text
 
-    def stored_vectors(self, labels: Sequence[int]) -> np.ndarray | None:
-        """Vectors of live labels from the ``vectors`` column family, row for row.
+    def stored_vectors(self, labels: Sequence[int]) -> tuple[list[int], np.ndarray]:
+        """The labels whose vectors could be read, and those vectors (normalised), row for row.
 
-        None if any is missing (a data directory from before the mirror, or a
-        concurrent delete): the caller then falls back to the index's copy.
+        Vectors come from the ``vectors`` column family; a label deleted
+        since the caller chose it is left out. A record without a stored
+        vector (written before the column family existed) is read from the
+        index instead.
         """
-        id_of = self.vindex.id_of
+        vindex = self.vindex
+        id_of = vindex.id_of
         prefix = self.prefix
         keys = [prefix + id_of.get(lb, "").encode() for lb in labels]
         # RocksDB answers a multi-get in key order markedly faster.
         order = sorted(range(len(keys)), key=keys.__getitem__)
         raws = self.store.multi_get("vectors", [keys[i] for i in order])
-        present = [r for r in raws if r is not None]
-        if len(present) != len(raws):
-            return None
-        out = np.empty((len(labels), self.dimension), dtype=np.float32)
-        out[order] = np.frombuffer(b"".join(present), dtype=np.float32).reshape(len(labels), self.dimension)
-        return out
+        if all(r is not None for r in raws):
+            out = np.empty((len(labels), self.dimension), dtype=np.float32)
+            out[order] = np.frombuffer(b"".join(raws), dtype=np.float32).reshape(len(labels), self.dimension)  # type: ignore[arg-type]
+            return list(labels), out
+        by_label: dict[int, np.ndarray] = {}
+        for i, raw in zip(order, raws, strict=True):
+            lb = labels[i]
+            if raw is not None:
+                by_label[lb] = np.frombuffer(raw, dtype=np.float32)
+            elif lb in id_of:
+                try:
+                    by_label[lb] = vindex.vectors([lb])[0]
+                except RuntimeError:
+                    pass  # deleted from the index meanwhile
+        kept = [lb for lb in labels if lb in by_label]
+        if not kept:
+            return [], np.empty((0, self.dimension), dtype=np.float32)
+        return kept, np.stack([by_label[lb] for lb in kept])
 
     def rows(self, rids: Sequence[str]) -> list[RecordRow | None]:
         """Stored rows (live or not) for ids, in order."""
@@ -1021,9 +1057,8 @@ class Collection(GraphMixin):
         if hit is not None and hit[0] == gen:
             return hit[1]
         bm, exact = payload.candidates(flt, vindex.live)
-        arr = np.frombuffer(bm.to_array(), dtype=np.uint32)
-        cands = Candidates(bm, exact, arr)
-        size = arr.nbytes * 2  # the array and, roughly, the bitmap
+        cands = Candidates(bm, exact)
+        size = len(bm) * 8  # the array, once built, and roughly the bitmap
         if size <= _CAND_CACHE_BYTES // 4:
             if len(self._cand_cache) >= _CAND_CACHE_ENTRIES or self._cand_cache_bytes + size > _CAND_CACHE_BYTES:
                 self._cand_cache = {}

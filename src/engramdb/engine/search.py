@@ -18,7 +18,7 @@ from .filters import Filter, compile_filter
 from .graph import expand_seeds
 
 if TYPE_CHECKING:
-    from .collection import Collection
+    from .collection import Candidates, Collection
 
 RRF_K = 60  # the usual reciprocal-rank-fusion constant; damps the top ranks' dominance
 _MODES = ("vector", "text", "hybrid")
@@ -102,16 +102,19 @@ class _Checker:
         self.rows: dict[int, RecordRow | None] = {}
         self.candidates: BitMap | None = None
         self._cand_arr: np.ndarray | None = None
+        self._cands: Candidates | None = None
         self.exact = True
         if flt is not None:
-            cands = coll.filter_candidates(flt)  # shared with other queries: read only
-            self.candidates, self.exact, self._cand_arr = cands.labels, cands.exact, cands.array
+            self._cands = coll.filter_candidates(flt)  # shared with other queries: read only
+            self.candidates, self.exact = self._cands.labels, self._cands.exact
 
     def candidate_array(self) -> np.ndarray:
         """The candidate (or all live) labels as a sorted uint32 array, built once."""
         if self._cand_arr is None:
-            pool = self.candidates if self.candidates is not None else self.vindex.live
-            self._cand_arr = np.frombuffer(pool.to_array(), dtype=np.uint32)
+            if self._cands is not None:
+                self._cand_arr = self._cands.array
+            else:
+                self._cand_arr = np.frombuffer(self.vindex.live.to_array(), dtype=np.uint32)
         return self._cand_arr
 
     def keep(self, labels: Sequence[int] | np.ndarray, *, members: bool = False) -> np.ndarray:
@@ -200,15 +203,19 @@ def vector_search(
         return _exact(coll, q, k, checker)
     cands = checker.candidates
     filter_fn = cands.__contains__ if p.strategy == "traverse" and cands is not None else None
+    # A traversal sees only candidates; a post-filter sees the whole index.
+    limit = cand_count if filter_fn is not None else total
     fetch, ef_q = p.fetch_k, p.ef
     while True:
         labels, dists = vindex.knn(q, fetch, ef_q, filter_fn=filter_fn)
         keep = checker.keep(labels, members=filter_fn is not None)
         res = list(zip(labels[keep].tolist(), vindex.score(dists[keep]).tolist(), strict=True))
-        # Fewer labels than asked for means the index has no more (matching) ones.
-        if len(res) >= k or len(labels) < fetch or fetch >= cand_count:
+        if len(res) >= k or fetch >= limit:
             return res[:k]
-        if fetch * 2 > cand_count // 2 and cand_count <= max(coll.exact_threshold, total // 2):
+        # Too few survived (rows failed an inexact filter, records expired, or
+        # hnswlib found fewer than asked): widen, or finish exactly when the
+        # widened search would cover much of the candidates anyway.
+        if fetch * 2 > limit // 2 and cand_count <= max(coll.exact_threshold, total // 2):
             return _exact(coll, q, k, checker)
         fetch *= 2
         ef_q = max(ef_q, fetch)
@@ -225,8 +232,8 @@ def _exact(coll: Collection, q: np.ndarray, k: int, checker: _Checker) -> list[t
     best_l: list[np.ndarray] = []
     best_d: list[np.ndarray] = []
     for i in range(0, len(labels), 65_536):
-        part = labels[i : i + 65_536]
-        lb, d = vindex.exact(q, part, k, coll.stored_vectors(part))
+        part, vecs = coll.stored_vectors(labels[i : i + 65_536])
+        lb, d = vindex.exact(q, part, k, vecs)
         best_l.append(lb)
         best_d.append(d)
     all_l = np.concatenate(best_l)
