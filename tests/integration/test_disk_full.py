@@ -98,3 +98,34 @@ def test_disk_full_fails_cleanly_loses_nothing_and_recovers_without_restart(smal
     assert {r.id for r in c.get_many([*acked, "after"], include=())} == {*acked, "after"}
     assert c.get("more") is None
     db.close()
+
+
+def test_text_commit_that_hits_a_full_disk_keeps_its_changes_for_the_next_commit(small_fs):
+    """tantivy kills its writer (dropping what it buffered) when a commit fails; nothing may be lost."""
+    from engramdb.index.text import TextIndex
+
+    idx = TextIndex(small_fs / "text", refresh_interval=1.0)
+    try:
+        idx.upsert_many((i, f"early{i} " + "filler " * 50) for i in range(1, 201))
+        idx.flush()
+        ballast = small_fs / "ballast"
+        with open(ballast, "wb") as f:
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass  # the disk is full
+        idx.upsert_many((i, f"during{i} " + "filler " * 200) for i in range(201, 2201))
+        idx.delete(5)
+        with pytest.raises(StorageFull):
+            idx.flush()
+        ballast.unlink()
+        idx.upsert(9999, "after the disk was full")
+        idx.flush()  # the failed commit's changes are in this one
+        assert [lb for lb, _ in idx.search("after", 5)] == [9999]
+        assert [lb for lb, _ in idx.search("during1500", 5)] == [1500]
+        assert [lb for lb, _ in idx.search("early7", 5)] == [7]
+        assert idx.search("early5", 5) == []
+    finally:
+        idx.close()

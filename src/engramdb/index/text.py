@@ -524,6 +524,7 @@ class TextIndex:
         self._max_query_terms = max_query_terms
         self._lock = threading.Lock()  # guards the writer and the fields below
         self._dirty = False
+        self._uncommitted: list[Callable[[tantivy.IndexWriter], None]] = []
         self._closed = False
         self._watermark = 0
         self._opstamp = 0  # of the last commit; see open
@@ -679,7 +680,8 @@ class TextIndex:
         if not batch:
             return
         schema = self._schema
-        with self._writing("upsert") as writer:
+
+        def apply(writer: tantivy.IndexWriter) -> None:
             for label, text in batch:
                 writer.delete_documents_by_query(tantivy.Query.term_query(schema, LABEL_FIELD, label))
                 if text.strip():
@@ -687,6 +689,8 @@ class TextIndex:
                     doc.add_unsigned(LABEL_FIELD, label)
                     doc.add_text(TEXT_FIELD, text)
                     writer.add_document(doc)
+
+        self._write("upsert", apply)
 
     def delete(self, label: int) -> None:
         """Remove the document of ``label`` (no-op if absent)."""
@@ -697,12 +701,16 @@ class TextIndex:
         checked = [_check_label(label) for label in labels]
         if not checked:
             return
-        with self._writing("delete") as writer:
+        schema = self._schema
+
+        def apply(writer: tantivy.IndexWriter) -> None:
             for label in checked:
                 # The binding turns a Python int into an i64 term, which
                 # never matches a u64 field, so delete_documents_by_term
                 # silently deletes nothing; a u64 term query is exact.
-                writer.delete_documents_by_query(tantivy.Query.term_query(self._schema, LABEL_FIELD, label))
+                writer.delete_documents_by_query(tantivy.Query.term_query(schema, LABEL_FIELD, label))
+
+        self._write("delete", apply)
 
     def delete_from(self, min_label: int) -> None:
         """Remove the documents of every label >= ``min_label``.
@@ -712,34 +720,45 @@ class TextIndex:
         never assigned; replay will hand those labels to other records.
         """
         lo = _check_label(min_label)
-        with self._writing("delete") as writer:
-            q = tantivy.Query.range_query(self._schema, LABEL_FIELD, tantivy.FieldType.Unsigned, lower_bound=lo)
+        q = tantivy.Query.range_query(self._schema, LABEL_FIELD, tantivy.FieldType.Unsigned, lower_bound=lo)
+
+        def apply(writer: tantivy.IndexWriter) -> None:
             writer.delete_documents_by_query(q)
+
+        self._write("delete", apply)
 
     def clear(self) -> None:
         """Remove every document (visible after the next refresh/flush)."""
-        with self._writing("clear") as writer:
+
+        def apply(writer: tantivy.IndexWriter) -> None:
             # delete_all_documents drops committed segments only; buffered
             # adds would survive it. They are superseded anyway, so roll
             # them back first.
             writer.rollback()
             writer.delete_all_documents()
 
-    @contextlib.contextmanager
-    def _writing(self, action: str) -> Iterator[tantivy.IndexWriter]:
-        """Hold the write lock and the writer for one write operation.
+        self._write("clear", apply)
 
-        The index is marked dirty even when the block fails: part of a batch
-        may be buffered in the writer already, and it is committed with the
-        rest later, which is consistent per item.
+    def _write(self, action: str, apply: Callable[[tantivy.IndexWriter], None]) -> None:
+        """Apply one write operation under the write lock, remembering it until it is committed.
+
+        tantivy kills its writer, with everything it buffered, when writing a
+        segment fails (a full disk). The operations since the last commit are
+        therefore kept and buffered again into a revived writer (see
+        :meth:`_redo`); an operation that meets a dead writer is not lost
+        either, it goes out with the next successful commit. The caller's
+        change is durable in storage already, so this only logs.
         """
         with self._lock:
             writer = self._writer_or_raise()
+            self._uncommitted.append(apply)
+            self._dirty = True
             try:
                 with _translated(action):
-                    yield writer
-            finally:
-                self._dirty = True
+                    apply(writer)
+            except EngramError as e:
+                log.warning("text index: %s; the change is kept for the next commit", e.message)
+                self._redo(writer)
 
     # ------------------------------------------------------- commit / reload
 
@@ -748,9 +767,31 @@ class TextIndex:
         writer = self._writer_or_raise()
         with _translated("commit"):
             if self._dirty:
-                self._opstamp = int(writer.commit())
+                try:
+                    self._opstamp = int(writer.commit())
+                except BaseException as exc:
+                    if _is_failure(exc):
+                        self._redo(writer)
+                    raise
+                self._uncommitted.clear()
                 self._dirty = False
             self._index.reload()
+
+    def _redo(self, writer: tantivy.IndexWriter) -> None:
+        """After a failed commit: revive the writer and buffer every uncommitted operation again.
+
+        tantivy kills its writer when a commit fails (a full disk, say) and
+        drops what it buffered; ``rollback`` starts a new one. The next commit
+        then carries those operations, so no acknowledged change is missing
+        from text search once the cause is gone. If the disk is still full,
+        this fails too and the next attempt starts over.
+        """
+        try:
+            writer.rollback()
+            for apply in self._uncommitted:
+                apply(writer)
+        except Exception:
+            log.warning("text index: re-buffering uncommitted changes failed; the next commit retries", exc_info=True)
 
     def _refresh_if_dirty(self) -> None:
         """One background tick: commit + reload only when something changed."""

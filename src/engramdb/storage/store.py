@@ -32,6 +32,7 @@ from rocksdict import (
     DBCompressionType,
     Options,
     Rdict,
+    ReadOptions,
     WriteBatch,
     WriteBufferManager,
     WriteOptions,
@@ -302,6 +303,12 @@ class Store:
             ) from e
         self.cf = {name: self.db.get_column_family(name) for name in COLUMN_FAMILIES}
         self.handle = {name: self.db.get_column_family_handle(name) for name in COLUMN_FAMILIES}
+        # Exact search reads many candidates' vectors once each: caching those
+        # blocks grew the process by the whole block cache and evicted the
+        # records that are read again; the OS page cache serves them as well.
+        scan = ReadOptions()
+        scan.fill_cache(False)  # type: ignore[call-arg]  # rocksdict's stub omits the flag
+        self.cf["vectors"].set_read_options(scan)
 
     # ------------------------------------------------------------------ reads
     def get(self, cf: str, key: bytes) -> bytes | None:
