@@ -10,16 +10,13 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import functools
-import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
-from annotated_types import Ge, Gt, Le, Lt
-
 from .errors import InvalidArgument
-from .types import FieldCheck, pydantic_fields
+from .types import Bounds, FieldCheck, pydantic_fields
 
 if TYPE_CHECKING:
     from pydantic import TypeAdapter, ValidationError
@@ -38,23 +35,23 @@ class StorageSettings:
 
     sync_writes: bool = True  # fsync the write-ahead log before acknowledging a write
     # memtable size per column family; all share a budget of twice this
-    write_buffer_mb: Annotated[int, Ge(1), Le(65536)] = 16
-    max_background_jobs: Annotated[int, Ge(1), Le(64)] = 2
-    max_wal_mb: Annotated[int, Ge(16), Le(1_048_576)] = 512
-    block_cache_mb: Annotated[int, Ge(8), Le(1_048_576)] = 128
-    tombstone_grace_seconds: Annotated[float, Ge(0)] = 10 * 86400
-    ttl_sweep_interval_seconds: Annotated[float, Gt(0), Le(3600)] = 1.0
+    write_buffer_mb: Annotated[int, Bounds(ge=1, le=65536)] = 16
+    max_background_jobs: Annotated[int, Bounds(ge=1, le=64)] = 2
+    max_wal_mb: Annotated[int, Bounds(ge=16, le=1_048_576)] = 512
+    block_cache_mb: Annotated[int, Bounds(ge=8, le=1_048_576)] = 128
+    tombstone_grace_seconds: Annotated[float, Bounds(ge=0)] = 10 * 86400
+    ttl_sweep_interval_seconds: Annotated[float, Bounds(gt=0, le=3600)] = 1.0
 
 
 @dataclass
 class IndexSettings:
     __pydantic_config__: ClassVar[dict[str, Any]] = _STRICT_KEYS
 
-    snapshot_interval_seconds: Annotated[float, Gt(0)] = 300.0
-    snapshot_after_changes: Annotated[int, Ge(1)] = 50_000
+    snapshot_interval_seconds: Annotated[float, Bounds(gt=0)] = 300.0
+    snapshot_after_changes: Annotated[int, Bounds(ge=1)] = 50_000
     # a ceiling for exact search over a filter's candidates (the planner may choose less)
-    exact_search_threshold: Annotated[int, Ge(0)] = 2048
-    text_refresh_seconds: Annotated[float, Gt(0), Le(1.0)] = 0.2  # near-real-time bound of text search
+    exact_search_threshold: Annotated[int, Bounds(ge=0)] = 2048
+    text_refresh_seconds: Annotated[float, Bounds(gt=0, le=1.0)] = 0.2  # near-real-time bound of text search
 
 
 @dataclass
@@ -75,11 +72,11 @@ class TLSSettings:
 class RateLimitSettings:
     __pydantic_config__: ClassVar[dict[str, Any]] = _STRICT_KEYS
 
-    per_key_per_second: Annotated[float, Gt(0)] = 1000.0
-    per_key_burst: Annotated[int, Ge(1)] = 2000
-    per_ip_per_second: Annotated[float, Gt(0)] = 2000.0
-    per_ip_burst: Annotated[int, Ge(1)] = 4000
-    auth_failures_per_minute: Annotated[int, Ge(1)] = 20
+    per_key_per_second: Annotated[float, Bounds(gt=0)] = 1000.0
+    per_key_burst: Annotated[int, Bounds(ge=1)] = 2000
+    per_ip_per_second: Annotated[float, Bounds(gt=0)] = 2000.0
+    per_ip_burst: Annotated[int, Bounds(ge=1)] = 4000
+    auth_failures_per_minute: Annotated[int, Bounds(ge=1)] = 20
 
 
 @dataclass
@@ -87,13 +84,13 @@ class ServerSettings:
     __pydantic_config__: ClassVar[dict[str, Any]] = _STRICT_KEYS
 
     host: str = "127.0.0.1"
-    port: Annotated[int, Ge(0), Le(65535)] = 7878
-    grpc_port: Annotated[int, Ge(0), Le(65535)] = 7879
+    port: Annotated[int, Bounds(ge=0, le=65535)] = 7878
+    grpc_port: Annotated[int, Bounds(ge=0, le=65535)] = 7879
     grpc_enabled: bool = True
     auth: Literal["auto", "required", "disabled"] = "auto"  # auto = required unless bound to a loopback address
     admin_key_file: Path | None = None
-    shutdown_timeout_seconds: Annotated[float, Ge(0), Le(3600)] = 30.0
-    max_request_mb: Annotated[int, Ge(1), Le(4096)] = 64
+    shutdown_timeout_seconds: Annotated[float, Bounds(ge=0, le=3600)] = 30.0
+    max_request_mb: Annotated[int, Bounds(ge=1, le=4096)] = 64
     tls: TLSSettings = field(default_factory=TLSSettings)
     rate_limits: RateLimitSettings = field(default_factory=RateLimitSettings)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -105,6 +102,8 @@ class ServerSettings:
     def auth_required(self) -> bool:
         if self.auth != "auto":
             return self.auth == "required"
+        import ipaddress
+
         try:
             return not ipaddress.ip_address(self.host).is_loopback
         except ValueError:
@@ -148,11 +147,11 @@ class ExtractionSettings:
     base_url: Annotated[str, FieldCheck(_chat_url)] = DEFAULT_EXTRACTION_BASE_URL
     api_key_env: str | None = None  # environment variable that holds the endpoint's API key
     api_key_file: Path | None = None  # file that holds the endpoint's API key
-    timeout_seconds: Annotated[float, Gt(0), Le(600)] = 60.0  # per attempt; a timed-out attempt is not retried
-    max_retries: Annotated[int, Ge(0), Le(10)] = 2  # extra attempts after connect errors, 429 and 5xx
-    temperature: Annotated[float, Ge(0), Le(2)] = 0.0
-    max_tokens: Annotated[int, Ge(1), Le(1_000_000)] | None = None  # cap on the answer's length
-    max_concurrent: Annotated[int, Ge(1), Le(1024)] = 8  # extractions running at once; more answer 429
+    timeout_seconds: Annotated[float, Bounds(gt=0, le=600)] = 60.0  # per attempt; a timed-out attempt is not retried
+    max_retries: Annotated[int, Bounds(ge=0, le=10)] = 2  # extra attempts after connect errors, 429 and 5xx
+    temperature: Annotated[float, Bounds(ge=0, le=2)] = 0.0
+    max_tokens: Annotated[int, Bounds(ge=1, le=1_000_000)] | None = None  # cap on the answer's length
+    max_concurrent: Annotated[int, Bounds(ge=1, le=1024)] = 8  # extractions running at once; more answer 429
 
     def __post_init__(self) -> None:
         # pydantic has run the field checks already; direct construction has not.
@@ -180,7 +179,7 @@ class Settings:
     __pydantic_config__: ClassVar[dict[str, Any]] = _STRICT_KEYS
 
     data_dir: Path = Path("./engramdb-data")
-    node_id: Annotated[int, Ge(0), Lt(65536)] = 0
+    node_id: Annotated[int, Bounds(ge=0, lt=65536)] = 0
     storage: StorageSettings = field(default_factory=StorageSettings)
     index: IndexSettings = field(default_factory=IndexSettings)
     server: ServerSettings = field(default_factory=ServerSettings)

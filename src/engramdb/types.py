@@ -7,8 +7,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Self, TypeVar
 
-from annotated_types import Ge, Gt, Le
-
 if TYPE_CHECKING:
     from pydantic import TypeAdapter
 
@@ -36,6 +34,29 @@ def _adapter(cls: type[T]) -> TypeAdapter[T]:
 
         ta = _ADAPTERS[cls] = TypeAdapter(cls)
     return ta
+
+
+class Bounds:
+    """``Annotated`` metadata: numeric bounds that pydantic enforces and documents.
+
+    Plain data until pydantic builds a validator (no import of pydantic or
+    annotated-types on the way to ``engramdb.open()``).
+    """
+
+    __slots__ = ("ge", "gt", "le", "lt")
+
+    def __init__(
+        self, *, ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None
+    ):
+        self.ge, self.gt, self.le, self.lt = ge, gt, le, lt
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Callable[[Any], Any]) -> Any:
+        schema = handler(source)
+        for name in self.__slots__:
+            value = getattr(self, name)
+            if value is not None:
+                schema[name] = value
+        return schema
 
 
 class FieldCheck:
@@ -99,9 +120,9 @@ class _Validated:
 class IndexParams(_Validated):
     """HNSW parameters of a collection's vector index."""
 
-    m: Annotated[int, Ge(2), Le(128)] = 16  # HNSW graph degree
-    ef_construction: Annotated[int, Ge(8), Le(4096)] = 200
-    ef_search: Annotated[int, Ge(1), Le(10_000)] = 64
+    m: Annotated[int, Bounds(ge=2, le=128)] = 16  # HNSW graph degree
+    ef_construction: Annotated[int, Bounds(ge=8, le=4096)] = 200
+    ef_search: Annotated[int, Bounds(ge=1, le=10_000)] = 64
 
 
 @dataclass
@@ -113,9 +134,9 @@ class EmbedderConfig(_Validated):
     base_url: str | None = None
     api_key_env: str | None = None  # environment variable that holds the provider's key
     api_key_file: str | None = None
-    timeout_seconds: Annotated[float, Gt(0), Le(600)] = 30.0
-    max_retries: Annotated[int, Ge(0), Le(10)] = 3
-    dimension: Annotated[int, Ge(1), Le(MAX_DIMENSION)] | None = None
+    timeout_seconds: Annotated[float, Bounds(gt=0, le=600)] = 30.0
+    max_retries: Annotated[int, Bounds(ge=0, le=10)] = 3
+    dimension: Annotated[int, Bounds(ge=1, le=MAX_DIMENSION)] | None = None
 
 
 @dataclass
@@ -123,11 +144,11 @@ class CollectionConfig(_Validated):
     """How a collection is created; immutable after creation except TTL."""
 
     name: str
-    dimension: Annotated[int, Ge(1), Le(MAX_DIMENSION)]
+    dimension: Annotated[int, Bounds(ge=1, le=MAX_DIMENSION)]
     metric: Metric = "cosine"
     index: IndexParams = field(default_factory=IndexParams)
     embedder: EmbedderConfig | None = None
-    default_ttl_seconds: Annotated[float, Gt(0), Le(100 * 365 * 86400)] | None = None
+    default_ttl_seconds: Annotated[float, Bounds(gt=0, le=100 * 365 * 86400)] | None = None
     # metadata fields that get a payload index (dotted paths)
     indexed_fields: dict[str, FieldType] = field(default_factory=dict)
     text_index: bool = True  # keep a BM25 index over record text
