@@ -223,14 +223,18 @@ def test_inexact_narrow_filter_traverses_with_four_k():
     assert p == Plan("traverse", 4 * k, max(ef, 4 * k))
 
 
-@settings(max_examples=400, deadline=None)
-@given(
+# Random planner inputs: k, collection size, filter selectivity, ef and exact threshold.
+plan_inputs = given(
     k=st.integers(1, 200),
     total=st.integers(1, 2_000_000),
     frac=st.floats(0.0, 1.0),
     ef=st.integers(1, 10_000),
     threshold=st.integers(0, 5_000),
 )
+
+
+@settings(max_examples=400, deadline=None)
+@plan_inputs
 def test_inexact_filters_never_traverse_with_fewer_than_4k(k, total, frac, ef, threshold):
     candidates = round(total * frac)
     p = plan(k, candidates, total, ef, exact_threshold=threshold, exact_filter=False)
@@ -246,13 +250,7 @@ def test_inexact_filters_never_traverse_with_fewer_than_4k(k, total, frac, ef, t
 
 
 @settings(max_examples=400, deadline=None)
-@given(
-    k=st.integers(1, 200),
-    total=st.integers(1, 2_000_000),
-    frac=st.floats(0.0, 1.0),
-    ef=st.integers(1, 10_000),
-    threshold=st.integers(0, 5_000),
-)
+@plan_inputs
 def test_exact_filter_decisions_follow_the_cost_model(k, total, frac, ef, threshold):
     candidates = round(total * frac)
     p = plan(k, candidates, total, ef, exact_threshold=threshold)

@@ -1057,6 +1057,17 @@ def _check_results_correct(coll: Any, m: Model, queries: list[np.ndarray]) -> No
     assert np.mean(recalls) >= 0.95
 
 
+def _reopen_and_compare(path: Path, m: Any, queries: Any, expected: Any) -> None:
+    """Open the data again: the same answers as ``expected``, and correct ones."""
+    db = open_db(path)
+    try:
+        coll = db.get_collection("p")
+        assert _snapshot_of_results(coll, queries) == expected
+        _check_results_correct(coll, m, queries)
+    finally:
+        db.close()
+
+
 def test_reopen_from_snapshot_gives_the_same_results(tmp_path):
     m, queries, index_dir = _persist_setup(tmp_path / "data")
     assert (index_dir / _HNSW_FILE).is_file() and (index_dir / _META_FILE).is_file()
@@ -1067,13 +1078,7 @@ def test_reopen_from_snapshot_gives_the_same_results(tmp_path):
         _check_results_correct(coll, m, queries)
     finally:
         db.close()
-    db = open_db(tmp_path / "data")
-    try:
-        coll = db.get_collection("p")
-        assert _snapshot_of_results(coll, queries) == before
-        _check_results_correct(coll, m, queries)
-    finally:
-        db.close()
+    _reopen_and_compare(tmp_path / "data", m, queries, before)
 
 
 def _damage(index_dir: Path, how: str) -> None:
@@ -1138,13 +1143,7 @@ def test_missing_or_corrupt_snapshot_is_rebuilt_with_progress(tmp_path, how, loa
     finally:
         db.close()
     # The rebuilt index was snapshotted on close: the next open serves the same answers.
-    db = open_db(tmp_path / "data")
-    try:
-        coll = db.get_collection("p")
-        assert _snapshot_of_results(coll, queries) == rebuilt
-        _check_results_correct(coll, m, queries)
-    finally:
-        db.close()
+    _reopen_and_compare(tmp_path / "data", m, queries, rebuilt)
 
 
 # ================================================================ concurrency
