@@ -1009,9 +1009,9 @@ class Collection(GraphMixin):
         index instead.
         """
         vindex = self.vindex
-        id_of = vindex.id_of
+        name_of = vindex.name_of
         prefix = self.prefix
-        keys = [prefix + id_of.get(lb, "").encode() for lb in labels]
+        keys = [prefix + (name_of(lb) or "").encode() for lb in labels]
         # RocksDB answers a multi-get in key order markedly faster.
         order = sorted(range(len(keys)), key=keys.__getitem__)
         raws = self.store.multi_get("vectors", [keys[i] for i in order])
@@ -1024,7 +1024,7 @@ class Collection(GraphMixin):
             lb = labels[i]
             if raw is not None:
                 by_label[lb] = np.frombuffer(raw, dtype=np.float32)
-            elif lb in id_of:
+            elif name_of(lb) is not None:
                 try:
                     by_label[lb] = vindex.vectors([lb])[0]
                 except RuntimeError:

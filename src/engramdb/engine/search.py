@@ -143,40 +143,41 @@ class _Checker:
             return ok
         need = [int(lb) for lb in lab[ok] if int(lb) not in self.rows]
         self._load_rows(need)
-        id_of = self.vindex.id_of
+        name_of = self.vindex.name_of
         for i in np.flatnonzero(ok):
             lb = int(lab[i])
             row = self.rows.get(lb)
             ok[i] = (
                 row is not None
                 and row.live(self.now)
-                and self.flt.matches(id_of.get(lb, ""), row.namespace, row.metadata)
+                and self.flt.matches(name_of(lb) or "", row.namespace, row.metadata)
             )
         return ok
 
     def _load_rows(self, labels: list[int]) -> None:
         if not labels:
             return
-        ids = [self.vindex.id_of.get(lb, "") for lb in labels]
+        name_of = self.vindex.name_of
+        ids = [name_of(lb) or "" for lb in labels]
         for lb, row in zip(labels, self.coll.rows(ids), strict=True):
             self.rows[lb] = row
 
     def materialize(self, scored: list[tuple[int, float, dict[str, float]]], inc: frozenset[str]) -> list[Hit]:
-        id_of = self.vindex.id_of
+        name_of = self.vindex.name_of
         if not inc:
             # Ids and scores only: nothing to read. A label deleted while we
             # searched has no id any more and is dropped.
             return [
                 Hit(id=rid, score=float(score), signals=signals)
                 for label, score, signals in scored
-                if (rid := id_of.get(label)) is not None
+                if (rid := name_of(label)) is not None
             ]
         from .collection import Collection
 
         self._load_rows([lb for lb, _, _ in scored if lb not in self.rows])
         hits = []
         for label, score, signals in scored:
-            rid = id_of.get(label)
+            rid = name_of(label)
             row = self.rows.get(label)
             if rid is None or row is None or not row.live(self.now):
                 continue  # deleted or expired while we searched

@@ -15,6 +15,7 @@ import threading
 import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import hnswlib
 import msgpack
@@ -54,7 +55,10 @@ class VectorIndex:
         self._index.set_ef(ef_search)
         if num_threads > 0:
             self._index.set_num_threads(num_threads)
-        self.id_of: dict[int, str] = {}
+        self._id_of: dict[int, str] | None = {}
+        # Until the first write, a loaded snapshot's ids stay packed (see _PackedIds):
+        # building 100k dict entries was a tenth of a cold start.
+        self._packed: _PackedIds | None = None
         # The reverse map is built on first use: a cold start that only
         # searches never needs it, and building it costs as much as loading.
         self._label_of: dict[str, int] | None = {}
@@ -75,7 +79,32 @@ class VectorIndex:
 
     # ----------------------------------------------------------------- state
     def __len__(self) -> int:
-        return len(self.id_of)
+        ids, packed = self._id_of, self._packed
+        if ids is not None:
+            return len(ids)
+        assert packed is not None
+        return len(packed)
+
+    @property
+    def id_of(self) -> dict[int, str]:
+        """Label → record id of every live vector (unpacked on first use after a load)."""
+        ids = self._id_of
+        if ids is None:
+            with self._write_lock:
+                if self._id_of is None:
+                    assert self._packed is not None
+                    self._id_of = self._packed.to_dict()
+                ids = self._id_of
+        return ids
+
+    def name_of(self, label: int) -> str | None:
+        """The record id of ``label``, or None if it has no live vector (cheap on a fresh load)."""
+        ids = self._id_of
+        if ids is not None:
+            return ids.get(label)
+        packed = self._packed
+        assert packed is not None
+        return packed.get(label)
 
     @property
     def label_of(self) -> dict[str, int]:
@@ -177,7 +206,7 @@ class VectorIndex:
         self, query: np.ndarray, k: int, ef: int | None = None, filter_fn: Callable[[int], bool] | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Labels and distances of up to ``k`` nearest live vectors (best first)."""
-        k = min(k, len(self.id_of))
+        k = min(k, len(self))
         if k <= 0:
             return np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.float32)
         ef_eff = max(ef or self.ef_search, k)
@@ -283,9 +312,11 @@ class VectorIndex:
             "ef_construction": self.ef_construction,
             "next_label": self.next_label,
             "watermark": watermark,
-            # Labels as packed integers: decoding 100k msgpack ints was a tenth of a cold start.
-            "labels_u64": np.fromiter(self.id_of.keys(), dtype="<u8", count=len(self.id_of)).tobytes(),
-            "names": list(self.id_of.values()),
+            **(
+                self._packed.as_meta()
+                if self._id_of is None and self._packed is not None
+                else _PackedIds.pack(self.id_of)
+            ),
             "exp_labels": list(self.expires.keys()),
             "exp_at": list(self.expires.values()),
             "hnsw_size": size,
@@ -334,14 +365,17 @@ class VectorIndex:
             raise CorruptData(f"vector index snapshot could not be loaded: {e}") from e
         idx.set_ef(ef_search)
         self._index = idx
-        if "labels_u64" in meta:
-            labels = np.frombuffer(meta["labels_u64"], dtype="<u8")
-            self.id_of = dict(zip(labels.tolist(), meta["names"], strict=True))
+        if "name_ends" in meta:
+            packed = _PackedIds.unpack(meta)
+            self._id_of, self._packed = None, packed
             # array.array is pyroaring's fast path (a numpy array is iterated item by item).
-            self.live = BitMap(array.array("I", np.sort(labels).astype(np.uint32).tobytes()))
-        else:  # written before labels were packed
-            self.id_of = dict(zip(meta["ids"], meta["names"], strict=True))
-            self.live = BitMap(self.id_of.keys())
+            self.live = BitMap(array.array("I", packed.labels.astype(np.uint32).tobytes()))
+        else:  # written before the ids were packed
+            labels = meta["labels_u64"] if "labels_u64" in meta else meta["ids"]
+            if isinstance(labels, bytes):
+                labels = np.frombuffer(labels, dtype="<u8").tolist()
+            self._id_of = dict(zip(labels, meta["names"], strict=True))
+            self.live = BitMap(self._id_of.keys())
         self._label_of = None
         self.expires = dict(zip(meta["exp_labels"], meta["exp_at"], strict=True))
         self.next_label = meta["next_label"]
@@ -349,6 +383,57 @@ class VectorIndex:
         self.extra = meta.get("extra", b"")
         self._snapshot_file = (size, digest)
         return self
+
+
+class _PackedIds:
+    """A snapshot's label → id map as stored: sorted labels, and the ids' UTF-8 back to back.
+
+    Answers single lookups without building a dict (a search after a cold
+    start needs ten); the engine turns it into a dict on its first write.
+    """
+
+    __slots__ = ("blob", "ends", "labels")
+
+    def __init__(self, labels: np.ndarray, blob: bytes, ends: np.ndarray):
+        self.labels, self.blob, self.ends = labels, blob, ends
+
+    @staticmethod
+    def pack(id_of: dict[int, str]) -> dict[str, bytes]:
+        labels = np.fromiter(id_of.keys(), dtype="<u8", count=len(id_of))
+        order = np.argsort(labels, kind="stable")
+        names = list(id_of.values())
+        encoded = [names[i].encode() for i in order.tolist()]
+        ends = np.cumsum(np.fromiter(map(len, encoded), dtype="<u8", count=len(encoded)), dtype="<u8")
+        return {"labels_u64": labels[order].tobytes(), "name_blob": b"".join(encoded), "name_ends": ends.tobytes()}
+
+    @classmethod
+    def unpack(cls, meta: dict[str, Any]) -> _PackedIds:
+        labels = np.frombuffer(meta["labels_u64"], dtype="<u8")
+        ends = np.frombuffer(meta["name_ends"], dtype="<u8")
+        if len(ends) != len(labels) or (len(ends) and int(ends[-1]) != len(meta["name_blob"])):
+            raise CorruptData("vector index snapshot metadata is inconsistent")
+        return cls(labels, meta["name_blob"], ends)
+
+    def as_meta(self) -> dict[str, bytes]:
+        return {"labels_u64": self.labels.tobytes(), "name_blob": self.blob, "name_ends": self.ends.tobytes()}
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def get(self, label: int) -> str | None:
+        i = int(np.searchsorted(self.labels, label))
+        if i >= len(self.labels) or int(self.labels[i]) != label:
+            return None
+        start = int(self.ends[i - 1]) if i else 0
+        return self.blob[start : int(self.ends[i])].decode()
+
+    def to_dict(self) -> dict[int, str]:
+        blob = self.blob
+        ends = self.ends.tolist()
+        starts = [0, *ends[:-1]] if ends else []
+        return {
+            lb: blob[a:b].decode() for lb, a, b in zip(self.labels.tolist(), starts, self.ends.tolist(), strict=True)
+        }
 
 
 def _file_digest(path: Path) -> tuple[int, int]:
