@@ -1297,3 +1297,29 @@ def test_exact_search_concurrent_with_deletes(fdb):
         for t in readers:
             t.join(timeout=60)
     assert not errors, errors[:3]
+
+
+def test_ids_stay_right_across_reopen_writes_and_snapshots(tmp_path):
+    """After a load the id map stays packed until the first write; both forms must agree."""
+    rng = np.random.default_rng(77)
+    vecs = {f"rec-{i}-é": unit(rng.standard_normal(8)) for i in range(300)}
+    db = open_db(tmp_path / "d")
+    coll = db.create_collection("ids", dimension=8)
+    coll.upsert([{"id": rid, "vector": v} for rid, v in vecs.items()])
+    db.close()
+    for round_ in range(2):
+        db = open_db(tmp_path / "d")
+        coll = db.get_collection("ids")
+        for rid in list(vecs)[:20]:  # read-only: served from the packed map
+            assert ids(coll.search(vecs[rid], k=1, include=[])) == [rid]
+        gone = list(vecs)[round_]
+        coll.delete(gone)  # the first write unpacks the map
+        del vecs[gone]
+        new = f"new-{round_}"
+        vecs[new] = unit(rng.standard_normal(8))
+        coll.upsert({"id": new, "vector": vecs[new]})
+        for rid in [new, *list(vecs)[:20]]:
+            assert ids(coll.search(vecs[rid], k=1, include=[])) == [rid]
+        assert gone not in ids(coll.search(np.zeros(8) + 1, k=400, include=[]))
+        assert coll.count() == len(vecs)
+        db.close()  # snapshots the (now unpacked) map

@@ -80,10 +80,9 @@ class VectorIndex:
     # ----------------------------------------------------------------- state
     def __len__(self) -> int:
         ids, packed = self._id_of, self._packed
-        if ids is not None:
-            return len(ids)
-        assert packed is not None
-        return len(packed)
+        if ids is None and packed is not None:
+            return len(packed)
+        return len(self.id_of)
 
     @property
     def id_of(self) -> dict[int, str]:
@@ -94,17 +93,17 @@ class VectorIndex:
                 if self._id_of is None:
                     assert self._packed is not None
                     self._id_of = self._packed.to_dict()
+                    self._packed = None  # readers re-check _id_of first (see name_of)
                 ids = self._id_of
         return ids
 
     def name_of(self, label: int) -> str | None:
         """The record id of ``label``, or None if it has no live vector (cheap on a fresh load)."""
-        ids = self._id_of
-        if ids is not None:
-            return ids.get(label)
-        packed = self._packed
-        assert packed is not None
-        return packed.get(label)
+        ids, packed = self._id_of, self._packed
+        if ids is None and packed is not None:
+            return packed.get(label)
+        # Unpacked meanwhile (or never packed): the dict is the truth.
+        return self.id_of.get(label)
 
     @property
     def label_of(self) -> dict[str, int]:
@@ -312,11 +311,7 @@ class VectorIndex:
             "ef_construction": self.ef_construction,
             "next_label": self.next_label,
             "watermark": watermark,
-            **(
-                self._packed.as_meta()
-                if self._id_of is None and self._packed is not None
-                else _PackedIds.pack(self.id_of)
-            ),
+            **(packed.as_meta() if (packed := self._packed) is not None else _PackedIds.pack(self.id_of)),
             "exp_labels": list(self.expires.keys()),
             "exp_at": list(self.expires.values()),
             "hnsw_size": size,
