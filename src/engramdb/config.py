@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from .errors import InvalidArgument
-from .types import Bounds, FieldCheck, pydantic_fields
+from .types import Bounds, FieldCheck, pydantic_fields, type_adapter
 
 if TYPE_CHECKING:
-    from pydantic import TypeAdapter, ValidationError
+    from pydantic import ValidationError
 
 # The settings are plain dataclasses, validated by pydantic only when there is
 # something to validate (flags, environment, a file): an embedded
@@ -190,13 +190,6 @@ _yaml_data: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextV
 
 
 @functools.cache
-def _adapter() -> TypeAdapter[Settings]:
-    from pydantic import TypeAdapter
-
-    return TypeAdapter(Settings)
-
-
-@functools.cache
 def _sourced_settings() -> Any:
     """A pydantic-settings model with ``Settings``' fields that also reads the environment and the YAML file."""
     from pydantic import create_model
@@ -260,7 +253,7 @@ def load(config_file: str | os.PathLike[str] | None = None, **overrides: Any) ->
     token = _yaml_data.set(_read_yaml(config_file) if config_file else {})
     try:
         if config_file is None and not from_env:
-            return _adapter().validate_python(flags)
+            return type_adapter(Settings).validate_python(flags)
         sourced = _sourced_settings()(**flags)
         return Settings(**{f.name: getattr(sourced, f.name) for f in dataclasses.fields(Settings)})
     except ValidationError as e:

@@ -27,7 +27,8 @@ T = TypeVar("T")
 _ADAPTERS: dict[type, TypeAdapter[Any]] = {}
 
 
-def _adapter(cls: type[T]) -> TypeAdapter[T]:
+def type_adapter(cls: type[T]) -> TypeAdapter[T]:
+    """pydantic's validator for ``cls``, built once (pydantic is imported on first use)."""
     ta = _ADAPTERS.get(cls)
     if ta is None:
         from pydantic import TypeAdapter
@@ -108,11 +109,11 @@ class _Validated:
     @classmethod
     def model_validate(cls, data: Any) -> Self:
         """Validate a mapping (or an instance); raises ``pydantic.ValidationError``."""
-        return _adapter(cls).validate_python(data)
+        return type_adapter(cls).validate_python(data)
 
     def model_dump(self, *, mode: Literal["python", "json"] = "python") -> dict[str, Any]:
         """The fields as a dict (``mode="json"``: JSON-compatible values)."""
-        out: dict[str, Any] = _adapter(type(self)).dump_python(self, mode=mode)
+        out: dict[str, Any] = type_adapter(type(self)).dump_python(self, mode=mode)
         return out
 
 
