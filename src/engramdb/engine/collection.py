@@ -22,7 +22,7 @@ from ..storage.codec import RecordRow, decode_record
 from ..storage.store import Change, Mutation, Store, check_iterator
 from ..types import CollectionConfig, Hit, Record, ScanPage
 from . import validate as V
-from .filters import Filter, compile_filter
+from .filters import Filter, compile_filter, json_equal
 from .graph import GraphMixin, edge_tombstones
 from .hlc import HLC, version_str
 
@@ -34,17 +34,6 @@ log = logging.getLogger("engramdb.collection")
 
 _CAND_CACHE_ENTRIES = 256
 _CAND_CACHE_BYTES = 32 << 20
-
-
-def _same_json(a: Any, b: Any) -> bool:
-    """Equality that tells True, 1 and 1.0 apart (Python's does not; the filter language does)."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_same_json(v, b[k]) for k, v in a.items())
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(_same_json(x, y) for x, y in zip(a, b, strict=True))
-    return bool(a == b)
 
 
 class Candidates:
@@ -399,7 +388,7 @@ class Collection(GraphMixin):
                 assert label is not None
                 self._vindex.set_expiry(label, row.expires_at)
             indexed_before = old is not None and old_labels[rid] is not None
-            if not indexed_before or not _same_json(old.metadata, row.metadata):  # type: ignore[union-attr]
+            if not indexed_before or not json_equal(old.metadata, row.metadata):  # type: ignore[union-attr]
                 if indexed_before:
                     self._payload.remove(label, old.metadata)  # type: ignore[union-attr]
                 self._payload.add(label, row.metadata)

@@ -109,12 +109,11 @@ class _Checker:
             self.candidates, self.exact = self._cands.labels, self._cands.exact
 
     def candidate_array(self) -> np.ndarray:
-        """The candidate (or all live) labels as a sorted uint32 array, built once."""
+        """The candidate (or all live) labels as a sorted uint32 array, built once per filter or query."""
+        if self._cands is not None:
+            return self._cands.array
         if self._cand_arr is None:
-            if self._cands is not None:
-                self._cand_arr = self._cands.array
-            else:
-                self._cand_arr = np.frombuffer(self.vindex.live.to_array(), dtype=np.uint32)
+            self._cand_arr = np.frombuffer(self.vindex.live.to_array(), dtype=np.uint32)
         return self._cand_arr
 
     def keep(self, labels: Sequence[int] | np.ndarray, *, members: bool = False) -> np.ndarray:
