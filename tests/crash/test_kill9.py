@@ -15,11 +15,13 @@ directory in this process and compares it with the ledger:
   at all; nothing that was never written appears;
 * ``count()`` equals the number of live records a scan returns, and ``get``
   agrees with the scan;
-* the vector index agrees with storage: every live record is the exact
-  nearest neighbour of its own vector and is found by HNSW search (at the
-  default ef, or at an ef covering the collection when the greedy walk
-  misses), an exact search over everything returns exactly the live ids, no
-  search returns a deleted id; the payload index (filters), the
+* the vector index agrees with storage: it holds every live record under a
+  live label with exactly the stored vector, every live record is the exact
+  nearest neighbour of its own vector, an exact search over everything
+  returns exactly the live ids, no search returns a deleted id, and HNSW
+  search finds each record by its own vector (at the default ef, else at an
+  ef covering the collection; the few nodes hnswlib's in-place updates leave
+  unreachable are counted, and more than 2 % fail); the payload index (filters), the
   text index (BM25 on a word unique to each written version) and the
   namespace index agree with storage too.
 
@@ -285,6 +287,7 @@ class Stats:
     in_flight_dropped: int = 0
     torn_snapshots: int = 0
     index_problems: list[str] = field(default_factory=list)  # indexes or count() vs storage
+    unreachable: int = 0  # live records the HNSW walk cannot reach although the index holds them
     reopen_seconds: list[float] = field(default_factory=list)
 
     def summary(self, model: Model, label: str) -> str:
@@ -297,6 +300,7 @@ class Stats:
             f"acknowledged_deletes={model.acked_deletes} lost_writes={self.lost} resurrected={self.resurrected} "
             f"in_flight_applied={self.in_flight_applied} in_flight_not_applied={self.in_flight_dropped} "
             f"kills_mid_snapshot={self.torn_snapshots} index_disagreements={len(self.index_problems)} "
+            f"hnsw_unreachable={self.unreachable} "
             f"reopen_p50={p50 * 1000:.0f}ms reopen_p99={p99 * 1000:.0f}ms"
         )
 
@@ -381,7 +385,29 @@ def _distinguishable(model: Model, before: dict[Key, Content | None], op: str, k
     return not (pend[0].content is None and before.get(key) is None)
 
 
-def check_indexes(name: str, coll: Any, live: dict[str, Record], model: Model, cycle: int) -> list[str]:
+def hnsw_own_vector(coll: Any, rid: str, vector: list[float], n_live: int) -> list[str]:
+    """Ids an HNSW search for ``rid``'s own vector returns: at the default ef, else at one covering the collection."""
+    ann = [h.id for h in coll.search(vector, k=10, include=None)]
+    if rid not in ann:
+        ann = [h.id for h in coll.search(vector, k=10, ef=min(10_000, max(64, n_live)), include=None)]
+    return ann
+
+
+def unreachable_problems(where: str, unreachable: list[str], checked: int) -> list[str]:
+    """Records held by the index (checked apart) that no HNSW walk reaches: recall, up to a bound.
+
+    hnswlib's in-place vector update (also how it reuses a deleted slot) can
+    leave a node without incoming links. On these workloads (random jumps of
+    8- and 12-d vectors) pure hnswlib shows 1-2 such nodes in about 3 % of
+    checks of ~120 live records (docs/reliability.md); many more would mean a
+    broken graph.
+    """
+    if len(unreachable) <= max(2, checked // 50):
+        return []
+    return [f"{where}: HNSW search cannot reach {len(unreachable)} of {checked} records: {sorted(unreachable)[:20]}"]
+
+
+def check_indexes(name: str, coll: Any, live: dict[str, Record], model: Model, cycle: int, stats: Stats) -> list[str]:
     """The vector, payload, text and namespace indexes must agree with storage.
 
     Returns the disagreements found (empty when the indexes agree).
@@ -402,23 +428,29 @@ def check_indexes(name: str, coll: Any, live: dict[str, Record], model: Model, c
             )
         if exact and got != live_ids:
             problems.append(f"{where}: exact search misses live records {sorted(live_ids - got)}")
+    vindex = coll.vindex
+    unreachable = []
     for rid, rec in live.items():
+        label = vindex.label_of.get(rid)
+        if label is None:
+            problems.append(f"{where}: live record {rid!r} has no vector index label")
+        else:
+            want = vindex.normalize(np.asarray([rec.vector], dtype=np.float32))[0]
+            held = vindex.vectors([label])[0]
+            if not np.allclose(held, want, atol=1e-5):
+                problems.append(f"{where}: the vector index holds another vector for {rid!r} than storage")
         top = coll.search(rec.vector, k=1, exact=True, include=None)
         if not top or top[0].id != rid:
             problems.append(f"{where}: exact search for {rid!r}'s own vector returned {[h.id for h in top]}")
-        ann = [h.id for h in coll.search(rec.vector, k=10, include=None)]
+        ann = hnsw_own_vector(coll, rid, rec.vector, len(live))
         if rid not in ann:
-            # HNSW is approximate: a greedy walk at the default ef can miss a node of a heavily
-            # churned graph (seen about once in 100 verifications on the 8-d l2 collection).
-            # Disagreeing with storage means the graph does not hold or reach it at all: retry
-            # with an ef covering every live record.
-            ann = [h.id for h in coll.search(rec.vector, k=10, ef=max(64, len(live)), include=None)]
-        if rid not in ann:
-            problems.append(f"{where}: HNSW search for {rid!r}'s own vector did not find it: {ann}")
+            unreachable.append(rid)
         if len(set(ann)) != len(ann):
             problems.append(f"{where}: HNSW search for {rid!r}'s own vector returned an id twice: {ann}")
         if not set(ann) <= live_ids:
             problems.append(f"{where}: HNSW search returned ids absent from storage: {sorted(set(ann) - live_ids)}")
+    stats.unreachable += len(unreachable)
+    problems += unreachable_problems(where, unreachable, len(live))
     # Payload index: filters give the same answer as the stored metadata.
     filters: list[tuple[dict[str, Any], Any]] = [
         ({"kind": kind}, lambda md, kind=kind: md.get("kind") == kind) for kind in KINDS
@@ -487,7 +519,7 @@ def verify(
                         pytest.fail(f"cycle {cycle} {name}: get({rid!r}) = {a} but scan has {b}")
         problems = check_storage(model, stats, live, cycle)
         for name, c in colls.items():
-            stats.index_problems += check_indexes(name, c, live[name], model, cycle)
+            stats.index_problems += check_indexes(name, c, live[name], model, cycle, stats)
         model.tokens.clear()
         assert not problems, f"{len(problems)} problem(s):\n" + "\n".join(problems[:40])
     finally:
