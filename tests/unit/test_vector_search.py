@@ -1299,6 +1299,42 @@ def test_exact_search_concurrent_with_deletes(fdb):
     assert not errors, errors[:3]
 
 
+def test_concurrent_queries_each_search_at_their_own_ef(fdb):
+    """hnswlib's ef is one setting per index: queries at different ef in parallel must not see each other's."""
+    rng = np.random.default_rng(71)
+    # A sparse graph (M=4, ef_construction=8) on clustered data, so ef changes the answer.
+    centers = rng.standard_normal((20, 32))
+    vecs = centers[rng.integers(20, size=3000)] + 0.3 * rng.standard_normal((3000, 32))
+    coll = fdb.create_collection(
+        "efs", dimension=32, metric="l2", text_index=False, index={"m": 4, "ef_construction": 8}
+    )
+    coll.upsert([{"id": f"v{i}", "vector": v.tolist()} for i, v in enumerate(vecs)])
+    queries = [rng.standard_normal(32) for _ in range(40)]
+    low = {i: ids(coll.search(q, k=10, ef=10, include=[])) for i, q in enumerate(queries)}
+    high = {i: ids(coll.search(q, k=10, ef=2000, include=[])) for i, q in enumerate(queries)}
+    assert sum(low[i] != high[i] for i in low) >= 5, "ef does not change the answers: the test proves nothing"
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def run(ef: int, want: dict[int, list[str]]) -> None:
+        for _ in range(30):  # bounded
+            for i, q in enumerate(queries):
+                if stop.is_set():
+                    return
+                got = ids(coll.search(q, k=10, ef=ef, include=[]))
+                if got != want[i]:
+                    errors.append(f"query {i} at ef={ef} returned another answer under concurrency")
+                    stop.set()
+
+    threads = [threading.Thread(target=run, args=(ef, want)) for ef, want in ((10, low), (2000, high)) * 2]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads)
+    assert not errors, errors[:3]
+
+
 def test_ids_stay_right_across_reopen_writes_and_snapshots(tmp_path):
     """After a load the id map stays packed until the first write; both forms must agree."""
     rng = np.random.default_rng(77)

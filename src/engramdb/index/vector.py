@@ -52,7 +52,7 @@ class VectorIndex:
         self.ef_search = ef_search
         self._index = hnswlib.Index(space="l2" if metric == "l2" else "ip", dim=dim)
         self._index.init_index(max_elements=capacity, M=m, ef_construction=ef_construction, allow_replace_deleted=True)
-        self._index.set_ef(ef_search)
+        self._index.set_ef(1)  # the per-query ef travels as the requested k (see knn)
         if num_threads > 0:
             self._index.set_num_threads(num_threads)
         self._id_of: dict[int, str] | None = {}
@@ -71,7 +71,6 @@ class VectorIndex:
         # Resizing reallocates hnswlib's arrays: searches must not run during it.
         # Ordinary adds and deletes are safe alongside searches (hnswlib locks
         # per node), so they only serialise among themselves.
-        self._resize_lock = threading.Lock()
         self._write_lock = threading.RLock()
         self._readers = 0
         self._readers_lock = threading.Lock()
@@ -211,28 +210,25 @@ class VectorIndex:
         ef_eff = max(ef or self.ef_search, k)
         self._enter()
         try:
+            # hnswlib's ef is index-wide state, so setting it per query would let
+            # concurrent queries run at each other's ef. Its search keeps
+            # max(ef, k) candidates either way: asking for ef results (ef stays
+            # 1) is the same walk, with no shared state; the best k are kept.
+            fetch = min(ef_eff, len(self))  # hnswlib cannot return more than the live nodes
             while True:
                 try:
-                    labels, dists = self._knn_once(query, k, ef_eff, filter_fn)
-                    return labels[0], dists[0]
+                    labels, dists = self._index.knn_query(query, k=fetch, filter=filter_fn, num_threads=1)
+                    return labels[0][:k], dists[0][:k]
                 except RuntimeError:
-                    # hnswlib fails rather than return fewer than k (e.g. a
-                    # restrictive filter); fewer is the right answer then.
-                    if k == 1:
+                    # hnswlib fails rather than return fewer than asked (a
+                    # restrictive filter, or fewer reachable nodes than ef):
+                    # ask for k, then fewer; fewer is the right answer then.
+                    if fetch == 1:
                         return np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.float32)
-                    k = max(1, k // 2)
+                    fetch = k if fetch > k else max(1, fetch // 2)
+                    k = min(k, fetch)
         finally:
             self._exit()
-
-    def _knn_once(
-        self, query: np.ndarray, k: int, ef: int, filter_fn: Callable[[int], bool] | None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        # hnswlib's ef is index-wide state; setting it per call is racy across
-        # threads only in which ef a concurrent query sees, never in results'
-        # validity, and it is the only knob the library offers.
-        if self._index.ef != ef:
-            self._index.set_ef(ef)
-        return self._index.knn_query(query, k=k, filter=filter_fn, num_threads=1)
 
     def vectors(self, labels: list[int]) -> np.ndarray:
         """Stored vectors of live labels (normalised for cosine)."""
@@ -358,7 +354,7 @@ class VectorIndex:
             idx.load_index(str(hnsw_path), max_elements=meta["capacity"], allow_replace_deleted=True)
         except Exception as e:
             raise CorruptData(f"vector index snapshot could not be loaded: {e}") from e
-        idx.set_ef(ef_search)
+        idx.set_ef(1)
         self._index = idx
         if "name_ends" in meta:
             packed = _PackedIds.unpack(meta)
