@@ -1348,6 +1348,28 @@ def test_ids_stay_right_across_reopen_writes_and_snapshots(tmp_path):
         coll = db.get_collection("ids")
         for rid in list(vecs)[:20]:  # read-only: served from the packed map
             assert ids(coll.search(vecs[rid], k=1, include=[])) == [rid]
+        # Exact search and row reads map many labels at once; absent labels give None.
+        sample = list(vecs)[::7]
+        assert (
+            ids(
+                coll.search(
+                    vecs[sample[0]],
+                    k=len(sample),
+                    filter={"$or": [{"id_prefix": r} for r in sample]},
+                    exact=True,
+                    include=[],
+                )
+            )[0]
+            == sample[0]
+        )
+        vindex = coll.vindex
+        probe = list(range(vindex.next_label + 2))
+        assert vindex._packed is not None  # nothing was written yet: still the packed form
+        packed = vindex.names_of(probe)
+        assert packed == [vindex.name_of(lb) for lb in probe]
+        assert {n for n in packed if n is not None} == set(vecs) and packed[0] is None
+        unpacked = vindex.id_of
+        assert packed == [unpacked.get(lb) for lb in probe]
         gone = list(vecs)[round_]
         coll.delete(gone)  # the first write unpacks the map
         del vecs[gone]

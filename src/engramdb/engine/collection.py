@@ -998,9 +998,8 @@ class Collection(GraphMixin):
         index instead.
         """
         vindex = self.vindex
-        name_of = vindex.name_of
         prefix = self.prefix
-        keys = [prefix + (name_of(lb) or "").encode() for lb in labels]
+        keys = [prefix + (name or "").encode() for name in vindex.names_of(labels)]
         # RocksDB answers a multi-get in key order markedly faster.
         order = sorted(range(len(keys)), key=keys.__getitem__)
         raws = self.store.multi_get("vectors", [keys[i] for i in order])
@@ -1013,7 +1012,7 @@ class Collection(GraphMixin):
             lb = labels[i]
             if raw is not None:
                 by_label[lb] = np.frombuffer(raw, dtype=np.float32)
-            elif name_of(lb) is not None:
+            elif vindex.name_of(lb) is not None:
                 try:
                     by_label[lb] = vindex.vectors([lb])[0]
                 except RuntimeError:

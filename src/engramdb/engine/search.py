@@ -156,8 +156,7 @@ class _Checker:
     def _load_rows(self, labels: list[int]) -> None:
         if not labels:
             return
-        name_of = self.vindex.name_of
-        ids = [name_of(lb) or "" for lb in labels]
+        ids = [name or "" for name in self.vindex.names_of(labels)]
         for lb, row in zip(labels, self.coll.rows(ids), strict=True):
             self.rows[lb] = row
 

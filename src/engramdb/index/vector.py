@@ -13,7 +13,7 @@ import mmap
 import os
 import threading
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +103,14 @@ class VectorIndex:
             return packed.get(label)
         # Unpacked meanwhile (or never packed): the dict is the truth.
         return self.id_of.get(label)
+
+    def names_of(self, labels: Sequence[int]) -> list[str | None]:
+        """``name_of`` for many labels at once."""
+        ids, packed = self._id_of, self._packed
+        if ids is None and packed is not None:
+            return packed.get_many(labels)
+        get = self.id_of.get
+        return [get(lb) for lb in labels]
 
     @property
     def label_of(self) -> dict[str, int]:
@@ -386,7 +394,9 @@ class _PackedIds:
     __slots__ = ("blob", "ends", "labels")
 
     def __init__(self, labels: np.ndarray, blob: bytes, ends: np.ndarray):
-        self.labels, self.blob, self.ends = labels, blob, ends
+        # Labels are below 2**63: viewed as int64, searchsorted takes a Python
+        # int as is (against uint64 it converts the whole array on every call).
+        self.labels, self.blob, self.ends = labels.view("<i8"), blob, ends
 
     @staticmethod
     def pack(id_of: dict[int, str]) -> dict[str, bytes]:
@@ -412,11 +422,23 @@ class _PackedIds:
         return len(self.labels)
 
     def get(self, label: int) -> str | None:
-        i = int(np.searchsorted(self.labels, label))
+        i = int(self.labels.searchsorted(label))
         if i >= len(self.labels) or int(self.labels[i]) != label:
             return None
         start = int(self.ends[i - 1]) if i else 0
         return self.blob[start : int(self.ends[i])].decode()
+
+    def get_many(self, labels: Sequence[int]) -> list[str | None]:
+        n = len(self.labels)
+        if not n:
+            return [None] * len(labels)
+        want = np.asarray(labels, dtype=np.int64)
+        pos = np.minimum(self.labels.searchsorted(want), n - 1)
+        found = (self.labels[pos] == want).tolist()
+        ends = self.ends[pos].tolist()
+        starts = np.where(pos > 0, self.ends[pos - 1], 0).tolist()
+        blob = self.blob
+        return [blob[a:b].decode() if ok else None for ok, a, b in zip(found, starts, ends, strict=True)]
 
     def to_dict(self) -> dict[int, str]:
         blob = self.blob

@@ -29,6 +29,7 @@ from typing import Any
 from rocksdict import (
     BlockBasedOptions,
     Cache,
+    ChecksumType,
     DBCompressionType,
     Options,
     Rdict,
@@ -242,6 +243,10 @@ class Store:
                 o.set_compression_type(DBCompressionType.none())
             table = BlockBasedOptions()
             table.set_block_cache(cache)
+            # Every block read is checksummed; this build's CRC-32C runs in
+            # software, XXH3 about 2.7x faster (exact search reads a 4 KiB block
+            # per candidate vector). Files keep the type they were written with.
+            table.set_checksum_type(ChecksumType.xxh3())
             o.set_block_based_table_factory(table)
             o.set_write_buffer_size(write_buffer_mb * 1024 * 1024)
             o.set_write_buffer_manager(memtables)
