@@ -1299,6 +1299,50 @@ def test_exact_search_concurrent_with_deletes(fdb):
     assert not errors, errors[:3]
 
 
+def test_moved_vectors_get_new_nodes_and_indexes_follow(tmp_path):
+    """A changed vector is a fresh node (the old one deleted); payload and text follow the new label,
+    and deleted nodes are reused once they pile up, so the graph stays bounded."""
+    from engramdb.index.vector import TOMBSTONE_FRACTION, TOMBSTONE_MIN
+
+    rng = np.random.default_rng(91)
+    db = open_db(tmp_path / "d")
+    coll = db.create_collection("mv", dimension=8, metric="l2", indexed_fields={"kind": "keyword"})
+    n = 200
+    vecs = {f"r{i}": rng.standard_normal(8) for i in range(n)}
+    coll.upsert([{"id": r, "vector": v, "text": f"word{r}", "metadata": {"kind": "a"}} for r, v in vecs.items()])
+    vindex = coll.vindex
+    for step in range(3000):  # bounded churn: every write moves a vector
+        rid = f"r{int(rng.integers(n))}"
+        vecs[rid] = rng.standard_normal(8)
+        kind = "b" if step % 3 else "a"
+        text = f"word{rid}" if step % 2 else f"moved{rid}"
+        coll.upsert({"id": rid, "vector": vecs[rid], "text": text, "metadata": {"kind": kind}})
+        if step < 20:  # a fresh node every time while deleted nodes are few
+            assert vindex._index.get_current_count() == n + step + 1
+    budget = max(TOMBSTONE_MIN, int(n * TOMBSTONE_FRACTION))
+    assert vindex._index.get_current_count() <= n + budget + 1
+    text_index = coll.text_index
+    assert text_index is not None
+    text_index.flush()
+    for reopen in (False, True):
+        if reopen:
+            db.close()
+            db = open_db(tmp_path / "d")
+            coll = db.get_collection("mv")
+        stored = {r.id: r for r in coll.get_many(list(vecs))}
+        for rid, v in vecs.items():
+            assert ids(coll.search(v, k=1, exact=True, include=[])) == [rid]
+            text = stored[rid].text
+            assert ids(coll.search(text=text, mode="text", k=5, include=[])) == [rid]
+            other = f"moved{rid}" if text.startswith("word") else f"word{rid}"
+            assert ids(coll.search(text=other, mode="text", k=5, include=[])) == []  # superseded text
+        for kind in ("a", "b"):
+            want = {r for r, rec in stored.items() if rec.metadata["kind"] == kind}
+            got = ids(coll.search(np.zeros(8), k=n, filter={"kind": kind}, exact=True, include=[]))
+            assert set(got) == want and len(got) == len(want)
+    db.close()
+
+
 def test_concurrent_queries_each_search_at_their_own_ef(fdb):
     """hnswlib's ef is one setting per index: queries at different ef in parallel must not see each other's."""
     rng = np.random.default_rng(71)

@@ -382,21 +382,25 @@ class Collection(GraphMixin):
             labels = self._vindex.upsert(moved, vecs, [last[r][0].expires_at for r in moved])
             labels_of = dict(zip(moved, labels, strict=True))
         for rid, (row, old) in last.items():
+            was = old_labels[rid]
             label = labels_of.get(rid)
             if label is None:
-                label = old_labels[rid]
-                assert label is not None
+                assert was is not None
+                label = was
                 self._vindex.set_expiry(label, row.expires_at)
-            indexed_before = old is not None and old_labels[rid] is not None
-            if not indexed_before or not json_equal(old.metadata, row.metadata):  # type: ignore[union-attr]
-                if indexed_before:
-                    self._payload.remove(label, old.metadata)  # type: ignore[union-attr]
+            # A moved vector has a new label: what the old one indexed goes.
+            relabelled = was is not None and was != label
+            if relabelled or old is None or was is None or not json_equal(old.metadata, row.metadata):
+                if old is not None and was is not None:
+                    self._payload.remove(was, old.metadata)
                 self._payload.add(label, row.metadata)
             if self._text is not None:
+                if was is not None and relabelled and (old is None or old.text):
+                    self._text.delete(was)
                 if row.text:
-                    if old is None or old.text != row.text or old_labels[rid] is None:
+                    if old is None or old.text != row.text or was is None or relabelled:
                         self._text.upsert(label, row.text)
-                elif old is not None and old.text:
+                elif old is not None and old.text and not relabelled:
                     self._text.delete(label)
         ups.clear()
 

@@ -28,6 +28,10 @@ from ..errors import CorruptData
 # 2: the HNSW file's checksum is XXH3-64 (hashing 150 MB with CRC-32 took
 # longer than loading the index); format-1 snapshots are rebuilt.
 SNAPSHOT_FORMAT = 2
+# Deleted nodes allowed to pile up (as a fraction of the live count, and at
+# least TOMBSTONE_MIN) before inserts reuse their slots; see VectorIndex.upsert.
+TOMBSTONE_FRACTION = 0.1
+TOMBSTONE_MIN = 64
 _HNSW_FILE = "vector.hnsw"
 _META_FILE = "vector.meta"
 
@@ -138,31 +142,29 @@ class VectorIndex:
 
     # ---------------------------------------------------------------- writes
     def upsert(self, ids: list[str], vectors: np.ndarray, expires: Iterable[float | None]) -> list[int]:
-        """Insert or replace vectors (already normalised); returns their labels."""
+        """Insert or replace vectors (already normalised); returns their labels.
+
+        A replaced vector gets a new label (the old node is marked deleted):
+        hnswlib's in-place update re-selects the links of the whole old
+        neighbourhood, ~5x the cost of a fresh insert, and leaves the moved
+        node with few incoming links (bench/bench_library.py, docs/reliability.md).
+        Deleted nodes are reused, through that same costly path, only once
+        more than ``TOMBSTONE_FRACTION`` of the live count have piled up.
+        """
         with self._write_lock:
-            labels = []
             for rid in ids:
-                label = self.label_of.get(rid)
-                if label is None:
-                    label = self.next_label
-                    self.next_label += 1
-                labels.append(label)
-            is_new = np.fromiter((rid not in self.label_of for rid in ids), dtype=bool, count=len(ids))
-            lab = np.asarray(labels, dtype=np.uint64)
-            self._ensure_capacity(int(is_new.sum()))
-            # hnswlib's replace_deleted ignores that a label already exists and
-            # would give it a second node; existing labels are updated in place.
-            if is_new.any():
-                self._index.add_items(vectors[is_new], lab[is_new], replace_deleted=True)
-            if not is_new.all():
-                self._index.add_items(vectors[~is_new], lab[~is_new], replace_deleted=False)
+                self._drop(rid)
+            labels = list(range(self.next_label, self.next_label + len(ids)))
+            self.next_label += len(ids)
+            self._ensure_capacity(len(ids))
+            tombstones = self._index.get_current_count() - len(self.live)
+            reuse = tombstones > max(TOMBSTONE_MIN, int(len(self.live) * TOMBSTONE_FRACTION))
+            self._index.add_items(vectors, np.asarray(labels, dtype=np.uint64), replace_deleted=reuse)
             for rid, label, exp in zip(ids, labels, expires, strict=True):
                 self.label_of[rid] = label
                 self.id_of[label] = rid
                 self.live.add(label)
-                if exp is None:
-                    self.expires.pop(label, None)
-                else:
+                if exp is not None:
                     self.expires[label] = exp
             return labels
 
@@ -177,14 +179,17 @@ class VectorIndex:
     def delete(self, rid: str) -> int | None:
         """Remove a record's vector; returns the label it had."""
         with self._write_lock:
-            label = self.label_of.pop(rid, None)
-            if label is None:
-                return None
-            self.id_of.pop(label, None)
-            self.expires.pop(label, None)
-            self.live.discard(label)
-            self._index.mark_deleted(label)
-            return label
+            return self._drop(rid)
+
+    def _drop(self, rid: str) -> int | None:
+        label = self.label_of.pop(rid, None)
+        if label is None:
+            return None
+        self.id_of.pop(label, None)
+        self.expires.pop(label, None)
+        self.live.discard(label)
+        self._index.mark_deleted(label)
+        return label
 
     def _ensure_capacity(self, new: int) -> None:
         need = self._index.get_current_count() + new
