@@ -1343,6 +1343,67 @@ def test_moved_vectors_get_new_nodes_and_indexes_follow(tmp_path):
     db.close()
 
 
+def test_change_reapplied_after_replay_leaves_no_text_on_a_dead_label(tmp_path):
+    """load() subscribes before replaying, so a change replay already covered can be applied again;
+    its ``old`` row (no text) then does not describe what the index holds for the record's label."""
+    from engramdb.storage import keys as K
+    from engramdb.storage.store import Change, Mutation
+
+    db = open_db(tmp_path / "d")
+    c = db.create_collection("c", dimension=4, metric="l2")
+    c.upsert({"id": "r", "vector": [1, 0, 0, 0]})  # no text
+    key = K.record_key(c.prefix, "r")
+    row0 = c.store.get_record(key)
+    c.upsert({"id": "r", "vector": [0, 1, 0, 0], "text": "bravo"})
+    row1 = c.store.get_record(key)
+    c.upsert({"id": "other", "vector": [0, 0, 1, 0], "text": "bravo bravo"})
+    with c._index_lock:
+        c._index_row("r", row1, None)  # what replay does for r
+        c._apply([Change(Mutation(K.CHANGE_RECORD, c.prefix, key, row1), row0, True, c.store.seq)])
+    text_index = c.text_index
+    assert text_index is not None
+    text_index.flush()
+    live = set(c.vindex.live)
+    assert {label for label, _ in text_index.search("bravo", 10)} <= live
+    assert sorted(ids(c.search(text="bravo", mode="text", k=2))) == ["other", "r"]
+    db.close()
+
+
+def test_labels_are_compacted_by_a_rebuild_before_they_run_out(tmp_path):
+    """Every vector change takes a new label and the bitmaps are 32-bit: past half the range a
+    snapshot is rebuilt at load with compact labels, and the last labels are never overrun."""
+    from engramdb.index.vector import LABEL_COMPACT_AT, MAX_LABEL
+
+    db = open_db(tmp_path / "d")
+    c = db.create_collection("c", dimension=2, metric="l2", indexed_fields={"k": "int"})
+    c.upsert([{"id": f"r{i}", "vector": [i, 1], "metadata": {"k": i % 2}, "text": f"w{i}"} for i in range(10)])
+    c.vindex.next_label = LABEL_COMPACT_AT - 1  # as if ~2**31 vector changes had happened
+    c.upsert({"id": "r3", "vector": [3, 2], "metadata": {"k": 1}, "text": "moved"})
+    assert c.vindex.label_of["r3"] == LABEL_COMPACT_AT - 1
+    c.vindex.next_label = MAX_LABEL  # one label left: a batch of two must not be half applied
+    with pytest.raises(engramdb.errors.CorruptData, match="labels"):
+        c.vindex.upsert(["a", "b"], np.ones((2, 2), dtype=np.float32), [None, None])
+    assert "a" not in c.vindex.label_of and len(c.vindex) == 10
+    c.vindex.next_label = LABEL_COMPACT_AT
+    db.close()  # snapshot with next_label past LABEL_COMPACT_AT
+    db = open_db(tmp_path / "d")
+    c = db.get_collection("c")
+    c.load()
+    assert c.load_progress == (10, 10)  # rebuilt from the records
+    assert c.vindex.next_label == 11
+    for i in range(10):
+        vec = [3, 2] if i == 3 else [i, 1]
+        assert ids(c.search(vec, k=1, include=[])) == [f"r{i}"]
+    assert sorted(ids(c.search([0, 0], k=10, filter={"k": 1}, include=[]))) == sorted(
+        f"r{i}" for i in range(10) if i % 2 or i == 3
+    )
+    text_index = c.text_index
+    assert text_index is not None
+    text_index.flush()
+    assert ids(c.search(text="moved", mode="text", k=3)) == ["r3"]
+    db.close()
+
+
 def test_concurrent_queries_each_search_at_their_own_ef(fdb):
     """hnswlib's ef is one setting per index: queries at different ef in parallel must not see each other's."""
     rng = np.random.default_rng(71)

@@ -395,7 +395,9 @@ class Collection(GraphMixin):
                     self._payload.remove(was, old.metadata)
                 self._payload.add(label, row.metadata)
             if self._text is not None:
-                if was is not None and relabelled and (old is None or old.text):
+                if was is not None and relabelled:
+                    # Even when ``old`` had no text: a change re-applied after
+                    # load's replay finds ``was`` indexed from a newer row.
                     self._text.delete(was)
                 if row.text:
                     if old is None or old.text != row.text or was is None or relabelled:

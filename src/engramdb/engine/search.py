@@ -206,7 +206,7 @@ def vector_search(
     limit = cand_count if filter_fn is not None else total
     fetch, ef_q = p.fetch_k, p.ef
     while True:
-        labels, dists = vindex.knn(q, fetch, ef_q, filter_fn=filter_fn)
+        labels, dists = vindex.knn(q, fetch, ef_q, filter_fn=filter_fn, matching=cand_count if filter_fn else None)
         keep = checker.keep(labels, members=filter_fn is not None)
         res = list(zip(labels[keep].tolist(), vindex.score(dists[keep]).tolist(), strict=True))
         if len(res) >= k or fetch >= limit:

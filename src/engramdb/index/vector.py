@@ -32,6 +32,10 @@ SNAPSHOT_FORMAT = 2
 # least TOMBSTONE_MIN) before inserts reuse their slots; see VectorIndex.upsert.
 TOMBSTONE_FRACTION = 0.1
 TOMBSTONE_MIN = 64
+# Labels live in 32-bit roaring bitmaps. Every vector change takes a new one;
+# a snapshot past LABEL_COMPACT_AT is rebuilt with compact labels at load.
+MAX_LABEL = 2**32 - 1
+LABEL_COMPACT_AT = 2**31
 _HNSW_FILE = "vector.hnsw"
 _META_FILE = "vector.meta"
 
@@ -152,15 +156,21 @@ class VectorIndex:
         more than ``TOMBSTONE_FRACTION`` of the live count have piled up.
         """
         with self._write_lock:
-            for rid in ids:
-                self._drop(rid)
+            if self.next_label + len(ids) > MAX_LABEL:
+                raise CorruptData(
+                    f"the vector index has used up its {MAX_LABEL:,} labels; it is rebuilt with compact "
+                    "labels when the database is next opened"
+                )
             labels = list(range(self.next_label, self.next_label + len(ids)))
             self.next_label += len(ids)
             self._ensure_capacity(len(ids))
             tombstones = self._index.get_current_count() - len(self.live)
             reuse = tombstones > max(TOMBSTONE_MIN, int(len(self.live) * TOMBSTONE_FRACTION))
+            # The new nodes go in first, invisible until their ids are mapped,
+            # so a concurrent search finds either the old vector or the new one.
             self._index.add_items(vectors, np.asarray(labels, dtype=np.uint64), replace_deleted=reuse)
             for rid, label, exp in zip(ids, labels, expires, strict=True):
+                self._drop(rid)
                 self.label_of[rid] = label
                 self.id_of[label] = rid
                 self.live.add(label)
@@ -214,10 +224,19 @@ class VectorIndex:
                 self._no_readers.notify_all()
 
     def knn(
-        self, query: np.ndarray, k: int, ef: int | None = None, filter_fn: Callable[[int], bool] | None = None
+        self,
+        query: np.ndarray,
+        k: int,
+        ef: int | None = None,
+        filter_fn: Callable[[int], bool] | None = None,
+        matching: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Labels and distances of up to ``k`` nearest live vectors (best first)."""
-        k = min(k, len(self))
+        """Labels and distances of up to ``k`` nearest live vectors (best first).
+
+        ``matching``: at most this many labels pass ``filter_fn`` (asking
+        hnswlib for more than exist makes it fail and retry smaller).
+        """
+        k = min(k, len(self), len(self) if matching is None else matching)
         if k <= 0:
             return np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.float32)
         ef_eff = max(ef or self.ef_search, k)
@@ -227,18 +246,20 @@ class VectorIndex:
             # concurrent queries run at each other's ef. Its search keeps
             # max(ef, k) candidates either way: asking for ef results (ef stays
             # 1) is the same walk, with no shared state; the best k are kept.
-            fetch = min(ef_eff, len(self))  # hnswlib cannot return more than the live nodes
+            # hnswlib cannot return more than the live (or matching) nodes.
+            fetch = min(ef_eff, len(self), len(self) if matching is None else matching)
             while True:
                 try:
                     labels, dists = self._index.knn_query(query, k=fetch, filter=filter_fn, num_threads=1)
                     return labels[0][:k], dists[0][:k]
                 except RuntimeError:
                     # hnswlib fails rather than return fewer than asked (a
-                    # restrictive filter, or fewer reachable nodes than ef):
-                    # ask for k, then fewer; fewer is the right answer then.
+                    # restrictive filter, or fewer reachable nodes than ef).
+                    # Asking for fewer also walks with a smaller ef, so halve
+                    # towards k, then below it: fewer is the right answer then.
                     if fetch == 1:
                         return np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.float32)
-                    fetch = k if fetch > k else max(1, fetch // 2)
+                    fetch = max(k, fetch // 2) if fetch > k else fetch // 2
                     k = min(k, fetch)
         finally:
             self._exit()
@@ -354,6 +375,8 @@ class VectorIndex:
         meta = msgpack.unpackb(payload, raw=False)
         if meta.get("format") != SNAPSHOT_FORMAT or meta["dim"] != dim or meta["metric"] != metric:
             raise CorruptData("vector index snapshot does not match the collection")
+        if meta["next_label"] >= LABEL_COMPACT_AT:
+            raise CorruptData("vector index snapshot has used half its labels; rebuilding with compact labels")
         hnsw_path = d / _HNSW_FILE
         try:
             size, digest = _file_digest(hnsw_path)
@@ -399,8 +422,8 @@ class _PackedIds:
     __slots__ = ("blob", "ends", "labels")
 
     def __init__(self, labels: np.ndarray, blob: bytes, ends: np.ndarray):
-        # Labels are below 2**63: viewed as int64, searchsorted takes a Python
-        # int as is (against uint64 it converts the whole array on every call).
+        # Labels are below 2**32 (MAX_LABEL): viewed as int64, searchsorted takes
+        # a Python int as is (against uint64 it converts the whole array per call).
         self.labels, self.blob, self.ends = labels.view("<i8"), blob, ends
 
     @staticmethod
