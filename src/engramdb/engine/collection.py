@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgpack
 import numpy as np
 from pyroaring import BitMap
 
@@ -118,6 +119,7 @@ class Collection(GraphMixin):
         self._cand_cache: dict[str, tuple[int, Candidates]] = {}
         self._cand_cache_bytes = 0
         self.load_progress: tuple[int, int] = (0, 0)  # (done, total) while (re)building
+        self._pending_scan: tuple[int, bool] | None = None  # see trim_mark
 
     # ------------------------------------------------------------ properties
     @property
@@ -204,14 +206,77 @@ class Collection(GraphMixin):
         """A snapshot is only usable if the changelog can bring it up to date.
 
         It is not when it claims changes storage does not have (the WAL tail was
-        lost with sync off), or when entries after it were already trimmed.
+        lost with sync off), or when entries after it were already trimmed,
+        unless those held no change of this collection (see :meth:`trim_mark`).
         """
         if watermark > self.store.seq:
             raise CorruptData(f"index snapshot is ahead of storage (seq {watermark} > {self.store.seq})")
         if watermark < self.store.seq:
             first = self.store.first_key("changes")
-            if first is None or K.parse_seq(first) > watermark + 1:
+            covered = max(watermark, self._idle_through(watermark))
+            if first is None or K.parse_seq(first) > covered + 1:
                 raise CorruptData("index snapshot is older than the retained changelog")
+
+    # ------------------------------------------- changelog trimming while unloaded
+    @property
+    def _idle_key(self) -> bytes:
+        return b"w|" + self.prefix
+
+    def _idle_through(self, watermark: int) -> int:
+        """The sequence up to which the changelog held no change of this collection after ``watermark``."""
+        raw = self.store.get("meta", self._idle_key)
+        if raw is None:
+            return 0
+        mark = msgpack.unpackb(raw)
+        return int(mark["through"]) if int(mark["snapshot"]) == watermark else 0
+
+    def trim_mark(self) -> int | None:
+        """The changelog sequence this unloaded collection still needs entries after (None: none at all).
+
+        Its snapshot on disk needs the entries after its watermark, but only
+        those of this collection: if there are none up to now, the snapshot is
+        recorded as current through now (``_idle_through``), so trimming can
+        go on without loading the indexes.
+        """
+        through = self.store.notified_seq  # first: every change up to it is in last_change_seq
+        watermark = self._disk_watermark()
+        if watermark is None:
+            return None  # no usable snapshot: loading rebuilds from the records
+        base = max(watermark, self._idle_through(watermark))
+        if base >= through or self.store.last_change_seq.get(self.prefix, 0) > base:
+            return base
+        if base < self.store.open_seq:
+            if self._pending_scan is None or self._pending_scan[0] != base:
+                # Once per process and snapshot: entries from before this process.
+                self._pending_scan = (base, self._has_changes_between(base, self.store.open_seq))
+            if self._pending_scan[1]:
+                return base
+        self.store.write_meta({self._idle_key: msgpack.packb({"snapshot": watermark, "through": through})})
+        return through
+
+    def _disk_watermark(self) -> int | None:
+        try:
+            watermark = VectorIndex.stored_watermark(self.index_dir)
+        except (CorruptData, OSError, ValueError, KeyError, TypeError):
+            return None
+        if self.config.text_index:
+            from ..index.text import TextIndex
+
+            watermark = min(watermark, TextIndex.stored_watermark(self.index_dir / "text"))
+        return watermark
+
+    def _has_changes_between(self, after: int, upto: int) -> bool:
+        """Whether the changelog holds a change of this collection in ``(after, upto]``."""
+        with self.store.iterator("changes", K.seq_key(after + 1)) as it:
+            while it.valid():
+                if K.parse_seq(it.key()) > upto:
+                    return False
+                val = it.value()
+                if val[1:9] == self.prefix:
+                    return True
+                it.next()
+            check_iterator(it)
+        return False
 
     def _open_text(self) -> tuple[TextIndex | None, bool]:
         if not self.config.text_index:

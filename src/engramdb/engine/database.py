@@ -272,6 +272,7 @@ class Database:
             for cf in ("records", "edges_out", "edges_in", "vectors"):
                 self.store.delete_range(cf, p, K.prefix_end(p))
             self.store.delete_range("meta", b"n" + p, K.prefix_end(b"n" + p))
+            self.store.write_meta({}, [b"w|" + p])  # its changelog trimming mark
 
     def collections(self) -> list[Collection]:
         """Every collection of every tenant (opened, not necessarily loaded)."""
@@ -390,9 +391,9 @@ class Database:
         """Drop changelog entries every collection's snapshot already contains."""
         marks = []
         for coll in self.collections():
-            if not coll.loaded:
-                return  # an unloaded collection may still need old entries
-            marks.append(coll.advance_watermark())
+            mark = coll.advance_watermark() if coll.loaded else coll.trim_mark()
+            if mark is not None:
+                marks.append(mark)
         if not marks:
             return
         upto = min(marks)

@@ -846,6 +846,18 @@ class TextIndex:
         """Changelog sequence covered by the last :meth:`commit_watermark` (0 if none)."""
         return self._watermark
 
+    @staticmethod
+    def stored_watermark(path: str | os.PathLike[str]) -> int:
+        """The watermark file's sequence without opening the index; 0 (replay everything) if absent.
+
+        What opening reports when the file is sound; opening also checks it
+        against the index's last commit and resets a mismatched index.
+        """
+        try:
+            return max(0, int(json.loads((Path(path) / WATERMARK_FILE).read_text(encoding="utf-8"))["watermark"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0
+
     # ---------------------------------------------------------------- reads
 
     def count(self) -> int:

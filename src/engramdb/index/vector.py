@@ -359,12 +359,8 @@ class VectorIndex:
         _fsync_dir(d)
         self.watermark = watermark
 
-    @classmethod
-    def load(
-        cls, directory: str | os.PathLike[str], dim: int, metric: str, m: int, ef_construction: int, ef_search: int
-    ) -> VectorIndex:
-        """Load a snapshot; raises CorruptData if it is missing, damaged or stale-format."""
-        d = Path(directory)
+    @staticmethod
+    def _read_meta(d: Path) -> dict[str, Any]:
         try:
             raw = (d / _META_FILE).read_bytes()
         except FileNotFoundError as e:
@@ -372,7 +368,21 @@ class VectorIndex:
         payload, crc = raw[:-4], raw[-4:]
         if len(raw) < 5 or zlib.crc32(payload).to_bytes(4, "big") != crc:
             raise CorruptData("vector index snapshot metadata failed its checksum")
-        meta = msgpack.unpackb(payload, raw=False)
+        meta: dict[str, Any] = msgpack.unpackb(payload, raw=False)
+        return meta
+
+    @staticmethod
+    def stored_watermark(directory: str | os.PathLike[str]) -> int:
+        """The watermark of the snapshot in ``directory`` without loading it (CorruptData if none)."""
+        return int(VectorIndex._read_meta(Path(directory))["watermark"])
+
+    @classmethod
+    def load(
+        cls, directory: str | os.PathLike[str], dim: int, metric: str, m: int, ef_construction: int, ef_search: int
+    ) -> VectorIndex:
+        """Load a snapshot; raises CorruptData if it is missing, damaged or stale-format."""
+        d = Path(directory)
+        meta = VectorIndex._read_meta(d)
         if meta.get("format") != SNAPSHOT_FORMAT or meta["dim"] != dim or meta["metric"] != metric:
             raise CorruptData("vector index snapshot does not match the collection")
         if meta["next_label"] >= LABEL_COMPACT_AT:

@@ -270,6 +270,10 @@ class Store:
         self._wopts.sync = sync_writes
         self._seq = self._last_seq()
         self._subscribers: dict[bytes, Callable[[list[Change]], None]] = {}
+        # Changelog sequence of each collection's latest applied change in this
+        # process (set before notified_seq moves past it); lets an idle
+        # collection's snapshot be declared current without loading it.
+        self.last_change_seq: dict[bytes, int] = {}
         self._q: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._closed = False
         self._close_lock = threading.Lock()
@@ -284,7 +288,7 @@ class Store:
             tuple[list[tuple[_Item, list[Change] | None, BaseException | None]], int] | None
         ] = queue.SimpleQueue()
         # Every change up to this sequence number has been handed to the indexes.
-        self.notified_seq = self._seq
+        self.notified_seq = self.open_seq = self._seq
         self._writer = threading.Thread(target=self._run, name="engramdb-writer", daemon=True)
         self._writer.start()
         self._notifier = threading.Thread(target=self._run_notifier, name="engramdb-notifier", daemon=True)
@@ -694,6 +698,7 @@ class Store:
                 if c.applied:
                     by_prefix.setdefault(c.mutation.prefix, []).append(c)
         for prefix, changes in by_prefix.items():
+            self.last_change_seq[prefix] = changes[-1].seq
             fn = self._subscribers.get(prefix)
             if fn is None:
                 continue
