@@ -137,3 +137,32 @@ def test_change_to_an_unloaded_collection_in_this_process_is_kept(tmp_path):
         assert c.load_progress == (0, 0)
         assert c.count() == 1
         assert [h.id for h in c.search(_vec(rng), k=5, include=[])] == ["keep"]
+
+
+def test_edges_of_an_unloaded_collection_do_not_hold_trimming_and_the_newest_entry_stays(tmp_path):
+    """Replay applies record changes only, so edge changes of an unloaded collection must not pin the
+    changelog; and trimming never removes the newest entry, which carries the sequence counter."""
+    rng = np.random.default_rng(9)
+    with engramdb.open(tmp_path / "d") as db:
+        a = db.create_collection("a", dimension=4)
+        c = db.create_collection("c", dimension=4)
+        c.upsert([{"id": f"r{i}", "vector": _vec(rng)} for i in range(3)])
+        a.upsert({"id": "a0", "vector": _vec(rng)})
+    with engramdb.open(tmp_path / "d") as db:
+        c = db.get_collection("c")
+        c.link({"src": "r0", "relation": "knows", "dst": "r1"}, create_missing=True)  # does not load c
+        edge_seq = db.store.seq
+        assert not c.loaded
+        a = db.get_collection("a")
+        for n in range(20):
+            a.upsert({"id": f"a{n}", "vector": _vec(rng)})
+        db.snapshot()
+        assert _first_seq(db) > edge_seq, "an edge change of unloaded c kept the changelog from being trimmed"
+        last = db.store.seq
+        assert _first_seq(db) == last, "trimming removed the newest changelog entry"
+    with engramdb.open(tmp_path / "d") as db:
+        assert db.store.seq == last
+        c = db.get_collection("c")
+        c.load()
+        assert c.load_progress == (0, 0)
+        assert [e.dst for e in c.edges("r0")] == ["r1"]

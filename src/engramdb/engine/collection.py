@@ -227,8 +227,11 @@ class Collection(GraphMixin):
         raw = self.store.get("meta", self._idle_key)
         if raw is None:
             return 0
-        mark = msgpack.unpackb(raw)
-        return int(mark["through"]) if int(mark["snapshot"]) == watermark else 0
+        try:
+            mark = msgpack.unpackb(raw)
+            return int(mark["through"]) if int(mark["snapshot"]) == watermark else 0
+        except (ValueError, KeyError, TypeError, msgpack.UnpackException):
+            return 0  # unreadable: claim nothing (at worst the snapshot is rebuilt)
 
     def trim_mark(self) -> int | None:
         """The changelog sequence this unloaded collection still needs entries after (None: none at all).
@@ -240,7 +243,7 @@ class Collection(GraphMixin):
         """
         through = self.store.notified_seq  # first: every change up to it is in last_change_seq
         watermark = self._disk_watermark()
-        if watermark is None:
+        if watermark is None or watermark > self.store.seq:
             return None  # no usable snapshot: loading rebuilds from the records
         base = max(watermark, self._idle_through(watermark))
         if base >= through or self.store.last_change_seq.get(self.prefix, 0) > base:
@@ -272,7 +275,7 @@ class Collection(GraphMixin):
                 if K.parse_seq(it.key()) > upto:
                     return False
                 val = it.value()
-                if val[1:9] == self.prefix:
+                if val[0] == K.CHANGE_RECORD and val[1:9] == self.prefix:
                     return True
                 it.next()
             check_iterator(it)

@@ -396,7 +396,10 @@ class Database:
                 marks.append(mark)
         if not marks:
             return
-        upto = min(marks)
+        # Never past what was notified: the newest entry also carries the
+        # sequence counter across restarts (a snapshot claiming more than
+        # storage holds, after a lost WAL tail, must not trim it away).
+        upto = min(*marks, self.store.notified_seq)
         if upto > 0:
             self.store.delete_range("changes", K.seq_key(0), K.seq_key(upto))
 

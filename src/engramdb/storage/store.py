@@ -270,8 +270,8 @@ class Store:
         self._wopts.sync = sync_writes
         self._seq = self._last_seq()
         self._subscribers: dict[bytes, Callable[[list[Change]], None]] = {}
-        # Changelog sequence of each collection's latest applied change in this
-        # process (set before notified_seq moves past it); lets an idle
+        # Changelog sequence of each collection's latest applied record change in
+        # this process (set before notified_seq moves past it); lets an idle
         # collection's snapshot be declared current without loading it.
         self.last_change_seq: dict[bytes, int] = {}
         self._q: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
@@ -697,8 +697,9 @@ class Store:
             for c in changes or ():
                 if c.applied:
                     by_prefix.setdefault(c.mutation.prefix, []).append(c)
+                    if c.mutation.kind == K.CHANGE_RECORD:  # what index replay applies
+                        self.last_change_seq[c.mutation.prefix] = c.seq
         for prefix, changes in by_prefix.items():
-            self.last_change_seq[prefix] = changes[-1].seq
             fn = self._subscribers.get(prefix)
             if fn is None:
                 continue
