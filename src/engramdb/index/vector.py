@@ -236,7 +236,9 @@ class VectorIndex:
         ``matching``: at most this many labels pass ``filter_fn`` (asking
         hnswlib for more than exist makes it fail and retry smaller).
         """
-        k = min(k, len(self), len(self) if matching is None else matching)
+        # hnswlib cannot return more than the live (or matching) nodes.
+        most = len(self) if matching is None else min(len(self), matching)
+        k = min(k, most)
         if k <= 0:
             return np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.float32)
         ef_eff = max(ef or self.ef_search, k)
@@ -246,8 +248,7 @@ class VectorIndex:
             # concurrent queries run at each other's ef. Its search keeps
             # max(ef, k) candidates either way: asking for ef results (ef stays
             # 1) is the same walk, with no shared state; the best k are kept.
-            # hnswlib cannot return more than the live (or matching) nodes.
-            fetch = min(ef_eff, len(self), len(self) if matching is None else matching)
+            fetch = min(ef_eff, most)
             while True:
                 try:
                     labels, dists = self._index.knn_query(query, k=fetch, filter=filter_fn, num_threads=1)
