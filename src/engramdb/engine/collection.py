@@ -268,6 +268,10 @@ class Collection(GraphMixin):
             watermark = min(watermark, TextIndex.stored_watermark(self.index_dir / "text"))
         return watermark
 
+    def _own_record_change(self, entry: bytes) -> bool:
+        """Whether a changelog entry is a record change of this collection (what replay applies)."""
+        return entry[0] == K.CHANGE_RECORD and entry[1:9] == self.prefix
+
     def _has_changes_between(self, after: int, upto: int) -> bool:
         """Whether the changelog holds a change of this collection in ``(after, upto]``."""
         with self.store.iterator("changes", K.seq_key(after + 1)) as it:
@@ -275,7 +279,7 @@ class Collection(GraphMixin):
                 if K.parse_seq(it.key()) > upto:
                     return False
                 val = it.value()
-                if val[0] == K.CHANGE_RECORD and val[1:9] == self.prefix:
+                if self._own_record_change(val):
                     return True
                 it.next()
             check_iterator(it)
@@ -380,7 +384,7 @@ class Collection(GraphMixin):
             while it.valid():
                 last = K.parse_seq(it.key())
                 val = it.value()
-                if val[0] == K.CHANGE_RECORD and val[1:9] == self.prefix:
+                if self._own_record_change(val):
                     pending.append(bytes(val[1:]))
                 it.next()
             check_iterator(it)
