@@ -1353,9 +1353,9 @@ def test_change_reapplied_after_replay_leaves_no_text_on_a_dead_label(tmp_path):
     c = db.create_collection("c", dimension=4, metric="l2")
     c.upsert({"id": "r", "vector": [1, 0, 0, 0]})  # no text
     key = K.record_key(c.prefix, "r")
-    row0 = c.store.get_record(key)
+    row0 = c.store.get_record(key, vector=True)
     c.upsert({"id": "r", "vector": [0, 1, 0, 0], "text": "bravo"})
-    row1 = c.store.get_record(key)
+    row1 = c.store.get_record(key, vector=True)
     c.upsert({"id": "other", "vector": [0, 0, 1, 0], "text": "bravo bravo"})
     with c._index_lock:
         c._index_row("r", row1, None)  # what replay does for r

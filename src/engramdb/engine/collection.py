@@ -37,6 +37,13 @@ _CAND_CACHE_ENTRIES = 256
 _CAND_CACHE_BYTES = 32 << 20
 
 
+def _vector_of(row: RecordRow) -> np.ndarray:
+    """A row's vector for the index: it must have been read with the row, never guessed."""
+    if row.vector is None:
+        raise RuntimeError("internal error: a record row reached the vector index without its vector")
+    return np.frombuffer(row.vector, dtype=np.float32)
+
+
 class Candidates:
     """A filter's candidate labels, and whether they need no check against stored rows."""
 
@@ -315,18 +322,22 @@ class Collection(GraphMixin):
         batch: list[tuple[str, RecordRow]] = []
 
         def flush() -> None:
-            ids = [rid for rid, _ in batch]
-            vecs = np.stack([np.frombuffer(r.vector or b"", dtype=np.float32) for _, r in batch])
-            labels = vindex.upsert(ids, vecs, [r.expires_at for _, r in batch])
-            for label, (_, r) in zip(labels, batch, strict=True):
+            rows = self.store.load_vectors([self._key(rid) for rid, _ in batch], [r for _, r in batch])
+            # A row changed since the scan is left to the changelog replay after this.
+            kept = [(rid, r) for (rid, _), r in zip(batch, rows, strict=True) if r is not None and r.vector]
+            batch.clear()
+            if not kept:
+                return
+            vecs = np.stack([_vector_of(r) for _, r in kept])
+            labels = vindex.upsert([rid for rid, _ in kept], vecs, [r.expires_at for _, r in kept])
+            for label, (_, r) in zip(labels, kept, strict=True):
                 payload.add(label, r.metadata)
                 if text is not None and r.text:
                     text.upsert(label, r.text)
-            batch.clear()
 
         for k, v in self.store.iter_prefix("records", self.prefix):
             row = decode_record(v)
-            if not row.live(now) or row.vector is None:
+            if not row.live(now) or not row.has_vector:
                 continue
             batch.append((K.record_id_of(k), row))
             done += 1
@@ -399,7 +410,7 @@ class Collection(GraphMixin):
         if self._text is not None and stale:
             self._text.delete_many(stale)
         for key in keys:
-            row = self.store.get_record(key)
+            row = self.store.get_record(key, vector=True)
             self._index_row(K.record_id_of(key), row if row is not None and row.live(now) else None, None)
         self._dirty += len(keys)
         return last
@@ -446,11 +457,11 @@ class Collection(GraphMixin):
         # Metadata-only changes (patch, refresh_ttl, re-upserts of the same
         # vector) skip the HNSW update, which relinks the node every time.
         moved = [
-            r for r, (row, old) in last.items() if old is None or old_labels[r] is None or old.vector != row.vector
+            r for r, (row, old) in last.items() if old is None or old_labels[r] is None or old.digest() != row.digest()
         ]
         labels_of: dict[str, int] = {}
         if moved:
-            vecs = np.stack([np.frombuffer(last[r][0].vector or b"", dtype=np.float32) for r in moved])
+            vecs = np.stack([_vector_of(last[r][0]) for r in moved])
             labels = self._vindex.upsert(moved, vecs, [last[r][0].expires_at for r in moved])
             labels_of = dict(zip(moved, labels, strict=True))
         for rid, (row, old) in last.items():
@@ -682,7 +693,8 @@ class Collection(GraphMixin):
         self.load()
         for _ in range(16):
             now = time.time()
-            cur = self.store.get_record(self._key(rid))
+            # The vector is read too when the patch keeps it: the new row is written whole.
+            cur = self.store.get_record(self._key(rid), vector=vec is None)
             if cur is None or not cur.live(now):
                 from ..errors import NotFound
 
@@ -775,7 +787,7 @@ class Collection(GraphMixin):
         now = time.time()
         muts = []
         for rid in id_list:
-            cur = self.store.get_record(self._key(V.record_id(rid)))
+            cur = self.store.get_record(self._key(V.record_id(rid)), vector=True)
             if cur is None or not cur.live(now) or cur.ttl_seconds is None:
                 continue
             hlc, node = self.hlc.now()
@@ -801,10 +813,15 @@ class Collection(GraphMixin):
 
     # ------------------------------------------------------------------ read
     def _to_record(self, rid: str, row: RecordRow, include: frozenset[str]) -> Record:
-        vec = row.vector_array()
+        """The public form of a row; with "vector" in ``include`` the row must hold it (see ``_records``)."""
+        vec = None
+        if "vector" in include:
+            if row.vector_pending:
+                raise RuntimeError(f"internal error: record {rid!r} was read without its vector")
+            vec = row.vector_array()
         return Record(
             id=rid,
-            vector=vec.tolist() if "vector" in include and vec is not None else None,
+            vector=vec.tolist() if vec is not None else None,
             text=row.text if "text" in include else None,
             metadata=row.metadata if "metadata" in include else {},
             namespace=row.namespace if "namespace" in include else (),
@@ -815,6 +832,22 @@ class Collection(GraphMixin):
             updated_at=row.updated_at if "timestamps" in include else None,
             version=version_str(row.version),
         )
+
+    def _records(
+        self, pairs: Sequence[tuple[str, RecordRow | None]], inc: frozenset[str], now: float
+    ) -> list[Record | None]:
+        """Public records of ``(id, row)`` pairs, None where the row is absent or not live.
+
+        Rows are read without their vectors; when ``inc`` asks for them they
+        are read here in one multi-get (a row that changed meanwhile is read again).
+        """
+        rows = [row for _, row in pairs]
+        if "vector" in inc:
+            rows = self.store.load_vectors([self._key(rid) for rid, _ in pairs], rows)
+        return [
+            self._to_record(rid, row, inc) if row is not None and row.live(now) else None
+            for (rid, _), row in zip(pairs, rows, strict=True)
+        ]
 
     _ALL = frozenset({"vector", "text", "metadata", "namespace", "expires_at", "timestamps", "importance"})
 
@@ -832,13 +865,8 @@ class Collection(GraphMixin):
         V.batch(ids, "ids")
         keys = [self._key(V.record_id(rid, f"ids[{i}]")) for i, rid in enumerate(ids)]
         now = time.time()
-        out = []
-        for rid, raw in zip(ids, self.store.multi_get("records", keys), strict=True):
-            if raw is None:
-                continue
-            row = decode_record(raw)
-            if row.live(now):
-                out.append(self._to_record(rid, row, inc))
+        rows = [None if raw is None else decode_record(raw) for raw in self.store.multi_get("records", keys)]
+        out = [rec for rec in self._records(list(zip(ids, rows, strict=True)), inc, now) if rec is not None]
         if refresh_ttl and out:
             self.refresh_ttl([r.id for r in out])
         return out
@@ -899,14 +927,18 @@ class Collection(GraphMixin):
         prefix = "" if id_prefix is None else id_prefix
         if not isinstance(prefix, str):
             raise InvalidArgument("id_prefix must be a string")
-        out: list[Record] = []
-        last = None
+        page: list[tuple[str, RecordRow | None]] = []
+        more = False
         for rid, row in self._iter_live(flt, start_id=start_id, id_prefix=prefix):
-            if len(out) == limit:
-                return ScanPage(out, base64.urlsafe_b64encode(last.encode()).decode() if last else None)
-            out.append(self._to_record(rid, row, inc))
-            last = rid
-        return ScanPage(out, None)
+            if len(page) == limit:
+                more = True
+                break
+            page.append((rid, row))
+        # A record deleted while the page was read (only its vector is read
+        # later) is left out; the cursor still moves past it.
+        out = [rec for rec in self._records(page, inc, time.time()) if rec is not None]
+        last = page[-1][0] if page else None
+        return ScanPage(out, base64.urlsafe_b64encode(last.encode()).decode() if more and last else None)
 
     def list_namespaces(
         self,

@@ -36,6 +36,8 @@ _U32 = struct.Struct(">I")
 
 _libc: Any = None
 _TRIM_EVERY_CHANGES = 10_000
+# An idle flush skips smaller memtables: each flush makes a file that compaction must merge.
+_IDLE_FLUSH_MIN_BYTES = 1 << 20
 
 
 def release_free_memory() -> None:
@@ -358,8 +360,10 @@ class Database:
 
     def _snapshot_loop(self) -> None:
         ix = self.settings.index
-        last = time.monotonic()
+        idle_flush = self.settings.storage.idle_flush_seconds
+        last = wrote_at = time.monotonic()
         trimmed_at = prev = self.store.seq
+        flushed = False  # the memtables since the last write (or the log replayed at open)
         while not self._stop.wait(1.0):
             try:
                 due = time.monotonic() - last >= ix.snapshot_interval_seconds
@@ -368,7 +372,13 @@ class Database:
                     if coll.loaded and (coll.dirty >= ix.snapshot_after_changes or (due and coll.dirty)):
                         saved = coll.snapshot() or saved
                 seq = self.store.seq
-                # After snapshots, every so many writes, and once writes pause.
+                if seq != prev:
+                    wrote_at, flushed = time.monotonic(), False
+                elif idle_flush and not flushed and time.monotonic() - wrote_at >= idle_flush:
+                    # A process that stopped writing has no use for full write buffers.
+                    flushed = True
+                    saved = self.store.flush(_IDLE_FLUSH_MIN_BYTES) > 0 or saved
+                # After snapshots and flushes, every so many writes, and once writes pause.
                 if saved or seq - trimmed_at >= _TRIM_EVERY_CHANGES or (seq == prev != trimmed_at):
                     trimmed_at = seq
                     release_free_memory()

@@ -334,7 +334,9 @@ class GraphMixin:
 
         def rows(self, rids: Sequence[str]) -> list[RecordRow | None]: ...
 
-        def _to_record(self, rid: str, row: RecordRow, include: frozenset[str]) -> Record: ...
+        def _records(
+            self, pairs: Sequence[tuple[str, RecordRow | None]], inc: frozenset[str], now: float
+        ) -> list[Record | None]: ...
 
         def _edge_tombstones(self, rid: str, now: float) -> list[Mutation]: ...
 
@@ -614,9 +616,10 @@ class GraphMixin:
             records: list[Record] = []
             kept: set[str] = set()
             node_ids = list(nodes)
-            for rid, row in zip(node_ids, self.rows(node_ids), strict=True):
-                if row is not None and row.live(now):
-                    records.append(self._to_record(rid, row, inc))
+            pairs = list(zip(node_ids, self.rows(node_ids), strict=True))
+            for rid, rec in zip(node_ids, self._records(pairs, inc, now), strict=True):
+                if rec is not None:
+                    records.append(rec)
                     kept.add(rid)
             edge_list: list[Edge] = []
             for rec in records:
@@ -685,9 +688,10 @@ class GraphMixin:
             return hits
         now = time.time()
         out = []
-        for h, row in zip(hits, self.rows([h.id for h in hits]), strict=True):
-            if row is not None and row.live(now):
-                h.record = self._to_record(h.id, row, inc)
+        pairs = list(zip([h.id for h in hits], self.rows([h.id for h in hits]), strict=True))
+        for h, rec in zip(hits, self._records(pairs, inc, now), strict=True):
+            if rec is not None:
+                h.record = rec
                 out.append(h)
         return out
 
@@ -830,18 +834,21 @@ def expand_hits(
         chunk = order[i : i + spec.limit - len(out)]
         i += len(chunk)
         expanded = [r for r in chunk if best[r].hit is None]
+        recs: dict[str, Record | None] = {}
         if inc or flt is not None:
             load_rows(expanded)
+            if inc:
+                got = coll._records([(r, rows.get(r)) for r in expanded], inc, now)
+                recs = dict(zip(expanded, got, strict=True))
         for rid in chunk:
             b = best[rid]
             score = final_score(rid)
             if b.hit is not None:
                 out.append(Hit(rid, score, b.hit.record, b.hop, [a.step() for a in b.path], b.hit.signals))
                 continue
-            row = rows.get(rid)
-            if inc and (row is None or not row.live(now)):
+            rec = recs.get(rid)
+            if inc and rec is None:
                 continue  # deleted while we walked
-            rec = coll._to_record(rid, row, inc) if inc and row is not None else None
             out.append(Hit(rid, score, rec, b.hop, [a.step() for a in b.path], {}))
     return out
 

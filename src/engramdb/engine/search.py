@@ -170,19 +170,18 @@ class _Checker:
                 for label, score, signals in scored
                 if (rid := name_of(label)) is not None
             ]
-        from .collection import Collection
-
         self._load_rows([lb for lb, _, _ in scored if lb not in self.rows])
-        hits = []
-        for label, score, signals in scored:
-            rid = name_of(label)
-            row = self.rows.get(label)
-            if rid is None or row is None or not row.live(self.now):
-                continue  # deleted or expired while we searched
-            hits.append(
-                Hit(id=rid, score=float(score), record=Collection._to_record(self.coll, rid, row, inc), signals=signals)
-            )
-        return hits
+        named = [
+            (rid, score, signals, self.rows.get(label))
+            for label, score, signals in scored
+            if (rid := name_of(label)) is not None
+        ]
+        records = self.coll._records([(rid, row) for rid, _, _, row in named], inc, self.now)
+        return [
+            Hit(id=rid, score=float(score), record=rec, signals=signals)
+            for (rid, score, signals, _), rec in zip(named, records, strict=True)
+            if rec is not None  # deleted or expired while we searched
+        ]
 
 
 def vector_search(

@@ -2,6 +2,13 @@
 
 Every row ends with a CRC32 of its payload, so a flipped bit in a value is a
 ``CorruptData`` error at read time instead of silently wrong data.
+
+A record row does not hold its vector: that lives once, as raw float32, in
+the ``vectors`` column family, and the row holds its XXH3-64 digest. Reading
+metadata (every search result) then reads a ~100-byte row, not a 1.6 KB one,
+so the block cache holds ten times as many records and every write stores
+the vector once instead of twice. Rows of format 1 (vector inline) are still
+read.
 """
 
 from __future__ import annotations
@@ -13,11 +20,12 @@ from typing import Any
 
 import msgpack
 import numpy as np
+import xxhash
 
 from ..errors import CorruptData
 
 _CRC = struct.Struct(">I")
-RECORD_FORMAT = 1
+RECORD_FORMAT = 2  # 1: the vector inline; 2: its digest (the bytes are in "vectors")
 EDGE_FORMAT = 1
 
 
@@ -53,10 +61,29 @@ class RecordRow:
     vector: bytes | None = None
     importance: float | None = None
     ttl_seconds: float | None = None
+    # Set on a row decoded without its vector (which is in the "vectors"
+    # column family): the digest of the vector it has. None with ``vector``
+    # None means the record has no vector.
+    vector_digest: int | None = None
 
     @property
     def version(self) -> tuple[int, int]:
         return (self.hlc, self.node)
+
+    @property
+    def has_vector(self) -> bool:
+        return self.vector is not None or self.vector_digest is not None
+
+    @property
+    def vector_pending(self) -> bool:
+        """True if the row has a vector that was not read with it (see ``Store.load_vectors``)."""
+        return self.vector is None and self.vector_digest is not None
+
+    def digest(self) -> int | None:
+        """XXH3-64 of the vector (None without one): equal digests, same vector."""
+        if self.vector is not None:
+            return vector_digest(self.vector)
+        return self.vector_digest
 
     def vector_array(self) -> np.ndarray | None:
         if self.vector is None:
@@ -67,7 +94,16 @@ class RecordRow:
         return not self.deleted and (self.expires_at is None or self.expires_at > now)
 
 
+def vector_digest(vector: bytes) -> int:
+    return xxhash.xxh3_64_intdigest(vector)
+
+
 def encode_record(r: RecordRow) -> bytes:
+    """The stored form of ``r``; its vector bytes go to the "vectors" column family separately."""
+    if r.vector_pending:
+        # Writing it would keep the digest but not the bytes: a read-modify-write
+        # must read the vector too (Store.load_vectors), or it would lose it.
+        raise ValueError("a record row read without its vector cannot be written back")
     if r.deleted:
         payload = msgpack.packb([RECORD_FORMAT, r.hlc, r.node, True, r.updated_at])
     else:
@@ -83,7 +119,7 @@ def encode_record(r: RecordRow) -> bytes:
                 list(r.namespace),
                 r.metadata,
                 r.text,
-                r.vector,
+                None if r.vector is None else vector_digest(r.vector),
                 r.importance,
                 r.ttl_seconds,
             ],
@@ -94,10 +130,11 @@ def encode_record(r: RecordRow) -> bytes:
 
 def decode_record(raw: bytes) -> RecordRow:
     a = _open(raw, "record")
-    if not isinstance(a, list) or not a or a[0] != RECORD_FORMAT:
+    if not isinstance(a, list) or not a or a[0] not in (1, RECORD_FORMAT):
         raise CorruptData("record row has an unknown format; was it written by a newer EngramDB?")
     if a[3]:
         return RecordRow(hlc=a[1], node=a[2], deleted=True, updated_at=a[4])
+    inline = a[0] == 1
     return RecordRow(
         hlc=a[1],
         node=a[2],
@@ -108,9 +145,10 @@ def decode_record(raw: bytes) -> RecordRow:
         namespace=tuple(a[7]),
         metadata=a[8],
         text=a[9],
-        vector=a[10],
+        vector=a[10] if inline else None,
         importance=a[11],
         ttl_seconds=a[12],
+        vector_digest=None if inline else a[10],
     )
 
 

@@ -21,7 +21,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,17 +39,28 @@ from rocksdict import (
     WriteOptions,
 )
 
-from ..errors import Closed, CorruptData, EngramError, StorageFull
+from ..errors import Closed, CorruptData, EngramError, FailedPrecondition, StorageFull
 from . import keys as K
-from .codec import EdgeRow, RecordRow, decode_edge, decode_record, decode_version, encode_edge, encode_record
+from .codec import (
+    EdgeRow,
+    RecordRow,
+    decode_edge,
+    decode_record,
+    decode_version,
+    encode_edge,
+    encode_record,
+    vector_digest,
+)
 
 log = logging.getLogger("engramdb.storage")
 
-# "vectors" mirrors each live record's (normalised) vector as raw float32 under
-# the record's key: brute-force search reads them in one multi-get instead of
-# copying them out of the HNSW index one by one (hnswlib's get_items is slow).
+# "vectors" holds each live record's (normalised) vector as raw float32 under
+# the record's key, the only copy (the record row holds its digest, see
+# codec): brute-force search reads them in one multi-get instead of copying
+# them out of the HNSW index one by one (hnswlib's get_items is slow).
 COLUMN_FAMILIES = ("meta", "records", "edges_out", "edges_in", "changes", "ttl", "hints", "vectors")
 _MAX_BATCH_MUTATIONS = 20_000
+_REREAD_ATTEMPTS = 16  # of a record whose row changes under load_vectors
 
 
 @dataclass(slots=True)
@@ -342,9 +353,58 @@ class Store:
             raise _read_error(e) from e
         return list(got)
 
-    def get_record(self, key: bytes) -> RecordRow | None:
+    def get_record(self, key: bytes, *, vector: bool = False) -> RecordRow | None:
+        """The stored row of a record key (live or not); ``vector`` also reads its vector."""
         raw = self.get("records", key)
-        return None if raw is None else decode_record(raw)
+        row = None if raw is None else decode_record(raw)
+        if vector and row is not None and row.vector_pending:
+            return self.load_vectors([key], [row])[0]
+        return row
+
+    def load_vectors(self, keys: Sequence[bytes], rows: Sequence[RecordRow | None]) -> list[RecordRow | None]:
+        """``rows`` (read from ``keys``) with their vectors read from the "vectors" column family.
+
+        Rows are completed in place. A row overwritten between the two reads
+        (they are not one snapshot) is read again, so an entry of the result
+        can be a newer row, a tombstone or None. A vector missing or not
+        matching its row's digest is ``CorruptData``.
+        """
+        out = list(rows)
+        todo = [i for i, r in enumerate(out) if r is not None and r.vector_pending]
+        if not todo:
+            return out
+        todo.sort(key=keys.__getitem__)  # a multi-get in key order is markedly faster
+        for i, raw in zip(todo, self.multi_get("vectors", [keys[i] for i in todo]), strict=True):
+            row = out[i]
+            assert row is not None
+            if raw is not None and vector_digest(raw) == row.vector_digest:
+                row.vector, row.vector_digest = raw, None
+            else:
+                out[i] = self._reread_with_vector(keys[i], row)
+        return out
+
+    def _reread_with_vector(self, key: bytes, seen: RecordRow) -> RecordRow | None:
+        for _ in range(_REREAD_ATTEMPTS):
+            raw = self.get("records", key)
+            row = None if raw is None else decode_record(raw)
+            if row is None or not row.vector_pending:
+                return row
+            vec = self.get("vectors", key)
+            if vec is not None and vector_digest(vec) == row.vector_digest:
+                row.vector, row.vector_digest = vec, None
+                return row
+            if row.version == seen.version:
+                # Row and vector are written in one batch: the same row twice
+                # with a vector that does not match it is damage, not a race.
+                raise CorruptData(
+                    f"the stored vector of record {K.record_id_of(key)!r} is "
+                    f"{'missing' if vec is None else 'not the one its row names'}; restore from backup"
+                )
+            seen = row
+        raise FailedPrecondition(
+            f"record {K.record_id_of(key)!r} changed {_REREAD_ATTEMPTS} times while it was read; retry",
+            code="conflict",
+        )
 
     def iter_prefix(self, cf: str, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
         """Rows whose key starts with ``prefix``, from ``start`` (inclusive) on.
@@ -711,9 +771,25 @@ class Store:
                 log.exception("index update failed for collection prefix %s", prefix.hex())
 
     # -------------------------------------------------------------- lifecycle
-    def flush(self) -> None:
+    def flush(self, min_bytes: int = 0) -> int:
+        """Write every column family's memtable of at least ``min_bytes`` to disk; returns the bytes flushed.
+
+        The data is durable either way (the write-ahead log); flushing frees
+        the memtables' memory and shortens the log replay after a crash.
+        """
+        flushed = 0
         with self._gate.shared():
-            self.db.flush()
+            for cf in self.cf.values():
+                size = int(cf.property_int_value("rocksdb.cur-size-all-mem-tables") or 0)
+                if size and size >= min_bytes:
+                    cf.flush(True)
+                    flushed += size
+        return flushed
+
+    def memtable_bytes(self) -> int:
+        """Memory held by the memtables of every column family."""
+        with self._gate.shared():
+            return sum(int(cf.property_int_value("rocksdb.cur-size-all-mem-tables") or 0) for cf in self.cf.values())
 
     def close(self) -> None:
         with self._close_lock:

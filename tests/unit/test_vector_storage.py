@@ -1,0 +1,169 @@
+"""A record's vector is stored once, in the "vectors" column family; its row holds the digest."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+import zlib
+
+import msgpack
+import numpy as np
+import pytest
+
+import engramdb
+from engramdb.errors import CorruptData
+from engramdb.storage.codec import decode_record, encode_record, vector_digest
+
+STORAGE = {"sync_writes": False, "ttl_sweep_interval_seconds": 3600}
+
+
+def f32(*xs: float) -> bytes:
+    return np.asarray(xs, dtype=np.float32).tobytes()
+
+
+@pytest.fixture
+def ldb(tmp_path):
+    d = engramdb.open(tmp_path / "d", storage=STORAGE)
+    yield d
+    d.close()
+
+
+def test_row_holds_the_digest_and_the_vector_is_stored_once(ldb):
+    c = ldb.create_collection("c", dimension=4, metric="l2")
+    c.upsert({"id": "a", "vector": [1, 2, 3, 4], "metadata": {"m": 1}})
+    key = c._key("a")
+    raw_row, raw_vec = c.store.get("records", key), c.store.get("vectors", key)
+    assert raw_vec == f32(1, 2, 3, 4)
+    assert raw_vec not in raw_row
+    row = decode_record(raw_row)
+    assert row.vector is None and row.has_vector and row.vector_digest == vector_digest(raw_vec)
+    # Writing back a row read without its vector would lose the vector.
+    with pytest.raises(ValueError):
+        encode_record(row)
+    assert c.get("a").vector == [1, 2, 3, 4]
+    assert c.get("a", include=["metadata"]).vector is None
+    assert c.search([1, 2, 3, 4], k=1, include=["vector"])[0].record.vector == [1, 2, 3, 4]
+    assert [r.vector for r in c.scan(include=["vector"]).records] == [[1, 2, 3, 4]]
+
+
+def test_patch_and_refresh_ttl_keep_the_vector(tmp_path):
+    db = engramdb.open(tmp_path / "d", storage=STORAGE)
+    c = db.create_collection("c", dimension=3, metric="dot")
+    c.upsert({"id": "a", "vector": [1, 2, 3], "metadata": {"m": 1}, "ttl_seconds": 3600})
+    c.patch("a", metadata={"m": 2})
+    assert c.refresh_ttl("a") == 1
+    assert c.get("a").vector == [1, 2, 3] and c.get("a").metadata == {"m": 2}
+    db.close()
+    db = engramdb.open(tmp_path / "d", storage=STORAGE)
+    c = db.get_collection("c")
+    assert c.get("a").vector == [1, 2, 3]
+    assert [h.id for h in c.search([1, 2, 3], k=1)] == ["a"]
+    db.close()
+
+
+def test_rows_of_the_first_format_with_the_vector_inline_are_still_read(tmp_path):
+    """Databases written before the vector moved out of the row open, search and rewrite."""
+    db = engramdb.open(tmp_path / "d", storage=STORAGE)
+    c = db.create_collection("c", dimension=2, metric="l2")
+    c.upsert({"id": "x", "vector": [9, 9]})  # replaced below by a format-1 row
+    key, prefix, index_dir = c._key("x"), c.prefix, c.index_dir
+    db.close()
+
+    legacy = {}
+    for i, v in enumerate([(1.0, 0.0), (0.0, 1.0), (5.0, 5.0)]):
+        payload = msgpack.packb(
+            [1, 1000 + i, 0, False, 1.0, 1.0, None, [], {"i": i}, None, f32(*v), None, None], use_bin_type=True
+        )
+        legacy[prefix + f"r{i}".encode()] = payload + zlib.crc32(payload).to_bytes(4, "big")
+    db = engramdb.open(tmp_path / "d", storage=STORAGE)
+    st = db.store
+    st.cf["records"].delete(key)
+    st.cf["vectors"].delete(key)
+    for k, v in legacy.items():
+        st.cf["records"][k] = v  # as an old version wrote them: no "vectors" entry
+    db.close()
+    shutil.rmtree(index_dir)  # the index is rebuilt from the rows
+
+    db = engramdb.open(tmp_path / "d", storage=STORAGE)
+    c = db.get_collection("c")
+    assert c.get("r1").vector == [0, 1] and c.get("r1").metadata == {"i": 1}
+    assert [h.id for h in c.search([5, 5], k=1, include=["vector"])] == ["r2"]
+    assert c.search([0, 1], k=1, filter={"i": 1}, exact=True)[0].id == "r1"
+    c.patch("r0", metadata={"i": 10})  # rewritten in the current format
+    assert decode_record(db.store.get("records", c._key("r0"))).vector_digest == vector_digest(f32(1, 0))
+    assert db.store.get("vectors", c._key("r0")) == f32(1, 0)
+    assert c.get("r0").vector == [1, 0]
+    db.close()
+
+
+def test_a_damaged_vector_is_corrupt_data_not_a_wrong_answer(ldb):
+    c = ldb.create_collection("c", dimension=2, metric="l2")
+    c.upsert([{"id": "a", "vector": [1, 0], "metadata": {"m": 1}}, {"id": "b", "vector": [0, 1]}])
+    ldb.store.cf["vectors"][c._key("a")] = f32(7, 7)
+    with pytest.raises(CorruptData, match="restore from backup"):
+        c.get("a")
+    assert c.get("a", include=["metadata"]).metadata == {"m": 1}
+    assert c.get("b").vector == [0, 1]
+    ldb.store.cf["vectors"].delete(c._key("a"))
+    with pytest.raises(CorruptData, match="missing"):
+        c.get_many(["b", "a"])
+
+
+def test_a_row_replaced_between_the_two_reads_is_read_again(ldb):
+    c = ldb.create_collection("c", dimension=2, metric="l2")
+    c.upsert({"id": "a", "vector": [1, 0], "metadata": {"v": 1}})
+    key, st = c._key("a"), ldb.store
+    stale = st.get_record(key)
+    c.upsert({"id": "a", "vector": [0, 1], "metadata": {"v": 2}})
+    (row,) = st.load_vectors([key], [stale])
+    assert row is not None and row.metadata == {"v": 2} and row.vector == f32(0, 1)
+    stale = st.get_record(key)
+    c.delete("a")
+    (row,) = st.load_vectors([key], [stale])
+    assert row is not None and row.deleted
+
+
+def test_reads_racing_updates_always_pair_the_vector_with_its_row(ldb):
+    c = ldb.create_collection("c", dimension=2, metric="l2")
+    c.upsert({"id": "r", "vector": [1, 1], "metadata": {"i": 0}})
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            for i in range(1, 400):
+                c.upsert({"id": "r", "vector": [i + 1, 1], "metadata": {"i": i}})
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+        finally:
+            stop.set()
+
+    t = threading.Thread(target=writer)
+    t.start()
+    reads = 0
+    while not stop.is_set() or reads < 50:
+        for rec in c.get_many(["r"]) + [h.record for h in c.search([1, 1], k=1, include=["vector", "metadata"])]:
+            assert rec is not None and rec.vector == [rec.metadata["i"] + 1, 1]
+        reads += 1
+    t.join()
+    assert not errors
+
+
+def test_memtables_are_flushed_once_writes_pause(tmp_path):
+    """An idle process gives its write buffers back; the data stays readable, and durable after reopen."""
+    storage = {**STORAGE, "idle_flush_seconds": 0.5}
+    db = engramdb.open(tmp_path / "d", storage=storage)
+    c = db.create_collection("c", dimension=64, metric="l2")
+    rng = np.random.default_rng(3)
+    c.upsert([{"id": f"r{i}", "vector": rng.standard_normal(64).tolist()} for i in range(2000)])
+    assert db.store.memtable_bytes() >= 1 << 20  # the vectors alone: 2,000 x 256 bytes + overhead
+    deadline = time.monotonic() + 30
+    while db.store.memtable_bytes() >= 1 << 20 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert db.store.memtable_bytes() < 1 << 20
+    assert c.count() == 2000 and len(c.get("r7").vector) == 64
+    db.close()
+    db = engramdb.open(tmp_path / "d", storage={**STORAGE, "idle_flush_seconds": 0})
+    assert db.get_collection("c").count() == 2000
+    db.close()
