@@ -41,7 +41,7 @@ class StorageSettings:
     block_cache_mb: Annotated[int, Bounds(ge=8, le=1_048_576)] = 128
     tombstone_grace_seconds: Annotated[float, Bounds(ge=0)] = 10 * 86400
     ttl_sweep_interval_seconds: Annotated[float, Bounds(gt=0, le=3600)] = 1.0
-    # once writes have paused this long, memtables of 1 MiB or more are flushed (0 = never)
+    # once writes have paused this long, memtables holding over 1 MiB are flushed (0 = never)
     idle_flush_seconds: Annotated[float, Bounds(ge=0, le=86400)] = 5.0
 
 

@@ -150,20 +150,74 @@ def test_reads_racing_updates_always_pair_the_vector_with_its_row(ldb):
     assert not errors
 
 
+def _vector_memtable(db) -> tuple[int, int]:
+    cf = db.store.cf["vectors"]
+    return (
+        int(cf.property_int_value("rocksdb.cur-size-all-mem-tables")),
+        int(cf.property_int_value("rocksdb.num-entries-active-mem-table")),
+    )
+
+
+def _tables(path) -> int:
+    return sum(1 for p in path.rglob("*.sst"))
+
+
 def test_memtables_are_flushed_once_writes_pause(tmp_path):
-    """An idle process gives its write buffers back; the data stays readable, and durable after reopen."""
-    storage = {**STORAGE, "idle_flush_seconds": 0.5}
-    db = engramdb.open(tmp_path / "d", storage=storage)
-    c = db.create_collection("c", dimension=64, metric="l2")
+    """An idle process gives its write buffers back, once per pause; small memtables stay."""
+    db = engramdb.open(tmp_path / "d", storage={**STORAGE, "idle_flush_seconds": 0.5})
+    c = db.create_collection("c", dimension=384, metric="l2")
     rng = np.random.default_rng(3)
-    c.upsert([{"id": f"r{i}", "vector": rng.standard_normal(64).tolist()} for i in range(2000)])
-    assert db.store.memtable_bytes() >= 1 << 20  # the vectors alone: 2,000 x 256 bytes + overhead
+    # A few records: far below 1 MiB of data (RocksDB reserves 1 MiB blocks, so the
+    # memtable's memory is 1 MiB already); flushing them would only make tiny files.
+    c.upsert([{"id": f"s{i}", "vector": rng.standard_normal(384).tolist()} for i in range(5)])
+    time.sleep(2.5)
+    assert _vector_memtable(db)[1] == 5
+    # 1,500 x 1.5 KB: over 2 MiB of vectors, flushed once writes pause.
+    c.upsert([{"id": f"r{i}", "vector": rng.standard_normal(384).tolist()} for i in range(1500)])
+    assert _vector_memtable(db)[0] >= 2 << 20
     deadline = time.monotonic() + 30
-    while db.store.memtable_bytes() >= 1 << 20 and time.monotonic() < deadline:
+    while _vector_memtable(db)[1] and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert db.store.memtable_bytes() < 1 << 20
-    assert c.count() == 2000 and len(c.get("r7").vector) == 64
+    assert _vector_memtable(db)[1] == 0
+    tables = _tables(tmp_path / "d")
+    time.sleep(2.5)  # no more writes: no more flushes
+    assert _tables(tmp_path / "d") == tables
+    assert c.count() == 1505 and len(c.get("r7").vector) == 384
     db.close()
     db = engramdb.open(tmp_path / "d", storage={**STORAGE, "idle_flush_seconds": 0})
-    assert db.get_collection("c").count() == 2000
+    assert db.get_collection("c").count() == 1505
+    db.close()
+
+
+def test_a_row_changed_before_its_vector_is_read_must_still_match_the_filter(tmp_path, monkeypatch):
+    # No exact search over candidates: vectors are read only for the results.
+    db = engramdb.open(tmp_path / "d", storage=STORAGE, index={"exact_search_threshold": 0})
+    c = db.create_collection("c", dimension=2, metric="l2", indexed_fields={"owner": "keyword"})
+    c.upsert([{"id": f"r{i}", "vector": [1, i], "metadata": {"owner": "carol"}} for i in range(1, 9)])
+    st = db.store
+    real = st.multi_get
+
+    def alice(vector: list[float]) -> None:
+        c.upsert({"id": "a", "vector": vector, "metadata": {"owner": "alice"}})
+
+    def changing(cf, keys):
+        if cf == "vectors" and c._key("a") in keys:
+            monkeypatch.setattr(st, "multi_get", real)
+            c.upsert({"id": "a", "vector": [0.5, 0.5], "metadata": {"owner": "bob"}})
+        return real(cf, keys)
+
+    alice([1, 0])
+    monkeypatch.setattr(st, "multi_get", changing)
+    assert c.scan(filter={"owner": "alice"}, include=["vector", "metadata"]).records == []
+    alice([1, 0])
+    monkeypatch.setattr(st, "multi_get", changing)
+    hits = c.search([1, 0], k=2, filter={"owner": {"$in": ["alice", "carol"]}}, include=["vector", "metadata"])
+    assert st.multi_get is real  # the vector read happened
+    # "a" was the best hit; read again as bob's, it is dropped rather than returned unfiltered.
+    assert [h.id for h in hits] == ["r1"] and hits[0].record.metadata == {"owner": "carol"}
+    # Without a filter the newer row is the answer.
+    alice([1, 0])
+    monkeypatch.setattr(st, "multi_get", changing)
+    (rec,) = c.get_many(["a"])
+    assert rec.metadata == {"owner": "bob"} and rec.vector == [0.5, 0.5]
     db.close()

@@ -409,9 +409,14 @@ class Collection(GraphMixin):
         self._payload.remove_labels(stale)
         if self._text is not None and stale:
             self._text.delete_many(stale)
-        for key in keys:
-            row = self.store.get_record(key, vector=True)
-            self._index_row(K.record_id_of(key), row if row is not None and row.live(now) else None, None)
+        # Each key once, so their order does not matter: read in key order, in chunks.
+        keys.sort()
+        for i in range(0, len(keys), 1000):
+            chunk = keys[i : i + 1000]
+            raws = self.store.multi_get("records", chunk)
+            rows = self.store.load_vectors(chunk, [None if r is None else decode_record(r) for r in raws])
+            for key, row in zip(chunk, rows, strict=True):
+                self._index_row(K.record_id_of(key), row if row is not None and row.live(now) else None, None)
         self._dirty += len(keys)
         return last
 
@@ -834,20 +839,29 @@ class Collection(GraphMixin):
         )
 
     def _records(
-        self, pairs: Sequence[tuple[str, RecordRow | None]], inc: frozenset[str], now: float
+        self,
+        pairs: Sequence[tuple[str, RecordRow | None]],
+        inc: frozenset[str],
+        now: float,
+        flt: Filter | None = None,
     ) -> list[Record | None]:
         """Public records of ``(id, row)`` pairs, None where the row is absent or not live.
 
         Rows are read without their vectors; when ``inc`` asks for them they
-        are read here in one multi-get (a row that changed meanwhile is read again).
+        are read here in one multi-get. A row that changed meanwhile is read
+        again and must still match ``flt`` (the filter its caller selected it by).
         """
         rows = [row for _, row in pairs]
         if "vector" in inc:
             rows = self.store.load_vectors([self._key(rid) for rid, _ in pairs], rows)
-        return [
-            self._to_record(rid, row, inc) if row is not None and row.live(now) else None
-            for (rid, _), row in zip(pairs, rows, strict=True)
-        ]
+        out: list[Record | None] = []
+        for (rid, seen), row in zip(pairs, rows, strict=True):
+            ok = row is not None and row.live(now)
+            if ok and row is not seen and flt is not None:
+                assert row is not None
+                ok = flt.matches(rid, row.namespace, row.metadata)
+            out.append(self._to_record(rid, row, inc) if ok and row is not None else None)
+        return out
 
     _ALL = frozenset({"vector", "text", "metadata", "namespace", "expires_at", "timestamps", "importance"})
 
@@ -934,9 +948,10 @@ class Collection(GraphMixin):
                 more = True
                 break
             page.append((rid, row))
-        # A record deleted while the page was read (only its vector is read
-        # later) is left out; the cursor still moves past it.
-        out = [rec for rec in self._records(page, inc, time.time()) if rec is not None]
+        # A record deleted, or changed to no longer match, while the page was
+        # read (its vector is read after its row) is left out; the cursor still
+        # moves past it.
+        out = [rec for rec in self._records(page, inc, time.time(), flt) if rec is not None]
         last = page[-1][0] if page else None
         return ScanPage(out, base64.urlsafe_b64encode(last.encode()).decode() if more and last else None)
 

@@ -36,8 +36,10 @@ _U32 = struct.Struct(">I")
 
 _libc: Any = None
 _TRIM_EVERY_CHANGES = 10_000
-# An idle flush skips smaller memtables: each flush makes a file that compaction must merge.
-_IDLE_FLUSH_MIN_BYTES = 1 << 20
+# RocksDB reserves memtable memory in 1 MiB blocks, so a memtable of two or more
+# holds over 1 MiB of data. An idle flush skips smaller ones: each flush makes
+# a file that compaction must merge, for at most 1 MiB of memory back.
+_IDLE_FLUSH_MIN_BYTES = 2 << 20
 
 
 def release_free_memory() -> None:

@@ -104,7 +104,11 @@ def extract_into(
                 rid = similar[0].id
         target_of[k] = rid
 
-    existing = {r.id: r for r in coll.get_many(sorted(set(target_of.values())))}
+    # The new rows carry the new vectors; the old ones are not needed.
+    existing = {
+        r.id: r
+        for r in coll.get_many(sorted(set(target_of.values())), include=["metadata", "text", "namespace", "importance"])
+    }
     muts: list[Mutation] = []
     written: dict[str, dict[str, Any]] = {}
     for k, vec in zip(keys, vecs, strict=True):

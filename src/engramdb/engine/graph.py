@@ -335,7 +335,11 @@ class GraphMixin:
         def rows(self, rids: Sequence[str]) -> list[RecordRow | None]: ...
 
         def _records(
-            self, pairs: Sequence[tuple[str, RecordRow | None]], inc: frozenset[str], now: float
+            self,
+            pairs: Sequence[tuple[str, RecordRow | None]],
+            inc: frozenset[str],
+            now: float,
+            flt: Filter | None = None,
         ) -> list[Record | None]: ...
 
         def _edge_tombstones(self, rid: str, now: float) -> list[Mutation]: ...
@@ -838,7 +842,7 @@ def expand_hits(
         if inc or flt is not None:
             load_rows(expanded)
             if inc:
-                got = coll._records([(r, rows.get(r)) for r in expanded], inc, now)
+                got = coll._records([(r, rows.get(r)) for r in expanded], inc, now, flt)
                 recs = dict(zip(expanded, got, strict=True))
         for rid in chunk:
             b = best[rid]

@@ -176,7 +176,7 @@ class _Checker:
             for label, score, signals in scored
             if (rid := name_of(label)) is not None
         ]
-        records = self.coll._records([(rid, row) for rid, _, _, row in named], inc, self.now)
+        records = self.coll._records([(rid, row) for rid, _, _, row in named], inc, self.now, self.flt)
         return [
             Hit(id=rid, score=float(score), record=rec, signals=signals)
             for (rid, score, signals, _), rec in zip(named, records, strict=True)
