@@ -174,7 +174,6 @@ def test_memtables_are_flushed_once_writes_pause(tmp_path):
     assert _vector_memtable(db)[1] == 5
     # 1,500 x 1.5 KB: over 2 MiB of vectors, flushed once writes pause.
     c.upsert([{"id": f"r{i}", "vector": rng.standard_normal(384).tolist()} for i in range(1500)])
-    assert _vector_memtable(db)[0] >= 2 << 20
     deadline = time.monotonic() + 30
     while _vector_memtable(db)[1] and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -220,4 +219,76 @@ def test_a_row_changed_before_its_vector_is_read_must_still_match_the_filter(tmp
     monkeypatch.setattr(st, "multi_get", changing)
     (rec,) = c.get_many(["a"])
     assert rec.metadata == {"owner": "bob"} and rec.vector == [0.5, 0.5]
+    db.close()
+
+
+def _records(n: int, dim: int, seed: int, prefix: str = "r") -> list[dict]:
+    rng = np.random.default_rng(seed)
+    return [{"id": f"{prefix}{i}", "vector": rng.standard_normal(dim).tolist()} for i in range(n)]
+
+
+def test_a_snapshot_written_by_a_child_process_loads_and_later_writes_are_replayed(tmp_path, monkeypatch):
+    import os
+
+    from engramdb.index.vector import VectorIndex
+
+    here: list[int] = []  # saves done in this process (the child's own list is its copy)
+    real = VectorIndex._write_snapshot
+
+    def recorded(self, *a):
+        here.append(os.getpid())
+        return real(self, *a)
+
+    monkeypatch.setattr(VectorIndex, "_write_snapshot", recorded)
+    db = engramdb.open(tmp_path / "d", storage=STORAGE, index={"snapshot_interval_seconds": 3600})
+    c = db.create_collection("c", dimension=16, metric="l2")
+    c.upsert(_records(500, 16, 1))
+    done = threading.Event()
+    saved: list[bool] = []
+
+    def snap() -> None:
+        saved.append(c.snapshot(in_child=True))
+        done.set()
+
+    t = threading.Thread(target=snap)
+    t.start()
+    # Writes go on while the child writes the copy; they are after its watermark.
+    c.upsert(_records(200, 16, 2, prefix="late"))
+    t.join()
+    assert saved == [True] and here == []
+    mark = c.watermark
+    assert 0 < mark <= db.store.seq
+    # The child committed a complete snapshot: it loads and holds the first 500 at least.
+    loaded = VectorIndex.load(c.index_dir, 16, "l2", 16, 200, 64)
+    assert loaded.watermark == mark and len(loaded) >= 500
+    c.close(snapshot=False)  # what a crash leaves: the child's snapshot and the changelog
+    db.store.close()
+    db = engramdb.open(tmp_path / "d", storage=STORAGE)
+    c = db.get_collection("c")
+    assert c.count() == 700
+    assert c.search(c.get("late7").vector, k=1)[0].id == "late7"
+    assert c.search(c.get("r3").vector, k=1)[0].id == "r3"
+    db.close()
+
+
+def test_a_failed_child_snapshot_is_written_in_process(tmp_path, monkeypatch):
+    import os
+
+    from engramdb.index.vector import VectorIndex
+
+    parent = os.getpid()
+    real = VectorIndex._write_snapshot
+
+    def failing_in_child(self, *a):
+        if os.getpid() != parent:
+            raise OSError("simulated failure in the child")
+        return real(self, *a)
+
+    monkeypatch.setattr(VectorIndex, "_write_snapshot", failing_in_child)
+    db = engramdb.open(tmp_path / "d", storage=STORAGE, index={"snapshot_interval_seconds": 3600})
+    c = db.create_collection("c", dimension=8, metric="l2")
+    c.upsert(_records(50, 8, 3))
+    assert c.snapshot(in_child=True)
+    assert c.watermark == db.store.seq and not c.dirty
+    assert VectorIndex.load(c.index_dir, 8, "l2", 16, 200, 64).watermark == c.watermark
     db.close()

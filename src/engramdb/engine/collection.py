@@ -117,6 +117,9 @@ class Collection(GraphMixin):
         self._text: TextIndex | None = None
         self._load_lock = threading.Lock()
         self._index_lock = threading.RLock()
+        # One snapshot (or watermark move) of this collection at a time: a
+        # snapshot written by a child process runs outside the index lock.
+        self._snapshot_lock = threading.Lock()
         self._applied_seq = 0
         self._dirty = 0
         self._closed = False
@@ -520,18 +523,38 @@ class Collection(GraphMixin):
     def dirty(self) -> int:
         return self._dirty
 
-    def snapshot(self) -> bool:
-        """Persist the indexes with their changelog watermark; False if nothing changed."""
+    def snapshot(self, *, in_child: bool = False) -> bool:
+        """Persist the indexes with their changelog watermark; False if nothing changed.
+
+        ``in_child`` writes the vector index from a forked copy of the process
+        (:meth:`VectorIndex.save_forked`): changes and searches go on meanwhile
+        instead of waiting for hnswlib, which holds the GIL while it saves.
+        If the child fails, the snapshot is written here instead.
+        """
         if self._vindex is None or not self._dirty:
             return False
-        with self._index_lock:
-            assert self._vindex is not None and self._payload is not None
-            seq = self._applied_seq
-            if self._text is not None:
-                self._text.commit_watermark(seq)
-            self._vindex.save(self.index_dir, seq, extra=self._payload.to_bytes())
-            self._dirty = 0
-        return True
+        with self._snapshot_lock:
+            with self._index_lock:
+                vindex, payload = self._vindex, self._payload
+                if vindex is None or payload is None or not self._dirty:
+                    return False
+                seq = self._applied_seq
+                if self._text is not None:
+                    self._text.commit_watermark(seq)
+                # The child serialises the payload index too, from its copy.
+                wait = vindex.save_forked(self.index_dir, seq, payload.to_bytes) if in_child else None
+                if wait is None:
+                    vindex.save(self.index_dir, seq, extra=payload.to_bytes())
+                    self._dirty = 0
+                    return True
+                dirty, self._dirty = self._dirty, 0
+            # Generous: the child writes ~100 MB a second; a hung child is killed.
+            if wait(60 + len(vindex) * vindex.dim * 4 / 20e6):
+                return True
+            log.warning("snapshot of collection %r in a child process failed; writing it in-process", self.name)
+            with self._index_lock:
+                self._dirty += dirty
+        return self.snapshot()
 
     def advance_watermark(self) -> int:
         """Let an unchanged collection's snapshot cover the changelog up to now; returns its watermark.
@@ -544,7 +567,7 @@ class Collection(GraphMixin):
         # this collection's indexes, so if none is pending the snapshot is
         # exact as of this sequence number.
         through = self.store.notified_seq
-        with self._index_lock:
+        with self._snapshot_lock, self._index_lock:
             if self._vindex is None or self._payload is None:
                 return 0
             if self._dirty or through <= self._vindex.watermark:

@@ -372,7 +372,7 @@ class Database:
                 saved = False
                 for coll in list(self._collections.values()):
                     if coll.loaded and (coll.dirty >= ix.snapshot_after_changes or (due and coll.dirty)):
-                        saved = coll.snapshot() or saved
+                        saved = coll.snapshot(in_child=ix.snapshot_in_child) or saved
                 seq = self.store.seq
                 if seq != prev:
                     wrote_at, flushed = time.monotonic(), False

@@ -9,8 +9,11 @@ and rebuilt from storage when the snapshot is missing or damaged.
 from __future__ import annotations
 
 import array
+import ctypes
 import mmap
 import os
+import select
+import signal
 import threading
 import zlib
 from collections.abc import Callable, Iterable, Sequence
@@ -305,17 +308,78 @@ class VectorIndex:
         (the payload index) is stored inside it, so it can never be newer or
         older than the vectors it describes.
         """
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
         with self._write_lock:
-            tmp_hnsw = d / (_HNSW_FILE + ".tmp")
-            self._index.save_index(str(tmp_hnsw))
-            size, digest = _file_digest(tmp_hnsw)
-            with open(tmp_hnsw, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp_hnsw, d / _HNSW_FILE)
-            self._write_meta(d, watermark, extra, size, digest)
-            self._snapshot_file = (size, digest)
+            self._snapshot_file = self._write_snapshot(Path(directory), watermark, extra)
+
+    def _write_snapshot(self, d: Path, watermark: int, extra: bytes) -> tuple[int, int]:
+        d.mkdir(parents=True, exist_ok=True)
+        tmp_hnsw = d / (_HNSW_FILE + ".tmp")
+        self._index.save_index(str(tmp_hnsw))
+        size, digest = _file_digest(tmp_hnsw)
+        with open(tmp_hnsw, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_hnsw, d / _HNSW_FILE)
+        self._write_meta(d, watermark, extra, size, digest)
+        return size, digest
+
+    def save_forked(
+        self, directory: str | os.PathLike[str], watermark: int, extra: Callable[[], bytes] = bytes
+    ) -> Callable[[float], bool] | None:
+        """Start :meth:`save` in a forked copy of this process; returns a function that waits for it.
+
+        hnswlib's ``save_index`` holds the GIL for its whole run (0.35-0.49 s
+        at 100k vectors), pausing every thread of the process. The child
+        writes the index as it was at the fork (copy-on-write) while this
+        process goes on serving. The returned function waits up to its
+        argument in seconds and returns True once the snapshot is committed
+        (False if the child failed or was too slow: it is killed, nothing
+        is committed that was not complete). None where fork is unavailable.
+        ``extra`` is called in the child (it serialises the payload index as
+        it was at the fork). The caller must not start another save of the
+        same directory meanwhile, nor change what ``extra`` reads until this
+        returns.
+        """
+        if not hasattr(os, "fork"):
+            return None
+        d = Path(directory)
+        parent = os.getpid()
+        r, w = os.pipe()
+        with self._write_lock:  # no add or delete is half done in the copy
+            try:
+                pid = os.fork()
+            except OSError:
+                os.close(r)
+                os.close(w)
+                return None
+            if pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
+                code = 1
+                try:
+                    os.close(r)
+                    _child_setup(parent)
+                    size, digest = self._write_snapshot(d, watermark, extra())
+                    os.write(w, f"{size} {digest}".encode())
+                    code = 0
+                finally:
+                    os._exit(code)
+        os.close(w)
+
+        def wait(timeout: float) -> bool:
+            try:
+                ready, _, _ = select.select([r], [], [], timeout)
+                got = os.read(r, 64).split() if ready else []
+                if not ready:
+                    os.kill(pid, signal.SIGKILL)
+                _, status = os.waitpid(pid, 0)
+            finally:
+                os.close(r)
+            if len(got) != 2 or not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0:
+                return False
+            with self._write_lock:
+                self._snapshot_file = (int(got[0]), int(got[1]))
+                self.watermark = watermark
+            return True
+
+        return wait
 
     def save_watermark(self, directory: str | os.PathLike[str], watermark: int, extra: bytes = b"") -> bool:
         """Move the snapshot's watermark forward without rewriting the HNSW file.
@@ -493,6 +557,22 @@ class _PackedIds:
         return {
             lb: blob[a:b].decode() for lb, a, b in zip(self.labels.tolist(), starts, self.ends.tolist(), strict=True)
         }
+
+
+def _child_setup(parent: int) -> None:
+    """In a snapshot child: die with the parent, ignore the parent's signal handlers.
+
+    A child outliving a killed parent could commit an old snapshot after a new
+    process had trimmed the changelog past it.
+    """
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    try:
+        ctypes.CDLL(None).prctl(1, ctypes.c_ulong(signal.SIGKILL))  # PR_SET_PDEATHSIG (Linux)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # died before the line above
+        os._exit(1)
 
 
 def _file_digest(path: Path) -> tuple[int, int]:
