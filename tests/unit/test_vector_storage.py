@@ -158,12 +158,8 @@ def _vector_memtable(db) -> tuple[int, int]:
     )
 
 
-def _tables(path) -> int:
-    return sum(1 for p in path.rglob("*.sst"))
-
-
 def test_memtables_are_flushed_once_writes_pause(tmp_path):
-    """An idle process gives its write buffers back, once per pause; small memtables stay."""
+    """An idle process gives its write buffers back; small memtables stay."""
     db = engramdb.open(tmp_path / "d", storage={**STORAGE, "idle_flush_seconds": 0.5})
     c = db.create_collection("c", dimension=384, metric="l2")
     rng = np.random.default_rng(3)
@@ -171,16 +167,13 @@ def test_memtables_are_flushed_once_writes_pause(tmp_path):
     # memtable's memory is 1 MiB already); flushing them would only make tiny files.
     c.upsert([{"id": f"s{i}", "vector": rng.standard_normal(384).tolist()} for i in range(5)])
     time.sleep(2.5)
-    assert _vector_memtable(db)[1] == 5
+    assert _vector_memtable(db)[1] == 5, _vector_memtable(db)
     # 1,500 x 1.5 KB: over 2 MiB of vectors, flushed once writes pause.
     c.upsert([{"id": f"r{i}", "vector": rng.standard_normal(384).tolist()} for i in range(1500)])
     deadline = time.monotonic() + 30
     while _vector_memtable(db)[1] and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert _vector_memtable(db)[1] == 0
-    tables = _tables(tmp_path / "d")
-    time.sleep(2.5)  # no more writes: no more flushes
-    assert _tables(tmp_path / "d") == tables
+    assert _vector_memtable(db)[1] == 0, _vector_memtable(db)
     assert c.count() == 1505 and len(c.get("r7").vector) == 384
     db.close()
     db = engramdb.open(tmp_path / "d", storage={**STORAGE, "idle_flush_seconds": 0})
@@ -271,24 +264,113 @@ def test_a_snapshot_written_by_a_child_process_loads_and_later_writes_are_replay
     db.close()
 
 
-def test_a_failed_child_snapshot_is_written_in_process(tmp_path, monkeypatch):
+def _in_child_only(monkeypatch, action) -> list[int]:
+    """Make ``VectorIndex._write_snapshot`` run ``action()`` first in forked children; returns the forks."""
     import os
 
     from engramdb.index.vector import VectorIndex
 
     parent = os.getpid()
-    real = VectorIndex._write_snapshot
+    real_write, real_fork = VectorIndex._write_snapshot, os.fork
+    forks: list[int] = []
 
-    def failing_in_child(self, *a):
+    def write(self, *a):
         if os.getpid() != parent:
-            raise OSError("simulated failure in the child")
-        return real(self, *a)
+            action()
+        return real_write(self, *a)
 
-    monkeypatch.setattr(VectorIndex, "_write_snapshot", failing_in_child)
+    def fork() -> int:
+        pid = real_fork()
+        if pid:
+            forks.append(pid)
+        return pid
+
+    monkeypatch.setattr(VectorIndex, "_write_snapshot", write)
+    monkeypatch.setattr(os, "fork", fork)
+    return forks
+
+
+def test_a_failed_child_snapshot_is_written_in_process(tmp_path, monkeypatch):
+    from engramdb.index.vector import VectorIndex
+
+    def fail() -> None:
+        raise OSError("simulated failure in the child")
+
+    forks = _in_child_only(monkeypatch, fail)
     db = engramdb.open(tmp_path / "d", storage=STORAGE, index={"snapshot_interval_seconds": 3600})
     c = db.create_collection("c", dimension=8, metric="l2")
     c.upsert(_records(50, 8, 3))
     assert c.snapshot(in_child=True)
-    assert c.watermark == db.store.seq and not c.dirty
+    assert len(forks) == 1 and c.watermark == db.store.seq and not c.dirty
     assert VectorIndex.load(c.index_dir, 8, "l2", 16, 200, 64).watermark == c.watermark
+    db.close()
+
+
+def test_an_error_while_waiting_for_the_child_keeps_the_changes_pending(tmp_path, monkeypatch):
+    db = engramdb.open(tmp_path / "d", storage=STORAGE, index={"snapshot_interval_seconds": 3600})
+    c = db.create_collection("c", dimension=8, metric="l2")
+    c.upsert(_records(50, 8, 4))
+    assert c.snapshot()
+    mark = c.watermark
+    c.upsert(_records(20, 8, 5, prefix="late"))
+    import select
+
+    def broken_poll():
+        raise ValueError("simulated error while waiting")  # as select() fails on fds >= 1024
+
+    monkeypatch.setattr(select, "poll", broken_poll)
+    with pytest.raises(ValueError):
+        c.snapshot(in_child=True)
+    # Not recorded as saved: still dirty, and the watermark cannot be moved past
+    # changes the committed snapshot might not hold.
+    assert c.dirty and c.watermark == mark
+    assert c.advance_watermark() == mark
+    monkeypatch.undo()
+    db.close()
+    db = engramdb.open(tmp_path / "d", storage=STORAGE)
+    c = db.get_collection("c")
+    assert c.count() == 70 and c.search(c.get("late3").vector, k=1)[0].id == "late3"
+    db.close()
+
+
+def test_close_waits_for_a_snapshot_child(tmp_path, monkeypatch):
+    from engramdb.index.vector import VectorIndex
+
+    forks = _in_child_only(monkeypatch, lambda: time.sleep(1.0))
+    db = engramdb.open(tmp_path / "d", storage=STORAGE, index={"snapshot_interval_seconds": 3600})
+    c = db.create_collection("c", dimension=8, metric="l2")
+    c.upsert(_records(50, 8, 6))
+    t = threading.Thread(target=c.snapshot, kwargs={"in_child": True})
+    t.start()
+    deadline = time.monotonic() + 10
+    while not forks and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert forks and not c.dirty  # the child is writing; nothing else is pending
+    seq, index_dir = db.store.seq, c.index_dir
+    db.close()  # must not return before the child's snapshot is committed
+    assert VectorIndex.load(index_dir, 8, "l2", 16, 200, 64).watermark == seq
+    t.join()
+
+
+def test_a_snapshot_child_does_not_hold_the_processes_connections_open(tmp_path, monkeypatch):
+    """A connection the server closes while a child writes a snapshot ends then, not when the child exits."""
+    import socket
+
+    forks = _in_child_only(monkeypatch, lambda: time.sleep(3.0))
+    db = engramdb.open(tmp_path / "d", storage=STORAGE, index={"snapshot_interval_seconds": 3600})
+    c = db.create_collection("c", dimension=8, metric="l2")
+    c.upsert(_records(20, 8, 7))
+    server_end, client_end = socket.socketpair()
+    t = threading.Thread(target=c.snapshot, kwargs={"in_child": True})
+    t.start()
+    deadline = time.monotonic() + 10
+    while not forks and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert forks
+    time.sleep(0.3)  # the child has closed what it inherited
+    server_end.close()
+    client_end.settimeout(2.0)
+    assert client_end.recv(1) == b""  # EOF while the child still sleeps
+    client_end.close()
+    t.join()
     db.close()

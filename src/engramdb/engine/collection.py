@@ -531,8 +531,10 @@ class Collection(GraphMixin):
         instead of waiting for hnswlib, which holds the GIL while it saves.
         If the child fails, the snapshot is written here instead.
         """
-        if self._vindex is None or not self._dirty:
+        if self._vindex is None:
             return False
+        # Taken before looking at _dirty, which is 0 while a child writes: a
+        # close meanwhile must wait for that snapshot, not skip its own.
         with self._snapshot_lock:
             with self._index_lock:
                 vindex, payload = self._vindex, self._payload
@@ -548,12 +550,17 @@ class Collection(GraphMixin):
                     self._dirty = 0
                     return True
                 dirty, self._dirty = self._dirty, 0
-            # Generous: the child writes ~100 MB a second; a hung child is killed.
-            if wait(60 + len(vindex) * vindex.dim * 4 / 20e6):
+            done = False
+            try:
+                # Generous: the child writes ~100 MB a second; a hung child is killed.
+                done = wait(60 + len(vindex) * vindex.dim * 4 / 20e6)
+            finally:
+                if not done:  # those changes are in no snapshot yet
+                    with self._index_lock:
+                        self._dirty += dirty
+            if done:
                 return True
             log.warning("snapshot of collection %r in a child process failed; writing it in-process", self.name)
-            with self._index_lock:
-                self._dirty += dirty
         return self.snapshot()
 
     def advance_watermark(self) -> int:

@@ -9,7 +9,9 @@ and rebuilt from storage when the snapshot is missing or damaged.
 from __future__ import annotations
 
 import array
+import contextlib
 import ctypes
+import gc
 import mmap
 import os
 import select
@@ -355,7 +357,7 @@ class VectorIndex:
                 code = 1
                 try:
                     os.close(r)
-                    _child_setup(parent)
+                    _child_setup(parent, w)
                     size, digest = self._write_snapshot(d, watermark, extra())
                     os.write(w, f"{size} {digest}".encode())
                     code = 0
@@ -364,15 +366,24 @@ class VectorIndex:
         os.close(w)
 
         def wait(timeout: float) -> bool:
+            got: list[bytes] = []
             try:
-                ready, _, _ = select.select([r], [], [], timeout)
-                got = os.read(r, 64).split() if ready else []
-                if not ready:
-                    os.kill(pid, signal.SIGKILL)
-                _, status = os.waitpid(pid, 0)
+                poller = select.poll()  # not select(): fds above 1024 are common here
+                poller.register(r, select.POLLIN)
+                if poller.poll(max(0, int(timeout * 1000))):
+                    got = os.read(r, 64).split()
             finally:
                 os.close(r)
-            if len(got) != 2 or not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0:
+                # Whatever happened, the child ends here: it has reported (and is
+                # exiting), or it is killed before it can commit anything more.
+                if len(got) != 2:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                try:
+                    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+                except ChildProcessError:  # reaped elsewhere (SIGCHLD ignored): the pipe tells
+                    code = 0
+            if len(got) != 2 or code != 0:
                 return False
             with self._write_lock:
                 self._snapshot_file = (int(got[0]), int(got[1]))
@@ -559,12 +570,16 @@ class _PackedIds:
         }
 
 
-def _child_setup(parent: int) -> None:
-    """In a snapshot child: die with the parent, ignore the parent's signal handlers.
+def _child_setup(parent: int, keep: int) -> None:
+    """In a snapshot child: die with the parent, drop its signal handlers and files.
 
     A child outliving a killed parent could commit an old snapshot after a new
-    process had trimmed the changelog past it.
+    process had trimmed the changelog past it. Inherited descriptors other than
+    ``keep`` are closed, so a connection the parent closes meanwhile ends now,
+    not when the child exits.
     """
+    # No finaliser of the parent's objects may run here.
+    gc.disable()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
     try:
@@ -573,6 +588,8 @@ def _child_setup(parent: int) -> None:
         pass
     if os.getppid() != parent:  # died before the line above
         os._exit(1)
+    os.closerange(3, keep)
+    os.closerange(keep + 1, max(keep + 2, os.sysconf("SC_OPEN_MAX")))
 
 
 def _file_digest(path: Path) -> tuple[int, int]:
