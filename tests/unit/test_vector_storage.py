@@ -290,6 +290,17 @@ def _in_child_only(monkeypatch, action) -> list[int]:
     return forks
 
 
+def _snapshot_in_background(c, forks: list[int]) -> threading.Thread:
+    """Start ``c.snapshot(in_child=True)`` in a thread; returns once the child is forked."""
+    t = threading.Thread(target=c.snapshot, kwargs={"in_child": True})
+    t.start()
+    deadline = time.monotonic() + 10
+    while not forks and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert forks
+    return t
+
+
 def test_a_failed_child_snapshot_is_written_in_process(tmp_path, monkeypatch):
     from engramdb.index.vector import VectorIndex
 
@@ -340,12 +351,8 @@ def test_close_waits_for_a_snapshot_child(tmp_path, monkeypatch):
     db = engramdb.open(tmp_path / "d", storage=STORAGE, index={"snapshot_interval_seconds": 3600})
     c = db.create_collection("c", dimension=8, metric="l2")
     c.upsert(_records(50, 8, 6))
-    t = threading.Thread(target=c.snapshot, kwargs={"in_child": True})
-    t.start()
-    deadline = time.monotonic() + 10
-    while not forks and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert forks and not c.dirty  # the child is writing; nothing else is pending
+    t = _snapshot_in_background(c, forks)
+    assert not c.dirty  # the child is writing; nothing else is pending
     seq, index_dir = db.store.seq, c.index_dir
     db.close()  # must not return before the child's snapshot is committed
     assert VectorIndex.load(index_dir, 8, "l2", 16, 200, 64).watermark == seq
@@ -361,12 +368,7 @@ def test_a_snapshot_child_does_not_hold_the_processes_connections_open(tmp_path,
     c = db.create_collection("c", dimension=8, metric="l2")
     c.upsert(_records(20, 8, 7))
     server_end, client_end = socket.socketpair()
-    t = threading.Thread(target=c.snapshot, kwargs={"in_child": True})
-    t.start()
-    deadline = time.monotonic() + 10
-    while not forks and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert forks
+    t = _snapshot_in_background(c, forks)
     time.sleep(0.3)  # the child has closed what it inherited
     server_end.close()
     client_end.settimeout(2.0)
