@@ -416,9 +416,7 @@ class Collection(GraphMixin):
         keys.sort()
         for i in range(0, len(keys), 1000):
             chunk = keys[i : i + 1000]
-            raws = self.store.multi_get("records", chunk)
-            rows = self.store.load_vectors(chunk, [None if r is None else decode_record(r) for r in raws])
-            for key, row in zip(chunk, rows, strict=True):
+            for key, row in zip(chunk, self.store.get_records(chunk, vector=True), strict=True):
                 self._index_row(K.record_id_of(key), row if row is not None and row.live(now) else None, None)
         self._dirty += len(keys)
         return last
@@ -886,11 +884,17 @@ class Collection(GraphMixin):
             rows = self.store.load_vectors([self._key(rid) for rid, _ in pairs], rows)
         out: list[Record | None] = []
         for (rid, seen), row in zip(pairs, rows, strict=True):
-            ok = row is not None and row.live(now)
-            if ok and row is not seen and flt is not None:
-                assert row is not None
-                ok = flt.matches(rid, row.namespace, row.metadata)
-            out.append(self._to_record(rid, row, inc) if ok and row is not None else None)
+            # A row read again (it changed meanwhile) must still match the caller's filter.
+            stale = (
+                row is not seen
+                and flt is not None
+                and row is not None
+                and not flt.matches(rid, row.namespace, row.metadata)
+            )
+            if row is None or not row.live(now) or stale:
+                out.append(None)
+            else:
+                out.append(self._to_record(rid, row, inc))
         return out
 
     _ALL = frozenset({"vector", "text", "metadata", "namespace", "expires_at", "timestamps", "importance"})
@@ -909,7 +913,7 @@ class Collection(GraphMixin):
         V.batch(ids, "ids")
         keys = [self._key(V.record_id(rid, f"ids[{i}]")) for i, rid in enumerate(ids)]
         now = time.time()
-        rows = [None if raw is None else decode_record(raw) for raw in self.store.multi_get("records", keys)]
+        rows = self.store.get_records(keys)
         out = [rec for rec in self._records(list(zip(ids, rows, strict=True)), inc, now) if rec is not None]
         if refresh_ttl and out:
             self.refresh_ttl([r.id for r in out])
@@ -1179,8 +1183,7 @@ class Collection(GraphMixin):
 
     def rows(self, rids: Sequence[str]) -> list[RecordRow | None]:
         """Stored rows (live or not) for ids, in order."""
-        raws = self.store.multi_get("records", [self._key(r) for r in rids])
-        return [None if r is None else decode_record(r) for r in raws]
+        return self.store.get_records([self._key(r) for r in rids])
 
     def live_labels(self) -> BitMap:
         return self.vindex.live

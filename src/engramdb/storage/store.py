@@ -361,6 +361,11 @@ class Store:
             return self.load_vectors([key], [row])[0]
         return row
 
+    def get_records(self, keys: Sequence[bytes], *, vector: bool = False) -> list[RecordRow | None]:
+        """``get_record`` for many keys in one multi-get, in order (None where absent)."""
+        rows = [None if raw is None else decode_record(raw) for raw in self.multi_get("records", list(keys))]
+        return self.load_vectors(keys, rows) if vector else rows
+
     def load_vectors(self, keys: Sequence[bytes], rows: Sequence[RecordRow | None]) -> list[RecordRow | None]:
         """``rows`` (read from ``keys``) with their vectors read from the "vectors" column family.
 
