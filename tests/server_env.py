@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
+# The suite's bootstrap admin key, made once per test run here: conftest modules can be imported
+# twice (tests/security re-exports tests/integration's fixtures), and each copy must agree on it.
+TEST_ADMIN_KEY = "edb_test_admin_" + secrets.token_urlsafe(24)
 
 
 def server_env(extra: dict[str, str] | None = None, admin_key: str | None = None) -> dict[str, str]:

@@ -84,15 +84,31 @@ def _keys_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    from . import config
-
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given as flags, as ``config.load`` overrides."""
     server: dict[str, Any] = {}
     for flag, key in (("host", "host"), ("port", "port"), ("grpc_port", "grpc_port")):
         value = getattr(args, flag, None)
         if value is not None:
             server[key] = value
-    return config.load(args.config, data_dir=args.data_dir, server=server or None)
+    return {"data_dir": args.data_dir, "server": server or None}
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    from . import config
+
+    return config.load(args.config, **_overrides(args))
+
+
+def _server_config(args: argparse.Namespace) -> tuple[Settings, list[str], list[str]]:
+    """``(settings, problems, warnings)``: every problem at once, from the file, environment, schema and file system."""
+    from . import config
+    from .server.lifecycle import preflight
+
+    got = config.gather(args.config, **_overrides(args))
+    # Runs even when the schema has problems, on the valid rest, so one run shows everything to fix.
+    problems, warnings = preflight(got.settings, invalid=got.invalid)
+    return got.settings, got.problems + problems, warnings
 
 
 def _fail(message: str, status: int = 1) -> int:
@@ -101,33 +117,23 @@ def _fail(message: str, status: int = 1) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .errors import EngramError
+    from .config import format_problems
     from .server.lifecycle import run_server
 
-    try:
-        settings = _settings(args)
-    except EngramError as e:
-        return _fail(e.message)
-    return run_server(settings)
+    settings, problems, _ = _server_config(args)
+    if problems:
+        return _fail(f"refusing to start, {format_problems(problems)}")
+    return run_server(settings)  # checks the file system again, just before opening it
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    from .errors import EngramError
-    from .server.lifecycle import preflight
+    from .config import format_problems
 
-    try:
-        settings = _settings(args)
-    except EngramError as e:
-        # Schema problems: pydantic already lists every one of them.
-        print(e.message, file=sys.stderr)
-        return 1
-    problems, warnings = preflight(settings)
+    _, problems, warnings = _server_config(args)
     for w in warnings:
         print(f"warning: {w}")
     if problems:
-        print(f"{len(problems)} configuration problem(s):", file=sys.stderr)
-        for p in problems:
-            print(f"  - {p}", file=sys.stderr)
+        print(format_problems(problems), file=sys.stderr)
         return 1
     print("configuration OK")
     return 0
@@ -148,7 +154,7 @@ def _open_db(args: argparse.Namespace, *, create: bool = False) -> Database:
 
 def _print_new_key(secret: str, info: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        print(json.dumps({"key": secret, **info}))
+        print(json.dumps({"key": secret, **info}, allow_nan=False))
         return
     print(secret)
     print(
@@ -183,24 +189,21 @@ def cmd_keys(args: argparse.Namespace) -> int:
         ks = KeyStore(db.store)
         if args.keys_command == "create":
             scope = [c.strip() for c in args.collections.split(",") if c.strip()] if args.collections else None
-            expires = time.time() + args.expires_in if args.expires_in else None
+            # 0 is a (refused) lifetime, not "no expiry": only an omitted --expires-in means never.
+            expires = time.time() + args.expires_in if args.expires_in is not None else None
             secret, key = ks.create(
                 tenant=args.tenant, role=args.role, collections=scope, expires_at=expires, name=args.name
             )
             _print_new_key(secret, key.info(), args.json)
         elif args.keys_command == "list":
-            keys = [k.info() for k in ks.list_keys(args.tenant)]
+            stored = ks.list_keys(args.tenant)
+            keys = [k.info() for k in stored]
             if args.json:
-                print(json.dumps(keys))
+                print(json.dumps(keys, allow_nan=False))  # info() is finite; never print bare NaN
             else:
-                for k in keys:
-                    state = (
-                        "revoked"
-                        if k["revoked"]
-                        else "expired"
-                        if k["expires_at"] and k["expires_at"] <= time.time()
-                        else "active"
-                    )
+                now = time.time()
+                for key, k in zip(stored, keys, strict=True):
+                    state = "revoked" if k["revoked"] else "expired" if key.expired(now) else "active"
                     colls = ",".join(k["collections"]) if k["collections"] else "*"
                     print(f"{k['id']}  {k['tenant']:<16} {k['role']:<7} {state:<8} {colls}  {k['name'] or ''}")
         elif args.keys_command == "revoke":

@@ -62,7 +62,7 @@ class DimensionMismatch(InvalidArgument):
 
 
 class NotFound(EngramError):
-    """The named collection, record, key or backup does not exist."""
+    """The named collection, record or key does not exist."""
 
     code = "not_found"
     http_status = 404
@@ -123,7 +123,7 @@ class StorageFull(EngramError):
 
 
 class Unavailable(EngramError):
-    """The node is starting, shutting down or cannot reach enough replicas."""
+    """The node is starting or shutting down, or its storage or indexes cannot complete the operation."""
 
     code = "unavailable"
     http_status = 503
@@ -144,6 +144,19 @@ class CorruptData(EngramError):
     code = "corrupt_data"
     http_status = 500
     grpc_status = "DATA_LOSS"
+
+
+# What an operator can do about a damaged storage file today (EngramDB has no repair or backup command):
+# the end of every CorruptData message about records, edges or RocksDB files.
+DAMAGED_DATA_ADVICE = (
+    "EngramDB cannot repair damaged storage files: stop the server and replace the data directory with a copy "
+    "taken while it was stopped, if there is one (see 'Damaged data' in docs/reliability.md)"
+)
+# The same for the derived indexes, which can always be rebuilt from the records.
+DAMAGED_INDEX_ADVICE = (
+    "stop the server (or close the database) and delete the directory 'indexes' in the data directory: "
+    "the next start rebuilds every index from the records"
+)
 
 
 class UpstreamError(EngramError):

@@ -126,9 +126,26 @@ class IndexParams(_Validated):
     ef_search: Annotated[int, Bounds(ge=1, le=10_000)] = 64
 
 
+# Names of operator-configured embedder profiles (``embedders.<name>`` in the settings). Lowercase, because
+# environment variable names reach the settings lowercased; no "__", the nesting separator of those names.
+EMBEDDER_PROFILE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+EMBEDDER_PROFILE_RULE = "1-64 lowercase letters, digits, '-' and '_' (never '__'), starting with a letter or digit"
+
+
+def is_profile_name(name: object) -> bool:
+    """True if ``name`` follows EMBEDDER_PROFILE_RULE."""
+    return isinstance(name, str) and EMBEDDER_PROFILE_RE.fullmatch(name) is not None and "__" not in name
+
+
 @dataclass
 class EmbedderConfig(_Validated):
-    """Server-side embedding of text for a collection."""
+    """Server-side embedding of text for a collection.
+
+    Either ``profile``, the name of an embedder profile the operator
+    configured (``embedders.<name>`` in the settings; the only form a server
+    accepts from API callers), or an inline provider configuration (embedded
+    use: whoever opens the database is its operator).
+    """
 
     provider: Literal["none", "local", "openai"] = "none"
     model: str | None = None
@@ -138,6 +155,26 @@ class EmbedderConfig(_Validated):
     timeout_seconds: Annotated[float, Bounds(gt=0, le=600)] = 30.0
     max_retries: Annotated[int, Bounds(ge=0, le=10)] = 3
     dimension: Annotated[int, Bounds(ge=1, le=MAX_DIMENSION)] | None = None
+    profile: str | None = None  # an operator-configured embedder profile; excludes every other field
+
+    def __post_init__(self) -> None:
+        if self.profile is None:
+            return
+        if not is_profile_name(self.profile):
+            raise ValueError(f"embedder profile names are {EMBEDDER_PROFILE_RULE}")
+        import dataclasses
+
+        # The profile defines the provider, endpoint, key and model; a second source would be ambiguous.
+        others = [
+            f.name for f in dataclasses.fields(self) if f.name != "profile" and getattr(self, f.name) != f.default
+        ]
+        if others:
+            raise ValueError(f"an embedder profile takes no other settings; remove {', '.join(others)}")
+
+    @property
+    def inline(self) -> bool:
+        """True for an inline provider configuration (not a profile, not provider ``none``)."""
+        return self.profile is None and self.provider != "none"
 
 
 @dataclass

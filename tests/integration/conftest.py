@@ -18,7 +18,6 @@ exactly as users run them.
 
 from __future__ import annotations
 
-import secrets
 import signal
 import socket
 import subprocess
@@ -32,11 +31,12 @@ from typing import Any
 
 import httpx
 import pytest
+from server_env import TEST_ADMIN_KEY
 from server_env import server_env as _server_env
 
 ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "src"
-ADMIN_KEY = "edb_test_admin_" + secrets.token_urlsafe(24)
+ADMIN_KEY = TEST_ADMIN_KEY
 START_TIMEOUT = 60.0
 
 

@@ -1152,8 +1152,8 @@ def _norm_extract(x: Any) -> Any:
 def _extract_scenario(db: Any, fake_url: str, extractor: Any) -> list[Any]:
     """Extraction, merging, reading back and every input error; results recorded for comparison."""
     out: list[Any] = []
-    embedder = {"provider": "openai", "model": "fake-embed", "base_url": fake_url + "/v1", "dimension": 8}
-    c = db.create_collection("kg", 8, embedder=embedder, indexed_fields={"kind": "keyword"})
+    # The same operator-configured profile everywhere (a server takes nothing else from callers).
+    c = db.create_collection("kg", 8, embedder={"profile": "fake"}, indexed_fields={"kind": "keyword"})
     out.append(c.extract("Ada Lovelace wrote about the Analytical Engine.", extractor, namespace=["docs"]))
     out.append(c.extract("Again.", extractor, source_id="doc-2", dedupe_threshold=0.5, instructions="people only"))
     out.append(c.get("entity:ada lovelace"))
@@ -1192,7 +1192,8 @@ def test_extract_same_answers_everywhere(tmp_path: Path) -> None:
 
     results: dict[str, list[Any]] = {}
     with FakeOpenAI(dim=8, chat_content=json.dumps(EXTRACT_ANSWER)) as fake:
-        db = engramdb.open(tmp_path / "emb", storage={"sync_writes": False})
+        profile = {"provider": "openai", "model": "fake-embed", "base_url": fake.url + "/v1", "dimension": 8}
+        db = engramdb.open(tmp_path / "emb", storage={"sync_writes": False}, embedders={"fake": profile})
         try:
             with ChatExtractor(fake.url + "/v1", "fake-chat", max_retries=0) as ex:
                 results["embedded"] = [_norm_extract(x) for x in _extract_scenario(db, fake.url, ex)]
@@ -1205,6 +1206,7 @@ def test_extract_same_answers_everywhere(tmp_path: Path) -> None:
                 "ENGRAMDB_EXTRACTION__BASE_URL": fake.url + "/v1",
                 "ENGRAMDB_EXTRACTION__MAX_RETRIES": "0",
                 "ENGRAMDB_STORAGE__SYNC_WRITES": "false",
+                **{f"ENGRAMDB_EMBEDDERS__FAKE__{k.upper()}": str(v) for k, v in profile.items()},
             },
         )
         try:

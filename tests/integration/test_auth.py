@@ -349,7 +349,9 @@ def test_canary_secret_never_leaks(server: ServerProcess) -> None:
             c.get(f"/v1/collections/{coll}/records/nope"),
             c.get("/v1/admin/keys"),
             c.get(f"/v1/collections?api_key={canary}"),
-            c.post(f"/v1/collections/{coll}/records", content=b"{bad json"),
+            c.post(
+                f"/v1/collections/{coll}/records", content=b"{bad json", headers={"Content-Type": "application/json"}
+            ),
         ):
             assert r.status_code >= 400
             bodies.append(r.text)

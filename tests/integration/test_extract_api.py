@@ -78,6 +78,11 @@ def xserver(fake: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory) -> Itera
             "ENGRAMDB_EXTRACTION__TIMEOUT_SECONDS": str(EXTRACT_TIMEOUT),
             "ENGRAMDB_EXTRACTION__MAX_RETRIES": "0",
             "ENGRAMDB_EXTRACTION__MAX_CONCURRENT": "1",
+            # The collections' embedder: a profile the operator configured (callers name only the profile).
+            "ENGRAMDB_EMBEDDERS__FAKE__PROVIDER": "openai",
+            "ENGRAMDB_EMBEDDERS__FAKE__MODEL": "fake-embed",
+            "ENGRAMDB_EMBEDDERS__FAKE__BASE_URL": fake.url + "/v1",
+            "ENGRAMDB_EMBEDDERS__FAKE__DIMENSION": str(DIM),
             "ENGRAMDB_SERVER__RATE_LIMITS__PER_KEY_PER_SECOND": "100000",
             "ENGRAMDB_SERVER__RATE_LIMITS__PER_KEY_BURST": "100000",
             "ENGRAMDB_SERVER__RATE_LIMITS__PER_IP_PER_SECOND": "100000",
@@ -106,7 +111,7 @@ def make_collection(http: httpx.Client, fake: FakeOpenAI, *, embedder: bool = Tr
     name = unique_name("kg")
     body: dict[str, Any] = {"name": name, "dimension": DIM, "indexed_fields": {"kind": "keyword"}}
     if embedder:
-        body["embedder"] = {"provider": "openai", "model": "fake-embed", "base_url": fake.url + "/v1", "dimension": DIM}
+        body["embedder"] = {"profile": "fake"}
     r = http.post("/v1/collections", json=body)
     assert r.status_code == 201, r.text
     return name

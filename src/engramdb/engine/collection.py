@@ -15,7 +15,7 @@ import msgpack
 import numpy as np
 from pyroaring import BitMap
 
-from ..errors import Closed, CorruptData, FailedPrecondition, InvalidArgument
+from ..errors import Closed, CorruptData, EngramError, FailedPrecondition, InvalidArgument
 from ..index.payload import PayloadIndex
 from ..index.vector import VectorIndex, remove_snapshot
 from ..storage import keys as K
@@ -23,7 +23,8 @@ from ..storage.codec import RecordRow, decode_record
 from ..storage.store import Change, Mutation, Store, check_iterator
 from ..types import CollectionConfig, Hit, Record, ScanPage
 from . import validate as V
-from .filters import Filter, compile_filter, json_equal
+from .budget import MASK, Deadline, current_deadline
+from .filters import And, Filter, NamespacePrefix, compile_filter, json_equal
 from .graph import GraphMixin, edge_tombstones
 from .hlc import HLC, version_str
 
@@ -130,6 +131,7 @@ class Collection(GraphMixin):
         self._cand_cache_bytes = 0
         self.load_progress: tuple[int, int] = (0, 0)  # (done, total) while (re)building
         self._pending_scan: tuple[int, bool] | None = None  # see trim_mark
+        self._index_error: str | None = None  # set when an index update failed; see problem()
 
     # ------------------------------------------------------------ properties
     @property
@@ -191,6 +193,7 @@ class Collection(GraphMixin):
                     self._rebuild_text(vindex, text, progress)
                     self._vindex, self._payload, self._text = vindex, payload, text
                     self._applied_seq = self._replay(watermark)
+                    self._commit_text()
                     return
                 if rebuild:
                     vindex, payload = self._new_indexes()
@@ -211,6 +214,33 @@ class Collection(GraphMixin):
                 self._applied_seq = self._replay(watermark)
                 if rebuild:
                     self._dirty = max(self._dirty, 1)
+                self._commit_text()
+
+    def _commit_text(self) -> None:
+        """Make what loading fed the text index searchable before ``load`` returns.
+
+        A rebuild or a changelog replay only buffers documents in tantivy's
+        writer; left to the background refresh, text search would find
+        nothing for a moment after ``/ready`` said 200. A failed commit is
+        retried by the refresh thread and reported by :meth:`problem`
+        meanwhile; the records themselves are stored either way.
+        """
+        if self._text is None:
+            return
+        try:
+            self._text.flush()
+        except EngramError as e:
+            log.warning("text index of %s/%s: commit after loading failed (%s)", self.tenant, self.name, e.message)
+
+    def problem(self) -> str | None:
+        """Why this collection's indexes do not answer with current data (None: they do, or are not loaded)."""
+        if self._closed or self._vindex is None:
+            return None
+        if self._index_error is not None:
+            return self._index_error
+        if self._text is not None:
+            return self._text.problem()
+        return None
 
     def _check_watermark(self, watermark: int) -> None:
         """A snapshot is only usable if the changelog can bring it up to date.
@@ -423,12 +453,24 @@ class Collection(GraphMixin):
 
     # ------------------------------------------------------ index maintenance
     def _on_changes(self, changes: list[Change]) -> None:
-        """Notifier-thread hook: bring the indexes up to date with committed changes."""
+        """Notifier-thread hook: bring the indexes up to date with committed changes.
+
+        If this raises, the store fails the writes of ``changes`` with
+        ``index_unavailable`` (they are stored) and this collection reports
+        itself broken (:meth:`problem`) until a restart rebuilds its indexes
+        from the snapshot and the changelog.
+        """
         with self._index_lock:
             if self._vindex is None:
                 return
             try:
                 self._apply(changes)
+            except BaseException as e:
+                self._index_error = (
+                    f"the indexes of collection {self.tenant}/{self.name} missed a change "
+                    f"({type(e).__name__}: {e}); restart the server to rebuild them from the changelog"
+                )
+                raise
             finally:
                 self._generation += 1
 
@@ -531,6 +573,11 @@ class Collection(GraphMixin):
         """
         if self._vindex is None:
             return False
+        if self._index_error is not None:
+            # The indexes missed a change (see _on_changes): a snapshot of them
+            # would claim it, and a restart would not replay it. The last
+            # sound snapshot and the changelog after it rebuild them instead.
+            return False
         # Taken before looking at _dirty, which is 0 while a child writes: a
         # close meanwhile must wait for that snapshot, not skip its own.
         with self._snapshot_lock:
@@ -575,7 +622,7 @@ class Collection(GraphMixin):
         with self._snapshot_lock, self._index_lock:
             if self._vindex is None or self._payload is None:
                 return 0
-            if self._dirty or through <= self._vindex.watermark:
+            if self._dirty or through <= self._vindex.watermark or self._index_error is not None:
                 return self._vindex.watermark
             if self._text is not None:
                 self._text.commit_watermark(through)
@@ -716,7 +763,7 @@ class Collection(GraphMixin):
         """Merge ``metadata`` into a live record (keys set to None are removed) and
         replace the other given fields; raises NotFound if the record is absent."""
         self._check_open()
-        rid = V.record_id(id)
+        rid = V.record_ref(id)
         md_patch = V.metadata(metadata) if metadata is not None else None
         new_text = V.text(text)
         new_ns = V.namespace(namespace) if namespace is not None else None
@@ -739,6 +786,7 @@ class Collection(GraphMixin):
                         md.pop(k, None)
                     else:
                         md[k] = v
+                V.metadata(md)  # the merged object must respect the size cap too
             hlc, node = self.hlc.now()
             row = RecordRow(
                 hlc=hlc,
@@ -774,7 +822,7 @@ class Collection(GraphMixin):
         id_list = [ids] if isinstance(ids, str) else list(ids or [])
         V.batch(id_list, "ids")
         for i, rid in enumerate(id_list):
-            V.record_id(rid, f"ids[{i}]")
+            V.record_ref(rid, f"ids[{i}]")
         targets = dict.fromkeys(id_list)
         if filter is not None:
             flt = compile_filter(filter)
@@ -820,7 +868,7 @@ class Collection(GraphMixin):
         now = time.time()
         muts = []
         for rid in id_list:
-            cur = self.store.get_record(self._key(V.record_id(rid)), vector=True)
+            cur = self.store.get_record(self._key(V.record_ref(rid)), vector=True)
             if cur is None or not cur.live(now) or cur.ttl_seconds is None:
                 continue
             hlc, node = self.hlc.now()
@@ -911,7 +959,7 @@ class Collection(GraphMixin):
         self._check_open()
         inc = self._ALL if include is None else V.include(include)
         V.batch(ids, "ids")
-        keys = [self._key(V.record_id(rid, f"ids[{i}]")) for i, rid in enumerate(ids)]
+        keys = [self._key(V.record_ref(rid, f"ids[{i}]")) for i, rid in enumerate(ids)]
         now = time.time()
         rows = self.store.get_records(keys)
         out = [rec for rec in self._records(list(zip(ids, rows, strict=True)), inc, now) if rec is not None]
@@ -920,11 +968,13 @@ class Collection(GraphMixin):
         return out
 
     def _iter_live(
-        self, flt: Filter | None, start_id: str | None = None, id_prefix: str = ""
+        self, flt: Filter | None, start_id: str | None = None, id_prefix: str = "", dl: Deadline | None = None
     ) -> Iterator[tuple[str, RecordRow]]:
         now = time.time()
         start = self._key(start_id) if start_id is not None else None
-        for k, v in self.store.iter_prefix("records", self._key(id_prefix), start=start):
+        for n, (k, v) in enumerate(self.store.iter_prefix("records", self._key(id_prefix), start=start)):
+            if dl is not None and not n & MASK:
+                dl.check()
             row = decode_record(v)
             if not row.live(now):
                 continue
@@ -934,16 +984,47 @@ class Collection(GraphMixin):
             yield rid, row
 
     def count(self, filter: Mapping[str, Any] | None = None) -> int:
-        """Number of live records (matching ``filter`` if given)."""
+        """Number of live records (matching ``filter`` if given).
+
+        Under a ``budget.query_budget`` the time spent reading records is bounded (DeadlineExceeded past it).
+        """
         self._check_open()
         flt = compile_filter(filter)
+        dl = current_deadline("count")
+        self.load()
+        vindex = self.vindex
+        now = time.time()
         if flt is None:
-            self.load()
-            assert self._vindex is not None
-            now = time.time()
-            expired = sum(1 for t in list(self._vindex.expires.values()) if t <= now)
-            return len(self._vindex) - expired
-        return sum(1 for _ in self._iter_live(flt))
+            expired = sum(1 for t in list(vindex.expires.values()) if t <= now)
+            return len(vindex) - expired
+        cands = self.filter_candidates(flt, dl)
+        labels = cands.labels
+        if cands.exact:
+            # The payload index answered the whole filter: count bits, read no record.
+            return len(labels) - self._expired_among(labels, now)
+        if len(labels) * 4 > len(vindex):
+            return sum(1 for _ in self._iter_live(flt, dl=dl))
+        # The index narrowed the candidates well: read only their rows.
+        found = 0
+        arr = cands.array.tolist()
+        for i in range(0, len(arr), 1024):
+            if dl is not None:
+                dl.check()
+            chunk = arr[i : i + 1024]
+            ids = [name or "" for name in vindex.names_of(chunk)]
+            for rid, row in zip(ids, self.rows(ids), strict=True):
+                if row is not None and row.live(now) and flt.matches(rid, row.namespace, row.metadata):
+                    found += 1
+        return found
+
+    def _expired_among(self, labels: BitMap, now: float) -> int:
+        """How many of ``labels`` are past their TTL but not yet swept."""
+        expires = self.vindex.expires
+        if not expires:
+            return 0
+        if len(labels) < len(expires):
+            return sum(1 for lb in labels if (t := expires.get(lb)) is not None and t <= now)
+        return sum(1 for lb, t in list(expires.items()) if t <= now and lb in labels)
 
     def scan(
         self,
@@ -955,17 +1036,20 @@ class Collection(GraphMixin):
         filter: Mapping[str, Any] | None = None,
         include: Iterable[str] | None = None,
     ) -> ScanPage:
-        """A page of live records in id order; pass ``next_cursor`` back for the next page."""
+        """A page of live records in id order; pass ``next_cursor`` back for the next page.
+
+        Under a ``budget.query_budget`` the time spent reading records is bounded (DeadlineExceeded past it).
+        """
         self._check_open()
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= V.MAX_BATCH:
             raise InvalidArgument(f"limit must be an integer from 1 to {V.MAX_BATCH}", code="invalid_limit")
         inc = self._ALL if include is None else V.include(include)
-        parts: list[Any] = []
-        if filter:
-            parts.append(filter)
+        flt = compile_filter(filter) if filter else None
         if namespace_prefix:
-            parts.append({"namespace_prefix": list(V.namespace(namespace_prefix, "namespace_prefix"))})
-        flt = compile_filter({"$and": parts} if len(parts) > 1 else (parts[0] if parts else None))
+            # Joined as nodes, so the argument does not count against the filter's size bound.
+            ns_node = NamespacePrefix(V.namespace(namespace_prefix, "namespace_prefix"))
+            flt = Filter(ns_node if flt is None else And((flt.node, ns_node)))
+        dl = current_deadline("scan")
         start_id = None
         if cursor is not None:
             try:
@@ -977,7 +1061,7 @@ class Collection(GraphMixin):
             raise InvalidArgument("id_prefix must be a string")
         page: list[tuple[str, RecordRow | None]] = []
         more = False
-        for rid, row in self._iter_live(flt, start_id=start_id, id_prefix=prefix):
+        for rid, row in self._iter_live(flt, start_id=start_id, id_prefix=prefix, dl=dl):
             if len(page) == limit:
                 more = True
                 break
@@ -1076,7 +1160,9 @@ class Collection(GraphMixin):
         reciprocal rank). ``filter`` uses the filter language; ``exact`` forces
         brute force; ``expand`` walks the graph from the hits (see docs/graph.md).
         Scores are higher-is-better: cosine similarity, dot product, or
-        ``1/(1+euclidean distance)`` for l2.
+        ``1/(1+euclidean distance)`` for l2. Under a ``budget.query_budget``
+        the query's time is bounded (DeadlineExceeded past it; graph expansion
+        keeps its own ``expand.timeout_ms``).
         """
         from .search import run_search
 
@@ -1188,7 +1274,7 @@ class Collection(GraphMixin):
     def live_labels(self) -> BitMap:
         return self.vindex.live
 
-    def filter_candidates(self, flt: Filter) -> Candidates:
+    def filter_candidates(self, flt: Filter, deadline: Deadline | None = None) -> Candidates:
         """Live labels that may match ``flt`` (see ``PayloadIndex.candidates``), cached.
 
         Repeated filters (a tenant, a user, a session) are the common case;
@@ -1202,7 +1288,7 @@ class Collection(GraphMixin):
         hit = self._cand_cache.get(key)
         if hit is not None and hit[0] == gen:
             return hit[1]
-        bm, exact = payload.candidates(flt, vindex.live)
+        bm, exact = payload.candidates(flt, vindex.live, deadline)
         cands = Candidates(bm, exact)
         size = len(bm) * 8  # the array, once built, and roughly the bitmap
         if size <= _CAND_CACHE_BYTES // 4:

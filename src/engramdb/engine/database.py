@@ -11,19 +11,22 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import Settings
 from ..config import load as load_settings
 from ..errors import AlreadyExists, Closed, InvalidArgument, NotFound
 from ..storage import keys as K
 from ..storage.codec import RecordRow, decode_record, pack, unpack
-from ..storage.store import Mutation, Store
+from ..storage.store import Mutation, Store, is_failure
 from ..types import CollectionConfig
 from . import validate as V
 from .collection import Collection
 from .graph import edge_tombstones
 from .hlc import HLC
+
+if TYPE_CHECKING:
+    from ..embed.profiles import EmbedderResolver
 
 log = logging.getLogger("engramdb.database")
 
@@ -91,9 +94,14 @@ class Database:
             self.hlc.observe(newest)
         self._lock = threading.RLock()
         self._collections: dict[tuple[str, str], Collection] = {}
+        self._embedders: EmbedderResolver | None = None
+        # Embedded use trusts inline embedder configs (whoever opens the database is its operator);
+        # a server turns this off with refuse_inline_embedders().
+        self._inline_embedders = True
         self._closed = False
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._thread_errors: dict[str, str] = {}  # background thread name -> why it stopped
         self.ensure_tenant(DEFAULT_TENANT)
         if start_background:
             self._start("engramdb-ttl", self._sweep_loop)
@@ -153,14 +161,13 @@ class Database:
         self._check_open()
         emb = None
         if embedder is not None:
-            from ..embed import make_embedder
             from ..types import EmbedderConfig
 
             try:
                 ecfg = EmbedderConfig.model_validate(dict(embedder))
             except Exception as e:
                 raise InvalidArgument(f"invalid embedder config: {e}", code="invalid_config") from e
-            emb = make_embedder(ecfg)
+            emb = self._resolver().for_create(ecfg, allow_inline=self._inline_embedders)
             if emb is not None:
                 if dimension is None:
                     dimension = emb.dimension
@@ -213,9 +220,7 @@ class Database:
 
     def _make(self, tenant: str, tid: int, cid: int, cfg: CollectionConfig, emb: Any = None) -> Collection:
         if emb is None and cfg.embedder is not None:
-            from ..embed import make_embedder
-
-            emb = make_embedder(cfg.embedder)
+            emb = self._resolver().for_collection(cfg, allow_inline=self._inline_embedders)
         ix = self.settings.index
         return Collection(
             self.store,
@@ -229,6 +234,30 @@ class Database:
             text_refresh_seconds=ix.text_refresh_seconds,
             embedder=emb,
         )
+
+    def _resolver(self) -> EmbedderResolver:
+        # Built on first use: importing the embedders (httpx) is not needed by collections without one.
+        if self._embedders is None:
+            from ..config import embedder_profiles
+            from ..embed.profiles import EmbedderResolver
+
+            self._embedders = EmbedderResolver(embedder_profiles(self.settings))
+        return self._embedders
+
+    def refuse_inline_embedders(self) -> None:
+        """Embed only with the operator's embedder profiles from now on (servers call this).
+
+        A server's collection configs come from API callers, so an inline
+        provider config (an endpoint, key variable, key file or model path)
+        is never acted on: creating one fails with ``embedder_not_allowed``,
+        and a stored one (from before profiles) loads with an embedder that
+        refuses to embed, unless an operator profile matches it exactly.
+        """
+        with self._lock:
+            self._inline_embedders = False
+            for coll in self._collections.values():
+                if coll.config.embedder is not None and coll.config.embedder.inline:
+                    coll.embedder = self._resolver().for_collection(coll.config, allow_inline=False)
 
     def get_collection(self, name: str, *, tenant: str = DEFAULT_TENANT) -> Collection:
         """The named collection; raises NotFound (code ``collection_not_found``)."""
@@ -297,9 +326,21 @@ class Database:
 
     # ------------------------------------------------------ background tasks
     def _start(self, name: str, fn: Callable[[], None]) -> None:
-        t = threading.Thread(target=fn, name=name, daemon=True)
+        t = threading.Thread(target=self._thread_main, args=(name, fn), name=name, daemon=True)
         t.start()
         self._threads.append(t)
+
+    def _thread_main(self, name: str, fn: Callable[[], None]) -> None:
+        """Run a background loop; an end other than by close() is logged and reported by :meth:`problems`."""
+        try:
+            fn()
+        except BaseException as e:
+            self._thread_errors[name] = f"the {name} thread died ({type(e).__name__}: {e})"
+            log.critical("background thread %s died: %r", name, e)
+            raise
+        if not self._stop.is_set():
+            self._thread_errors[name] = f"the {name} thread stopped"
+            log.critical("background thread %s stopped unexpectedly", name)
 
     def _sweep_loop(self) -> None:
         interval = self.settings.storage.ttl_sweep_interval_seconds
@@ -309,7 +350,10 @@ class Database:
                     pass
             except Closed:
                 return
-            except Exception:
+            except BaseException as e:
+                if not is_failure(e):  # e.g. SystemExit: stop (and say so), see _thread_main
+                    raise
+                # Also through a Rust panic of a binding: the next round retries.
                 log.exception("TTL sweep failed; will retry")
 
     def sweep(self, now: float | None = None, limit: int = 1000) -> int:
@@ -390,7 +434,9 @@ class Database:
                     self.trim_changelog()
             except Closed:
                 return
-            except Exception:
+            except BaseException as e:
+                if not is_failure(e):
+                    raise
                 log.exception("index snapshot failed; will retry")
 
     def snapshot(self) -> None:
@@ -416,21 +462,107 @@ class Database:
             self.store.delete_range("changes", K.seq_key(0), K.seq_key(upto))
 
     # -------------------------------------------------------------- lifecycle
+    # ---------------------------------------------------------------- health
+    def problems(self) -> list[str]:
+        """Why this node does not answer every request with current data; empty when it does.
+
+        Covers the storage threads (:meth:`Store.problem`), the background
+        threads started here, and every loaded collection's indexes (a failed
+        index update, a text index that cannot commit). Servers report these
+        on ``/ready``.
+        """
+        out: list[str] = []
+        p = self.store.problem()
+        if p is not None:
+            out.append(p)
+        if not self._closed:
+            out.extend(self._thread_errors.values())
+            for t in self._threads:
+                if not t.is_alive() and t.name not in self._thread_errors:
+                    out.append(f"the {t.name} thread is gone")
+        for coll in list(self._collections.values()):
+            cp = coll.problem()
+            if cp is not None:
+                out.append(f"{coll.tenant}/{coll.name}: {cp}")
+        return out
+
+    @property
+    def fatal(self) -> str | None:
+        """Why no write can succeed any more (None while they can); only a restart helps."""
+        return self.store.fatal
+
+    # -------------------------------------------------------------- lifecycle
     def close(self) -> None:
         """Snapshot indexes, stop background tasks and close storage."""
+        self.close_within(None)
+
+    def close_within(self, timeout: float | None) -> bool:
+        """:meth:`close` within ``timeout`` seconds (None: wait for everything); True if the close was clean.
+
+        Past the timeout, gives up on whatever has not finished (a hung
+        snapshot, a stuck storage thread) and returns False; acknowledged
+        writes are in RocksDB's log either way and the indexes catch up from
+        the changelog at the next start. Returns True after a clean close.
+        """
         with self._lock:
             if self._closed:
-                return
+                return True
             self._closed = True
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def left(cap: float | None = None) -> float | None:
+            if deadline is None:
+                return cap
+            rest = max(0.0, deadline - time.monotonic())
+            return rest if cap is None else min(rest, cap)
+
+        clean = True
         self._stop.set()
         for t in self._threads:
-            t.join(timeout=30)
+            t.join(left(30.0))
+            if t.is_alive():
+                log.error("background thread %s did not stop in time", t.name)
+                clean = False
         for coll in list(self._collections.values()):
+            # Without time left, close without a snapshot (the changelog covers it).
+            snap = deadline is None or time.monotonic() < deadline
             try:
-                coll.close(snapshot=True)
-            except Exception:
+                # A snapshot waits for the collection's index lock, which a
+                # stuck index update may hold: bounded like the rest.
+                if not self._bounded(functools.partial(coll.close, snapshot=snap), left()):
+                    log.error("closing collection %s did not finish in time", coll.name)
+                    clean = False
+            except BaseException as e:
+                if not is_failure(e):
+                    raise
                 log.exception("closing collection %s failed", coll.name)
-        self.store.close()
+                clean = False
+        if self._embedders is not None:
+            self._embedders.close()
+        return self.store.close(left()) and clean
+
+    @staticmethod
+    def _bounded(fn: Callable[[], None], timeout: float | None) -> bool:
+        """Run ``fn``; with a timeout, in a helper thread that is given up on (left running) when time is up."""
+        if timeout is None:
+            fn()
+            return True
+        err: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                fn()
+            except BaseException as e:
+                err.append(e)
+
+        t = threading.Thread(target=run, name="engramdb-close", daemon=True)
+        t.start()
+        t.join(timeout)
+        if t.is_alive():
+            return False
+        if err:
+            raise err[0]
+        return True
 
     @property
     def closed(self) -> bool:

@@ -33,6 +33,11 @@ Matching rules (documented here because users and the payload index both rely on
 
 ``compile_filter`` validates the whole expression up front and raises :class:`InvalidFilter`
 naming the exact place (``$and[1].age.$gte``) and what to change; nothing is ignored silently.
+
+Size bounds (``MAX_FILTER_*`` below, documented in docs/api-contract.md): a filter is evaluated
+against every candidate record, so its size multiplies the cost of a query. The parser counts
+as it goes and refuses an oversized filter with code ``filter_too_large`` before any record is
+read, whichever entry point (engine, REST, gRPC) it came through.
 """
 
 from __future__ import annotations
@@ -88,6 +93,14 @@ SPECIAL_KEYS: Final[frozenset[str]] = frozenset({"namespace_prefix", "id_prefix"
 # Deep enough for any hand-written or generated filter, shallow enough that a hostile
 # request cannot exhaust the interpreter stack while we parse or match it.
 MAX_DEPTH: Final = 64
+# Size bounds, far above any hand-written or generated filter (a long list of alternatives belongs
+# in one ``$in``), low enough that one request cannot make every record cost thousands of tests.
+MAX_FILTER_NODES: Final = 1_000  # conditions and logical operators ($and/$or/$not) in one filter
+MAX_IN_VALUES: Final = 10_000  # values in one $in/$nin list (= the largest batch of ids)
+MAX_FILTER_VALUES: Final = 20_000  # operand values in the whole filter (list and object items count)
+MAX_FILTER_STRING_CHARS: Final = 16_384  # one string operand, object key, id_prefix or namespace label
+MAX_FIELD_PATH_CHARS: Final = 1_024  # one dotted field path
+MAX_NAMESPACE_PREFIX_DEPTH: Final = 32  # labels in namespace_prefix (= the deepest namespace a record has)
 
 _SUPPORTED = ", ".join(sorted(FIELD_OPS | LOGICAL_OPS))
 
@@ -221,24 +234,70 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
-def _freeze(value: Any, path: str, depth: int) -> Any:
+def _too_large(path: str, msg: str, limit: int) -> InvalidFilter:
+    where = f" at `{path}`" if path else ""
+    return InvalidFilter(
+        f"filter too large{where}: {msg}", code="filter_too_large", details={"path": path, "limit": limit}
+    )
+
+
+def _check_string(s: str, path: str, what: str) -> None:
+    if len(s) > MAX_FILTER_STRING_CHARS:
+        raise _too_large(path, f"{what} is longer than {MAX_FILTER_STRING_CHARS} characters", MAX_FILTER_STRING_CHARS)
+
+
+class _Sizes:
+    """Running totals of one parse: an oversized filter is refused after a bounded amount of work."""
+
+    __slots__ = ("nodes", "values")
+
+    def __init__(self) -> None:
+        self.nodes = 0
+        self.values = 0
+
+    def node(self, path: str) -> None:
+        self.nodes += 1
+        if self.nodes > MAX_FILTER_NODES:
+            raise _too_large(
+                path,
+                f"more than {MAX_FILTER_NODES} conditions and operators; write alternatives for one field as "
+                '{"field": {"$in": [...]}}, or split the query',
+                MAX_FILTER_NODES,
+            )
+
+    def value(self, path: str) -> None:
+        self.values += 1
+        if self.values > MAX_FILTER_VALUES:
+            raise _too_large(
+                path,
+                f"more than {MAX_FILTER_VALUES} values in all operands together; split the query",
+                MAX_FILTER_VALUES,
+            )
+
+
+def _freeze(value: Any, path: str, depth: int, sz: _Sizes) -> Any:
     """Validate a JSON operand and copy it (lists → tuples) so later caller mutation cannot leak in."""
     if depth > MAX_DEPTH:
         raise _err(path, f"value nested deeper than {MAX_DEPTH} levels")
-    if value is None or isinstance(value, (bool, str)):
+    sz.value(path)
+    if isinstance(value, str):
+        _check_string(value, path, "a string value")
+        return value
+    if value is None or isinstance(value, bool):
         return value
     if is_number(value):
         if isinstance(value, float) and math.isnan(value):
             raise _err(path, "NaN is not a valid filter value (it equals nothing)")
         return value
     if _is_seq(value):
-        return tuple(_freeze(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value))
+        return tuple(_freeze(v, f"{path}[{i}]", depth + 1, sz) for i, v in enumerate(value))
     if isinstance(value, Mapping):
         out: dict[str, Any] = {}
         for k, v in value.items():
             if not isinstance(k, str):
                 raise _err(path, f"object keys must be strings, got {_type_name(k)} {k!r}")
-            out[k] = _freeze(v, _join(path, k), depth + 1)
+            _check_string(k, path, "an object key")
+            out[k] = _freeze(v, _join(path, k), depth + 1, sz)
         return out
     raise _err(
         path,
@@ -256,57 +315,81 @@ def _check_field_name(key: str, path: str) -> None:
         raise _err(path, f"field path {key!r} contains an operator; write {{'field': {{'$op': value}}}}")
 
 
-def _parse_object(obj: Mapping[Any, Any], path: str, depth: int) -> Node:
+def _parse_object(obj: Mapping[Any, Any], path: str, depth: int, sz: _Sizes) -> Node:
     if depth > MAX_DEPTH:
         raise _err(path, f"filter nested deeper than {MAX_DEPTH} levels")
     children: list[Node] = []
     for key, val in obj.items():
         if not isinstance(key, str):
             raise _err(path, f"keys must be strings, got {_type_name(key)} {key!r}")
+        if len(key) > MAX_FIELD_PATH_CHARS:
+            # Before the key is copied into any path or message.
+            raise _too_large(path, f"a key is longer than {MAX_FIELD_PATH_CHARS} characters", MAX_FIELD_PATH_CHARS)
         kpath = _join(path, key)
         if key.startswith("$"):
-            children.append(_parse_logical(key, val, kpath, depth))
+            children.append(_parse_logical(key, val, kpath, depth, sz))
         elif key == "namespace_prefix":
             if not _is_seq(val) or not all(isinstance(p, str) for p in val):
                 raise _err(kpath, f'namespace_prefix needs a list of strings like ["user-42"], got {_type_name(val)}')
+            if len(val) > MAX_NAMESPACE_PREFIX_DEPTH:
+                raise _too_large(
+                    kpath,
+                    f"namespace_prefix has more than {MAX_NAMESPACE_PREFIX_DEPTH} labels (no namespace is deeper)",
+                    MAX_NAMESPACE_PREFIX_DEPTH,
+                )
+            for i, label in enumerate(val):
+                _check_string(label, f"{kpath}[{i}]", "a namespace label")
+            sz.node(kpath)
             children.append(NamespacePrefix(tuple(val)))
         elif key == "id_prefix":
             if not isinstance(val, str):
                 raise _err(kpath, f"id_prefix needs a string, got {_type_name(val)}")
+            _check_string(val, kpath, "id_prefix")
+            sz.node(kpath)
             children.append(IdPrefix(val))
         else:
             _check_field_name(key, path if not key else kpath)
-            children.extend(_parse_field(key, val, kpath, depth))
-    return children[0] if len(children) == 1 else And(tuple(children))
+            children.extend(_parse_field(key, val, kpath, depth, sz))
+    if len(children) == 1:
+        return children[0]
+    sz.node(path)
+    return And(tuple(children))
 
 
-def _parse_logical(key: str, val: Any, path: str, depth: int) -> Node:
+def _parse_logical(key: str, val: Any, path: str, depth: int, sz: _Sizes) -> Node:
     if key in ("$and", "$or"):
         if not _is_seq(val) or not val:
             got = "an empty list" if _is_seq(val) else _type_name(val)
             raise _err(path, f"{key} needs a non-empty list of filter objects, got {got}")
+        sz.node(path)
         kids: list[Node] = []
         for i, item in enumerate(val):
             ipath = f"{path}[{i}]"
             if not isinstance(item, Mapping):
                 raise _err(ipath, f"{key} items must be filter objects, got {_type_name(item)}")
-            kids.append(_parse_object(item, ipath, depth + 1) if item else And(()))
+            if not item:
+                sz.node(ipath)
+            kids.append(_parse_object(item, ipath, depth + 1, sz) if item else And(()))
         if len(kids) == 1:
             return kids[0]
         return And(tuple(kids)) if key == "$and" else Or(tuple(kids))
     if key == "$not":
         if not isinstance(val, Mapping):
             raise _err(path, f"$not needs a filter object, got {_type_name(val)}")
-        return Not(_parse_object(val, path, depth + 1) if val else And(()))
+        sz.node(path)
+        if not val:
+            sz.node(path)
+        return Not(_parse_object(val, path, depth + 1, sz) if val else And(()))
     if key in FIELD_OPS:
         raise _err(path, f'{key} must be applied to a field, like {{"age": {{"{key}": ...}}}}')
     raise _err(path, f"unknown operator {key!r}; supported: {_SUPPORTED}")
 
 
-def _parse_field(field: str, val: Any, path: str, depth: int) -> list[Node]:
+def _parse_field(field: str, val: Any, path: str, depth: int, sz: _Sizes) -> list[Node]:
     if not (isinstance(val, Mapping) and any(isinstance(k, str) and k.startswith("$") for k in val)):
         # No operator keys: implicit equality (an object value is an exact object match).
-        return [Cmp(field, "$eq", _freeze(val, path, depth + 1))]
+        sz.node(path)
+        return [Cmp(field, "$eq", _freeze(val, path, depth + 1, sz))]
     out: list[Node] = []
     for op, operand in val.items():
         if not isinstance(op, str) or not op.startswith("$"):
@@ -315,34 +398,41 @@ def _parse_field(field: str, val: Any, path: str, depth: int) -> list[Node]:
                 f"cannot mix operators and plain keys ({op!r}) in one object; "
                 f'use only operators, or use a dotted path like "{field}.{op}" for nested fields',
             )
-        out.append(_parse_op(field, op, operand, _join(path, op), depth + 1))
+        out.append(_parse_op(field, op, operand, _join(path, op), depth + 1, sz))
     return out
 
 
-def _parse_op(field: str, op: str, operand: Any, path: str, depth: int) -> Node:
+def _parse_op(field: str, op: str, operand: Any, path: str, depth: int, sz: _Sizes) -> Node:
     if depth > MAX_DEPTH:
         raise _err(path, f"filter nested deeper than {MAX_DEPTH} levels")
+    if op in FIELD_OPS:
+        sz.node(path)
     if op in ("$eq", "$ne"):
-        return Cmp(field, op, _freeze(operand, path, depth))  # type: ignore[arg-type]
+        return Cmp(field, op, _freeze(operand, path, depth, sz))  # type: ignore[arg-type]
     if op in RANGE_OPS:
         if not (is_number(operand) or isinstance(operand, str)):
             raise _err(path, f"{op} needs a number or a string, got {_type_name(operand)}")
-        return Cmp(field, op, _freeze(operand, path, depth))  # type: ignore[arg-type]
+        return Cmp(field, op, _freeze(operand, path, depth, sz))  # type: ignore[arg-type]
     if op in ("$in", "$nin"):
         if not _is_seq(operand):
             raise _err(path, f"{op} needs a list of values, got {_type_name(operand)}")
-        return Cmp(field, op, _freeze(operand, path, depth))  # type: ignore[arg-type]
+        if len(operand) > MAX_IN_VALUES:
+            raise _too_large(path, f"{op} has more than {MAX_IN_VALUES} values; split the query", MAX_IN_VALUES)
+        return Cmp(field, op, _freeze(operand, path, depth, sz))  # type: ignore[arg-type]
     if op == "$exists":
         if not isinstance(operand, bool):
             raise _err(path, f"$exists needs true or false, got {_type_name(operand)}")
         return Cmp(field, "$exists", operand)
     if op == "$contains":
-        return Cmp(field, "$contains", _freeze(operand, path, depth))
+        return Cmp(field, "$contains", _freeze(operand, path, depth, sz))
     if op == "$not":
         if not (isinstance(operand, Mapping) and any(isinstance(k, str) and k.startswith("$") for k in operand)):
             shown = "an object without operators" if isinstance(operand, Mapping) else _type_name(operand)
             raise _err(path, f'$not inside a field needs an operator object like {{"$gt": 5}}, got {shown}')
-        kids = _parse_field(field, operand, path, depth)
+        sz.node(path)
+        kids = _parse_field(field, operand, path, depth, sz)
+        if len(kids) > 1:
+            sz.node(path)
         return Not(kids[0] if len(kids) == 1 else And(tuple(kids)))
     if op in ("$and", "$or"):
         raise _err(path, f'{op} is not allowed inside a field; write {{"{op}": [{{"{field}": ...}}, ...]}}')
@@ -560,13 +650,44 @@ def _compile_and(children: tuple[Node, ...]) -> Matcher:
     return all_of
 
 
+def _merge_alternatives(children: tuple[Node, ...]) -> tuple[Node, ...]:
+    """``$or`` children with every ``$eq``/``$in`` on one path merged into one ``$in``.
+
+    ``{"$or": [{"u": 1}, {"u": 2}, ...]}`` then costs one hash lookup per record instead of one
+    closure call per branch. Exact: ``$eq v`` is ``$in [v]`` (both match the whole value or any
+    list element), and an OR of ``$in`` tests is the ``$in`` of the union of their values.
+    """
+    by_field: dict[str, list[Any]] = {}
+    first: dict[str, int] = {}
+    out: list[Node | None] = []
+    for c in children:
+        if isinstance(c, Cmp) and c.op in ("$eq", "$in"):
+            if c.field not in by_field:
+                by_field[c.field] = []
+                first[c.field] = len(out)
+                out.append(None)  # placeholder: the merged test keeps the first branch's position
+            if c.op == "$eq":
+                by_field[c.field].append(c.value)
+            else:
+                by_field[c.field].extend(c.value)
+        else:
+            out.append(c)
+    if len(out) == len(children):
+        return children  # no path appears twice: nothing to merge
+    for field, values in by_field.items():
+        out[first[field]] = Cmp(field, "$in", tuple(values))
+    return tuple(n for n in out if n is not None)
+
+
 def _compile(node: Node) -> Matcher:
     if isinstance(node, Cmp):
         return _compile_field(node.parts, [_value_test(node.op, node.value)])
     if isinstance(node, And):
         return _compile_and(node.children)
     if isinstance(node, Or):
-        fs = tuple(_compile(c) for c in node.children)
+        fs = tuple(_compile(c) for c in _merge_alternatives(node.children))
+        if len(fs) == 1:
+            return fs[0]
         if not fs:
             return lambda rid, ns, md: False
         if len(fs) == 2:
@@ -689,4 +810,4 @@ def compile_filter(obj: Mapping[str, Any] | Filter | None) -> Filter | None:
         raise _err("", f"a filter must be an object like {{'field': value}}, got {_type_name(obj)}")
     if not obj:
         return None
-    return Filter(_parse_object(obj, "", 0))
+    return Filter(_parse_object(obj, "", 0, _Sizes()))

@@ -92,7 +92,7 @@ def _relations(value: Any, where: str = "relations") -> tuple[str, ...] | None:
             f"{where} must be a non-empty list of relation names, or null for every relation",
             code="invalid_relation",
         )
-    return tuple(dict.fromkeys(V.relation(r) for r in value))
+    return tuple(dict.fromkeys(V.relation_ref(r) for r in value))
 
 
 def _timeout(value: Any, where: str) -> float:
@@ -147,13 +147,7 @@ def _parse_new_edge(item: Any, where: str) -> _NewEdge:
         rel = V.relation(d.get("relation"))
     except InvalidArgument as e:
         raise InvalidArgument(f"{where}.{e.message}", code=e.code) from e
-    w = d.get("weight")
-    if w is None:
-        weight = 1.0
-    elif isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
-        raise InvalidArgument(f"{where}.weight must be a finite number, got {w!r}", code="invalid_weight")
-    else:
-        weight = float(w)
+    weight = V.edge_weight(d.get("weight"), f"{where}.weight")
     try:
         props = V.metadata(d.get("properties"))
     except InvalidArgument as e:
@@ -174,10 +168,11 @@ def _parse_edge_key(item: Any, where: str) -> EdgeKey:
             f"{where} must be a (src, relation, dst) tuple, a dict with those keys, or an Edge", code="invalid_edge"
         )
     try:
-        relation = V.relation(rel)
+        relation = V.relation_ref(rel)
     except InvalidArgument as e:
         raise InvalidArgument(f"{where}.{e.message}", code=e.code) from e
-    return (V.record_id(src, f"{where}.src"), relation, V.record_id(dst, f"{where}.dst"))
+    # Naming an edge to remove: edges stored before control characters were refused stay removable.
+    return (V.record_ref(src, f"{where}.src"), relation, V.record_ref(dst, f"{where}.dst"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -461,9 +456,9 @@ class GraphMixin:
         Raises ``NotFound`` (``record_not_found``) if ``id`` is not a live record.
         """
         self._check_open()
-        rid = V.record_id(id)
+        rid = V.record_ref(id)
         direction = _direction(direction)
-        rel = None if relation is None else V.relation(relation)
+        rel = None if relation is None else V.relation_ref(relation)
         limit = _int_arg(limit, "limit", 1, MAX_LIMIT, "invalid_limit")
         alive = self._alive_fn()
         self._require_live(rid, alive)
@@ -509,7 +504,7 @@ class GraphMixin:
         ``DeadlineExceeded`` past ``timeout_ms``.
         """
         self._check_open()
-        rid = V.record_id(id)
+        rid = V.record_ref(id)
         hops = _hops(hops)
         rels = _relations(relations)
         direction = _direction(direction)
@@ -538,7 +533,7 @@ class GraphMixin:
                     if fanout is not None:
                         adj = sorted(adj, key=lambda a: -a.weight)[:fanout]
                     for a in adj:
-                        cand = score * a.weight
+                        cand = V.bounded_score(score * a.weight)
                         cur = level.get(a.other)
                         if cur is None:
                             # Stop discovering once the answer is full; nodes already
@@ -581,7 +576,7 @@ class GraphMixin:
         self._check_open()
         id_list = [ids] if isinstance(ids, str) else list(ids)
         V.batch(id_list, "ids")
-        starts = [V.record_id(r, f"ids[{i}]") for i, r in enumerate(id_list)]
+        starts = [V.record_ref(r, f"ids[{i}]") for i, r in enumerate(id_list)]
         hops = _hops(hops, lo=0)
         rels = _relations(relations)
         direction = _direction(direction)
@@ -763,7 +758,7 @@ def expand_hits(
     best: dict[str, _Best] = {}
     for h in hits:
         if h.id not in best:
-            best[h.id] = _Best(h.score, 0, (), h.id, h)
+            best[h.id] = _Best(V.bounded_score(h.score), 0, (), h.id, h)
     n_seeds = len(hits) if spec.seeds is None else min(spec.seeds, len(hits))
     frontier = list(dict.fromkeys(h.id for h in hits[:n_seeds]))
     timed_out = False
@@ -805,7 +800,7 @@ def expand_hits(
             for u in cands:
                 bu = level[u]
                 for a in chosen[u]:
-                    cand = bu.base * spec.decay * a.weight
+                    cand = V.bounded_score(bu.base * spec.decay * a.weight)
                     cur = best.get(a.other)
                     if cur is None or cand > cur.base:
                         best[a.other] = _Best(cand, hop, (*bu.path, a), bu.seed, cur.hit if cur else None)
@@ -824,7 +819,7 @@ def expand_hits(
 
     def final_score(rid: str) -> float:
         b = best[rid].base
-        return b * _importance_factor(rows.get(rid)) if spec.use_importance else b
+        return V.bounded_score(b * _importance_factor(rows.get(rid))) if spec.use_importance else b
 
     order = list(best)
     if spec.use_importance:

@@ -39,7 +39,7 @@ class HLC:
             return (self._last, self.node_id)
 
     def observe(self, version: Version) -> None:
-        """Move the clock past a version seen from elsewhere (replica writes, restore)."""
+        """Move the clock past a version seen elsewhere (at open: the newest stored one)."""
         with self._lock:
             if version[0] > self._last:
                 self._last = version[0]

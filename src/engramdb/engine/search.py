@@ -14,6 +14,7 @@ from ..index import planner
 from ..storage.codec import RecordRow
 from ..types import Hit
 from . import validate as V
+from .budget import MASK, Deadline, current_deadline
 from .filters import Filter, compile_filter
 from .graph import expand_seeds
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from .collection import Candidates, Collection
 
 RRF_K = 60  # the usual reciprocal-rank-fusion constant; damps the top ranks' dominance
+_ROWS_SLICE = 4096  # rows read per multi-get while checking an inexact filter
 _MODES = ("vector", "text", "hybrid")
 
 
@@ -63,7 +65,8 @@ def run_search(
             vector = coll.embedder.embed_query(text)
         q = V.vector(vector, coll.dimension, coll.metric, "query vector")
     fetch = k if expand is None else max(k, expand_seeds(expand, k))  # validates the spec before any work
-    checker = _Checker(coll, flt)
+    # Started after the query text was embedded: the embedder has its own timeout.
+    checker = _Checker(coll, flt, current_deadline("search"))
     ranked: dict[str, list[tuple[int, float]]] = {}
     if q is not None:
         ranked["vector"] = vector_search(coll, q, fetch if mode == "vector" else max(fetch, 50), checker, ef, exact)
@@ -94,9 +97,11 @@ class _Checker:
     hits afterwards does not read them again.
     """
 
-    def __init__(self, coll: Collection, flt: Filter | None):
+    def __init__(self, coll: Collection, flt: Filter | None, dl: Deadline | None = None):
         self.coll = coll
         self.flt = flt
+        self.dl = dl
+        self._ticks = 0
         self.now = time.time()
         self.vindex = coll.vindex
         self.rows: dict[int, RecordRow | None] = {}
@@ -105,8 +110,18 @@ class _Checker:
         self._cands: Candidates | None = None
         self.exact = True
         if flt is not None:
-            self._cands = coll.filter_candidates(flt)  # shared with other queries: read only
+            self._cands = coll.filter_candidates(flt, dl)  # shared with other queries: read only
             self.candidates, self.exact = self._cands.labels, self._cands.exact
+
+    def check_deadline(self) -> None:
+        if self.dl is not None:
+            self.dl.check()
+
+    def tick(self) -> None:
+        """Count one unit of per-label work; the clock is read only every few hundred."""
+        self._ticks += 1
+        if self.dl is not None and not self._ticks & MASK:
+            self.dl.check()
 
     def candidate_array(self) -> np.ndarray:
         """The candidate (or all live) labels as a sorted uint32 array, built once per filter or query."""
@@ -124,6 +139,7 @@ class _Checker:
         lab = np.asarray(labels, dtype=np.int64)
         if lab.size == 0:
             return np.zeros(0, dtype=bool)
+        dl = self.dl
         if self.candidates is not None and not members:
             arr = self.candidate_array()
             if arr.size == 0:
@@ -134,7 +150,9 @@ class _Checker:
             ok = np.ones(lab.size, dtype=bool)
         expires = self.vindex.expires
         if expires:
-            for i in np.flatnonzero(ok):
+            for n, i in enumerate(np.flatnonzero(ok)):
+                if dl is not None and n & MASK == MASK:
+                    dl.check()
                 exp = expires.get(int(lab[i]))
                 if exp is not None and exp <= self.now:
                     ok[i] = False
@@ -143,7 +161,9 @@ class _Checker:
         need = [int(lb) for lb in lab[ok] if int(lb) not in self.rows]
         self._load_rows(need)
         name_of = self.vindex.name_of
-        for i in np.flatnonzero(ok):
+        for n, i in enumerate(np.flatnonzero(ok)):
+            if dl is not None and n & MASK == MASK:
+                dl.check()
             lb = int(lab[i])
             row = self.rows.get(lb)
             ok[i] = (
@@ -154,11 +174,14 @@ class _Checker:
         return ok
 
     def _load_rows(self, labels: list[int]) -> None:
-        if not labels:
-            return
-        ids = [name or "" for name in self.vindex.names_of(labels)]
-        for lb, row in zip(labels, self.coll.rows(ids), strict=True):
-            self.rows[lb] = row
+        # In slices, so a budget can stop a query that would read a large part of the collection.
+        for start in range(0, len(labels), _ROWS_SLICE):
+            if start:
+                self.check_deadline()
+            part = labels[start : start + _ROWS_SLICE]
+            ids = [name or "" for name in self.vindex.names_of(part)]
+            for lb, row in zip(part, self.coll.rows(ids), strict=True):
+                self.rows[lb] = row
 
     def materialize(self, scored: list[tuple[int, float, dict[str, float]]], inc: frozenset[str]) -> list[Hit]:
         name_of = self.vindex.name_of
@@ -205,6 +228,7 @@ def vector_search(
     limit = cand_count if filter_fn is not None else total
     fetch, ef_q = p.fetch_k, p.ef
     while True:
+        checker.check_deadline()
         labels, dists = vindex.knn(q, fetch, ef_q, filter_fn=filter_fn, matching=cand_count if filter_fn else None)
         keep = checker.keep(labels, members=filter_fn is not None)
         res = list(zip(labels[keep].tolist(), vindex.score(dists[keep]).tolist(), strict=True))
@@ -230,6 +254,7 @@ def _exact(coll: Collection, q: np.ndarray, k: int, checker: _Checker) -> list[t
     best_l: list[np.ndarray] = []
     best_d: list[np.ndarray] = []
     for i in range(0, len(labels), 65_536):
+        checker.check_deadline()
         part, vecs = coll.stored_vectors(labels[i : i + 65_536])
         lb, d = vindex.exact(q, part, k, vecs)
         best_l.append(lb)
@@ -254,6 +279,7 @@ def text_search(coll: Collection, query: str, k: int, checker: _Checker) -> list
         return [(lb, s) for (lb, s), ok in zip(got, keep.tolist(), strict=True) if ok]
 
     def allowed(label: int) -> bool:
+        checker.tick()
         return bool(checker.keep([label])[0])
 
     return tindex.search(query, k, allowed=allowed)

@@ -7,11 +7,14 @@ is written.
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import orjson
 
 from ..errors import DimensionMismatch, InvalidArgument
 from ..types import INCLUDE_FIELDS, MAX_ID_BYTES, MAX_K, NAME_RE
@@ -22,6 +25,37 @@ MAX_TEXT_BYTES = 1 << 20
 MAX_METADATA_DEPTH = 16
 MAX_BATCH = 10_000
 MAX_RELATION_BYTES = 256
+# Metadata (and edge properties) get a cap of their own, the size of the text cap: the whole
+# object is decoded for every result and filter check, so it must stay small next to the row.
+MAX_METADATA_BYTES = 1 << 20
+MAX_METADATA_KEY_BYTES = 1024
+# Edge weights multiply along paths (up to 5 hops, then by a seed score): a bound keeps every
+# product finite (see docs/graph.md). Negative weights keep their documented meaning.
+MAX_EDGE_WEIGHT = 1e6
+
+# C0 controls, DEL and C1 controls. Such characters in an id, relation or namespace label
+# cannot be written in a URL path or a log line unambiguously (a newline in an id made the
+# record unreachable over REST), so they are refused where those values are created.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def _check_chars(value: str, where: str, code: str) -> None:
+    """Refuse control characters and lone surrogates (which UTF-8 cannot hold)."""
+    bad = _CONTROL.search(value)
+    if bad is not None:
+        raise InvalidArgument(
+            f"{where} contains the control character U+{ord(bad.group()):04X}; "
+            "control characters (U+0000-U+001F, U+007F-U+009F) are not allowed",
+            code=code,
+        )
+    _check_utf8(value, where, code)
+
+
+def _check_utf8(value: str, where: str, code: str) -> None:
+    try:
+        value.encode()
+    except UnicodeEncodeError as e:
+        raise InvalidArgument(f"{where} is not valid UTF-8 (lone surrogate)", code=code) from e
 
 
 def name(value: Any, what: str = "name") -> str:
@@ -33,16 +67,25 @@ def name(value: Any, what: str = "name") -> str:
     return value
 
 
-def record_id(value: Any, where: str = "id") -> str:
+def record_ref(value: Any, where: str = "id") -> str:
+    """An id that names a record (read, patch, delete, unlink): the storage rules only.
+
+    Records written before control characters were refused (see :func:`record_id`)
+    must stay reachable, so naming one is allowed.
+    """
     if not isinstance(value, str):
         raise InvalidArgument(f"{where} must be a string, got {type(value).__name__}", code="invalid_id")
     n = len(value.encode("utf-8", "surrogatepass"))
     if n == 0 or n > MAX_ID_BYTES:
         raise InvalidArgument(f"{where} must be 1-{MAX_ID_BYTES} bytes of UTF-8, got {n} bytes", code="invalid_id")
-    try:
-        value.encode()
-    except UnicodeEncodeError as e:
-        raise InvalidArgument(f"{where} is not valid UTF-8 (lone surrogate)", code="invalid_id") from e
+    _check_utf8(value, where, "invalid_id")
+    return value
+
+
+def record_id(value: Any, where: str = "id") -> str:
+    """An id being written (a record or an edge endpoint): also free of control characters."""
+    record_ref(value, where)
+    _check_chars(value, where, "invalid_id")
     return value
 
 
@@ -90,8 +133,7 @@ def namespace(value: Any, where: str = "namespace") -> tuple[str, ...]:
                 f"{where}[{i}] must be a non-empty string of at most {MAX_SEGMENT_CHARS} characters",
                 code="invalid_namespace",
             )
-        if any(ord(c) < 0x20 for c in seg):
-            raise InvalidArgument(f"{where}[{i}] must not contain control characters", code="invalid_namespace")
+        _check_chars(seg, f"{where}[{i}]", "invalid_namespace")
         out.append(seg)
     return tuple(out)
 
@@ -117,6 +159,13 @@ def _json_value(v: Any, path: str, depth: int) -> None:
         for k, x in v.items():
             if not isinstance(k, str):
                 raise InvalidArgument(f"metadata keys must be strings (at {path})", code="invalid_metadata")
+            if (
+                len(k) > MAX_METADATA_KEY_BYTES // 4
+                and len(k.encode("utf-8", "surrogatepass")) > MAX_METADATA_KEY_BYTES
+            ):
+                raise InvalidArgument(
+                    f"metadata key at {path} is longer than {MAX_METADATA_KEY_BYTES} bytes", code="invalid_metadata"
+                )
             _json_value(x, f"{path}.{k}", depth + 1)
         return
     if isinstance(v, (list, tuple)):
@@ -128,12 +177,24 @@ def _json_value(v: Any, path: str, depth: int) -> None:
     )
 
 
-def metadata(value: Any) -> dict[str, Any]:
+def metadata(value: Any, where: str = "metadata") -> dict[str, Any]:
+    """A JSON object of at most ``MAX_METADATA_BYTES`` serialized (also edge properties)."""
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise InvalidArgument("metadata must be a JSON object", code="invalid_metadata")
-    _json_value(value, "metadata", 0)
+        raise InvalidArgument(f"{where} must be a JSON object", code="invalid_metadata")
+    _json_value(value, where, 0)
+    try:
+        # Serializing once both measures the object and proves every string valid UTF-8.
+        size = len(orjson.dumps(value))
+    except orjson.JSONEncodeError as e:
+        raise InvalidArgument(f"{where} is not valid JSON text: {e}", code="invalid_metadata") from None
+    if size > MAX_METADATA_BYTES:
+        raise InvalidArgument(
+            f"{where} is {size} bytes as JSON, more than the {MAX_METADATA_BYTES} allowed; "
+            "keep large content in text or outside the database",
+            code="invalid_metadata",
+        )
     return dict(value)
 
 
@@ -144,6 +205,7 @@ def text(value: Any) -> str | None:
         raise InvalidArgument("text must be a string", code="invalid_text")
     if len(value.encode("utf-8", "surrogatepass")) > MAX_TEXT_BYTES:
         raise InvalidArgument(f"text is longer than {MAX_TEXT_BYTES} bytes", code="invalid_text")
+    _check_utf8(value, "text", "invalid_text")
     return value
 
 
@@ -215,9 +277,119 @@ def batch(items: Sequence[Any], what: str) -> None:
         raise InvalidArgument(f"at most {MAX_BATCH} {what} per call; split the batch", code="batch_too_large")
 
 
-def relation(value: Any) -> str:
-    if not isinstance(value, str) or not value or len(value.encode()) > MAX_RELATION_BYTES:
+def relation_ref(value: Any, where: str = "relation") -> str:
+    """A relation name that selects edges (reads, unlink): the storage rules only."""
+    if not isinstance(value, str) or not value or len(value.encode("utf-8", "surrogatepass")) > MAX_RELATION_BYTES:
         raise InvalidArgument(
-            f"relation must be a non-empty string of at most {MAX_RELATION_BYTES} bytes", code="invalid_relation"
+            f"{where} must be a non-empty string of at most {MAX_RELATION_BYTES} bytes", code="invalid_relation"
         )
+    _check_utf8(value, where, "invalid_relation")
     return value
+
+
+def relation(value: Any, where: str = "relation") -> str:
+    """A relation name being written: also free of control characters."""
+    relation_ref(value, where)
+    _check_chars(value, where, "invalid_relation")
+    return value
+
+
+def edge_weight(value: Any, where: str = "weight") -> float:
+    """An edge weight: finite, at most ``MAX_EDGE_WEIGHT`` in magnitude; None means 1.0."""
+    if value is None:
+        return 1.0
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not -MAX_EDGE_WEIGHT <= value <= MAX_EDGE_WEIGHT
+    ):
+        raise InvalidArgument(
+            f"{where} must be a number from {-MAX_EDGE_WEIGHT:g} to {MAX_EDGE_WEIGHT:g}, got {value!r}",
+            code="invalid_weight",
+        )
+    return float(value)
+
+
+def bounded_score(value: float) -> float:
+    """A score kept finite: products of weights and scores saturate instead of overflowing.
+
+    Clamped to ±``sys.float_info.max``; NaN (only possible from values stored before weights
+    were bounded) ranks last.
+    """
+    if value != value:
+        return -_FLOAT_MAX
+    return min(max(value, -_FLOAT_MAX), _FLOAT_MAX)
+
+
+_FLOAT_MAX = 1.7976931348623157e308
+
+
+# ------------------------------------------------------------------ API keys
+def key_expires_at(value: Any, now: float, where: str = "expires_at") -> float | None:
+    """When an API key expires: None (never) or a Unix time after ``now``, at most a century ahead."""
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not now < value <= now + MAX_TTL_SECONDS
+    ):
+        raise InvalidArgument(
+            f"{where} must be a Unix time in seconds after now and at most {MAX_TTL_SECONDS} s "
+            f"(100 years) ahead, got {value!r}; omit it for a key that does not expire",
+            code="invalid_expiry",
+        )
+    return float(value)
+
+
+def grace_seconds(value: Any, where: str = "grace_seconds") -> float:
+    """How long a rotated key keeps working: 0 to ``MAX_TTL_SECONDS`` seconds."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not 0 <= value <= MAX_TTL_SECONDS
+    ):
+        raise InvalidArgument(
+            f"{where} must be a number of seconds from 0 to {MAX_TTL_SECONDS}, got {value!r}", code="invalid_expiry"
+        )
+    return float(value)
+
+
+# --------------------------------------------------------------------- JSON
+_INT64_FLOAT = float(2**63)
+
+
+def json_loads(data: bytes | str) -> Any:
+    """Parse JSON text (a REST body, a gRPC ``*_json`` field) keeping every integer exact.
+
+    orjson turns an integer literal beyond 64 bits into a float, which would let
+    ``12345678901234567890123`` be stored as ``1.2345678901234568e22`` where the
+    embedded engine refuses it (``invalid_metadata``). Such a float is integral and
+    at least 2**63; when one appears, the standard parser reads the text again and
+    keeps integers as integers, so validation sees what the caller sent. Raises
+    ``orjson.JSONDecodeError`` (a ``ValueError``) for text that is not JSON.
+    """
+    value = orjson.loads(data)
+    if _maybe_big_int(value):
+        value = json.loads(data)  # orjson accepted the text, so this parser does too
+    return value
+
+
+def _maybe_big_int(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, float):
+            if abs(v) >= _INT64_FLOAT and v.is_integer():
+                return True
+        elif isinstance(v, dict):
+            for k, x in v.items():
+                # A vector is floats whatever their size: skip it (it is most of a request).
+                if (isinstance(x, (dict, list)) and k != "vector") or isinstance(x, float):
+                    stack.append(x)
+        elif isinstance(v, list):
+            stack.extend(x for x in v if isinstance(x, (dict, list, float)))
+    return False

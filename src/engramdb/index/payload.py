@@ -42,7 +42,7 @@ import math
 import struct
 import zlib
 from collections.abc import Iterable, Mapping
-from typing import Any, Final, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
@@ -63,6 +63,9 @@ from engramdb.engine.filters import (
     is_number,
 )
 from engramdb.errors import CorruptData, InvalidArgument
+
+if TYPE_CHECKING:
+    from engramdb.engine.budget import Deadline
 
 __all__ = ["FIELD_TYPES", "FieldType", "PayloadIndex"]
 
@@ -508,16 +511,19 @@ class PayloadIndex:
 
     # -- queries
 
-    def candidates(self, filter: Filter | Node, universe: BitMap) -> tuple[BitMap, bool]:
+    def candidates(
+        self, filter: Filter | Node, universe: BitMap, deadline: Deadline | None = None
+    ) -> tuple[BitMap, bool]:
         """A superset of the labels in ``universe`` that match ``filter``, and whether it is exact.
 
         ``universe`` is the set of live labels; predicates the index cannot answer (undeclared
         fields, ``namespace_prefix``, ``id_prefix``) contribute ``universe`` and make the result
         inexact, so the caller must then check each candidate with ``Filter.matches``. The result
-        is always a new bitmap the caller may modify.
+        is always a new bitmap the caller may modify. ``deadline`` is checked before each
+        range or ``$contains`` comparison, which may walk every distinct value of a field.
         """
         node = filter.node if isinstance(filter, Filter) else filter
-        bm, exact = self._eval(node, universe)
+        bm, exact = self._eval(node, universe, deadline)
         out = bm & universe
         return (out if type(out) is BitMap else BitMap(out)), exact
 
@@ -525,8 +531,10 @@ class PayloadIndex:
         """Upper bound on how many labels of ``universe`` match (the planner's cardinality)."""
         return len(self.candidates(filter, universe)[0])
 
-    def _eval(self, node: Node, universe: BitMap) -> Result:
+    def _eval(self, node: Node, universe: BitMap, dl: Deadline | None = None) -> Result:
         if isinstance(node, Cmp):
+            if dl is not None and (node.op == "$contains" or node.op in RANGE_OPS):
+                dl.check()  # these may walk every distinct value of the field; lookups cost the filter's size
             f = self._fields.get(node.field)
             if f is None:
                 return universe, False
@@ -537,19 +545,19 @@ class PayloadIndex:
             acc: BitMap | None = None
             exact = True
             for child in node.children:
-                bm, ex = self._eval(child, universe)
+                bm, ex = self._eval(child, universe, dl)
                 acc = bm if acc is None else acc & bm
                 exact = exact and ex
                 if not acc:
                     return BitMap(), True
             return (universe, True) if acc is None else (acc, exact)
         if isinstance(node, Or):
-            parts = [self._eval(child, universe) for child in node.children]
+            parts = [self._eval(child, universe, dl) for child in node.children]
             if not parts:
                 return BitMap(), True
             return BitMap.union(*(p[0] for p in parts)), all(p[1] for p in parts)
         if isinstance(node, Not):
-            bm, ex = self._eval(node.child, universe)
+            bm, ex = self._eval(node.child, universe, dl)
             return (universe - bm, True) if ex else (universe, False)
         if isinstance(node, NamespacePrefix):
             return universe, not node.path

@@ -61,6 +61,7 @@ import shutil
 import struct
 import tempfile
 import threading
+import time
 import uuid
 import weakref
 import zlib
@@ -78,12 +79,14 @@ except ImportError:  # pragma: no cover - not POSIX: no cross-process lock for t
     fcntl = None  # type: ignore[assignment]
 
 from engramdb.errors import (
+    DAMAGED_INDEX_ADVICE,
     Closed,
     CorruptData,
     EngramError,
     FailedPrecondition,
     InvalidArgument,
     StorageFull,
+    Unavailable,
 )
 
 __all__ = ["TOKENIZER_NAME", "TextIndex", "build_analyzer", "build_schema", "check_index_files"]
@@ -166,8 +169,18 @@ def _wrap(exc: BaseException, action: str) -> EngramError:
             code="index_locked",
             details={"cause": text},
         )
+    if "does not have any lock" in text:
+        # tantivy's panic after a rollback that failed half way: the writer is
+        # dead, the files are fine.
+        return Unavailable(
+            f"text index: {action} failed: the index writer lost its lock",
+            code="index_unavailable",
+            details={"cause": text},
+        )
     if type(exc).__name__ == "PanicException" or "corrupt" in text.lower():
-        return CorruptData(f"text index: {action} failed: index data is corrupt", details={"cause": text})
+        return CorruptData(
+            f"text index: {action} failed: index data is corrupt; {DAMAGED_INDEX_ADVICE}", details={"cause": text}
+        )
     return EngramError(f"text index: {action} failed: {text}", details={"cause": text})
 
 
@@ -479,9 +492,15 @@ def _refresh_loop(ref: weakref.ref[TextIndex], stop: threading.Event, interval: 
             return
         try:
             index._refresh_if_dirty()
-        except Exception:
-            # Keep the thread alive: the changes stay pending and the next
-            # tick (or an explicit flush, which raises) retries the commit.
+        except BaseException as exc:
+            if not _is_failure(exc):
+                # Not an error of the index (a deliberate exit): stop, and let
+                # TextIndex.problem() report the thread as gone.
+                log.critical("text index refresh thread stopped by %r; searches no longer see new writes", exc)
+                raise
+            # Keep the thread alive, also through a Rust panic: the changes
+            # stay pending and the next tick (or an explicit flush, which
+            # raises) retries the commit, reopening a dead writer first.
             log.exception("text index background commit failed; will retry")
         del index
 
@@ -528,6 +547,13 @@ class TextIndex:
         self._closed = False
         self._watermark = 0
         self._opstamp = 0  # of the last commit; see open
+        self._writer_heap_bytes = writer_heap_bytes
+        self._writer_threads = writer_threads
+        # Why the writer is down (None while it is up) and why the last commit
+        # failed (None after a success): what problem() reports.
+        self._writer_error: str | None = None
+        self._commit_error: str | None = None
+        self._next_reopen = 0.0  # monotonic time before which no reopen is tried
         self._schema = build_schema()
         # TextAnalyzer.analyze needs a mutable borrow on the Rust side, so
         # concurrent query analysis is serialised; it takes microseconds.
@@ -750,9 +776,15 @@ class TextIndex:
         change is durable in storage already, so this only logs.
         """
         with self._lock:
-            writer = self._writer_or_raise()
+            self._check_open()
             self._uncommitted.append(apply)
             self._dirty = True
+            writer = self._writer
+            if writer is None:
+                # Down (see _reopen_writer): the change goes out with the first
+                # commit of a reopened writer, which buffers _uncommitted again.
+                self._reopen_writer()
+                return
             try:
                 with _translated(action):
                     apply(writer)
@@ -765,17 +797,22 @@ class TextIndex:
     def _commit_locked(self) -> None:
         """Commit pending changes and reload the searcher; lock must be held."""
         writer = self._writer_or_raise()
-        with _translated("commit"):
-            if self._dirty:
-                try:
-                    self._opstamp = int(writer.commit())
-                except BaseException as exc:
-                    if _is_failure(exc):
-                        self._redo(writer)
-                    raise
-                self._uncommitted.clear()
-                self._dirty = False
-            self._index.reload()
+        try:
+            with _translated("commit"):
+                if self._dirty:
+                    try:
+                        self._opstamp = int(writer.commit())
+                    except BaseException as exc:
+                        if _is_failure(exc):
+                            self._redo(writer)
+                        raise
+                    self._uncommitted.clear()
+                    self._dirty = False
+                self._index.reload()
+        except EngramError as e:
+            self._commit_error = e.message
+            raise
+        self._commit_error = None
 
     def _redo(self, writer: tantivy.IndexWriter) -> None:
         """After a failed commit: revive the writer and buffer every uncommitted operation again.
@@ -788,17 +825,72 @@ class TextIndex:
         """
         try:
             writer.rollback()
+        except BaseException as exc:
+            if not _is_failure(exc):
+                raise
+            # tantivy's rollback gives up the directory lock before it builds
+            # the new writer; when that fails (no file descriptors left, say)
+            # the writer is dead for good and every later rollback is a Rust
+            # panic. Only a new writer helps.
+            log.error("text index: rolling back the writer failed (%s); opening a new writer", _wrap(exc, "rollback"))
+            self._writer = None
+            self._next_reopen = 0.0
+            self._reopen_writer(cause=exc)
+            return
+        self._rebuffer(writer)
+
+    def _rebuffer(self, writer: tantivy.IndexWriter) -> None:
+        try:
             for apply in self._uncommitted:
                 apply(writer)
-        except Exception:
+        except BaseException as exc:
+            if not _is_failure(exc):
+                raise
             log.warning("text index: re-buffering uncommitted changes failed; the next commit retries", exc_info=True)
+
+    def _reopen_writer(self, cause: BaseException | None = None) -> tantivy.IndexWriter | None:
+        """A new writer in place of a dead one (lock held), or None if it cannot be had yet.
+
+        Tried at most once a second: creating a writer is costly and the cause
+        (file descriptors, memory) usually needs a moment to go away. Until it
+        succeeds, writes are kept in ``_uncommitted`` and :meth:`problem`
+        reports the index as down.
+        """
+        if self._closed or self._writer is not None:
+            return self._writer
+        now = time.monotonic()
+        if now < self._next_reopen:
+            return None
+        self._next_reopen = now + 1.0
+        try:
+            with _translated("open a new writer"):
+                writer = self._index.writer(heap_size=self._writer_heap_bytes, num_threads=self._writer_threads)
+        except EngramError as e:
+            reason = e.message if cause is None else f"{_wrap(cause, 'rollback').message}; {e.message}"
+            if self._writer_error is None:
+                log.error("text index at %s is down: %s; retrying every second", self._path or "RAM", reason)
+            self._writer_error = reason
+            return None
+        self._writer = writer
+        if self._writer_error is not None:
+            log.warning(
+                "text index at %s: a new writer is open again; pending changes go out with the next commit",
+                self._path or "RAM",
+            )
+        self._writer_error = None
+        self._rebuffer(writer)
+        return writer
 
     def _refresh_if_dirty(self) -> None:
         """One background tick: commit + reload only when something changed."""
-        if not self._dirty:  # racy read is fine: a missed change waits one tick
+        # Racy reads are fine: a missed change waits one tick. A dead writer
+        # is reopened here too, so the index recovers without further writes.
+        if not self._dirty and self._writer is not None and self._commit_error is None:
             return
         with self._lock:
-            if self._closed or not self._dirty:
+            if self._closed or (not self._dirty and self._writer is not None and self._commit_error is None):
+                return
+            if self._writer is None and self._reopen_writer() is None:
                 return
             self._commit_locked()
 
@@ -995,9 +1087,32 @@ class TextIndex:
             raise Closed("text index is closed")
 
     def _writer_or_raise(self) -> tantivy.IndexWriter:
-        if self._closed or self._writer is None:
+        if self._closed:
             raise Closed("text index is closed")
-        return self._writer
+        writer = self._writer if self._writer is not None else self._reopen_writer()
+        if writer is None:
+            raise Unavailable(
+                f"text index: its writer is down ({self._writer_error}); "
+                "changes are kept and go out once it reopens, or are replayed from the changelog after a restart",
+                code="index_unavailable",
+            )
+        return writer
+
+    def problem(self) -> str | None:
+        """Why this index does not answer with current data (None: it does).
+
+        A writer that is down and cannot be reopened, commits that fail, or a
+        refresh thread that stopped: searches then miss recent writes.
+        """
+        if self._closed:
+            return None
+        if self._writer is None and self._writer_error is not None:
+            return f"text index writer is down: {self._writer_error}"
+        if self._commit_error is not None:
+            return f"text index commits fail: {self._commit_error}"
+        if not self._thread.is_alive():
+            return "text index refresh thread stopped"
+        return None
 
     def _release_writer(self) -> None:
         writer, self._writer = self._writer, None

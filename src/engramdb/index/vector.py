@@ -144,10 +144,18 @@ class VectorIndex:
         return vectors / norms
 
     def score(self, dist: np.ndarray) -> np.ndarray:
-        """Turn hnswlib distances into scores where higher is always better."""
-        if self.metric == "l2":
-            return 1.0 / (1.0 + np.sqrt(np.maximum(dist, 0.0)))
-        return 1.0 - dist
+        """Turn hnswlib distances into scores where higher is always better, always finite.
+
+        Vectors are finite float32, but the dot product or distance of two large
+        ones can overflow float32 (to infinity, or NaN from inf - inf); such a
+        score saturates at the largest float32 and NaN ranks last.
+        """
+        with np.errstate(over="ignore", invalid="ignore"):
+            scores = 1.0 / (1.0 + np.sqrt(np.maximum(dist, 0.0))) if self.metric == "l2" else 1.0 - dist
+        if not np.isfinite(scores).all():
+            top = np.finfo(scores.dtype).max
+            scores = np.nan_to_num(scores, nan=-top, posinf=top, neginf=-top)
+        return scores
 
     # ---------------------------------------------------------------- writes
     def upsert(self, ids: list[str], vectors: np.ndarray, expires: Iterable[float | None]) -> list[int]:
@@ -292,11 +300,12 @@ class VectorIndex:
             return np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.float32)
         if vecs is None:
             vecs = self.vectors(labels)
-        if self.metric == "l2":
-            diff = vecs - query[None, :]
-            dist = np.einsum("ij,ij->i", diff, diff)
-        else:
-            dist = 1.0 - vecs @ query
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is scored in score()
+            if self.metric == "l2":
+                diff = vecs - query[None, :]
+                dist = np.einsum("ij,ij->i", diff, diff)
+            else:
+                dist = 1.0 - vecs @ query
         k = min(k, len(labels))
         part = np.argpartition(dist, k - 1)[:k] if k < len(labels) else np.arange(len(labels))
         order = part[np.argsort(dist[part], kind="stable")]

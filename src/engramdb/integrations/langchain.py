@@ -26,6 +26,8 @@ from langchain_core.runnables.config import run_in_executor
 from langchain_core.vectorstores import VectorStore
 from langchain_core.vectorstores.utils import maximal_marginal_relevance
 
+from ..engine import validate as V
+from ..engine.filters import compile_filter
 from ..errors import AlreadyExists, NotFound
 
 if TYPE_CHECKING:
@@ -177,6 +179,7 @@ class EngramVectorStore(VectorStore):
         # engine itself rejects a batch that names an id twice.
         unique = list({r["id"]: r for r in records}.values())
         coll = self._existing()
+        _check_records(unique, int(coll.dimension) if coll is not None else len(unique[0]["vector"]))
         if coll is None:
             coll = self._create(len(unique[0]["vector"]))
         for start in range(0, len(unique), _MAX_BATCH):
@@ -229,10 +232,14 @@ class EngramVectorStore(VectorStore):
         if coll is None:
             return True
         flt = kwargs.get("filter")
+        if flt is not None:
+            compile_filter(flt)  # a bad filter must fail before the ids below are deleted
         if ids is None:
             coll.delete(filter=flt if flt is not None else {})
             return True
         ids = list(ids)
+        for i, rid in enumerate(ids):
+            V.record_ref(rid, f"ids[{i}]")  # every chunk's ids checked before the first is deleted
         for start in range(0, len(ids), _MAX_BATCH):
             coll.delete(ids[start : start + _MAX_BATCH])
         if flt is not None:
@@ -411,3 +418,20 @@ class EngramVectorStore(VectorStore):
                 owned.close()
             raise
         return store
+
+
+def _check_records(records: Sequence[dict[str, Any]], dimension: int) -> None:
+    """The engine's checks on every record of a write, before its first chunk is written.
+
+    The engine validates each call whole, but a write of more than 10,000 records takes
+    several calls: without this, a bad record in a later chunk would fail after the
+    earlier chunks were stored (and a bad first write would leave an empty collection).
+    """
+    for i, rec in enumerate(records):
+        where = f"records[{i}]"
+        V.record_id(rec["id"], f"{where}.id")
+        V.text(rec["text"])
+        V.vector(rec["vector"], dimension, "dot", f"{where}.vector")  # "dot": checks only, no normalisation
+        V.metadata(rec["metadata"])
+        V.namespace(rec.get("namespace"), f"{where}.namespace")
+        V.positive_seconds(rec.get("ttl_seconds"), f"{where}.ttl_seconds")

@@ -76,7 +76,8 @@ from langgraph.store.base import (
     tokenize_path,
 )
 
-from ..errors import AlreadyExists, NotFound
+from ..engine import validate as V
+from ..errors import AlreadyExists, InvalidArgument, NotFound
 
 if TYPE_CHECKING:
     from langchain_core.embeddings import Embeddings
@@ -146,7 +147,8 @@ class _CollectionLike(Protocol):
 
 def _short_id(prefix: str, parts: Sequence[str]) -> str:
     # ASCII escaping keeps every id valid UTF-8 (even for keys with lone
-    # surrogates) and JSON quoting makes the encoding injective.
+    # surrogates) and free of control characters (escaped too, DEL included),
+    # and JSON quoting makes the encoding injective.
     enc = json.dumps(list(parts), ensure_ascii=True, separators=(",", ":"))
     if len(enc) + len(prefix) + 2 <= _MAX_ID_BYTES:
         return f"{prefix}:{enc}"
@@ -373,7 +375,31 @@ def _ttl_seconds(ttl: Any) -> float | None:
         raise ValueError(f"ttl must be a number of minutes, a timedelta or None, got {ttl!r}")
     if not math.isfinite(seconds) or seconds <= 0:
         raise ValueError(f"ttl must be positive, got {ttl!r}")
+    if seconds > V.MAX_TTL_SECONDS:
+        raise ValueError(f"ttl must be at most 100 years, got {ttl!r}")
     return seconds
+
+
+# Stand-ins for the store's own metadata fields when a put is checked before the batch runs:
+# the largest values they can take, so the size the engine checks is never underestimated.
+_MAX_INT = 2**63 - 1
+_META_BOUND = {_SEQ: _MAX_INT, _NS_SEQ: _MAX_INT, _CREATED: _MAX_INT, _UPDATED: _MAX_INT, _PART: _MAX_INT}
+_META_BOUND.update({_EMB: False, _NVEC: _MAX_INT})
+
+
+def _check_put(op: PutOp) -> None:
+    """Refuse a put the engine would refuse when writing it, so a failing batch writes nothing."""
+    if op.value is None:
+        return  # a delete writes no namespace or value (and may name an item stored under older rules)
+    try:
+        V.namespace(op.namespace)
+    except InvalidArgument as e:
+        raise InvalidNamespaceError(f"Invalid namespace {tuple(op.namespace)!r}: {e.message}") from None
+    if not isinstance(op.value, Mapping):
+        raise ValueError(f"value must be a dict, got {type(op.value).__name__}")
+    # The metadata this put would write, with every number at its largest (engine rules: JSON
+    # values, 64-bit integers, depth and size caps). Raises the engine's InvalidArgument.
+    V.metadata({_KEY: str(op.key), _VALUE: dict(op.value), **_META_BOUND}, "item")
 
 
 @dataclass
@@ -587,14 +613,13 @@ class EngramStore(BaseStore):
         for op in ops:
             if isinstance(op, PutOp):
                 _check_labels(op.namespace)
+                # The "langgraph" root label is refused by BaseStore.put only; batch() takes it,
+                # as LangGraph's own stores do.
                 if op.value is not None:
                     if not op.namespace:
                         raise InvalidNamespaceError("Namespace cannot be empty.")
-                    if op.namespace[0] == "langgraph":
-                        raise InvalidNamespaceError(
-                            f'Root label for namespace cannot be "langgraph". Got: {op.namespace}'
-                        )
                     _ttl_seconds(op.ttl)  # fail before anything is written
+                _check_put(op)
                 puts[(tuple(op.namespace), str(op.key))] = op
             elif isinstance(op, GetOp):
                 _check_labels(op.namespace)
@@ -846,6 +871,12 @@ class EngramStore(BaseStore):
                     rec["ttl_seconds"] = w.ttl_seconds
                 records.append(rec)
             deletes.extend(_part_ids(w.item_id, nvec, w.old_nvec))
+        # Every record passes the engine's checks before anything is written (the vectors come
+        # from the embedder, after _validate), so a refused batch has not applied its deletes.
+        dim = int(self._coll.dimension)
+        for i, rec in enumerate(records):
+            V.record_id(rec["id"], f"records[{i}].id")
+            V.vector(rec["vector"], dim, "dot", f"records[{i}].vector")  # "dot": no normalisation, just checks
         # Deletes first: a failure in between then leaves an item with fewer
         # vectors, never a stale extra vector record carrying an old value.
         for start in range(0, len(deletes), _MAX_BATCH):

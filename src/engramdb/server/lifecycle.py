@@ -23,15 +23,15 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Collection, Generator
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
-from ..config import Settings, TLSSettings, check
+from ..config import Settings, TLSSettings, affected, check, dev_only_env_warnings
 from ..errors import EngramError
-from ..service.keys import load_bootstrap_key
+from ..service.keys import load_bootstrap_key, load_metrics_key
 
 if TYPE_CHECKING:
     from ..service import Service
@@ -39,13 +39,21 @@ if TYPE_CHECKING:
 log = logging.getLogger("engramdb.server")
 
 
-def preflight(settings: Settings) -> tuple[list[str], list[str]]:
-    """``(problems, warnings)`` of a server configuration; problems prevent starting."""
+def preflight(settings: Settings, *, invalid: Collection[str] = ()) -> tuple[list[str], list[str]]:
+    """``(problems, warnings)`` of a server configuration; problems prevent starting.
+
+    ``invalid``: settings the schema rejected (``config.gather``), replaced by defaults in ``settings``;
+    problems about them are left out, the schema's own report already names them.
+    """
     problems = list(check(settings))
     warnings: list[str] = []
     admin_key = None
     try:
         admin_key = load_bootstrap_key(settings)
+    except EngramError as e:
+        problems.append(e.message)
+    try:
+        load_metrics_key(settings)
     except EngramError as e:
         problems.append(e.message)
     srv = settings.server
@@ -55,13 +63,14 @@ def preflight(settings: Settings) -> tuple[list[str], list[str]]:
             "only keys made with `engramdb keys create` will work"
         )
     if srv.auth == "disabled" and not _is_loopback(srv.host):
-        warnings.append(f"auth is disabled while listening on {srv.host}: anyone who can connect is an admin")
-    if srv.tls.dev_insecure:
-        warnings.append("server.tls.dev_insecure is on: for development only")
+        warnings.append(
+            f"auth is disabled while listening on {srv.host}: anyone who can connect is an admin of tenant 'default'"
+        )
+    warnings.extend(dev_only_env_warnings())
     ext = settings.extraction
     if not ext.enabled and ext.customised():
         warnings.append("extraction settings are given but extraction.model is not set: extraction stays disabled")
-    return problems, warnings
+    return [p for p in problems if not affected(p, invalid)], warnings
 
 
 def _is_loopback(host: str) -> bool:
@@ -73,11 +82,18 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
+# TLS 1.2 suites REST accepts: forward-secret key exchange with AEAD ciphers only, as gRPC's BoringSSL offers.
+# CBC suites (padding-oracle history, e.g. Lucky13) and RSA key exchange are left out; TLS 1.3's suites are all AEAD.
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+
+
 def tls_context(tls: TLSSettings) -> ssl.SSLContext:
-    """The REST server's TLS context: TLS 1.2 or newer, client certificates when a client CA is set."""
+    """The REST server's TLS context: TLS 1.2+, AEAD suites only, client certificates when a client CA is set."""
     assert tls.cert_file is not None and tls.key_file is not None
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(TLS12_CIPHERS)
+    ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
     ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
     if tls.client_ca_file is not None:
         ctx.load_verify_locations(cafile=str(tls.client_ca_file))
@@ -137,6 +153,7 @@ def run_server(settings: Settings) -> int:
     from ..engine.database import Database
     from ..service import Service
     from .rest import create_app
+    from .rest.transport import ConnectionLimits, effective_max_connections, protocol_class
 
     srv = settings.server
     try:
@@ -145,7 +162,7 @@ def run_server(settings: Settings) -> int:
         print(f"engramdb: cannot open the data directory {settings.data_dir}: {e}", file=sys.stderr)
         return 1
     try:
-        service = Service(db, settings, admin_key=load_bootstrap_key(settings))
+        service = Service(db, settings, admin_key=load_bootstrap_key(settings), metrics_key=load_metrics_key(settings))
     except EngramError as e:  # e.g. the extraction key vanished between preflight and here
         print(f"engramdb: refusing to start: {e.message}", file=sys.stderr)
         db.close()
@@ -160,6 +177,17 @@ def run_server(settings: Settings) -> int:
         return 1
 
     app = create_app(service)
+    limits = ConnectionLimits(
+        max_connections=effective_max_connections(srv.max_connections),
+        max_header_bytes=srv.max_header_kb * 1024,
+        header_timeout=srv.header_timeout_seconds,
+    )
+    if limits.max_connections < srv.max_connections:
+        log.warning(
+            "server.max_connections lowered to %d: half the process's file descriptor limit (raise `ulimit -n`)",
+            limits.max_connections,
+        )
+    http_protocol = protocol_class(limits)
     config = uvicorn.Config(
         app,
         host=srv.host,
@@ -172,6 +200,9 @@ def run_server(settings: Settings) -> int:
         ws="none",
         timeout_graceful_shutdown=int(-(-srv.shutdown_timeout_seconds // 1)),
         ssl_context_factory=(lambda cfg, default: tls_context(srv.tls)) if srv.tls.enabled else None,
+        # Connection cap, head size and read deadlines (uvicorn has none of its own for request heads).
+        http=http_protocol,
+        h11_max_incomplete_event_size=limits.max_header_bytes,
     )
     deadline: list[float] = []
     grpc_stopper: list[threading.Thread] = []
@@ -192,7 +223,9 @@ def run_server(settings: Settings) -> int:
     loader = threading.Thread(target=service.load_all, name="engramdb-load", daemon=True)
     loader.start()
     scheme = "https" if srv.tls.enabled else "http"
-    log.info("EngramDB REST on %s://%s:%d, auth %s, data in %s", scheme, srv.host, srv.port, service.auth_mode, db.path)
+    log.info("EngramDB REST on %s://%s:%d, data in %s", scheme, srv.host, srv.port, db.path)
+    # Which callers get in is the first thing an operator needs to know: say it, and why.
+    log.log(logging.WARNING if service.auth_mode != "required" else logging.INFO, service.auth_summary())
     status = 0
     try:
         server.run()
@@ -217,12 +250,46 @@ def run_server(settings: Settings) -> int:
         if loader.is_alive():
             log.warning("closing while collections are still loading; the next start will rebuild them")
         service.close()  # after the drain: no extraction is using the model's connections any more
+        clean = False
         try:
-            db.close()
-        except Exception:
+            # Bounded, even with a storage or index thread hung or dead: a stop
+            # must always finish. What a cut-short close leaves undone (a
+            # snapshot) is caught up from the changelog at the next start.
+            clean = db.close_within(left() + _CLOSE_SLACK_SECONDS)
+            if not clean:
+                log.error("the database did not close cleanly within the shutdown timeout")
+        except BaseException:
             log.exception("closing the database failed")
+        if not clean:
             status = status or 1
+            _exit_soon(status)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         log.info("EngramDB stopped")
     return status
+
+
+# The database close (index snapshots) gets the rest of the shutdown budget plus this.
+_CLOSE_SLACK_SECONDS = 5.0
+# After an unclean close, how long the interpreter may take to exit before it is cut short.
+_EXIT_GRACE_SECONDS = 5.0
+
+
+def _exit_soon(status: int) -> None:
+    """Make sure the process ends although threads of the unclean close are stuck.
+
+    Python's exit joins every worker thread of the REST and gRPC thread pools,
+    so one request stuck on a hung index lock would keep the process alive
+    forever after SIGTERM. A daemon timer ends it with ``status`` if the normal
+    exit has not happened ``_EXIT_GRACE_SECONDS`` after this. Acknowledged
+    writes are in RocksDB's write-ahead log already.
+    """
+    import os
+
+    def cut() -> None:
+        time.sleep(_EXIT_GRACE_SECONDS)
+        log.critical("the process did not exit %.0f s after shutdown; exiting now", _EXIT_GRACE_SECONDS)
+        logging.shutdown()
+        os._exit(status)
+
+    threading.Thread(target=cut, name="engramdb-exit-watchdog", daemon=True).start()

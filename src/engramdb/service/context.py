@@ -19,6 +19,7 @@ _RANK: dict[str, int] = {r: i for i, r in enumerate(ROLES)}
 # Key ids of principals that are not stored keys.
 BOOTSTRAP_KEY_ID = "bootstrap"
 ANONYMOUS_KEY_ID = "anonymous"
+METRICS_KEY_ID = "metrics"
 
 
 def role_allows(role: str, needed: str) -> bool:
@@ -31,8 +32,10 @@ class Principal:
     """An authenticated caller: the key's id, tenant, role and collection scope.
 
     ``collections`` is ``None`` for an unscoped key. ``any_tenant`` is true for
-    the bootstrap admin key (and for everyone when auth is off): such callers
-    pick their tenant per request.
+    the bootstrap admin key only: it picks its tenant per request (anonymous
+    callers are confined to tenant ``default``). ``metrics`` is true for the
+    operator (bootstrap key, metrics key, anonymous in development mode): only
+    they may read ``/metrics``, which names every tenant's collections.
     """
 
     key_id: str
@@ -40,6 +43,7 @@ class Principal:
     role: Role
     collections: frozenset[str] | None = None
     any_tenant: bool = False
+    metrics: bool = False
 
     def may_use(self, collection: str) -> bool:
         return self.collections is None or collection in self.collections
@@ -61,6 +65,9 @@ class RequestContext:
     with ``any_tenant`` may use another tenant than their key's).
     ``principal`` and ``acting_tenant`` are set by the service once the caller
     is authenticated, so the transport can log them.
+    ``duplicate_header`` names a header (``authorization`` or the tenant header)
+    the request carried more than once: the service refuses such requests
+    rather than guess which copy counts (transports disagree on first vs last).
     """
 
     authorization: str | None = field(default=None, repr=False)
@@ -71,3 +78,4 @@ class RequestContext:
     transport: str = "rest"
     principal: Principal | None = None
     acting_tenant: str | None = None
+    duplicate_header: str | None = None

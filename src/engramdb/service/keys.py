@@ -12,8 +12,10 @@ is never stored; the service keeps only its digest in memory.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
+import math
 import os
 import secrets
 import threading
@@ -32,6 +34,7 @@ from .context import ROLES, Role
 KEY_PREFIX = "edb_"
 META_PREFIX = b"k|"
 ADMIN_KEY_ENV = "ENGRAMDB_ADMIN_KEY"
+METRICS_KEY_ENV = "ENGRAMDB_METRICS_KEY"
 MIN_BOOTSTRAP_KEY_CHARS = 16
 DEFAULT_ROTATION_GRACE_SECONDS = 86400.0
 
@@ -67,16 +70,24 @@ class ApiKey:
     replaced_by: str | None = None
 
     def expired(self, now: float) -> bool:
-        return self.expires_at is not None and self.expires_at <= now
+        # Fail safe: an expiry that is not a finite number (stored before expiries were
+        # validated, e.g. NaN, which compares false with everything) counts as expired.
+        exp = self.expires_at
+        return exp is not None and not (math.isfinite(exp) and exp > now)
+
+    def public_expires_at(self) -> float | None:
+        """``expires_at`` as shown to users: a non-finite stored value (an expired key) is shown as 0."""
+        exp = self.expires_at
+        return exp if exp is None or math.isfinite(exp) else 0.0
 
     def info(self) -> dict[str, Any]:
-        """The public description of the key (never the digest)."""
+        """The public description of the key (never the digest); JSON-safe."""
         return {
             "id": self.id,
             "tenant": self.tenant,
             "role": self.role,
             "collections": self.collections,
-            "expires_at": self.expires_at,
+            "expires_at": self.public_expires_at(),
             "revoked": self.revoked,
             "name": self.name,
             "created_at": self.created_at,
@@ -110,10 +121,23 @@ class KeyStore:
         self._store = store
         # Serialises read-modify-write of key rows (revoke, rotate) within this process.
         self._lock = threading.Lock()
+        # Whether any key row exists: read once here, set by every write. Rows are never deleted
+        # (revoking keeps the row), and `engramdb keys` cannot open the data directory while a
+        # server holds it, so this stays exact without a RocksDB read per request.
+        self._has_keys = self._any_row()
+
+    def _any_row(self) -> bool:
+        with contextlib.closing(self._store.iter_prefix("meta", META_PREFIX)) as rows:  # type: ignore[type-var]
+            return next(rows, None) is not None
+
+    def has_keys(self) -> bool:
+        """Whether any API key was ever stored (revoked and expired ones count)."""
+        return self._has_keys
 
     # ----------------------------------------------------------------- rows
     def _put(self, key: ApiKey) -> None:
         self._store.write_meta({META_PREFIX + key.id.encode(): pack(asdict(key))})
+        self._has_keys = True
 
     @staticmethod
     def _decode(raw: bytes) -> ApiKey:
@@ -144,8 +168,7 @@ class KeyStore:
         """A new key; returns ``(secret, stored key)``. The secret is not kept anywhere."""
         check_key_fields(role, tenant, collections, name)
         now = time.time() if now is None else now
-        if expires_at is not None and expires_at <= now:
-            raise InvalidArgument("expires_at is in the past", code="invalid_expiry")
+        expires_at = V.key_expires_at(expires_at, now)
         with self._lock:
             while True:
                 secret = KEY_PREFIX + secrets.token_urlsafe(32)
@@ -180,8 +203,7 @@ class KeyStore:
         self, key_id: str, *, grace_seconds: float = DEFAULT_ROTATION_GRACE_SECONDS, tenant: str | None = None
     ) -> tuple[str, ApiKey]:
         """A new key with the same tenant, role, scope and name; the old one expires after the grace."""
-        if grace_seconds < 0:
-            raise InvalidArgument("grace_seconds must not be negative", code="invalid_argument")
+        grace_seconds = V.grace_seconds(grace_seconds)
         now = time.time()
         with self._lock:
             old = self._owned(key_id, tenant)
@@ -189,7 +211,8 @@ class KeyStore:
                 raise InvalidArgument(
                     f"key {key_id!r} is revoked or expired; create a new key instead", code="key_not_rotatable"
                 )
-        expires = old.expires_at if old.expires_at is not None and old.expires_at > now else None
+        # A key stored before expiries were bounded may expire beyond a century: its successor gets the bound.
+        expires = None if old.expires_at is None else min(old.expires_at, now + V.MAX_TTL_SECONDS)
         secret, new = self.create(
             tenant=old.tenant,
             role=old.role,
@@ -201,7 +224,8 @@ class KeyStore:
         with self._lock:
             cur = self.get(key_id) or old
             grace_end = now + grace_seconds
-            cur.expires_at = grace_end if cur.expires_at is None else min(cur.expires_at, grace_end)
+            keep = cur.expires_at is not None and math.isfinite(cur.expires_at) and cur.expires_at < grace_end
+            cur.expires_at = cur.expires_at if keep else grace_end
             cur.replaced_by = new.id
             self._put(cur)
         return secret, new
@@ -229,11 +253,23 @@ def load_bootstrap_key(settings: Settings) -> str | None:
     Raises InvalidArgument (code ``invalid_config``) when the file cannot be
     read or the key is too short to be safe. The message never contains the key.
     """
-    value = os.environ.get(ADMIN_KEY_ENV)
-    source = ADMIN_KEY_ENV
-    if not value and settings.server.admin_key_file is not None:
-        path = Path(settings.server.admin_key_file)
-        source = f"server.admin_key_file ({path})"
+    return _load_secret(ADMIN_KEY_ENV, settings.server.admin_key_file, "server.admin_key_file", "the admin key")
+
+
+def load_metrics_key(settings: Settings) -> str | None:
+    """The metrics key (grants ``/metrics`` only) from ``ENGRAMDB_METRICS_KEY`` or ``server.metrics_key_file``.
+
+    Same rules and errors as :func:`load_bootstrap_key`.
+    """
+    return _load_secret(METRICS_KEY_ENV, settings.server.metrics_key_file, "server.metrics_key_file", "the metrics key")
+
+
+def _load_secret(env: str, file: Path | None, setting: str, what: str) -> str | None:
+    value = os.environ.get(env)
+    source = env
+    if not value and file is not None:
+        path = Path(file)
+        source = f"{setting} ({path})"
         try:
             value = path.read_text().strip()
         except OSError as e:
@@ -243,7 +279,7 @@ def load_bootstrap_key(settings: Settings) -> str | None:
     value = value.strip()
     if len(value) < MIN_BOOTSTRAP_KEY_CHARS or any(c.isspace() for c in value):
         raise InvalidArgument(
-            f"{source}: the admin key must be at least {MIN_BOOTSTRAP_KEY_CHARS} characters without spaces "
+            f"{source}: {what} must be at least {MIN_BOOTSTRAP_KEY_CHARS} characters without spaces "
             "(generate one with `engramdb keys generate` or `openssl rand -base64 32`)",
             code="invalid_config",
         )

@@ -16,17 +16,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
-from ..engine.validate import MAX_BATCH
+from ..embed.profiles import NOT_ALLOWED
+from ..engine.validate import MAX_BATCH, MAX_EDGE_WEIGHT, MAX_EPOCH_SECONDS, MAX_TTL_SECONDS
 from ..types import (
+    EMBEDDER_PROFILE_RULE,
     MAX_DIMENSION,
     MAX_ID_BYTES,
     MAX_K,
     CollectionConfig,
-    EmbedderConfig,
     FieldType,
     IndexParams,
+    is_profile_name,
     pydantic_fields,
 )
 
@@ -44,12 +46,13 @@ Include = Annotated[
 ]
 Filter = Annotated[dict[str, Any] | None, Field(description="a filter expression (see docs/filters.md)")]
 Namespace = Annotated[list[str] | None, Field(description="a hierarchical path such as ['user-42', 'memories']")]
-# Expiry bounds. The engine stores expiry as unsigned milliseconds and (as of this writing) does not
-# bound these fields itself, so out-of-range values would fail deep in the storage writer (a 500).
-MAX_TTL_SECONDS = 1e10  # about 317 years
-MAX_EXPIRES_AT = 1e11  # Unix seconds, about the year 5100
-TtlSeconds = Annotated[float | None, Field(gt=0, le=MAX_TTL_SECONDS)]
-ExpiresAt = Annotated[float | None, Field(ge=0, le=MAX_EXPIRES_AT, description="Unix time in seconds")]
+# Expiry bounds: the engine's own (engine/validate.py), repeated so OpenAPI documents them; a value
+# out of range fails with the engine's code (invalid_ttl) on every path.
+MAX_EXPIRES_AT = MAX_EPOCH_SECONDS  # Unix seconds, about the year 5100
+TtlSeconds = Annotated[float | None, Field(gt=0, le=MAX_TTL_SECONDS, allow_inf_nan=False)]
+ExpiresAt = Annotated[
+    float | None, Field(ge=0, lt=MAX_EXPIRES_AT, allow_inf_nan=False, description="Unix time in seconds")
+]
 
 
 class _Req(BaseModel):
@@ -80,12 +83,33 @@ def _strict(cls: type, doc: str) -> Any:
 
 if TYPE_CHECKING:
     IndexParamsIn = IndexParams
-    EmbedderConfigIn = EmbedderConfig
 else:
     IndexParamsIn = _strict(IndexParams, "HNSW parameters (strict variant of :class:`engramdb.types.IndexParams`).")
-    EmbedderConfigIn = _strict(
-        EmbedderConfig, "Server-side embedding settings (strict variant of :class:`engramdb.types.EmbedderConfig`)."
-    )
+
+
+class EmbedderRef(_Req):
+    """The embedder of a collection: an embedder profile the server's operator configured (``embedders``).
+
+    Nothing else is accepted: an endpoint, key variable, key file or model
+    path chosen by an API caller would make the server send its secrets, and
+    requests, wherever the caller likes.
+    """
+
+    profile: Annotated[str, Field(min_length=1, max_length=64, description=EMBEDDER_PROFILE_RULE)]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _profile_only(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or set(data) != {"profile"}:
+            raise ValueError(NOT_ALLOWED)
+        return data
+
+    @field_validator("profile")
+    @classmethod
+    def _profile_name(cls, v: str) -> str:
+        if not is_profile_name(v):
+            raise ValueError(f"embedder profile names are {EMBEDDER_PROFILE_RULE}")
+        return v
 
 
 class RecordIn(_Req):
@@ -110,7 +134,7 @@ class EdgeIn(_Req):
     src: RecordId
     relation: Annotated[str, Field(min_length=1)]
     dst: RecordId
-    weight: float | None = None
+    weight: Annotated[float | None, Field(ge=-MAX_EDGE_WEIGHT, le=MAX_EDGE_WEIGHT, allow_inf_nan=False)] = None
     properties: dict[str, Any] | None = None
     version: str | None = None
 
@@ -147,7 +171,7 @@ class CreateCollectionBody(_Req):
     dimension: Annotated[int | None, Field(ge=1, le=MAX_DIMENSION)] = None
     metric: Metric = "cosine"
     index: IndexParamsIn | None = None
-    embedder: EmbedderConfigIn | None = None
+    embedder: EmbedderRef | None = None
     default_ttl_seconds: TtlSeconds = None
     indexed_fields: dict[str, FieldType] = Field(default_factory=dict)
     text_index: bool = True
@@ -398,7 +422,13 @@ class CreateKeyBody(_Req):
     role: Role
     tenant: Annotated[str | None, Field(pattern=NAME_PATTERN, description="defaults to the caller's tenant")] = None
     collections: list[Name] | None = None
-    expires_at: Annotated[float | None, Field(description="Unix time in seconds")] = None
+    expires_at: Annotated[
+        float | None,
+        Field(
+            allow_inf_nan=False,
+            description="Unix time in seconds, in the future and at most 100 years ahead; omitted = never expires",
+        ),
+    ] = None
     name: Annotated[str | None, Field(min_length=1, max_length=200)] = None
 
 
@@ -412,7 +442,13 @@ class RevokeKey(_KeyId):
 
 class RotateKeyBody(_Req):
     grace_seconds: Annotated[
-        float | None, Field(ge=0, description="how long the old key keeps working; default one day")
+        float | None,
+        Field(
+            ge=0,
+            le=MAX_TTL_SECONDS,
+            allow_inf_nan=False,
+            description="how long the old key keeps working, in seconds (at most 100 years); default one day",
+        ),
     ] = None
 
 

@@ -15,13 +15,16 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
 from ..config import ExtractionSettings, Settings
+from ..embed.profiles import PROFILE_DETAIL
 from ..engine import validate as V
+from ..engine.budget import query_budget
 from ..engine.collection import Collection
 from ..engine.database import DEFAULT_TENANT, Database
 from ..engine.extraction import Extractor
@@ -38,9 +41,18 @@ from ..errors import (
     Unavailable,
     UpstreamError,
 )
-from ..types import ExtractResult, Hit, Record
+from ..storage.store import is_failure
+from ..types import CollectionConfig, ExtractResult, Hit, Record
 from . import models as M
-from .context import ANONYMOUS_KEY_ID, BOOTSTRAP_KEY_ID, Principal, RequestContext, Role, role_allows
+from .context import (
+    ANONYMOUS_KEY_ID,
+    BOOTSTRAP_KEY_ID,
+    METRICS_KEY_ID,
+    Principal,
+    RequestContext,
+    Role,
+    role_allows,
+)
 from .keys import DEFAULT_ROTATION_GRACE_SECONDS, KeyStore, digest, same_digest
 from .limits import AuthFailureThrottle, TokenBuckets
 from .metrics import ServiceMetrics
@@ -48,6 +60,14 @@ from .metrics import ServiceMetrics
 log = logging.getLogger("engramdb.service")
 
 AuthMode = Literal["required", "optional", "disabled"]
+# What a caller may need: a role for operations, "metrics" for /metrics (the operator only).
+Access = Role | Literal["metrics"]
+# The caller without a key where that is allowed (auth disabled, or development mode): the admin of
+# tenant ``default`` only, so a page or a local proxy reaching the port cannot touch other tenants.
+ANONYMOUS = Principal(ANONYMOUS_KEY_ID, DEFAULT_TENANT, "admin", None, any_tenant=False, metrics=True)
+# The metrics key reads /metrics and nothing else (an empty scope as a second guard behind check_access).
+METRICS_PRINCIPAL = Principal(METRICS_KEY_ID, DEFAULT_TENANT, "reader", frozenset(), metrics=True)
+BOOTSTRAP = Principal(BOOTSTRAP_KEY_ID, DEFAULT_TENANT, "admin", None, any_tenant=True, metrics=True)
 Scope = Literal["collection", "create", "list", "none"]
 MAX_REPORTED_ERRORS = 20
 
@@ -111,6 +131,7 @@ _FIELD_CODES: dict[str, str] = {
     "vector": "invalid_vector",
     "metadata": "invalid_metadata",
     "ttl_seconds": "invalid_ttl",
+    "expires_at": "invalid_ttl",
     "relation": "invalid_relation",
     "relations": "invalid_relation",
     "direction": "invalid_direction",
@@ -135,12 +156,14 @@ def _error_code(op: str, loc: tuple[int | str, ...], kind: str) -> str:
     if kind == "too_long" and len(loc) == 1 and head in ("records", "ids", "edges"):
         return "batch_too_large"
     if op == "create_collection":
+        if loc == ("embedder",):
+            return "embedder_not_allowed"  # anything but {"profile": name} (EmbedderRef)
         return "invalid_config"  # the engine reports every collection-config problem so
     if head in _BATCHES:
         if len(loc) <= 2 or kind == "extra_forbidden":
             return _BATCHES[head]
         return _FIELD_CODES.get(str(loc[2]), "invalid_argument")
-    if op in ("create_key", "rotate_key") and head == "expires_at":
+    if op in ("create_key", "rotate_key") and head in ("expires_at", "grace_seconds"):
         return "invalid_expiry"
     return _FIELD_CODES.get(head, "invalid_argument")
 
@@ -227,17 +250,27 @@ class Service:
         settings: Settings,
         *,
         admin_key: str | None = None,
+        metrics_key: str | None = None,
         extractor: Extractor | None = None,
     ):
         self.db = db
+        # Collection configs arrive from API callers: embed only with the operator's profiles.
+        db.refuse_inline_embedders()
         self.settings = settings
         self.keys = KeyStore(db.store)
         srv = settings.server
-        self.auth_mode: AuthMode = (
-            "disabled" if srv.auth == "disabled" else "required" if srv.auth_required() else "optional"
-        )
-        # Only the digest of the bootstrap key is kept, so a heap dump does not reveal it.
+        # Only the digests of the bootstrap and metrics keys are kept, so a heap dump does not reveal them.
         self._bootstrap_digest = digest(admin_key) if admin_key else None
+        self._metrics_digest = digest(metrics_key) if metrics_key else None
+        configured_key = self._bootstrap_digest is not None or self._metrics_digest is not None
+        # "optional" (development mode) lasts only while no key is stored: see auth_mode.
+        self._auth_setting: AuthMode = (
+            "disabled"
+            if srv.auth == "disabled"
+            else "required"
+            if srv.auth_required(any_key=configured_key or self.keys.has_keys())
+            else "optional"
+        )
         rl = srv.rate_limits
         self._key_buckets = TokenBuckets(rl.per_key_per_second, rl.per_key_burst)
         self._ip_buckets = TokenBuckets(rl.per_ip_per_second, rl.per_ip_burst)
@@ -260,16 +293,29 @@ class Service:
         """Load every collection's indexes, reporting progress; flips readiness when done."""
         try:
             self.db.load_all(progress=self.readiness.progress)
-        except Exception as e:
+        except BaseException as e:
+            # Also a Rust panic from an index binding (a BaseException): /ready
+            # must say "failed", never stay "loading" behind a dead thread.
             log.exception("loading collections failed")
-            self.readiness.set("failed", error=str(e))
+            self.readiness.set("failed", error=f"{type(e).__name__}: {e}")
+            if not is_failure(e):
+                raise
             return
         self.readiness.set("ready")
 
     def ready_report(self) -> dict[str, Any]:
-        """The body of ``/ready``: status plus progress while not ready."""
+        """The body of ``/ready``: status plus progress while not ready.
+
+        Once loaded, the node is ready only while the database reports no
+        problem (:meth:`Database.problems`: a storage or background thread
+        gone, an index that misses changes or cannot commit); otherwise the
+        status is ``unavailable`` with the reasons.
+        """
         r = self.readiness
         if r.ready:
+            problems = self.db.problems()
+            if problems:
+                return {"status": "unavailable", "problems": problems}
             return {"status": "ready"}
         progress: dict[str, Any] = {"current": r.current, "done": r.done, "total": r.total}
         if r.error:
@@ -282,6 +328,18 @@ class Service:
             pass  # closed during shutdown
         status = "loading" if r.status == "loading" else r.status
         return {"status": status, "progress": progress}
+
+    def health_report(self) -> dict[str, Any]:
+        """The body of ``/health``: ``ok`` unless no write can ever complete again in this process.
+
+        A node that can still serve reads stays live even while it is not
+        ready; only a dead storage thread (every write would fail until a
+        restart) makes liveness fail, so that an orchestrator restarts it.
+        """
+        fatal = self.db.fatal
+        if fatal is not None:
+            return {"status": "unavailable", "problem": f"storage is unavailable: {fatal}; restart the server"}
+        return {"status": "ok"}
 
     def begin_drain(self) -> None:
         """Refuse new operations (503); those already running finish."""
@@ -307,6 +365,40 @@ class Service:
                 close()
 
     # ----------------------------------------------------------------- auth
+    @property
+    def auth_mode(self) -> AuthMode:
+        """``required``, ``disabled``, or ``optional`` (development mode: no key configured or stored yet)."""
+        if self._auth_setting == "optional" and self.keys.has_keys():
+            return "required"  # the first stored key switches authentication on for good
+        return self._auth_setting
+
+    def auth_summary(self) -> str:
+        """Which auth mode is in force and why, for the start-up log."""
+        srv = self.settings.server
+        mode = self.auth_mode
+        if mode == "disabled":
+            return (
+                "auth disabled (server.auth: disabled): API keys are ignored and every request acts as the "
+                "admin of tenant 'default' only"
+            )
+        if mode == "optional":
+            return (
+                f"auth off, development mode (server.auth: auto on loopback {srv.host} with no key configured "
+                "or stored): requests without a key act as the admin of tenant 'default' only, until the first "
+                "API key is created; behind a reverse proxy on this host use server.auth: required"
+            )
+        if srv.auth == "required":
+            why = "server.auth: required"
+        elif self._bootstrap_digest is not None:
+            why = "server.auth: auto and a bootstrap admin key is configured"
+        elif self._metrics_digest is not None:
+            why = "server.auth: auto and a metrics key is configured"
+        elif self.keys.has_keys():
+            why = "server.auth: auto and API keys are stored in the data directory"
+        else:
+            why = f"server.auth: auto and {srv.host} is not a loopback address"
+        return f"auth required ({why})"
+
     def authenticate(self, ctx: RequestContext) -> Principal:
         """Who is calling: applies the per-IP limit and failure throttle, then checks the key."""
         ip = ctx.client_ip or "unknown"
@@ -314,8 +406,10 @@ class Service:
         if wait:
             self.metrics.rate_limited.labels("ip").inc()
             raise RateLimited("too many requests from this address; slow down", retry_after=_ceil(wait))
-        if self.auth_mode == "disabled":
-            return Principal(ANONYMOUS_KEY_ID, DEFAULT_TENANT, "admin", None, any_tenant=True)
+        if ctx.duplicate_header is not None:
+            self._refuse_duplicate(ctx.duplicate_header)
+        if self._auth_setting == "disabled":
+            return ANONYMOUS
         blocked = self._auth_throttle.blocked_for(ip)
         if blocked:
             self.metrics.rate_limited.labels("auth_failures").inc()
@@ -330,18 +424,38 @@ class Service:
             self.metrics.auth_failures.labels("malformed").inc()
             raise
         if token is None:
-            if self.auth_mode == "optional":
-                return Principal(ANONYMOUS_KEY_ID, DEFAULT_TENANT, "admin", None, any_tenant=True)
+            if self._auth_setting == "optional":
+                if not self.keys.has_keys():
+                    return ANONYMOUS
+                self.metrics.auth_failures.labels("missing").inc()
+                raise Unauthenticated(
+                    "this server requires an API key now that API keys exist (server.auth: auto): "
+                    "send 'Authorization: Bearer <key>'",
+                    code="missing_api_key",
+                )
             self.metrics.auth_failures.labels("missing").inc()
             raise Unauthenticated(
                 "this server requires an API key: send 'Authorization: Bearer <key>'", code="missing_api_key"
             )
         return self._verify(token, ip)
 
+    def _refuse_duplicate(self, header: str) -> None:
+        # Proxies and libraries disagree on which copy of a repeated header counts (first, last,
+        # joined), so a request that carries two can be read differently along the way: refuse it.
+        if header == "authorization":
+            self.metrics.auth_failures.labels("malformed").inc()
+            raise Unauthenticated(
+                "the request has more than one Authorization header; send exactly one 'Authorization: Bearer <key>'",
+                code="invalid_authorization",
+            )
+        raise InvalidArgument(f"the request has more than one {header} header; send it once", code="duplicate_header")
+
     def _verify(self, token: str, ip: str) -> Principal:
         h = digest(token)
         if self._bootstrap_digest is not None and same_digest(h, self._bootstrap_digest):
-            return Principal(BOOTSTRAP_KEY_ID, DEFAULT_TENANT, "admin", None, any_tenant=True)
+            return BOOTSTRAP
+        if self._metrics_digest is not None and same_digest(h, self._metrics_digest):
+            return METRICS_PRINCIPAL
         key = self.keys.lookup(token)
         reason = None
         if key is None:
@@ -365,14 +479,28 @@ class Service:
         if p.any_tenant:
             return asked or p.tenant
         if asked and asked != p.tenant:
+            if p is ANONYMOUS:
+                how = (
+                    "auth is disabled on this server, which then serves tenant 'default' only"
+                    if self._auth_setting == "disabled"
+                    else "other tenants need an API key, and configuring the bootstrap admin key "
+                    "(ENGRAMDB_ADMIN_KEY) turns authentication on"
+                )
+                raise PermissionDenied(
+                    f"requests without an API key act on tenant 'default' only: {how}", code="tenant_not_allowed"
+                )
             raise PermissionDenied(
                 "this API key belongs to another tenant and cannot act on the tenant asked for",
                 code="tenant_mismatch",
             )
         return p.tenant
 
-    def check_access(self, ctx: RequestContext, role: Role) -> Principal:
-        """Authenticate and rate-limit ``ctx`` and require ``role``; for endpoints outside ``execute``."""
+    def check_access(self, ctx: RequestContext, role: Access) -> Principal:
+        """Authenticate and rate-limit ``ctx`` and require ``role``; for endpoints outside ``execute``.
+
+        ``"metrics"`` requires the operator (bootstrap key, metrics key, or anonymous where
+        auth is off): ``/metrics`` names every tenant's collections, so tenant admins get 403.
+        """
         p = self.authenticate(ctx)
         ctx.principal = p
         ctx.acting_tenant = self._acting_tenant(ctx, p)
@@ -381,15 +509,31 @@ class Service:
             if wait:
                 self.metrics.rate_limited.labels("key").inc()
                 raise RateLimited("this API key's rate limit is exceeded; slow down", retry_after=_ceil(wait))
-        if not role_allows(p.role, role):
+        if role == "metrics":
+            if not p.metrics:
+                raise PermissionDenied(
+                    "/metrics names every tenant's collections and is for the operator: use the bootstrap admin "
+                    "key or the metrics key (ENGRAMDB_METRICS_KEY or server.metrics_key_file)",
+                    code="permission_denied",
+                )
+        elif p is METRICS_PRINCIPAL:
+            raise PermissionDenied("the metrics key grants /metrics only; use an API key", code="permission_denied")
+        elif not role_allows(p.role, role):
             raise PermissionDenied(
                 f"this API key has role {p.role!r}; this operation needs {role!r}", code="permission_denied"
             )
         return p
 
     # -------------------------------------------------------------- execute
-    def execute(self, ctx: RequestContext, op: str, params: dict[str, Any]) -> dict[str, Any]:
-        """Run operation ``op`` for ``ctx``; returns the JSON-ready result or raises EngramError."""
+    def execute(
+        self, ctx: RequestContext, op: str, params: dict[str, Any] | Callable[[], dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Run operation ``op`` for ``ctx``; returns the JSON-ready result or raises EngramError.
+
+        ``params`` may be a function that decodes them from the wire (gRPC): it is called only
+        after authentication and the rate limits, so a malformed or hostile message costs an
+        unauthenticated caller nothing but a refusal, and may raise InvalidArgument.
+        """
         spec = OPS.get(op)
         label = op if spec is not None else "unknown"
         start = time.perf_counter()
@@ -401,7 +545,10 @@ class Service:
             p = self.check_access(ctx, spec.role)
             assert ctx.acting_tenant is not None
             if not isinstance(params, dict):
-                raise InvalidArgument("the request must be a JSON object", code="invalid_argument")
+                if callable(params):
+                    params = params()
+                if not isinstance(params, dict):
+                    raise InvalidArgument("the request must be a JSON object", code="invalid_argument")
             try:
                 req = spec.model.model_validate(params)
             except ValidationError as e:
@@ -410,6 +557,8 @@ class Service:
             return spec.handler(self, Call(ctx, p, ctx.acting_tenant), req, params)
         except EngramError as e:
             status = e.code
+            if PROFILE_DETAIL in e.details:
+                raise _embedder_failure(e, op, ctx.request_id) from None
             raise
         except Exception:
             status = "internal"
@@ -453,17 +602,17 @@ class Service:
         kw = req.model_dump(exclude_unset=True)
         name = kw.pop("name")
         coll = self.db.create_collection(name, tenant=call.tenant, **kw)
-        return {"collection": coll.config.model_dump(mode="json")}
+        return {"collection": _collection_out(coll.config)}
 
     def _list_collections(self, call: Call, req: M.ListCollectionsBody, params: dict[str, Any]) -> dict[str, Any]:
         configs = self.db.list_collections(tenant=call.tenant)
         return {
-            "collections": [c.model_dump(mode="json") for c in configs if call.principal.may_use(c.name)],
+            "collections": [_collection_out(c) for c in configs if call.principal.may_use(c.name)],
         }
 
     def _get_collection(self, call: Call, req: M.GetCollection, params: dict[str, Any]) -> dict[str, Any]:
         coll = self.collection(call, req.coll)
-        return {"collection": coll.config.model_dump(mode="json"), "count": coll.count()}
+        return {"collection": _collection_out(coll.config), "count": coll.count()}
 
     def _delete_collection(self, call: Call, req: M.DeleteCollection, params: dict[str, Any]) -> dict[str, Any]:
         self.db.delete_collection(req.coll, tenant=call.tenant)
@@ -496,11 +645,13 @@ class Service:
 
     def _scan(self, call: Call, req: M.Scan, params: dict[str, Any]) -> dict[str, Any]:
         kw = _set_fields(req, "cursor", "limit", "id_prefix", "namespace_prefix", "filter", "include")
-        page = self.collection(call, req.coll).scan(**kw)
+        with self._query_budget():
+            page = self.collection(call, req.coll).scan(**kw)
         return {"records": [_record(r) for r in page.records], "next_cursor": page.next_cursor}
 
     def _count(self, call: Call, req: M.Count, params: dict[str, Any]) -> dict[str, Any]:
-        return {"count": self.collection(call, req.coll).count(req.filter)}
+        with self._query_budget():
+            return {"count": self.collection(call, req.coll).count(req.filter)}
 
     def _refresh_ttl(self, call: Call, req: M.RefreshTtl, params: dict[str, Any]) -> dict[str, Any]:
         return {"refreshed": self.collection(call, req.coll).refresh_ttl(req.ids)}
@@ -513,8 +664,14 @@ class Service:
             kw["vector"] = params["vector"]
         if req.expand is not None:
             kw["expand"] = req.expand.model_dump(exclude_unset=True)
-        hits = self.collection(call, req.coll).search(**kw)
+        with self._query_budget():
+            hits = self.collection(call, req.coll).search(**kw)
         return {"hits": [_hit(h) for h in hits]}
+
+    def _query_budget(self) -> AbstractContextManager[None]:
+        # One expensive count, scan or search must not hold a worker (and the CPU other
+        # tenants share) for longer than the operator allows (server.query_timeout_seconds).
+        return query_budget(self.settings.server.query_timeout_seconds)
 
     def _list_namespaces(self, call: Call, req: M.ListNamespaces, params: dict[str, Any]) -> dict[str, Any]:
         kw = _set_fields(req, "suffix", "max_depth", "limit", "offset")
@@ -594,10 +751,12 @@ class Service:
         if asked is None or asked == call.tenant:
             return call.tenant
         if not call.principal.any_tenant:
-            raise PermissionDenied("an admin key can create keys only for its own tenant", code="tenant_mismatch")
+            who = "a request without an API key" if call.principal is ANONYMOUS else "an admin key"
+            raise PermissionDenied(f"{who} can create keys only for its own tenant", code="tenant_mismatch")
         return asked
 
     def _create_key(self, call: Call, req: M.CreateKeyBody, params: dict[str, Any]) -> dict[str, Any]:
+        first = self.auth_mode == "optional"
         secret, key = self.keys.create(
             tenant=self._key_tenant(call, req.tenant),
             role=req.role,
@@ -606,6 +765,8 @@ class Service:
             name=req.name,
         )
         log.info("API key %s created (tenant %s, role %s)", key.id, key.tenant, key.role)
+        if first:
+            log.warning("the first API key was created: authentication is now required for every request")
         return _new_key(secret, key)
 
     def _list_keys(self, call: Call, req: M.ListKeysBody, params: dict[str, Any]) -> dict[str, Any]:
@@ -630,6 +791,36 @@ def _public_endpoint(cfg: ExtractionSettings) -> str | None:
     from ..embed.openai_http import endpoint_url, public_url
 
     return public_url(endpoint_url(cfg.base_url, "chat/completions"))
+
+
+def _collection_out(cfg: CollectionConfig) -> dict[str, Any]:
+    """A collection's configuration for API callers: of its embedder, only the profile name.
+
+    Where a profile's endpoint is and where its key comes from is the
+    operator's business; an inline config from before profiles shows its
+    provider only (its URL or paths may be another caller's).
+    """
+    out = cfg.model_dump(mode="json")
+    emb = cfg.embedder
+    if emb is not None:
+        out["embedder"] = {"profile": emb.profile} if emb.profile is not None else {"provider": emb.provider}
+    return out
+
+
+def _embedder_failure(e: EngramError, op: str, request_id: str) -> EngramError:
+    """``e``, raised by an embedder profile's provider, without what only the operator should see.
+
+    The full message (endpoint URL, HTTP status, the endpoint's own words,
+    key variable or file names) goes to the log; the caller learns the
+    profile, the error class and the request id to ask the operator about.
+    """
+    profile = e.details[PROFILE_DETAIL]
+    log.warning("%s: embedding failed (request id %s): %s", op, request_id, e.message)
+    message = f"embedding with profile {profile!r} failed; the server log has details (request id {request_id})"
+    if isinstance(e, (UpstreamError, DeadlineExceeded)):
+        return type(e)(message, code=e.code, details={PROFILE_DETAIL: profile})
+    # Anything else is the server's configuration (a model that cannot load, an unreadable key), not the request.
+    return UpstreamError(message, code="embedder_failed", details={PROFILE_DETAIL: profile})
 
 
 def _ceil(seconds: float) -> float:

@@ -22,7 +22,7 @@ import msgpack
 import numpy as np
 import xxhash
 
-from ..errors import CorruptData
+from ..errors import DAMAGED_DATA_ADVICE, CorruptData
 
 _CRC = struct.Struct(">I")
 RECORD_FORMAT = 2  # 1: the vector inline; 2: its digest (the bytes are in "vectors")
@@ -35,14 +35,14 @@ def _seal(payload: bytes) -> bytes:
 
 def _open(raw: bytes, what: str) -> Any:
     if len(raw) < 5:
-        raise CorruptData(f"{what} row is truncated ({len(raw)} bytes); restore from backup or run repair")
+        raise CorruptData(f"{what} row is truncated ({len(raw)} bytes). {DAMAGED_DATA_ADVICE}")
     payload, crc = raw[:-4], _CRC.unpack(raw[-4:])[0]
     if zlib.crc32(payload) != crc:
-        raise CorruptData(f"{what} row failed its checksum; the data file is damaged, restore from backup")
+        raise CorruptData(f"{what} row failed its checksum. {DAMAGED_DATA_ADVICE}")
     try:
         return msgpack.unpackb(payload, raw=False, strict_map_key=False)
     except Exception as e:  # msgpack raises several unrelated types
-        raise CorruptData(f"{what} row could not be decoded: {e}") from e
+        raise CorruptData(f"{what} row could not be decoded ({e}). {DAMAGED_DATA_ADVICE}") from e
 
 
 @dataclass(slots=True)

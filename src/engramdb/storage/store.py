@@ -1,7 +1,6 @@
 """RocksDB storage: column families, the one mutation function, group commit.
 
-All record and edge writes of every origin (local API, replication, read
-repair, hinted handoff, anti-entropy, restore, TTL expiry) go through
+All record and edge writes of every origin (every API write, TTL expiry) go through
 :meth:`Store.apply`, which queues them for the single writer thread. That
 thread compares versions (last writer wins by HLC), maintains the derived rows
 (changelog, TTL queue, namespace index, in-edges) in the same atomic
@@ -39,7 +38,15 @@ from rocksdict import (
     WriteOptions,
 )
 
-from ..errors import Closed, CorruptData, EngramError, FailedPrecondition, StorageFull
+from ..errors import (
+    DAMAGED_DATA_ADVICE,
+    Closed,
+    CorruptData,
+    EngramError,
+    FailedPrecondition,
+    StorageFull,
+    Unavailable,
+)
 from . import keys as K
 from .codec import (
     EdgeRow,
@@ -61,6 +68,24 @@ log = logging.getLogger("engramdb.storage")
 COLUMN_FAMILIES = ("meta", "records", "edges_out", "edges_in", "changes", "ttl", "hints", "vectors")
 _MAX_BATCH_MUTATIONS = 20_000
 _REREAD_ATTEMPTS = 16  # of a record whose row changes under load_vectors
+# How often a caller waiting for its write checks that the threads that must
+# finish it are still there (a dead thread never wakes anyone).
+_WAIT_CHECK_SECONDS = 1.0
+# One batch of index updates taking longer than this is reported by problem():
+# the indexes (and every writer waiting on them) are stuck, e.g. a deadlock.
+_NOTIFY_STALL_SECONDS = 120.0
+
+
+def is_failure(exc: BaseException) -> bool:
+    """Whether a background thread should log ``exc`` and carry on.
+
+    Every ``Exception``, and a Rust panic from a binding (tantivy, rocksdict):
+    ``pyo3_runtime.PanicException`` derives from ``BaseException`` and cannot
+    be imported, so it is matched by name. ``SystemExit``,
+    ``KeyboardInterrupt`` and ``GeneratorExit`` are not failures: a thread that
+    meets one stops (and says so).
+    """
+    return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
 
 
 @dataclass(slots=True)
@@ -98,10 +123,16 @@ class _Item:
     purge: list[tuple[bytes, bytes]] = field(default_factory=list)  # (ttl key, expected raw row)
 
 
+def _fail(fut: Future[list[Change]], exc: BaseException) -> None:
+    if not fut.done():
+        with contextlib.suppress(Exception):  # InvalidStateError: resolved meanwhile
+            fut.set_exception(exc)
+
+
 def _read_error(e: Exception) -> EngramError:
     msg = str(e)
     if "Corruption" in msg or "checksum" in msg.lower():
-        return CorruptData(f"stored data is damaged ({msg}); restore from a backup")
+        return CorruptData(f"stored data is damaged ({msg}). {DAMAGED_DATA_ADVICE}")
     return EngramError(f"storage read failed: {msg}")
 
 
@@ -118,12 +149,12 @@ def check_iterator(it: Any) -> None:
     raise err
 
 
-def _is_no_space(e: Exception) -> bool:
+def _is_no_space(e: BaseException) -> bool:
     msg = str(e)
     return "No space left" in msg or "ENOSPC" in msg or getattr(e, "errno", None) == errno.ENOSPC
 
 
-def _map_write_error(e: Exception) -> EngramError:
+def _map_write_error(e: BaseException) -> EngramError:
     if _is_no_space(e):
         return StorageFull("the disk is full; nothing was written. Free disk space and retry the write")
     return EngramError(f"storage write failed: {e}")
@@ -300,9 +331,19 @@ class Store:
         ] = queue.SimpleQueue()
         # Every change up to this sequence number has been handed to the indexes.
         self.notified_seq = self.open_seq = self._seq
-        self._writer = threading.Thread(target=self._run, name="engramdb-writer", daemon=True)
+        # Set (once, under _fatal_lock) when the writer or the notifier thread
+        # is gone: from then on no write can complete, so none is accepted.
+        self._fatal: str | None = None
+        self._fatal_lock = threading.Lock()
+        self._notifying_since: float | None = None  # monotonic start of the batch the notifier is on
+        self._abandoned = False  # close() gave up on a stuck thread: nobody waits for it any more
+        self._writer = threading.Thread(
+            target=self._thread_main, args=("writer", self._run), name="engramdb-writer", daemon=True
+        )
         self._writer.start()
-        self._notifier = threading.Thread(target=self._run_notifier, name="engramdb-notifier", daemon=True)
+        self._notifier = threading.Thread(
+            target=self._thread_main, args=("notifier", self._run_notifier), name="engramdb-notifier", daemon=True
+        )
         self._notifier.start()
 
     def _open(self) -> None:
@@ -323,7 +364,7 @@ class Store:
                     code="data_dir_locked",
                 ) from e
             raise CorruptData(
-                f"cannot open the database at {self.path}: {msg}. If files are damaged, restore from a backup"
+                f"cannot open the database at {self.path}: {msg}. If a file is damaged: {DAMAGED_DATA_ADVICE}"
             ) from e
         self.cf = {name: self.db.get_column_family(name) for name in COLUMN_FAMILIES}
         self.handle = {name: self.db.get_column_family_handle(name) for name in COLUMN_FAMILIES}
@@ -403,7 +444,9 @@ class Store:
                 # with a vector that does not match it is damage, not a race.
                 raise CorruptData(
                     f"the stored vector of record {K.record_id_of(key)!r} is "
-                    f"{'missing' if vec is None else 'not the one its row names'}; restore from backup"
+                    f"{'missing' if vec is None else 'not the one its row names'}. Its other fields are intact: "
+                    "read it without its vector (leave 'vector' out of include) and upsert it again with the "
+                    "right vector, or delete it"
                 )
             seen = row
         raise FailedPrecondition(
@@ -492,20 +535,118 @@ class Store:
 
     def apply(self, mutations: list[Mutation]) -> list[Change]:
         """Apply mutations durably (LWW by version); returns once they are on disk."""
-        return self.apply_async(mutations).result()
+        return self.wait(self.apply_async(mutations))
 
     def apply_async(self, mutations: list[Mutation]) -> Future[list[Change]]:
-        if self._closed:
-            raise Closed("the database is closed")
         fut: Future[list[Change]] = Future()
-        self._q.put(_Item(mutations, fut))
+        self._enqueue(_Item(mutations, fut))
         return fut
 
     def purge(self, items: list[tuple[bytes, bytes]]) -> None:
         """Physically remove rows named by ttl keys if they still hold ``expected`` bytes."""
         fut: Future[list[Change]] = Future()
-        self._q.put(_Item([], fut, purge=items))
-        fut.result()
+        self._enqueue(_Item([], fut, purge=items))
+        self.wait(fut)
+
+    def _enqueue(self, item: _Item) -> None:
+        # Under the lock that _die takes: an item is either queued before the
+        # queue is emptied for good, or refused.
+        with self._fatal_lock:
+            if self._closed:
+                raise Closed("the database is closed")
+            if self._fatal is not None:
+                raise self._unavailable()
+            self._q.put(item)
+
+    def _unavailable(self) -> Unavailable:
+        return Unavailable(
+            f"storage is unavailable: {self._fatal}; nothing was written. "
+            "The server must be restarted (acknowledged writes are safe; the indexes catch up on restart)",
+            code="storage_unavailable",
+        )
+
+    def wait(self, fut: Future[list[Change]]) -> list[Change]:
+        """The result of a future of :meth:`apply_async`, failing instead of waiting on a thread that is gone."""
+        while True:
+            try:
+                return fut.result(timeout=_WAIT_CHECK_SECONDS)
+            except TimeoutError:
+                if fut.done():
+                    continue
+            alive = self._writer.is_alive() and self._notifier.is_alive()
+            if (self._abandoned or not alive) and not fut.done():
+                # Both threads resolve every future they took before they
+                # exit (see _thread_main), so a dead one is a last resort; a
+                # close that gave up on a stuck thread is not.
+                raise Unavailable(
+                    "storage is unavailable: the thread that completes writes is gone; the write may or may not "
+                    "have been stored. Restart the server and read the record back before retrying",
+                    code="storage_unavailable",
+                )
+
+    def problem(self) -> str | None:
+        """Why writes cannot complete (None: they can): a vital thread is gone, or index updates stall."""
+        if self._fatal is not None:
+            return f"storage is unavailable: {self._fatal}"
+        if not self._closed and not (self._writer.is_alive() and self._notifier.is_alive()):
+            return "storage is unavailable: a storage thread is gone"
+        since = self._notifying_since
+        if since is not None and time.monotonic() - since > _NOTIFY_STALL_SECONDS:
+            return f"index updates have been stalled for {time.monotonic() - since:.0f} s; writes wait for them"
+        return None
+
+    @property
+    def fatal(self) -> str | None:
+        """Why no write can complete any more (None while they can); only a restart helps."""
+        return self._fatal
+
+    def _thread_main(self, name: str, run: Callable[[], None]) -> None:
+        """Run a storage thread; if it ends other than by close(), fail everything it would have finished."""
+        try:
+            run()
+        except BaseException as e:
+            log.critical("the storage %s thread died: %r; no write can complete until a restart", name, e)
+            self._die(f"the {name} thread died ({type(e).__name__}: {e})")
+            raise
+        if not self._closed:
+            self._die(f"the {name} thread stopped")
+
+    def _die(self, reason: str) -> None:
+        """Refuse every further write and fail every write that was waiting."""
+        with self._fatal_lock:
+            if self._fatal is None:
+                self._fatal = reason
+        refused = self._unavailable()
+        while True:
+            try:
+                item = self._q.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                _fail(item.future, refused)
+        # Committed writes still queued for the notifier: it hands them to the
+        # indexes unless it is the thread that is gone (or stuck).
+        if self._abandoned or threading.current_thread() is self._notifier or not self._notifier.is_alive():
+            self._fail_done_q()
+
+    def _fail_done_q(self) -> None:
+        """Fail the futures of committed writes that no thread will hand to the indexes any more."""
+        while True:
+            try:
+                got = self._done_q.get_nowait()
+            except queue.Empty:
+                return
+            if got is not None:
+                for item, _, exc in got[0]:
+                    _fail(item.future, exc if exc is not None else self._not_indexed(self._fatal or "closing"))
+
+    @staticmethod
+    def _not_indexed(why: str) -> Unavailable:
+        return Unavailable(
+            f"the write is stored durably, but the indexes could not be updated ({why}); searches may miss it "
+            "until the server restarts and the indexes catch up from the changelog",
+            code="index_unavailable",
+        )
 
     def write_meta(self, puts: dict[bytes, bytes], deletes: list[bytes] | tuple[bytes, ...] = ()) -> None:
         """Durable write of metadata rows (collections, tenants, keys, watermarks)."""
@@ -534,7 +675,7 @@ class Store:
         except Exception as e:
             raise self._write_failed(e) from e
 
-    def _write_failed(self, e: Exception) -> EngramError:
+    def _write_failed(self, e: BaseException) -> EngramError:
         if _is_no_space(e):
             self._no_space = True
         return _map_write_error(e)
@@ -615,10 +756,16 @@ class Store:
             # a reopen would replace.
             with self._gate.shared():
                 results, seq = self._write_batch(batch)
-        except Exception as e:
-            err = e if isinstance(e, EngramError) else self._write_failed(e)
+        except BaseException as e:
+            # A Rust panic of the binding is a failed write too; anything else
+            # (SystemExit, ...) still fails these callers before it ends the thread.
+            err: BaseException = e
+            if is_failure(e):
+                err = e if isinstance(e, EngramError) else self._write_failed(e)
             for item in batch:
-                item.future.set_exception(err)
+                _fail(item.future, err)
+            if not is_failure(e):
+                raise
             return
         self._seq = seq
         self.commits += 1
@@ -626,7 +773,12 @@ class Store:
         # thread, in commit order, while this thread already decides and
         # fsyncs the next batch: index work and fsync overlap instead of
         # adding up.
-        self._done_q.put((results, seq))
+        with self._fatal_lock:
+            if self._fatal is None:
+                self._done_q.put((results, seq))
+                return
+        for item, _, exc in results:
+            _fail(item.future, exc if exc is not None else self._not_indexed(self._fatal))
 
     def _run_notifier(self) -> None:
         while True:
@@ -634,12 +786,27 @@ class Store:
             if got is None:
                 return
             results, seq = got
-            self._notify(results)
+            self._notifying_since = time.monotonic()
+            failed: dict[bytes, str] = {}
+            try:
+                failed = self._notify(results)
+            except BaseException as e:
+                # Not from a subscriber (_notify contains those): the writes
+                # are durable, tell their callers and stop loudly.
+                for item, _, _ in results:
+                    _fail(item.future, self._not_indexed(f"{type(e).__name__}: {e}"))
+                raise
+            finally:
+                self._notifying_since = None
             self.notified_seq = seq
             for item, done, exc in results:
                 if exc is not None:
-                    item.future.set_exception(exc)
-                else:
+                    _fail(item.future, exc)
+                    continue
+                why = next((failed[c.mutation.prefix] for c in done or () if c.mutation.prefix in failed), None)
+                if why is not None:
+                    _fail(item.future, self._not_indexed(why))
+                elif not item.future.done():
                     item.future.set_result(done or [])
 
     def _write_batch(
@@ -756,7 +923,9 @@ class Store:
             if new.namespace:
                 ops.append(("put", "meta", K.ns_key(m.prefix, new.namespace, rid), b""))
 
-    def _notify(self, results: list[tuple[_Item, list[Change] | None, BaseException | None]]) -> None:
+    def _notify(self, results: list[tuple[_Item, list[Change] | None, BaseException | None]]) -> dict[bytes, str]:
+        """Hand the applied changes to the subscribed indexes; returns why it failed, by collection prefix."""
+        failed: dict[bytes, str] = {}
         by_prefix: dict[bytes, list[Change]] = {}
         for _, changes, _ in results:
             for c in changes or ():
@@ -770,10 +939,15 @@ class Store:
                 continue
             try:
                 fn(changes)
-            except Exception:
+            except BaseException as e:
+                if not is_failure(e):
+                    raise
                 # The write is durable; a failed index update is repaired by
-                # replaying the changelog when the index is next loaded.
+                # replaying the changelog when the index is next loaded. This
+                # thread must go on: every write of every collection waits for it.
                 log.exception("index update failed for collection prefix %s", prefix.hex())
+                failed[prefix] = f"{type(e).__name__}: {e}"
+        return failed
 
     # -------------------------------------------------------------- lifecycle
     def flush(self, min_bytes: int = 0) -> int:
@@ -796,19 +970,45 @@ class Store:
         with self._gate.shared():
             return sum(int(cf.property_int_value("rocksdb.cur-size-all-mem-tables") or 0) for cf in self.cf.values())
 
-    def close(self) -> None:
-        with self._close_lock:
+    def close(self, timeout: float | None = None) -> bool:
+        """Finish the queued writes and close the database; False if that did not happen within ``timeout``.
+
+        A writer or notifier thread still busy after ``timeout`` seconds (hung
+        on a lock, say) is left behind with the database open: closing the
+        handle under it would be unsafe. Every caller still waiting is failed
+        instead, and the process can exit; the writes it acknowledged are in
+        the write-ahead log.
+        """
+        with self._fatal_lock, self._close_lock:
             if self._closed:
-                return
+                return True
             self._closed = True
-        self._q.put(None)
-        self._writer.join()
+            self._q.put(None)
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def left() -> float | None:
+            return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+        self._writer.join(left())
+        if self._writer.is_alive():
+            log.error("the storage writer thread did not finish within the shutdown timeout; not closing RocksDB")
+            self._abandoned = True
+            self._die("the database was closed while the writer thread was stuck")
+            return False
         self._done_q.put(None)
-        self._notifier.join()
+        self._notifier.join(left())
+        if self._notifier.is_alive():
+            log.error("the index update thread did not finish within the shutdown timeout; not closing RocksDB")
+            self._abandoned = True
+            self._die("the database was closed while index updates were stuck")
+            return False
+        # Left by a notifier that died before the writer's last batches.
+        self._fail_done_q()
         # Column-family objects keep RocksDB's LOCK held until they are gone.
         self.cf.clear()
         self.handle.clear()
         self.db.close()
+        return True
 
     @property
     def closed(self) -> bool:

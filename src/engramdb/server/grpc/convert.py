@@ -26,6 +26,7 @@ import numpy as np
 import orjson
 from google.protobuf.message import Message
 
+from ...engine.validate import json_loads
 from ...errors import InvalidArgument
 from . import engramdb_pb2 as pb
 
@@ -59,7 +60,7 @@ def unpack_vector(data: bytes, where: str) -> list[float]:
 def parse_json(text: str, where: str) -> Any:
     """The value of a ``*_json`` field (the caller skips empty strings = not given)."""
     try:
-        return orjson.loads(text)
+        return json_loads(text)  # integers beyond 64 bits stay exact, for validation to refuse
     except orjson.JSONDecodeError as e:
         # Same code REST uses for a body that is not JSON.
         raise InvalidArgument(f"{where} is not valid JSON: {e}", code="invalid_json", details={"field": where}) from e

@@ -8,22 +8,30 @@ contract's params, ``Service.execute`` them, and convert the result dict back
 to a message. Auth, tenancy, limits, validation and metrics all live in the
 service; an :class:`~engramdb.errors.EngramError` it raises becomes the
 matching gRPC status with the error JSON as the status message.
+
+Requests arrive as raw bytes (no deserializer is registered) and are parsed by
+the service's ``execute`` only after authentication and the rate limits: a
+malformed message then costs an anonymous caller a 401 or 429 like any other
+request, and gets INVALID_ARGUMENT (``malformed_request``) instead of grpc's
+INTERNAL with an ERROR traceback per message; such messages are logged at most
+once per :data:`MALFORMED_LOG_INTERVAL` seconds.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 from urllib.parse import unquote
 
 import grpc
 import orjson
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
-from ...errors import EngramError, RateLimited
+from ...errors import EngramError, InvalidArgument, RateLimited
 from ...service import RequestContext, Service
 from ...service.context import new_request_id
 from .convert import RPCS, Rpc
@@ -43,6 +51,34 @@ _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # their metadata limit (8 KiB by default), so an oversized error body is cut
 # down rather than turning a clear error into a transport failure.
 _MAX_ERROR_BYTES = 4096
+MALFORMED_LOG_INTERVAL = 60.0
+
+
+class _RateLimitedWarning:
+    """A warning logged at most once per interval, with the count of those suppressed meanwhile.
+
+    Malformed messages are cheap to send, so one log line each would let a client flood the log.
+    """
+
+    def __init__(self, interval: float):
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._next = 0.0
+        self._suppressed = 0
+
+    def warn(self, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now < self._next:
+                self._suppressed += 1
+                return
+            suppressed, self._suppressed, self._next = self._suppressed, 0, now + self.interval
+        log.warning(
+            msg + " (%d more since the last such line; logged at most every %ds)", *args, suppressed, int(self.interval)
+        )
+
+
+_malformed = _RateLimitedWarning(MALFORMED_LOG_INTERVAL)
 
 
 def ip_from_peer(peer: str | None) -> str | None:
@@ -57,14 +93,21 @@ def ip_from_peer(peer: str | None) -> str | None:
 
 
 def request_context(metadata: Sequence[tuple[str, str | bytes]] | None, peer: str | None) -> RequestContext:
-    """The transport facts of a call, as REST's ``request_context`` collects them from HTTP."""
-    authorization = tenant = request_id = None
+    """The transport facts of a call, as REST's ``request_context`` collects them from HTTP.
+
+    A repeated ``authorization`` or tenant key is noted for the service to refuse, never resolved.
+    """
+    authorization = tenant = request_id = duplicate = None
     for name, value in metadata or ():
         if not isinstance(value, str):
             continue  # binary (-bin) metadata carries none of these
         if name == "authorization":
+            if authorization is not None:
+                duplicate = "authorization"
             authorization = value
         elif name == TENANT_KEY:
+            if tenant is not None:
+                duplicate = duplicate or TENANT_KEY
             tenant = value
         elif name == REQUEST_ID_KEY and _REQUEST_ID_RE.match(value):
             request_id = value
@@ -74,6 +117,7 @@ def request_context(metadata: Sequence[tuple[str, str | bytes]] | None, peer: st
         request_id=request_id or new_request_id(),
         tenant=tenant,
         transport="grpc",
+        duplicate_header=duplicate,
     )
 
 
@@ -111,27 +155,44 @@ class EngramDBServicer:
         self._service = service
 
     def method_handlers(self) -> dict[str, grpc.RpcMethodHandler]:
-        """One unary-unary handler per RPC, keyed by method name."""
+        """One unary-unary handler per RPC, keyed by method name.
+
+        No request deserializer: the handler gets the raw bytes and parses them after auth.
+        """
         return {
             name: grpc.unary_unary_rpc_method_handler(
                 self._handler(name, rpc),
-                request_deserializer=rpc.request.FromString,
+                request_deserializer=None,
                 response_serializer=rpc.response.SerializeToString,
             )
             for name, rpc in RPCS.items()
         }
 
-    def _handler(self, name: str, rpc: Rpc) -> Callable[[Message, grpc.ServicerContext], Message]:
+    def _handler(self, name: str, rpc: Rpc) -> Callable[[bytes, grpc.ServicerContext], Message]:
         op, to_params, to_response = rpc.op, rpc.to_params, rpc.to_response
+        from_string = rpc.request.FromString
+        message_type = rpc.request.DESCRIPTOR.full_name
         execute = self._service.execute
         path = f"/{SERVICE_NAME}/{name}"
 
-        def handle(request: Message, context: grpc.ServicerContext) -> Message:
+        def handle(request: bytes, context: grpc.ServicerContext) -> Message:
             start = time.perf_counter()
             ctx = request_context(context.invocation_metadata(), context.peer())
             status = "OK"
+
+            def parse() -> dict[str, Any]:
+                # Called by the service after authentication and the rate limits.
+                try:
+                    message = from_string(request)
+                except DecodeError:
+                    _malformed.warn("malformed %s message from %s (request id %s)", path, ctx.client_ip, ctx.request_id)
+                    raise InvalidArgument(
+                        f"the request is not a valid {message_type} protobuf message", code="malformed_request"
+                    ) from None
+                return to_params(message)
+
             try:
-                response = to_response(execute(ctx, op, to_params(request)))
+                response = to_response(execute(ctx, op, parse))
                 context.set_trailing_metadata(((REQUEST_ID_KEY, ctx.request_id),))
                 return response
             except EngramError as e:

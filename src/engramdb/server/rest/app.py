@@ -36,15 +36,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ... import __version__
+from ...engine.validate import json_loads
 from ...errors import EngramError, InvalidArgument, NotFound, RateLimited
 from ...service import RequestContext, Service
 from ...service.context import new_request_id
 from .. import metrics as server_metrics
+from .guards import HostMatcher, allowed_hosts, check_request
 from .openapi import TENANT_HEADER, build_openapi
 from .routes import ROUTES, RouteSpec
 
@@ -235,13 +237,17 @@ def request_context(request: Request, allowed_query: tuple[str, ...] = ()) -> Re
                 )
             if name not in allowed_query:
                 raise InvalidArgument(f"unknown query parameter {name!r}", code="invalid_argument")
-    # The first value of each header, as Request.headers.get gives it, in one pass over the raw list.
-    authorization = tenant = None
+    # One pass over the raw list (ASGI lowercases names). A repeated header is noted, not resolved:
+    # the service refuses the request, as gRPC's does (which copy counts differs between stacks).
+    authorization = tenant = duplicate = None
     for key, value in scope["headers"]:
         if key == b"authorization":
-            if authorization is None:
-                authorization = value.decode("latin-1")
-        elif key == _TENANT_HEADER and tenant is None:
+            if authorization is not None:
+                duplicate = "authorization"
+            authorization = value.decode("latin-1")
+        elif key == _TENANT_HEADER:
+            if tenant is not None:
+                duplicate = duplicate or TENANT_HEADER
             tenant = value.decode("latin-1")
     ctx = RequestContext(
         authorization=authorization,
@@ -249,6 +255,7 @@ def request_context(request: Request, allowed_query: tuple[str, ...] = ()) -> Re
         request_id=scope.get("state", {}).get("request_id") or new_request_id(),
         tenant=tenant,
         transport="rest",
+        duplicate_header=duplicate,
     )
     request.state.ctx = ctx
     return ctx
@@ -260,7 +267,8 @@ async def read_params(request: Request) -> dict[str, Any]:
     if not body.strip():
         return {}
     try:
-        data = orjson.loads(body)
+        # Integers beyond 64 bits stay integers, so the engine refuses them instead of storing floats.
+        data = json_loads(body)
     except orjson.JSONDecodeError as e:
         raise InvalidArgument(f"the body is not valid JSON: {e}", code="invalid_json") from None
     if not isinstance(data, dict):
@@ -291,7 +299,7 @@ def make_endpoint(
     async def endpoint(request: Request) -> Response:
         spec = by_method[request.method]
         ctx = request_context(request, spec.query)
-        params = await read_params(request) if spec.body is not None else {}
+        params = await read_params(require_json(request)) if spec.body is not None else {}
         for name, value in request.path_params.items():
             if name in params:
                 raise InvalidArgument(f"give {name!r} in the URL path only, not in the body", code="invalid_argument")
@@ -313,6 +321,8 @@ def create_app(service: Service) -> FastAPI:
         version=__version__,
         default_response_class=ORJSONResponse,
         openapi_url=None,  # served below, generated from the service models
+        # A redirect would name the request's own Host: an open redirect for a forged one (a 404 says why).
+        redirect_slashes=False,
         docs_url=None,
         redoc_url=None,
         **_NO_TELEMETRY,
@@ -330,7 +340,8 @@ def create_app(service: Service) -> FastAPI:
         app.router.add_route(path, make_endpoint(service, specs, run_blocking), methods=[s.method for s in specs])
 
     async def health(request: Request) -> Response:
-        return ORJSONResponse({"status": "ok"})
+        report = service.health_report()  # an attribute read: no thread needed
+        return ORJSONResponse(report, status_code=200 if report["status"] == "ok" else 503)
 
     async def ready(request: Request) -> Response:
         report = await run_blocking(service.ready_report)
@@ -338,7 +349,7 @@ def create_app(service: Service) -> FastAPI:
 
     async def metrics(request: Request) -> Response:
         ctx = request_context(request)
-        await run_blocking(service.check_access, ctx, "admin")
+        await run_blocking(service.check_access, ctx, "metrics")
         body = await run_blocking(server_metrics.render, service)
         return Response(body, media_type=server_metrics.CONTENT_TYPE_LATEST)
 
@@ -361,6 +372,9 @@ def create_app(service: Service) -> FastAPI:
         app.router.add_route(path, fn, methods=["GET"], name=path.strip("/"))
 
     _install_error_handlers(app)
+    hosts = allowed_hosts(service.settings.server)
+    if hosts is not None:  # inside RequestMiddleware: refusals get request ids, access logs and metrics
+        app.add_middleware(BrowserGuard, matcher=HostMatcher(hosts))
     app.add_middleware(
         RequestMiddleware,
         max_body_bytes=service.settings.server.max_request_mb * 1024 * 1024,
@@ -404,7 +418,10 @@ def _install_error_handlers(app: FastAPI) -> None:
                 NotFound(f"no endpoint {request.method} {request.url.path}; see /openapi.json", code="no_such_endpoint")
             )
         if exc.status_code == 405:
-            allow = (exc.headers or {}).get("Allow", "")
+            # Every route matching the path, not only the first: paths like records/get overlap records/{id}.
+            allow = ", ".join(allowed_methods(request.app, request.scope))
+            if request.method == "OPTIONS":
+                return Response(status_code=204, headers={"Allow": allow})
             return error_response(
                 MethodNotAllowed(
                     f"{request.method} is not allowed on {request.url.path}",
@@ -420,6 +437,11 @@ def _install_error_handlers(app: FastAPI) -> None:
         # Routes take raw requests, so FastAPI should never validate; if it does, keep the contract (400, not 422).
         return error_response(InvalidArgument(f"invalid request: {exc}", code="invalid_argument"))
 
+    async def client_gone(request: Request, exc: Exception) -> Response:
+        # The client closed mid-body (or the body stalled and the server closed it): nothing to log as an error.
+        logging.getLogger("engramdb.rest").debug("client disconnected before the request body was read")
+        return error_response(InvalidArgument("the client disconnected before sending the whole body"))
+
     async def unexpected(request: Request, exc: Exception) -> Response:
         logging.getLogger("engramdb.rest").error("unhandled error", exc_info=exc)
         return error_response(EngramError("internal error; the server log has the details"))
@@ -428,3 +450,77 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(Exception, unexpected)
+    app.add_exception_handler(ClientDisconnect, client_gone)
+
+
+# ------------------------------------------------------- browsers and HTTP semantics
+class UnsupportedMediaType(EngramError):
+    """A JSON endpoint got a body that is not declared ``application/json``."""
+
+    code = "unsupported_media_type"
+    http_status = 415
+    grpc_status = "INVALID_ARGUMENT"
+
+
+def require_json(request: Request) -> Request:
+    """Refuse a request to a JSON endpoint unless it says ``Content-Type: application/json`` (even when empty).
+
+    Web pages can send form and text bodies to any site without asking it
+    first; parsing those as JSON would let any page drive the API (CSRF).
+    """
+    value = None
+    for key, v in request.scope["headers"]:
+        if key == b"content-type":
+            if value is not None:
+                value = None  # two Content-Type headers: ambiguous, refused
+                break
+            value = v
+    if value is None or not _is_json_type(value):
+        raise UnsupportedMediaType(
+            "send the body as JSON with the header 'Content-Type: application/json' (also for an empty body)"
+        )
+    return request
+
+
+def _is_json_type(value: bytes) -> bool:
+    media, _, params = value.decode("latin-1").partition(";")
+    if media.strip().lower() != "application/json":
+        return False
+    for param in params.split(";"):
+        name, _, arg = param.partition("=")
+        if name.strip().lower() == "charset" and arg.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            return False  # JSON is UTF-8 (RFC 8259); anything else would be misread
+    return True
+
+
+class BrowserGuard:
+    """Host and Origin checks (see :mod:`.guards`) before routing, so no refused request reaches an endpoint."""
+
+    def __init__(self, app: ASGIApp, *, matcher: HostMatcher):
+        self.app = app
+        self.matcher = matcher
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            host = origin = None
+            for key, value in scope["headers"]:
+                if key == b"host":
+                    host = value
+                elif key == b"origin":
+                    origin = value
+            refused = check_request(self.matcher, scope["path"], host, origin)
+            if refused is not None:
+                await error_response(refused)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
+    """Every method some route answers on this path (HEAD with GET, and OPTIONS), for ``Allow``."""
+    from starlette.routing import Match, Route
+
+    methods = {"OPTIONS"}
+    for route in app.router.routes:
+        if isinstance(route, Route) and route.methods and route.matches(scope)[0] is not Match.NONE:
+            methods.update(route.methods)
+    return sorted(methods)

@@ -20,10 +20,12 @@ TENANT_HEADER = "X-EngramDB-Tenant"
 _ERROR_STATUSES = {
     "400": "The request is invalid (code says why)",
     "401": "No valid API key",
-    "403": "The key's role or scope does not allow this",
+    "403": "The key's role or scope does not allow this, or a web page of another site sent it (origin_not_allowed)",
     "404": "The collection, record or key does not exist (or belongs to another tenant)",
     "409": "Conflicts with the current state",
     "413": "The body is larger than server.max_request_mb",
+    "421": "The Host header names a host not in server.allowed_hosts (host_not_allowed)",
+    "431": "The request line and headers are larger than server.max_header_kb",
     "429": "Rate limited; retry after Retry-After seconds",
     "503": "Starting, shutting down or unavailable",
 }
@@ -85,12 +87,15 @@ def _operation(r: RouteSpec) -> dict[str, Any]:
             "description": "act on this tenant (only the bootstrap admin key may name another tenant than its own)",
         }
     )
+    extra = r.errors
+    if r.body is not None:
+        extra = (("415", "The body is not declared Content-Type: application/json"), *extra)
     op: dict[str, Any] = {
         "operationId": r.op,
         "summary": r.summary,
         "tags": [r.tag],
         "parameters": params,
-        "responses": {str(r.status): _json(_ref(r.result), "Success"), **_errors(r.errors)},
+        "responses": {str(r.status): _json(_ref(r.result), "Success"), **_errors(extra)},
     }
     if r.body is not None:
         op["requestBody"] = {
