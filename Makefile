@@ -1,11 +1,21 @@
-# The two commands a new machine needs: `make serve` and `make test`.
+# The two commands a new machine needs: `make serve` and `make test`; `make help` lists the rest.
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 SERVE_STAMP := $(VENV)/.installed-serve
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: install install-test serve test lint soak bench proto clean
+# The fast checks `make check` runs after lint and mypy: the layer order and the documents tied to
+# the code. Each file is small; none starts a server.
+CHECK_TESTS := tests/unit/test_layers.py tests/unit/test_public_surface.py tests/unit/test_config_docs.py \
+	tests/unit/test_readme.py tests/unit/test_filters_doc.py tests/unit/test_doc_references.py
+
+.DEFAULT_GOAL := help
+.PHONY: help install install-test serve test check lint typecheck layers docs-test soak bench proto clean
+
+help:  ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
+		awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -22,8 +32,8 @@ $(TEST_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[server,dev,local,langgraph,langchain]'
 	touch $@
 
-install: $(SERVE_STAMP)
-install-test: $(TEST_STAMP)
+install: $(SERVE_STAMP)  ## install the server into .venv
+install-test: $(TEST_STAMP)  ## install everything the tests need into .venv
 
 serve: install  ## start the server on 127.0.0.1:7878 (REST) and :7879 (gRPC), data in ./engramdb-data
 	$(BIN)/engramdb serve
@@ -31,15 +41,25 @@ serve: install  ## start the server on 127.0.0.1:7878 (REST) and :7879 (gRPC), d
 test: install-test  ## the default test run (a few minutes on 2 cores)
 	$(BIN)/python -m pytest
 
-lint: install-test
+check: lint typecheck layers docs-test  ## lint, type check, layer order and docs tests (seconds, not the suite)
+
+lint: install-test  ## ruff: lint and formatting
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+
+typecheck: install-test  ## mypy over the package
 	$(BIN)/mypy src/engramdb
+
+layers: install-test  ## the layer order test: no import runs up the layers, no import loops
+	$(BIN)/python -m pytest -p no:cacheprovider tests/unit/test_layers.py
+
+docs-test: install-test  ## the docs tied to the code: settings, README and filter examples, public surface
+	$(BIN)/python -m pytest -p no:cacheprovider $(filter-out tests/unit/test_layers.py,$(CHECK_TESTS))
 
 soak: install-test  ## long reliability soaks
 	$(BIN)/python -m pytest -m soak -o addopts="" --timeout=7200
 
-bench: install-test
+bench: install-test  ## search benchmark on ../shared/data (raw hnswlib measured in the same run)
 	$(BIN)/python bench/bench_search.py
 
 # protoc names its outputs after the proto path (engramdb/v1/...), which keeps the
@@ -59,5 +79,5 @@ proto: install-test  ## regenerate the gRPC stubs in src/engramdb/server/grpc fr
 		build/proto/engramdb/v1/engramdb_pb2_grpc.py > src/engramdb/server/grpc/engramdb_pb2_grpc.py
 	grep -q '^from \. import engramdb_pb2 as' src/engramdb/server/grpc/engramdb_pb2_grpc.py
 
-clean:
+clean:  ## remove .venv and the tool caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

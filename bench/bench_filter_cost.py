@@ -48,7 +48,7 @@ def best(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 
 def main() -> None:
-    from engramdb.engine import filters
+    from engramdb import filters
 
     limit = getattr(filters, "MAX_FILTER_NODES", None)
     branches = int(sys.argv[1]) if len(sys.argv) > 1 else (REPORTED if limit is None else min(REPORTED, limit - 1))

@@ -24,10 +24,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import common as C
 import hnswlib
 import numpy as np
 from rocksdict import BlockBasedOptions, ChecksumType, DBCompressionType, Options, Rdict, ReadOptions
+
+import common
 
 
 def best_of(fn: Callable[[], Any], rounds: int = 5) -> float:
@@ -102,7 +103,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=40_000, help="rows in the HNSW graph for 'update' (default 40,000)")
     ap.add_argument("--only", choices=("checksum", "update"), help="run one part")
     args = ap.parse_args()
-    ds = C.load_dataset(min(args.n + 1500, C.N_REAL), queries=1, log=C.log)
+    ds = common.load_dataset(min(args.n + 1500, common.N_REAL), queries=1, log=common.log)
     vectors = ds.base.astype(np.float32)
     out: dict[str, Any] = {"n": args.n}
     if args.only in (None, "checksum"):
@@ -112,22 +113,22 @@ def main() -> None:
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         out["checksum"] = rows
-        C.print_table(
+        common.print_table(
             ["block checksum", "keys per multi-get", "ms per multi-get", "µs per key"],
-            [[r[0], r[1], C.fmt(r[2], 2), C.fmt(r[3], 2)] for r in rows],
+            [[r[0], r[1], common.fmt(r[2], 2), common.fmt(r[3], 2)] for r in rows],
             title=f"RocksDB multi-get of {len(vectors):,} stored 384-d vectors, block cache bypassed",
         )
-        print(f"XXH3 / CRC-32C time: {C.fmt_ratio(rows[1][2] / rows[0][2])}")
+        print(f"XXH3 / CRC-32C time: {common.fmt_ratio(rows[1][2] / rows[0][2])}")
     if args.only in (None, "update"):
         rows = update(vectors, min(args.n, len(vectors) - 1500))
         out["update"] = rows
-        C.print_table(
+        common.print_table(
             ["way to change a vector", "changes", "ms per change"],
-            [[r[0], r[1], C.fmt(r[2], 3)] for r in rows],
+            [[r[0], r[1], common.fmt(r[2], 3)] for r in rows],
             title="hnswlib, M=16, ef_construction=200, one thread",
         )
-        print(f"in place / (delete + fresh add): {C.fmt_ratio(rows[0][2] / rows[1][2])}")
-    path = C.write_results("library", out)
+        print(f"in place / (delete + fresh add): {common.fmt_ratio(rows[0][2] / rows[1][2])}")
+    path = common.write_results("library", out)
     print(f"results written to {path}")
 
 

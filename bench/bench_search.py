@@ -9,8 +9,8 @@ not mix), on the shared dataset (``bench/common.py``):
   from that sweep);
 - filtered search on ``tenant`` (10 % selectivity), ``bucket`` (1 %) and
   ``cell`` (0.1 %), declared as indexed ``int`` fields in EngramDB. Raw
-  hnswlib uses its Python filter callable (``set.__contains__``), as
-  PERFORMANCE.md did; a numpy brute force over the candidate rows is printed
+  hnswlib uses its Python filter callable (``set.__contains__``), the
+  usual way to filter with it; a numpy brute force over the candidate rows is printed
   as a second reference;
 - single-record upsert of existing ids, one at a time (EngramDB with
   ``sync_writes`` on: fsynced and indexed before it returns; raw hnswlib is
@@ -25,14 +25,14 @@ not mix), on the shared dataset (``bench/common.py``):
 
 EngramDB uses its defaults from ``engramdb.types.IndexParams`` (M, ef_construction,
 ef_search) and raw hnswlib/Chroma get the same values. Every metric is printed
-with the ratio EngramDB / raw hnswlib and checked against the targets of
-PERFORMANCE.md. Results: ``bench/results/search-<timestamp>.json``.
+with the ratio EngramDB / raw hnswlib and checked against the targets listed
+in docs/benchmarks.md ("Targets"). Results: ``bench/results/search-<timestamp>.json``.
 
 Usage::
 
     python bench/bench_search.py             # all 42,887 real rows, 500 queries (< 10 min on 2 cores)
     python bench/bench_search.py --quick     # smoke run: 5,000 rows, 100 queries (< 2 min)
-    python bench/bench_search.py --n 100000  # PERFORMANCE.md scale (adds interpolated rows)
+    python bench/bench_search.py --n 100000  # the scale of the targets in docs/benchmarks.md (adds interpolated rows)
     python bench/bench_search.py --systems engramdb --profile   # cProfile of the engine's search path
 """
 
@@ -59,8 +59,9 @@ sys.path.insert(0, str(BENCH.parent / "src"))  # run from a checkout without ins
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
-import common as C  # noqa: E402
 import numpy as np  # noqa: E402
+
+import common  # noqa: E402
 
 SYSTEMS = ("hnswlib", "engramdb", "chroma")
 COLLECTION = "bench"
@@ -91,7 +92,7 @@ class Runner:
     name = "?"
     supports_ef = True
 
-    def __init__(self, ds: C.Dataset, workdir: Path, params: dict[str, int]):
+    def __init__(self, ds: common.Dataset, workdir: Path, params: dict[str, int]):
         self.ds = ds
         self.workdir = workdir
         self.params = params
@@ -159,14 +160,14 @@ class EngramRunner(Runner):
         self.coll.upsert([{"id": str(i), "vector": base[i], "metadata": meta[i]} for i in range(start, stop)])
 
     def search(self, q: np.ndarray, ef: int) -> list[int]:
-        return [int(h.id) for h in self.coll.search(q, k=C.K, ef=ef, include=[])]
+        return [int(h.id) for h in self.coll.search(q, k=common.K, ef=ef, include=[])]
 
     def search_default_include(self, q: np.ndarray) -> list[int]:
         """Search as a user calls it: default ``include`` (metadata and text read from storage)."""
-        return [int(h.id) for h in self.coll.search(q, k=C.K)]
+        return [int(h.id) for h in self.coll.search(q, k=common.K)]
 
     def filtered(self, q: np.ndarray, field: str, value: int) -> list[int]:
-        return [int(h.id) for h in self.coll.search(q, k=C.K, filter={field: value}, include=[])]
+        return [int(h.id) for h in self.coll.search(q, k=common.K, filter={field: value}, include=[])]
 
     def paired_overhead(self, qs: np.ndarray, ef: int, passes: int = 6) -> dict[str, float]:
         """Engine search vs raw ``knn_query`` on the engine's own hnswlib index, in interleaved passes.
@@ -178,7 +179,7 @@ class EngramRunner(Runner):
         planning, locking, result objects), free of graph differences. Uses the
         private ``vindex._index`` on purpose (diagnostic only).
         """
-        raw = self.coll.vindex._index
+        raw = self.coll.indexes.vindex._index
         clock = time.perf_counter
         coll = self.coll
 
@@ -186,7 +187,7 @@ class EngramRunner(Runner):
             out = []
             for q in qs:
                 t0 = clock()
-                coll.search(q, k=C.K, ef=ef, include=[])
+                coll.search(q, k=common.K, ef=ef, include=[])
                 out.append(clock() - t0)
             return out
 
@@ -195,7 +196,7 @@ class EngramRunner(Runner):
             raw.set_ef(ef)
             for q in qs:
                 t0 = clock()
-                raw.knn_query(q, k=C.K, num_threads=1)
+                raw.knn_query(q, k=common.K, num_threads=1)
                 out.append(clock() - t0)
             raw.set_ef(1)  # the engine's resting value: it asks for max(k, ef) results instead
             return out
@@ -218,13 +219,13 @@ class EngramRunner(Runner):
         return {
             "queries": len(qs),
             "passes": passes,
-            "engine_p50_ms": C.percentile(eng_t, 50) * 1e3,
-            "raw_p50_ms": C.percentile(raw_t, 50) * 1e3,
+            "engine_p50_ms": common.percentile(eng_t, 50) * 1e3,
+            "raw_p50_ms": common.percentile(raw_t, 50) * 1e3,
             "engine_mean_ms": float(np.mean(eng_t)) * 1e3,
             "raw_mean_ms": float(np.mean(raw_t)) * 1e3,
-            "overhead_p50_us": (C.percentile(eng_t, 50) - C.percentile(raw_t, 50)) * 1e6,
+            "overhead_p50_us": (common.percentile(eng_t, 50) - common.percentile(raw_t, 50)) * 1e6,
             "qps_ratio_by_mean": float(np.mean(raw_t) / np.mean(eng_t)),
-            "qps_ratio_by_p50": C.percentile(raw_t, 50) / C.percentile(eng_t, 50),
+            "qps_ratio_by_p50": common.percentile(raw_t, 50) / common.percentile(eng_t, 50),
             "qps_ratio_best_pass": best_raw / best_eng,
         }
 
@@ -265,7 +266,7 @@ class HnswlibRunner(Runner):
 
     def search(self, q: np.ndarray, ef: int) -> list[int]:
         self._set_ef(ef)
-        labels, _ = self.index.knn_query(q, k=C.K, num_threads=1)
+        labels, _ = self.index.knn_query(q, k=common.K, num_threads=1)
         out: list[int] = labels[0].tolist()
         return out
 
@@ -273,7 +274,7 @@ class HnswlibRunner(Runner):
         self.allowed: dict[str, list[set[int]]] = {}
         self.rows: dict[str, list[np.ndarray]] = {}
         for f, vals in self.ds.fields.items():
-            card = C.FILTER_FIELDS[f]
+            card = common.FILTER_FIELDS[f]
             order = np.argsort(vals, kind="stable")
             bounds = np.searchsorted(vals[order], np.arange(card + 1))
             self.rows[f] = [order[bounds[v] : bounds[v + 1]] for v in range(card)]
@@ -282,7 +283,7 @@ class HnswlibRunner(Runner):
     def filtered(self, q: np.ndarray, field: str, value: int) -> list[int]:
         self._set_ef(self.params["ef_search"])
         allowed = self.allowed[field][value]
-        k = min(C.K, len(allowed))
+        k = min(common.K, len(allowed))
         if k == 0:
             return []
         try:
@@ -299,7 +300,7 @@ class HnswlibRunner(Runner):
         if len(rows) == 0:
             return []
         sims = self.ds.base[rows] @ q
-        k = min(C.K, len(rows))
+        k = min(common.K, len(rows))
         part = np.argpartition(-sims, k - 1)[:k]
         out: list[int] = rows[part[np.argsort(-sims[part])]].tolist()
         return out
@@ -355,12 +356,12 @@ class ChromaRunner(Runner):
 
     def search(self, q: np.ndarray, ef: int) -> list[int]:
         self._set_ef(ef)
-        r = self.coll.query(query_embeddings=[q], n_results=C.K, include=[])
+        r = self.coll.query(query_embeddings=[q], n_results=common.K, include=[])
         return [int(x) for x in r["ids"][0]]
 
     def filtered(self, q: np.ndarray, field: str, value: int) -> list[int]:
         self._set_ef(self.params["ef_search"])
-        r = self.coll.query(query_embeddings=[q], n_results=C.K, where={field: value}, include=[])
+        r = self.coll.query(query_embeddings=[q], n_results=common.K, where={field: value}, include=[])
         return [int(x) for x in r["ids"][0]]
 
     def upsert(self, i: int) -> None:
@@ -376,7 +377,7 @@ MAX_LOOP_S: float | None = None  # set from --max-loop-s in the worker
 
 
 def _timed(fn: Callable[[int], list[int]], count: int) -> dict[str, Any]:
-    stats, ids, rounds = C.time_calls_best(fn, list(range(count)), rounds=ROUNDS, max_s=MAX_LOOP_S)
+    stats, ids, rounds = common.time_calls_best(fn, list(range(count)), rounds=ROUNDS, max_s=MAX_LOOP_S)
     return {"stats": stats.to_dict(), "ids": ids, "rounds": rounds}
 
 
@@ -395,7 +396,7 @@ def run_worker(args: argparse.Namespace) -> None:
     global ROUNDS, MAX_LOOP_S
     ROUNDS = args.rounds
     MAX_LOOP_S = args.max_loop_s or None
-    ds = C.load_dataset(args.n, args.queries)
+    ds = common.load_dataset(args.n, args.queries)
     params = json.loads(args.params)
     workdir = Path(args.workdir)
     runner = RUNNERS[args.worker](ds, workdir, params)
@@ -404,17 +405,17 @@ def run_worker(args: argparse.Namespace) -> None:
     qs = ds.queries
     nq = len(qs)
     gc.collect()
-    rss0 = C.settled_rss_mb()
+    rss0 = common.settled_rss_mb()
 
     runner.create()
-    C.log(f"{runner.name}: ingesting {ds.n:,} rows in batches of {INGEST_BATCH:,} ...")
+    common.log(f"{runner.name}: ingesting {ds.n:,} rows in batches of {INGEST_BATCH:,} ...")
     t0 = time.perf_counter()
     for s in range(0, ds.n, INGEST_BATCH):
         runner.ingest(s, min(ds.n, s + INGEST_BATCH))
     ingest_s = time.perf_counter() - t0
     out["ingest"] = {"rows": ds.n, "seconds": ingest_s, "vec_per_s": ds.n / ingest_s}
-    rss_ingest = C.settled_rss_mb()
-    C.log(f"{runner.name}: ingest {ds.n / ingest_s:,.0f} vec/s; searching ...")
+    rss_ingest = common.settled_rss_mb()
+    common.log(f"{runner.name}: ingest {ds.n / ingest_s:,.0f} vec/s; searching ...")
 
     efs = args.efs if runner.supports_ef else [params["ef_search"]]
     out["search"] = {}
@@ -425,7 +426,7 @@ def run_worker(args: argparse.Namespace) -> None:
         out["search_default_include"] = _timed(lambda i: er.search_default_include(qs[i]), nq)
         out["paired_overhead"] = er.paired_overhead(qs, params["ef_search"])
 
-    rss_search = C.settled_rss_mb()
+    rss_search = common.settled_rss_mb()
     runner.prepare_filters()
     out["filtered"] = {}
     out["filtered_exact_subset"] = {}
@@ -435,7 +436,7 @@ def run_worker(args: argparse.Namespace) -> None:
     for field in ds.fields:
         vals = ds.query_values(field)
         runner.failures = 0
-        C.log(f"{runner.name}: filtered search on {field} ({nf} queries) ...")
+        common.log(f"{runner.name}: filtered search on {field} ({nf} queries) ...")
         res = _timed(_filter_fn(runner.filtered, qs, field, vals), nf)
         res["failures"] = runner.failures
         out["filtered"][field] = res
@@ -445,8 +446,8 @@ def run_worker(args: argparse.Namespace) -> None:
     n_up = min(ds.n, args.upserts if runner.name != "chroma" else min(args.upserts, args.peer_upserts))
     up_ids = np.random.default_rng(11).choice(ds.n, n_up, replace=False).tolist()
     runner.new_vectors = perturbed(ds, up_ids)
-    C.log(f"{runner.name}: {n_up} single upserts ...")
-    up_stats, _ = C.time_calls(runner.upsert, up_ids, warmup=0)
+    common.log(f"{runner.name}: {n_up} single upserts ...")
+    up_stats, _ = common.time_calls(runner.upsert, up_ids, warmup=0)
     out["upsert"] = up_stats.to_dict()
 
     if args.profile and isinstance(runner, EngramRunner):
@@ -461,12 +462,12 @@ def run_worker(args: argparse.Namespace) -> None:
         "after_search": rss_search,
         "over_baseline_ingest": rss_ingest - rss0,
         "over_baseline_search": rss_search - rss0,
-        "peak": C.peak_rss_bytes() / 2**20,
+        "peak": common.peak_rss_bytes() / 2**20,
     }
     Path(args.result).write_text(json.dumps(out), encoding="utf-8")
 
 
-def perturbed(ds: C.Dataset, ids: list[int]) -> dict[int, np.ndarray]:
+def perturbed(ds: common.Dataset, ids: list[int]) -> dict[int, np.ndarray]:
     """Slightly moved copies of rows ``ids`` (unit length), so every upsert really changes the vector."""
     rng = np.random.default_rng(13)
     rows = ds.base[ids] + rng.normal(0.0, 1e-3, (len(ids), ds.dim)).astype(np.float32)
@@ -474,7 +475,7 @@ def perturbed(ds: C.Dataset, ids: list[int]) -> dict[int, np.ndarray]:
     return {i: np.ascontiguousarray(rows[j], dtype=np.float32) for j, i in enumerate(ids)}
 
 
-def profile_engram(runner: EngramRunner, ds: C.Dataset) -> dict[str, str]:
+def profile_engram(runner: EngramRunner, ds: common.Dataset) -> dict[str, str]:
     """cProfile of EngramDB's unfiltered and 10 %-filtered search paths (top functions by own time)."""
     out = {}
     tenant = ds.query_values("tenant")
@@ -584,7 +585,7 @@ for q2 in more:
 }
 
 
-def cold_start(system: str, workdir: Path, ds: C.Dataset, qpath: Path, ef: int, trials: int) -> dict[str, Any]:
+def cold_start(system: str, workdir: Path, ds: common.Dataset, qpath: Path, ef: int, trials: int) -> dict[str, Any]:
     """Spawn ``trials`` new processes: import, open, first query; timed from here (spawn → result line)."""
     argv = {
         "engramdb": [str(workdir / "db"), str(qpath)],
@@ -592,11 +593,11 @@ def cold_start(system: str, workdir: Path, ds: C.Dataset, qpath: Path, ef: int, 
         "chroma": [str(workdir / "chroma"), str(qpath)],
     }[system]
     runs = []
-    env = C.src_env()
+    env = common.src_env()
     # A real install has bytecode caches; this checkout may run with PYTHONDONTWRITEBYTECODE.
     # Cache bytecode under bench/.cache (never in src/) and do one untimed warm-up run.
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env["PYTHONPYCACHEPREFIX"] = str(C.CACHE_DIR / "pycache")
+    env["PYTHONPYCACHEPREFIX"] = str(common.CACHE_DIR / "pycache")
     for trial in range(trials + 1):
         spawn = time.time()
         t0 = time.perf_counter()
@@ -664,26 +665,26 @@ def run_system(system: str, args: argparse.Namespace, params: dict[str, int], ro
     if args.profile:
         cmd.append("--profile")
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=C.src_env(), timeout=3600, check=False)
+    proc = subprocess.run(cmd, env=common.src_env(), timeout=3600, check=False)
     if proc.returncode != 0 or not result.exists():
-        C.log(f"{system}: worker failed (exit {proc.returncode}); skipping it")
+        common.log(f"{system}: worker failed (exit {proc.returncode}); skipping it")
         return None
     out: dict[str, Any] = json.loads(result.read_text(encoding="utf-8"))
     out["worker_s"] = time.perf_counter() - t0
     return out
 
 
-def summarise(res: dict[str, Any], ds: C.Dataset, gt: np.ndarray, fgt: dict[str, np.ndarray]) -> None:
+def summarise(res: dict[str, Any], ds: common.Dataset, gt: np.ndarray, fgt: dict[str, np.ndarray]) -> None:
     """Replace result ids by recall@10 (in place)."""
     for entry in res["search"].values():
-        entry["recall"] = C.recall_at_k(entry.pop("ids"), gt)
+        entry["recall"] = common.recall_at_k(entry.pop("ids"), gt)
     if "search_default_include" in res:
         e = res["search_default_include"]
-        e["recall"] = C.recall_at_k(e.pop("ids"), gt)
+        e["recall"] = common.recall_at_k(e.pop("ids"), gt)
     for group in ("filtered", "filtered_exact_subset"):
         for field, entry in res.get(group, {}).items():
             ids = entry.pop("ids")
-            entry["recall"] = C.recall_at_k(ids, fgt[field][: len(ids)])
+            entry["recall"] = common.recall_at_k(ids, fgt[field][: len(ids)])
 
 
 def curve(res: dict[str, Any]) -> list[tuple[float, float]]:
@@ -692,7 +693,7 @@ def curve(res: dict[str, Any]) -> list[tuple[float, float]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    C.add_common_args(ap)
+    common.add_common_args(ap)
     ap.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset of " + ",".join(SYSTEMS))
     ap.add_argument("--efs", default=None, help="ef sweep (default 16,32,64,128,256; quick: 32,64)")
     ap.add_argument("--upserts", type=int, default=None, help="single upserts per system (default 1000; quick 200)")
@@ -736,7 +737,7 @@ def main() -> None:
 def orchestrate(args: argparse.Namespace) -> None:
     """Prepare data and ground truth, run every system's worker, cold starts, print and save."""
     t_start = time.perf_counter()
-    load_before = C.machine_info().get("loadavg_1_5_15")
+    load_before = common.machine_info().get("loadavg_1_5_15")
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     for s in systems:
         if s not in SYSTEMS:
@@ -745,36 +746,36 @@ def orchestrate(args: argparse.Namespace) -> None:
     if "chroma" in systems and importlib.util.find_spec("chromadb") is None:
         systems.remove("chroma")
         notes.append("chromadb is not installed: Chroma skipped (pip install chromadb)")
-        C.log(notes[-1])
+        common.log(notes[-1])
     params = index_defaults()
-    ds = C.load_dataset(args.n, args.queries, log=C.log)
-    C.log(f"dataset: {ds.label}, {len(ds.queries)} queries, dim {ds.dim}; index params {params}")
-    gt = C.ground_truth(ds.base, ds.queries)
-    fgt = {f: C.ground_truth(ds.base, ds.queries, C.K, ds.fields[f], ds.query_values(f)) for f in ds.fields}
+    ds = common.load_dataset(args.n, args.queries, log=common.log)
+    common.log(f"dataset: {ds.label}, {len(ds.queries)} queries, dim {ds.dim}; index params {params}")
+    gt = common.ground_truth(ds.base, ds.queries)
+    fgt = {f: common.ground_truth(ds.base, ds.queries, common.K, ds.fields[f], ds.query_values(f)) for f in ds.fields}
     root = Path(tempfile.mkdtemp(prefix="bench-search-"))
     qpath = root / "queries.npy"
     np.save(qpath, ds.queries)
     results: dict[str, dict[str, Any]] = {}
     try:
         for s in systems:
-            C.log(f"===== {s} =====")
+            common.log(f"===== {s} =====")
             res = run_system(s, args, params, root)
             if res is None:
                 notes.append(f"{s}: worker failed, see the log")
                 continue
             summarise(res, ds, gt, fgt)
-            C.log(f"{s}: cold start x{args.cold_trials} ...")
+            common.log(f"{s}: cold start x{args.cold_trials} ...")
             try:
                 res["cold_start"] = cold_start(s, root / s, ds, qpath, params["ef_search"], args.cold_trials)
                 ids = res["cold_start"]["median"].pop("ids")
-                res["cold_start"]["median"]["recall_first_query"] = C.recall_at_k([ids], gt[:1])
+                res["cold_start"]["median"]["recall_first_query"] = common.recall_at_k([ids], gt[:1])
             except Exception as e:  # a peer's cold start must not sink the run
                 notes.append(f"{s}: cold start failed: {e}")
-                C.log(notes[-1])
+                common.log(notes[-1])
             results[s] = res
     finally:
         if args.keep:
-            C.log(f"data kept in {root}")
+            common.log(f"data kept in {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
     notes.append(f"load average (1, 5, 15 min) at start: {load_before}")
@@ -791,7 +792,7 @@ def _field_metric(field: str, key: str) -> Callable[[dict[str, Any]], float]:
 
 def report(
     results: dict[str, dict[str, Any]],
-    ds: C.Dataset,
+    ds: common.Dataset,
     params: dict[str, int],
     args: argparse.Namespace,
     notes: list[str],
@@ -799,9 +800,10 @@ def report(
 ) -> None:
     """Print every table (with ratios and target checks) and write the JSON result."""
     print(
-        f"\nEngramDB search benchmark — {ds.label}, {len(ds.queries)} queries, k={C.K}, one thread, one query per call"
+        f"\nEngramDB search benchmark — {ds.label}, {len(ds.queries)} queries, k={common.K}, "
+        "one thread, one query per call"
     )
-    print(f"HNSW params for every system (EngramDB defaults): {params}; machine: {C.machine_info()}\n")
+    print(f"HNSW params for every system (EngramDB defaults): {params}; machine: {common.machine_info()}\n")
     eng, raw, chroma = results.get("engramdb"), results.get("hnswlib"), results.get("chroma")
     default_ef = str(params["ef_search"])
 
@@ -810,7 +812,7 @@ def report(
         for ef, e in sorted(res["search"].items(), key=lambda kv: int(kv[0])):
             st = e["stats"]
             rows.append(
-                [name, ef, f"{e['recall']:.4f}", C.fmt(st["qps"]), f"{st['p50_ms']:.3f}", f"{st['p99_ms']:.3f}"]
+                [name, ef, f"{e['recall']:.4f}", common.fmt(st["qps"]), f"{st['p50_ms']:.3f}", f"{st['p99_ms']:.3f}"]
             )
         if "search_default_include" in res:
             e = res["search_default_include"]
@@ -820,25 +822,25 @@ def report(
                     f"{name} (default include: metadata+text)",
                     default_ef,
                     f"{e['recall']:.4f}",
-                    C.fmt(st["qps"]),
+                    common.fmt(st["qps"]),
                     f"{st['p50_ms']:.3f}",
                     f"{st['p99_ms']:.3f}",
                 ]
             )
-    C.print_table(["system", "ef", "recall@10", "QPS", "p50 ms", "p99 ms"], rows, "Unfiltered search (ef sweep)")
+    common.print_table(["system", "ef", "recall@10", "QPS", "p50 ms", "p99 ms"], rows, "Unfiltered search (ef sweep)")
 
     eq_rows = []
     eq: dict[str, dict[str, float | None]] = {}
     for target in (0.90, 0.95, 0.98, 0.99):
-        vals = {name: C.qps_at_recall(curve(res), target) for name, res in results.items()}
+        vals = {name: common.qps_at_recall(curve(res), target) for name, res in results.items()}
         eq[str(target)] = vals
         eq_rows.append(
             [
                 f"{target:.2f}",
-                C.fmt(vals.get("engramdb")),
-                C.fmt(vals.get("hnswlib")),
-                C.fmt_ratio(C.ratio(vals.get("engramdb"), vals.get("hnswlib"))),
-                C.fmt(vals.get("chroma")),
+                common.fmt(vals.get("engramdb")),
+                common.fmt(vals.get("hnswlib")),
+                common.fmt_ratio(common.ratio(vals.get("engramdb"), vals.get("hnswlib"))),
+                common.fmt(vals.get("chroma")),
             ]
         )
     if eng and "paired_overhead" in eng:
@@ -851,14 +853,14 @@ def report(
             f"{po['overhead_p50_us']:.0f} us/query; EngramDB/raw QPS {po['qps_ratio_by_mean']:.2f}x (mean), "
             f"{po['qps_ratio_by_p50']:.2f}x (p50), {po.get('qps_ratio_best_pass', float('nan')):.2f}x (best pass)\n"
         )
-    C.print_table(
+    common.print_table(
         ["recall", "EngramDB QPS", "hnswlib QPS", "EngramDB/hnswlib", "Chroma QPS"],
         eq_rows,
         "QPS at equal recall (interpolated on the ef sweep)",
     )
 
     frows = []
-    for field, card in C.FILTER_FIELDS.items():
+    for field, card in common.FILTER_FIELDS.items():
         ref = raw["filtered"][field]["stats"]["qps"] if raw else None
         for name, res in results.items():
             groups = [("filtered", name)]
@@ -873,14 +875,14 @@ def report(
                         label + (" (filter callable)" if group == "filtered" and name == "hnswlib" else ""),
                         st["count"],
                         f"{e['recall']:.4f}",
-                        C.fmt(st["qps"]),
+                        common.fmt(st["qps"]),
                         f"{st['p50_ms']:.3f}",
                         f"{st['p99_ms']:.3f}",
-                        C.fmt_ratio(C.ratio(st["qps"], ref)),
+                        common.fmt_ratio(common.ratio(st["qps"], ref)),
                         e.get("failures", 0),
                     ]
                 )
-    C.print_table(
+    common.print_table(
         ["filter", "system", "queries", "recall@10", "QPS", "p50 ms", "p99 ms", "QPS / hnswlib", "fails"],
         frows,
         "Filtered search (exact filtered ground truth)",
@@ -906,7 +908,7 @@ def report(
                 str(m.get("rebuilt_index", "-")),
             ]
         )
-    C.print_table(
+    common.print_table(
         [
             "system",
             "wall s (median)",
@@ -941,7 +943,7 @@ def report(
         (f"p99 ms (ef={default_ef})", at_ef("p99_ms"), "", None, 3),
         (
             "QPS @ recall 0.95 (interp.)",
-            lambda r: C.qps_at_recall(curve(r), 0.95),
+            lambda r: common.qps_at_recall(curve(r), 0.95),
             ">= 0.6x hnswlib",
             lambda e, h: None if e is None or h is None else e / h >= TARGETS["search_qps_ratio"],
             0,
@@ -956,7 +958,7 @@ def report(
             2,
         )
     )
-    for field, card in C.FILTER_FIELDS.items():
+    for field, card in common.FILTER_FIELDS.items():
         specs.append(
             (
                 f"filtered recall {100 / card:g} % ({field})",
@@ -1026,11 +1028,13 @@ def report(
         ev, hv, cv = metric(eng, fn), metric(raw, fn), metric(chroma, fn)
         ok = check(ev, hv) if check else None
         status = "" if check is None else ("MET" if ok else ("MISSED" if ok is not None else "n/a"))
-        summary[label] = {"engramdb": ev, "hnswlib": hv, "ratio": C.ratio(ev, hv), "chroma": cv, "target": goal}
+        summary[label] = {"engramdb": ev, "hnswlib": hv, "ratio": common.ratio(ev, hv), "chroma": cv, "target": goal}
         summary[label]["status"] = status
-        ratio_s = C.fmt_ratio(C.ratio(ev, hv))
-        srows.append([label, C.fmt(ev, digits), C.fmt(hv, digits), ratio_s, C.fmt(cv, digits), goal, status])
-    table = C.print_table(
+        ratio_s = common.fmt_ratio(common.ratio(ev, hv))
+        srows.append(
+            [label, common.fmt(ev, digits), common.fmt(hv, digits), ratio_s, common.fmt(cv, digits), goal, status]
+        )
+    table = common.print_table(
         ["metric", "EngramDB", "raw hnswlib", "EngramDB/hnswlib", "Chroma", "target", "status"],
         srows,
         "Summary (ratios are EngramDB / raw hnswlib; hnswlib upserts are in-memory, EngramDB's are fsynced)",
@@ -1045,7 +1049,7 @@ def report(
             f"{name}: version {res.get('version')}, worker {res.get('worker_s', 0):.0f} s, "
             f"close/persist {res.get('close_s', 0):.2f} s, RSS MB {rss}"
         )
-    path = C.write_results(
+    path = common.write_results(
         "search",
         {
             "dataset": ds.describe(),

@@ -38,8 +38,8 @@ What it does, in one run:
 5. prints, per phase: QPS, mean/p50/p99 latency, server and client CPU (%, and
    ms per request), the load average; then the best phase of each transport,
    the ratios gRPC / REST and REST / reference (best and median of the
-   rounds), the PERFORMANCE.md targets (REST >= 2,000 QPS with p99 <= 20 ms;
-   gRPC >= 1.5 x REST), and writes ``bench/results/server-<ts>.json``.
+   rounds), the server targets (REST >= 2,000 QPS with p99 <= 20 ms;
+   gRPC >= 1.5 x REST; see "Targets" in docs/benchmarks.md), and writes ``bench/results/server-<ts>.json``.
 
 The load generator runs on the same machine as the server: on 2 cores they
 compete for CPU, so these numbers are a lower bound of what the server does
@@ -79,8 +79,9 @@ sys.path.insert(0, str(BENCH.parent / "src"))  # run from a checkout without ins
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
-import common as C  # noqa: E402
 import numpy as np  # noqa: E402
+
+import common  # noqa: E402
 
 # Made in the parent and passed to the client processes (spawned children re-import this module).
 ADMIN_KEY = "bench-admin-" + os.urandom(12).hex()
@@ -102,7 +103,7 @@ def free_port() -> int:
 
 
 def _server_env(log_level: str, src: Path | None = None) -> dict[str, str]:
-    env = {k: v for k, v in C.src_env().items() if not k.startswith("ENGRAMDB_")}
+    env = {k: v for k, v in common.src_env().items() if not k.startswith("ENGRAMDB_")}
     if src is not None:  # another checkout's sources (--baseline-src)
         env["PYTHONPATH"] = os.pathsep.join([str(src), env["PYTHONPATH"]])
     env.update(
@@ -203,7 +204,7 @@ def serve_reference(data_dir: str, port: int) -> None:
 
     from engramdb.config import Settings
     from engramdb.engine.database import Database
-    from engramdb.service.service import _hit
+    from engramdb.service.executor import _hit
 
     settings = Settings(data_dir=Path(data_dir))
     db = Database(settings.data_dir, settings)
@@ -240,7 +241,7 @@ def serve_reference(data_dir: str, port: int) -> None:
 
 
 # -------------------------------------------------------------------- load
-def load(server: Server, ds: C.Dataset) -> float:
+def load(server: Server, ds: common.Dataset) -> float:
     """Create the collection and upsert every row over gRPC; returns vectors/s."""
     import grpc
 
@@ -262,7 +263,7 @@ def load(server: Server, ds: C.Dataset) -> float:
         return ds.n / (time.perf_counter() - start)
 
 
-def check_parity(server: Server, ds: C.Dataset, n_queries: int = 20) -> tuple[bool, float]:
+def check_parity(server: Server, ds: common.Dataset, n_queries: int = 20) -> tuple[bool, float]:
     """Whether REST and gRPC return the same ids and scores; and gRPC recall@10 against exact numpy."""
     import grpc
     import httpx
@@ -272,7 +273,7 @@ def check_parity(server: Server, ds: C.Dataset, n_queries: int = 20) -> tuple[bo
 
     md = (("authorization", f"Bearer {ADMIN_KEY}"),)
     qs = ds.queries[:n_queries]
-    truth = C.ground_truth(ds.base, qs)
+    truth = common.ground_truth(ds.base, qs)
     same = True
     found: list[list[int]] = []
     with (
@@ -281,11 +282,15 @@ def check_parity(server: Server, ds: C.Dataset, n_queries: int = 20) -> tuple[bo
     ):
         stub = pb_grpc.EngramDBStub(ch)
         for q in qs:
-            g = stub.Search(pb.SearchRequest(coll=COLLECTION, vector=q.tobytes(), k=C.K), metadata=md, timeout=30).hits
-            r = http.post(f"/v1/collections/{COLLECTION}/search", json={"vector": q.tolist(), "k": C.K}).json()["hits"]
+            g = stub.Search(
+                pb.SearchRequest(coll=COLLECTION, vector=q.tobytes(), k=common.K), metadata=md, timeout=30
+            ).hits
+            r = http.post(f"/v1/collections/{COLLECTION}/search", json={"vector": q.tolist(), "k": common.K}).json()[
+                "hits"
+            ]
             same &= [(h.id, h.score) for h in g] == [(h["id"], h["score"]) for h in r]
             found.append([int(h.id[1:]) for h in g])
-    return same, C.recall_at_k(found, truth)
+    return same, common.recall_at_k(found, truth)
 
 
 def same_rest_hits(url_a: str, url_b: str, queries: np.ndarray) -> bool:
@@ -295,7 +300,7 @@ def same_rest_hits(url_a: str, url_b: str, queries: np.ndarray) -> bool:
     headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
     with httpx.Client(headers=headers, timeout=30) as http:
         for q in queries:
-            body = {"vector": q.tolist(), "k": C.K}
+            body = {"vector": q.tolist(), "k": common.K}
             a = http.post(url_a + SEARCH_PATH, json=body)
             b = http.post(url_b + SEARCH_PATH, json=body)
             if a.status_code != 200 or b.status_code != 200 or a.json()["hits"] != b.json()["hits"]:
@@ -472,10 +477,10 @@ def payloads(transport: str, queries: np.ndarray) -> list[bytes]:
     if transport != "grpc":
         import orjson
 
-        return [orjson.dumps({"vector": q.tolist(), "k": C.K}) for q in queries]
+        return [orjson.dumps({"vector": q.tolist(), "k": common.K}) for q in queries]
     from engramdb.server.grpc import engramdb_pb2 as pb
 
-    return [pb.SearchRequest(coll=COLLECTION, vector=q.tobytes(), k=C.K).SerializeToString() for q in queries]
+    return [pb.SearchRequest(coll=COLLECTION, vector=q.tobytes(), k=common.K).SerializeToString() for q in queries]
 
 
 def run_phase(
@@ -519,7 +524,7 @@ def run_phase(
     if spy is not None:
         _finish_py_spy(spy, py_spy)
     lat = np.concatenate([np.frombuffer(r[0], dtype=np.float64) for r in results])
-    stats = C.LatencyStats.of(lat.tolist(), duration)
+    stats = common.LatencyStats.of(lat.tolist(), duration)
     errors = sum(r[1] for r in results)
     first = next((r[2][0] for r in results if r[2]), None)
     client_cpu = sum(r[3] for r in results)
@@ -542,7 +547,7 @@ def run_phase(
 def _start_py_spy(pid: int, duration: float, path: str) -> subprocess.Popen[bytes] | None:
     exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(exe).exists():
-        C.log("--py-spy: py-spy is not installed (pip install py-spy); not profiling")
+        common.log("--py-spy: py-spy is not installed (pip install py-spy); not profiling")
         return None
     cmd = [exe, "record", "--pid", str(pid), "--duration", str(int(duration)), "--rate", "100"]
     cmd += ["--nonblocking", "--threads", "--format", "raw", "--output", path]
@@ -557,7 +562,7 @@ def _finish_py_spy(proc: subprocess.Popen[bytes], path: str | None) -> None:
         proc.kill()
         return
     if not path or not Path(path).exists():
-        C.log("py-spy wrote nothing (it needs ptrace rights: root or CAP_SYS_PTRACE)")
+        common.log("py-spy wrote nothing (it needs ptrace rights: root or CAP_SYS_PTRACE)")
         return
     own: collections.Counter[str] = collections.Counter()
     total = 0
@@ -590,7 +595,7 @@ def main() -> None:
         serve_reference(sys.argv[2], int(sys.argv[3]))
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=C.N_REAL, help="rows to load (default: every real row)")
+    ap.add_argument("--n", type=int, default=common.N_REAL, help="rows to load (default: every real row)")
     ap.add_argument("--duration", type=float, default=10.0, help="seconds of load per phase (max 120)")
     ap.add_argument("--clients", type=int, default=32, help="concurrent clients (max 256)")
     ap.add_argument("--procs", type=int, default=4, help="client processes the clients are spread over")
@@ -631,8 +636,8 @@ def main() -> None:
         raise SystemExit("--rounds must be 1..5")
 
     load_before = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    ds = C.load_dataset(args.n, queries=500, log=C.log)
-    C.log(f"dataset: {ds.label}, {len(ds.queries)} held-out queries, k={C.K}")
+    ds = common.load_dataset(args.n, queries=500, log=common.log)
+    common.log(f"dataset: {ds.label}, {len(ds.queries)} held-out queries, k={common.K}")
     phases: list[dict[str, Any]] = []
     profiled: dict[str, Any] | None = None
     statuses: list[int] = []
@@ -641,10 +646,12 @@ def main() -> None:
         server = Server(data, args.log_level)
         try:
             server.wait_ready()
-            C.log(f"server up: REST {server.url}, gRPC {server.grpc_address}; loading {ds.n:,} rows over gRPC ...")
+            common.log(f"server up: REST {server.url}, gRPC {server.grpc_address}; loading {ds.n:,} rows over gRPC ...")
             load_rate = load(server, ds)
             same, recall = check_parity(server, ds)
-            C.log(f"loaded at {load_rate:,.0f} vec/s; REST == gRPC hits: {same}; recall@10 (20 queries): {recall:.3f}")
+            common.log(
+                f"loaded at {load_rate:,.0f} vec/s; REST == gRPC hits: {same}; recall@10 (20 queries): {recall:.3f}"
+            )
         finally:
             statuses.append(server.stop())
         # The reference and the baseline open their own copies: RocksDB allows one process per data directory.
@@ -664,15 +671,15 @@ def main() -> None:
             if reference is not None:
                 reference.wait_ready()
                 ref_same = same_rest_hits(server.url, reference.url, ds.queries[:20])
-                C.log(f"reference up: {reference.url}; same hits as the server: {ref_same}")
+                common.log(f"reference up: {reference.url}; same hits as the server: {ref_same}")
             if baseline is not None:
                 baseline.wait_ready()
                 base_same = same_rest_hits(server.url, baseline.url, ds.queries[:20])
-                C.log(f"baseline up: {baseline.url} ({args.baseline_src}); same hits as the server: {base_same}")
+                common.log(f"baseline up: {baseline.url} ({args.baseline_src}); same hits as the server: {base_same}")
             targets_of = {"ref": reference, "rest-base": baseline}
             if args.py_spy:
                 # Sampling costs the server CPU: a phase of its own, left out of the comparisons.
-                C.log(f"rest under py-spy (not compared): {args.clients} clients ...")
+                common.log(f"rest under py-spy (not compared): {args.clients} clients ...")
                 phase = run_phase(server, "rest", ds.queries, args.clients, args.procs, args.duration, args.py_spy)
                 profiled = {"round": 0, "profiled": True, **phase}
             # Alternating rounds spread slow spells of a shared machine over every transport.
@@ -680,7 +687,7 @@ def main() -> None:
                 for transport in phase_names:
                     target = targets_of.get(transport, server)
                     assert target is not None
-                    C.log(f"{transport} (round {rnd + 1}/{args.rounds}): {args.clients} clients ...")
+                    common.log(f"{transport} (round {rnd + 1}/{args.rounds}): {args.clients} clients ...")
                     phase = run_phase(target, transport, ds.queries, args.clients, args.procs, args.duration)
                     phases.append({"round": rnd + 1, **phase})
         finally:
@@ -690,13 +697,13 @@ def main() -> None:
     summary = {t: _summary(phases, t) for t in phase_names}
     print()
     print(
-        f"Search over the server: {ds.label}, k={C.K}, {args.clients} concurrent clients "
+        f"Search over the server: {ds.label}, k={common.K}, {args.clients} concurrent clients "
         f"({args.procs} client processes), {args.duration:.0f} s per phase, {args.rounds} round(s), "
         f"{os.cpu_count()} CPUs, load average before: {load_before}.\n"
         "NOTE: the load generator shares this machine's cores with the server (client CPU columns);\n"
         "on a shared machine other processes do too (load columns): compare transports within a run."
     )
-    C.print_table(
+    common.print_table(
         [
             "phase",
             "round",
@@ -715,15 +722,15 @@ def main() -> None:
             [
                 p["transport"],
                 p["round"],
-                C.fmt(p["qps"]),
-                C.fmt(p["mean_ms"], 2),
-                C.fmt(p["p50_ms"], 2),
-                C.fmt(p["p99_ms"], 2),
+                common.fmt(p["qps"]),
+                common.fmt(p["mean_ms"], 2),
+                common.fmt(p["p50_ms"], 2),
+                common.fmt(p["p99_ms"], 2),
                 p["errors"],
-                C.fmt(p["server_cpu_pct"]),
-                C.fmt(p["server_cpu_ms_per_req"], 2),
-                C.fmt(p["client_cpu_pct"]),
-                C.fmt(p["client_cpu_ms_per_req"], 2),
+                common.fmt(p["server_cpu_pct"]),
+                common.fmt(p["server_cpu_ms_per_req"], 2),
+                common.fmt(p["client_cpu_pct"]),
+                common.fmt(p["client_cpu_ms_per_req"], 2),
                 f"{p['loadavg1_before']:.1f}-{p['loadavg1_after']:.1f}",
             ]
             for p in phases
@@ -735,11 +742,11 @@ def main() -> None:
         if sa is None or sb is None:
             return None
         return {
-            "qps_best": C.ratio(sa["best"]["qps"], sb["best"]["qps"]),
-            "qps_median": C.ratio(sa["median_qps"], sb["median_qps"]),
-            "p50_best": C.ratio(sa["best"]["p50_ms"], sb["best"]["p50_ms"]),
-            "p99_best": C.ratio(sa["best"]["p99_ms"], sb["best"]["p99_ms"]),
-            "server_cpu_per_req_median": C.ratio(
+            "qps_best": common.ratio(sa["best"]["qps"], sb["best"]["qps"]),
+            "qps_median": common.ratio(sa["median_qps"], sb["median_qps"]),
+            "p50_best": common.ratio(sa["best"]["p50_ms"], sb["best"]["p50_ms"]),
+            "p99_best": common.ratio(sa["best"]["p99_ms"], sb["best"]["p99_ms"]),
+            "server_cpu_per_req_median": common.ratio(
                 sa["median_server_cpu_ms_per_req"], sb["median_server_cpu_ms_per_req"]
             ),
         }
@@ -755,9 +762,10 @@ def main() -> None:
         if r is not None:
             a, _, b = name.partition("_over_")
             print(
-                f"{a} / {b}: QPS {C.fmt_ratio(r['qps_best'])} (best rounds), {C.fmt_ratio(r['qps_median'])} (medians); "
-                f"p50 {C.fmt_ratio(r['p50_best'])}, p99 {C.fmt_ratio(r['p99_best'])} (best rounds); "
-                f"server CPU per request {C.fmt_ratio(r['server_cpu_per_req_median'])} (medians)"
+                f"{a} / {b}: QPS {common.fmt_ratio(r['qps_best'])} (best rounds), "
+                f"{common.fmt_ratio(r['qps_median'])} (medians); "
+                f"p50 {common.fmt_ratio(r['p50_best'])}, p99 {common.fmt_ratio(r['p99_best'])} (best rounds); "
+                f"server CPU per request {common.fmt_ratio(r['server_cpu_per_req_median'])} (medians)"
             )
     rest = summary.get("rest")
     targets: dict[str, bool] = {}
@@ -766,11 +774,11 @@ def main() -> None:
         targets["rest_p99<=20ms"] = rest["best"]["p99_ms"] <= 20
     if compared["grpc_over_rest"] is not None:
         targets["grpc>=1.5x_rest"] = (compared["grpc_over_rest"]["qps_best"] or 0) >= 1.5
-    print("targets (PERFORMANCE.md): " + ", ".join(f"{k} {'MET' if v else 'NOT MET'}" for k, v in targets.items()))
+    print("targets (docs/benchmarks.md): " + ", ".join(f"{k} {'MET' if v else 'NOT MET'}" for k, v in targets.items()))
     for p in phases:
         if p["errors"]:
             print(f"{p['transport']} round {p['round']}: {p['errors']} errors, first: {p['first_error']}")
-    path = C.write_results(
+    path = common.write_results(
         "server",
         {
             "dataset": ds.describe(),

@@ -3,7 +3,7 @@
 One collection of the shared data (embedded, fsync on). For each way of
 writing the snapshot (``in-process``: hnswlib's ``save_index`` on this
 process's index, holding the GIL; ``child``: the same call in a forked
-copy, ``Collection.snapshot(in_child=True)``), while it runs:
+copy, ``CollectionIndexes.snapshot(in_child=True)``), while it runs:
 
 - a ticker thread sleeps 1 ms in a loop; its longest gap is how long no
   Python thread of the process could run (a server's requests included);
@@ -26,11 +26,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import common as C
 import numpy as np
 
+import common
 
-def stalls(coll: Any, ds: C.Dataset, in_child: bool, start: int) -> dict[str, float]:
+
+def stalls(coll: Any, ds: common.Dataset, in_child: bool, start: int) -> dict[str, float]:
     """One snapshot with the ticker and the writer running; returns its wall time and the two stalls."""
     stop = threading.Event()
     gaps: list[float] = []
@@ -60,7 +61,7 @@ def stalls(coll: Any, ds: C.Dataset, in_child: bool, start: int) -> dict[str, fl
     writes.clear()
     coll.upsert({"id": "dirty", "vector": ds.base[0]})  # something to snapshot
     t0 = time.perf_counter()
-    assert coll.snapshot(in_child=in_child)
+    assert coll.indexes.snapshot(in_child=in_child)
     wall = time.perf_counter() - t0
     stop.set()
     for t in threads:
@@ -78,7 +79,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=None, help="rows (default: every real row; 100000 adds interpolated ones)")
     ap.add_argument("--rounds", type=int, default=3, help="snapshots per way (the median is printed)")
     args = ap.parse_args()
-    ds = C.load_dataset(args.n, queries=1, log=C.log)
+    ds = common.load_dataset(args.n, queries=1, log=common.log)
     import engramdb
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-snapshot-"))
@@ -87,10 +88,10 @@ def main() -> None:
         # Snapshots only when this script asks for them.
         db = engramdb.open(workdir / "db", index={"snapshot_interval_seconds": 1e9, "snapshot_after_changes": 10**9})
         coll = db.create_collection("bench", dimension=ds.dim, metric="cosine")
-        C.log(f"ingesting {ds.n:,} rows ...")
+        common.log(f"ingesting {ds.n:,} rows ...")
         for s in range(0, ds.n, 1000):
             coll.upsert([{"id": str(i), "vector": ds.base[i]} for i in range(s, min(ds.n, s + 1000))])
-        raw = coll.vindex._index  # diagnostic only: the reference is hnswlib saving this very graph
+        raw = coll.indexes.vindex._index  # diagnostic only: the reference is hnswlib saving this very graph
         ref = []
         for _ in range(args.rounds):
             t0 = time.perf_counter()
@@ -105,30 +106,30 @@ def main() -> None:
             rows.append(
                 [
                     name,
-                    C.fmt(med["snapshot_s"], 3),
-                    C.fmt(med["longest_tick_gap_ms"], 1),
-                    C.fmt(med["slowest_write_ms"], 1),
-                    C.fmt(med["writes"]),
+                    common.fmt(med["snapshot_s"], 3),
+                    common.fmt(med["longest_tick_gap_ms"], 1),
+                    common.fmt(med["slowest_write_ms"], 1),
+                    common.fmt(med["writes"]),
                 ]
             )
         db.close()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    C.print_table(
+    common.print_table(
         ["snapshot written", "snapshot s", "longest 1 ms tick gap, ms", "slowest upsert, ms", "upserts meanwhile"],
         rows,
         title=f"Snapshot of {ds.n:,} x {ds.dim}-d (median of {args.rounds}); raw hnswlib save_index "
         f"{out['raw_save_index_s']:.3f} s",
     )
     ip, ch = out["in-process"]["median"], out["child"]["median"]
-    gap = C.ratio(ch["longest_tick_gap_ms"], ip["longest_tick_gap_ms"])
-    write = C.ratio(ch["slowest_write_ms"], ip["slowest_write_ms"])
-    vs_raw = C.ratio(ip["longest_tick_gap_ms"] / 1e3, out["raw_save_index_s"])
+    gap = common.ratio(ch["longest_tick_gap_ms"], ip["longest_tick_gap_ms"])
+    write = common.ratio(ch["slowest_write_ms"], ip["slowest_write_ms"])
+    vs_raw = common.ratio(ip["longest_tick_gap_ms"] / 1e3, out["raw_save_index_s"])
     print(
-        f"child / in-process: longest tick gap {C.fmt_ratio(gap)}, slowest upsert {C.fmt_ratio(write)}; "
-        f"in-process tick gap / raw save_index {C.fmt_ratio(vs_raw)}"
+        f"child / in-process: longest tick gap {common.fmt_ratio(gap)}, slowest upsert {common.fmt_ratio(write)}; "
+        f"in-process tick gap / raw save_index {common.fmt_ratio(vs_raw)}"
     )
-    print(f"results written to {C.write_results('snapshot', out)}")
+    print(f"results written to {common.write_results('snapshot', out)}")
 
 
 if __name__ == "__main__":

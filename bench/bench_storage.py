@@ -45,8 +45,9 @@ sys.path.insert(0, str(BENCH.parent / "src"))  # run from a checkout without ins
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
-import common as C  # noqa: E402
 import numpy as np  # noqa: E402
+
+import common  # noqa: E402
 
 COLLECTION = "storage"
 BATCH = 1000
@@ -60,7 +61,7 @@ class Workload:
     def __init__(self, n: int, dim: int, real: bool):
         self.n = n
         if real:
-            ds = C.load_dataset(n, 1, log=C.log)
+            ds = common.load_dataset(n, 1, log=common.log)
             self.vectors = ds.base
             self.label = ds.label
         else:
@@ -176,7 +177,7 @@ def timed_ingest(fn: Callable[[int, int], None], n: int) -> dict[str, float]:
 
 
 def timed_single(fn: Callable[[int], None], ids: list[int]) -> dict[str, float]:
-    stats, _ = C.time_calls(fn, ids, warmup=0)
+    stats, _ = common.time_calls(fn, ids, warmup=0)
     return stats.to_dict()
 
 
@@ -208,7 +209,7 @@ def timed_threads(fn: Callable[[int], None], ids: list[int], threads: int) -> di
     wall = time.perf_counter() - t0
     if errors:
         raise errors[0]
-    return C.LatencyStats.of([x for per in lat for x in per], wall).to_dict()
+    return common.LatencyStats.of([x for per in lat for x in per], wall).to_dict()
 
 
 # ======================================================================= open time
@@ -254,9 +255,9 @@ db.close()
 
 def open_time(script: str, argv: list[str], trials: int) -> dict[str, Any]:
     """Median over ``trials`` new processes (after one untimed warm-up) of spawn → first get."""
-    env = C.src_env()
+    env = common.src_env()
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # a real install has bytecode caches ...
-    env["PYTHONPYCACHEPREFIX"] = str(C.CACHE_DIR / "pycache")  # ... kept under bench/, never in src/
+    env["PYTHONPYCACHEPREFIX"] = str(common.CACHE_DIR / "pycache")  # ... kept under bench/, never in src/
     runs = []
     for trial in range(trials + 1):
         spawn = time.time()
@@ -293,10 +294,12 @@ def main() -> None:
     ops = args.ops or (300 if args.quick else 1000)
     trials = args.trials or (1 if args.quick else 3)
     t_start = time.perf_counter()
-    load_before = C.machine_info().get("loadavg_1_5_15")
+    load_before = common.machine_info().get("loadavg_1_5_15")
 
     w = Workload(n, args.dim, args.real)
-    C.log(f"workload: {w.label}; row value {w.value_size} bytes; {ops} single ops per phase, {args.threads} threads")
+    common.log(
+        f"workload: {w.label}; row value {w.value_size} bytes; {ops} single ops per phase, {args.threads} threads"
+    )
     root = Path(tempfile.mkdtemp(prefix="bench-storage-"))
     res: dict[str, dict[str, Any]] = {s: {} for s in SYSTEMS}
     try:
@@ -311,19 +314,19 @@ def main() -> None:
         ids16 = rng.choice(n, many, replace=False).tolist()
         # Each phase runs every system back to back, so they share the machine's noise.
         for name, sysm in systems.items():
-            C.log(f"batch ingest: {name} ...")
+            common.log(f"batch ingest: {name} ...")
             c0 = eng.commits
             res[name]["ingest"] = timed_ingest(sysm.ingest, n)
             if sysm is eng:
                 res[name]["ingest"]["commits"] = eng.commits - c0
         for name, sysm in systems.items():
-            C.log(f"single writer: {name} ...")
+            common.log(f"single writer: {name} ...")
             c0 = eng.commits
             res[name]["single_1"] = timed_single(sysm.upsert, ids1)
             if sysm is eng:
                 res[name]["single_1"]["commits"] = eng.commits - c0
         for name, sysm in systems.items():
-            C.log(f"{args.threads} writers x {many // args.threads} ops: {name} ...")
+            common.log(f"{args.threads} writers x {many // args.threads} ops: {name} ...")
             c0 = eng.commits
             res[name]["single_many"] = timed_threads(sysm.upsert, ids16, args.threads)
             if sysm is eng:
@@ -333,7 +336,7 @@ def main() -> None:
         res["engramdb"]["close_s"] = time.perf_counter() - t0
         raw.close()
         combo.close()
-        C.log("open time (new processes) ...")
+        common.log("open time (new processes) ...")
         probe = w.ids[n // 2]
         res["engramdb"]["open"] = open_time(_OPEN_ENGRAM, [str(root / "engram"), COLLECTION, probe], trials)
         res["rocksdict"]["open"] = open_time(_OPEN_RAW, [str(root / "raw"), "", "records/" + probe], trials)
@@ -352,7 +355,7 @@ def report(
         f"\nEngramDB storage benchmark — {w.label}, sync_writes on; references: raw rocksdict sync puts, "
         "and rocksdict sync puts + raw hnswlib add_items (same M / ef_construction) as a hand-rolled store"
     )
-    print(f"machine: {C.machine_info()}; load average at start {load}\n")
+    print(f"machine: {common.machine_info()}; load average at start {load}\n")
 
     def per_commit(d: dict[str, Any], count: float) -> str:
         return f"{count / d['commits']:.1f}" if d.get("commits") else "-"
@@ -389,11 +392,11 @@ def report(
         rows.append(
             [
                 label,
-                C.fmt(ev, digits),
-                C.fmt(rv, digits),
-                C.fmt(hv, digits),
-                C.fmt_ratio(C.ratio(ev, rv)),
-                C.fmt_ratio(C.ratio(ev, hv)),
+                common.fmt(ev, digits),
+                common.fmt(rv, digits),
+                common.fmt(hv, digits),
+                common.fmt_ratio(common.ratio(ev, rv)),
+                common.fmt_ratio(common.ratio(ev, hv)),
                 target,
                 status,
             ]
@@ -403,14 +406,14 @@ def report(
             "engramdb": ev,
             "rocksdict": rv,
             "rocksdict+hnswlib": hv,
-            "ratio_vs_rocksdict": C.ratio(ev, rv),
-            "ratio_vs_rocksdict_hnswlib": C.ratio(ev, hv),
+            "ratio_vs_rocksdict": common.ratio(ev, rv),
+            "ratio_vs_rocksdict_hnswlib": common.ratio(ev, hv),
             "target": target,
             "status": status,
         }
     fs = get(e, "open", "median", "first_search_s")
-    rows.append(["EngramDB first search after open (index load) s", C.fmt(fs, 3), "-", "-", "-", "-", "", ""])
-    table = C.print_table(
+    rows.append(["EngramDB first search after open (index load) s", common.fmt(fs, 3), "-", "-", "-", "-", "", ""])
+    table = common.print_table(
         ["metric", "EngramDB", "rocksdict", "rocks+hnswlib", "Engram/rocks", "Engram/rocks+hnsw", "target", "status"],
         rows,
     )
@@ -426,7 +429,7 @@ def report(
         "index (re-adding an existing label makes hnswlib repair its neighbourhood, even for an unchanged vector)."
     )
     print(f"open-time trials: EngramDB {e['open']['all']}, rocksdict {r['open']['all']} (after 1 warm-up each)")
-    out = C.write_results(
+    out = common.write_results(
         "storage",
         {
             "workload": {"label": w.label, "n": w.n, "dim": w.dim, "value_bytes": w.value_size, "ops": ops},

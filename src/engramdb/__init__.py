@@ -2,7 +2,9 @@
 
 Embedded: ``db = engramdb.open("./data")``. Remote: ``engramdb.connect(url,
 api_key=...)`` or ``engramdb.AsyncClient(url, api_key=...)``, with the same
-methods, types and errors.
+methods, types and errors: all of them implement the Protocols of
+:mod:`engramdb.api` (``DatabaseAPI``/``CollectionAPI`` and their asyncio twins),
+which hold the reference documentation of every method.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from .errors import (
+from engramdb._version import __version__ as __version__
+from engramdb.api import AsyncCollectionAPI, AsyncDatabaseAPI, CollectionAPI, DatabaseAPI
+from engramdb.errors import (
     AlreadyExists,
     CorruptData,
     DimensionMismatch,
@@ -25,13 +29,11 @@ from .errors import (
     Unauthenticated,
     Unavailable,
 )
-from .types import CollectionConfig, Edge, ExtractResult, Hit, Record, ScanPage
+from engramdb.types import CollectionConfig, Edge, ExtractResult, Hit, Record, ScanPage
 
 if TYPE_CHECKING:
-    from .engine.collection import Collection
-    from .engine.database import Database
-
-__version__ = "0.1.0"
+    from engramdb.engine.collection import Collection
+    from engramdb.engine.database import Database
 
 
 def open(path: str | os.PathLike[str], **settings: Any) -> Database:
@@ -39,8 +41,8 @@ def open(path: str | os.PathLike[str], **settings: Any) -> Database:
 
     Keyword arguments are settings sections, e.g. ``storage={"sync_writes": False}``.
     """
-    from .config import load
-    from .engine.database import Database
+    from engramdb.config import load
+    from engramdb.engine.database import Database
 
     return Database(path, load(None, data_dir=str(path), **settings))
 
@@ -49,15 +51,15 @@ def __getattr__(name: str) -> Any:
     # Lazy: importing engramdb must stay cheap (cold start), and the client
     # pulls in httpx only when used.
     if name == "connect":
-        from .client.sync import connect
+        from engramdb.client.sync import connect
 
         return connect
     if name == "AsyncClient":
-        from .client.asyncio import AsyncClient
+        from engramdb.client.asyncio import AsyncClient
 
         return AsyncClient
     if name in ("Database", "Collection"):
-        from .engine import collection, database
+        from engramdb.engine import collection, database
 
         return {"Database": database.Database, "Collection": collection.Collection}[name]
     raise AttributeError(f"module 'engramdb' has no attribute {name!r}")
@@ -66,10 +68,14 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "AlreadyExists",
     "AsyncClient",
+    "AsyncCollectionAPI",
+    "AsyncDatabaseAPI",
     "Collection",
+    "CollectionAPI",
     "CollectionConfig",
     "CorruptData",
     "Database",
+    "DatabaseAPI",
     "DimensionMismatch",
     "Edge",
     "EngramError",

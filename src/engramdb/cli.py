@@ -21,8 +21,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .config import Settings
-    from .engine.database import Database
+    from engramdb.config import Settings
+    from engramdb.engine.database import Database
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -95,15 +95,15 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    from . import config
+    from engramdb import config
 
     return config.load(args.config, **_overrides(args))
 
 
 def _server_config(args: argparse.Namespace) -> tuple[Settings, list[str], list[str]]:
     """``(settings, problems, warnings)``: every problem at once, from the file, environment, schema and file system."""
-    from . import config
-    from .server.lifecycle import preflight
+    from engramdb import config
+    from engramdb.server.lifecycle import preflight
 
     got = config.gather(args.config, **_overrides(args))
     # Runs even when the schema has problems, on the valid rest, so one run shows everything to fix.
@@ -117,8 +117,8 @@ def _fail(message: str, status: int = 1) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .config import format_problems
-    from .server.lifecycle import run_server
+    from engramdb.config import format_problems
+    from engramdb.server.lifecycle import run_server
 
     settings, problems, _ = _server_config(args)
     if problems:
@@ -127,7 +127,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    from .config import format_problems
+    from engramdb.config import format_problems
 
     _, problems, warnings = _server_config(args)
     for w in warnings:
@@ -140,7 +140,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def _open_db(args: argparse.Namespace, *, create: bool = False) -> Database:
-    from .engine.database import Database
+    from engramdb.engine.database import Database
 
     settings = _settings(args)
     # Creating keys before the first start is normal; listing or revoking in a missing directory is a typo.
@@ -174,19 +174,19 @@ def cmd_keys(args: argparse.Namespace) -> int:
     if args.keys_command == "generate":
         import secrets
 
-        from .service.keys import KEY_PREFIX
+        from engramdb.service.api_keys import KEY_PREFIX
 
         print(KEY_PREFIX + secrets.token_urlsafe(32))
         return 0
-    from .errors import EngramError
-    from .service.keys import KeyStore
+    from engramdb.errors import EngramError
+    from engramdb.service.api_keys import KeyStore
 
     try:
         db = _open_db(args, create=args.keys_command == "create")
     except (EngramError, OSError, RuntimeError) as e:
         return _fail(str(e))
     try:
-        ks = KeyStore(db.store)
+        ks = KeyStore(db.metadata)
         if args.keys_command == "create":
             scope = [c.strip() for c in args.collections.split(",") if c.strip()] if args.collections else None
             # 0 is a (refused) lifetime, not "no expiry": only an omitted --expires-in means never.

@@ -17,8 +17,8 @@ from pathlib import Path
 from types import UnionType
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
-from .errors import InvalidArgument
-from .types import Bounds, FieldCheck, pydantic_fields, type_adapter
+from engramdb.errors import InvalidArgument
+from engramdb.types import Bounds, FieldCheck, pydantic_fields, type_adapter
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
@@ -204,7 +204,7 @@ def _model_name(v: str | None) -> str | None:
 
 def _chat_url(v: str) -> str:
     if v != DEFAULT_EXTRACTION_BASE_URL:
-        from .embed.openai_http import endpoint_url
+        from engramdb.openai_http import endpoint_url
 
         try:
             endpoint_url(v, "chat/completions")
@@ -215,7 +215,7 @@ def _chat_url(v: str) -> str:
 
 @dataclass
 class ExtractionSettings:
-    """The chat model behind the ``extract`` operation (DESIGN.md §6), chosen by the operator.
+    """The chat model behind the ``extract`` operation (docs/api-contract.md), chosen by the operator.
 
     API callers cannot name an endpoint: a caller-supplied URL would let any
     writer make the server send requests (with its API key) to any address
@@ -254,7 +254,7 @@ class ExtractionSettings:
 
 def _embed_url(v: str | None) -> str | None:
     if v is not None:
-        from .embed.openai_http import endpoint_url
+        from engramdb.openai_http import endpoint_url
 
         try:
             endpoint_url(v, "embeddings")
@@ -306,7 +306,7 @@ BUILTIN_EMBEDDERS: dict[str, EmbedderProfile] = {"local": EmbedderProfile(provid
 
 
 def _embedder_names(v: dict[str, EmbedderProfile]) -> dict[str, EmbedderProfile]:
-    from .types import EMBEDDER_PROFILE_RULE, is_profile_name
+    from engramdb.types import EMBEDDER_PROFILE_RULE, is_profile_name
 
     bad = sorted(name for name in v if not is_profile_name(name))
     if bad:
@@ -321,7 +321,7 @@ def embedder_profiles(settings: Settings) -> dict[str, EmbedderProfile]:
 
 def check_embedders(settings: Settings) -> list[str]:
     """Problems of enabled embedder profiles that need the environment or files (API keys, model directories)."""
-    from .embed.openai_http import resolve_api_key
+    from engramdb.openai_http import resolve_api_key
 
     problems = []
     for name, prof in sorted(settings.embedders.items()):
@@ -333,7 +333,7 @@ def check_embedders(settings: Settings) -> list[str]:
         except InvalidArgument as e:
             problems.append(f"embedders.{name}: {e.message}")
         if prof.provider == "local" and prof.model is not None:
-            from .embed.local import is_bundled_model
+            from engramdb.embed.local import is_bundled_model
 
             if not is_bundled_model(prof.model) and not Path(prof.model).expanduser().is_dir():
                 problems.append(f"embedders.{name}.model: {prof.model} is not a sentence-transformers model directory")
@@ -782,7 +782,7 @@ def check_extraction(ext: ExtractionSettings) -> list[str]:
     """Problems of an enabled extraction section that need the environment or files (its API key)."""
     if not ext.enabled:
         return []
-    from .embed.openai_http import resolve_api_key
+    from engramdb.openai_http import resolve_api_key
 
     try:
         # Reads the key exactly as the extractor will, so a missing variable or

@@ -175,6 +175,57 @@ class Closed(EngramError):
     grpc_status = "UNAVAILABLE"
 
 
+# ------------------------------------------------------- raised by the REST server's HTTP layer
+# Before a request reaches the service: about the HTTP message itself, not the operation. They are
+# here, and in the code table below, so a client rebuilds each one as its own class.
+
+
+class PayloadTooLarge(EngramError):
+    """The request body is larger than ``server.max_request_mb``; send smaller batches."""
+
+    code = "payload_too_large"
+    http_status = 413
+    grpc_status = "RESOURCE_EXHAUSTED"
+
+
+class MethodNotAllowed(EngramError):
+    """The path exists but not with this HTTP method; the ``Allow`` header lists the methods it takes."""
+
+    code = "method_not_allowed"
+    http_status = 405
+    grpc_status = "UNIMPLEMENTED"
+
+
+class UnsupportedMediaType(EngramError):
+    """A JSON endpoint got a body that is not declared ``application/json``."""
+
+    code = "unsupported_media_type"
+    http_status = 415
+    grpc_status = "INVALID_ARGUMENT"
+
+
+class HostNotAllowed(EngramError):
+    """The request's ``Host`` header names a host this server does not answer to (``server.allowed_hosts``)."""
+
+    code = "host_not_allowed"
+    http_status = 421
+    grpc_status = "PERMISSION_DENIED"
+
+
+class RequestTimeout(InvalidArgument):
+    """The request head or body arrived too slowly (``server.header_timeout_seconds``)."""
+
+    code = "request_timeout"
+    http_status = 408
+
+
+class HeadersTooLarge(InvalidArgument):
+    """The request line and headers are larger than ``server.max_header_kb``."""
+
+    code = "headers_too_large"
+    http_status = 431
+
+
 _ALL: tuple[type[EngramError], ...] = (
     EngramError,
     InvalidArgument,
@@ -192,6 +243,12 @@ _ALL: tuple[type[EngramError], ...] = (
     CorruptData,
     UpstreamError,
     Closed,
+    PayloadTooLarge,
+    MethodNotAllowed,
+    UnsupportedMediaType,
+    HostNotAllowed,
+    RequestTimeout,
+    HeadersTooLarge,
 )
 _BY_CODE: dict[str, type[EngramError]] = {cls.code: cls for cls in _ALL}
 
@@ -208,3 +265,15 @@ def error_from_dict(body: dict[str, Any], http_status: int | None = None) -> Eng
     if cls is RateLimited:
         return RateLimited(message, retry_after=float(details.get("retry_after", 1.0)), code=code, details=details)
     return cls(message, code=code, details=details)
+
+
+def is_failure(exc: BaseException) -> bool:
+    """Whether a background thread should log ``exc`` and carry on.
+
+    Every ``Exception``, and a Rust panic from a binding (tantivy, rocksdict):
+    ``pyo3_runtime.PanicException`` derives from ``BaseException`` and cannot
+    be imported, so it is matched by name. ``SystemExit``,
+    ``KeyboardInterrupt`` and ``GeneratorExit`` are not failures: a thread that
+    meets one stops (and says so).
+    """
+    return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"

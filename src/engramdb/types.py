@@ -7,6 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Self, TypeVar
 
+# The bounds live with the rules that apply them (validation.py); these names stay importable from here.
+from engramdb.validation import INCLUDE_FIELDS, MAX_DIMENSION, MAX_ID_BYTES, MAX_K, MAX_TTL_SECONDS, NAME_RE  # noqa: F401
+
 if TYPE_CHECKING:
     from pydantic import TypeAdapter
 
@@ -14,12 +17,6 @@ Metric = Literal["cosine", "dot", "l2"]
 FieldType = Literal["keyword", "int", "float", "bool"]
 Direction = Literal["out", "in", "both"]
 SearchMode = Literal["vector", "text", "hybrid"]
-
-NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
-MAX_ID_BYTES = 512
-MAX_DIMENSION = 4096
-MAX_K = 10_000
-INCLUDE_FIELDS = frozenset({"vector", "text", "metadata", "namespace", "expires_at", "timestamps", "importance"})
 
 T = TypeVar("T")
 
@@ -186,7 +183,7 @@ class CollectionConfig(_Validated):
     metric: Metric = "cosine"
     index: IndexParams = field(default_factory=IndexParams)
     embedder: EmbedderConfig | None = None
-    default_ttl_seconds: Annotated[float, Bounds(gt=0, le=100 * 365 * 86400)] | None = None
+    default_ttl_seconds: Annotated[float, Bounds(gt=0, le=MAX_TTL_SECONDS)] | None = None
     # metadata fields that get a payload index (dotted paths)
     indexed_fields: dict[str, FieldType] = field(default_factory=dict)
     text_index: bool = True  # keep a BM25 index over record text
@@ -369,6 +366,34 @@ class ExtractResult:
             entities=[dict(e) for e in d.get("entities") or ()],
             edges=[{**e, "weight": float(e["weight"])} for e in d.get("edges") or ()],
         )
+
+
+@dataclass
+class ApiKeyInfo:
+    """An API key as an admin sees it: never its secret or digest (``Client.list_keys``)."""
+
+    id: str
+    tenant: str
+    role: str
+    collections: list[str] | None
+    expires_at: float | None
+    revoked: bool
+    name: str | None
+    created_at: float
+    replaced_by: str | None = None
+
+
+@dataclass
+class NewApiKey:
+    """A key just created or rotated. ``key`` is the secret: shown only this once, kept out of ``repr``."""
+
+    key: str = field(repr=False)
+    id: str = ""
+    role: str = ""
+    tenant: str = ""
+    collections: list[str] | None = None
+    expires_at: float | None = None
+    name: str | None = None
 
 
 @dataclass

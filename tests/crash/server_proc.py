@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
 from server_env import server_env
 
 HOST = "127.0.0.1"

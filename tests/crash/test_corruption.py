@@ -45,8 +45,8 @@ from rocksdict import Options, Rdict
 import engramdb
 from engramdb import Record
 from engramdb.errors import CorruptData, EngramError
-from engramdb.storage import keys as K
-from engramdb.storage.store import COLUMN_FAMILIES
+from engramdb.storage import keyspace
+from engramdb.storage.keyspace import COLUMN_FAMILIES
 
 ROOT = Path(__file__).resolve().parents[2]
 COLL = "c"
@@ -219,7 +219,7 @@ def check_consistent(coll: Any, expected: dict[str, dict[str, Any]], gone_words:
                 problems.append(f"exact search for {rid}'s vector returned {top}")
             if rid not in [h.id for h in coll.search(rec["vector"], k=5, include=None)]:
                 problems.append(f"HNSW search for {rid}'s vector missed it")
-        text_index = coll.text_index
+        text_index = coll.indexes.text_index
         text_index.flush()
         for rid, rec in expected.items():
             if "text" in rec:
@@ -675,7 +675,7 @@ def text_queries(ds: Dataset) -> list[str]:
 
 def text_answers(coll: Any, queries: list[str]) -> dict[str, dict[str, float]]:
     """Every hit of every query as {id: score} (k above the collection size, so ties cannot cut)."""
-    text_index = coll.text_index
+    text_index = coll.indexes.text_index
     assert text_index is not None
     text_index.flush()
     return {q: {h.id: h.score for h in coll.search(text=q, mode="text", k=N + 20, include=None)} for q in queries}
@@ -796,15 +796,16 @@ def test_changelog_entries_for_missing_records_are_tolerated(pristine: Dataset, 
         prefix = some_key[:8]
         it = changes.iter()
         it.seek_to_last()
-        last = K.parse_seq(it.key())
+        last = keyspace.parse_seq(it.key())
         del it
         ghosts = [
-            bytes([K.CHANGE_RECORD]) + K.record_key(prefix, "never-written"),
-            bytes([K.CHANGE_RECORD]) + K.record_key(prefix, "r0005"),  # deleted long ago, tombstone only
-            bytes([K.CHANGE_RECORD]) + K.record_key(b"\x00\x00\x00\x09\x00\x00\x00\x09", "r0001"),  # no such collection
+            bytes([keyspace.CHANGE_RECORD]) + keyspace.record_key(prefix, "never-written"),
+            bytes([keyspace.CHANGE_RECORD]) + keyspace.record_key(prefix, "r0005"),  # deleted long ago, tombstone only
+            # no such collection:
+            bytes([keyspace.CHANGE_RECORD]) + keyspace.record_key(b"\x00\x00\x00\x09\x00\x00\x00\x09", "r0001"),
         ]
         for i, value in enumerate(ghosts, start=1):
-            changes[K.seq_key(last + i)] = value
+            changes[keyspace.seq_key(last + i)] = value
         del changes, records
     finally:
         raw.close()

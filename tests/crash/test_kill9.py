@@ -64,9 +64,8 @@ import numpy as np
 import pytest
 
 import engramdb
+from crash.writer import COLLECTIONS, KINDS, NAMESPACES
 from engramdb import Record
-
-from .writer import COLLECTIONS, KINDS, NAMESPACES
 
 ROOT = Path(__file__).resolve().parents[2]
 WRITER = Path(__file__).with_name("writer.py")
@@ -428,7 +427,7 @@ def check_indexes(name: str, coll: Any, live: dict[str, Record], model: Model, c
             )
         if exact and got != live_ids:
             problems.append(f"{where}: exact search misses live records {sorted(live_ids - got)}")
-    vindex = coll.vindex
+    vindex = coll.indexes.vindex
     unreachable = []
     for rid, rec in live.items():
         label = vindex.label_of.get(rid)
@@ -469,7 +468,7 @@ def check_indexes(name: str, coll: Any, live: dict[str, Record], model: Model, c
             if h.id not in want:
                 problems.append(f"{where}: search with filter {flt} returned {h.id!r} whose metadata does not match")
     # Text index: a word written in exactly one record version finds exactly the records holding it now.
-    text_index = coll.text_index
+    text_index = coll.indexes.text_index
     if text_index is not None:
         text_index.flush()  # make buffered (replayed) text visible now, rather than after the refresh interval
         tokens = {rec.text.split()[1]: rid for rid, rec in live.items() if rec.text}
@@ -641,13 +640,13 @@ def test_replay_after_kill_leaves_no_text_of_another_label(tmp_path: Path) -> No
         c.delete("d")
         c.upsert({"id": "p", "vector": [1.0, 1.0], "text": "bravo"})  # label 3
         c.upsert({"id": "q", "vector": [2.0, 1.0]})  # label 4, no text
-        c.text_index.flush()  # what the background refresher does within text_refresh_seconds
+        c.indexes.text_index.flush()  # what the background refresher does within text_refresh_seconds
         """,
     )
     with engramdb.open(data) as db:
         c = db.get_collection("c")
         assert {r.id: r.text for r in c.scan().records} == {"a": "alpha", "p": "bravo", "q": None}
-        text_index = c.text_index
+        text_index = c.indexes.text_index
         assert text_index is not None
         text_index.flush()
         hits = [h.id for h in c.search(text="bravo", mode="text", k=10)]

@@ -72,16 +72,15 @@ import grpc
 import numpy as np
 import pytest
 
+from crash import server_proc
+from crash.test_kill9 import _chunks, _percentile, hnsw_own_vector, matches, scan_all, unreachable_problems
+from crash.writer import COLLECTIONS, FAR_TTL_SECONDS, IDS_PER_THREAD, KINDS, NAMESPACES, WORDS, make_record, record_id
 from engramdb.client.sync import Client, RemoteCollection
 from engramdb.errors import DeadlineExceeded, Unavailable
 from engramdb.server.grpc import convert
 from engramdb.server.grpc import engramdb_pb2 as pb
 from engramdb.server.grpc import engramdb_pb2_grpc as pb_grpc
 from engramdb.types import CollectionConfig, Edge, Record
-
-from . import server_proc
-from .test_kill9 import _chunks, _percentile, hnsw_own_vector, matches, scan_all, unreachable_problems
-from .writer import COLLECTIONS, FAR_TTL_SECONDS, IDS_PER_THREAD, KINDS, NAMESPACES, WORDS, make_record, record_id
 
 SOAK_CYCLES = int(os.environ.get("ENGRAMDB_SOAK_CYCLES", "200"))
 SHORT_CYCLES = 6

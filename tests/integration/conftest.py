@@ -31,6 +31,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from server_env import TEST_ADMIN_KEY
 from server_env import server_env as _server_env
 

@@ -1,4 +1,4 @@
-"""One API, three deployments (DESIGN.md §1.3): the same tests against every backend.
+"""One API, three deployments (docs/api-contract.md): the same tests against every backend.
 
 Every test taking ``api`` runs three times: against the embedded engine
 (``engramdb.open``), the blocking HTTP client (``engramdb.connect``) and the
@@ -38,7 +38,6 @@ import pytest
 import engramdb
 from engramdb.client import AsyncClient, AsyncRemoteCollection, Client, RemoteCollection
 from engramdb.engine.collection import Collection
-from engramdb.engine.database import Database
 from engramdb.errors import (
     AlreadyExists,
     Closed,
@@ -448,7 +447,7 @@ def test_search_filter_include(api: Any) -> None:
     exact = c.search(q, k=20, filter={"$or": [{"i": 3}, {"i": {"$in": [4, 5]}}]}, exact=True)
     assert sorted(h.id for h in exact) == ["r003", "r004", "r005"]
     assert c.search(q, k=3, min_score=2.0) == []
-    # BM25 is near-real-time (DESIGN.md §5.3): poll briefly for the text index to catch up.
+    # The text index is near-real-time (applied after the write is acknowledged): poll briefly for it.
     text_hits = eventually(lambda: c.search(text="number 7", mode="text", k=3))
     assert text_hits[0].id == "r007"
     hybrid = c.search(q, text="number 7", mode="hybrid", k=3)
@@ -632,7 +631,7 @@ def test_error_parity(api: Any, case: str, request: pytest.FixtureRequest) -> No
     c = api.create_collection("errs", dimension=2, text_index=False)
     c.upsert({"id": "keep", "vector": [1, 0]})
     expect_error(lambda: fn(api, c), cls, code)
-    # Bad input changes nothing (DESIGN.md §1.5).
+    # Bad input changes nothing: a refused request writes nothing, on every backend.
     assert c.count() == 1
     assert [x.name for x in api.list_collections()] == ["errs"]
 
@@ -733,41 +732,11 @@ def test_identical_answers_everywhere(request: pytest.FixtureRequest, tmp_path: 
 
 
 # ------------------------------------------------------ same signatures
-def _params(fn: Any, skip: tuple[str, ...] = ()) -> list[tuple[str, Any, Any]]:
-    sig = inspect.signature(fn)
-    return [(p.name, p.kind, p.default) for p in sig.parameters.values() if p.name not in ("self", *skip)]
+# The signatures (names, kinds, defaults, coroutine or not) and the documentation of
+# every method are checked against the Protocols of engramdb.api in
+# tests/unit/test_public_surface.py; mypy checks the types.
 
 
-DB_METHODS = ["create_collection", "get_collection", "list_collections", "delete_collection", "close"]
-COLL_METHODS = [
-    "upsert",
-    "get",
-    "get_many",
-    "patch",
-    "delete",
-    "count",
-    "scan",
-    "list_namespaces",
-    "search",
-    "refresh_ttl",
-] + (["link", "unlink", "edges", "neighbors", "subgraph"] if HAS_GRAPH else [])
-
-
-@pytest.mark.parametrize("cls", [Client, AsyncClient], ids=["sync", "async"])
-@pytest.mark.parametrize("method", DB_METHODS)
-def test_database_signatures_match(cls: type, method: str) -> None:
-    # The embedded Database also takes ``tenant=``; remote clients get the tenant from the key or header.
-    assert _params(getattr(cls, method)) == _params(getattr(Database, method), skip=("tenant",))
-
-
-@pytest.mark.parametrize("cls", [RemoteCollection, AsyncRemoteCollection], ids=["sync", "async"])
-@pytest.mark.parametrize("method", COLL_METHODS)
-def test_collection_signatures_match(cls: type, method: str) -> None:
-    assert _params(getattr(cls, method)) == _params(getattr(Collection, method))
-    assert inspect.iscoroutinefunction(getattr(cls, method)) == (cls is AsyncRemoteCollection)
-
-
-# =============================================================== remote only
 def test_tenants_are_isolated_by_header(remote_server: ServerInfo) -> None:
     a, b = ("t-" + uuid.uuid4().hex[:12] for _ in range(2))
     with (
@@ -983,26 +952,26 @@ def test_server_own_timeout_is_not_retried(flaky: Any) -> None:
 
 
 def test_retry_policy_decisions() -> None:
-    from engramdb.client import _common as C
+    from engramdb.client import calls
 
-    policy = C.RetryPolicy(retries=3, backoff_base=0.1, backoff_max=0.5, max_retry_after=10)
-    read = C.count("c", None)
-    write = C.delete("c", ["a"], None)
-    ambiguous = C.Failure(Unavailable("x"), retryable=True)
-    refused = C.Failure(Unavailable("x"), retryable=True, not_executed=True)
-    final = C.Failure(InvalidArgument("x"), retryable=False)
+    policy = calls.RetryPolicy(retries=3, backoff_base=0.1, backoff_max=0.5, max_retry_after=10)
+    read = calls.count("c", None)
+    write = calls.delete("c", ["a"], None)
+    ambiguous = calls.Failure(Unavailable("x"), retryable=True)
+    refused = calls.Failure(Unavailable("x"), retryable=True, not_executed=True)
+    final = calls.Failure(InvalidArgument("x"), retryable=False)
     assert 0.05 <= (policy.delay(read, 0, ambiguous) or 0) <= 0.1
     assert 0.2 <= (policy.delay(read, 2, ambiguous) or 0) <= 0.4
-    many = C.RetryPolicy(retries=20, backoff_base=0.1, backoff_max=0.5)
+    many = calls.RetryPolicy(retries=20, backoff_base=0.1, backoff_max=0.5)
     assert 0.25 <= (many.delay(read, 10, ambiguous) or 0) <= 0.5  # each wait is capped
     assert policy.delay(read, 3, ambiguous) is None  # out of retries
     assert policy.delay(write, 0, ambiguous) is None  # may have run: never resent
     assert policy.delay(write, 0, refused) is not None  # certainly did not run
     assert policy.delay(read, 0, final) is None
-    assert policy.delay(read, 0, C.Failure(Unavailable("x"), retryable=True, retry_after=2.5)) == 2.5
-    assert policy.delay(read, 0, C.Failure(Unavailable("x"), retryable=True, retry_after=11)) is None
+    assert policy.delay(read, 0, calls.Failure(Unavailable("x"), retryable=True, retry_after=2.5)) == 2.5
+    assert policy.delay(read, 0, calls.Failure(Unavailable("x"), retryable=True, retry_after=11)) is None
     # Which calls are idempotent is part of the documented contract (docs/client.md).
-    assert C.create_collection(
+    assert calls.create_collection(
         "c",
         2,
         "cosine",
@@ -1013,7 +982,7 @@ def test_retry_policy_decisions() -> None:
         text_index=True,
         exist_ok=True,
     ).idempotent
-    assert not C.create_collection(
+    assert not calls.create_collection(
         "c",
         2,
         "cosine",
@@ -1024,13 +993,13 @@ def test_retry_policy_decisions() -> None:
         text_index=True,
         exist_ok=False,
     ).idempotent
-    assert C.upsert("c", 2, {"id": "a", "vector": [1, 0]}).idempotent
-    assert C.link("c", {"src": "a", "relation": "r", "dst": "b"}, False).idempotent
-    assert not C.patch(
+    assert calls.upsert("c", 2, {"id": "a", "vector": [1, 0]}).idempotent
+    assert calls.link("c", {"src": "a", "relation": "r", "dst": "b"}, False).idempotent
+    assert not calls.patch(
         "c", 2, "a", metadata=None, text="t", namespace=None, ttl_seconds=None, importance=None, vector=None
     ).idempotent
-    assert not C.unlink("c", [("a", "r", "b")]).idempotent
-    assert not C.delete_collection("c").idempotent
+    assert not calls.unlink("c", [("a", "r", "b")]).idempotent
+    assert not calls.delete_collection("c").idempotent
 
 
 def test_error_body_is_decoded_to_the_engine_class(flaky: Any) -> None:
@@ -1131,18 +1100,6 @@ EXTRACT_ANSWER = {
 }
 
 
-@pytest.mark.parametrize("cls", [RemoteCollection, AsyncRemoteCollection], ids=["sync", "async"])
-def test_extract_signature_matches(cls: type) -> None:
-    remote = _params(cls.extract, skip=("timeout",))
-    embedded = [
-        (name, kind, None if name == "extractor" else default) for name, kind, default in _params(Collection.extract)
-    ]
-    assert remote == embedded
-    timeout = inspect.signature(cls.extract).parameters["timeout"]
-    assert (timeout.kind, timeout.default) == (inspect.Parameter.KEYWORD_ONLY, None)
-    assert inspect.iscoroutinefunction(cls.extract) == (cls is AsyncRemoteCollection)
-
-
 def _norm_extract(x: Any) -> Any:
     if isinstance(x, engramdb.types.ExtractResult):
         return ("ExtractResult", x.entities, [{**e, "version": e["version"] is not None} for e in x.edges])
@@ -1186,9 +1143,8 @@ def _extract_scenario(db: Any, fake_url: str, extractor: Any) -> list[Any]:
 def test_extract_same_answers_everywhere(tmp_path: Path) -> None:
     """The embedded engine with a ChatExtractor and a server configured with the same model answer alike."""
     from conftest import start_server
-    from fake_openai import FakeOpenAI
-
     from engramdb.extract import ChatExtractor
+    from fake_openai import FakeOpenAI
 
     results: dict[str, list[Any]] = {}
     with FakeOpenAI(dim=8, chat_content=json.dumps(EXTRACT_ANSWER)) as fake:

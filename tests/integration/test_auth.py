@@ -10,8 +10,8 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import ADMIN_KEY, ServerProcess, unique_name
 
+from conftest import ADMIN_KEY, ServerProcess, unique_name
 from engramdb.server.rest.routes import ROUTES, RouteSpec
 
 # A valid body for every operation, so that statuses below come from auth and tenancy, not validation.

@@ -76,7 +76,9 @@ def test_disk_full_fails_cleanly_loses_nothing_and_recovers_without_restart(smal
     ballast.unlink()
     os.sync()
     _await_writes(c, rng)
-    assert db.store.recoveries == 1
+    # Usually the store's own reopen brings writes back (one recovery); RocksDB sometimes clears the
+    # background error itself first (seen on loaded machines), and then no reopen is needed.
+    assert db.store.recoveries <= 1
     c.link({"src": acked[0], "relation": "rel", "dst": acked[1]})
     assert c.get("more") is None
     assert {r.id for r in c.get_many(acked, include=())} == set(acked)

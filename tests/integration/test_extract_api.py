@@ -24,10 +24,9 @@ from urllib.parse import quote
 import grpc
 import httpx
 import pytest
-from conftest import ADMIN_KEY, ServerProcess, server_env, start_server, unique_name
-from fake_openai import FakeOpenAI, Recorded, Reply, chat_body
 
 import engramdb
+from conftest import ADMIN_KEY, ServerProcess, server_env, start_server, unique_name
 from engramdb.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -39,8 +38,9 @@ from engramdb.errors import (
 from engramdb.server.grpc import engramdb_pb2 as pb
 from engramdb.server.grpc import engramdb_pb2_grpc as pb_grpc
 from engramdb.server.grpc.convert import edge_to_dict, extract_to_dict, record_to_dict
-from engramdb.service.models import MAX_EXTRACT_TEXT_CHARS
 from engramdb.types import ExtractResult
+from engramdb.validation import MAX_EXTRACT_TEXT_CHARS
+from fake_openai import FakeOpenAI, Recorded, Reply, chat_body
 
 SC = grpc.StatusCode
 DIM = 8

@@ -20,8 +20,8 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-from conftest import ServerProcess, free_port, unique_name
 
+from conftest import ServerProcess, free_port, unique_name
 from engramdb.config import load
 from engramdb.errors import InvalidArgument, Unavailable
 from engramdb.server.grpc import engramdb_pb2 as pb

@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from conftest import ADMIN_KEY, SRC, ServerProcess, free_port, server_env
 
 ServerFactory = Callable[..., ServerProcess]

@@ -7,8 +7,8 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import ServerProcess, unique_name
 
+from conftest import ServerProcess, unique_name
 from engramdb.server.rest.routes import ROUTES
 
 JSON = {"Content-Type": "application/json"}

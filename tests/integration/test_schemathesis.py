@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from conftest import ServerProcess, unique_name
 
 schemathesis = pytest.importorskip("schemathesis")

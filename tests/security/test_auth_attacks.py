@@ -1,7 +1,7 @@
 """Authentication and tenancy attacks on a real server, over REST and gRPC.
 
 Each test names the guard it covers; removing that guard from the service
-(src/engramdb/service/service.py) or the transports makes it fail:
+(src/engramdb/service/executor.py) or the transports makes it fail:
 
 - anonymous callers exist only in development mode (``auth: auto`` on
   loopback with no key configured or stored, or ``auth: disabled``) and are
@@ -27,11 +27,11 @@ from typing import Any
 import grpc
 import httpx
 import pytest
-from integration.conftest import ADMIN_KEY, ServerProcess, start_server, unique_name
 
 from engramdb.server.grpc import engramdb_pb2 as pb
 from engramdb.server.grpc import engramdb_pb2_grpc as pb_grpc
 from engramdb.server.grpc.servicer import SERVICE_NAME
+from integration.conftest import ADMIN_KEY, ServerProcess, start_server, unique_name
 
 SC = grpc.StatusCode
 METRICS_KEY = "edb_test_metrics_" + secrets.token_urlsafe(24)

@@ -23,13 +23,13 @@ from typing import Any
 import grpc
 import httpx
 import pytest
-from fake_openai import FakeOpenAI, Reply
-from integration.conftest import ADMIN_KEY, ServerProcess, start_server
 
 import engramdb
 from engramdb.errors import EngramError
 from engramdb.server.grpc import engramdb_pb2 as pb
 from engramdb.server.grpc import engramdb_pb2_grpc as pb_grpc
+from fake_openai import FakeOpenAI, Reply
+from integration.conftest import ADMIN_KEY, ServerProcess, start_server
 
 DIM = 8
 EMBED_KEY_ENV = "EDB_TEST_EMBED_KEY"
@@ -363,12 +363,12 @@ def test_unreachable_endpoint_is_generic(
 def store_inline(db: Any, name: str, embedder: dict[str, Any]) -> None:
     """Create collection ``name`` with ``embedder`` stored inline, as a server before profiles stored it
     (without building the embedder, which for a model directory would load the model)."""
-    from engramdb.engine.database import _COLL, _U32
+    from engramdb.storage import keyspace
     from engramdb.storage.codec import pack, unpack
     from engramdb.types import EmbedderConfig
 
     coll = db.create_collection(name, DIM)
-    key = _COLL + _U32.pack(coll.tenant_id) + name.encode()
+    key = keyspace.collection_key(coll.tenant_id, name)
     meta = unpack(db.store.get("meta", key))
     meta["config"]["embedder"] = EmbedderConfig(**embedder).model_dump(mode="json")
     db.store.write_meta({key: pack(meta)})
@@ -438,18 +438,18 @@ def test_stored_inline_configs_are_not_acted_on(
 def test_request_model_takes_only_a_profile(kind: str, tmp_path: Path) -> None:
     from pydantic import ValidationError
 
-    from engramdb.service import models as M
-    from engramdb.service.service import validation_error
+    from engramdb.service import models
+    from engramdb.service.executor import validation_error
 
     body = {"name": "c", "dimension": DIM, "embedder": attack(kind, "http://127.0.0.1:9", tmp_path)}
     with pytest.raises(ValidationError) as ei:
-        M.CreateCollectionBody.model_validate(body)
+        models.CreateCollectionBody.model_validate(body)
     assert validation_error(ei.value, "create_collection").code == "embedder_not_allowed"
-    ok = M.CreateCollectionBody.model_validate({"name": "c", "embedder": {"profile": "oai"}})
+    ok = models.CreateCollectionBody.model_validate({"name": "c", "embedder": {"profile": "oai"}})
     assert ok.embedder is not None and ok.model_dump(exclude_unset=True)["embedder"] == {"profile": "oai"}
     for bad in ("OAI", "a__b", "-x", "", "x" * 65):
         with pytest.raises(ValidationError) as ei:
-            M.CreateCollectionBody.model_validate({"name": "c", "embedder": {"profile": bad}})
+            models.CreateCollectionBody.model_validate({"name": "c", "embedder": {"profile": bad}})
         assert validation_error(ei.value, "create_collection").code == "invalid_config"
 
 

@@ -3,7 +3,7 @@
 A 5,000-branch ``$or`` over 4,000 records once took 8 s of CPU and slowed every other tenant.
 Guards, each with tests that fail without it:
 
-- size bounds of a filter (``engine/filters.py``: ``MAX_FILTER_NODES``, ``MAX_IN_VALUES``,
+- size bounds of a filter (``filters.py``: ``MAX_FILTER_NODES``, ``MAX_IN_VALUES``,
   ``MAX_FILTER_VALUES``, ``MAX_FILTER_STRING_CHARS``, ``MAX_FIELD_PATH_CHARS``,
   ``MAX_NAMESPACE_PREFIX_DEPTH``): refused with code ``filter_too_large`` on the engine, REST
   and gRPC, before anything is read or changed; filters at the bounds still work;
@@ -26,12 +26,12 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from integration.conftest import ServerProcess, unique_name
 from pyroaring import BitMap
 
 import engramdb
 from engramdb.engine.budget import query_budget
-from engramdb.engine.filters import (
+from engramdb.errors import DeadlineExceeded, InvalidArgument, InvalidFilter
+from engramdb.filters import (
     MAX_FIELD_PATH_CHARS,
     MAX_FILTER_NODES,
     MAX_FILTER_STRING_CHARS,
@@ -40,11 +40,11 @@ from engramdb.engine.filters import (
     Or,
     compile_filter,
 )
-from engramdb.errors import DeadlineExceeded, InvalidArgument, InvalidFilter
 from engramdb.index.payload import PayloadIndex
 from engramdb.server.grpc import engramdb_pb2 as pb
 from engramdb.server.grpc import engramdb_pb2_grpc as pb_grpc
 from engramdb.server.grpc.convert import pack_vector
+from integration.conftest import ServerProcess, unique_name
 
 SC = grpc.StatusCode
 ServerFactory = Callable[..., ServerProcess]
@@ -213,7 +213,7 @@ def test_text_search_budget_is_checked_while_filtering_hits(db: engramdb.Databas
     c.upsert(
         [{"id": f"r{i:04d}", "vector": [1, i / 600], "text": "apple", "metadata": {"tag": "t"}} for i in range(600)]
     )
-    text_index = c.text_index
+    text_index = c.indexes.text_index
     assert text_index is not None
     text_index.flush()
     nothing = {"tag": "nope"}  # unindexed, matches nothing: every text hit is checked, none kept

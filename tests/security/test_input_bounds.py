@@ -1,6 +1,6 @@
 """Input bounds on every path: REST, gRPC and the embedded engine answer the same error code.
 
-Each test names the guard it covers (engine/validate.py unless said otherwise)
+Each test names the guard it covers (engramdb/validation.py unless said otherwise)
 and checks that nothing changed after the refusal:
 
 - API-key expiry (create, rotate) is finite, in the future and at most 100
@@ -32,16 +32,16 @@ from urllib.parse import quote
 import grpc
 import httpx
 import pytest
-from integration.conftest import ADMIN_KEY, ServerProcess, server_env, unique_name
 
 import engramdb
-from engramdb.client._common import _seg as path_segment
-from engramdb.engine import validate as V
+from engramdb import validation
+from engramdb.client.calls import _seg as path_segment
 from engramdb.errors import EngramError
 from engramdb.server.grpc import engramdb_pb2 as pb
 from engramdb.server.grpc import engramdb_pb2_grpc as pb_grpc
 from engramdb.server.grpc.convert import pack_vector
-from engramdb.service.keys import KeyStore
+from engramdb.service.api_keys import KeyStore
+from integration.conftest import ADMIN_KEY, ServerProcess, server_env, unique_name
 
 SC = grpc.StatusCode
 MD = (("authorization", f"Bearer {ADMIN_KEY}"),)
@@ -150,7 +150,7 @@ def _key_count(admin: httpx.Client) -> int:
 @pytest.mark.parametrize("expires_at", [*BAD_EXPIRY, "past", "beyond_century"])
 def test_key_expiry_is_validated_over_rest(admin: httpx.Client, expires_at: Any) -> None:
     now = time.time()
-    value = {"past": now - 10, "beyond_century": now + V.MAX_TTL_SECONDS + 86400}.get(expires_at, expires_at)
+    value = {"past": now - 10, "beyond_century": now + validation.MAX_TTL_SECONDS + 86400}.get(expires_at, expires_at)
     before = _key_count(admin)
     rest_error(admin.post("/v1/admin/keys", json={"role": "reader", "expires_at": value}), "invalid_expiry")
     assert _key_count(admin) == before
@@ -165,16 +165,16 @@ def test_key_expiry_is_validated_over_grpc(rpc: Grpc, admin: httpx.Client, expir
 
 @pytest.mark.parametrize("expires_at", [math.nan, math.inf, 1e300, 1.0, True])
 def test_key_expiry_is_validated_by_the_keystore(db: Any, expires_at: Any) -> None:
-    ks = KeyStore(db.store)
+    ks = KeyStore(db.metadata)
     engine_error(lambda: ks.create(tenant="default", role="reader", expires_at=expires_at), "invalid_expiry")
     assert ks.list_keys() == []
-    ok = time.time() + V.MAX_TTL_SECONDS - 60
+    ok = time.time() + validation.MAX_TTL_SECONDS - 60
     assert ks.create(tenant="default", role="reader", expires_at=ok)[1].expires_at == ok
 
 
 def test_rotation_grace_is_validated_everywhere(admin: httpx.Client, rpc: Grpc, db: Any) -> None:
     key = admin.post("/v1/admin/keys", json={"role": "reader"}).json()
-    for grace in (1e300, -1, V.MAX_TTL_SECONDS + 1, True):
+    for grace in (1e300, -1, validation.MAX_TTL_SECONDS + 1, True):
         rest_error(admin.post(f"/v1/admin/keys/{key['id']}/rotate", json={"grace_seconds": grace}), "invalid_expiry")
     for g in (math.nan, math.inf, -1.0, 1e300):
         grpc_error(lambda g=g: rpc.RotateKey(pb.RotateKeyRequest(key_id=key["id"], grace_seconds=g)), "invalid_expiry")
@@ -184,7 +184,7 @@ def test_rotation_grace_is_validated_everywhere(admin: httpx.Client, rpc: Grpc, 
     assert httpx.get(
         admin.base_url.join("/v1/collections"), headers={"Authorization": f"Bearer {key['key']}"}
     ).is_success
-    ks = KeyStore(db.store)
+    ks = KeyStore(db.metadata)
     _, k = ks.create(tenant="default", role="reader")
     for g in (math.nan, math.inf, -1.0):
         engine_error(lambda g=g: ks.rotate(k.id, grace_seconds=g), "invalid_expiry")
@@ -195,7 +195,7 @@ def test_rotation_grace_is_validated_everywhere(admin: httpx.Client, rpc: Grpc, 
 
 
 def test_nan_expiry_stored_before_the_fix_counts_as_expired(db: Any) -> None:
-    ks = KeyStore(db.store)
+    ks = KeyStore(db.metadata)
     for bad in (math.nan, math.inf):
         _, key = ks.create(tenant="default", role="admin")
         key.expires_at = bad
@@ -221,12 +221,12 @@ def legacy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     out: dict[str, Any] = {"data": data}
     mp = pytest.MonkeyPatch()
     # The checks of older versions: ids and weights unrestricted.
-    mp.setattr(V, "record_id", V.record_ref)
-    mp.setattr(V, "edge_weight", lambda v, where="weight": 1.0 if v is None else float(v))
+    mp.setattr(validation, "record_id", validation.record_ref)
+    mp.setattr(validation, "edge_weight", lambda v, where="weight": 1.0 if v is None else float(v))
     try:
         db = engramdb.open(data)
         try:
-            ks = KeyStore(db.store)
+            ks = KeyStore(db.metadata)
             secret, key = ks.create(tenant="default", role="admin", name="nan-expiry")
             key.expires_at = math.nan
             ks._put(key)
@@ -532,7 +532,7 @@ def test_large_integers_and_floats_that_fit_round_trip(admin: httpx.Client, rpc:
 
 
 # ------------------------------------------------------ item 12: edge weights
-@pytest.mark.parametrize("weight", [1e308, -1e308, V.MAX_EDGE_WEIGHT * 1.5, -V.MAX_EDGE_WEIGHT * 2])
+@pytest.mark.parametrize("weight", [1e308, -1e308, validation.MAX_EDGE_WEIGHT * 1.5, -validation.MAX_EDGE_WEIGHT * 2])
 def test_edge_weights_are_bounded_on_every_path(
     admin: httpx.Client, rpc: Grpc, coll: str, ecoll: Any, weight: float
 ) -> None:
@@ -555,7 +555,7 @@ def test_non_finite_weights_are_refused_over_grpc(rpc: Grpc, coll: str, weight: 
 
 
 def test_bounded_weights_keep_graph_scores_finite(admin: httpx.Client, coll: str, ecoll: Any) -> None:
-    w = V.MAX_EDGE_WEIGHT
+    w = validation.MAX_EDGE_WEIGHT
     ids = [f"n{i}" for i in range(6)]
     recs = [{"id": rid, "vector": [1, 0]} for rid in ids]
     edges = [{"src": ids[i], "relation": "r", "dst": ids[i + 1], "weight": w} for i in range(5)]
@@ -628,9 +628,9 @@ def test_metadata_and_properties_have_a_size_cap(
     admin: httpx.Client, rpc: Grpc, coll: str, ecoll: Any, what: str
 ) -> None:
     md = {
-        "big_string": {"s": "x" * V.MAX_METADATA_BYTES},
-        "long_key": {"k" * (V.MAX_METADATA_KEY_BYTES + 1): 1},
-        "many_keys": {f"k{i}": "v" * 100 for i in range(V.MAX_METADATA_BYTES // 100)},
+        "big_string": {"s": "x" * validation.MAX_METADATA_BYTES},
+        "long_key": {"k" * (validation.MAX_METADATA_KEY_BYTES + 1): 1},
+        "many_keys": {f"k{i}": "v" * 100 for i in range(validation.MAX_METADATA_BYTES // 100)},
     }[what]
     before = _snapshot(admin, coll)
     url = f"/v1/collections/{coll}"
@@ -662,7 +662,7 @@ def test_metadata_and_properties_have_a_size_cap(
 
 
 def test_patches_cannot_grow_metadata_past_the_cap(admin: httpx.Client, rpc: Grpc, coll: str, ecoll: Any) -> None:
-    half = "x" * (V.MAX_METADATA_BYTES // 2 + 10)
+    half = "x" * (validation.MAX_METADATA_BYTES // 2 + 10)
     url = f"/v1/collections/{coll}/records/a"
     assert admin.patch(url, json={"metadata": {"one": half}}).status_code == 200
     rest_error(admin.patch(url, json={"metadata": {"two": half}}), "invalid_metadata")
@@ -678,7 +678,7 @@ def test_patches_cannot_grow_metadata_past_the_cap(admin: httpx.Client, rpc: Grp
 
 
 def test_metadata_just_under_the_cap_is_accepted(admin: httpx.Client, coll: str) -> None:
-    md = {"s": "x" * (V.MAX_METADATA_BYTES - 100)}
+    md = {"s": "x" * (validation.MAX_METADATA_BYTES - 100)}
     r = admin.post(f"/v1/collections/{coll}/records", json={"records": [{"id": "c", "vector": [1, 0], "metadata": md}]})
     assert r.status_code == 200, r.text
 

@@ -37,9 +37,9 @@ from typing import Any
 
 import httpx
 import pytest
-from integration.conftest import ServerProcess, unique_name
 
 from engramdb.server.rest.routes import ROUTES
+from integration.conftest import ServerProcess, unique_name
 
 ServerFactory = Callable[..., ServerProcess]
 

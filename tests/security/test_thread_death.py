@@ -31,12 +31,12 @@ from typing import Any
 import httpx
 import pytest
 import tantivy
-from integration.conftest import ServerProcess, start_server
 
 from engramdb.engine.database import Database
 from engramdb.errors import EngramError, Unavailable
 from engramdb.index.text import TOKENIZER_NAME, build_analyzer, build_schema
 from engramdb.service import Service
+from integration.conftest import ServerProcess, start_server
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 WRITE_BOUND = 15.0  # seconds a write may take here before it counts as hung
@@ -145,7 +145,7 @@ def test_a_text_writer_that_lost_its_lock_is_reopened_and_nothing_hangs(tmp_path
         assert wait_for(lambda: text_ids(a) == {"a1"})
         with no_file_descriptors():
             a.upsert([rec("a2")])  # durable: RocksDB's log file is open already
-            text = a.text_index
+            text = a.indexes.text_index
             assert text is not None
             with pytest.raises(EngramError):
                 text.flush()  # the commit fails, and so does the rollback: the writer is dead
@@ -198,7 +198,7 @@ def test_a_rust_panic_in_the_index_thread_hangs_no_write(tmp_path: Path, dead_wr
         a = db.create_collection("a", 4)
         b = db.create_collection("b", 4)
         a.upsert([rec("a1")])
-        text = a.text_index
+        text = a.indexes.text_index
         assert text is not None
         # The panic surfaces in the thread that applies committed writes to the indexes.
         text._writer = _PanickingWriter(text._writer, dead_writer, failures=1)
@@ -220,16 +220,16 @@ def test_an_index_update_that_panics_fails_its_write_clearly_and_marks_the_node(
         a = db.create_collection("a", 4)
         b = db.create_collection("b", 4)
         a.upsert([rec("a1")])
-        real_apply = a._apply
+        real_apply = a.indexes._apply
 
         def panicking_apply(changes: Any) -> None:
             raise genuine_panic(dead_writer)
 
-        a._apply = panicking_apply  # type: ignore[method-assign]
+        a.indexes._apply = panicking_apply  # type: ignore[method-assign]
         kind, err = bounded(lambda: a.upsert([rec("a2")]))
         assert kind == "error" and isinstance(err, Unavailable) and err.code == "index_unavailable", err
         assert "stored durably" in err.message
-        a._apply = real_apply  # type: ignore[method-assign]
+        a.indexes._apply = real_apply  # type: ignore[method-assign]
         # Other collections, and this one, still take writes; the node says what is wrong.
         assert bounded(lambda: b.upsert([rec("b1")]))[0] == "ok"
         assert bounded(lambda: a.upsert([rec("a3")]))[0] == "ok"
@@ -260,7 +260,7 @@ def test_a_dead_index_thread_fails_every_write_fast_and_close_is_bounded(tmp_pat
     def exiting_apply(changes: Any) -> None:
         raise SystemExit("thread told to exit")  # not a failure: the thread stops, loudly
 
-    a._apply = exiting_apply  # type: ignore[method-assign]
+    a.indexes._apply = exiting_apply  # type: ignore[method-assign]
     kind, err = bounded(lambda: a.upsert([rec("a2")]))
     assert kind == "error" and isinstance(err, Unavailable) and err.code == "index_unavailable", err
     for coll, rid in ((a, "a3"), (b, "b2")):
@@ -289,7 +289,7 @@ def test_a_stuck_index_thread_cannot_hold_close_or_its_waiters(tmp_path: Path) -
     def stuck_apply(changes: Any) -> None:
         release.wait(60)  # a deadlock, as far as anyone waiting can tell
 
-    a._apply = stuck_apply  # type: ignore[method-assign]
+    a.indexes._apply = stuck_apply  # type: ignore[method-assign]
     waiter: list[tuple[str, Any]] = []
     t = threading.Thread(target=lambda: waiter.append(bounded(lambda: a.upsert([rec("a2")]), 30)), daemon=True)
     t.start()

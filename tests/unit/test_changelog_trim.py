@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 import engramdb
-from engramdb.storage import keys as K
+from engramdb.storage import keyspace
 
 
 def test_idle_collection_does_not_block_trimming(tmp_path):
@@ -19,8 +19,8 @@ def test_idle_collection_does_not_block_trimming(tmp_path):
         busy.upsert({"id": f"b{n}", "vector": rng.normal(size=4).tolist()})
     db.snapshot()
     first = db.store.first_key("changes")
-    assert first is not None and K.parse_seq(first) > idle.watermark - 1
-    assert idle.watermark == busy.watermark == db.store.seq
+    assert first is not None and keyspace.parse_seq(first) > idle.indexes.watermark - 1
+    assert idle.indexes.watermark == busy.indexes.watermark == db.store.seq
     query = idle.get("i3", include=["vector"]).vector
     db.close()
 
@@ -36,7 +36,7 @@ def test_idle_collection_does_not_block_trimming(tmp_path):
 
 def _first_seq(db) -> int:
     first = db.store.first_key("changes")
-    return db.store.seq + 1 if first is None else K.parse_seq(first)
+    return db.store.seq + 1 if first is None else keyspace.parse_seq(first)
 
 
 def _vec(rng) -> list[float]:

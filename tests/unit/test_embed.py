@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fake_openai import FakeOpenAI, Recorded, Reply, embeddings_body, fake_vector
 
 from engramdb.embed import Embedder, LocalEmbedder, OpenAIEmbedder, make_embedder
 from engramdb.errors import DeadlineExceeded, InvalidArgument, UpstreamError
 from engramdb.types import EmbedderConfig
+from fake_openai import FakeOpenAI, Recorded, Reply, embeddings_body, fake_vector
 
 SECRET = "sk-test-5ecret-value-0123456789"
 DIM = 8

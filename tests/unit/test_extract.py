@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from fake_openai import FakeOpenAI, Recorded, Reply, chat_body
 from pydantic import ValidationError
 
 from engramdb.errors import DeadlineExceeded, InvalidArgument, UpstreamError
@@ -20,6 +19,7 @@ from engramdb.extract import (
     normalise_name,
     parse_json_object,
 )
+from fake_openai import FakeOpenAI, Recorded, Reply, chat_body
 
 SECRET = "sk-chat-5ecret-value-9876543210"
 

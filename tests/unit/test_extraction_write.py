@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from fake_openai import FakeOpenAI, Reply, chat_body
 
 from engramdb import EngramError, FailedPrecondition
 from engramdb.extract import ChatExtractor
+from fake_openai import FakeOpenAI, Reply, chat_body
 
 ANSWER = {
     "entities": [

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engramdb.engine.filters import (
+from engramdb.errors import InvalidArgument, InvalidFilter
+from engramdb.filters import (
     MISSING,
     And,
     Cmp,
@@ -24,7 +25,6 @@ from engramdb.engine.filters import (
     get_path,
     json_equal,
 )
-from engramdb.errors import InvalidArgument, InvalidFilter
 
 # --------------------------------------------------------------------------- helpers
 

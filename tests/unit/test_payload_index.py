@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyroaring import BitMap
 
-from engramdb.engine.filters import Filter, compile_filter
 from engramdb.errors import CorruptData, InvalidArgument
+from engramdb.filters import Filter, compile_filter
 from engramdb.index import payload as payload_mod
 from engramdb.index.payload import PayloadIndex
 

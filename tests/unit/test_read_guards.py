@@ -57,7 +57,7 @@ def _expired_fixture(db: engramdb.Database, indexed: bool) -> engramdb.Collectio
     time.sleep(TTL + 0.2)
     row = c.store.get_record(c._key("gone"))
     assert row is not None and not row.deleted, "the sweeper ran: the test would not see the bug"
-    text_index = c.text_index
+    text_index = c.indexes.text_index
     assert text_index is not None
     text_index.flush()
     return c
@@ -138,7 +138,7 @@ def test_hybrid_search_ranks_a_record_found_by_both_lists_first(db: engramdb.Dat
             *fillers,
         ]
     )
-    text_index = c.text_index
+    text_index = c.indexes.text_index
     assert text_index is not None
     text_index.flush()
     by_vector = [h.id for h in c.search([1, 0], k=20, exact=True, include=[])]

@@ -6,7 +6,7 @@ import pytest
 
 from engramdb.engine.hlc import HLC, parse_version, version_str
 from engramdb.errors import CorruptData
-from engramdb.storage import keys as K
+from engramdb.storage import keyspace
 from engramdb.storage.codec import RecordRow, decode_record, encode_record
 from engramdb.storage.store import Mutation, Store
 
@@ -18,7 +18,7 @@ def store(tmp_path):
     s.close()
 
 
-P = K.coll_prefix(1, 1)
+P = keyspace.coll_prefix(1, 1)
 
 
 def rec(hlc: int, node: int = 0, **kw) -> RecordRow:
@@ -26,13 +26,13 @@ def rec(hlc: int, node: int = 0, **kw) -> RecordRow:
 
 
 def put(store: Store, rid: str, row: RecordRow, **kw) -> bool:
-    return store.apply([Mutation(K.CHANGE_RECORD, P, K.record_key(P, rid), row, **kw)])[0].applied
+    return store.apply([Mutation(keyspace.CHANGE_RECORD, P, keyspace.record_key(P, rid), row, **kw)])[0].applied
 
 
 def test_last_writer_wins_regardless_of_arrival_order(store):
     assert put(store, "a", rec(10, metadata={"v": "new"}))
     assert not put(store, "a", rec(5, metadata={"v": "old"}))  # older version arrives late
-    assert store.get_record(K.record_key(P, "a")).metadata == {"v": "new"}
+    assert store.get_record(keyspace.record_key(P, "a")).metadata == {"v": "new"}
     # Equal timestamps: the node id breaks the tie, deterministically on every replica.
     assert put(store, "a", rec(10, node=2, metadata={"v": "node2"}))
     assert not put(store, "a", rec(10, node=1, metadata={"v": "node1"}))
@@ -42,9 +42,9 @@ def test_tombstone_beats_older_write_and_is_queued_for_purge(store):
     put(store, "a", rec(10))
     assert put(store, "a", RecordRow(hlc=20, node=0, deleted=True, updated_at=100.0))
     assert not put(store, "a", rec(15))  # a stale replica write cannot resurrect it
-    assert store.get_record(K.record_key(P, "a")).deleted
-    ttl = [K.parse_ttl_key(k) for k, _ in store.iter_prefix("ttl", b"")]
-    assert (105_000, K.TTL_PURGE_RECORD, K.record_key(P, "a")) in ttl
+    assert store.get_record(keyspace.record_key(P, "a")).deleted
+    ttl = [keyspace.parse_ttl_key(k) for k, _ in store.iter_prefix("ttl", b"")]
+    assert (105_000, keyspace.TTL_PURGE_RECORD, keyspace.record_key(P, "a")) in ttl
 
 
 def test_conditional_write(store):
@@ -56,17 +56,17 @@ def test_conditional_write(store):
 
 def test_derived_rows_follow_the_record(store):
     put(store, "a", rec(10, namespace=("u", "m"), expires_at=50.0))
-    assert list(store.iter_prefix("meta", b"n" + P))
+    assert list(store.iter_prefix("meta", keyspace.namespace_index_prefix(P)))
     put(store, "a", rec(11, namespace=("u", "x")))
-    ns = [k for k, _ in store.iter_prefix("meta", b"n" + P)]
-    assert ns == [K.ns_key(P, ("u", "x"), "a")]
+    ns = [k for k, _ in store.iter_prefix("meta", keyspace.namespace_index_prefix(P))]
+    assert ns == [keyspace.ns_key(P, ("u", "x"), "a")]
     assert not list(store.iter_prefix("ttl", b""))  # expiry removed with the old version
 
 
 def test_changelog_is_ordered_and_survives_reopen(tmp_path):
     s = Store(tmp_path / "db")
     for i in range(5):
-        s.apply([Mutation(K.CHANGE_RECORD, P, K.record_key(P, f"r{i}"), rec(i + 1))])
+        s.apply([Mutation(keyspace.CHANGE_RECORD, P, keyspace.record_key(P, f"r{i}"), rec(i + 1))])
     assert s.seq == 5
     s.close()
     s = Store(tmp_path / "db")

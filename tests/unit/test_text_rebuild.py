@@ -24,7 +24,7 @@ def test_missing_text_index_is_rebuilt_without_rebuilding_vectors(tmp_path):
     db = engramdb.open(tmp_path / "d")
     c = db.create_collection("c", dimension=8)
     c.upsert([{"id": f"r{i}", "vector": rng.normal(size=8).tolist(), "text": f"alpha w{i}"} for i in range(50)])
-    assert c.snapshot()
+    assert c.indexes.snapshot()
     # After the snapshot: an update, a delete and a new record, only in the changelog.
     c.upsert({"id": "r1", "vector": rng.normal(size=8).tolist(), "text": "beta changed"})
     c.delete("r2")

@@ -1,4 +1,4 @@
-"""Vector search end to end through the public API (DESIGN §5.1-5.2).
+"""Vector search end to end through the public API (filtered search: docs/filters.md).
 
 Real RocksDB files in ``tmp_path``, the real HNSW index, payload index and
 planner; every expectation comes from a numpy brute force or a plain-Python
@@ -1310,7 +1310,7 @@ def test_moved_vectors_get_new_nodes_and_indexes_follow(tmp_path):
     n = 200
     vecs = {f"r{i}": rng.standard_normal(8) for i in range(n)}
     coll.upsert([{"id": r, "vector": v, "text": f"word{r}", "metadata": {"kind": "a"}} for r, v in vecs.items()])
-    vindex = coll.vindex
+    vindex = coll.indexes.vindex
     for step in range(3000):  # bounded churn: every write moves a vector
         rid = f"r{int(rng.integers(n))}"
         vecs[rid] = rng.standard_normal(8)
@@ -1321,7 +1321,7 @@ def test_moved_vectors_get_new_nodes_and_indexes_follow(tmp_path):
             assert vindex._index.get_current_count() == n + step + 1
     budget = max(TOMBSTONE_MIN, int(n * TOMBSTONE_FRACTION))
     assert vindex._index.get_current_count() <= n + budget + 1
-    text_index = coll.text_index
+    text_index = coll.indexes.text_index
     assert text_index is not None
     text_index.flush()
     for reopen in (False, True):
@@ -1346,24 +1346,24 @@ def test_moved_vectors_get_new_nodes_and_indexes_follow(tmp_path):
 def test_change_reapplied_after_replay_leaves_no_text_on_a_dead_label(tmp_path):
     """load() subscribes before replaying, so a change replay already covered can be applied again;
     its ``old`` row (no text) then does not describe what the index holds for the record's label."""
-    from engramdb.storage import keys as K
+    from engramdb.storage import keyspace
     from engramdb.storage.store import Change, Mutation
 
     db = open_db(tmp_path / "d")
     c = db.create_collection("c", dimension=4, metric="l2")
     c.upsert({"id": "r", "vector": [1, 0, 0, 0]})  # no text
-    key = K.record_key(c.prefix, "r")
+    key = keyspace.record_key(c.prefix, "r")
     row0 = c.store.get_record(key, vector=True)
     c.upsert({"id": "r", "vector": [0, 1, 0, 0], "text": "bravo"})
     row1 = c.store.get_record(key, vector=True)
     c.upsert({"id": "other", "vector": [0, 0, 1, 0], "text": "bravo bravo"})
-    with c._index_lock:
-        c._index_row("r", row1, None)  # what replay does for r
-        c._apply([Change(Mutation(K.CHANGE_RECORD, c.prefix, key, row1), row0, True, c.store.seq)])
-    text_index = c.text_index
+    with c.indexes._index_lock:
+        c.indexes._index_row("r", row1, None)  # what replay does for r
+        c.indexes._apply([Change(Mutation(keyspace.CHANGE_RECORD, c.prefix, key, row1), row0, True, c.store.seq)])
+    text_index = c.indexes.text_index
     assert text_index is not None
     text_index.flush()
-    live = set(c.vindex.live)
+    live = set(c.indexes.vindex.live)
     assert {label for label, _ in text_index.search("bravo", 10)} <= live
     assert sorted(ids(c.search(text="bravo", mode="text", k=2))) == ["other", "r"]
     db.close()
@@ -1377,27 +1377,27 @@ def test_labels_are_compacted_by_a_rebuild_before_they_run_out(tmp_path):
     db = open_db(tmp_path / "d")
     c = db.create_collection("c", dimension=2, metric="l2", indexed_fields={"k": "int"})
     c.upsert([{"id": f"r{i}", "vector": [i, 1], "metadata": {"k": i % 2}, "text": f"w{i}"} for i in range(10)])
-    c.vindex.next_label = LABEL_COMPACT_AT - 1  # as if ~2**31 vector changes had happened
+    c.indexes.vindex.next_label = LABEL_COMPACT_AT - 1  # as if ~2**31 vector changes had happened
     c.upsert({"id": "r3", "vector": [3, 2], "metadata": {"k": 1}, "text": "moved"})
-    assert c.vindex.label_of["r3"] == LABEL_COMPACT_AT - 1
-    c.vindex.next_label = MAX_LABEL  # one label left: a batch of two must not be half applied
+    assert c.indexes.vindex.label_of["r3"] == LABEL_COMPACT_AT - 1
+    c.indexes.vindex.next_label = MAX_LABEL  # one label left: a batch of two must not be half applied
     with pytest.raises(engramdb.errors.CorruptData, match="labels"):
-        c.vindex.upsert(["a", "b"], np.ones((2, 2), dtype=np.float32), [None, None])
-    assert "a" not in c.vindex.label_of and len(c.vindex) == 10
-    c.vindex.next_label = LABEL_COMPACT_AT
+        c.indexes.vindex.upsert(["a", "b"], np.ones((2, 2), dtype=np.float32), [None, None])
+    assert "a" not in c.indexes.vindex.label_of and len(c.indexes.vindex) == 10
+    c.indexes.vindex.next_label = LABEL_COMPACT_AT
     db.close()  # snapshot with next_label past LABEL_COMPACT_AT
     db = open_db(tmp_path / "d")
     c = db.get_collection("c")
     c.load()
     assert c.load_progress == (10, 10)  # rebuilt from the records
-    assert c.vindex.next_label == 11
+    assert c.indexes.vindex.next_label == 11
     for i in range(10):
         vec = [3, 2] if i == 3 else [i, 1]
         assert ids(c.search(vec, k=1, include=[])) == [f"r{i}"]
     assert sorted(ids(c.search([0, 0], k=10, filter={"k": 1}, include=[]))) == sorted(
         f"r{i}" for i in range(10) if i % 2 or i == 3
     )
-    text_index = c.text_index
+    text_index = c.indexes.text_index
     assert text_index is not None
     text_index.flush()
     assert ids(c.search(text="moved", mode="text", k=3)) == ["r3"]
@@ -1467,7 +1467,7 @@ def test_ids_stay_right_across_reopen_writes_and_snapshots(tmp_path):
             )[0]
             == sample[0]
         )
-        vindex = coll.vindex
+        vindex = coll.indexes.vindex
         probe = list(range(vindex.next_label + 2))
         assert vindex._packed is not None  # nothing was written yet: still the packed form
         packed = vindex.names_of(probe)

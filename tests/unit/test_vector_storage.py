@@ -243,7 +243,7 @@ def test_a_snapshot_written_by_a_child_process_loads_and_later_writes_are_replay
     saved: list[bool] = []
 
     def snap() -> None:
-        saved.append(c.snapshot(in_child=True))
+        saved.append(c.indexes.snapshot(in_child=True))
         done.set()
 
     t = threading.Thread(target=snap)
@@ -252,7 +252,7 @@ def test_a_snapshot_written_by_a_child_process_loads_and_later_writes_are_replay
     c.upsert(_records(200, 16, 2, prefix="late"))
     t.join()
     assert saved == [True] and here == []
-    mark = c.watermark
+    mark = c.indexes.watermark
     assert 0 < mark <= db.store.seq
     # The child committed a complete snapshot: it loads and holds the first 500 at least.
     loaded = VectorIndex.load(c.index_dir, 16, "l2", 16, 200, 64)
@@ -294,8 +294,8 @@ def _in_child_only(monkeypatch, action) -> list[int]:
 
 
 def _snapshot_in_background(c, forks: list[int]) -> threading.Thread:
-    """Start ``c.snapshot(in_child=True)`` in a thread; returns once the child is forked."""
-    t = threading.Thread(target=c.snapshot, kwargs={"in_child": True})
+    """Start ``c.indexes.snapshot(in_child=True)`` in a thread; returns once the child is forked."""
+    t = threading.Thread(target=c.indexes.snapshot, kwargs={"in_child": True})
     t.start()
     deadline = time.monotonic() + 10
     while not forks and time.monotonic() < deadline:
@@ -314,9 +314,9 @@ def test_a_failed_child_snapshot_is_written_in_process(tmp_path, monkeypatch):
     db = engramdb.open(tmp_path / "d", storage=STORAGE, index={"snapshot_interval_seconds": 3600})
     c = db.create_collection("c", dimension=8, metric="l2")
     c.upsert(_records(50, 8, 3))
-    assert c.snapshot(in_child=True)
-    assert len(forks) == 1 and c.watermark == db.store.seq and not c.dirty
-    assert VectorIndex.load(c.index_dir, 8, "l2", 16, 200, 64).watermark == c.watermark
+    assert c.indexes.snapshot(in_child=True)
+    assert len(forks) == 1 and c.indexes.watermark == db.store.seq and not c.indexes.dirty
+    assert VectorIndex.load(c.index_dir, 8, "l2", 16, 200, 64).watermark == c.indexes.watermark
     db.close()
 
 
@@ -324,8 +324,8 @@ def test_an_error_while_waiting_for_the_child_keeps_the_changes_pending(tmp_path
     db = engramdb.open(tmp_path / "d", storage=STORAGE, index={"snapshot_interval_seconds": 3600})
     c = db.create_collection("c", dimension=8, metric="l2")
     c.upsert(_records(50, 8, 4))
-    assert c.snapshot()
-    mark = c.watermark
+    assert c.indexes.snapshot()
+    mark = c.indexes.watermark
     c.upsert(_records(20, 8, 5, prefix="late"))
     import select
 
@@ -334,11 +334,11 @@ def test_an_error_while_waiting_for_the_child_keeps_the_changes_pending(tmp_path
 
     monkeypatch.setattr(select, "poll", broken_poll)
     with pytest.raises(ValueError):
-        c.snapshot(in_child=True)
+        c.indexes.snapshot(in_child=True)
     # Not recorded as saved: still dirty, and the watermark cannot be moved past
     # changes the committed snapshot might not hold.
-    assert c.dirty and c.watermark == mark
-    assert c.advance_watermark() == mark
+    assert c.indexes.dirty and c.indexes.watermark == mark
+    assert c.indexes.advance_watermark() == mark
     monkeypatch.undo()
     db.close()
     db = engramdb.open(tmp_path / "d", storage=STORAGE)
@@ -355,7 +355,11 @@ def test_close_waits_for_a_snapshot_child(tmp_path, monkeypatch):
     c = db.create_collection("c", dimension=8, metric="l2")
     c.upsert(_records(50, 8, 6))
     t = _snapshot_in_background(c, forks)
-    assert not c.dirty  # the child is writing; nothing else is pending
+    # The fork is seen here a moment before the snapshotting thread clears the pending count.
+    deadline = time.monotonic() + 10
+    while c.indexes.dirty and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert not c.indexes.dirty  # the child is writing (for 1 s); nothing else is pending
     seq, index_dir = db.store.seq, c.index_dir
     db.close()  # must not return before the child's snapshot is committed
     assert VectorIndex.load(index_dir, 8, "l2", 16, 200, 64).watermark == seq

@@ -8,7 +8,7 @@ engine's exceptions (see ``docs/client.md``).
 
 from __future__ import annotations
 
-from .asyncio import AsyncClient, AsyncRemoteCollection
-from .sync import Client, RemoteCollection, connect
+from engramdb.client.asyncio import AsyncClient, AsyncRemoteCollection
+from engramdb.client.sync import Client, RemoteCollection, connect
 
 __all__ = ["AsyncClient", "AsyncRemoteCollection", "Client", "RemoteCollection", "connect"]

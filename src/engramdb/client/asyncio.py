@@ -1,11 +1,11 @@
-"""asyncio HTTP client with the same surface as the embedded ``Database`` (methods are coroutines).
+"""asyncio HTTP client: :class:`~engramdb.api.AsyncDatabaseAPI` and :class:`~engramdb.api.AsyncCollectionAPI` over HTTP.
 
 >>> async with engramdb.AsyncClient("http://localhost:7878", api_key="...") as db:
 ...     notes = await db.create_collection("notes", dimension=384, exist_ok=True)
 ...     hits = await notes.search(vec, k=5)
 
 Request building, answer decoding and the retry policy live in
-:mod:`engramdb.client._common`, shared with the blocking client, so the two
+:mod:`engramdb.client.calls`, shared with the blocking client, so the two
 behave identically; only the waiting differs.
 """
 
@@ -18,14 +18,15 @@ from typing import Any, TypeVar
 
 import httpx
 
-from ..errors import Closed
-from ..types import CollectionConfig, Edge, ExtractResult, Hit, Record, ScanPage
-from . import _common as C
+from engramdb.api import AsyncCollectionAPI, AsyncDatabaseAPI
+from engramdb.client import calls
+from engramdb.errors import Closed
+from engramdb.types import ApiKeyInfo, CollectionConfig, Edge, ExtractResult, Hit, NewApiKey, Record, ScanPage
 
 T = TypeVar("T")
 
 
-class AsyncClient:
+class AsyncClient(AsyncDatabaseAPI):
     """A connection pool to one EngramDB server for asyncio code.
 
     Use it as ``async with AsyncClient(url, api_key) as db`` or call
@@ -44,18 +45,18 @@ class AsyncClient:
         verify: bool | str | ssl.SSLContext = True,
         transport: httpx.AsyncBaseTransport | None = None,
     ):
-        self.url = C.base_url(url)
+        self.url = calls.base_url(url)
         self.timeout = timeout
         self.tenant = tenant
-        self.retry_policy = C.RetryPolicy(retries=C.check_retries(retries))
+        self.retry_policy = calls.RetryPolicy(retries=calls.check_retries(retries))
         self._closed = False
         self._http = httpx.AsyncClient(
             base_url=self.url,
-            headers=C.headers(api_key, tenant),
+            headers=calls.headers(api_key, tenant),
             timeout=timeout,
-            verify=C.verify_arg(verify),
+            verify=calls.verify_arg(verify),
             transport=transport,
-            limits=C.POOL_LIMITS,
+            limits=calls.POOL_LIMITS,
             # Redirects would replay bodies to another host; an EngramDB server never redirects.
             follow_redirects=False,
         )
@@ -64,11 +65,11 @@ class AsyncClient:
         return f"AsyncClient(url={self.url!r}, tenant={self.tenant!r})"
 
     # ------------------------------------------------------------ transport
-    async def _run(self, call: C.Call[T]) -> T:
-        """Send ``call``, retrying as :class:`~engramdb.client._common.RetryPolicy` allows."""
+    async def _run(self, call: calls.Call[T]) -> T:
+        """Send ``call``, retrying as :class:`~engramdb.client.calls.RetryPolicy` allows."""
         if self._closed:
             raise Closed("the client is closed")
-        content = C.encode_body(call.body)
+        content = calls.encode_body(call.body)
         hdrs = {"Content-Type": "application/json"} if content is not None else None
         attempt = 0
         while True:
@@ -83,7 +84,7 @@ class AsyncClient:
                 )
             except httpx.HTTPError as e:
                 cause = e
-                outcome: T | C.Failure = C.transport_error(
+                outcome: T | calls.Failure = calls.transport_error(
                     call, e, self.url, self.timeout if call.timeout is None else call.timeout
                 )
             except RuntimeError as e:
@@ -92,8 +93,8 @@ class AsyncClient:
                     raise Closed("the client is closed") from e
                 raise
             else:
-                outcome = C.decode_response(call, resp)
-            if not isinstance(outcome, C.Failure):
+                outcome = calls.decode_response(call, resp)
+            if not isinstance(outcome, calls.Failure):
                 return outcome
             delay = self.retry_policy.delay(call, attempt, outcome)
             if delay is None:
@@ -115,12 +116,8 @@ class AsyncClient:
         text_index: bool = True,
         exist_ok: bool = False,
     ) -> AsyncRemoteCollection:
-        """Create a collection. With ``exist_ok`` an identical existing one is returned.
-
-        ``dimension`` may be omitted when ``embedder`` determines it.
-        """
         cfg = await self._run(
-            C.create_collection(
+            calls.create_collection(
                 name,
                 dimension,
                 metric,
@@ -135,20 +132,52 @@ class AsyncClient:
         return AsyncRemoteCollection(self, cfg)
 
     async def get_collection(self, name: str) -> AsyncRemoteCollection:
-        """The named collection; raises NotFound (code ``collection_not_found``)."""
-        return AsyncRemoteCollection(self, await self._run(C.get_collection(name)))
+        return AsyncRemoteCollection(self, await self._run(calls.get_collection(name)))
 
     async def list_collections(self) -> list[CollectionConfig]:
-        """Configurations of the tenant's collections, sorted by name."""
-        return await self._run(C.list_collections())
+        return await self._run(calls.list_collections())
 
     async def delete_collection(self, name: str) -> None:
-        """Delete a collection with all its records, edges and index files."""
-        await self._run(C.delete_collection(name))
+        await self._run(calls.delete_collection(name))
+
+    # ------------------------------------------------------------- API keys
+    # Key management needs an admin key; it is not part of the data API the engine shares.
+    async def create_key(
+        self,
+        role: str,
+        *,
+        tenant: str | None = None,
+        collections: Sequence[str] | None = None,
+        expires_at: float | None = None,
+        name: str | None = None,
+    ) -> NewApiKey:
+        """Create an API key (admin only); the secret is in the result's ``key`` and shown only this once.
+
+        ``tenant`` defaults to the caller's (only the bootstrap key may name another);
+        ``collections`` limits a reader or writer key to those collections;
+        ``expires_at`` is Unix seconds in the future (at most 100 years).
+        """
+        return await self._run(
+            calls.create_key(role, tenant=tenant, collections=collections, expires_at=expires_at, name=name)
+        )
+
+    async def list_keys(self) -> list[ApiKeyInfo]:
+        """The API keys of the caller's tenant (admin only), oldest first, without secrets."""
+        return await self._run(calls.list_keys())
+
+    async def revoke_key(self, key_id: str) -> None:
+        """Revoke a key of the caller's tenant at once (admin only)."""
+        await self._run(calls.revoke_key(key_id))
+
+    async def rotate_key(self, key_id: str, *, grace_seconds: float | None = None) -> NewApiKey:
+        """A new key with the same tenant, role, scope and name; the old one expires after ``grace_seconds``.
+
+        The default grace is one day; 0 ends the old key now.
+        """
+        return await self._run(calls.rotate_key(key_id, grace_seconds))
 
     # ------------------------------------------------------------ lifecycle
     async def close(self) -> None:
-        """Close the pooled connections; later calls raise :class:`~engramdb.errors.Closed`."""
         if self._closed:
             return
         self._closed = True
@@ -167,7 +196,7 @@ class AsyncClient:
         await self.close()
 
 
-class AsyncRemoteCollection:
+class AsyncRemoteCollection(AsyncCollectionAPI):
     """A collection on the server, with the methods of the engine's ``Collection``.
 
     Holds no state besides the configuration read when it was obtained; every
@@ -198,12 +227,7 @@ class AsyncRemoteCollection:
 
     # ---------------------------------------------------------------- write
     async def upsert(self, records: Record | Mapping[str, Any] | Sequence[Record | Mapping[str, Any]]) -> list[str]:
-        """Insert or replace records (whole-record replace); returns their new versions.
-
-        Vectors may be lists or numpy arrays. The batch is validated as a whole:
-        if any record is invalid, nothing is written.
-        """
-        return await self._client._run(C.upsert(self.name, self.dimension, records))
+        return await self._client._run(calls.upsert(self.name, self.dimension, records))
 
     async def patch(
         self,
@@ -216,10 +240,8 @@ class AsyncRemoteCollection:
         importance: float | None = None,
         vector: Sequence[float] | None = None,
     ) -> Record:
-        """Merge ``metadata`` into a live record (keys set to None are removed) and
-        replace the other given fields; raises NotFound if the record is absent."""
         return await self._client._run(
-            C.patch(
+            calls.patch(
                 self.name,
                 self.dimension,
                 id,
@@ -233,27 +255,22 @@ class AsyncRemoteCollection:
         )
 
     async def delete(self, ids: str | Sequence[str] | None = None, *, filter: Mapping[str, Any] | None = None) -> int:
-        """Delete records by id and/or by filter, with their edges; returns how many existed."""
-        return await self._client._run(C.delete(self.name, ids, filter))
+        return await self._client._run(calls.delete(self.name, ids, filter))
 
     async def refresh_ttl(self, ids: str | Sequence[str]) -> int:
-        """Restart the TTL clock of live records that have a TTL; returns how many."""
-        return await self._client._run(C.refresh_ttl(self.name, ids))
+        return await self._client._run(calls.refresh_ttl(self.name, ids))
 
     # ----------------------------------------------------------------- read
     async def get(self, id: str, *, include: Iterable[str] | None = None, refresh_ttl: bool = False) -> Record | None:
-        """The live record with this id, or None. ``include`` defaults to every field."""
-        return await self._client._run(C.get_one(self.name, id, include, refresh_ttl))
+        return await self._client._run(calls.get_one(self.name, id, include, refresh_ttl))
 
     async def get_many(
         self, ids: Sequence[str], *, include: Iterable[str] | None = None, refresh_ttl: bool = False
     ) -> list[Record]:
-        """Live records for these ids, in the given order; missing ids are skipped."""
-        return await self._client._run(C.get_many(self.name, ids, include, refresh_ttl))
+        return await self._client._run(calls.get_many(self.name, ids, include, refresh_ttl))
 
     async def count(self, filter: Mapping[str, Any] | None = None) -> int:
-        """Number of live records (matching ``filter`` if given)."""
-        return await self._client._run(C.count(self.name, filter))
+        return await self._client._run(calls.count(self.name, filter))
 
     async def scan(
         self,
@@ -265,9 +282,8 @@ class AsyncRemoteCollection:
         filter: Mapping[str, Any] | None = None,
         include: Iterable[str] | None = None,
     ) -> ScanPage:
-        """A page of live records in id order; pass ``next_cursor`` back for the next page."""
         return await self._client._run(
-            C.scan(
+            calls.scan(
                 self.name,
                 cursor=cursor,
                 limit=limit,
@@ -287,12 +303,8 @@ class AsyncRemoteCollection:
         limit: int = 100,
         offset: int = 0,
     ) -> list[tuple[str, ...]]:
-        """Distinct namespace paths of live records, sorted, truncated to ``max_depth``.
-
-        ``prefix``/``suffix`` segments may be ``"*"`` to match any one segment.
-        """
         return await self._client._run(
-            C.list_namespaces(self.name, prefix, suffix=suffix, max_depth=max_depth, limit=limit, offset=offset)
+            calls.list_namespaces(self.name, prefix, suffix=suffix, max_depth=max_depth, limit=limit, offset=offset)
         )
 
     async def search(
@@ -311,9 +323,8 @@ class AsyncRemoteCollection:
         min_score: float | None = None,
         refresh_ttl: bool = False,
     ) -> list[Hit]:
-        """Nearest records to ``vector`` (or ``text``), best first; see the engine's ``Collection.search``."""
         return await self._client._run(
-            C.search(
+            calls.search(
                 self.name,
                 self.dimension,
                 vector,
@@ -338,16 +349,10 @@ class AsyncRemoteCollection:
         *,
         create_missing: bool = False,
     ) -> list[str]:
-        """Create or replace edges (Edges or dicts with src, relation, dst, weight?, properties?).
-
-        Returns each edge's new version, in input order. Unless ``create_missing``,
-        both endpoints must be live records (else NotFound, ``record_not_found``).
-        """
-        return await self._client._run(C.link(self.name, edges, create_missing))
+        return await self._client._run(calls.link(self.name, edges, create_missing))
 
     async def unlink(self, edges: Sequence[Any] | Mapping[str, Any] | Edge) -> int:
-        """Remove edges given as ``(src, relation, dst)`` tuples, dicts or Edges; returns how many were stored."""
-        return await self._client._run(C.unlink(self.name, edges))
+        return await self._client._run(calls.unlink(self.name, edges))
 
     async def edges(
         self,
@@ -357,8 +362,7 @@ class AsyncRemoteCollection:
         relation: str | None = None,
         limit: int = 1000,
     ) -> list[Edge]:
-        """Visible edges of a live record: ``out``, ``in`` or ``both`` (out first)."""
-        return await self._client._run(C.edges(self.name, id, direction=direction, relation=relation, limit=limit))
+        return await self._client._run(calls.edges(self.name, id, direction=direction, relation=relation, limit=limit))
 
     async def neighbors(
         self,
@@ -372,9 +376,8 @@ class AsyncRemoteCollection:
         include: Iterable[str] | None = ("metadata", "text"),
         timeout_ms: float = 2000,
     ) -> list[Hit]:
-        """Records reachable from ``id`` within ``hops`` edges, breadth-first, with ``hop`` and ``path``."""
         return await self._client._run(
-            C.neighbors(
+            calls.neighbors(
                 self.name,
                 id,
                 hops=hops,
@@ -398,9 +401,8 @@ class AsyncRemoteCollection:
         include: Iterable[str] | None = ("metadata", "text"),
         timeout_ms: float = 2000,
     ) -> dict[str, list[Any]]:
-        """The neighbourhood of ``ids``: ``{"nodes": [Record], "edges": [Edge]}``."""
         return await self._client._run(
-            C.subgraph(
+            calls.subgraph(
                 self.name,
                 ids,
                 hops=hops,
@@ -424,21 +426,8 @@ class AsyncRemoteCollection:
         source_id: str | None = None,
         timeout: float | None = None,
     ) -> ExtractResult:
-        """Extract entities and relations from ``text`` with the server's model and store them.
-
-        As the engine's ``Collection.extract``, except that the model is the
-        one the server's operator configured (``extraction.*`` settings), so
-        ``extractor`` must be left out. Entities become records, relations
-        edges, in one atomic write; nothing is written when the model's answer
-        is rejected (``UpstreamError``, code ``invalid_extraction``). Raises
-        ``FailedPrecondition`` (``extraction_not_configured``) when the server
-        has no model, ``RateLimited`` (``extraction_busy``) when it runs as many
-        extractions as it allows. ``timeout`` (seconds) defaults to the
-        client's timeout but at least 120 s. Not retried after an ambiguous
-        failure: a repeat would count the entities' mentions twice.
-        """
         return await self._client._run(
-            C.extract(
+            calls.extract(
                 self.name,
                 text,
                 extractor,
@@ -446,6 +435,6 @@ class AsyncRemoteCollection:
                 namespace=namespace,
                 dedupe_threshold=dedupe_threshold,
                 source_id=source_id,
-                timeout=C.extract_timeout(self._client.timeout, timeout),
+                timeout=calls.extract_timeout(self._client.timeout, timeout),
             )
         )

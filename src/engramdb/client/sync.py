@@ -1,11 +1,11 @@
-"""Blocking HTTP client with the same surface as the embedded :class:`~engramdb.engine.database.Database`.
+"""Blocking HTTP client: :class:`~engramdb.api.DatabaseAPI` and :class:`~engramdb.api.CollectionAPI` over HTTP.
 
 >>> db = engramdb.connect("http://localhost:7878", api_key="...")
 >>> notes = db.create_collection("notes", dimension=384, exist_ok=True)
 >>> notes.upsert({"id": "n1", "vector": vec, "text": "hello"})
 
 Request building, answer decoding and the retry policy live in
-:mod:`engramdb.client._common`, shared with the asyncio client.
+:mod:`engramdb.client.calls`, shared with the asyncio client.
 """
 
 from __future__ import annotations
@@ -18,14 +18,15 @@ from typing import Any, TypeVar
 
 import httpx
 
-from ..errors import Closed
-from ..types import CollectionConfig, Edge, ExtractResult, Hit, Record, ScanPage
-from . import _common as C
+from engramdb.api import CollectionAPI, DatabaseAPI
+from engramdb.client import calls
+from engramdb.errors import Closed
+from engramdb.types import ApiKeyInfo, CollectionConfig, Edge, ExtractResult, Hit, NewApiKey, Record, ScanPage
 
 T = TypeVar("T")
 
 
-class Client:
+class Client(DatabaseAPI):
     """A connection pool to one EngramDB server; use :func:`connect` to make one.
 
     Thread-safe: share one client between threads (it pools connections).
@@ -43,19 +44,19 @@ class Client:
         verify: bool | str | ssl.SSLContext = True,
         transport: httpx.BaseTransport | None = None,
     ):
-        self.url = C.base_url(url)
+        self.url = calls.base_url(url)
         self.timeout = timeout
         self.tenant = tenant
-        self.retry_policy = C.RetryPolicy(retries=C.check_retries(retries))
+        self.retry_policy = calls.RetryPolicy(retries=calls.check_retries(retries))
         self._closed = False
         self._lock = threading.Lock()
         self._http = httpx.Client(
             base_url=self.url,
-            headers=C.headers(api_key, tenant),
+            headers=calls.headers(api_key, tenant),
             timeout=timeout,
-            verify=C.verify_arg(verify),
+            verify=calls.verify_arg(verify),
             transport=transport,
-            limits=C.POOL_LIMITS,
+            limits=calls.POOL_LIMITS,
             # Redirects would replay bodies to another host; an EngramDB server never redirects.
             follow_redirects=False,
         )
@@ -64,11 +65,11 @@ class Client:
         return f"Client(url={self.url!r}, tenant={self.tenant!r})"
 
     # ------------------------------------------------------------ transport
-    def _run(self, call: C.Call[T]) -> T:
-        """Send ``call``, retrying as :class:`~engramdb.client._common.RetryPolicy` allows."""
+    def _run(self, call: calls.Call[T]) -> T:
+        """Send ``call``, retrying as :class:`~engramdb.client.calls.RetryPolicy` allows."""
         if self._closed:
             raise Closed("the client is closed")
-        content = C.encode_body(call.body)
+        content = calls.encode_body(call.body)
         hdrs = {"Content-Type": "application/json"} if content is not None else None
         attempt = 0
         while True:
@@ -83,7 +84,7 @@ class Client:
                 )
             except httpx.HTTPError as e:
                 cause = e
-                outcome: T | C.Failure = C.transport_error(
+                outcome: T | calls.Failure = calls.transport_error(
                     call, e, self.url, self.timeout if call.timeout is None else call.timeout
                 )
             except RuntimeError as e:
@@ -92,8 +93,8 @@ class Client:
                     raise Closed("the client is closed") from e
                 raise
             else:
-                outcome = C.decode_response(call, resp)
-            if not isinstance(outcome, C.Failure):
+                outcome = calls.decode_response(call, resp)
+            if not isinstance(outcome, calls.Failure):
                 return outcome
             delay = self.retry_policy.delay(call, attempt, outcome)
             if delay is None:
@@ -115,12 +116,8 @@ class Client:
         text_index: bool = True,
         exist_ok: bool = False,
     ) -> RemoteCollection:
-        """Create a collection. With ``exist_ok`` an identical existing one is returned.
-
-        ``dimension`` may be omitted when ``embedder`` determines it.
-        """
         cfg = self._run(
-            C.create_collection(
+            calls.create_collection(
                 name,
                 dimension,
                 metric,
@@ -135,20 +132,52 @@ class Client:
         return RemoteCollection(self, cfg)
 
     def get_collection(self, name: str) -> RemoteCollection:
-        """The named collection; raises NotFound (code ``collection_not_found``)."""
-        return RemoteCollection(self, self._run(C.get_collection(name)))
+        return RemoteCollection(self, self._run(calls.get_collection(name)))
 
     def list_collections(self) -> list[CollectionConfig]:
-        """Configurations of the tenant's collections, sorted by name."""
-        return self._run(C.list_collections())
+        return self._run(calls.list_collections())
 
     def delete_collection(self, name: str) -> None:
-        """Delete a collection with all its records, edges and index files."""
-        self._run(C.delete_collection(name))
+        self._run(calls.delete_collection(name))
+
+    # ------------------------------------------------------------- API keys
+    # Key management needs an admin key; it is not part of the data API the engine shares.
+    def create_key(
+        self,
+        role: str,
+        *,
+        tenant: str | None = None,
+        collections: Sequence[str] | None = None,
+        expires_at: float | None = None,
+        name: str | None = None,
+    ) -> NewApiKey:
+        """Create an API key (admin only); the secret is in the result's ``key`` and shown only this once.
+
+        ``tenant`` defaults to the caller's (only the bootstrap key may name another);
+        ``collections`` limits a reader or writer key to those collections;
+        ``expires_at`` is Unix seconds in the future (at most 100 years).
+        """
+        return self._run(
+            calls.create_key(role, tenant=tenant, collections=collections, expires_at=expires_at, name=name)
+        )
+
+    def list_keys(self) -> list[ApiKeyInfo]:
+        """The API keys of the caller's tenant (admin only), oldest first, without secrets."""
+        return self._run(calls.list_keys())
+
+    def revoke_key(self, key_id: str) -> None:
+        """Revoke a key of the caller's tenant at once (admin only)."""
+        self._run(calls.revoke_key(key_id))
+
+    def rotate_key(self, key_id: str, *, grace_seconds: float | None = None) -> NewApiKey:
+        """A new key with the same tenant, role, scope and name; the old one expires after ``grace_seconds``.
+
+        The default grace is one day; 0 ends the old key now.
+        """
+        return self._run(calls.rotate_key(key_id, grace_seconds))
 
     # ------------------------------------------------------------ lifecycle
     def close(self) -> None:
-        """Close the pooled connections; later calls raise :class:`~engramdb.errors.Closed`."""
         with self._lock:
             if self._closed:
                 return
@@ -166,7 +195,7 @@ class Client:
         self.close()
 
 
-class RemoteCollection:
+class RemoteCollection(CollectionAPI):
     """A collection on the server, with the methods of the engine's ``Collection``.
 
     Holds no state besides the configuration read when it was obtained; every
@@ -197,12 +226,7 @@ class RemoteCollection:
 
     # ---------------------------------------------------------------- write
     def upsert(self, records: Record | Mapping[str, Any] | Sequence[Record | Mapping[str, Any]]) -> list[str]:
-        """Insert or replace records (whole-record replace); returns their new versions.
-
-        Vectors may be lists or numpy arrays. The batch is validated as a whole:
-        if any record is invalid, nothing is written.
-        """
-        return self._client._run(C.upsert(self.name, self.dimension, records))
+        return self._client._run(calls.upsert(self.name, self.dimension, records))
 
     def patch(
         self,
@@ -215,10 +239,8 @@ class RemoteCollection:
         importance: float | None = None,
         vector: Sequence[float] | None = None,
     ) -> Record:
-        """Merge ``metadata`` into a live record (keys set to None are removed) and
-        replace the other given fields; raises NotFound if the record is absent."""
         return self._client._run(
-            C.patch(
+            calls.patch(
                 self.name,
                 self.dimension,
                 id,
@@ -232,27 +254,22 @@ class RemoteCollection:
         )
 
     def delete(self, ids: str | Sequence[str] | None = None, *, filter: Mapping[str, Any] | None = None) -> int:
-        """Delete records by id and/or by filter, with their edges; returns how many existed."""
-        return self._client._run(C.delete(self.name, ids, filter))
+        return self._client._run(calls.delete(self.name, ids, filter))
 
     def refresh_ttl(self, ids: str | Sequence[str]) -> int:
-        """Restart the TTL clock of live records that have a TTL; returns how many."""
-        return self._client._run(C.refresh_ttl(self.name, ids))
+        return self._client._run(calls.refresh_ttl(self.name, ids))
 
     # ----------------------------------------------------------------- read
     def get(self, id: str, *, include: Iterable[str] | None = None, refresh_ttl: bool = False) -> Record | None:
-        """The live record with this id, or None. ``include`` defaults to every field."""
-        return self._client._run(C.get_one(self.name, id, include, refresh_ttl))
+        return self._client._run(calls.get_one(self.name, id, include, refresh_ttl))
 
     def get_many(
         self, ids: Sequence[str], *, include: Iterable[str] | None = None, refresh_ttl: bool = False
     ) -> list[Record]:
-        """Live records for these ids, in the given order; missing ids are skipped."""
-        return self._client._run(C.get_many(self.name, ids, include, refresh_ttl))
+        return self._client._run(calls.get_many(self.name, ids, include, refresh_ttl))
 
     def count(self, filter: Mapping[str, Any] | None = None) -> int:
-        """Number of live records (matching ``filter`` if given)."""
-        return self._client._run(C.count(self.name, filter))
+        return self._client._run(calls.count(self.name, filter))
 
     def scan(
         self,
@@ -264,9 +281,8 @@ class RemoteCollection:
         filter: Mapping[str, Any] | None = None,
         include: Iterable[str] | None = None,
     ) -> ScanPage:
-        """A page of live records in id order; pass ``next_cursor`` back for the next page."""
         return self._client._run(
-            C.scan(
+            calls.scan(
                 self.name,
                 cursor=cursor,
                 limit=limit,
@@ -286,12 +302,8 @@ class RemoteCollection:
         limit: int = 100,
         offset: int = 0,
     ) -> list[tuple[str, ...]]:
-        """Distinct namespace paths of live records, sorted, truncated to ``max_depth``.
-
-        ``prefix``/``suffix`` segments may be ``"*"`` to match any one segment.
-        """
         return self._client._run(
-            C.list_namespaces(self.name, prefix, suffix=suffix, max_depth=max_depth, limit=limit, offset=offset)
+            calls.list_namespaces(self.name, prefix, suffix=suffix, max_depth=max_depth, limit=limit, offset=offset)
         )
 
     def search(
@@ -310,9 +322,8 @@ class RemoteCollection:
         min_score: float | None = None,
         refresh_ttl: bool = False,
     ) -> list[Hit]:
-        """Nearest records to ``vector`` (or ``text``), best first; see the engine's ``Collection.search``."""
         return self._client._run(
-            C.search(
+            calls.search(
                 self.name,
                 self.dimension,
                 vector,
@@ -337,16 +348,10 @@ class RemoteCollection:
         *,
         create_missing: bool = False,
     ) -> list[str]:
-        """Create or replace edges (Edges or dicts with src, relation, dst, weight?, properties?).
-
-        Returns each edge's new version, in input order. Unless ``create_missing``,
-        both endpoints must be live records (else NotFound, ``record_not_found``).
-        """
-        return self._client._run(C.link(self.name, edges, create_missing))
+        return self._client._run(calls.link(self.name, edges, create_missing))
 
     def unlink(self, edges: Sequence[Any] | Mapping[str, Any] | Edge) -> int:
-        """Remove edges given as ``(src, relation, dst)`` tuples, dicts or Edges; returns how many were stored."""
-        return self._client._run(C.unlink(self.name, edges))
+        return self._client._run(calls.unlink(self.name, edges))
 
     def edges(
         self,
@@ -356,8 +361,7 @@ class RemoteCollection:
         relation: str | None = None,
         limit: int = 1000,
     ) -> list[Edge]:
-        """Visible edges of a live record: ``out``, ``in`` or ``both`` (out first)."""
-        return self._client._run(C.edges(self.name, id, direction=direction, relation=relation, limit=limit))
+        return self._client._run(calls.edges(self.name, id, direction=direction, relation=relation, limit=limit))
 
     def neighbors(
         self,
@@ -371,9 +375,8 @@ class RemoteCollection:
         include: Iterable[str] | None = ("metadata", "text"),
         timeout_ms: float = 2000,
     ) -> list[Hit]:
-        """Records reachable from ``id`` within ``hops`` edges, breadth-first, with ``hop`` and ``path``."""
         return self._client._run(
-            C.neighbors(
+            calls.neighbors(
                 self.name,
                 id,
                 hops=hops,
@@ -397,9 +400,8 @@ class RemoteCollection:
         include: Iterable[str] | None = ("metadata", "text"),
         timeout_ms: float = 2000,
     ) -> dict[str, list[Any]]:
-        """The neighbourhood of ``ids``: ``{"nodes": [Record], "edges": [Edge]}``."""
         return self._client._run(
-            C.subgraph(
+            calls.subgraph(
                 self.name,
                 ids,
                 hops=hops,
@@ -423,21 +425,8 @@ class RemoteCollection:
         source_id: str | None = None,
         timeout: float | None = None,
     ) -> ExtractResult:
-        """Extract entities and relations from ``text`` with the server's model and store them.
-
-        As the engine's ``Collection.extract``, except that the model is the
-        one the server's operator configured (``extraction.*`` settings), so
-        ``extractor`` must be left out. Entities become records, relations
-        edges, in one atomic write; nothing is written when the model's answer
-        is rejected (``UpstreamError``, code ``invalid_extraction``). Raises
-        ``FailedPrecondition`` (``extraction_not_configured``) when the server
-        has no model, ``RateLimited`` (``extraction_busy``) when it runs as many
-        extractions as it allows. ``timeout`` (seconds) defaults to the
-        client's timeout but at least 120 s. Not retried after an ambiguous
-        failure: a repeat would count the entities' mentions twice.
-        """
         return self._client._run(
-            C.extract(
+            calls.extract(
                 self.name,
                 text,
                 extractor,
@@ -445,7 +434,7 @@ class RemoteCollection:
                 namespace=namespace,
                 dedupe_threshold=dedupe_threshold,
                 source_id=source_id,
-                timeout=C.extract_timeout(self._client.timeout, timeout),
+                timeout=calls.extract_timeout(self._client.timeout, timeout),
             )
         )
 

@@ -1,4 +1,4 @@
-"""Server-side embedding providers behind one interface (design §6).
+"""Server-side embedding providers behind one interface (a collection's ``embedder``).
 
 - ``none``: the client sends vectors; :func:`make_embedder` returns ``None``.
 - ``local``: sentence-transformers all-MiniLM-L6-v2, offline (extra ``engramdb[local]``).

@@ -16,8 +16,8 @@ import httpx
 import numpy as np
 
 from engramdb.embed.base import Embedder, FloatMatrix, check_texts
-from engramdb.embed.openai_http import OpenAICompatClient
 from engramdb.errors import InvalidArgument, UpstreamError
+from engramdb.openai_http import OpenAICompatClient
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_BATCH_SIZE = 256

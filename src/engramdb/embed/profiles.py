@@ -21,16 +21,37 @@ import logging
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Literal, Protocol
 
 from engramdb.embed.base import Embedder, FloatMatrix, check_texts
 from engramdb.errors import EngramError, FailedPrecondition, InvalidArgument
 from engramdb.types import CollectionConfig, EmbedderConfig
 
-if TYPE_CHECKING:
-    from engramdb.config import EmbedderProfile
-
 log = logging.getLogger("engramdb.embed")
+
+
+class EmbedderProfile(Protocol):
+    """What the resolver reads of an operator's embedder profile (``config.EmbedderProfile``, one layer up)."""
+
+    @property
+    def provider(self) -> Literal["local", "openai"]: ...
+    @property
+    def model(self) -> str | None: ...
+    @property
+    def base_url(self) -> str | None: ...
+    @property
+    def api_key_env(self) -> str | None: ...
+    @property
+    def api_key_file(self) -> Path | None: ...
+    @property
+    def timeout_seconds(self) -> float: ...
+    @property
+    def max_retries(self) -> int: ...
+    @property
+    def dimension(self) -> int | None: ...
+    @property
+    def enabled(self) -> bool: ...
+
 
 PROFILE_DETAIL = "embedder_profile"
 """``details`` key naming the profile whose embedder raised an error; the server makes such errors generic."""
@@ -117,7 +138,7 @@ def _path(p: str | Path | None) -> str | None:
 
 def _endpoint(base_url: str | None) -> str | None:
     from engramdb.embed.openai import DEFAULT_BASE_URL
-    from engramdb.embed.openai_http import endpoint_url
+    from engramdb.openai_http import endpoint_url
 
     try:
         return endpoint_url(base_url or DEFAULT_BASE_URL, "embeddings")

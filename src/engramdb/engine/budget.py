@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Final
 
-from ..errors import DeadlineExceeded, InvalidArgument
+from engramdb.errors import DeadlineExceeded, InvalidArgument
 
 __all__ = ["CHECK_EVERY", "Deadline", "current_deadline", "query_budget"]
 

@@ -6,35 +6,32 @@ import ctypes
 import functools
 import logging
 import os
-import struct
 import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..config import Settings
-from ..config import load as load_settings
-from ..errors import AlreadyExists, Closed, InvalidArgument, NotFound
-from ..storage import keys as K
-from ..storage.codec import RecordRow, decode_record, pack, unpack
-from ..storage.store import Mutation, Store, is_failure
-from ..types import CollectionConfig
-from . import validate as V
-from .collection import Collection
-from .graph import edge_tombstones
-from .hlc import HLC
+from engramdb import validation
+from engramdb.api import DatabaseAPI
+from engramdb.config import Settings
+from engramdb.config import load as load_settings
+from engramdb.engine.collection import Collection
+from engramdb.engine.graph import edge_tombstones
+from engramdb.engine.hlc import HLC
+from engramdb.engine.metadata import Metadata
+from engramdb.errors import AlreadyExists, Closed, InvalidArgument, NotFound, is_failure
+from engramdb.storage import keyspace
+from engramdb.storage.codec import RecordRow, decode_record, pack, unpack
+from engramdb.storage.store import Mutation, Store
+from engramdb.types import CollectionConfig
 
 if TYPE_CHECKING:
-    from ..embed.profiles import EmbedderResolver
+    from engramdb.embed.profiles import EmbedderResolver
 
 log = logging.getLogger("engramdb.database")
 
 DEFAULT_TENANT = "default"
-_TENANT = b"t|"
-_COLL = b"c|"
-_COUNTER = b"#"
-_U32 = struct.Struct(">I")
 
 
 _libc: Any = None
@@ -63,7 +60,7 @@ def release_free_memory() -> None:
         _libc.malloc_trim(0)
 
 
-class Database:
+class Database(DatabaseAPI):
     """An EngramDB data directory opened in this process.
 
     Use :func:`engramdb.open`. Thread-safe; close it (or use it as a context
@@ -86,6 +83,8 @@ class Database:
             block_cache_mb=s.block_cache_mb,
             tombstone_grace_seconds=s.tombstone_grace_seconds,
         )
+        # Rows of the layers above the engine (API keys): they reach storage only through this.
+        self.metadata = Metadata(self.store)
         self.hlc = HLC(self.settings.node_id)
         # After a restart with the wall clock behind the newest stored write,
         # new writes must still win over it: start the clock past it.
@@ -108,8 +107,8 @@ class Database:
             self._start("engramdb-snapshot", self._snapshot_loop)
 
     # --------------------------------------------------------------- tenants
-    def _next_id(self, counter: bytes) -> int:
-        key = _COUNTER + counter
+    def _next_id(self, counter: str) -> int:
+        key = keyspace.counter_key(counter)
         raw = self.store.get("meta", key)
         n = (unpack(raw) if raw else 0) + 1
         self.store.write_meta({key: pack(n)})
@@ -117,23 +116,23 @@ class Database:
 
     def ensure_tenant(self, name: str) -> int:
         """The tenant's numeric id, creating the tenant if needed."""
-        V.name(name, "tenant name")
+        validation.name(name, "tenant name")
         with self._lock:
-            raw = self.store.get("meta", _TENANT + name.encode())
+            raw = self.store.get("meta", keyspace.tenant_key(name))
             if raw is not None:
                 return int(unpack(raw)["id"])
-            tid = self._next_id(b"tenant")
-            self.store.write_meta({_TENANT + name.encode(): pack({"id": tid, "created_at": time.time()})})
+            tid = self._next_id("tenant")
+            self.store.write_meta({keyspace.tenant_key(name): pack({"id": tid, "created_at": time.time()})})
             return tid
 
     def tenant_id(self, name: str) -> int:
-        raw = self.store.get("meta", _TENANT + name.encode())
+        raw = self.store.get("meta", keyspace.tenant_key(name))
         if raw is None:
             raise NotFound(f"tenant {name!r} does not exist", code="tenant_not_found")
         return int(unpack(raw)["id"])
 
     def list_tenants(self) -> list[str]:
-        return [k[len(_TENANT) :].decode() for k, _ in self.store.iter_prefix("meta", _TENANT)]
+        return [keyspace.tenant_name_of(k) for k, _ in self.store.iter_prefix("meta", keyspace.TENANT_PREFIX)]
 
     # ----------------------------------------------------------- collections
     def _check_open(self) -> None:
@@ -154,14 +153,10 @@ class Database:
         text_index: bool = True,
         exist_ok: bool = False,
     ) -> Collection:
-        """Create a collection. With ``exist_ok`` an identical existing one is returned.
-
-        ``dimension`` may be omitted when ``embedder`` determines it.
-        """
         self._check_open()
         emb = None
         if embedder is not None:
-            from ..types import EmbedderConfig
+            from engramdb.types import EmbedderConfig
 
             try:
                 ecfg = EmbedderConfig.model_validate(dict(embedder))
@@ -198,7 +193,7 @@ class Database:
             raise
         with self._lock:
             tid = self.ensure_tenant(tenant)
-            key = _COLL + _U32.pack(tid) + name.encode()
+            key = keyspace.collection_key(tid, name)
             raw = self.store.get("meta", key)
             if raw is not None:
                 existing = self.get_collection(name, tenant=tenant)
@@ -209,7 +204,7 @@ class Database:
                     + (" with a different configuration" if exist_ok else ""),
                     code="collection_exists",
                 )
-            cid = self._next_id(b"collection")
+            cid = self._next_id("collection")
             self.store.write_meta(
                 {key: pack({"id": cid, "config": cfg.model_dump(mode="json"), "created_at": time.time()})}
             )
@@ -238,8 +233,8 @@ class Database:
     def _resolver(self) -> EmbedderResolver:
         # Built on first use: importing the embedders (httpx) is not needed by collections without one.
         if self._embedders is None:
-            from ..config import embedder_profiles
-            from ..embed.profiles import EmbedderResolver
+            from engramdb.config import embedder_profiles
+            from engramdb.embed.profiles import EmbedderResolver
 
             self._embedders = EmbedderResolver(embedder_profiles(self.settings))
         return self._embedders
@@ -260,7 +255,6 @@ class Database:
                     coll.embedder = self._resolver().for_collection(coll.config, allow_inline=False)
 
     def get_collection(self, name: str, *, tenant: str = DEFAULT_TENANT) -> Collection:
-        """The named collection; raises NotFound (code ``collection_not_found``)."""
         self._check_open()
         with self._lock:
             coll = self._collections.get((tenant, name))
@@ -268,10 +262,10 @@ class Database:
                 return coll
             raw = None
             tid = None
-            traw = self.store.get("meta", _TENANT + tenant.encode()) if isinstance(tenant, str) else None
+            traw = self.store.get("meta", keyspace.tenant_key(tenant)) if isinstance(tenant, str) else None
             if traw is not None and isinstance(name, str):
                 tid = int(unpack(traw)["id"])
-                raw = self.store.get("meta", _COLL + _U32.pack(tid) + name.encode())
+                raw = self.store.get("meta", keyspace.collection_key(tid, name))
             if raw is None or tid is None:
                 raise NotFound(
                     f"collection {name!r} does not exist in tenant {tenant!r}; create it first",
@@ -283,29 +277,28 @@ class Database:
             return coll
 
     def list_collections(self, *, tenant: str = DEFAULT_TENANT) -> list[CollectionConfig]:
-        """Configurations of the tenant's collections, sorted by name."""
         self._check_open()
         try:
             tid = self.tenant_id(tenant)
         except NotFound:
             return []
-        prefix = _COLL + _U32.pack(tid)
+        prefix = keyspace.collections_prefix(tid)
         return [CollectionConfig.from_stored(unpack(v)["config"]) for _, v in self.store.iter_prefix("meta", prefix)]
 
     def delete_collection(self, name: str, *, tenant: str = DEFAULT_TENANT) -> None:
-        """Delete a collection with all its records, edges and index files."""
         self._check_open()
         with self._lock:
             coll = self.get_collection(name, tenant=tenant)
-            key = _COLL + _U32.pack(coll.tenant_id) + name.encode()
+            key = keyspace.collection_key(coll.tenant_id, name)
             self.store.write_meta({}, [key])
             self._collections.pop((tenant, name), None)
             coll.drop_files()
             p = coll.prefix
             for cf in ("records", "edges_out", "edges_in", "vectors"):
-                self.store.delete_range(cf, p, K.prefix_end(p))
-            self.store.delete_range("meta", b"n" + p, K.prefix_end(b"n" + p))
-            self.store.write_meta({}, [b"w|" + p])  # its changelog trimming mark
+                self.store.delete_range(cf, p, keyspace.prefix_end(p))
+            ns_index = keyspace.namespace_index_prefix(p)
+            self.store.delete_range("meta", ns_index, keyspace.prefix_end(ns_index))
+            self.store.write_meta({}, [keyspace.idle_mark_key(p)])  # its changelog trimming mark
 
     def collections(self) -> list[Collection]:
         """Every collection of every tenant (opened, not necessarily loaded)."""
@@ -363,11 +356,11 @@ class Database:
         expire: list[Mutation] = []
         purge: list[tuple[bytes, bytes]] = []
         for tk, _ in self.store.iter_prefix("ttl", b""):
-            when, kind, key = K.parse_ttl_key(tk)
+            when, kind, key = keyspace.parse_ttl_key(tk)
             if when > now_ms or handled >= limit:
                 break
             handled += 1
-            if kind == K.TTL_EXPIRE:
+            if kind == keyspace.TTL_EXPIRE:
                 raw = self.store.get("records", key)
                 row = decode_record(raw) if raw is not None else None
                 if row is None or row.deleted or row.expires_at is None or int(row.expires_at * 1000) != when:
@@ -376,7 +369,7 @@ class Database:
                 hlc, node = self.hlc.now()
                 expire.append(
                     Mutation(
-                        K.CHANGE_RECORD,
+                        keyspace.CHANGE_RECORD,
                         key[:8],
                         key,
                         RecordRow(hlc, node, True, updated_at=time.time()),
@@ -384,7 +377,7 @@ class Database:
                     )
                 )
             else:
-                cf = "records" if kind == K.TTL_PURGE_RECORD else "edges_out"
+                cf = "records" if kind == keyspace.TTL_PURGE_RECORD else "edges_out"
                 raw = self.store.get(cf, key)
                 purge.append((tk, raw if raw is not None else b"\x00"))
         if expire:
@@ -396,7 +389,9 @@ class Database:
                 m
                 for c in changes
                 if c.applied
-                for m in edge_tombstones(self.store, self.hlc, c.mutation.prefix, K.record_id_of(c.mutation.key), now_s)
+                for m in edge_tombstones(
+                    self.store, self.hlc, c.mutation.prefix, keyspace.record_id_of(c.mutation.key), now_s
+                )
             ]
             if gone:
                 self.store.apply(gone)
@@ -415,8 +410,10 @@ class Database:
                 due = time.monotonic() - last >= ix.snapshot_interval_seconds
                 saved = False
                 for coll in list(self._collections.values()):
-                    if coll.loaded and (coll.dirty >= ix.snapshot_after_changes or (due and coll.dirty)):
-                        saved = coll.snapshot(in_child=ix.snapshot_in_child) or saved
+                    if coll.loaded and (
+                        coll.indexes.dirty >= ix.snapshot_after_changes or (due and coll.indexes.dirty)
+                    ):
+                        saved = coll.indexes.snapshot(in_child=ix.snapshot_in_child) or saved
                 seq = self.store.seq
                 if seq != prev:
                     wrote_at, flushed = time.monotonic(), False
@@ -442,14 +439,14 @@ class Database:
     def snapshot(self) -> None:
         """Snapshot every loaded collection's indexes now."""
         for coll in list(self._collections.values()):
-            coll.snapshot()
+            coll.indexes.snapshot()
         self.trim_changelog()
 
     def trim_changelog(self) -> None:
         """Drop changelog entries every collection's snapshot already contains."""
         marks = []
         for coll in self.collections():
-            mark = coll.advance_watermark() if coll.loaded else coll.trim_mark()
+            mark = coll.indexes.advance_watermark() if coll.loaded else coll.indexes.trim_mark()
             if mark is not None:
                 marks.append(mark)
         if not marks:
@@ -459,7 +456,7 @@ class Database:
         # storage holds, after a lost WAL tail, must not trim it away).
         upto = min(*marks, self.store.notified_seq)
         if upto > 0:
-            self.store.delete_range("changes", K.seq_key(0), K.seq_key(upto))
+            self.store.delete_range("changes", keyspace.seq_key(0), keyspace.seq_key(upto))
 
     # -------------------------------------------------------------- lifecycle
     # ---------------------------------------------------------------- health
@@ -481,7 +478,7 @@ class Database:
                 if not t.is_alive() and t.name not in self._thread_errors:
                     out.append(f"the {t.name} thread is gone")
         for coll in list(self._collections.values()):
-            cp = coll.problem()
+            cp = coll.indexes.problem()
             if cp is not None:
                 out.append(f"{coll.tenant}/{coll.name}: {cp}")
         return out
@@ -493,7 +490,6 @@ class Database:
 
     # -------------------------------------------------------------- lifecycle
     def close(self) -> None:
-        """Snapshot indexes, stop background tasks and close storage."""
         self.close_within(None)
 
     def close_within(self, timeout: float | None) -> bool:

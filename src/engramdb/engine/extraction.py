@@ -12,22 +12,24 @@ the whole extraction is stored or nothing is.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from ..errors import FailedPrecondition, InvalidArgument
-from ..extract.schema import Extraction, normalise_name
-from ..storage import keys as K
-from ..storage.codec import EdgeRow, RecordRow
-from ..storage.store import Mutation
-from ..types import ExtractResult
-from . import validate as V
-from .hlc import version_str
+from engramdb import validation
+from engramdb.engine.hlc import version_str
+from engramdb.errors import FailedPrecondition, InvalidArgument
+from engramdb.extract.schema import Extraction, normalise_name
+from engramdb.storage import keyspace
+from engramdb.storage.codec import EdgeRow, RecordRow
+from engramdb.storage.store import Mutation
+from engramdb.types import ExtractResult, Hit, Record
 
 if TYPE_CHECKING:
-    from .collection import Collection
+    from engramdb.embed import Embedder
+    from engramdb.engine.hlc import HLC
+    from engramdb.storage.store import Store
 
 ENTITY_PREFIX = "entity:"
 MAX_ID_NAME_BYTES = 400
@@ -37,6 +39,42 @@ class Extractor(Protocol):
     """What ``extract`` needs: :class:`engramdb.extract.ChatExtractor` or anything with its ``extract``."""
 
     def extract(self, text: str, *, instructions: str | None = None) -> Extraction: ...
+
+
+class ExtractTarget(Protocol):
+    """What an extraction needs of a collection (:class:`~engramdb.engine.collection.Collection`)."""
+
+    @property
+    def dimension(self) -> int: ...
+
+    @property
+    def metric(self) -> str: ...
+
+    @property
+    def embedder(self) -> Embedder | None: ...
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def hlc(self) -> HLC: ...
+
+    @property
+    def prefix(self) -> bytes: ...
+
+    def get(self, id: str, *, include: Iterable[str] | None = None) -> Record | None: ...
+
+    def get_many(self, ids: Sequence[str], *, include: Iterable[str] | None = None) -> list[Record]: ...
+
+    def search(
+        self,
+        vector: np.ndarray,
+        k: int = 10,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        include: Iterable[str] | None = ("metadata", "text"),
+        min_score: float | None = None,
+    ) -> list[Hit]: ...
 
 
 # ExtractResult lives in engramdb.types (shared with the remote clients); re-exported here.
@@ -52,7 +90,7 @@ def entity_id(name: str) -> str:
 
 
 def extract_into(
-    coll: Collection,
+    coll: ExtractTarget,
     text: str,
     extractor: Extractor,
     *,
@@ -74,9 +112,9 @@ def extract_into(
         or not 0 < dedupe_threshold <= 1
     ):
         raise InvalidArgument("dedupe_threshold must be a number in (0, 1]", code="invalid_argument")
-    ns = V.namespace(namespace)
+    ns = validation.namespace(namespace)
     if source_id is not None:
-        V.record_id(source_id, "source_id")
+        validation.record_id(source_id, "source_id")
     extraction = extractor.extract(text, instructions=instructions)
     if not extraction.entities:
         return ExtractResult()
@@ -140,28 +178,28 @@ def extract_into(
             created_at=now,
             updated_at=now,
             namespace=ns or (old.namespace if old is not None else ()),
-            metadata=V.metadata(md),
-            text=V.text(desc),
-            vector=V.vector(vec, coll.dimension, coll.metric).tobytes(),
+            metadata=validation.metadata(md),
+            text=validation.text(desc),
+            vector=validation.vector(vec, coll.dimension, coll.metric).tobytes(),
             importance=old.importance if old is not None else None,
         )
-        muts.append(Mutation(K.CHANGE_RECORD, coll.prefix, K.record_key(coll.prefix, rid), row))
+        muts.append(Mutation(keyspace.CHANGE_RECORD, coll.prefix, keyspace.record_key(coll.prefix, rid), row))
         written[rid] = {"id": rid, "name": ent.name, "type": ent.type, "merged": old is not None}
 
     edges = []
     for rel in extraction.relations:
         src = target_of[normalise_name(rel.source)]
         dst = target_of[normalise_name(rel.target)]
-        relation = V.relation(rel.relation)
+        relation = validation.relation(rel.relation)
         hlc, node = coll.hlc.now()
         props = {"source_id": source_id} if source_id is not None else {}
         muts.append(
             Mutation(
-                K.CHANGE_EDGE,
+                keyspace.CHANGE_EDGE,
                 coll.prefix,
-                K.edge_out_key(coll.prefix, src, relation, dst),
+                keyspace.edge_out_key(coll.prefix, src, relation, dst),
                 EdgeRow(hlc, node, False, float(rel.weight), props, now),
-                in_key=K.edge_in_key(coll.prefix, src, relation, dst),
+                in_key=keyspace.edge_in_key(coll.prefix, src, relation, dst),
             )
         )
         edges.append(

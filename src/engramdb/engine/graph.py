@@ -22,39 +22,32 @@ from __future__ import annotations
 
 import contextlib
 import heapq
-import math
 import struct
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ..errors import DeadlineExceeded, InvalidArgument, NotFound
-from ..storage import keys as K
-from ..storage.codec import EdgeRow, RecordRow, decode_edge
-from ..storage.store import Mutation, Store
-from ..types import MAX_K, Edge, Hit, Record
-from . import validate as V
-from .hlc import HLC, version_str
+from engramdb import validation
+from engramdb.engine.hlc import HLC, version_str
+from engramdb.errors import DeadlineExceeded, InvalidArgument, NotFound
+from engramdb.storage import keyspace
+from engramdb.storage.codec import EdgeRow, RecordRow, decode_edge
+from engramdb.storage.store import Mutation, Store
+from engramdb.types import Edge, Hit, Record
 
 if TYPE_CHECKING:
-    from ..index.vector import VectorIndex
-    from ..storage.store import Store
-    from .collection import Collection
-    from .filters import Filter
-    from .hlc import HLC
+    from engramdb.engine.hlc import HLC
+    from engramdb.engine.records import RecordReader
+    from engramdb.filters import Filter
+    from engramdb.storage.store import Store
 
-MAX_HOPS = 5
-MAX_FANOUT = 1000
-MAX_LIMIT = 10_000
-MAX_TIMEOUT_MS = 60_000
 # Edge rows read per node and direction during a traversal. A hub with more
 # edges than this is only partly explored; without a cap one celebrity node
 # could make every traversal that touches it scan millions of rows.
 SCAN_CAP = 10_000
 DEFAULT_GRAPH_TIMEOUT_MS = 2000
 
-_DIRECTIONS = ("out", "in", "both")
 _EDGE_FIELDS = frozenset({"src", "relation", "dst", "weight", "properties", "version"})
 _EXPAND_KEYS = frozenset(
     {"hops", "relations", "direction", "fanout", "limit", "decay", "timeout_ms", "seeds", "use_importance"}
@@ -64,52 +57,32 @@ _DEFAULT_INCLUDE = ("metadata", "text")
 EdgeKey = tuple[str, str, str]
 
 
-# ------------------------------------------------------------------ validation
-def _int_arg(value: Any, where: str, lo: int, hi: int, code: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise InvalidArgument(f"{where} must be an integer from {lo} to {hi}, got {value!r}", code=code)
-    return value
+class GraphIndexes(Protocol):
+    """What graph reads of a collection's indexes (:class:`~engramdb.engine.indexes.CollectionIndexes`)."""
+
+    def alive_fn(self) -> Callable[[str], bool]:
+        """A liveness test for record ids at a fixed 'now', from memory."""
+        ...
 
 
-def _hops(value: Any, where: str = "hops", lo: int = 1) -> int:
-    return _int_arg(value, where, lo, MAX_HOPS, "invalid_hops")
+class ExpandTarget(Protocol):
+    """What graph expansion of search hits needs of a collection (:func:`expand_hits`)."""
 
+    @property
+    def store(self) -> Store: ...
 
-def _direction(value: Any, where: str = "direction") -> str:
-    if value not in _DIRECTIONS:
-        raise InvalidArgument(f"{where} must be one of {list(_DIRECTIONS)}, got {value!r}", code="invalid_direction")
-    return str(value)
+    @property
+    def prefix(self) -> bytes: ...
 
+    @property
+    def indexes(self) -> GraphIndexes: ...
 
-def _relations(value: Any, where: str = "relations") -> tuple[str, ...] | None:
-    """None (every relation) or a de-duplicated tuple of valid relation names."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, Sequence) or not value:
-        raise InvalidArgument(
-            f"{where} must be a non-empty list of relation names, or null for every relation",
-            code="invalid_relation",
-        )
-    return tuple(dict.fromkeys(V.relation_ref(r) for r in value))
-
-
-def _timeout(value: Any, where: str) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or not 0 < value <= MAX_TIMEOUT_MS
-    ):
-        raise InvalidArgument(
-            f"{where} must be a number of milliseconds in (0, {MAX_TIMEOUT_MS}], got {value!r}", code="invalid_timeout"
-        )
-    return float(value)
+    @property
+    def reader(self) -> RecordReader: ...
 
 
 def _include(value: Iterable[str] | None) -> frozenset[str]:
-    return V.include(value)
+    return validation.include(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,15 +114,15 @@ def _edge_dict(item: Any, where: str) -> Mapping[str, Any]:
 
 def _parse_new_edge(item: Any, where: str) -> _NewEdge:
     d = _edge_dict(item, where)
-    src = V.record_id(d.get("src"), f"{where}.src")
-    dst = V.record_id(d.get("dst"), f"{where}.dst")
+    src = validation.record_id(d.get("src"), f"{where}.src")
+    dst = validation.record_id(d.get("dst"), f"{where}.dst")
     try:
-        rel = V.relation(d.get("relation"))
+        rel = validation.relation(d.get("relation"))
     except InvalidArgument as e:
         raise InvalidArgument(f"{where}.{e.message}", code=e.code) from e
-    weight = V.edge_weight(d.get("weight"), f"{where}.weight")
+    weight = validation.edge_weight(d.get("weight"), f"{where}.weight")
     try:
-        props = V.metadata(d.get("properties"))
+        props = validation.metadata(d.get("properties"))
     except InvalidArgument as e:
         # The shared JSON checks speak of "metadata"; say which field it was.
         raise InvalidArgument(f"{where}.properties: {e.message}", code="invalid_properties") from e
@@ -168,11 +141,11 @@ def _parse_edge_key(item: Any, where: str) -> EdgeKey:
             f"{where} must be a (src, relation, dst) tuple, a dict with those keys, or an Edge", code="invalid_edge"
         )
     try:
-        relation = V.relation_ref(rel)
+        relation = validation.relation_ref(rel)
     except InvalidArgument as e:
         raise InvalidArgument(f"{where}.{e.message}", code=e.code) from e
     # Naming an edge to remove: edges stored before control characters were refused stay removable.
-    return (V.record_ref(src, f"{where}.src"), relation, V.record_ref(dst, f"{where}.dst"))
+    return (validation.record_ref(src, f"{where}.src"), relation, validation.record_ref(dst, f"{where}.dst"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,14 +188,16 @@ def parse_expand(spec: Any) -> ExpandSpec:
         raise InvalidArgument("expand.use_importance must be true or false", code="invalid_expand")
     seeds = s.get("seeds")
     return ExpandSpec(
-        hops=_hops(s.get("hops", d.hops), "expand.hops"),
-        relations=_relations(s.get("relations"), "expand.relations"),
-        direction=_direction(s.get("direction", d.direction), "expand.direction"),
-        fanout=_int_arg(s.get("fanout", d.fanout), "expand.fanout", 1, MAX_FANOUT, "invalid_expand"),
-        limit=_int_arg(s.get("limit", d.limit), "expand.limit", 1, MAX_LIMIT, "invalid_expand"),
+        hops=validation.hops(s.get("hops", d.hops), "expand.hops"),
+        relations=validation.relations(s.get("relations"), "expand.relations"),
+        direction=validation.direction(s.get("direction", d.direction), "expand.direction"),
+        fanout=validation.fanout(s.get("fanout", d.fanout), "expand.fanout", "invalid_expand"),
+        limit=validation.graph_limit(s.get("limit", d.limit), "expand.limit", "invalid_expand"),
         decay=float(decay),
-        timeout_ms=_timeout(s.get("timeout_ms", d.timeout_ms), "expand.timeout_ms"),
-        seeds=None if seeds is None else _int_arg(seeds, "expand.seeds", 1, MAX_K, "invalid_expand"),
+        timeout_ms=validation.timeout_ms(s.get("timeout_ms", d.timeout_ms), "expand.timeout_ms"),
+        seeds=None
+        if seeds is None
+        else validation.int_in_range(seeds, "expand.seeds", 1, validation.MAX_K, "invalid_expand"),
         use_importance=use_imp,
     )
 
@@ -282,12 +257,14 @@ class _EdgeReader:
         it = self._its.get(cf)
         if it is None:
             it = self._its[cf] = self._stack.enter_context(self.store.iterator(cf, self.prefix))
-        node_prefix = K.edge_node_prefix(self.prefix, node)
+        node_prefix = keyspace.edge_node_prefix(self.prefix, node)
         # Keys are prefix | u16 len + node | u16 len + relation | other node
-        # (storage/keys.py); parsing just the tail after the known node prefix
+        # (storage/keyspace.py); parsing just the tail after the known node prefix
         # is the hot loop of every traversal.
         off = len(node_prefix)
-        prefixes = [node_prefix] if relations is None else [K.edge_node_prefix(self.prefix, node, r) for r in relations]
+        prefixes = (
+            [node_prefix] if relations is None else [keyspace.edge_node_prefix(self.prefix, node, r) for r in relations]
+        )
         n = 0
         for p in prefixes:
             it.seek(p)
@@ -301,6 +278,22 @@ class _EdgeReader:
                 if cap is not None and n >= cap:
                     return
                 it.next()
+
+
+def _adjacent(rd: _EdgeReader, node: str, direction: str, relations: tuple[str, ...] | None) -> list[_Adj]:
+    """Stored, non-tombstoned edges of ``node`` (liveness of the other end is the caller's check)."""
+    out: list[_Adj] = []
+    if direction in ("out", "both"):
+        for r, dst, v in rd.scan("edges_out", node, relations, SCAN_CAP):
+            row = decode_edge(v)
+            if not row.deleted:
+                out.append(_Adj(dst, node, r, dst, row.weight))
+    if direction in ("in", "both"):
+        for r, src, v in rd.scan("edges_in", node, relations, SCAN_CAP):
+            row = decode_edge(v)
+            if not row.deleted:
+                out.append(_Adj(src, src, r, node, row.weight))
+    return out
 
 
 def _importance_factor(row: RecordRow | None) -> float:
@@ -323,19 +316,12 @@ class GraphMixin:
         def name(self) -> str: ...
 
         @property
-        def vindex(self) -> VectorIndex: ...
+        def indexes(self) -> GraphIndexes: ...
+
+        @property
+        def reader(self) -> RecordReader: ...
 
         def _check_open(self) -> None: ...
-
-        def rows(self, rids: Sequence[str]) -> list[RecordRow | None]: ...
-
-        def _records(
-            self,
-            pairs: Sequence[tuple[str, RecordRow | None]],
-            inc: frozenset[str],
-            now: float,
-            flt: Filter | None = None,
-        ) -> list[Record | None]: ...
 
         def _edge_tombstones(self, rid: str, now: float) -> list[Mutation]: ...
 
@@ -343,24 +329,11 @@ class GraphMixin:
     def link(
         self, edges: Edge | Mapping[str, Any] | Sequence[Edge | Mapping[str, Any]], *, create_missing: bool = False
     ) -> list[str]:
-        """Create or replace edges; returns each edge's new version, in input order.
-
-        Items are :class:`~engramdb.Edge` objects or dicts with ``src``,
-        ``relation``, ``dst`` and optional ``weight`` (finite, default 1.0) and
-        ``properties`` (JSON object). The batch is validated as a whole first:
-        if any edge is invalid, or (unless ``create_missing``) an endpoint is not
-        a live record, nothing is written and ``NotFound`` (code
-        ``record_not_found``) names the missing ids.
-
-        ``create_missing=True`` does not create records: it only allows storing
-        edges whose endpoints do not exist (yet). Such edges are invisible to
-        every read and traversal until both endpoints are live records.
-        """
         self._check_open()
         if not isinstance(create_missing, bool):
             raise InvalidArgument("create_missing must be true or false", code="invalid_argument")
         items: list[Any] = [edges] if isinstance(edges, (Edge, Mapping)) else list(edges)
-        V.batch(items, "edges")
+        validation.batch(items, "edges")
         parsed = [_parse_new_edge(it, f"edges[{i}]") for i, it in enumerate(items)]
         seen: set[EdgeKey] = set()
         for i, e in enumerate(parsed):
@@ -388,11 +361,11 @@ class GraphMixin:
             hlc, node = self.hlc.now()
             muts.append(
                 Mutation(
-                    K.CHANGE_EDGE,
+                    keyspace.CHANGE_EDGE,
                     self.prefix,
-                    K.edge_out_key(self.prefix, e.src, e.relation, e.dst),
+                    keyspace.edge_out_key(self.prefix, e.src, e.relation, e.dst),
                     EdgeRow(hlc, node, False, e.weight, e.properties, updated_at=now),
-                    in_key=K.edge_in_key(self.prefix, e.src, e.relation, e.dst),
+                    in_key=keyspace.edge_in_key(self.prefix, e.src, e.relation, e.dst),
                 )
             )
         self.store.apply(muts)
@@ -408,18 +381,13 @@ class GraphMixin:
         return [version_str(m.row.version) for m in muts]
 
     def unlink(self, edges: Sequence[Any] | Mapping[str, Any] | Edge) -> int:
-        """Remove edges given as ``(src, relation, dst)`` tuples, dicts or Edges.
-
-        Returns how many of them were stored (dangling edges count; edges that
-        were absent or already removed do not). Validated as a whole first.
-        """
         self._check_open()
         items: list[Any] = [edges] if isinstance(edges, (Edge, Mapping)) else list(edges)
-        V.batch(items, "edges")
+        validation.batch(items, "edges")
         keys = list(dict.fromkeys(_parse_edge_key(it, f"edges[{i}]") for i, it in enumerate(items)))
         if not keys:
             return 0
-        out_keys = [K.edge_out_key(self.prefix, s, r, d) for s, r, d in keys]
+        out_keys = [keyspace.edge_out_key(self.prefix, s, r, d) for s, r, d in keys]
         now = time.time()
         muts: list[Mutation] = []
         for (s, r, d), ok, raw in zip(keys, out_keys, self.store.multi_get("edges_out", out_keys), strict=True):
@@ -429,11 +397,11 @@ class GraphMixin:
             hlc, node = self.hlc.now()
             muts.append(
                 Mutation(
-                    K.CHANGE_EDGE,
+                    keyspace.CHANGE_EDGE,
                     self.prefix,
                     ok,
                     EdgeRow(hlc, node, True, updated_at=now),
-                    in_key=K.edge_in_key(self.prefix, s, r, d),
+                    in_key=keyspace.edge_in_key(self.prefix, s, r, d),
                 )
             )
         if not muts:
@@ -450,26 +418,21 @@ class GraphMixin:
         relation: str | None = None,
         limit: int = 1000,
     ) -> list[Edge]:
-        """Visible edges of a live record: outgoing, incoming or both (out first).
-
-        Edges whose other endpoint is missing, deleted or expired are left out.
-        Raises ``NotFound`` (``record_not_found``) if ``id`` is not a live record.
-        """
         self._check_open()
-        rid = V.record_ref(id)
-        direction = _direction(direction)
-        rel = None if relation is None else V.relation_ref(relation)
-        limit = _int_arg(limit, "limit", 1, MAX_LIMIT, "invalid_limit")
-        alive = self._alive_fn()
+        rid = validation.record_ref(id)
+        direction = validation.direction(direction)
+        rel = None if relation is None else validation.relation_ref(relation)
+        limit = validation.graph_limit(limit)
+        alive = self.indexes.alive_fn()
         self._require_live(rid, alive)
         out: list[Edge] = []
         seen: set[EdgeKey] = set()
         for cf in ("edges_out", "edges_in") if direction == "both" else (f"edges_{direction}",):
-            for k, v in self.store.iter_prefix(cf, K.edge_node_prefix(self.prefix, rid, rel)):
+            for k, v in self.store.iter_prefix(cf, keyspace.edge_node_prefix(self.prefix, rid, rel)):
                 row = decode_edge(v)
                 if row.deleted:
                     continue
-                a, r, b = K.parse_edge_key(k)
+                a, r, b = keyspace.parse_edge_key(k)
                 src, dst = (a, b) if cf == "edges_out" else (b, a)
                 if (src, r, dst) in seen or not alive(b):
                     continue  # a self-loop shows once under "both"
@@ -491,31 +454,19 @@ class GraphMixin:
         include: Iterable[str] | None = _DEFAULT_INCLUDE,
         timeout_ms: float = DEFAULT_GRAPH_TIMEOUT_MS,
     ) -> list[Hit]:
-        """Records reachable from ``id`` within ``hops`` edges, breadth-first.
-
-        Each node appears once, at its shortest hop distance (``Hit.hop``), with
-        ``Hit.path`` the steps ``{"src", "relation", "dst", "weight"}`` from
-        ``id`` (steps keep the edge's own orientation, also when walked
-        backwards) and ``Hit.score`` the product of the path's edge weights.
-        Among several shortest paths the highest-scoring one is reported.
-        Results are ordered by hop, then score (desc), then id; the start node
-        is not included. ``fanout`` keeps only the heaviest edges of each node.
-        Raises ``NotFound`` if ``id`` is not a live record and
-        ``DeadlineExceeded`` past ``timeout_ms``.
-        """
         self._check_open()
-        rid = V.record_ref(id)
-        hops = _hops(hops)
-        rels = _relations(relations)
-        direction = _direction(direction)
-        limit = _int_arg(limit, "limit", 1, MAX_LIMIT, "invalid_limit")
+        rid = validation.record_ref(id)
+        hops = validation.hops(hops)
+        rels = validation.relations(relations)
+        direction = validation.direction(direction)
+        limit = validation.graph_limit(limit)
         if fanout is not None:
-            fanout = _int_arg(fanout, "fanout", 1, MAX_FANOUT, "invalid_fanout")
+            fanout = validation.fanout(fanout)
         inc = _include(include)
-        deadline = time.monotonic() + _timeout(timeout_ms, "timeout_ms") / 1000
-        alive = self._alive_fn()
+        deadline = time.monotonic() + validation.timeout_ms(timeout_ms) / 1000
+        alive = self.indexes.alive_fn()
         self._require_live(rid, alive)
-        with self._edge_reader() as rd:
+        with _EdgeReader(self.store, self.prefix) as rd:
             visited = {rid}
             frontier: list[tuple[str, float, tuple[_Adj, ...]]] = [(rid, 1.0, ())]
             found: list[tuple[str, float, int, tuple[_Adj, ...]]] = []
@@ -527,13 +478,11 @@ class GraphMixin:
                             f"neighbors of {rid!r} took longer than {timeout_ms} ms; "
                             "lower hops, name relations, set a fanout or raise timeout_ms"
                         )
-                    adj = [
-                        a for a in self._adjacent(rd, u, direction, rels) if a.other not in visited and alive(a.other)
-                    ]
+                    adj = [a for a in _adjacent(rd, u, direction, rels) if a.other not in visited and alive(a.other)]
                     if fanout is not None:
                         adj = sorted(adj, key=lambda a: -a.weight)[:fanout]
                     for a in adj:
-                        cand = V.bounded_score(score * a.weight)
+                        cand = validation.bounded_score(score * a.weight)
                         cur = level.get(a.other)
                         if cur is None:
                             # Stop discovering once the answer is full; nodes already
@@ -565,24 +514,16 @@ class GraphMixin:
         include: Iterable[str] | None = _DEFAULT_INCLUDE,
         timeout_ms: float = DEFAULT_GRAPH_TIMEOUT_MS,
     ) -> dict[str, list[Any]]:
-        """The neighbourhood of ``ids`` for display: ``{"nodes": [Record], "edges": [Edge]}``.
-
-        Nodes are the live ids given (missing ones are skipped) followed by
-        what a breadth-first walk of ``hops`` (0-5; 0 = just these nodes) along
-        ``direction`` and ``relations`` reaches, up to ``limit`` nodes. Edges are
-        every visible edge between two returned nodes whose relation matches,
-        whatever its direction. Raises ``DeadlineExceeded`` past ``timeout_ms``.
-        """
         self._check_open()
         id_list = [ids] if isinstance(ids, str) else list(ids)
-        V.batch(id_list, "ids")
-        starts = [V.record_ref(r, f"ids[{i}]") for i, r in enumerate(id_list)]
-        hops = _hops(hops, lo=0)
-        rels = _relations(relations)
-        direction = _direction(direction)
-        limit = _int_arg(limit, "limit", 1, MAX_LIMIT, "invalid_limit")
+        validation.batch(id_list, "ids")
+        starts = [validation.record_ref(r, f"ids[{i}]") for i, r in enumerate(id_list)]
+        hops = validation.hops(hops, lo=0)
+        rels = validation.relations(relations)
+        direction = validation.direction(direction)
+        limit = validation.graph_limit(limit)
         inc = _include(include)
-        deadline = time.monotonic() + _timeout(timeout_ms, "timeout_ms") / 1000
+        deadline = time.monotonic() + validation.timeout_ms(timeout_ms) / 1000
 
         def check_time() -> None:
             if time.monotonic() > deadline:
@@ -591,18 +532,18 @@ class GraphMixin:
                     "lower hops or limit, name relations or raise timeout_ms"
                 )
 
-        alive = self._alive_fn()
+        alive = self.indexes.alive_fn()
         nodes: dict[str, None] = {}
         for r in starts:
             if len(nodes) < limit and alive(r):
                 nodes[r] = None
-        with self._edge_reader() as rd:
+        with _EdgeReader(self.store, self.prefix) as rd:
             frontier = list(nodes)
             for _ in range(hops):
                 nxt: list[str] = []
                 for u in frontier:
                     check_time()
-                    for a in self._adjacent(rd, u, direction, rels):
+                    for a in _adjacent(rd, u, direction, rels):
                         if len(nodes) >= limit:
                             break
                         if a.other not in nodes and alive(a.other):
@@ -615,8 +556,8 @@ class GraphMixin:
             records: list[Record] = []
             kept: set[str] = set()
             node_ids = list(nodes)
-            pairs = list(zip(node_ids, self.rows(node_ids), strict=True))
-            for rid, rec in zip(node_ids, self._records(pairs, inc, now), strict=True):
+            pairs = list(zip(node_ids, self.reader.rows(node_ids), strict=True))
+            for rid, rec in zip(node_ids, self.reader.records(pairs, inc, now), strict=True):
                 if rec is not None:
                     records.append(rec)
                     kept.add(rid)
@@ -642,44 +583,12 @@ class GraphMixin:
         acknowledged write), so "may be linked" and "is visible" agree, and a
         batch of thousands of edges is checked without decoding any row.
         """
-        alive = self._alive_fn()
+        alive = self.indexes.alive_fn()
         return [r for r in rids if not alive(r)]
-
-    def _alive_fn(self) -> Callable[[str], bool]:
-        """A fast liveness test for ids, from the in-memory index, at a fixed 'now'."""
-        vindex = self.vindex
-        now = time.time()
-
-        def alive(rid: str) -> bool:
-            label = vindex.label_of.get(rid)
-            if label is None:
-                return False
-            exp = vindex.expires.get(label)
-            return exp is None or exp > now
-
-        return alive
 
     def _require_live(self, rid: str, alive: Callable[[str], bool]) -> None:
         if not alive(rid):
             raise NotFound(f"record {rid!r} does not exist in collection {self.name!r}", code="record_not_found")
-
-    def _edge_reader(self) -> _EdgeReader:
-        return _EdgeReader(self.store, self.prefix)
-
-    def _adjacent(self, rd: _EdgeReader, node: str, direction: str, relations: tuple[str, ...] | None) -> list[_Adj]:
-        """Stored, non-tombstoned edges of ``node`` (liveness of the other end is the caller's check)."""
-        out: list[_Adj] = []
-        if direction in ("out", "both"):
-            for r, dst, v in rd.scan("edges_out", node, relations, SCAN_CAP):
-                row = decode_edge(v)
-                if not row.deleted:
-                    out.append(_Adj(dst, node, r, dst, row.weight))
-        if direction in ("in", "both"):
-            for r, src, v in rd.scan("edges_in", node, relations, SCAN_CAP):
-                row = decode_edge(v)
-                if not row.deleted:
-                    out.append(_Adj(src, src, r, node, row.weight))
-        return out
 
     def _with_records(self, hits: list[Hit], inc: frozenset[str]) -> list[Hit]:
         """Attach records (fields in ``inc``), dropping any node deleted meanwhile."""
@@ -687,8 +596,8 @@ class GraphMixin:
             return hits
         now = time.time()
         out = []
-        pairs = list(zip([h.id for h in hits], self.rows([h.id for h in hits]), strict=True))
-        for h, rec in zip(hits, self._records(pairs, inc, now), strict=True):
+        pairs = list(zip([h.id for h in hits], self.reader.rows([h.id for h in hits]), strict=True))
+        for h, rec in zip(hits, self.reader.records(pairs, inc, now), strict=True):
             if rec is not None:
                 h.record = rec
                 out.append(h)
@@ -714,7 +623,7 @@ class _Best:
 
 
 def expand_hits(
-    coll: Collection,
+    coll: ExpandTarget,
     hits: list[Hit],
     expand: Any,
     flt: Filter | None,
@@ -740,13 +649,13 @@ def expand_hits(
     if not hits:
         return []
     deadline = time.monotonic() + spec.timeout_ms / 1000
-    alive = coll._alive_fn()
+    alive = coll.indexes.alive_fn()
     rows: dict[str, RecordRow | None] = {}
 
     def load_rows(ids: Iterable[str]) -> None:
         need = [r for r in dict.fromkeys(ids) if r not in rows]
         if need:
-            rows.update(zip(need, coll.rows(need), strict=True))
+            rows.update(zip(need, coll.reader.rows(need), strict=True))
 
     now = time.time()
 
@@ -758,11 +667,11 @@ def expand_hits(
     best: dict[str, _Best] = {}
     for h in hits:
         if h.id not in best:
-            best[h.id] = _Best(V.bounded_score(h.score), 0, (), h.id, h)
+            best[h.id] = _Best(validation.bounded_score(h.score), 0, (), h.id, h)
     n_seeds = len(hits) if spec.seeds is None else min(spec.seeds, len(hits))
     frontier = list(dict.fromkeys(h.id for h in hits[:n_seeds]))
     timed_out = False
-    with coll._edge_reader() as rd:
+    with _EdgeReader(coll.store, coll.prefix) as rd:
         for hop in range(1, spec.hops + 1):
             # Candidate edges of each frontier node, heaviest first. The frontier's
             # entries are frozen for the level: a node improved during this level is
@@ -774,7 +683,7 @@ def expand_hits(
                     timed_out = True
                     break
                 on_path = bu.nodes()
-                adj = [a for a in coll._adjacent(rd, u, spec.direction, spec.relations) if a.other not in on_path]
+                adj = [a for a in _adjacent(rd, u, spec.direction, spec.relations) if a.other not in on_path]
                 adj.sort(key=lambda a: -a.weight)  # stable: ties keep key order
                 cands[u] = [a for a in adj if alive(a.other)]
             # Pick up to `fanout` eligible edges per node. With a filter that needs
@@ -800,7 +709,7 @@ def expand_hits(
             for u in cands:
                 bu = level[u]
                 for a in chosen[u]:
-                    cand = V.bounded_score(bu.base * spec.decay * a.weight)
+                    cand = validation.bounded_score(bu.base * spec.decay * a.weight)
                     cur = best.get(a.other)
                     if cur is None or cand > cur.base:
                         best[a.other] = _Best(cand, hop, (*bu.path, a), bu.seed, cur.hit if cur else None)
@@ -819,7 +728,7 @@ def expand_hits(
 
     def final_score(rid: str) -> float:
         b = best[rid].base
-        return V.bounded_score(b * _importance_factor(rows.get(rid))) if spec.use_importance else b
+        return validation.bounded_score(b * _importance_factor(rows.get(rid))) if spec.use_importance else b
 
     order = list(best)
     if spec.use_importance:
@@ -837,7 +746,7 @@ def expand_hits(
         if inc or flt is not None:
             load_rows(expanded)
             if inc:
-                got = coll._records([(r, rows.get(r)) for r in expanded], inc, now, flt)
+                got = coll.reader.records([(r, rows.get(r)) for r in expanded], inc, now, flt)
                 recs = dict(zip(expanded, got, strict=True))
         for rid in chunk:
             b = best[rid]
@@ -859,19 +768,19 @@ def edge_tombstones(store: Store, hlc: HLC, prefix: bytes, rid: str, now: float)
     """
     out = []
     for cf in ("edges_out", "edges_in"):
-        for k, v in store.iter_prefix(cf, K.edge_node_prefix(prefix, rid)):
+        for k, v in store.iter_prefix(cf, keyspace.edge_node_prefix(prefix, rid)):
             if decode_edge(v).deleted:
                 continue
-            a, rel, b = K.parse_edge_key(k)
+            a, rel, b = keyspace.parse_edge_key(k)
             src, dst = (a, b) if cf == "edges_out" else (b, a)
             version = hlc.now()
             out.append(
                 Mutation(
-                    K.CHANGE_EDGE,
+                    keyspace.CHANGE_EDGE,
                     prefix,
-                    K.edge_out_key(prefix, src, rel, dst),
+                    keyspace.edge_out_key(prefix, src, rel, dst),
                     EdgeRow(version[0], version[1], True, updated_at=now),
-                    in_key=K.edge_in_key(prefix, src, rel, dst),
+                    in_key=keyspace.edge_in_key(prefix, src, rel, dst),
                 )
             )
     return out

@@ -4,30 +4,74 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from pyroaring import BitMap
 
-from ..errors import FailedPrecondition, InvalidArgument
-from ..index import planner
-from ..storage.codec import RecordRow
-from ..types import Hit
-from . import validate as V
-from .budget import MASK, Deadline, current_deadline
-from .filters import Filter, compile_filter
-from .graph import expand_seeds
+from engramdb import validation
+from engramdb.engine.budget import MASK, Deadline, current_deadline
+from engramdb.engine.graph import ExpandTarget, GraphIndexes, expand_seeds
+from engramdb.errors import FailedPrecondition, InvalidArgument
+from engramdb.filters import Filter, compile_filter
+from engramdb.index import planner
+from engramdb.storage.codec import RecordRow
+from engramdb.types import Hit
 
 if TYPE_CHECKING:
-    from .collection import Candidates, Collection
+    from engramdb.embed import Embedder
+    from engramdb.engine.indexes import Candidates
+    from engramdb.index.text import TextIndex
+    from engramdb.index.vector import VectorIndex
+    from engramdb.types import CollectionConfig
 
 RRF_K = 60  # the usual reciprocal-rank-fusion constant; damps the top ranks' dominance
 _ROWS_SLICE = 4096  # rows read per multi-get while checking an inexact filter
-_MODES = ("vector", "text", "hybrid")
+
+
+class SearchIndexes(GraphIndexes, Protocol):
+    """What a search reads of a collection's indexes (:class:`~engramdb.engine.indexes.CollectionIndexes`)."""
+
+    @property
+    def vindex(self) -> VectorIndex: ...
+
+    @property
+    def text_index(self) -> TextIndex | None: ...
+
+    def filter_candidates(self, flt: Filter, deadline: Deadline | None = None) -> Candidates: ...
+
+    def stored_vectors(self, labels: Sequence[int]) -> tuple[list[int], np.ndarray]: ...
+
+
+class SearchTarget(ExpandTarget, Protocol):
+    """What a search needs of a collection (:class:`~engramdb.engine.collection.Collection`)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def dimension(self) -> int: ...
+
+    @property
+    def metric(self) -> str: ...
+
+    @property
+    def config(self) -> CollectionConfig: ...
+
+    @property
+    def exact_threshold(self) -> int: ...
+
+    @property
+    def embedder(self) -> Embedder | None: ...
+
+    @property
+    def indexes(self) -> SearchIndexes: ...
+
+    def refresh_ttl(self, ids: str | Sequence[str]) -> int: ...
 
 
 def run_search(
-    coll: Collection,
+    coll: SearchTarget,
     *,
     vector: Sequence[float] | np.ndarray | None,
     k: Any,
@@ -42,14 +86,12 @@ def run_search(
     min_score: float | None,
     refresh_ttl: bool,
 ) -> list[Hit]:
-    k = V.k(k)
-    inc = V.include(include)
-    if ef is not None and (isinstance(ef, bool) or not isinstance(ef, int) or not 1 <= ef <= 10_000):
-        raise InvalidArgument("ef must be an integer from 1 to 10000", code="invalid_ef")
+    k = validation.k(k)
+    inc = validation.include(include)
+    ef = validation.ef(ef)
     if mode is None:
         mode = "vector" if vector is not None or coll.embedder is not None else "text"
-    if mode not in _MODES:
-        raise InvalidArgument(f"mode must be one of {list(_MODES)}, got {mode!r}", code="invalid_mode")
+    mode = validation.mode(mode)
     if text is not None and not isinstance(text, str):
         raise InvalidArgument("text must be a string", code="invalid_text")
     if mode in ("text", "hybrid") and not text:
@@ -63,7 +105,7 @@ def run_search(
                     "give a query vector, or text in a collection that has an embedder", code="missing_vector"
                 )
             vector = coll.embedder.embed_query(text)
-        q = V.vector(vector, coll.dimension, coll.metric, "query vector")
+        q = validation.vector(vector, coll.dimension, coll.metric, "query vector")
     fetch = k if expand is None else max(k, expand_seeds(expand, k))  # validates the spec before any work
     # Started after the query text was embedded: the embedder has its own timeout.
     checker = _Checker(coll, flt, current_deadline("search"))
@@ -80,7 +122,7 @@ def run_search(
     if min_score is not None:
         hits = [h for h in hits if h.score >= min_score]
     if expand is not None:
-        from .graph import expand_hits
+        from engramdb.engine.graph import expand_hits
 
         hits = expand_hits(coll, hits, expand, flt, inc)
         if min_score is not None:
@@ -97,20 +139,20 @@ class _Checker:
     hits afterwards does not read them again.
     """
 
-    def __init__(self, coll: Collection, flt: Filter | None, dl: Deadline | None = None):
-        self.coll = coll
+    def __init__(self, coll: SearchTarget, flt: Filter | None, dl: Deadline | None = None):
+        self.reader = coll.reader
         self.flt = flt
         self.dl = dl
         self._ticks = 0
         self.now = time.time()
-        self.vindex = coll.vindex
+        self.vindex = coll.indexes.vindex
         self.rows: dict[int, RecordRow | None] = {}
         self.candidates: BitMap | None = None
         self._cand_arr: np.ndarray | None = None
         self._cands: Candidates | None = None
         self.exact = True
         if flt is not None:
-            self._cands = coll.filter_candidates(flt, dl)  # shared with other queries: read only
+            self._cands = coll.indexes.filter_candidates(flt, dl)  # shared with other queries: read only
             self.candidates, self.exact = self._cands.labels, self._cands.exact
 
     def check_deadline(self) -> None:
@@ -180,7 +222,7 @@ class _Checker:
                 self.check_deadline()
             part = labels[start : start + _ROWS_SLICE]
             ids = [name or "" for name in self.vindex.names_of(part)]
-            for lb, row in zip(part, self.coll.rows(ids), strict=True):
+            for lb, row in zip(part, self.reader.rows(ids), strict=True):
                 self.rows[lb] = row
 
     def materialize(self, scored: list[tuple[int, float, dict[str, float]]], inc: frozenset[str]) -> list[Hit]:
@@ -199,7 +241,7 @@ class _Checker:
             for label, score, signals in scored
             if (rid := name_of(label)) is not None
         ]
-        records = self.coll._records([(rid, row) for rid, _, _, row in named], inc, self.now, self.flt)
+        records = self.reader.records([(rid, row) for rid, _, _, row in named], inc, self.now, self.flt)
         return [
             Hit(id=rid, score=float(score), record=rec, signals=signals)
             for (rid, score, signals, _), rec in zip(named, records, strict=True)
@@ -208,9 +250,9 @@ class _Checker:
 
 
 def vector_search(
-    coll: Collection, q: np.ndarray, k: int, checker: _Checker, ef: int | None, exact: bool
+    coll: SearchTarget, q: np.ndarray, k: int, checker: _Checker, ef: int | None, exact: bool
 ) -> list[tuple[int, float]]:
-    vindex = coll.vindex
+    vindex = coll.indexes.vindex
     total = len(vindex)
     ef_base = ef or coll.config.index.ef_search
     cand_count = total if checker.candidates is None else len(checker.candidates)
@@ -243,9 +285,10 @@ def vector_search(
         ef_q = max(ef_q, fetch)
 
 
-def _exact(coll: Collection, q: np.ndarray, k: int, checker: _Checker) -> list[tuple[int, float]]:
+def _exact(coll: SearchTarget, q: np.ndarray, k: int, checker: _Checker) -> list[tuple[int, float]]:
     """Brute force over the candidate labels (all live labels without a filter)."""
-    vindex = coll.vindex
+    indexes = coll.indexes
+    vindex = indexes.vindex
     pool = checker.candidate_array()
     labels = pool[checker.keep(pool)].tolist()
     if not labels:
@@ -255,7 +298,7 @@ def _exact(coll: Collection, q: np.ndarray, k: int, checker: _Checker) -> list[t
     best_d: list[np.ndarray] = []
     for i in range(0, len(labels), 65_536):
         checker.check_deadline()
-        part, vecs = coll.stored_vectors(labels[i : i + 65_536])
+        part, vecs = indexes.stored_vectors(labels[i : i + 65_536])
         lb, d = vindex.exact(q, part, k, vecs)
         best_l.append(lb)
         best_d.append(d)
@@ -265,8 +308,8 @@ def _exact(coll: Collection, q: np.ndarray, k: int, checker: _Checker) -> list[t
     return list(zip(all_l[order].tolist(), vindex.score(all_d[order]).tolist(), strict=True))
 
 
-def text_search(coll: Collection, query: str, k: int, checker: _Checker) -> list[tuple[int, float]]:
-    tindex = coll.text_index
+def text_search(coll: SearchTarget, query: str, k: int, checker: _Checker) -> list[tuple[int, float]]:
+    tindex = coll.indexes.text_index
     if tindex is None:
         raise FailedPrecondition(
             f"collection {coll.name!r} was created with text_index=false; text search is unavailable",
@@ -292,8 +335,10 @@ def fuse(
     for name, w in weights.items():
         if name not in ("vector", "text"):
             raise InvalidArgument(f"weights may name 'vector' and 'text', not {name!r}", code="invalid_weights")
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w <= 1000:
-            raise InvalidArgument("weights must be numbers from 0 to 1000", code="invalid_weights")
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w <= validation.MAX_FUSION_WEIGHT:
+            raise InvalidArgument(
+                f"weights must be numbers from 0 to {validation.MAX_FUSION_WEIGHT}", code="invalid_weights"
+            )
     fused: dict[int, float] = {}
     signals: dict[int, dict[str, float]] = {}
     for name, results in ranked.items():

@@ -1,4 +1,4 @@
-"""Text → entities and relations through an OpenAI-compatible chat model (design §6).
+"""Text → entities and relations through an OpenAI-compatible chat model (the ``extract`` operation).
 
 The answer is validated against :class:`Extraction` before it is returned;
 invalid output raises ``UpstreamError(code="invalid_extraction")`` and nothing

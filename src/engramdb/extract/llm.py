@@ -16,9 +16,9 @@ import httpx
 from pydantic import ValidationError
 
 from engramdb.embed.base import Closing
-from engramdb.embed.openai_http import OpenAICompatClient
 from engramdb.errors import InvalidArgument, UpstreamError
 from engramdb.extract.schema import Extraction
+from engramdb.openai_http import OpenAICompatClient
 
 INVALID_EXTRACTION = "invalid_extraction"
 _MAX_PROBLEMS = 5

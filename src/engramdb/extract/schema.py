@@ -1,4 +1,4 @@
-"""The schema an extraction must satisfy before anything is written (design §6)."""
+"""The schema an extraction must satisfy before anything is written."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""In-memory payload index over a collection's declared metadata fields (DESIGN §5.2).
+"""In-memory payload index over a collection's declared metadata fields (docs/filters.md).
 
 Records are identified by integer labels (uint32, the same labels the vector index uses). For
 each declared field (a dotted path) the index keeps:
@@ -28,7 +28,7 @@ while any record holds ``age: 3.5`` (those labels are added to the candidates fo
 
 :meth:`PayloadIndex.candidates` walks the filter AST and returns a bitmap that is a superset of
 the matching labels, with ``exact=True`` when no per-record check is needed. The semantics are
-those of :mod:`engramdb.engine.filters`; the property tests hold the two together.
+those of :mod:`engramdb.filters`; the property tests hold the two together.
 
 Not thread-safe for writes: the owning collection serialises ``add``/``remove``/``clear``
 against readers.
@@ -42,13 +42,14 @@ import math
 import struct
 import zlib
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
+from typing import Any, Final, Literal, Protocol, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 from pyroaring import BitMap
 
-from engramdb.engine.filters import (
+from engramdb.errors import CorruptData, InvalidArgument
+from engramdb.filters import (
     MISSING,
     RANGE_OPS,
     And,
@@ -62,15 +63,19 @@ from engramdb.engine.filters import (
     get_path,
     is_number,
 )
-from engramdb.errors import CorruptData, InvalidArgument
-
-if TYPE_CHECKING:
-    from engramdb.engine.budget import Deadline
 
 __all__ = ["FIELD_TYPES", "FieldType", "PayloadIndex"]
 
 FieldType: TypeAlias = Literal["keyword", "int", "float", "bool"]
 FIELD_TYPES: Final[frozenset[str]] = frozenset({"keyword", "int", "float", "bool"})
+
+
+class Deadline(Protocol):
+    """What the index needs of a query's time budget (the engine's ``budget.Deadline``)."""
+
+    def check(self) -> None:
+        """Raise once the budget is spent."""
+
 
 _Kind: TypeAlias = Literal["str", "num", "bool", "null", "compound"]
 _KINDS: Final[tuple[_Kind, ...]] = ("str", "num", "bool", "null", "compound")

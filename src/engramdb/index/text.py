@@ -1,4 +1,4 @@
-"""Per-collection BM25 full-text index on tantivy (DESIGN §5.3).
+"""Per-collection BM25 full-text index on tantivy (``mode="text"`` and ``"hybrid"`` searches).
 
 One :class:`TextIndex` holds the ``text`` of one collection's records, keyed by
 the record's integer *label* (the same dense label the vector index uses), and

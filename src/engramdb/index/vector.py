@@ -28,7 +28,7 @@ import numpy as np
 import xxhash
 from pyroaring import BitMap
 
-from ..errors import CorruptData
+from engramdb.errors import CorruptData
 
 # 2: the HNSW file's checksum is XXH3-64 (hashing 150 MB with CRC-32 took
 # longer than loading the index); format-1 snapshots are rebuilt.

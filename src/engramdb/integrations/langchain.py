@@ -26,16 +26,16 @@ from langchain_core.runnables.config import run_in_executor
 from langchain_core.vectorstores import VectorStore
 from langchain_core.vectorstores.utils import maximal_marginal_relevance
 
-from ..engine import validate as V
-from ..engine.filters import compile_filter
-from ..errors import AlreadyExists, NotFound
+from engramdb import validation
+from engramdb.errors import AlreadyExists, NotFound
+from engramdb.filters import compile_filter
 
 if TYPE_CHECKING:
-    from ..types import Hit, Record
+    from engramdb.types import Hit, Record
 
 __all__ = ["EngramVectorStore"]
 
-_MAX_BATCH = 10_000  # the engine takes at most this many records or ids per call
+_MAX_BATCH = validation.MAX_BATCH  # the engine takes at most this many records or ids per call
 
 
 class EngramVectorStore(VectorStore):
@@ -239,7 +239,7 @@ class EngramVectorStore(VectorStore):
             return True
         ids = list(ids)
         for i, rid in enumerate(ids):
-            V.record_ref(rid, f"ids[{i}]")  # every chunk's ids checked before the first is deleted
+            validation.record_ref(rid, f"ids[{i}]")  # every chunk's ids checked before the first is deleted
         for start in range(0, len(ids), _MAX_BATCH):
             coll.delete(ids[start : start + _MAX_BATCH])
         if flt is not None:
@@ -429,9 +429,9 @@ def _check_records(records: Sequence[dict[str, Any]], dimension: int) -> None:
     """
     for i, rec in enumerate(records):
         where = f"records[{i}]"
-        V.record_id(rec["id"], f"{where}.id")
-        V.text(rec["text"])
-        V.vector(rec["vector"], dimension, "dot", f"{where}.vector")  # "dot": checks only, no normalisation
-        V.metadata(rec["metadata"])
-        V.namespace(rec.get("namespace"), f"{where}.namespace")
-        V.positive_seconds(rec.get("ttl_seconds"), f"{where}.ttl_seconds")
+        validation.record_id(rec["id"], f"{where}.id")
+        validation.text(rec["text"])
+        validation.vector(rec["vector"], dimension, "dot", f"{where}.vector")  # "dot": checks only, no normalisation
+        validation.metadata(rec["metadata"])
+        validation.namespace(rec.get("namespace"), f"{where}.namespace")
+        validation.positive_seconds(rec.get("ttl_seconds"), f"{where}.ttl_seconds")

@@ -76,21 +76,20 @@ from langgraph.store.base import (
     tokenize_path,
 )
 
-from ..engine import validate as V
-from ..errors import AlreadyExists, InvalidArgument, NotFound
+from engramdb import validation
+from engramdb.errors import AlreadyExists, InvalidArgument, NotFound
 
 if TYPE_CHECKING:
     from langchain_core.embeddings import Embeddings
 
-    from ..types import Hit, Record, ScanPage
+    from engramdb.types import Hit, Record, ScanPage
 
 __all__ = ["EngramStore"]
 
-# Engine limits (engine/validate.py): ids are at most 512 bytes, a call takes at
-# most 10 000 records/ids, and a search at most k=10 000.
-_MAX_ID_BYTES = 400  # leaves room for the "#<n>" suffix of extra vector records
-_MAX_BATCH = 10_000
-_MAX_K = 10_000
+# The engine's limits (engramdb/validation.py): the id bytes, the records or ids of one call, a search's k.
+_MAX_ID_BYTES = validation.MAX_ID_BYTES - 112  # leaves room for the "#<n>" suffix of extra vector records
+_MAX_BATCH = validation.MAX_BATCH
+_MAX_K = validation.MAX_K
 _INCLUDE = ("metadata", "namespace", "expires_at")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _RANGE_OPS = frozenset({"$gt", "$gte", "$lt", "$lte"})
@@ -375,7 +374,7 @@ def _ttl_seconds(ttl: Any) -> float | None:
         raise ValueError(f"ttl must be a number of minutes, a timedelta or None, got {ttl!r}")
     if not math.isfinite(seconds) or seconds <= 0:
         raise ValueError(f"ttl must be positive, got {ttl!r}")
-    if seconds > V.MAX_TTL_SECONDS:
+    if seconds > validation.MAX_TTL_SECONDS:
         raise ValueError(f"ttl must be at most 100 years, got {ttl!r}")
     return seconds
 
@@ -392,14 +391,14 @@ def _check_put(op: PutOp) -> None:
     if op.value is None:
         return  # a delete writes no namespace or value (and may name an item stored under older rules)
     try:
-        V.namespace(op.namespace)
+        validation.namespace(op.namespace)
     except InvalidArgument as e:
         raise InvalidNamespaceError(f"Invalid namespace {tuple(op.namespace)!r}: {e.message}") from None
     if not isinstance(op.value, Mapping):
         raise ValueError(f"value must be a dict, got {type(op.value).__name__}")
     # The metadata this put would write, with every number at its largest (engine rules: JSON
     # values, 64-bit integers, depth and size caps). Raises the engine's InvalidArgument.
-    V.metadata({_KEY: str(op.key), _VALUE: dict(op.value), **_META_BOUND}, "item")
+    validation.metadata({_KEY: str(op.key), _VALUE: dict(op.value), **_META_BOUND}, "item")
 
 
 @dataclass
@@ -875,8 +874,8 @@ class EngramStore(BaseStore):
         # from the embedder, after _validate), so a refused batch has not applied its deletes.
         dim = int(self._coll.dimension)
         for i, rec in enumerate(records):
-            V.record_id(rec["id"], f"records[{i}].id")
-            V.vector(rec["vector"], dim, "dot", f"records[{i}].vector")  # "dot": no normalisation, just checks
+            validation.record_id(rec["id"], f"records[{i}].id")
+            validation.vector(rec["vector"], dim, "dot", f"records[{i}].vector")  # "dot": no normalisation, just checks
         # Deletes first: a failure in between then leaves an item with fewer
         # vectors, never a stale extra vector record carrying an old value.
         for start in range(0, len(deletes), _MAX_BATCH):

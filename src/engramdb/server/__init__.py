@@ -10,19 +10,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .lifecycle import run_server
-    from .rest.app import create_app
+    from engramdb.server.lifecycle import run_server
+    from engramdb.server.rest.app import create_app
 
 __all__ = ["create_app", "run_server"]
 
 
 def __getattr__(name: str) -> Any:
     if name == "run_server":
-        from .lifecycle import run_server
+        from engramdb.server.lifecycle import run_server
 
         return run_server
     if name == "create_app":
-        from .rest.app import create_app
+        from engramdb.server.rest.app import create_app
 
         return create_app
     raise AttributeError(f"module 'engramdb.server' has no attribute {name!r}")

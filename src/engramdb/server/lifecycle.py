@@ -29,12 +29,12 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
-from ..config import Settings, TLSSettings, affected, check, dev_only_env_warnings
-from ..errors import EngramError
-from ..service.keys import load_bootstrap_key, load_metrics_key
+from engramdb.config import Settings, TLSSettings, affected, check, dev_only_env_warnings
+from engramdb.errors import EngramError
+from engramdb.service.api_keys import load_bootstrap_key, load_metrics_key
 
 if TYPE_CHECKING:
-    from ..service import Service
+    from engramdb.service import Service
 
 log = logging.getLogger("engramdb.server")
 
@@ -129,7 +129,7 @@ def _start_grpc(service: Service, settings: Settings) -> Any:
     if not settings.server.grpc_enabled:
         return None
     try:
-        from .grpc.server import start_grpc_server
+        from engramdb.server.grpc.server import start_grpc_server
     except ImportError as e:
         log.warning("gRPC is enabled but its module is unavailable (%s); serving REST only", e)
         return None
@@ -138,7 +138,7 @@ def _start_grpc(service: Service, settings: Settings) -> Any:
 
 def run_server(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT; returns the process exit status (0 after a clean shutdown)."""
-    from ..service.logs import configure_logging
+    from engramdb.service.logs import configure_logging
 
     problems, warnings = preflight(settings)
     if problems:
@@ -150,10 +150,10 @@ def run_server(settings: Settings) -> int:
     for w in warnings:
         log.warning(w)
 
-    from ..engine.database import Database
-    from ..service import Service
-    from .rest import create_app
-    from .rest.transport import ConnectionLimits, effective_max_connections, protocol_class
+    from engramdb.engine.database import Database
+    from engramdb.server.rest import create_app
+    from engramdb.server.rest.transport import ConnectionLimits, effective_max_connections, protocol_class
+    from engramdb.service import Service
 
     srv = settings.server
     try:

@@ -18,9 +18,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ..errors import EngramError
-from ..service import Service
-from ..service.metrics import LATENCY_BUCKETS
+from engramdb.errors import EngramError
+from engramdb.service import Service
+from engramdb.service.metrics import LATENCY_BUCKETS
 
 __all__ = ["CONTENT_TYPE_LATEST", "HttpMetrics", "install", "render"]
 

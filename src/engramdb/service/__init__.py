@@ -7,7 +7,7 @@ operation on the engine and records metrics.
 
 from __future__ import annotations
 
-from .context import Principal, RequestContext, Role
-from .service import OPS, OpSpec, Readiness, Service, parse_authorization
+from engramdb.service.context import Principal, RequestContext, Role
+from engramdb.service.executor import OPS, OpSpec, Readiness, Service, parse_authorization
 
 __all__ = ["OPS", "OpSpec", "Principal", "Readiness", "RequestContext", "Role", "Service", "parse_authorization"]

@@ -5,8 +5,13 @@ documents in OpenAPI) and, when the REST path carries parameters, an ``<Op>``
 model that adds them (``coll``, ``id``, ``key_id``); the service validates the
 latter. Request models are strict (``"5"`` is not an integer, ``1`` is not a
 boolean) and forbid unknown fields, so a typo is an error instead of being
-silently ignored. Range checks that the engine performs itself are repeated
-here only where they document the API; the engine stays the authority.
+silently ignored.
+
+Value rules belong to the engine (``engramdb/validation.py``, the one authority):
+the models check shape only (types, required fields, unknown fields, batch
+sizes), and publish the engine's bounds in OpenAPI by importing its constants
+(:func:`_bounds`), so a value out of range reaches the engine and fails with
+the same code and message as the same call on an embedded database.
 
 Response models describe the JSON the service returns; they are used for the
 OpenAPI document and by clients, not to re-validate every response.
@@ -18,18 +23,33 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
-from ..embed.profiles import NOT_ALLOWED
-from ..engine.validate import MAX_BATCH, MAX_EDGE_WEIGHT, MAX_EPOCH_SECONDS, MAX_TTL_SECONDS
-from ..types import (
+from engramdb.embed.profiles import NOT_ALLOWED
+from engramdb.types import (
     EMBEDDER_PROFILE_RULE,
-    MAX_DIMENSION,
-    MAX_ID_BYTES,
-    MAX_K,
     CollectionConfig,
     FieldType,
     IndexParams,
     is_profile_name,
     pydantic_fields,
+)
+from engramdb.validation import (
+    MAX_BATCH,
+    MAX_DIMENSION,
+    MAX_EDGE_WEIGHT,
+    MAX_EF,
+    MAX_EPOCH_SECONDS,
+    MAX_EXTRACT_INSTRUCTIONS_CHARS,
+    MAX_EXTRACT_TEXT_CHARS,
+    MAX_FANOUT,
+    MAX_GRAPH_LIMIT,
+    MAX_HOPS,
+    MAX_ID_BYTES,
+    MAX_K,
+    MAX_KEY_NAME_CHARS,
+    MAX_RELATION_BYTES,
+    MAX_TIMEOUT_MS,
+    MAX_TTL_SECONDS,
+    NAME_PATTERN,
 )
 
 IncludeField = Literal["vector", "text", "metadata", "namespace", "expires_at", "timestamps", "importance"]
@@ -38,21 +58,34 @@ Direction = Literal["out", "in", "both"]
 Mode = Literal["vector", "text", "hybrid"]
 Role = Literal["reader", "writer", "admin"]
 
-NAME_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$"
-Name = Annotated[str, Field(pattern=NAME_PATTERN, description="letters, digits, '_', '.', '-'; 1-128 characters")]
-RecordId = Annotated[str, Field(min_length=1, max_length=MAX_ID_BYTES, description="1-512 bytes of UTF-8")]
+# Shape bounds of the REST path parameters (the engine's rules apply after them): a malformed collection
+# name is a collection that does not exist, so the path only needs a length that keeps it cheap.
+MAX_COLL_PATH_CHARS = 1024
+MAX_KEY_ID_CHARS = 64
+
+
+def _bounds(description: str | None = None, **schema: Any) -> Any:
+    """A field whose bounds OpenAPI publishes and the engine enforces (validation.py).
+
+    ``schema`` holds JSON Schema keywords (``minimum``, ``maximum``, ``exclusiveMinimum``,
+    ``maxLength``, ``pattern``...), taken from validation.py's constants. They are not checked
+    here: a value out of range reaches the engine, which refuses it exactly as it refuses an
+    embedded call, so the two paths cannot disagree on a limit, a code or a message.
+    """
+    return Field(description=description, json_schema_extra=schema)
+
+
+Name = Annotated[str, _bounds("letters, digits, '_', '.', '-'; 1-128 characters", pattern=NAME_PATTERN, maxLength=128)]
+RecordId = Annotated[str, _bounds(f"1-{MAX_ID_BYTES} bytes of UTF-8", minLength=1, maxLength=MAX_ID_BYTES)]
 Include = Annotated[
     list[IncludeField] | None, Field(description="record fields to return; omitted = the operation's default")
 ]
 Filter = Annotated[dict[str, Any] | None, Field(description="a filter expression (see docs/filters.md)")]
 Namespace = Annotated[list[str] | None, Field(description="a hierarchical path such as ['user-42', 'memories']")]
-# Expiry bounds: the engine's own (engine/validate.py), repeated so OpenAPI documents them; a value
-# out of range fails with the engine's code (invalid_ttl) on every path.
 MAX_EXPIRES_AT = MAX_EPOCH_SECONDS  # Unix seconds, about the year 5100
-TtlSeconds = Annotated[float | None, Field(gt=0, le=MAX_TTL_SECONDS, allow_inf_nan=False)]
-ExpiresAt = Annotated[
-    float | None, Field(ge=0, lt=MAX_EXPIRES_AT, allow_inf_nan=False, description="Unix time in seconds")
-]
+TtlSeconds = Annotated[float | None, _bounds("seconds, at most 100 years", exclusiveMinimum=0, maximum=MAX_TTL_SECONDS)]
+ExpiresAt = Annotated[float | None, _bounds("Unix time in seconds", minimum=0, exclusiveMaximum=MAX_EXPIRES_AT)]
+Relation = Annotated[str, _bounds(f"1-{MAX_RELATION_BYTES} bytes of UTF-8", minLength=1, maxLength=MAX_RELATION_BYTES)]
 
 
 class _Req(BaseModel):
@@ -62,7 +95,7 @@ class _Req(BaseModel):
 # --------------------------------------------------------------- path params
 class _Coll(_Req):
     # No name pattern here: like the engine, a malformed name is simply a collection that does not exist (404).
-    coll: Annotated[str, Field(min_length=1, max_length=1024)]
+    coll: Annotated[str, Field(min_length=1, max_length=MAX_COLL_PATH_CHARS)]
 
 
 class _Id(_Req):
@@ -70,7 +103,7 @@ class _Id(_Req):
 
 
 class _KeyId(_Req):
-    key_id: Annotated[str, Field(min_length=1, max_length=64)]
+    key_id: Annotated[str, Field(min_length=1, max_length=MAX_KEY_ID_CHARS)]
 
 
 # ------------------------------------------------------------------- pieces
@@ -132,9 +165,9 @@ class EdgeIn(_Req):
     """An edge to create or replace; ``version`` is accepted and ignored."""
 
     src: RecordId
-    relation: Annotated[str, Field(min_length=1)]
+    relation: Relation
     dst: RecordId
-    weight: Annotated[float | None, Field(ge=-MAX_EDGE_WEIGHT, le=MAX_EDGE_WEIGHT, allow_inf_nan=False)] = None
+    weight: Annotated[float | None, _bounds(minimum=-MAX_EDGE_WEIGHT, maximum=MAX_EDGE_WEIGHT)] = None
     properties: dict[str, Any] | None = None
     version: str | None = None
 
@@ -143,7 +176,7 @@ class EdgeRef(_Req):
     """Names an edge to remove."""
 
     src: RecordId
-    relation: Annotated[str, Field(min_length=1)]
+    relation: Relation
     dst: RecordId
 
 
@@ -161,14 +194,16 @@ class ExpandIn(_Req):
     use_importance: bool | None = None
 
 
-Limit = Annotated[int, Field(ge=1, le=MAX_BATCH)]
-TimeoutMs = Annotated[float | None, Field(gt=0, le=60_000)]
+Limit = Annotated[int, _bounds(minimum=1, maximum=MAX_BATCH)]
+GraphLimit = Annotated[int, _bounds(minimum=1, maximum=MAX_GRAPH_LIMIT)]
+TimeoutMs = Annotated[float | None, _bounds(exclusiveMinimum=0, maximum=MAX_TIMEOUT_MS)]
+Hops = Annotated[int, _bounds(minimum=1, maximum=MAX_HOPS)]
 
 
 # -------------------------------------------------------------- collections
 class CreateCollectionBody(_Req):
     name: Name
-    dimension: Annotated[int | None, Field(ge=1, le=MAX_DIMENSION)] = None
+    dimension: Annotated[int | None, _bounds(minimum=1, maximum=MAX_DIMENSION)] = None
     metric: Metric = "cosine"
     index: IndexParamsIn | None = None
     embedder: EmbedderRef | None = None
@@ -271,9 +306,9 @@ class RefreshTtl(RefreshTtlBody, _Coll):
 # ------------------------------------------------------------------- search
 class SearchBody(_Req):
     vector: list[float] | None = None
-    k: Annotated[int, Field(ge=1, le=MAX_K)] = 10
+    k: Annotated[int, _bounds(minimum=1, maximum=MAX_K)] = 10
     filter: Filter = None
-    ef: Annotated[int | None, Field(ge=1, le=10_000)] = None
+    ef: Annotated[int | None, _bounds(minimum=1, maximum=MAX_EF)] = None
     include: Include = None
     exact: bool = False
     text: str | None = None
@@ -291,9 +326,9 @@ class Search(SearchBody, _Coll):
 class ListNamespacesBody(_Req):
     prefix: Namespace = None
     suffix: Namespace = None
-    max_depth: Annotated[int | None, Field(ge=1)] = None
+    max_depth: Annotated[int | None, _bounds(minimum=1)] = None
     limit: Limit = 100
-    offset: Annotated[int, Field(ge=0)] = 0
+    offset: Annotated[int, _bounds(minimum=0)] = 0
 
 
 class ListNamespaces(ListNamespacesBody, _Coll):
@@ -321,8 +356,8 @@ class Unlink(UnlinkBody, _Coll):
 class EdgesBody(_Req):
     id: RecordId
     direction: Direction = "out"
-    relation: Annotated[str | None, Field(min_length=1)] = None
-    limit: Limit = 1000
+    relation: Relation | None = None
+    limit: GraphLimit = 1000
 
 
 class Edges(EdgesBody, _Coll):
@@ -331,11 +366,11 @@ class Edges(EdgesBody, _Coll):
 
 class NeighborsBody(_Req):
     id: RecordId
-    hops: Annotated[int, Field(ge=1, le=5)] = 1
+    hops: Hops = 1
     relations: list[str] | None = None
     direction: Direction = "out"
-    limit: Limit = 100
-    fanout: Annotated[int | None, Field(ge=1, le=1000)] = None
+    limit: GraphLimit = 100
+    fanout: Annotated[int | None, _bounds(minimum=1, maximum=MAX_FANOUT)] = None
     include: Include = None
     timeout_ms: TimeoutMs = None
 
@@ -346,10 +381,10 @@ class Neighbors(NeighborsBody, _Coll):
 
 class SubgraphBody(_Req):
     ids: Annotated[list[RecordId], Field(max_length=MAX_BATCH)]
-    hops: Annotated[int, Field(ge=0, le=5)] = 1
+    hops: Annotated[int, _bounds(minimum=0, maximum=MAX_HOPS)] = 1
     relations: list[str] | None = None
     direction: Direction = "both"
-    limit: Limit = 500
+    limit: GraphLimit = 500
     include: Include = None
     timeout_ms: TimeoutMs = None
 
@@ -359,14 +394,6 @@ class Subgraph(SubgraphBody, _Coll):
 
 
 # --------------------------------------------------------------- extraction
-# Bounds of an extract request. The text goes into one chat request: 100,000
-# characters is about 25,000 tokens, within the context of current chat models
-# with room for the answer; longer documents should be split by the caller
-# (per section or paragraph), which also gives the model less to get wrong.
-MAX_EXTRACT_TEXT_CHARS = 100_000
-MAX_EXTRACT_INSTRUCTIONS_CHARS = 4_000
-
-
 class ExtractBody(_Req):
     text: Annotated[
         str,
@@ -388,10 +415,10 @@ class ExtractBody(_Req):
     ] = None
     dedupe_threshold: Annotated[
         float,
-        Field(
-            gt=0,
-            le=1,
-            description="cosine similarity from which a new entity merges into an existing one of the same type",
+        _bounds(
+            "cosine similarity from which a new entity merges into an existing one of the same type",
+            exclusiveMinimum=0,
+            maximum=1,
         ),
     ] = 0.92
     source_id: Annotated[
@@ -420,16 +447,13 @@ class Extract(ExtractBody, _Coll):
 # --------------------------------------------------------------------- keys
 class CreateKeyBody(_Req):
     role: Role
-    tenant: Annotated[str | None, Field(pattern=NAME_PATTERN, description="defaults to the caller's tenant")] = None
+    tenant: Annotated[str | None, _bounds("defaults to the caller's tenant", pattern=NAME_PATTERN)] = None
     collections: list[Name] | None = None
     expires_at: Annotated[
         float | None,
-        Field(
-            allow_inf_nan=False,
-            description="Unix time in seconds, in the future and at most 100 years ahead; omitted = never expires",
-        ),
+        Field(description="Unix time in seconds, in the future and at most 100 years ahead; omitted = never expires"),
     ] = None
-    name: Annotated[str | None, Field(min_length=1, max_length=200)] = None
+    name: Annotated[str | None, _bounds(minLength=1, maxLength=MAX_KEY_NAME_CHARS)] = None
 
 
 class ListKeysBody(_Req):
@@ -443,11 +467,10 @@ class RevokeKey(_KeyId):
 class RotateKeyBody(_Req):
     grace_seconds: Annotated[
         float | None,
-        Field(
-            ge=0,
-            le=MAX_TTL_SECONDS,
-            allow_inf_nan=False,
-            description="how long the old key keeps working, in seconds (at most 100 years); default one day",
+        _bounds(
+            "how long the old key keeps working, in seconds (at most 100 years); default one day",
+            minimum=0,
+            maximum=MAX_TTL_SECONDS,
         ),
     ] = None
 

@@ -22,7 +22,7 @@ import msgpack
 import numpy as np
 import xxhash
 
-from ..errors import DAMAGED_DATA_ADVICE, CorruptData
+from engramdb.errors import DAMAGED_DATA_ADVICE, CorruptData
 
 _CRC = struct.Struct(">I")
 RECORD_FORMAT = 2  # 1: the vector inline; 2: its digest (the bytes are in "vectors")

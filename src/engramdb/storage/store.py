@@ -5,8 +5,9 @@ All record and edge writes of every origin (every API write, TTL expiry) go thro
 thread compares versions (last writer wins by HLC), maintains the derived rows
 (changelog, TTL queue, namespace index, in-edges) in the same atomic
 ``WriteBatch`` and commits many callers' mutations with one fsync; a second
-thread then tells the subscribed indexes and wakes the callers, so a caller
-returns once its write is durable and indexed. Because one thread orders every
+thread then hands each collection's committed changes to its
+:class:`ChangeListener` (the engine's indexes) and wakes the callers, so a
+caller returns once its write is durable and indexed. Because one thread orders every
 write and one thread applies them, index updates are applied in changelog
 order and version comparisons never race.
 """
@@ -20,10 +21,10 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from rocksdict import (
     BlockBasedOptions,
@@ -38,7 +39,7 @@ from rocksdict import (
     WriteOptions,
 )
 
-from ..errors import (
+from engramdb.errors import (
     DAMAGED_DATA_ADVICE,
     Closed,
     CorruptData,
@@ -46,9 +47,10 @@ from ..errors import (
     FailedPrecondition,
     StorageFull,
     Unavailable,
+    is_failure,
 )
-from . import keys as K
-from .codec import (
+from engramdb.storage import keyspace
+from engramdb.storage.codec import (
     EdgeRow,
     RecordRow,
     decode_edge,
@@ -61,11 +63,6 @@ from .codec import (
 
 log = logging.getLogger("engramdb.storage")
 
-# "vectors" holds each live record's (normalised) vector as raw float32 under
-# the record's key, the only copy (the record row holds its digest, see
-# codec): brute-force search reads them in one multi-get instead of copying
-# them out of the HNSW index one by one (hnswlib's get_items is slow).
-COLUMN_FAMILIES = ("meta", "records", "edges_out", "edges_in", "changes", "ttl", "hints", "vectors")
 _MAX_BATCH_MUTATIONS = 20_000
 _REREAD_ATTEMPTS = 16  # of a record whose row changes under load_vectors
 # How often a caller waiting for its write checks that the threads that must
@@ -74,18 +71,6 @@ _WAIT_CHECK_SECONDS = 1.0
 # One batch of index updates taking longer than this is reported by problem():
 # the indexes (and every writer waiting on them) are stuck, e.g. a deadlock.
 _NOTIFY_STALL_SECONDS = 120.0
-
-
-def is_failure(exc: BaseException) -> bool:
-    """Whether a background thread should log ``exc`` and carry on.
-
-    Every ``Exception``, and a Rust panic from a binding (tantivy, rocksdict):
-    ``pyo3_runtime.PanicException`` derives from ``BaseException`` and cannot
-    be imported, so it is matched by name. ``SystemExit``,
-    ``KeyboardInterrupt`` and ``GeneratorExit`` are not failures: a thread that
-    meets one stops (and says so).
-    """
-    return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
 
 
 @dataclass(slots=True)
@@ -108,12 +93,33 @@ class Mutation:
 
 @dataclass(slots=True)
 class Change:
-    """A mutation after the writer decided on it; passed to index subscribers."""
+    """A mutation after the writer decided on it; passed to the :class:`ChangeListener` of its collection."""
 
     mutation: Mutation
     old: RecordRow | EdgeRow | None
     applied: bool
     seq: int = 0
+
+
+class ChangeListener(Protocol):
+    """What the writer hands a collection's committed changes to: the engine's indexes of it.
+
+    The storage → index contract. Register one per collection prefix with
+    :meth:`Store.subscribe`.
+    """
+
+    def apply_committed(self, changes: list[Change]) -> None:
+        """Apply ``changes`` (all applied, of this listener's collection) to the indexes.
+
+        Called in the notifier thread, after the changes are durable, in
+        changelog order, one batch at a time; the callers that wrote them wait
+        until it returns. Raising fails those callers' writes with
+        ``index_unavailable`` (the writes stay stored: loading the indexes
+        replays the changelog) and the notifier goes on with other
+        collections. A change may be delivered again after a replay already
+        applied it, so applying must be idempotent.
+        """
+        ...
 
 
 @dataclass(slots=True)
@@ -311,7 +317,7 @@ class Store:
         self._wopts = WriteOptions()
         self._wopts.sync = sync_writes
         self._seq = self._last_seq()
-        self._subscribers: dict[bytes, Callable[[list[Change]], None]] = {}
+        self._listeners: dict[bytes, ChangeListener] = {}
         # Changelog sequence of each collection's latest applied record change in
         # this process (set before notified_seq moves past it); lets an idle
         # collection's snapshot be declared current without loading it.
@@ -349,7 +355,7 @@ class Store:
     def _open(self) -> None:
         # Float vectors do not compress; decompressing them would only slow
         # the multi-gets of exact search.
-        cfs = {name: self._cf_opts(name != "vectors") for name in COLUMN_FAMILIES}
+        cfs = {name: self._cf_opts(name != "vectors") for name in keyspace.COLUMN_FAMILIES}
         try:
             self.db = Rdict(self.path, options=self._opts, column_families=cfs)
         except Exception as e:
@@ -366,8 +372,8 @@ class Store:
             raise CorruptData(
                 f"cannot open the database at {self.path}: {msg}. If a file is damaged: {DAMAGED_DATA_ADVICE}"
             ) from e
-        self.cf = {name: self.db.get_column_family(name) for name in COLUMN_FAMILIES}
-        self.handle = {name: self.db.get_column_family_handle(name) for name in COLUMN_FAMILIES}
+        self.cf = {name: self.db.get_column_family(name) for name in keyspace.COLUMN_FAMILIES}
+        self.handle = {name: self.db.get_column_family_handle(name) for name in keyspace.COLUMN_FAMILIES}
         # Exact search reads many candidates' vectors once each: caching those
         # blocks grew the process by the whole block cache and evicted the
         # records that are read again; the OS page cache serves them as well.
@@ -443,18 +449,20 @@ class Store:
                 # Row and vector are written in one batch: the same row twice
                 # with a vector that does not match it is damage, not a race.
                 raise CorruptData(
-                    f"the stored vector of record {K.record_id_of(key)!r} is "
+                    f"the stored vector of record {keyspace.record_id_of(key)!r} is "
                     f"{'missing' if vec is None else 'not the one its row names'}. Its other fields are intact: "
                     "read it without its vector (leave 'vector' out of include) and upsert it again with the "
                     "right vector, or delete it"
                 )
             seen = row
         raise FailedPrecondition(
-            f"record {K.record_id_of(key)!r} changed {_REREAD_ATTEMPTS} times while it was read; retry",
+            f"record {keyspace.record_id_of(key)!r} changed {_REREAD_ATTEMPTS} times while it was read; retry",
             code="conflict",
         )
 
-    def iter_prefix(self, cf: str, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+    def iter_prefix(
+        self, cf: str, prefix: bytes, start: bytes | None = None
+    ) -> Generator[tuple[bytes, bytes], None, None]:
         """Rows whose key starts with ``prefix``, from ``start`` (inclusive) on.
 
         Uses seek + prefix check (rocksdict's lower-bound option is unreliable)
@@ -507,7 +515,7 @@ class Store:
         ref = self.get("changes", k)
         if not ref:
             return None
-        cf = "records" if ref[0] == K.CHANGE_RECORD else "edges_out"
+        cf = "records" if ref[0] == keyspace.CHANGE_RECORD else "edges_out"
         raw = self.get(cf, ref[1:])
         if raw is None:
             return None
@@ -518,7 +526,7 @@ class Store:
 
     def _last_seq(self) -> int:
         k = self.last_key("changes")
-        return K.parse_seq(k) if k else 0
+        return keyspace.parse_seq(k) if k else 0
 
     @property
     def seq(self) -> int:
@@ -526,12 +534,12 @@ class Store:
         return self._seq
 
     # ----------------------------------------------------------------- writes
-    def subscribe(self, prefix: bytes, fn: Callable[[list[Change]], None]) -> None:
-        """Call ``fn`` (in the notifier thread, after commit, in commit order) with a collection's changes."""
-        self._subscribers[prefix] = fn
+    def subscribe(self, prefix: bytes, listener: ChangeListener) -> None:
+        """Hand the committed changes of the collection ``prefix`` to ``listener`` from now on (replacing any)."""
+        self._listeners[prefix] = listener
 
     def unsubscribe(self, prefix: bytes) -> None:
-        self._subscribers.pop(prefix, None)
+        self._listeners.pop(prefix, None)
 
     def apply(self, mutations: list[Mutation]) -> list[Change]:
         """Apply mutations durably (LWW by version); returns once they are on disk."""
@@ -740,7 +748,7 @@ class Store:
     def _current(self, overlay: dict[bytes, RecordRow | EdgeRow | None], m: Mutation) -> RecordRow | EdgeRow | None:
         if m.key in overlay:
             return overlay[m.key]
-        if m.kind == K.CHANGE_RECORD:
+        if m.kind == keyspace.CHANGE_RECORD:
             raw = self.cf["records"].get(m.key)
             return None if raw is None else decode_record(raw)
         raw = self.cf["edges_out"].get(m.key)
@@ -791,7 +799,7 @@ class Store:
             try:
                 failed = self._notify(results)
             except BaseException as e:
-                # Not from a subscriber (_notify contains those): the writes
+                # Not from a listener (_notify contains those): the writes
                 # are durable, tell their callers and stop loudly.
                 for item, _, _ in results:
                     _fail(item.future, self._not_indexed(f"{type(e).__name__}: {e}"))
@@ -826,15 +834,15 @@ class Store:
             seq_before = seq
             try:
                 for ttl_k, expected in item.purge:
-                    _, kind, key = K.parse_ttl_key(ttl_k)
-                    cf = "records" if kind == K.TTL_PURGE_RECORD else "edges_out"
+                    _, kind, key = keyspace.parse_ttl_key(ttl_k)
+                    cf = "records" if kind == keyspace.TTL_PURGE_RECORD else "edges_out"
                     cur = self.cf[cf].get(key)
                     ops.append(("del", "ttl", ttl_k, None))
                     if cur is not None and bytes(cur) == expected and key not in overlay:
                         ops.append(("del", cf, key, None))
-                        if kind == K.TTL_PURGE_EDGE:
-                            a, rel, b = K.parse_edge_key(key)
-                            ops.append(("del", "edges_in", K.edge_in_key(key[:8], a, rel, b), None))
+                        if kind == keyspace.TTL_PURGE_EDGE:
+                            a, rel, b = keyspace.parse_edge_key(key)
+                            ops.append(("del", "edges_in", keyspace.edge_in_key(key[:8], a, rel, b), None))
                 for m in item.mutations:
                     old = local[m.key] if m.key in local else self._current(overlay, m)
                     old_v = old.version if old is not None else (0, 0)
@@ -848,8 +856,8 @@ class Store:
                     seq += 1
                     local[m.key] = new
                     changes.append(Change(m, old, True, seq))
-                    ops.append(("put", "changes", K.seq_key(seq), bytes([m.kind]) + m.key))
-                    if m.kind == K.CHANGE_RECORD:
+                    ops.append(("put", "changes", keyspace.seq_key(seq), bytes([m.kind]) + m.key))
+                    if m.kind == keyspace.CHANGE_RECORD:
                         assert isinstance(new, RecordRow)
                         if isinstance(old, RecordRow) and not old.deleted and not new.deleted:
                             # Replacing a live record keeps its creation time.
@@ -866,7 +874,9 @@ class Store:
                                 (
                                     "del",
                                     "ttl",
-                                    K.ttl_key(int(old.updated_at * 1000) + grace_ms, K.TTL_PURGE_EDGE, m.key),
+                                    keyspace.ttl_key(
+                                        int(old.updated_at * 1000) + grace_ms, keyspace.TTL_PURGE_EDGE, m.key
+                                    ),
                                     None,
                                 )
                             )
@@ -875,7 +885,9 @@ class Store:
                                 (
                                     "put",
                                     "ttl",
-                                    K.ttl_key(int(new.updated_at * 1000) + grace_ms, K.TTL_PURGE_EDGE, m.key),
+                                    keyspace.ttl_key(
+                                        int(new.updated_at * 1000) + grace_ms, keyspace.TTL_PURGE_EDGE, m.key
+                                    ),
                                     b"",
                                 )
                             )
@@ -900,45 +912,61 @@ class Store:
         self, ops: list[tuple[str, str, bytes, bytes | None]], m: Mutation, old: Any, new: RecordRow, grace_ms: int
     ) -> None:
         """TTL queue and namespace index rows that follow a record write."""
-        rid = K.record_id_of(m.key)
+        rid = keyspace.record_id_of(m.key)
         if old is not None:
             if old.deleted:
                 ops.append(
-                    ("del", "ttl", K.ttl_key(int(old.updated_at * 1000) + grace_ms, K.TTL_PURGE_RECORD, m.key), None)
+                    (
+                        "del",
+                        "ttl",
+                        keyspace.ttl_key(int(old.updated_at * 1000) + grace_ms, keyspace.TTL_PURGE_RECORD, m.key),
+                        None,
+                    )
                 )
             else:
                 if old.expires_at is not None:
-                    ops.append(("del", "ttl", K.ttl_key(int(old.expires_at * 1000), K.TTL_EXPIRE, m.key), None))
+                    ops.append(
+                        ("del", "ttl", keyspace.ttl_key(int(old.expires_at * 1000), keyspace.TTL_EXPIRE, m.key), None)
+                    )
                 if old.namespace:
-                    ops.append(("del", "meta", K.ns_key(m.prefix, old.namespace, rid), None))
+                    ops.append(("del", "meta", keyspace.ns_key(m.prefix, old.namespace, rid), None))
         if new.deleted or new.vector is None:
             ops.append(("del", "vectors", m.key, None))
         else:
             ops.append(("put", "vectors", m.key, new.vector))
         if new.deleted:
-            ops.append(("put", "ttl", K.ttl_key(int(new.updated_at * 1000) + grace_ms, K.TTL_PURGE_RECORD, m.key), b""))
+            ops.append(
+                (
+                    "put",
+                    "ttl",
+                    keyspace.ttl_key(int(new.updated_at * 1000) + grace_ms, keyspace.TTL_PURGE_RECORD, m.key),
+                    b"",
+                )
+            )
         else:
             if new.expires_at is not None:
-                ops.append(("put", "ttl", K.ttl_key(int(new.expires_at * 1000), K.TTL_EXPIRE, m.key), b""))
+                ops.append(
+                    ("put", "ttl", keyspace.ttl_key(int(new.expires_at * 1000), keyspace.TTL_EXPIRE, m.key), b"")
+                )
             if new.namespace:
-                ops.append(("put", "meta", K.ns_key(m.prefix, new.namespace, rid), b""))
+                ops.append(("put", "meta", keyspace.ns_key(m.prefix, new.namespace, rid), b""))
 
     def _notify(self, results: list[tuple[_Item, list[Change] | None, BaseException | None]]) -> dict[bytes, str]:
-        """Hand the applied changes to the subscribed indexes; returns why it failed, by collection prefix."""
+        """Hand the applied changes to their collections' listeners; returns why it failed, by collection prefix."""
         failed: dict[bytes, str] = {}
         by_prefix: dict[bytes, list[Change]] = {}
         for _, changes, _ in results:
             for c in changes or ():
                 if c.applied:
                     by_prefix.setdefault(c.mutation.prefix, []).append(c)
-                    if c.mutation.kind == K.CHANGE_RECORD:  # what index replay applies
+                    if c.mutation.kind == keyspace.CHANGE_RECORD:  # what index replay applies
                         self.last_change_seq[c.mutation.prefix] = c.seq
         for prefix, changes in by_prefix.items():
-            fn = self._subscribers.get(prefix)
-            if fn is None:
+            listener = self._listeners.get(prefix)
+            if listener is None:
                 continue
             try:
-                fn(changes)
+                listener.apply_committed(changes)
             except BaseException as e:
                 if not is_failure(e):
                     raise

@@ -14,6 +14,6 @@ import os
 # Read once, when grpc is first imported; an operator's own setting wins.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
-from .server import GrpcServerHandle, start_grpc_server
+from engramdb.server.grpc.server import GrpcServerHandle, start_grpc_server
 
 __all__ = ["GrpcServerHandle", "start_grpc_server"]

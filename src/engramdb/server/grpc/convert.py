@@ -26,9 +26,9 @@ import numpy as np
 import orjson
 from google.protobuf.message import Message
 
-from ...engine.validate import json_loads
-from ...errors import InvalidArgument
-from . import engramdb_pb2 as pb
+from engramdb.errors import InvalidArgument
+from engramdb.server.grpc import engramdb_pb2 as pb
+from engramdb.validation import json_loads
 
 Params = dict[str, Any]
 Result = Mapping[str, Any]

@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from ...config import Settings, TLSSettings, check
-from ...errors import InvalidArgument, Unavailable
-from .servicer import SERVICE_NAME, EngramDBServicer
+from engramdb.config import Settings, TLSSettings, check
+from engramdb.errors import InvalidArgument, Unavailable
+from engramdb.server.grpc.servicer import SERVICE_NAME, EngramDBServicer
 
 if TYPE_CHECKING:
-    from ...service import Service
+    from engramdb.service import Service
 
 log = logging.getLogger("engramdb.server.grpc")
 

@@ -31,10 +31,10 @@ import grpc
 import orjson
 from google.protobuf.message import DecodeError, Message
 
-from ...errors import EngramError, InvalidArgument, RateLimited
-from ...service import RequestContext, Service
-from ...service.context import new_request_id
-from .convert import RPCS, Rpc
+from engramdb.errors import EngramError, InvalidArgument, RateLimited
+from engramdb.server.grpc.convert import RPCS, Rpc
+from engramdb.service import RequestContext, Service
+from engramdb.service.context import new_request_id
 
 log = logging.getLogger("engramdb.server.grpc")
 # The logger REST's access lines go to, so one query sees both transports.

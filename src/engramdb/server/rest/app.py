@@ -40,15 +40,23 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ... import __version__
-from ...engine.validate import json_loads
-from ...errors import EngramError, InvalidArgument, NotFound, RateLimited
-from ...service import RequestContext, Service
-from ...service.context import new_request_id
-from .. import metrics as server_metrics
-from .guards import HostMatcher, allowed_hosts, check_request
-from .openapi import TENANT_HEADER, build_openapi
-from .routes import ROUTES, RouteSpec
+from engramdb._version import __version__
+from engramdb.errors import (
+    EngramError,
+    InvalidArgument,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    UnsupportedMediaType,
+)
+from engramdb.server import metrics as server_metrics
+from engramdb.server.rest.guards import HostMatcher, allowed_hosts, check_request
+from engramdb.server.rest.openapi import TENANT_HEADER, build_openapi
+from engramdb.server.rest.routes import ROUTES, RouteSpec
+from engramdb.service import RequestContext, Service
+from engramdb.service.context import new_request_id
+from engramdb.validation import json_loads
 
 access_log = logging.getLogger("engramdb.access")
 
@@ -65,20 +73,6 @@ BLOCKING_THREADS = 40
 _HOT_OPS = ("search", "get", "upsert", "get_one", "patch", "delete_one", "count")
 
 T = TypeVar("T")
-
-
-class PayloadTooLarge(EngramError):
-    """The request body is larger than ``server.max_request_mb``."""
-
-    code = "payload_too_large"
-    http_status = 413
-    grpc_status = "RESOURCE_EXHAUSTED"
-
-
-class MethodNotAllowed(EngramError):
-    code = "method_not_allowed"
-    http_status = 405
-    grpc_status = "UNIMPLEMENTED"
 
 
 class ORJSONResponse(Response):
@@ -454,14 +448,6 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 
 # ------------------------------------------------------- browsers and HTTP semantics
-class UnsupportedMediaType(EngramError):
-    """A JSON endpoint got a body that is not declared ``application/json``."""
-
-    code = "unsupported_media_type"
-    http_status = 415
-    grpc_status = "INVALID_ARGUMENT"
-
-
 def require_json(request: Request) -> Request:
     """Refuse a request to a JSON endpoint unless it says ``Content-Type: application/json`` (even when empty).
 

@@ -25,21 +25,13 @@ from __future__ import annotations
 import ipaddress
 from urllib.parse import urlsplit
 
-from ...config import ServerSettings, _host_names
-from ...errors import EngramError, PermissionDenied
+from engramdb.config import ServerSettings, _host_names
+from engramdb.errors import EngramError, HostNotAllowed, PermissionDenied
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 # Probe endpoints reachable by any Host name (see the module docstring).
 PROBE_PATHS = frozenset({"/health", "/ready"})
 _WILDCARD_BINDS = frozenset({"", "0.0.0.0", "::"})
-
-
-class HostNotAllowed(EngramError):
-    """The request's ``Host`` header names a host this server does not answer to."""
-
-    code = "host_not_allowed"
-    http_status = 421
-    grpc_status = "PERMISSION_DENIED"
 
 
 def _is_loopback(host: str) -> bool:

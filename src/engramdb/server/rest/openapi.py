@@ -12,8 +12,9 @@ from typing import Any, get_args
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from ...service import models as M
-from .routes import ROUTES, RouteSpec
+from engramdb.server.rest.routes import ROUTES, RouteSpec
+from engramdb.service import models
+from engramdb.validation import MAX_ID_BYTES, NAME_PATTERN
 
 REF = "#/components/schemas/{model}"
 TENANT_HEADER = "X-EngramDB-Tenant"
@@ -30,9 +31,9 @@ _ERROR_STATUSES = {
     "503": "Starting, shutting down or unavailable",
 }
 _PATH_PARAMS: dict[str, dict[str, Any]] = {
-    "coll": {"type": "string", "minLength": 1, "maxLength": 1024},
-    "id": {"type": "string", "minLength": 1, "maxLength": 512},
-    "key_id": {"type": "string", "minLength": 1, "maxLength": 64},
+    "coll": {"type": "string", "minLength": 1, "maxLength": models.MAX_COLL_PATH_CHARS},
+    "id": {"type": "string", "minLength": 1, "maxLength": MAX_ID_BYTES},
+    "key_id": {"type": "string", "minLength": 1, "maxLength": models.MAX_KEY_ID_CHARS},
 }
 
 
@@ -49,7 +50,7 @@ def _json(schema: dict[str, Any], description: str, headers: dict[str, Any] | No
 
 def _errors(extra: tuple[tuple[str, str], ...] = ()) -> dict[str, Any]:
     """The error responses every operation documents, plus ``extra`` (status, description) pairs."""
-    err = _ref(M.ErrorBody)
+    err = _ref(models.ErrorBody)
     out = {code: _json(err, desc) for code, desc in (*_ERROR_STATUSES.items(), *extra)}
     out["401"]["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
     out["429"]["headers"] = {"Retry-After": {"schema": {"type": "string"}, "description": "seconds"}}
@@ -83,7 +84,7 @@ def _operation(r: RouteSpec) -> dict[str, Any]:
             "name": TENANT_HEADER,
             "in": "header",
             "required": False,
-            "schema": {"type": "string", "pattern": M.NAME_PATTERN},
+            "schema": {"type": "string", "pattern": NAME_PATTERN},
             "description": "act on this tenant (only the bootstrap admin key may name another tenant than its own)",
         }
     )
@@ -109,12 +110,12 @@ def build_openapi(version: str) -> dict[str, Any]:
     """The whole document (``/openapi.json``)."""
     bodies: list[type[BaseModel]] = [r.body for r in ROUTES if r.body is not None]
     results: list[type[BaseModel]] = [r.result for r in ROUTES]
-    results.extend((M.ErrorBody, M.HealthResult, M.ReadyResult))
+    results.extend((models.ErrorBody, models.HealthResult, models.ReadyResult))
     inputs: list[tuple[type[BaseModel], Any]] = [(m, "validation") for m in dict.fromkeys(bodies)]
     outputs: list[tuple[type[BaseModel], Any]] = [(m, "serialization") for m in dict.fromkeys(results)]
     _, top = models_json_schema(inputs + outputs, ref_template=REF)
     schemas: dict[str, Any] = dict(top.get("$defs", {}))
-    schemas["IncludeField"] = {"type": "string", "enum": list(get_args(M.IncludeField))}
+    schemas["IncludeField"] = {"type": "string", "enum": list(get_args(models.IncludeField))}
     paths: dict[str, dict[str, Any]] = {}
     for r in ROUTES:
         paths.setdefault(r.openapi_path, {})[r.method.lower()] = _operation(r)
@@ -124,7 +125,7 @@ def build_openapi(version: str) -> dict[str, Any]:
             "operationId": "health",
             "summary": "Liveness: 200 while the process runs",
             **public,
-            "responses": {"200": _json(_ref(M.HealthResult), "Alive")},
+            "responses": {"200": _json(_ref(models.HealthResult), "Alive")},
         }
     }
     paths["/ready"] = {
@@ -133,8 +134,8 @@ def build_openapi(version: str) -> dict[str, Any]:
             "summary": "Readiness: 200 once every collection is loaded, 503 with progress before",
             **public,
             "responses": {
-                "200": _json(_ref(M.ReadyResult), "Ready"),
-                "503": _json(_ref(M.ReadyResult), "Loading or shutting down"),
+                "200": _json(_ref(models.ReadyResult), "Ready"),
+                "503": _json(_ref(models.ReadyResult), "Loading or shutting down"),
             },
         }
     }

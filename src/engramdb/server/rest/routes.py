@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from ...service import models as M
+from engramdb.service import models
 
 
 @dataclass(frozen=True)
@@ -51,8 +51,8 @@ ROUTES: tuple[RouteSpec, ...] = (
         "create_collection",
         "POST",
         "/v1/collections",
-        M.CreateCollectionBody,
-        M.CollectionResult,
+        models.CreateCollectionBody,
+        models.CollectionResult,
         "Create a collection",
         status=201,
         tag="collections",
@@ -62,7 +62,7 @@ ROUTES: tuple[RouteSpec, ...] = (
         "GET",
         "/v1/collections",
         None,
-        M.CollectionsResult,
+        models.CollectionsResult,
         "List the tenant's collections",
         tag="collections",
     ),
@@ -71,7 +71,7 @@ ROUTES: tuple[RouteSpec, ...] = (
         "GET",
         _C,
         None,
-        M.CollectionInfoResult,
+        models.CollectionInfoResult,
         "A collection and its record count",
         tag="collections",
     ),
@@ -80,62 +80,95 @@ ROUTES: tuple[RouteSpec, ...] = (
         "DELETE",
         _C,
         None,
-        M.DeletedCollectionResult,
+        models.DeletedCollectionResult,
         "Delete a collection with all its data",
         tag="collections",
     ),
-    RouteSpec("upsert", "POST", _R, M.UpsertBody, M.VersionsResult, "Insert or replace records"),
-    RouteSpec("get", "POST", _R + "/get", M.GetBody, M.RecordsResult, "Get records by id"),
-    RouteSpec("get_one", "GET", _R + "/{id:path}", None, M.RecordResult, "Get one record", query=("include",)),
-    RouteSpec("patch", "PATCH", _R + "/{id:path}", M.PatchBody, M.RecordResult, "Merge changes into a record"),
-    RouteSpec("delete", "POST", _R + "/delete", M.DeleteBody, M.DeletedResult, "Delete records by id or filter"),
-    RouteSpec("delete_one", "DELETE", _R + "/{id:path}", None, M.DeletedResult, "Delete one record"),
-    RouteSpec("scan", "POST", _R + "/scan", M.ScanBody, M.ScanResult, "Page through records in id order"),
-    RouteSpec("count", "POST", _C + "/count", M.CountBody, M.CountResult, "Count records"),
+    RouteSpec("upsert", "POST", _R, models.UpsertBody, models.VersionsResult, "Insert or replace records"),
+    RouteSpec("get", "POST", _R + "/get", models.GetBody, models.RecordsResult, "Get records by id"),
+    RouteSpec("get_one", "GET", _R + "/{id:path}", None, models.RecordResult, "Get one record", query=("include",)),
     RouteSpec(
-        "refresh_ttl", "POST", _R + "/refresh_ttl", M.RefreshTtlBody, M.RefreshedResult, "Restart records' TTL clock"
+        "patch", "PATCH", _R + "/{id:path}", models.PatchBody, models.RecordResult, "Merge changes into a record"
     ),
-    RouteSpec("search", "POST", _C + "/search", M.SearchBody, M.HitsResult, "Vector, text or hybrid search"),
+    RouteSpec(
+        "delete", "POST", _R + "/delete", models.DeleteBody, models.DeletedResult, "Delete records by id or filter"
+    ),
+    RouteSpec("delete_one", "DELETE", _R + "/{id:path}", None, models.DeletedResult, "Delete one record"),
+    RouteSpec("scan", "POST", _R + "/scan", models.ScanBody, models.ScanResult, "Page through records in id order"),
+    RouteSpec("count", "POST", _C + "/count", models.CountBody, models.CountResult, "Count records"),
+    RouteSpec(
+        "refresh_ttl",
+        "POST",
+        _R + "/refresh_ttl",
+        models.RefreshTtlBody,
+        models.RefreshedResult,
+        "Restart records' TTL clock",
+    ),
+    RouteSpec("search", "POST", _C + "/search", models.SearchBody, models.HitsResult, "Vector, text or hybrid search"),
     RouteSpec(
         "list_namespaces",
         "POST",
         _C + "/namespaces",
-        M.ListNamespacesBody,
-        M.NamespacesResult,
+        models.ListNamespacesBody,
+        models.NamespacesResult,
         "List namespace paths",
     ),
-    RouteSpec("link", "POST", _C + "/edges", M.LinkBody, M.VersionsResult, "Create or replace edges", tag="graph"),
-    RouteSpec("unlink", "POST", _C + "/edges/delete", M.UnlinkBody, M.DeletedResult, "Remove edges", tag="graph"),
-    RouteSpec("edges", "POST", _C + "/edges/list", M.EdgesBody, M.EdgesResult, "Edges of a record", tag="graph"),
     RouteSpec(
-        "neighbors", "POST", _C + "/neighbors", M.NeighborsBody, M.HitsResult, "Records reachable from one", tag="graph"
+        "link", "POST", _C + "/edges", models.LinkBody, models.VersionsResult, "Create or replace edges", tag="graph"
     ),
     RouteSpec(
-        "subgraph", "POST", _C + "/subgraph", M.SubgraphBody, M.SubgraphResult, "Neighbourhood of records", tag="graph"
+        "unlink", "POST", _C + "/edges/delete", models.UnlinkBody, models.DeletedResult, "Remove edges", tag="graph"
+    ),
+    RouteSpec(
+        "edges", "POST", _C + "/edges/list", models.EdgesBody, models.EdgesResult, "Edges of a record", tag="graph"
+    ),
+    RouteSpec(
+        "neighbors",
+        "POST",
+        _C + "/neighbors",
+        models.NeighborsBody,
+        models.HitsResult,
+        "Records reachable from one",
+        tag="graph",
+    ),
+    RouteSpec(
+        "subgraph",
+        "POST",
+        _C + "/subgraph",
+        models.SubgraphBody,
+        models.SubgraphResult,
+        "Neighbourhood of records",
+        tag="graph",
     ),
     RouteSpec(
         "extract",
         "POST",
         _C + "/extract",
-        M.ExtractBody,
-        M.ExtractionResult,
+        models.ExtractBody,
+        models.ExtractionResult,
         "Extract entities and relations from text with the server's LLM and store them",
         tag="graph",
         errors=_UPSTREAM_ERRORS,
     ),
     RouteSpec(
-        "create_key", "POST", "/v1/admin/keys", M.CreateKeyBody, M.NewKeyResult, "Create an API key", tag="admin"
+        "create_key",
+        "POST",
+        "/v1/admin/keys",
+        models.CreateKeyBody,
+        models.NewKeyResult,
+        "Create an API key",
+        tag="admin",
     ),
-    RouteSpec("list_keys", "GET", "/v1/admin/keys", None, M.KeysResult, "List the tenant's API keys", tag="admin"),
+    RouteSpec("list_keys", "GET", "/v1/admin/keys", None, models.KeysResult, "List the tenant's API keys", tag="admin"),
     RouteSpec(
-        "revoke_key", "DELETE", "/v1/admin/keys/{key_id}", None, M.RevokedResult, "Revoke an API key", tag="admin"
+        "revoke_key", "DELETE", "/v1/admin/keys/{key_id}", None, models.RevokedResult, "Revoke an API key", tag="admin"
     ),
     RouteSpec(
         "rotate_key",
         "POST",
         "/v1/admin/keys/{key_id}/rotate",
-        M.RotateKeyBody,
-        M.NewKeyResult,
+        models.RotateKeyBody,
+        models.NewKeyResult,
         "Replace an API key; the old one expires after a grace period",
         tag="admin",
     ),

@@ -43,6 +43,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
 
+from engramdb.errors import EngramError, HeadersTooLarge, InvalidArgument, RequestTimeout, Unavailable
+
 log = logging.getLogger("engramdb.rest")
 
 # Bytes a request body must bring per header_timeout period: far below any real upload, far above a drip.
@@ -77,9 +79,10 @@ def effective_max_connections(configured: int) -> int:
     return max(1, min(configured, soft // 2))
 
 
-def error_bytes(status: int, code: str, kind: str, message: str, headers: tuple[bytes, ...] = ()) -> bytes:
+def error_bytes(error: EngramError, headers: tuple[bytes, ...] = ()) -> bytes:
     """A complete HTTP/1.1 error response that closes the connection, in the API's error format."""
-    body = orjson.dumps({"error": {"code": code, "kind": kind, "message": message}})
+    body = orjson.dumps({"error": error.to_dict()})
+    status = error.http_status
     head = [
         b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Error")),
         b"content-type: application/json\r\n",
@@ -128,10 +131,10 @@ class _Limited(asyncio.Protocol):
         if full and not self._make_room():
             log.warning("REST connection limit (%d) reached with every connection busy", self.limits.max_connections)
             self._refuse(
-                503,
-                "too_many_connections",
-                "unavailable",
-                "the server has too many open connections (server.max_connections); retry shortly",
+                Unavailable(
+                    "the server has too many open connections (server.max_connections); retry shortly",
+                    code="too_many_connections",
+                ),
                 (b"retry-after: 1",),
             )
             return
@@ -166,7 +169,7 @@ class _Limited(asyncio.Protocol):
         elif self._awaiting_head() and self._head_bytes:
             if self._head_bytes > self.limits.max_header_bytes:
                 self._oversized = True
-                self._refuse(*self._too_large())
+                self._refuse(self._too_large())
             else:
                 self._arm_head_timer()
 
@@ -180,19 +183,14 @@ class _Limited(asyncio.Protocol):
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to a malformed request (or one over h11's size limit), as a JSON error."""
         if self._oversized or self._head_bytes > self.limits.max_header_bytes:
-            self._refuse(*self._too_large())
+            self._refuse(self._too_large())
             return
-        self._refuse(400, "bad_request", "invalid_argument", "the request is not valid HTTP/1.1")
+        self._refuse(InvalidArgument("the request is not valid HTTP/1.1", code="bad_request"))
 
     # -- the rules
-    def _too_large(self) -> tuple[int, str, str, str]:
+    def _too_large(self) -> HeadersTooLarge:
         kb = self.limits.max_header_bytes // 1024
-        return (
-            431,
-            "headers_too_large",
-            "invalid_argument",
-            f"the request line and headers exceed {kb} KB (server.max_header_kb)",
-        )
+        return HeadersTooLarge(f"the request line and headers exceed {kb} KB (server.max_header_kb)")
 
     def _idle(self) -> bool:
         return self.cycle is None or bool(self.cycle.response_complete)
@@ -223,12 +221,7 @@ class _Limited(asyncio.Protocol):
             self.transport.close()  # nothing was asked: nothing to answer
             return
         secs = f"{self.limits.header_timeout:g}"
-        self._refuse(
-            408,
-            "request_timeout",
-            "invalid_argument",
-            f"the request head did not arrive within {secs}s (server.header_timeout_seconds)",
-        )
+        self._refuse(RequestTimeout(f"the request head did not arrive within {secs}s (server.header_timeout_seconds)"))
 
     def _check_body(self) -> None:
         self._body_timer = None
@@ -239,10 +232,9 @@ class _Limited(asyncio.Protocol):
             if self.cycle is not None and not self.cycle.response_started:
                 secs = f"{self.limits.header_timeout:g}"
                 self._refuse(
-                    408,
-                    "request_timeout",
-                    "invalid_argument",
-                    f"the request body arrived slower than {self.limits.min_body_bytes} bytes per {secs}s",
+                    RequestTimeout(
+                        f"the request body arrived slower than {self.limits.min_body_bytes} bytes per {secs}s"
+                    )
                 )
             else:
                 self.transport.close()
@@ -250,7 +242,7 @@ class _Limited(asyncio.Protocol):
         self._body_mark = self._body_bytes
         self._body_timer = asyncio.get_running_loop().call_later(self.limits.header_timeout, self._check_body)
 
-    def _refuse(self, status: int, code: str, kind: str, message: str, headers: tuple[bytes, ...] = ()) -> None:
+    def _refuse(self, error: EngramError, headers: tuple[bytes, ...] = ()) -> None:
         """Answer an error, stop reading requests and close (after a short linger for the client to read it)."""
         self.waiting.pop(self, None)
         self._cancel_timers()
@@ -262,7 +254,7 @@ class _Limited(asyncio.Protocol):
             cycle.disconnected = True
             cycle.message_event.set()
         self._draining = True
-        self.transport.write(error_bytes(status, code, kind, message, headers))
+        self.transport.write(error_bytes(error, headers))
         if self.transport.can_write_eof():
             self.transport.write_eof()  # the client reads the answer, then EOF; its own close ends the linger
         self._linger_timer = asyncio.get_running_loop().call_later(LINGER_SECONDS, self.transport.close)

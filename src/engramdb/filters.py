@@ -1,6 +1,6 @@
 """The filter language: Mongo-style metadata filters, compiled once, matched fast.
 
-One language is used everywhere (REST, gRPC, Python; DESIGN §5.2)::
+One language is used everywhere (REST, gRPC, Python; the user's guide is docs/filters.md)::
 
     {"kind": "note"}                                   implicit equality
     {"age": {"$gte": 18, "$lt": 65}}                   several operators on one field = AND

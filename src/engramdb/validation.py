@@ -1,8 +1,14 @@
-"""Input validation shared by every entry point (embedded, REST, gRPC).
+"""The value rules of every input, and their bounds: the one authority.
 
-Each check raises an ``InvalidArgument`` whose message names the offending
-field and says what is allowed, so a batch is rejected whole before anything
-is written.
+Every entry point (embedded, REST, gRPC, the integrations) reaches these
+checks through the engine, and the service's request models publish the same
+bounds in OpenAPI by importing the constants below, so a limit is written
+once. Each check raises an ``InvalidArgument`` whose message names the
+offending field and says what is allowed, so a batch is rejected whole before
+anything is written.
+
+This module sits on the bottom floor with ``errors``, ``types`` and
+``filters``: it imports nothing else from the package, so any layer may use it.
 """
 
 from __future__ import annotations
@@ -11,13 +17,42 @@ import json
 import math
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import orjson
+from engramdb.errors import DimensionMismatch, InvalidArgument
 
-from ..errors import DimensionMismatch, InvalidArgument
-from ..types import INCLUDE_FIELDS, MAX_ID_BYTES, MAX_K, NAME_RE
+if TYPE_CHECKING:
+    import numpy as np
+
+# numpy and orjson are imported by the checks that use them: ``engramdb.types`` re-exports the bounds
+# below, and ``import engramdb`` must not pay for either (cold start, and a client needs neither).
+
+# ----------------------------------------------------------------- bounds
+# Names of collections and tenants.
+NAME_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$"
+NAME_RE = re.compile(NAME_PATTERN)
+NAME_RULE = "1-128 letters, digits, '_', '.' or '-', starting with a letter or digit"
+MAX_ID_BYTES = 512
+MAX_DIMENSION = 4096
+MAX_K = 10_000
+MAX_EF = 10_000
+INCLUDE_FIELDS = frozenset({"vector", "text", "metadata", "namespace", "expires_at", "timestamps", "importance"})
+SEARCH_MODES = ("vector", "text", "hybrid")
+MAX_FUSION_WEIGHT = 1000
+# Graph reads (docs/graph.md): hops multiply the work, so every traversal is bounded in depth, in edges
+# kept per node, in records returned and in time.
+DIRECTIONS = ("out", "in", "both")
+MAX_HOPS = 5
+MAX_FANOUT = 1000
+MAX_GRAPH_LIMIT = 10_000
+MAX_TIMEOUT_MS = 60_000
+MAX_KEY_NAME_CHARS = 200
+# Bounds of an extract request. The text goes into one chat request: 100,000
+# characters is about 25,000 tokens, within the context of current chat models
+# with room for the answer; longer documents should be split by the caller
+# (per section or paragraph), which also gives the model less to get wrong.
+MAX_EXTRACT_TEXT_CHARS = 100_000
+MAX_EXTRACT_INSTRUCTIONS_CHARS = 4_000
 
 MAX_NAMESPACE_DEPTH = 32
 MAX_SEGMENT_CHARS = 256
@@ -60,10 +95,7 @@ def _check_utf8(value: str, where: str, code: str) -> None:
 
 def name(value: Any, what: str = "name") -> str:
     if not isinstance(value, str) or not NAME_RE.fullmatch(value):
-        raise InvalidArgument(
-            f"{what} {value!r} is invalid: use 1-128 letters, digits, '_', '.' or '-', starting with a letter or digit",
-            code="invalid_name",
-        )
+        raise InvalidArgument(f"{what} {value!r} is invalid: use {NAME_RULE}", code="invalid_name")
     return value
 
 
@@ -91,6 +123,8 @@ def record_id(value: Any, where: str = "id") -> str:
 
 def vector(value: Any, dim: int, metric: str, where: str = "vector") -> np.ndarray:
     """A finite float32 vector of the collection's dimension (unit length under cosine)."""
+    import numpy as np
+
     try:
         arr = np.asarray(value, dtype=np.float32)
     except (TypeError, ValueError) as e:
@@ -184,6 +218,8 @@ def metadata(value: Any, where: str = "metadata") -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise InvalidArgument(f"{where} must be a JSON object", code="invalid_metadata")
     _json_value(value, where, 0)
+    import orjson
+
     try:
         # Serializing once both measures the object and proves every string valid UTF-8.
         size = len(orjson.dumps(value))
@@ -256,6 +292,77 @@ def k(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_K:
         raise InvalidArgument(f"k must be an integer from 1 to {MAX_K}, got {value!r}", code="invalid_k")
     return value
+
+
+def ef(value: Any) -> int | None:
+    """The HNSW search breadth of one query; None keeps the collection's ``ef_search``."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_EF):
+        raise InvalidArgument(f"ef must be an integer from 1 to {MAX_EF}", code="invalid_ef")
+    return value
+
+
+def mode(value: Any) -> str:
+    if value not in SEARCH_MODES:
+        raise InvalidArgument(f"mode must be one of {list(SEARCH_MODES)}, got {value!r}", code="invalid_mode")
+    return str(value)
+
+
+def page_limit(value: Any) -> int:
+    """How many records or namespaces one page returns (scan, list_namespaces)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_BATCH:
+        raise InvalidArgument(f"limit must be an integer from 1 to {MAX_BATCH}", code="invalid_limit")
+    return value
+
+
+def int_in_range(value: Any, where: str, lo: int, hi: int, code: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise InvalidArgument(f"{where} must be an integer from {lo} to {hi}, got {value!r}", code=code)
+    return value
+
+
+def hops(value: Any, where: str = "hops", lo: int = 1) -> int:
+    return int_in_range(value, where, lo, MAX_HOPS, "invalid_hops")
+
+
+def graph_limit(value: Any, where: str = "limit", code: str = "invalid_limit") -> int:
+    return int_in_range(value, where, 1, MAX_GRAPH_LIMIT, code)
+
+
+def fanout(value: Any, where: str = "fanout", code: str = "invalid_fanout") -> int:
+    return int_in_range(value, where, 1, MAX_FANOUT, code)
+
+
+def direction(value: Any, where: str = "direction") -> str:
+    if value not in DIRECTIONS:
+        raise InvalidArgument(f"{where} must be one of {list(DIRECTIONS)}, got {value!r}", code="invalid_direction")
+    return str(value)
+
+
+def relations(value: Any, where: str = "relations") -> tuple[str, ...] | None:
+    """None (every relation) or a de-duplicated tuple of valid relation names."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, Sequence) or not value:
+        raise InvalidArgument(
+            f"{where} must be a non-empty list of relation names, or null for every relation",
+            code="invalid_relation",
+        )
+    return tuple(dict.fromkeys(relation_ref(r) for r in value))
+
+
+def timeout_ms(value: Any, where: str = "timeout_ms") -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not 0 < value <= MAX_TIMEOUT_MS
+    ):
+        raise InvalidArgument(
+            f"{where} must be a number of milliseconds in (0, {MAX_TIMEOUT_MS}], got {value!r}", code="invalid_timeout"
+        )
+    return float(value)
 
 
 def include(value: Any) -> frozenset[str]:
@@ -372,6 +479,8 @@ def json_loads(data: bytes | str) -> Any:
     keeps integers as integers, so validation sees what the caller sent. Raises
     ``orjson.JSONDecodeError`` (a ``ValueError``) for text that is not JSON.
     """
+    import orjson
+
     value = orjson.loads(data)
     if _maybe_big_int(value):
         value = json.loads(data)  # orjson accepted the text, so this parser does too

@@ -1,4 +1,4 @@
-"""Transport-independent parts of the HTTP clients.
+"""The client's operations as HTTP calls, and the plumbing both clients share.
 
 The sync and async clients differ only in how they wait (``time.sleep`` vs
 ``asyncio.sleep``, ``httpx.Client`` vs ``httpx.AsyncClient``). Everything else
@@ -25,7 +25,7 @@ from urllib.parse import quote
 
 import httpx
 
-from ..errors import (
+from engramdb.errors import (
     DeadlineExceeded,
     DimensionMismatch,
     EngramError,
@@ -34,7 +34,7 @@ from ..errors import (
     Unavailable,
     error_from_dict,
 )
-from ..types import CollectionConfig, Edge, ExtractResult, Hit, Record, ScanPage
+from engramdb.types import ApiKeyInfo, CollectionConfig, Edge, ExtractResult, Hit, NewApiKey, Record, ScanPage
 
 try:  # orjson parses large responses (vectors) several times faster; stdlib json is the fallback.
     import orjson
@@ -614,6 +614,46 @@ def subgraph(
 # An extraction waits for a chat model (often tens of seconds, more with the
 # server's own retries), so it gets at least this long even when the client's
 # timeout, sized for database calls, is shorter.
+# ----------------------------------------------------------- API keys
+# The operator's key management (admin keys only): docs/security.md.
+def _new_key(d: Any) -> NewApiKey:
+    return NewApiKey(**{f: d.get(f) for f in ("key", "id", "role", "tenant", "collections", "expires_at", "name")})
+
+
+def _key_path(key_id: str) -> str:
+    return "/v1/admin/keys/" + _seg(key_id)
+
+
+def create_key(
+    role: str,
+    *,
+    tenant: str | None,
+    collections: Sequence[str] | None,
+    expires_at: float | None,
+    name: str | None,
+) -> Call[NewApiKey]:
+    body = _compact(
+        {"role": role, "tenant": tenant, "collections": _opt_list(collections), "expires_at": expires_at, "name": name}
+    )
+    # Not retried: a repeat after a lost answer would mint a second key.
+    return Call("create_key", "POST", "/v1/admin/keys", body, _new_key, False)
+
+
+def list_keys() -> Call[list[ApiKeyInfo]]:
+    return Call("list_keys", "GET", "/v1/admin/keys", None, lambda d: [ApiKeyInfo(**k) for k in d["keys"]], True)
+
+
+def revoke_key(key_id: str) -> Call[None]:
+    # Revoking a revoked key answers the same: safe to repeat.
+    return Call("revoke_key", "DELETE", _key_path(key_id), None, _none, True)
+
+
+def rotate_key(key_id: str, grace_seconds: float | None) -> Call[NewApiKey]:
+    body = _compact({"grace_seconds": grace_seconds})
+    # Not retried: a repeat would rotate the new key's predecessor again (key_not_rotatable) or mint another.
+    return Call("rotate_key", "POST", _key_path(key_id) + "/rotate", body, _new_key, False)
+
+
 EXTRACT_MIN_TIMEOUT = 120.0
 
 
@@ -826,7 +866,7 @@ def base_url(url: str) -> str:
 
 def headers(api_key: str | None, tenant: str | None) -> dict[str, str]:
     """Default headers: auth (explicit key, else ``ENGRAMDB_API_KEY``) and tenant."""
-    from .. import __version__
+    from engramdb._version import __version__
 
     key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
     h = {"User-Agent": f"{USER_AGENT}/{__version__}", "Accept": "application/json"}

@@ -21,14 +21,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
-from ..config import ExtractionSettings, Settings
-from ..embed.profiles import PROFILE_DETAIL
-from ..engine import validate as V
-from ..engine.budget import query_budget
-from ..engine.collection import Collection
-from ..engine.database import DEFAULT_TENANT, Database
-from ..engine.extraction import Extractor
-from ..errors import (
+from engramdb import validation
+from engramdb.config import ExtractionSettings, Settings
+from engramdb.embed.profiles import PROFILE_DETAIL
+from engramdb.engine.budget import query_budget
+from engramdb.engine.collection import Collection
+from engramdb.engine.database import DEFAULT_TENANT, Database
+from engramdb.engine.extraction import Extractor
+from engramdb.errors import (
     DeadlineExceeded,
     EngramError,
     FailedPrecondition,
@@ -40,11 +40,11 @@ from ..errors import (
     Unauthenticated,
     Unavailable,
     UpstreamError,
+    is_failure,
 )
-from ..storage.store import is_failure
-from ..types import CollectionConfig, ExtractResult, Hit, Record
-from . import models as M
-from .context import (
+from engramdb.service import models
+from engramdb.service.api_keys import DEFAULT_ROTATION_GRACE_SECONDS, KeyStore, digest, same_digest
+from engramdb.service.context import (
     ANONYMOUS_KEY_ID,
     BOOTSTRAP_KEY_ID,
     METRICS_KEY_ID,
@@ -53,9 +53,9 @@ from .context import (
     Role,
     role_allows,
 )
-from .keys import DEFAULT_ROTATION_GRACE_SECONDS, KeyStore, digest, same_digest
-from .limits import AuthFailureThrottle, TokenBuckets
-from .metrics import ServiceMetrics
+from engramdb.service.limits import AuthFailureThrottle, TokenBuckets
+from engramdb.service.metrics import ServiceMetrics
+from engramdb.types import CollectionConfig, ExtractResult, Hit, Record
 
 log = logging.getLogger("engramdb.service")
 
@@ -106,9 +106,11 @@ def parse_authorization(value: str | None) -> str | None:
     return token
 
 
-# The engine's error code for a problem in each request field, so a request refused by the
-# pydantic models fails with the same code as the same call on the embedded engine
-# (DESIGN.md §1.3): e.g. k=0 is ``invalid_k`` both ways, not a generic ``invalid_argument``.
+# The engine's error code for a shape problem in each request field (a string where a number
+# belongs, a value outside an enumeration), so a request refused by the pydantic models fails with
+# the code of the same call on the embedded engine: e.g. k="5" is ``invalid_k`` both ways, not a
+# generic ``invalid_argument``. Range rules are the engine's own (validation.py); the models do not
+# repeat them. tests/unit/test_validation_parity.py holds the two paths together.
 _FIELD_CODES: dict[str, str] = {
     "k": "invalid_k",
     "include": "invalid_include",
@@ -218,7 +220,7 @@ def build_extractor(cfg: ExtractionSettings) -> Extractor | None:
     """
     if not cfg.enabled:
         return None
-    from ..extract.llm import ChatExtractor
+    from engramdb.extract.llm import ChatExtractor
 
     assert cfg.model is not None
     try:
@@ -257,7 +259,7 @@ class Service:
         # Collection configs arrive from API callers: embed only with the operator's profiles.
         db.refuse_inline_embedders()
         self.settings = settings
-        self.keys = KeyStore(db.store)
+        self.keys = KeyStore(db.metadata)
         srv = settings.server
         # Only the digests of the bootstrap and metrics keys are kept, so a heap dump does not reveal them.
         self._bootstrap_digest = digest(admin_key) if admin_key else None
@@ -475,7 +477,7 @@ class Service:
     def _acting_tenant(self, ctx: RequestContext, p: Principal) -> str:
         asked = ctx.tenant
         if asked is not None:
-            V.name(asked, "tenant (X-EngramDB-Tenant)")
+            validation.name(asked, "tenant (X-EngramDB-Tenant)")
         if p.any_tenant:
             return asked or p.tenant
         if asked and asked != p.tenant:
@@ -598,65 +600,67 @@ class Service:
     # (records, edges) are passed to the engine as the validated dicts, which
     # avoids copying large vectors a second time.
 
-    def _create_collection(self, call: Call, req: M.CreateCollectionBody, params: dict[str, Any]) -> dict[str, Any]:
+    def _create_collection(
+        self, call: Call, req: models.CreateCollectionBody, params: dict[str, Any]
+    ) -> dict[str, Any]:
         kw = req.model_dump(exclude_unset=True)
         name = kw.pop("name")
         coll = self.db.create_collection(name, tenant=call.tenant, **kw)
         return {"collection": _collection_out(coll.config)}
 
-    def _list_collections(self, call: Call, req: M.ListCollectionsBody, params: dict[str, Any]) -> dict[str, Any]:
+    def _list_collections(self, call: Call, req: models.ListCollectionsBody, params: dict[str, Any]) -> dict[str, Any]:
         configs = self.db.list_collections(tenant=call.tenant)
         return {
             "collections": [_collection_out(c) for c in configs if call.principal.may_use(c.name)],
         }
 
-    def _get_collection(self, call: Call, req: M.GetCollection, params: dict[str, Any]) -> dict[str, Any]:
+    def _get_collection(self, call: Call, req: models.GetCollection, params: dict[str, Any]) -> dict[str, Any]:
         coll = self.collection(call, req.coll)
         return {"collection": _collection_out(coll.config), "count": coll.count()}
 
-    def _delete_collection(self, call: Call, req: M.DeleteCollection, params: dict[str, Any]) -> dict[str, Any]:
+    def _delete_collection(self, call: Call, req: models.DeleteCollection, params: dict[str, Any]) -> dict[str, Any]:
         self.db.delete_collection(req.coll, tenant=call.tenant)
         return {"deleted": True}
 
-    def _upsert(self, call: Call, req: M.Upsert, params: dict[str, Any]) -> dict[str, Any]:
+    def _upsert(self, call: Call, req: models.Upsert, params: dict[str, Any]) -> dict[str, Any]:
         return {"versions": self.collection(call, req.coll).upsert(params["records"])}
 
-    def _get(self, call: Call, req: M.Get, params: dict[str, Any]) -> dict[str, Any]:
+    def _get(self, call: Call, req: models.Get, params: dict[str, Any]) -> dict[str, Any]:
         kw = _set_fields(req, "include", "refresh_ttl")
         recs = self.collection(call, req.coll).get_many(req.ids, **kw)
         return {"records": [_record(r) for r in recs]}
 
-    def _get_one(self, call: Call, req: M.GetOne, params: dict[str, Any]) -> dict[str, Any]:
+    def _get_one(self, call: Call, req: models.GetOne, params: dict[str, Any]) -> dict[str, Any]:
         coll = self.collection(call, req.coll)
         rec = coll.get(req.id, **_set_fields(req, "include"))
         if rec is None:
             raise NotFound(f"record {req.id!r} does not exist in collection {req.coll!r}", code="record_not_found")
         return {"record": _record(rec)}
 
-    def _patch(self, call: Call, req: M.Patch, params: dict[str, Any]) -> dict[str, Any]:
+    def _patch(self, call: Call, req: models.Patch, params: dict[str, Any]) -> dict[str, Any]:
         kw = _set_fields(req, "metadata", "text", "namespace", "ttl_seconds", "importance", "vector")
         return {"record": _record(self.collection(call, req.coll).patch(req.id, **kw))}
 
-    def _delete(self, call: Call, req: M.Delete, params: dict[str, Any]) -> dict[str, Any]:
+    def _delete(self, call: Call, req: models.Delete, params: dict[str, Any]) -> dict[str, Any]:
         return {"deleted": self.collection(call, req.coll).delete(req.ids, filter=req.filter)}
 
-    def _delete_one(self, call: Call, req: M.DeleteOne, params: dict[str, Any]) -> dict[str, Any]:
+    def _delete_one(self, call: Call, req: models.DeleteOne, params: dict[str, Any]) -> dict[str, Any]:
         return {"deleted": self.collection(call, req.coll).delete([req.id])}
 
-    def _scan(self, call: Call, req: M.Scan, params: dict[str, Any]) -> dict[str, Any]:
+    def _scan(self, call: Call, req: models.Scan, params: dict[str, Any]) -> dict[str, Any]:
         kw = _set_fields(req, "cursor", "limit", "id_prefix", "namespace_prefix", "filter", "include")
         with self._query_budget():
             page = self.collection(call, req.coll).scan(**kw)
         return {"records": [_record(r) for r in page.records], "next_cursor": page.next_cursor}
 
-    def _count(self, call: Call, req: M.Count, params: dict[str, Any]) -> dict[str, Any]:
+    def _count(self, call: Call, req: models.Count, params: dict[str, Any]) -> dict[str, Any]:
         with self._query_budget():
             return {"count": self.collection(call, req.coll).count(req.filter)}
 
-    def _refresh_ttl(self, call: Call, req: M.RefreshTtl, params: dict[str, Any]) -> dict[str, Any]:
+    def _refresh_ttl(self, call: Call, req: models.RefreshTtl, params: dict[str, Any]) -> dict[str, Any]:
         return {"refreshed": self.collection(call, req.coll).refresh_ttl(req.ids)}
 
-    def _search(self, call: Call, req: M.Search, params: dict[str, Any]) -> dict[str, Any]:
+    def _search(self, call: Call, req: models.Search, params: dict[str, Any]) -> dict[str, Any]:
         kw = _set_fields(
             req, "k", "filter", "ef", "include", "exact", "text", "mode", "weights", "min_score", "refresh_ttl"
         )
@@ -673,28 +677,28 @@ class Service:
         # tenants share) for longer than the operator allows (server.query_timeout_seconds).
         return query_budget(self.settings.server.query_timeout_seconds)
 
-    def _list_namespaces(self, call: Call, req: M.ListNamespaces, params: dict[str, Any]) -> dict[str, Any]:
+    def _list_namespaces(self, call: Call, req: models.ListNamespaces, params: dict[str, Any]) -> dict[str, Any]:
         kw = _set_fields(req, "suffix", "max_depth", "limit", "offset")
         found = self.collection(call, req.coll).list_namespaces(req.prefix, **kw)
         return {"namespaces": [list(ns) for ns in found]}
 
-    def _link(self, call: Call, req: M.Link, params: dict[str, Any]) -> dict[str, Any]:
+    def _link(self, call: Call, req: models.Link, params: dict[str, Any]) -> dict[str, Any]:
         coll = self.collection(call, req.coll)
         return {"versions": coll.link(params["edges"], create_missing=req.create_missing)}
 
-    def _unlink(self, call: Call, req: M.Unlink, params: dict[str, Any]) -> dict[str, Any]:
+    def _unlink(self, call: Call, req: models.Unlink, params: dict[str, Any]) -> dict[str, Any]:
         return {"deleted": self.collection(call, req.coll).unlink(params["edges"])}
 
-    def _edges(self, call: Call, req: M.Edges, params: dict[str, Any]) -> dict[str, Any]:
+    def _edges(self, call: Call, req: models.Edges, params: dict[str, Any]) -> dict[str, Any]:
         kw = _set_fields(req, "direction", "relation", "limit")
         return {"edges": [e.to_dict() for e in self.collection(call, req.coll).edges(req.id, **kw)]}
 
-    def _neighbors(self, call: Call, req: M.Neighbors, params: dict[str, Any]) -> dict[str, Any]:
+    def _neighbors(self, call: Call, req: models.Neighbors, params: dict[str, Any]) -> dict[str, Any]:
         kw = _set_fields(req, "hops", "relations", "direction", "limit", "fanout", "include", "timeout_ms")
         _drop_none(kw, "fanout", "timeout_ms")
         return {"hits": [_hit(h) for h in self.collection(call, req.coll).neighbors(req.id, **kw)]}
 
-    def _subgraph(self, call: Call, req: M.Subgraph, params: dict[str, Any]) -> dict[str, Any]:
+    def _subgraph(self, call: Call, req: models.Subgraph, params: dict[str, Any]) -> dict[str, Any]:
         kw = _set_fields(req, "hops", "relations", "direction", "limit", "include", "timeout_ms")
         _drop_none(kw, "timeout_ms")
         got = self.collection(call, req.coll).subgraph(req.ids, **kw)
@@ -703,7 +707,7 @@ class Service:
             "edges": [e.to_dict() for e in got.get("edges", [])],
         }
 
-    def _extract(self, call: Call, req: M.Extract, params: dict[str, Any]) -> dict[str, Any]:
+    def _extract(self, call: Call, req: models.Extract, params: dict[str, Any]) -> dict[str, Any]:
         # The collection first: another tenant's (or a missing) collection is a 404 whatever the configuration.
         coll = self.collection(call, req.coll)
         extractor = self.extractor
@@ -755,7 +759,7 @@ class Service:
             raise PermissionDenied(f"{who} can create keys only for its own tenant", code="tenant_mismatch")
         return asked
 
-    def _create_key(self, call: Call, req: M.CreateKeyBody, params: dict[str, Any]) -> dict[str, Any]:
+    def _create_key(self, call: Call, req: models.CreateKeyBody, params: dict[str, Any]) -> dict[str, Any]:
         first = self.auth_mode == "optional"
         secret, key = self.keys.create(
             tenant=self._key_tenant(call, req.tenant),
@@ -769,15 +773,15 @@ class Service:
             log.warning("the first API key was created: authentication is now required for every request")
         return _new_key(secret, key)
 
-    def _list_keys(self, call: Call, req: M.ListKeysBody, params: dict[str, Any]) -> dict[str, Any]:
+    def _list_keys(self, call: Call, req: models.ListKeysBody, params: dict[str, Any]) -> dict[str, Any]:
         return {"keys": [k.info() for k in self.keys.list_keys(call.tenant)]}
 
-    def _revoke_key(self, call: Call, req: M.RevokeKey, params: dict[str, Any]) -> dict[str, Any]:
+    def _revoke_key(self, call: Call, req: models.RevokeKey, params: dict[str, Any]) -> dict[str, Any]:
         key = self.keys.revoke(req.key_id, tenant=call.tenant)
         log.info("API key %s revoked", key.id)
         return {"revoked": True}
 
-    def _rotate_key(self, call: Call, req: M.RotateKey, params: dict[str, Any]) -> dict[str, Any]:
+    def _rotate_key(self, call: Call, req: models.RotateKey, params: dict[str, Any]) -> dict[str, Any]:
         grace = DEFAULT_ROTATION_GRACE_SECONDS if req.grace_seconds is None else req.grace_seconds
         secret, key = self.keys.rotate(req.key_id, grace_seconds=grace, tenant=call.tenant)
         log.info("API key %s rotated to %s", req.key_id, key.id)
@@ -788,7 +792,7 @@ def _public_endpoint(cfg: ExtractionSettings) -> str | None:
     """The chat URL as the extractor's errors show it (``details.url``), None when extraction is off."""
     if not cfg.enabled:
         return None
-    from ..embed.openai_http import endpoint_url, public_url
+    from engramdb.openai_http import endpoint_url, public_url
 
     return public_url(endpoint_url(cfg.base_url, "chat/completions"))
 
@@ -870,30 +874,30 @@ def _spec(name: str, model: type[BaseModel], role: Role, scope: Scope) -> OpSpec
 OPS: dict[str, OpSpec] = {
     s.name: s
     for s in (
-        _spec("create_collection", M.CreateCollectionBody, "writer", "create"),
-        _spec("list_collections", M.ListCollectionsBody, "reader", "list"),
-        _spec("get_collection", M.GetCollection, "reader", "collection"),
-        _spec("delete_collection", M.DeleteCollection, "writer", "collection"),
-        _spec("upsert", M.Upsert, "writer", "collection"),
-        _spec("get", M.Get, "reader", "collection"),
-        _spec("get_one", M.GetOne, "reader", "collection"),
-        _spec("patch", M.Patch, "writer", "collection"),
-        _spec("delete", M.Delete, "writer", "collection"),
-        _spec("delete_one", M.DeleteOne, "writer", "collection"),
-        _spec("scan", M.Scan, "reader", "collection"),
-        _spec("count", M.Count, "reader", "collection"),
-        _spec("refresh_ttl", M.RefreshTtl, "writer", "collection"),
-        _spec("search", M.Search, "reader", "collection"),
-        _spec("list_namespaces", M.ListNamespaces, "reader", "collection"),
-        _spec("link", M.Link, "writer", "collection"),
-        _spec("unlink", M.Unlink, "writer", "collection"),
-        _spec("edges", M.Edges, "reader", "collection"),
-        _spec("neighbors", M.Neighbors, "reader", "collection"),
-        _spec("subgraph", M.Subgraph, "reader", "collection"),
-        _spec("extract", M.Extract, "writer", "collection"),
-        _spec("create_key", M.CreateKeyBody, "admin", "none"),
-        _spec("list_keys", M.ListKeysBody, "admin", "none"),
-        _spec("revoke_key", M.RevokeKey, "admin", "none"),
-        _spec("rotate_key", M.RotateKey, "admin", "none"),
+        _spec("create_collection", models.CreateCollectionBody, "writer", "create"),
+        _spec("list_collections", models.ListCollectionsBody, "reader", "list"),
+        _spec("get_collection", models.GetCollection, "reader", "collection"),
+        _spec("delete_collection", models.DeleteCollection, "writer", "collection"),
+        _spec("upsert", models.Upsert, "writer", "collection"),
+        _spec("get", models.Get, "reader", "collection"),
+        _spec("get_one", models.GetOne, "reader", "collection"),
+        _spec("patch", models.Patch, "writer", "collection"),
+        _spec("delete", models.Delete, "writer", "collection"),
+        _spec("delete_one", models.DeleteOne, "writer", "collection"),
+        _spec("scan", models.Scan, "reader", "collection"),
+        _spec("count", models.Count, "reader", "collection"),
+        _spec("refresh_ttl", models.RefreshTtl, "writer", "collection"),
+        _spec("search", models.Search, "reader", "collection"),
+        _spec("list_namespaces", models.ListNamespaces, "reader", "collection"),
+        _spec("link", models.Link, "writer", "collection"),
+        _spec("unlink", models.Unlink, "writer", "collection"),
+        _spec("edges", models.Edges, "reader", "collection"),
+        _spec("neighbors", models.Neighbors, "reader", "collection"),
+        _spec("subgraph", models.Subgraph, "reader", "collection"),
+        _spec("extract", models.Extract, "writer", "collection"),
+        _spec("create_key", models.CreateKeyBody, "admin", "none"),
+        _spec("list_keys", models.ListKeysBody, "admin", "none"),
+        _spec("revoke_key", models.RevokeKey, "admin", "none"),
+        _spec("rotate_key", models.RotateKey, "admin", "none"),
     )
 }

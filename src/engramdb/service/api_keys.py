@@ -1,10 +1,11 @@
 """API keys: creation, lookup, revocation and rotation.
 
 A key is ``edb_`` followed by 32 random bytes (URL-safe base64). Only its
-SHA-256 digest is stored, in the ``meta`` column family under
-``k|<key id>``, where the key id is the first 16 hex digits of that digest:
-lookup is one point read, and a listing never exposes anything that helps
-recover a key. Digests are compared with :func:`hmac.compare_digest`.
+SHA-256 digest is stored, through the engine's metadata interface
+(:class:`~engramdb.engine.metadata.Metadata`, namespace ``api_keys``) under its
+key id, the first 16 hex digits of that digest: lookup is one point read, and a
+listing never exposes anything that helps recover a key. Digests are compared
+with :func:`hmac.compare_digest`.
 
 The bootstrap admin key (``ENGRAMDB_ADMIN_KEY`` or ``server.admin_key_file``)
 is never stored; the service keeps only its digest in memory.
@@ -12,7 +13,6 @@ is never stored; the service keeps only its digest in memory.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import math
@@ -24,15 +24,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from ..config import Settings
-from ..engine import validate as V
-from ..errors import InvalidArgument, NotFound
-from ..storage.codec import pack, unpack
-from ..storage.store import Store
-from .context import ROLES, Role
+from engramdb import validation
+from engramdb.config import Settings
+from engramdb.engine.metadata import Metadata
+from engramdb.errors import InvalidArgument, NotFound
+from engramdb.service.context import ROLES, Role
 
 KEY_PREFIX = "edb_"
-META_PREFIX = b"k|"
+_NAMESPACE = "api_keys"  # of the engine's metadata rows
 ADMIN_KEY_ENV = "ENGRAMDB_ADMIN_KEY"
 METRICS_KEY_ENV = "ENGRAMDB_METRICS_KEY"
 MIN_BOOTSTRAP_KEY_CHARS = 16
@@ -99,7 +98,7 @@ def check_key_fields(role: str, tenant: str, collections: list[str] | None, name
     """Reject key attributes that could never be used; raises InvalidArgument."""
     if role not in ROLES:
         raise InvalidArgument(f"role must be one of {list(ROLES)}, got {role!r}", code="invalid_role")
-    V.name(tenant, "tenant")
+    validation.name(tenant, "tenant")
     if collections is not None:
         if not collections:
             raise InvalidArgument(
@@ -109,16 +108,16 @@ def check_key_fields(role: str, tenant: str, collections: list[str] | None, name
             # An admin key manages keys for its whole tenant, so a scope would be a false promise.
             raise InvalidArgument("admin keys cannot have a collection scope", code="invalid_scope")
         for c in collections:
-            V.name(c, "collection name in collections")
-    if name is not None and (not name or len(name) > 200):
-        raise InvalidArgument("name must be 1-200 characters", code="invalid_argument")
+            validation.name(c, "collection name in collections")
+    if name is not None and (not name or len(name) > validation.MAX_KEY_NAME_CHARS):
+        raise InvalidArgument(f"name must be 1-{validation.MAX_KEY_NAME_CHARS} characters", code="invalid_argument")
 
 
 class KeyStore:
-    """Keys of every tenant, kept in the engine's ``meta`` column family."""
+    """Keys of every tenant, kept in the engine's metadata rows."""
 
-    def __init__(self, store: Store):
-        self._store = store
+    def __init__(self, metadata: Metadata):
+        self._meta = metadata
         # Serialises read-modify-write of key rows (revoke, rotate) within this process.
         self._lock = threading.Lock()
         # Whether any key row exists: read once here, set by every write. Rows are never deleted
@@ -127,8 +126,7 @@ class KeyStore:
         self._has_keys = self._any_row()
 
     def _any_row(self) -> bool:
-        with contextlib.closing(self._store.iter_prefix("meta", META_PREFIX)) as rows:  # type: ignore[type-var]
-            return next(rows, None) is not None
+        return self._meta.has_rows(_NAMESPACE)
 
     def has_keys(self) -> bool:
         """Whether any API key was ever stored (revoked and expired ones count)."""
@@ -136,20 +134,20 @@ class KeyStore:
 
     # ----------------------------------------------------------------- rows
     def _put(self, key: ApiKey) -> None:
-        self._store.write_meta({META_PREFIX + key.id.encode(): pack(asdict(key))})
+        self._meta.put(_NAMESPACE, key.id, asdict(key))
         self._has_keys = True
 
     @staticmethod
-    def _decode(raw: bytes) -> ApiKey:
-        return ApiKey(**cast(dict[str, Any], unpack(raw, "api key")))
+    def _decode(value: Any) -> ApiKey:
+        return ApiKey(**cast(dict[str, Any], value))
 
     def get(self, key_id: str) -> ApiKey | None:
-        raw = self._store.get("meta", META_PREFIX + key_id.encode())
-        return None if raw is None else self._decode(raw)
+        value = self._meta.get(_NAMESPACE, key_id)
+        return None if value is None else self._decode(value)
 
     def list_keys(self, tenant: str | None = None) -> list[ApiKey]:
         """Every key (of ``tenant`` if given), oldest first."""
-        keys = [self._decode(v) for _, v in self._store.iter_prefix("meta", META_PREFIX)]
+        keys = [self._decode(v) for _, v in self._meta.scan(_NAMESPACE)]
         if tenant is not None:
             keys = [k for k in keys if k.tenant == tenant]
         return sorted(keys, key=lambda k: (k.created_at, k.id))
@@ -168,7 +166,7 @@ class KeyStore:
         """A new key; returns ``(secret, stored key)``. The secret is not kept anywhere."""
         check_key_fields(role, tenant, collections, name)
         now = time.time() if now is None else now
-        expires_at = V.key_expires_at(expires_at, now)
+        expires_at = validation.key_expires_at(expires_at, now)
         with self._lock:
             while True:
                 secret = KEY_PREFIX + secrets.token_urlsafe(32)
@@ -203,7 +201,7 @@ class KeyStore:
         self, key_id: str, *, grace_seconds: float = DEFAULT_ROTATION_GRACE_SECONDS, tenant: str | None = None
     ) -> tuple[str, ApiKey]:
         """A new key with the same tenant, role, scope and name; the old one expires after the grace."""
-        grace_seconds = V.grace_seconds(grace_seconds)
+        grace_seconds = validation.grace_seconds(grace_seconds)
         now = time.time()
         with self._lock:
             old = self._owned(key_id, tenant)
@@ -212,7 +210,7 @@ class KeyStore:
                     f"key {key_id!r} is revoked or expired; create a new key instead", code="key_not_rotatable"
                 )
         # A key stored before expiries were bounded may expire beyond a century: its successor gets the bound.
-        expires = None if old.expires_at is None else min(old.expires_at, now + V.MAX_TTL_SECONDS)
+        expires = None if old.expires_at is None else min(old.expires_at, now + validation.MAX_TTL_SECONDS)
         secret, new = self.create(
             tenant=old.tenant,
             role=old.role,

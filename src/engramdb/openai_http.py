@@ -17,11 +17,11 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 import httpx
 
-from engramdb.embed.base import Closing
 from engramdb.errors import DeadlineExceeded, InvalidArgument, UpstreamError
 
 log = logging.getLogger("engramdb.upstream")
@@ -119,7 +119,7 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-class OpenAICompatClient(Closing):
+class OpenAICompatClient:
     """POSTs JSON to one OpenAI-compatible server with retries, and returns the decoded answer.
 
     ``timeout_seconds`` bounds each attempt (connect, send, wait for the
@@ -183,6 +183,14 @@ class OpenAICompatClient(Closing):
     def close(self) -> None:
         """Close pooled connections."""
         self._client.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
 
     def scrub(self, text: str) -> str:
         """``text`` with every secret replaced by ``***``."""

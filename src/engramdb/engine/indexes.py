@@ -1,0 +1,729 @@
+"""The indexes of one collection: loading, change application, snapshots and watermarks.
+
+A collection's records live in storage; its vector, payload and text indexes are derived from them
+and kept here. :class:`CollectionIndexes` loads them from their last snapshot (or rebuilds them
+from the records) and replays the changelog after it, applies every committed change the writer
+hands it (it is the collection's :class:`~engramdb.storage.store.ChangeListener`), writes
+snapshots (in a forked child when asked) and moves the changelog watermark, and answers the
+reads search needs (filter candidates, stored vectors, liveness).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import msgpack
+import numpy as np
+from pyroaring import BitMap
+
+from engramdb.engine.budget import Deadline
+from engramdb.errors import Closed, CorruptData, EngramError
+from engramdb.filters import Filter, json_equal
+from engramdb.index.payload import PayloadIndex
+from engramdb.index.vector import VectorIndex, remove_snapshot
+from engramdb.storage import keyspace
+from engramdb.storage.codec import RecordRow, decode_record
+from engramdb.storage.store import Change, Store, check_iterator
+from engramdb.types import CollectionConfig
+
+if TYPE_CHECKING:
+    from engramdb.index.text import TextIndex
+
+# The logger of the collection these indexes belong to: operators filter on it.
+log = logging.getLogger("engramdb.collection")
+
+_CAND_CACHE_ENTRIES = 256
+_CAND_CACHE_BYTES = 32 << 20
+
+
+def _vector_of(row: RecordRow) -> np.ndarray:
+    """A row's vector for the index: it must have been read with the row, never guessed."""
+    if row.vector is None:
+        raise RuntimeError("internal error: a record row reached the vector index without its vector")
+    return np.frombuffer(row.vector, dtype=np.float32)
+
+
+class Candidates:
+    """A filter's candidate labels, and whether they need no check against stored rows."""
+
+    __slots__ = ("_array", "exact", "labels")
+
+    def __init__(self, labels: BitMap, exact: bool):
+        self.labels = labels
+        self.exact = exact
+        self._array: np.ndarray | None = None
+
+    @property
+    def array(self) -> np.ndarray:
+        """The labels as a sorted uint32 array (built on first use; graph walks never need it)."""
+        if self._array is None:
+            self._array = np.frombuffer(self.labels.to_array(), dtype=np.uint32)
+        return self._array
+
+
+class CollectionIndexes:
+    """The vector, payload and text indexes of one collection, kept in step with its records.
+
+    Owned by :class:`~engramdb.engine.collection.Collection`; thread-safe. Loaded lazily by the
+    first query (:meth:`load`); until then every accessor loads them.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        tenant: str,
+        config: CollectionConfig,
+        prefix: bytes,
+        index_dir: Path,
+        *,
+        text_refresh_seconds: float = 0.2,
+    ):
+        self.store = store
+        self.tenant = tenant
+        self.config = config
+        self.prefix = prefix
+        self.index_dir = index_dir
+        self.text_refresh_seconds = text_refresh_seconds
+        self._vindex: VectorIndex | None = None
+        self._payload: PayloadIndex | None = None
+        self._text: TextIndex | None = None
+        self._load_lock = threading.Lock()
+        self._index_lock = threading.RLock()
+        # One snapshot (or watermark move) of this collection at a time: a
+        # snapshot written by a child process runs outside the index lock.
+        self._snapshot_lock = threading.Lock()
+        self._applied_seq = 0
+        self._dirty = 0
+        self._closed = False
+        # Bumped after every change the indexes apply: cached filter
+        # candidates are valid only for the generation they were built in.
+        self._generation = 0
+        self._cand_cache: dict[str, tuple[int, Candidates]] = {}
+        self._cand_cache_bytes = 0
+        self.load_progress: tuple[int, int] = (0, 0)  # (done, total) while (re)building
+        self._pending_scan: tuple[int, bool] | None = None  # see trim_mark
+        self._index_error: str | None = None  # set when an index update failed; see problem()
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def dimension(self) -> int:
+        return self.config.dimension
+
+    @property
+    def metric(self) -> str:
+        return self.config.metric
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _key(self, rid: str) -> bytes:
+        return keyspace.record_key(self.prefix, rid)
+
+    # --------------------------------------------------------------- loading
+    @property
+    def loaded(self) -> bool:
+        return self._vindex is not None
+
+    def load(self, progress: Callable[[int, int], None] | None = None) -> None:
+        """Load (or rebuild) the indexes and catch up with the changelog.
+
+        Called lazily by the first query; servers call it at start-up so that
+        ``/ready`` reflects progress. ``progress(done, total)`` reports a rebuild.
+        """
+        if self._vindex is not None:
+            return
+        with self._load_lock:
+            if self._vindex is not None:
+                return
+            if self._closed:
+                raise Closed(f"collection {self.name!r} is closed")
+            with self._index_lock:
+                self._generation += 1  # nothing cached for earlier indexes may be served
+                # Subscribe first: the notifier blocks on _index_lock until the
+                # catch-up below is done, and re-applying a change is harmless.
+                self.store.subscribe(self.prefix, self)
+                vdir = self.index_dir
+                p = self.config.index
+                rebuild = False
+                try:
+                    vindex = VectorIndex.load(vdir, self.dimension, self.metric, p.m, p.ef_construction, p.ef_search)
+                    payload = PayloadIndex.from_bytes(vindex.extra, self.config.indexed_fields)
+                    watermark = vindex.watermark
+                    self._check_watermark(watermark)
+                except (CorruptData, OSError, ValueError) as e:
+                    if not isinstance(e, CorruptData) or str(e) != "no vector index snapshot":
+                        log.warning("index snapshot of %s/%s unusable (%s); rebuilding", self.tenant, self.name, e)
+                    rebuild = True
+                text, text_fresh = self._open_text()
+                if text_fresh and not rebuild and text is not None:
+                    # The vector snapshot is sound: only the text index needs
+                    # rebuilding, with the snapshot's labels; the replay below
+                    # then brings both up to date.
+                    log.warning("text index of %s/%s is new or was reset; rebuilding it", self.tenant, self.name)
+                    self._rebuild_text(vindex, text, progress)
+                    self._vindex, self._payload, self._text = vindex, payload, text
+                    self._applied_seq = self._replay(watermark)
+                    self._commit_text()
+                    return
+                if rebuild:
+                    vindex, payload = self._new_indexes()
+                    if text is not None:
+                        text.clear()
+                    self._rebuild(vindex, payload, text, progress)
+                    watermark = self.store.seq
+                else:
+                    if text is not None:
+                        # The text index commits in the background, so after a
+                        # crash it may hold documents of labels this snapshot
+                        # never assigned (replay will reuse those numbers), or
+                        # lag behind the snapshot: drop the former, and replay
+                        # from the older of the two watermarks.
+                        text.delete_from(vindex.next_label)
+                        watermark = min(watermark, text.watermark())
+                self._vindex, self._payload, self._text = vindex, payload, text
+                self._applied_seq = self._replay(watermark)
+                if rebuild:
+                    self._dirty = max(self._dirty, 1)
+                self._commit_text()
+
+    def _commit_text(self) -> None:
+        """Make what loading fed the text index searchable before ``load`` returns.
+
+        A rebuild or a changelog replay only buffers documents in tantivy's
+        writer; left to the background refresh, text search would find
+        nothing for a moment after ``/ready`` said 200. A failed commit is
+        retried by the refresh thread and reported by :meth:`problem`
+        meanwhile; the records themselves are stored either way.
+        """
+        if self._text is None:
+            return
+        try:
+            self._text.flush()
+        except EngramError as e:
+            log.warning("text index of %s/%s: commit after loading failed (%s)", self.tenant, self.name, e.message)
+
+    def problem(self) -> str | None:
+        """Why this collection's indexes do not answer with current data (None: they do, or are not loaded)."""
+        if self._closed or self._vindex is None:
+            return None
+        if self._index_error is not None:
+            return self._index_error
+        if self._text is not None:
+            return self._text.problem()
+        return None
+
+    def _check_watermark(self, watermark: int) -> None:
+        """A snapshot is only usable if the changelog can bring it up to date.
+
+        It is not when it claims changes storage does not have (the WAL tail was
+        lost with sync off), or when entries after it were already trimmed,
+        unless those held no change of this collection (see :meth:`trim_mark`).
+        """
+        if watermark > self.store.seq:
+            raise CorruptData(f"index snapshot is ahead of storage (seq {watermark} > {self.store.seq})")
+        if watermark < self.store.seq:
+            first = self.store.first_key("changes")
+            covered = max(watermark, self._idle_through(watermark))
+            if first is None or keyspace.parse_seq(first) > covered + 1:
+                raise CorruptData("index snapshot is older than the retained changelog")
+
+    # ------------------------------------------- changelog trimming while unloaded
+    @property
+    def _idle_key(self) -> bytes:
+        return keyspace.idle_mark_key(self.prefix)
+
+    def _idle_through(self, watermark: int) -> int:
+        """The sequence up to which the changelog held no change of this collection after ``watermark``."""
+        raw = self.store.get("meta", self._idle_key)
+        if raw is None:
+            return 0
+        try:
+            mark = msgpack.unpackb(raw)
+            return int(mark["through"]) if int(mark["snapshot"]) == watermark else 0
+        except (ValueError, KeyError, TypeError, msgpack.UnpackException):
+            return 0  # unreadable: claim nothing (at worst the snapshot is rebuilt)
+
+    def trim_mark(self) -> int | None:
+        """The changelog sequence this unloaded collection still needs entries after (None: none at all).
+
+        Its snapshot on disk needs the entries after its watermark, but only
+        those of this collection: if there are none up to now, the snapshot is
+        recorded as current through now (``_idle_through``), so trimming can
+        go on without loading the indexes.
+        """
+        through = self.store.notified_seq  # first: every change up to it is in last_change_seq
+        watermark = self._disk_watermark()
+        if watermark is None or watermark > self.store.seq:
+            return None  # no usable snapshot: loading rebuilds from the records
+        base = max(watermark, self._idle_through(watermark))
+        if base >= through or self.store.last_change_seq.get(self.prefix, 0) > base:
+            return base
+        if base < self.store.open_seq:
+            if self._pending_scan is None or self._pending_scan[0] != base:
+                # Once per process and snapshot: entries from before this process.
+                self._pending_scan = (base, self._has_changes_between(base, self.store.open_seq))
+            if self._pending_scan[1]:
+                return base
+        self.store.write_meta({self._idle_key: msgpack.packb({"snapshot": watermark, "through": through})})
+        return through
+
+    def _disk_watermark(self) -> int | None:
+        try:
+            watermark = VectorIndex.stored_watermark(self.index_dir)
+        except (CorruptData, OSError, ValueError, KeyError, TypeError):
+            return None
+        if self.config.text_index:
+            from engramdb.index.text import TextIndex
+
+            watermark = min(watermark, TextIndex.stored_watermark(self.index_dir / "text"))
+        return watermark
+
+    def _own_record_change(self, entry: bytes) -> bool:
+        """Whether a changelog entry is a record change of this collection (what replay applies)."""
+        return entry[0] == keyspace.CHANGE_RECORD and entry[1:9] == self.prefix
+
+    def _has_changes_between(self, after: int, upto: int) -> bool:
+        """Whether the changelog holds a change of this collection in ``(after, upto]``."""
+        with self.store.iterator("changes", keyspace.seq_key(after + 1)) as it:
+            while it.valid():
+                if keyspace.parse_seq(it.key()) > upto:
+                    return False
+                val = it.value()
+                if self._own_record_change(val):
+                    return True
+                it.next()
+            check_iterator(it)
+        return False
+
+    def _open_text(self) -> tuple[TextIndex | None, bool]:
+        if not self.config.text_index:
+            return None, False
+        from engramdb.index.text import TextIndex
+
+        tdir = self.index_dir / "text"
+        tdir.mkdir(parents=True, exist_ok=True)
+        return TextIndex.open_or_reset(tdir, refresh_interval=self.text_refresh_seconds)
+
+    def _new_indexes(self) -> tuple[VectorIndex, PayloadIndex]:
+        p = self.config.index
+        return (
+            VectorIndex(self.dimension, self.metric, m=p.m, ef_construction=p.ef_construction, ef_search=p.ef_search),
+            PayloadIndex(self.config.indexed_fields),
+        )
+
+    def _rebuild(
+        self,
+        vindex: VectorIndex,
+        payload: PayloadIndex,
+        text: TextIndex | None,
+        progress: Callable[[int, int], None] | None,
+    ) -> None:
+        remove_snapshot(self.index_dir)
+        now = time.time()
+        total = self._estimate_rows()
+        done = 0
+        batch: list[tuple[str, RecordRow]] = []
+
+        def flush() -> None:
+            rows = self.store.load_vectors([self._key(rid) for rid, _ in batch], [r for _, r in batch])
+            # A row changed since the scan is left to the changelog replay after this.
+            kept = [(rid, r) for (rid, _), r in zip(batch, rows, strict=True) if r is not None and r.vector]
+            batch.clear()
+            if not kept:
+                return
+            vecs = np.stack([_vector_of(r) for _, r in kept])
+            labels = vindex.upsert([rid for rid, _ in kept], vecs, [r.expires_at for _, r in kept])
+            for label, (_, r) in zip(labels, kept, strict=True):
+                payload.add(label, r.metadata)
+                if text is not None and r.text:
+                    text.upsert(label, r.text)
+
+        for k, v in self.store.iter_prefix("records", self.prefix):
+            row = decode_record(v)
+            if not row.live(now) or not row.has_vector:
+                continue
+            batch.append((keyspace.record_id_of(k), row))
+            done += 1
+            if len(batch) >= 1000:
+                flush()
+                self.load_progress = (done, max(total, done))
+                if progress:
+                    progress(done, max(total, done))
+        if batch:
+            flush()
+        self.load_progress = (done, done)
+        if progress:
+            progress(done, done)
+
+    def _rebuild_text(self, vindex: VectorIndex, text: TextIndex, progress: Callable[[int, int], None] | None) -> None:
+        """Fill an empty text index from the stored rows the vector snapshot has labels for."""
+        text.clear()
+        label_of = vindex.label_of
+        now = time.time()
+        total = len(vindex)
+        done = 0
+        batch: list[tuple[int, str]] = []
+        for k, v in self.store.iter_prefix("records", self.prefix):
+            row = decode_record(v)
+            label = label_of.get(keyspace.record_id_of(k))
+            # Rows the snapshot does not know yet are indexed by the replay.
+            if label is None or not row.live(now):
+                continue
+            done += 1
+            if row.text:
+                batch.append((label, row.text))
+            if len(batch) >= 1000:
+                text.upsert_many(batch)
+                batch.clear()
+                self.load_progress = (done, max(total, done))
+                if progress:
+                    progress(done, max(total, done))
+        text.upsert_many(batch)
+        self.load_progress = (done, done)
+        if progress:
+            progress(done, done)
+        self._dirty = max(self._dirty, 1)
+
+    def _estimate_rows(self) -> int:
+        try:
+            return self.store.estimate_keys()
+        except Exception:
+            return 0
+
+    def _replay(self, after_seq: int) -> int:
+        """Apply every changelog entry of this collection newer than ``after_seq``."""
+        last = after_seq
+        pending: list[bytes] = []
+        with self.store.iterator("changes", keyspace.seq_key(after_seq + 1)) as it:
+            while it.valid():
+                last = keyspace.parse_seq(it.key())
+                val = it.value()
+                if self._own_record_change(val):
+                    pending.append(bytes(val[1:]))
+                it.next()
+            check_iterator(it)
+        now = time.time()
+        keys = list(dict.fromkeys(pending))
+        assert self._vindex is not None and self._payload is not None
+        # What the snapshot indexed for a changed record is unknown now (its old
+        # row is overwritten): drop those labels from the payload and text
+        # indexes wholesale, then index the current rows afresh.
+        stale = BitMap(lb for k in keys if (lb := self._vindex.label_of.get(keyspace.record_id_of(k))) is not None)
+        self._payload.remove_labels(stale)
+        if self._text is not None and stale:
+            self._text.delete_many(stale)
+        # Each key once, so their order does not matter: read in key order, in chunks.
+        keys.sort()
+        for i in range(0, len(keys), 1000):
+            chunk = keys[i : i + 1000]
+            for key, row in zip(chunk, self.store.get_records(chunk, vector=True), strict=True):
+                self._index_row(keyspace.record_id_of(key), row if row is not None and row.live(now) else None, None)
+        self._dirty += len(keys)
+        return last
+
+    # ------------------------------------------------------ index maintenance
+    def apply_committed(self, changes: list[Change]) -> None:
+        """Bring the indexes up to date with committed changes (:class:`~engramdb.storage.store.ChangeListener`).
+
+        If this raises, the store fails the writes of ``changes`` with
+        ``index_unavailable`` (they are stored) and this collection reports
+        itself broken (:meth:`problem`) until a restart rebuilds its indexes
+        from the snapshot and the changelog.
+        """
+        with self._index_lock:
+            if self._vindex is None:
+                return
+            try:
+                self._apply(changes)
+            except BaseException as e:
+                self._index_error = (
+                    f"the indexes of collection {self.tenant}/{self.name} missed a change "
+                    f"({type(e).__name__}: {e}); restart the server to rebuild them from the changelog"
+                )
+                raise
+            finally:
+                self._generation += 1
+
+    def _apply(self, changes: list[Change]) -> None:
+        ups: list[tuple[str, RecordRow, RecordRow | None]] = []
+        for c in changes:
+            if c.mutation.kind != keyspace.CHANGE_RECORD:
+                continue
+            row = c.mutation.row
+            old = c.old if isinstance(c.old, RecordRow) and not c.old.deleted else None
+            rid = keyspace.record_id_of(c.mutation.key)
+            assert isinstance(row, RecordRow)
+            if row.deleted:
+                self._flush_upserts(ups)
+                self._index_row(rid, None, old)
+            else:
+                ups.append((rid, row, old))
+        self._flush_upserts(ups)
+        self._applied_seq = max(self._applied_seq, changes[-1].seq)
+        self._dirty += len(changes)
+
+    def _flush_upserts(self, ups: list[tuple[str, RecordRow, RecordRow | None]]) -> None:
+        if not ups:
+            return
+        assert self._vindex is not None and self._payload is not None
+        # Later changes of the same id in one batch supersede earlier ones.
+        last: dict[str, tuple[RecordRow, RecordRow | None]] = {}
+        for rid, row, old in ups:
+            prev = last.get(rid)
+            last[rid] = (row, prev[1] if prev else old)
+        old_labels = {rid: self._vindex.label_of.get(rid) for rid in last}
+        # Metadata-only changes (patch, refresh_ttl, re-upserts of the same
+        # vector) skip the HNSW update, which relinks the node every time.
+        moved = [
+            r for r, (row, old) in last.items() if old is None or old_labels[r] is None or old.digest() != row.digest()
+        ]
+        labels_of: dict[str, int] = {}
+        if moved:
+            vecs = np.stack([_vector_of(last[r][0]) for r in moved])
+            labels = self._vindex.upsert(moved, vecs, [last[r][0].expires_at for r in moved])
+            labels_of = dict(zip(moved, labels, strict=True))
+        for rid, (row, old) in last.items():
+            was = old_labels[rid]
+            label = labels_of.get(rid)
+            if label is None:
+                assert was is not None
+                label = was
+                self._vindex.set_expiry(label, row.expires_at)
+            # A moved vector has a new label: what the old one indexed goes.
+            relabelled = was is not None and was != label
+            if relabelled or old is None or was is None or not json_equal(old.metadata, row.metadata):
+                if old is not None and was is not None:
+                    self._payload.remove(was, old.metadata)
+                self._payload.add(label, row.metadata)
+            if self._text is not None:
+                if was is not None and relabelled:
+                    # Even when ``old`` had no text: a change re-applied after
+                    # load's replay finds ``was`` indexed from a newer row.
+                    self._text.delete(was)
+                if row.text:
+                    if old is None or old.text != row.text or was is None or relabelled:
+                        self._text.upsert(label, row.text)
+                elif old is not None and old.text and not relabelled:
+                    self._text.delete(label)
+        ups.clear()
+
+    def _index_row(self, rid: str, row: RecordRow | None, old: RecordRow | None) -> None:
+        """Make the indexes agree with ``row`` (None = absent) for one id."""
+        assert self._vindex is not None and self._payload is not None
+        if row is None:
+            label = self._vindex.label_of.get(rid)
+            if label is None:
+                return
+            if old is None:
+                old = self.store.get_record(keyspace.record_key(self.prefix, rid))
+                old = old if old is not None and not old.deleted else None
+            self._vindex.delete(rid)
+            if old is not None:
+                self._payload.remove(label, old.metadata)
+            # Without the old metadata the payload keeps a stale bit for this
+            # label; harmless, as candidates are intersected with live labels
+            # and labels are never reused.
+            if self._text is not None:
+                self._text.delete(label)
+        else:
+            self._flush_upserts([(rid, row, old)])
+
+    # ------------------------------------------------------------- snapshots
+    @property
+    def dirty(self) -> int:
+        return self._dirty
+
+    def snapshot(self, *, in_child: bool = False) -> bool:
+        """Persist the indexes with their changelog watermark; False if nothing changed.
+
+        ``in_child`` writes the vector index from a forked copy of the process
+        (:meth:`VectorIndex.save_forked`): changes and searches go on meanwhile
+        instead of waiting for hnswlib, which holds the GIL while it saves.
+        If the child fails, the snapshot is written here instead.
+        """
+        if self._vindex is None:
+            return False
+        if self._index_error is not None:
+            # The indexes missed a change (see apply_committed): a snapshot of them
+            # would claim it, and a restart would not replay it. The last
+            # sound snapshot and the changelog after it rebuild them instead.
+            return False
+        # Taken before looking at _dirty, which is 0 while a child writes: a
+        # close meanwhile must wait for that snapshot, not skip its own.
+        with self._snapshot_lock:
+            with self._index_lock:
+                vindex, payload = self._vindex, self._payload
+                if vindex is None or payload is None or not self._dirty:
+                    return False
+                seq = self._applied_seq
+                if self._text is not None:
+                    self._text.commit_watermark(seq)
+                # The child serialises the payload index too, from its copy.
+                wait = vindex.save_forked(self.index_dir, seq, payload.to_bytes) if in_child else None
+                if wait is None:
+                    vindex.save(self.index_dir, seq, extra=payload.to_bytes())
+                    self._dirty = 0
+                    return True
+                dirty, self._dirty = self._dirty, 0
+            done = False
+            try:
+                # Generous: the child writes ~100 MB a second; a hung child is killed.
+                done = wait(60 + len(vindex) * vindex.dim * 4 / 20e6)
+            finally:
+                if not done:  # those changes are in no snapshot yet
+                    with self._index_lock:
+                        self._dirty += dirty
+            if done:
+                return True
+            log.warning("snapshot of collection %r in a child process failed; writing it in-process", self.name)
+        return self.snapshot()
+
+    def advance_watermark(self) -> int:
+        """Let an unchanged collection's snapshot cover the changelog up to now; returns its watermark.
+
+        A collection nobody writes to would otherwise hold its old watermark
+        forever and keep every later changelog entry (of all collections)
+        from being trimmed. Only metadata is rewritten, never the HNSW file.
+        """
+        # Read before the check below: every change up to here has reached
+        # this collection's indexes, so if none is pending the snapshot is
+        # exact as of this sequence number.
+        through = self.store.notified_seq
+        with self._snapshot_lock, self._index_lock:
+            if self._vindex is None or self._payload is None:
+                return 0
+            if self._dirty or through <= self._vindex.watermark or self._index_error is not None:
+                return self._vindex.watermark
+            if self._text is not None:
+                self._text.commit_watermark(through)
+            if self._vindex.save_watermark(self.index_dir, through, extra=self._payload.to_bytes()):
+                self._applied_seq = max(self._applied_seq, through)
+            return self._vindex.watermark
+
+    @property
+    def watermark(self) -> int:
+        """Changelog sequence the last snapshot contains (0 = none)."""
+        return self._vindex.watermark if self._vindex is not None else 0
+
+    def close(self, snapshot: bool = True) -> None:
+        """Snapshot (unless ``snapshot`` is false), stop listening to changes and release the text index."""
+        if self._closed:
+            return
+        try:
+            if snapshot:
+                self.snapshot()
+        finally:
+            # A failed snapshot (e.g. a commit tripping over a file a crash left
+            # behind) must not leave the text index's writer lock held; the
+            # changelog still covers everything the snapshot would have saved.
+            self._closed = True
+            self.store.unsubscribe(self.prefix)
+            if self._text is not None:
+                self._text.close()
+
+    # ------------------------------------------------------------- accessors
+    @property
+    def vindex(self) -> VectorIndex:
+        self.load()
+        assert self._vindex is not None
+        return self._vindex
+
+    @property
+    def payload(self) -> PayloadIndex:
+        self.load()
+        assert self._payload is not None
+        return self._payload
+
+    @property
+    def text_index(self) -> TextIndex | None:
+        self.load()
+        return self._text
+
+    def stored_vectors(self, labels: Sequence[int]) -> tuple[list[int], np.ndarray]:
+        """The labels whose vectors could be read, and those vectors (normalised), row for row.
+
+        Vectors come from the ``vectors`` column family; a label deleted
+        since the caller chose it is left out. A record without a stored
+        vector (written before the column family existed) is read from the
+        index instead.
+        """
+        vindex = self.vindex
+        prefix = self.prefix
+        keys = [prefix + (name or "").encode() for name in vindex.names_of(labels)]
+        # RocksDB answers a multi-get in key order markedly faster.
+        order = sorted(range(len(keys)), key=keys.__getitem__)
+        raws = self.store.multi_get("vectors", [keys[i] for i in order])
+        if all(r is not None for r in raws):
+            out = np.empty((len(labels), self.dimension), dtype=np.float32)
+            out[order] = np.frombuffer(b"".join(raws), dtype=np.float32).reshape(len(labels), self.dimension)  # type: ignore[arg-type]
+            return list(labels), out
+        by_label: dict[int, np.ndarray] = {}
+        for i, raw in zip(order, raws, strict=True):
+            lb = labels[i]
+            if raw is not None:
+                by_label[lb] = np.frombuffer(raw, dtype=np.float32)
+            elif vindex.name_of(lb) is not None:
+                try:
+                    by_label[lb] = vindex.vectors([lb])[0]
+                except RuntimeError:
+                    pass  # deleted from the index meanwhile
+        kept = [lb for lb in labels if lb in by_label]
+        if not kept:
+            return [], np.empty((0, self.dimension), dtype=np.float32)
+        return kept, np.stack([by_label[lb] for lb in kept])
+
+    def live_labels(self) -> BitMap:
+        return self.vindex.live
+
+    def filter_candidates(self, flt: Filter, deadline: Deadline | None = None) -> Candidates:
+        """Live labels that may match ``flt`` (see ``PayloadIndex.candidates``), cached.
+
+        Repeated filters (a tenant, a user, a session) are the common case;
+        the cache answers them until the next change the indexes apply. The
+        result is shared between callers and must not be modified.
+        """
+        vindex, payload = self.vindex, self.payload
+        gen = self._generation
+        # repr keeps True, 1 and 1.0 apart, which equality of the nodes does not.
+        key = repr(flt.node)
+        hit = self._cand_cache.get(key)
+        if hit is not None and hit[0] == gen:
+            return hit[1]
+        bm, exact = payload.candidates(flt, vindex.live, deadline)
+        cands = Candidates(bm, exact)
+        size = len(bm) * 8  # the array, once built, and roughly the bitmap
+        if size <= _CAND_CACHE_BYTES // 4:
+            if len(self._cand_cache) >= _CAND_CACHE_ENTRIES or self._cand_cache_bytes + size > _CAND_CACHE_BYTES:
+                self._cand_cache = {}
+                self._cand_cache_bytes = 0
+            self._cand_cache[key] = (gen, cands)
+            self._cand_cache_bytes += size
+        return cands
+
+    def alive_fn(self) -> Callable[[str], bool]:
+        """A fast liveness test for ids, from the in-memory index, at a fixed 'now'."""
+        vindex = self.vindex
+        now = time.time()
+
+        def alive(rid: str) -> bool:
+            label = vindex.label_of.get(rid)
+            if label is None:
+                return False
+            exp = vindex.expires.get(label)
+            return exp is None or exp > now
+
+        return alive
+
+    def size(self) -> int | None:
+        """Labels in the vector index (expired ones not yet swept included); None while not loaded."""
+        vindex = self._vindex
+        return len(vindex) if vindex is not None else None
