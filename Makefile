@@ -26,10 +26,11 @@ $(SERVE_STAMP): pyproject.toml | $(BIN)/python
 	touch $@
 
 # The test run covers every optional part: the local embedder (torch's CPU
-# build, installed first so nothing pulls a CUDA one), LangGraph, LangChain.
+# build, installed first so nothing pulls a CUDA one), LangGraph, LangChain, OpenTelemetry,
+# Parquet (pyarrow, for export/import).
 $(TEST_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[server,dev,local,langgraph,langchain]'
+	$(BIN)/pip install -q -e '.[server,dev,local,langgraph,langchain,otel,parquet]'
 	touch $@
 
 install: $(SERVE_STAMP)  ## install the server into .venv

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterable, Mapping, Sequence
-from types import FunctionType
+from types import EllipsisType, FunctionType
 from typing import TYPE_CHECKING, Any, Protocol, Self
 
 from engramdb.types import CollectionConfig, Edge, ExtractResult, Hit, Record, ScanPage
@@ -376,6 +376,38 @@ class DatabaseAPI(Protocol):
         """Delete a collection with all its records, edges and index files."""
         ...
 
+    def alter_collection(
+        self,
+        name: str,
+        *,
+        indexed_fields: Mapping[str, str | None] | None = None,
+        default_ttl_seconds: float | EllipsisType | None = ...,
+        ef_search: int | None = None,
+    ) -> CollectionConfig:
+        """Change a collection's settings online; returns its new configuration.
+
+        ``indexed_fields`` adds metadata fields to the payload index (``{"lang":
+        "keyword"}``), gives one a new type, or, mapped to None, stops indexing
+        it; fields not named keep their index. An added field is indexed in the
+        background from the stored records, and writes go on meanwhile; filters
+        on it are answered correctly throughout (by checking records until its
+        index is complete, see ``reindex`` in the collection's status). The
+        change is stored before the build starts: a restart resumes it.
+
+        ``default_ttl_seconds`` applies to records written afterwards without a
+        TTL of their own (None: they never expire); records already stored keep
+        their expiry. ``ef_search`` (1-10000) is the search breadth of the next
+        queries that do not pass their own ``ef``. Leaving an argument out
+        keeps the setting.
+
+        Everything else (dimension, metric, index ``m`` and ``ef_construction``,
+        embedder, text index, name) is fixed at creation: a request to change it
+        fails with ``InvalidArgument`` (code ``immutable_field``, naming the
+        field) and changes nothing, like any invalid value (``invalid_config``).
+        Raises ``NotFound`` (``collection_not_found``) for a missing collection.
+        """
+        ...
+
     def close(self) -> None:
         """Release what the database holds; later calls raise :class:`~engramdb.errors.Closed`.
 
@@ -559,6 +591,15 @@ class AsyncDatabaseAPI(Protocol):
     async def list_collections(self) -> list[CollectionConfig]: ...
 
     async def delete_collection(self, name: str) -> None: ...
+
+    async def alter_collection(
+        self,
+        name: str,
+        *,
+        indexed_fields: Mapping[str, str | None] | None = None,
+        default_ttl_seconds: float | EllipsisType | None = ...,
+        ef_search: int | None = None,
+    ) -> CollectionConfig: ...
 
     async def close(self) -> None: ...
 

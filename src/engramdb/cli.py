@@ -5,6 +5,10 @@
     engramdb keys create --data-dir DIR --role ROLE [--tenant T] [--collections a,b] [--expires-in 30d] [--name N]
     engramdb keys list|revoke|rotate --data-dir DIR ...
     engramdb keys generate            (a random string for ENGRAMDB_ADMIN_KEY)
+    engramdb backup create DEST --data-dir DIR   (server stopped; a running server: the admin API)
+    engramdb backup verify SRC
+    engramdb backup restore SRC --data-dir DIR [--force]
+    engramdb backup list DIR
 
 ``keys`` subcommands work directly on a data directory whose server is
 stopped (RocksDB allows one process per directory). Heavy modules are imported
@@ -71,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     rotate.add_argument("key_id")
     rotate.add_argument("--grace", type=parse_duration, default=86400.0, help="grace period (default 1d)")
     ks.add_parser("generate", help="print a random key suitable for ENGRAMDB_ADMIN_KEY (stores nothing)")
+    _add_transfer_commands(sub)
+    _add_backup_commands(sub)
+    _add_erase_commands(sub)
     return p
 
 
@@ -219,6 +226,327 @@ def cmd_keys(args: argparse.Namespace) -> int:
         db.close()
 
 
+# ------------------------------------------------------------ export / import (docs/export-import.md)
+
+
+def _add_transfer_commands(sub: Any) -> None:
+    exp = sub.add_parser("export", help="write a collection to a JSONL or Parquet file")
+    exp.add_argument("collection")
+    exp.add_argument("out", metavar="OUT", help="output file (written as OUT.partial, renamed when complete)")
+    exp.add_argument("--format", choices=("jsonl", "parquet"), help="default: parquet for *.parquet, else jsonl")
+    exp.add_argument(
+        "--edge-workers", type=int, default=None, help="parallel edge reads (default 1 embedded, 4 over --url)"
+    )
+    _connection_args(exp)
+    imp = sub.add_parser("import", help="load an export into a collection (resumable)")
+    imp.add_argument("input", metavar="IN")
+    imp.add_argument("--collection", help="target collection (default: the exported name)")
+    imp.add_argument("--create", action="store_true", help="create the collection with the exported configuration")
+    imp.add_argument("--resume", action="store_true", help="continue an interrupted import from its checkpoint")
+    imp.add_argument("--checkpoint", metavar="FILE", help="checkpoint file (default IN.checkpoint)")
+    imp.add_argument("--batch-size", type=int, default=256, help="records or edges per write (default 256)")
+    imp.add_argument(
+        "--ttl",
+        choices=("keep", "restart"),
+        default="keep",
+        help="keep: the exported expiry time (default); restart: records with a TTL get it again from now",
+    )
+    _connection_args(imp)
+
+
+def _connection_args(p: argparse.ArgumentParser) -> None:
+    _config_args(p)
+    p.add_argument("--url", help="a server's URL; without it --data-dir is opened directly (server stopped)")
+    p.add_argument("--api-key-env", metavar="NAME", help="environment variable holding the API key (with --url)")
+    p.add_argument("--ca-file", metavar="FILE", help="CA bundle to verify the server's TLS certificate")
+    p.add_argument("--tenant", help="tenant (default: the key's, or 'default')")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+
+class _TenantHost:
+    """The embedded database seen as one tenant's collections (what an import needs of it)."""
+
+    def __init__(self, db: Database, tenant: str):
+        self.db, self.tenant = db, tenant
+
+    def get_collection(self, name: str) -> Any:
+        return self.db.get_collection(name, tenant=self.tenant)
+
+    def create_collection(self, name: str, dimension: int | None = None, metric: str = "cosine", **kw: Any) -> Any:
+        return self.db.create_collection(name, dimension, metric, tenant=self.tenant, **kw)
+
+
+class _Progress:
+    """One self-overwriting status line on stderr, at most a few times a second (only on a terminal)."""
+
+    def __init__(self, verb: str, enabled: bool):
+        self.verb, self.enabled, self.last = verb, enabled, 0.0
+
+    def show(self, text: str, final: bool = False) -> None:
+        now = time.monotonic()
+        if not self.enabled or (not final and now - self.last < 0.2):
+            return
+        self.last = now
+        print(f"\r{self.verb} {text}\x1b[K", end="\n" if final else "", file=sys.stderr, flush=True)
+
+
+def cmd_transfer(args: argparse.Namespace) -> int:
+    import os
+
+    from engramdb import transfer
+    from engramdb.errors import EngramError
+
+    db: Any
+    try:
+        if args.url:
+            from engramdb.client import Client
+
+            key = None
+            if args.api_key_env:
+                key = os.environ.get(args.api_key_env)
+                if not key:
+                    return _fail(f"environment variable {args.api_key_env} is not set (it should hold the API key)")
+            db = Client(args.url, key, tenant=args.tenant, verify=args.ca_file or True, timeout=120.0)
+            host: Any = db
+        else:
+            # Importing with --create into a new data directory is how an embedded deployment is seeded.
+            db = _open_db(args, create=args.command == "import" and args.create)
+            host = _TenantHost(db, args.tenant or "default")
+    except (EngramError, OSError, RuntimeError) as e:
+        return _fail(e.message if isinstance(e, EngramError) else str(e))
+    progress = _Progress(args.command, sys.stderr.isatty() and not args.quiet)
+    try:
+        if args.command == "export":
+            coll = host.get_collection(args.collection)
+            fmt = args.format or ("parquet" if str(args.out).endswith(".parquet") else "jsonl")
+            workers = args.edge_workers or (4 if args.url else 1)
+            total = max(1, coll.count())
+
+            def shown(records: int, edges: int) -> None:
+                progress.show(f"{100 * records // total:3d}% {records:,} records, {edges:,} edges")
+
+            write = transfer.export_parquet if fmt == "parquet" else transfer.export_jsonl
+            stats = write(coll, args.out, edge_workers=workers, progress=shown)
+            progress.show(f"{stats.records:,} records, {stats.edges:,} edges", final=True)
+            for note in stats.notes:
+                print(f"note: {note}", file=sys.stderr)
+            print(f"exported {stats.records} records and {stats.edges} edges of {args.collection} to {args.out}")
+        else:
+
+            def shown_import(pos: int, total: int, records: int, edges: int) -> None:
+                progress.show(f"{100 * pos // max(1, total):3d}% {records:,} records, {edges:,} edges")
+
+            got = transfer.import_file(
+                host,
+                args.input,
+                collection=args.collection,
+                create=args.create,
+                resume=args.resume,
+                checkpoint=args.checkpoint,
+                batch_size=args.batch_size,
+                ttl=args.ttl,
+                progress=shown_import,
+            )
+            progress.show(f"{got.records:,} records, {got.edges:,} edges", final=True)
+            resumed = f" (resumed after line {got.resumed_from_line})" if got.resumed_from_line else ""
+            expired = f", {got.skipped_expired} expired since the export skipped" if got.skipped_expired else ""
+            print(f"imported {got.records} records and {got.edges} edges into {got.collection}{resumed}{expired}")
+        return 0
+    except EngramError as e:
+        progress.show("failed", final=True)
+        return _fail(e.message)
+    except OSError as e:
+        return _fail(str(e))
+    finally:
+        db.close()
+
+
+# ------------------------------------------------------------ backup (docs/backup.md)
+
+
+def _add_backup_commands(sub: Any) -> None:
+    bk = sub.add_parser("backup", help="back up, verify and restore a data directory")
+    bs = bk.add_subparsers(dest="backup_command", required=True)
+    create = bs.add_parser(
+        "create", help="back up a data directory whose server is stopped (a running server: the admin API)"
+    )
+    create.add_argument("dest", metavar="DEST", help="the new backup directory (must not exist, or be empty)")
+    _config_args(create)
+    verify = bs.add_parser("verify", help="check a backup: manifest, version, every file's checksum, its database")
+    verify.add_argument("src", metavar="SRC", help="the backup directory")
+    restore = bs.add_parser("restore", help="restore a backup as a data directory (server stopped)")
+    restore.add_argument("src", metavar="SRC", help="the backup directory")
+    _config_args(restore)
+    restore.add_argument("--force", action="store_true", help="replace a data directory that is not empty")
+    lst = bs.add_parser("list", help="list the backups in a directory (e.g. the server's backup.dir)")
+    lst.add_argument("directory", metavar="DIR")
+    for p in (create, verify, restore, lst):
+        p.add_argument("--json", action="store_true", help="print the result as JSON")
+    for p in (create, verify, restore):
+        p.add_argument("--progress", action="store_true", help="show progress on stderr even when it is not a terminal")
+
+
+class _ByteProgress:
+    """A progress bar on stderr for copying or checking bytes: on a terminal, or when asked (--progress)."""
+
+    WIDTH = 30
+
+    def __init__(self, verb: str, enabled: bool):
+        self.verb, self.enabled = verb, enabled
+        self.last = 0.0
+        self.shown = False
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if not self.enabled or (now - self.last < 0.2 and done < total):
+            return
+        self.last = now
+        frac = done / total if total else 1.0
+        bar = "#" * int(frac * self.WIDTH)
+        mib = 1024 * 1024
+        print(
+            f"\r{self.verb} [{bar:<{self.WIDTH}}] {100 * frac:5.1f}% {done / mib:,.1f}/{total / mib:,.1f} MiB\x1b[K",
+            end="",
+            file=sys.stderr,
+            flush=True,
+        )
+        self.shown = True
+
+    def end(self) -> None:
+        if self.shown:
+            print(file=sys.stderr, flush=True)
+
+
+def _backup_line(what: str, info: dict[str, Any]) -> str:
+    return (
+        f"{what}: {info['files']} files, {info['bytes'] / (1024 * 1024):,.1f} MiB, written by EngramDB "
+        f"{info['engramdb_version']} at {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(info['created_at']))} UTC, "
+        f"consistent at changelog sequence {info['seq']}"
+    )
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from engramdb.engine import backup
+    from engramdb.errors import EngramError
+
+    def fail(e: EngramError) -> int:
+        return _fail(f"{e.message} [{e.code}]")
+
+    if args.backup_command == "list":
+        found = backup.list_backups(args.directory)
+        if args.json:
+            print(json.dumps(found, allow_nan=False))
+        for b in [] if args.json else found:
+            print(
+                _backup_line(b["name"], b)
+                if b["status"] == "complete"
+                else f"{b['name']}: {b['status']}: {b['problem']}"
+            )
+        return 0
+    progress = _ByteProgress(args.backup_command, args.progress or sys.stderr.isatty())
+    try:
+        if args.backup_command == "verify":
+            info = backup.verify_backup(args.src, progress=progress)
+            what = f"backup {args.src} is sound"
+        elif args.backup_command == "restore":
+            if args.data_dir is None and args.config is None:
+                return _fail("name the data directory to restore into: --data-dir DIR (or --config FILE)")
+            data_dir = _settings(args).data_dir
+            info = backup.restore_backup(args.src, data_dir, force=args.force, progress=progress)
+            what = f"restored {args.src} into {data_dir}"
+        else:
+            db = _open_backup_source(args)
+            if isinstance(db, int):
+                return db
+            try:
+                info = backup.create_backup(db, Path(args.dest), progress=progress)
+            finally:
+                db.close()
+            what = f"backup written to {args.dest}"
+    except EngramError as e:
+        progress.end()
+        return fail(e)
+    except OSError as e:
+        progress.end()
+        return _fail(f"{e.strerror or e}: {e.filename}" if e.filename else str(e))
+    progress.end()
+    print(json.dumps(info, allow_nan=False) if args.json else _backup_line(what, info))
+    return 0
+
+
+def _open_backup_source(args: argparse.Namespace) -> Database | int:
+    """The data directory to back up, opened (a stopped server's); an exit status if it cannot be."""
+    from engramdb.engine.database import Database
+    from engramdb.errors import EngramError
+
+    settings = _settings(args)
+    if not settings.data_dir.is_dir():
+        return _fail(f"data directory {settings.data_dir} does not exist")
+    try:
+        return Database(settings.data_dir, settings, start_background=False)
+    except EngramError as e:
+        if e.code == "data_dir_locked":
+            return _fail(
+                f"the data directory {settings.data_dir} is in use by a running server. Ask that server for the "
+                "backup instead (POST /v1/admin/backups with the bootstrap admin key; the operator sets backup.dir), "
+                "or stop it and run this command again [data_dir_locked]"
+            )
+        return _fail(f"{e.message} [{e.code}]")
+
+
+# ------------------------------------------------------------------- erase (docs/security.md, Erasure)
+
+
+def _add_erase_commands(sub: Any) -> None:
+    er = sub.add_parser("erase", help="erase data from a stopped server's data directory for good")
+    es = er.add_subparsers(dest="erase_command", required=True)
+    tenant = es.add_parser("tenant", help="delete a tenant with its collections and API keys, and erase them from disk")
+    _config_args(tenant)
+    tenant.add_argument("name", help="the tenant")
+    tenant.add_argument("--yes", action="store_true", help="do not ask to type the tenant's name to confirm")
+    tenant.add_argument("--json", action="store_true", help="print JSON")
+
+
+def cmd_erase(args: argparse.Namespace) -> int:
+    from engramdb.engine.database import Database
+    from engramdb.errors import EngramError
+    from engramdb.service.api_keys import KeyStore
+    from engramdb.service.executor import erase_tenant
+
+    settings = _settings(args)
+    if not settings.data_dir.is_dir():
+        return _fail(f"data directory {settings.data_dir} does not exist")
+    if not args.yes:
+        if not sys.stdin.isatty():
+            return _fail(f"erasing tenant {args.name!r} cannot be undone: add --yes to confirm")
+        typed = input(f"erase tenant {args.name!r} and every collection and API key of it, for good? type its name: ")
+        if typed.strip() != args.name:
+            return _fail("not confirmed; nothing was erased")
+    try:
+        db = Database(settings.data_dir, settings, start_background=False)
+    except EngramError as e:
+        if e.code == "data_dir_locked":
+            return _fail(
+                f"the data directory {settings.data_dir} is in use by a running server. Ask that server instead "
+                f"(POST /v1/admin/tenants/{args.name}/erase with confirm, or Client.erase_tenant), "
+                "or stop it and run this command again [data_dir_locked]"
+            )
+        return _fail(f"{e.message} [{e.code}]")
+    try:
+        done = erase_tenant(db, KeyStore(db.metadata), args.name)
+    except EngramError as e:
+        return _fail(f"{e.message} [{e.code}]")
+    finally:
+        db.close()
+    if args.json:
+        print(json.dumps(done))
+    else:
+        print(f"erased tenant {done['tenant']}: {done['collections']} collections, {done['keys']} API keys")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``engramdb`` command; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -226,6 +554,12 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_serve(args)
     if args.command == "config":
         return cmd_config_check(args)
+    if args.command in ("export", "import"):
+        return cmd_transfer(args)
+    if args.command == "backup":
+        return cmd_backup(args)
+    if args.command == "erase":
+        return cmd_erase(args)
     return cmd_keys(args)
 
 

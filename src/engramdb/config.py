@@ -45,6 +45,10 @@ class StorageSettings:
     ttl_sweep_interval_seconds: Annotated[float, Bounds(gt=0, le=3600)] = 1.0
     # once writes have paused this long, memtables holding over 1 MiB are flushed (0 = never)
     idle_flush_seconds: Annotated[float, Bounds(ge=0, le=86400)] = 5.0
+    # deleted records, edges, collections and tenants are gone from every file within this (0 = no bound)
+    erase_within_seconds: Annotated[float, Bounds(ge=0, le=30 * 86400)] = 3600.0
+    # RocksDB statistics (block-cache hits and misses in /metrics); they cost 10-20 % on point reads
+    statistics: bool = False
 
 
 @dataclass
@@ -141,6 +145,24 @@ def _is_host_name(name: str) -> bool:
         return re.fullmatch(r"[a-z0-9_]([a-z0-9_-]{0,62})(\.[a-z0-9_]([a-z0-9_-]{0,62}))*", name) is not None
 
 
+def _loopback_host(v: str) -> str:
+    """``server.metrics_host``: a loopback address only, since that port serves /metrics without a key."""
+    import ipaddress
+
+    host = v.strip().strip("[]")
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ValueError(
+            f"{v!r} is not a loopback address: the metrics port serves /metrics without a key, so it listens on "
+            "127.0.0.1 or ::1 only; scrape from another host over server.port with the metrics key "
+            "(ENGRAMDB_METRICS_KEY)"
+        )
+    return host
+
+
 @dataclass
 class ServerSettings:
     __pydantic_config__: ClassVar[dict[str, Any]] = _STRICT_KEYS
@@ -168,10 +190,20 @@ class ServerSettings:
     tls: TLSSettings = field(default_factory=TLSSettings)
     rate_limits: RateLimitSettings = field(default_factory=RateLimitSettings)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # a second port serving only /metrics, without a key, on a loopback address (0 = off)
+    metrics_port: Annotated[int, Bounds(ge=0, le=65535)] = 0
+    metrics_host: Annotated[str, FieldCheck(_loopback_host)] = "127.0.0.1"
+    # collections with their own tenant/collection labels in /metrics; the rest are summed under "_other"
+    metrics_max_collections: Annotated[int, Bounds(ge=0, le=10_000)] = 100
+    # /ready answers 503 while the data directory's file system has less free space than this (0 = no check)
+    min_free_disk_mb: Annotated[int, Bounds(ge=0, le=1_048_576)] = 100
 
     def __post_init__(self) -> None:
         if self.grpc_enabled and self.port and self.port == self.grpc_port:
             raise ValueError("server.port and server.grpc_port must differ")
+        _loopback_host(self.metrics_host)
+        if self.metrics_port and self.metrics_port in (self.port, self.grpc_port if self.grpc_enabled else -1):
+            raise ValueError("server.metrics_port must differ from server.port and server.grpc_port")
 
     def auth_required(self, *, any_key: bool = False) -> bool:
         """Whether every request needs a key.
@@ -191,6 +223,49 @@ class ServerSettings:
             return not ipaddress.ip_address(self.host).is_loopback
         except ValueError:
             return self.host != "localhost"
+
+
+def _otlp_url(v: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(v)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http(s) URL of an OTLP/HTTP traces endpoint, e.g. http://127.0.0.1:4318/v1/traces")
+    return v
+
+
+def _service_name(v: str) -> str:
+    if not v.strip() or len(v) > 200 or not v.isprintable():
+        raise ValueError("must be 1-200 printable characters, e.g. engramdb")
+    return v
+
+
+@dataclass
+class TracingSettings:
+    """OpenTelemetry tracing (docs/observability.md); off unless ``enabled``, needs the ``otel`` extra."""
+
+    __pydantic_config__: ClassVar[dict[str, Any]] = _STRICT_KEYS
+
+    enabled: bool = False
+    # where spans are sent (OTLP over HTTP, protobuf); chosen by the operator, never by an API caller
+    otlp_endpoint: Annotated[str, FieldCheck(_otlp_url)] = "http://127.0.0.1:4318/v1/traces"
+    service_name: Annotated[str, FieldCheck(_service_name)] = "engramdb"  # the service.name resource attribute
+    # share of new traces recorded; a request that arrives with a sampled traceparent is always recorded
+    sample_ratio: Annotated[float, Bounds(ge=0, le=1)] = 1.0
+
+    def __post_init__(self) -> None:
+        _otlp_url(self.otlp_endpoint)
+        _service_name(self.service_name)
+
+
+@dataclass
+class BackupSettings:
+    """Backups through the admin API (docs/backup.md): callers name a backup, the operator chooses where."""
+
+    __pydantic_config__: ClassVar[dict[str, Any]] = _STRICT_KEYS
+
+    # the directory the admin API writes backups into (unset = no backups through the API); outside data_dir
+    dir: Path | None = None
 
 
 DEFAULT_EXTRACTION_BASE_URL = "https://api.openai.com/v1"
@@ -355,6 +430,8 @@ class Settings:
     index: IndexSettings = field(default_factory=IndexSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
     extraction: ExtractionSettings = field(default_factory=ExtractionSettings)
+    tracing: TracingSettings = field(default_factory=TracingSettings)
+    backup: BackupSettings = field(default_factory=BackupSettings)
     # named embedder profiles API callers may choose (ENGRAMDB_EMBEDDERS__<NAME>__<SETTING>)
     embedders: Annotated[dict[str, EmbedderProfile], FieldCheck(_embedder_names)] = field(default_factory=dict)
 
@@ -747,7 +824,50 @@ def check(settings: Settings, *, for_server: bool = True) -> list[str]:
             problems.append(f"server.metrics_key_file: {mkf} does not exist")
         problems.extend(check_extraction(settings.extraction))
         problems.extend(check_embedders(settings))
+        problems.extend(check_tracing(settings.tracing))
+        problems.extend(check_backup(settings))
     return problems
+
+
+def check_backup(settings: Settings) -> list[str]:
+    """``backup.dir`` must be a directory (or creatable) outside the data directory, which a restore replaces."""
+    d = settings.backup.dir
+    if d is None:
+        return []
+    try:
+        b, data = d.expanduser().resolve(), settings.data_dir.expanduser().resolve()
+    except (OSError, RuntimeError) as e:
+        return [f"backup.dir: {d}: {e}"]
+    if b == data or data in b.parents or b in data.parents:
+        return [
+            f"backup.dir: {d} must be outside data_dir {settings.data_dir} (and not contain it): "
+            "restoring a backup replaces the data directory with everything in it"
+        ]
+    if b.exists() and not b.is_dir():
+        return [f"backup.dir: {d} exists and is not a directory"]
+    return []
+
+
+def check_tracing(cfg: TracingSettings) -> list[str]:
+    """Problems of enabled tracing that the schema cannot see: the OpenTelemetry SDK must be installed."""
+    if not cfg.enabled:
+        return []
+    missing = [m for m in ("opentelemetry.sdk.trace", "opentelemetry.exporter.otlp.proto.http") if _missing_module(m)]
+    if missing:
+        return [
+            f"tracing.enabled: the OpenTelemetry SDK and OTLP exporter are not installed ({', '.join(missing)}); "
+            "install them with pip install 'engramdb[otel]' or set tracing.enabled: false"
+        ]
+    return []
+
+
+def _missing_module(name: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is None
+    except ModuleNotFoundError:  # a parent package is missing
+        return True
 
 
 def check_data_dir(d: Path) -> list[str]:

@@ -146,11 +146,12 @@ class CorruptData(EngramError):
     grpc_status = "DATA_LOSS"
 
 
-# What an operator can do about a damaged storage file today (EngramDB has no repair or backup command):
-# the end of every CorruptData message about records, edges or RocksDB files.
+# What an operator can do about a damaged storage file (EngramDB has no repair command): the end of every
+# CorruptData message about records, edges or RocksDB files.
 DAMAGED_DATA_ADVICE = (
-    "EngramDB cannot repair damaged storage files: stop the server and replace the data directory with a copy "
-    "taken while it was stopped, if there is one (see 'Damaged data' in docs/reliability.md)"
+    "EngramDB cannot repair damaged storage files: stop the server and restore the latest backup with "
+    "'engramdb backup restore BACKUP --data-dir DIR --force' (docs/backup.md), or put back a copy of the data "
+    "directory taken while it was stopped (see 'Copies and damaged data' in docs/reliability.md)"
 )
 # The same for the derived indexes, which can always be rebuilt from the records.
 DAMAGED_INDEX_ADVICE = (

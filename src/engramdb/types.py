@@ -176,7 +176,7 @@ class EmbedderConfig(_Validated):
 
 @dataclass
 class CollectionConfig(_Validated):
-    """How a collection is created; immutable after creation except TTL."""
+    """How a collection is created; ``alter_collection`` may change indexed fields, default TTL and ef_search."""
 
     name: str
     dimension: Annotated[int, Bounds(ge=1, le=MAX_DIMENSION)]
@@ -394,6 +394,38 @@ class NewApiKey:
     collections: list[str] | None = None
     expires_at: float | None = None
     name: str | None = None
+
+
+@dataclass
+class TenantErased:
+    """What ``Client.erase_tenant`` deleted and erased from disk: the tenant's collections and API keys."""
+
+    tenant: str
+    collections: int
+    keys: int
+
+
+@dataclass
+class BackupInfo:
+    """A backup in the server's backup directory (``Client.create_backup``, ``list_backups``, ``verify_backup``).
+
+    ``status`` comes from the manifest alone (``complete``, ``incomplete``,
+    ``invalid``, with ``problem`` saying why); ``verify_backup`` checks every
+    file. ``seq`` is the changelog sequence the backup is consistent at.
+    """
+
+    name: str
+    status: str = "complete"
+    created_at: float | None = None
+    seq: int | None = None
+    engramdb_version: str | None = None
+    bytes: int | None = None
+    files: int | None = None
+    problem: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BackupInfo:
+        return cls(**{f: d[f] for f in cls.__dataclass_fields__ if f in d})
 
 
 @dataclass

@@ -121,6 +121,9 @@ def record_id(value: Any, where: str = "id") -> str:
     return value
 
 
+_UNIT_TOLERANCE = 1e-6  # |norm² - 1| below which a cosine vector counts as normalised already (about 4 ulps)
+
+
 def vector(value: Any, dim: int, metric: str, where: str = "vector") -> np.ndarray:
     """A finite float32 vector of the collection's dimension (unit length under cosine)."""
     import numpy as np
@@ -147,7 +150,11 @@ def vector(value: Any, dim: int, metric: str, where: str = "vector") -> np.ndarr
             raise InvalidArgument(
                 f"{where} is all zeros, which has no direction under the cosine metric", code="invalid_vector"
             )
-        arr = arr / np.float32(math.sqrt(sq))
+        # A vector of unit length within float32 rounding (every stored one is, to about 2.4e-7) is kept bit
+        # for bit: dividing it by its computed norm again moves the last bits of a third of them, so a
+        # vector read back and written again (an export re-imported) would not be the same vector.
+        if abs(sq - 1.0) > _UNIT_TOLERANCE:
+            arr = arr / np.float32(math.sqrt(sq))
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
@@ -299,6 +306,76 @@ def ef(value: Any) -> int | None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_EF):
         raise InvalidArgument(f"ef must be an integer from 1 to {MAX_EF}", code="invalid_ef")
     return value
+
+
+# ------------------------------------------------------ altering a collection
+# What ``alter_collection`` may change; every other configuration field is fixed at creation:
+# the stored vectors and the HNSW graph were built for the dimension, metric, m and ef_construction,
+# the vectors were embedded by the embedder, and the text index exists or not from the start.
+ALTERABLE_FIELDS = ("indexed_fields", "default_ttl_seconds", "ef_search")
+IMMUTABLE_FIELDS = ("name", "dimension", "metric", "index.m", "index.ef_construction", "embedder", "text_index")
+INDEXED_FIELD_TYPES = ("keyword", "int", "float", "bool")
+MAX_INDEXED_FIELDS = 256
+MAX_FIELD_PATH_CHARS = 256
+
+
+def immutable_field(field: str) -> InvalidArgument:
+    """The error for a request to change ``field``, which is fixed when the collection is created."""
+    hint = " (ef_search can change: pass it as ef_search)" if field.startswith("index") else ""
+    return InvalidArgument(
+        f"{field} cannot be changed after the collection is created{hint}; only "
+        f"{', '.join(ALTERABLE_FIELDS)} can be altered. To change {field}, create a new collection and "
+        "copy the records into it (export and import)",
+        code="immutable_field",
+        details={"field": field},
+    )
+
+
+def indexed_fields_change(value: Any) -> dict[str, str | None]:
+    """``alter_collection``'s ``indexed_fields``: dotted paths to a type, or None to stop indexing the path."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidArgument(
+            "indexed_fields must map dotted metadata paths to keyword, int, float or bool (null removes one)",
+            code="invalid_config",
+        )
+    if len(value) > MAX_INDEXED_FIELDS:
+        raise InvalidArgument(f"indexed_fields may name at most {MAX_INDEXED_FIELDS} fields", code="invalid_config")
+    out: dict[str, str | None] = {}
+    for path, ftype in value.items():
+        if (
+            not isinstance(path, str)
+            or not 0 < len(path) <= MAX_FIELD_PATH_CHARS
+            or any(not p for p in path.split("."))
+            or _CONTROL.search(path)
+        ):
+            raise InvalidArgument(
+                f"indexed field {str(path)[:MAX_FIELD_PATH_CHARS]!r} must be a dotted path like 'a.b' of at most "
+                f"{MAX_FIELD_PATH_CHARS} characters, without empty parts or control characters",
+                code="invalid_config",
+            )
+        if ftype is not None and ftype not in INDEXED_FIELD_TYPES:
+            raise InvalidArgument(
+                f"indexed field {path!r} has type {ftype!r}; use one of {', '.join(INDEXED_FIELD_TYPES)} "
+                "(or null to stop indexing it)",
+                code="invalid_config",
+            )
+        out[path] = ftype
+    return out
+
+
+def default_ttl(value: Any) -> float | None:
+    """A collection's ``default_ttl_seconds`` (None: records written without a TTL never expire)."""
+    try:
+        return positive_seconds(value, "default_ttl_seconds")
+    except InvalidArgument as e:
+        raise InvalidArgument(e.message + " (or null for none)", code="invalid_config") from None
+
+
+def ef_search(value: Any) -> int:
+    """A collection's default HNSW search breadth."""
+    return int_in_range(value, "ef_search", 1, MAX_EF, "invalid_config")
 
 
 def mode(value: Any) -> str:

@@ -38,15 +38,23 @@ BODIES: dict[str, dict[str, Any] | None] = {
     "subgraph": {"ids": ["r1"]},
     "extract": {"text": "Ada Lovelace wrote about the Analytical Engine."},
     "create_key": {"role": "reader"},
+    "erase_tenant": {"confirm": "not-the-tenant"},  # never erases: the matrix's tenants stay
+    "alter_collection": {"ef_search": 64},
+    "create_backup": {"name": "matrix"},
+    "list_backups": None,
+    "verify_backup": None,
     "list_keys": None,
     "revoke_key": None,
     "rotate_key": {},
 }
 WRITER_OPS = {
     "create_collection", "delete_collection", "upsert", "patch", "delete", "delete_one", "refresh_ttl", "link",
-    "unlink", "extract",
+    "unlink", "extract", "alter_collection",
 }  # fmt: skip
-ADMIN_OPS = {"create_key", "list_keys", "revoke_key", "rotate_key"}
+ADMIN_OPS = {
+    "create_key", "list_keys", "revoke_key", "rotate_key", "erase_tenant", "create_backup", "list_backups",
+    "verify_backup",
+}  # fmt: skip
 COLLECTION_OPS = [r for r in ROUTES if "{coll}" in r.path]
 
 
@@ -63,7 +71,12 @@ class World:
     http: httpx.Client  # one keep-alive connection pool for the whole matrix
 
     def url(self, r: RouteSpec, coll: str | None = None, key_id: str | None = None) -> str:
-        path = r.path.replace("{coll}", coll or self.coll_a).replace("{id:path}", "r1")
+        path = (
+            r.path.replace("{coll}", coll or self.coll_a)
+            .replace("{id:path}", "r1")
+            .replace("{tenant}", self.tenant_a)
+            .replace("{name}", "matrix")
+        )
         return self.server.base_url + path.replace("{key_id}", key_id or self.ids["a_reader"])
 
     def call(self, r: RouteSpec, key: str | None, **kw: Any) -> httpx.Response:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import os
 import shutil
 import signal
@@ -21,6 +19,7 @@ import httpx
 import pytest
 
 from conftest import ADMIN_KEY, SRC, ServerProcess, free_port, server_env
+from tls_certs import self_signed
 
 ServerFactory = Callable[..., ServerProcess]
 
@@ -174,36 +173,6 @@ def test_config_check_reports_every_problem(tmp_path: Path, cli: Callable[..., t
 
 
 # --------------------------------------------------------------------- TLS
-def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "server.crt", tmp_path / "server.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return cert_path, key_path
 
 
 def _serve_cmd(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -232,14 +201,14 @@ def test_refuses_to_start_with_missing_or_invalid_tls_files(
         env={**env, "ENGRAMDB_SERVER__TLS__CERT_FILE": str(bad_cert), "ENGRAMDB_SERVER__TLS__KEY_FILE": str(bad_key)},
     )
     assert status == 1 and "cannot load certificate" in err, err
-    cert, _ = _self_signed(tmp_path)
+    cert, _ = self_signed(tmp_path)
     status, _, err = cli(*serve, env={**env, "ENGRAMDB_SERVER__TLS__CERT_FILE": str(cert)})  # key missing
     assert status == 1 and "must be given together" in err
 
 
 def test_tls_serves_1_2_plus_and_rejects_1_1(tmp_path: Path, server_factory: ServerFactory) -> None:
     pytest.importorskip("cryptography")
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     env = {"ENGRAMDB_SERVER__TLS__CERT_FILE": str(cert), "ENGRAMDB_SERVER__TLS__KEY_FILE": str(key)}
     sp = server_factory(env=env, wait=None, scheme="https")
     trust = ssl.create_default_context(cafile=str(cert))

@@ -24,8 +24,6 @@ connections and message sizes are bounded by gRPC's own settings.
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import json
 import socket
 import ssl
@@ -40,6 +38,7 @@ import pytest
 
 from engramdb.server.rest.routes import ROUTES
 from integration.conftest import ServerProcess, unique_name
+from tls_certs import self_signed
 
 ServerFactory = Callable[..., ServerProcess]
 
@@ -395,36 +394,6 @@ def test_connections_beyond_the_cap_are_refused_when_all_are_busy(server_factory
 
 
 # --------------------------------------------------------------------- TLS
-def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "server.crt", tmp_path / "server.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return cert_path, key_path
 
 
 def _client(cert: Path, ciphers: str, max_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2) -> ssl.SSLContext:
@@ -450,7 +419,7 @@ def _handshake(sp: ServerProcess, ctx: ssl.SSLContext) -> str:
 
 def test_rest_tls_offers_aead_suites_only(tmp_path: Path, server_factory: ServerFactory) -> None:
     pytest.importorskip("cryptography")
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     env = {"ENGRAMDB_SERVER__TLS__CERT_FILE": str(cert), "ENGRAMDB_SERVER__TLS__KEY_FILE": str(key)}
     sp = server_factory(env=env, wait=None, scheme="https")
     sp.wait("health", verify=ssl.create_default_context(cafile=str(cert)))

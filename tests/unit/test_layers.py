@@ -5,6 +5,9 @@ from layers below it::
 
     errors, types, api, filters, validation, _version the vocabulary and the declared surface: pure, no I/O
     storage, index, embed, client, openai_http        adapters to disk, indexes, models and the network
+    transfer                                          export/import files; written against the api Protocols
+                                                      alone, so it serves the engine and the clients alike
+    tracing                                           OpenTelemetry spans for every layer above (no-op when off)
     config, extract                                   settings; the extraction language model
     engine                                            the embedded database
     engramdb (the package root)                       re-exports the engine, the clients and the types
@@ -43,7 +46,15 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "engramdb.validation",
         "engramdb._version",
     ),
-    ("engramdb.storage", "engramdb.index", "engramdb.embed", "engramdb.client", "engramdb.openai_http"),
+    (
+        "engramdb.storage",
+        "engramdb.index",
+        "engramdb.embed",
+        "engramdb.client",
+        "engramdb.openai_http",
+        "engramdb.transfer",
+        "engramdb.tracing",
+    ),
     ("engramdb.config", "engramdb.extract"),
     ("engramdb.engine",),
     ("engramdb",),

@@ -88,7 +88,16 @@ IMPLEMENTATIONS: list[tuple[type, type, bool, frozenset[tuple[str, str]]]] = [
         Database,
         False,
         frozenset(
-            {(m, "tenant") for m in ("create_collection", "get_collection", "list_collections", "delete_collection")}
+            {
+                (m, "tenant")
+                for m in (
+                    "create_collection",
+                    "get_collection",
+                    "list_collections",
+                    "delete_collection",
+                    "alter_collection",
+                )
+            }
         ),
     ),
     (CollectionAPI, Collection, False, frozenset()),
@@ -175,8 +184,8 @@ def test_documentation_lives_in_the_protocol(
 
 
 # ------------------------------------------------- the operation catalogue
-# Key management is the operator's: the clients offer it (``create_key`` ...), the
-# embedded engine does not (it has no keys), so it is outside the declared data API.
+# Key management and erasing a tenant are the operator's: the clients offer them (``create_key``,
+# ``erase_tenant`` ...), outside the declared data API (the embedded engine has no keys).
 ADMIN_OPS = {op for op, spec in OPS.items() if spec.role == "admin"}
 # REST shorthands for one record (GET / DELETE on the record's URL): gRPC and the
 # clients reach them through the batch operation (``Get``/``Delete`` with one id;
@@ -196,8 +205,19 @@ def test_every_operation_has_a_grpc_method() -> None:
     assert len(ops) == len(set(ops)), "an operation has two RPCs"
 
 
-def test_admin_operations_are_the_keys() -> None:
-    assert {"create_key", "list_keys", "revoke_key", "rotate_key"} == ADMIN_OPS
+def test_admin_operations_are_keys_erase_and_backups() -> None:
+    keys = {"create_key", "list_keys", "revoke_key", "rotate_key"}
+    backups = {"create_backup", "list_backups", "verify_backup"}
+    assert keys | {"erase_tenant"} | backups == ADMIN_OPS
+
+
+def test_every_path_parameter_is_in_the_openapi_document() -> None:
+    from engramdb.server.rest.openapi import build_openapi
+
+    paths = build_openapi("test")["paths"]
+    for r in ROUTES:
+        params = paths[r.openapi_path][r.method.lower()]["parameters"]
+        assert {p["name"] for p in params if p["in"] == "path"} == set(re.findall(r"\{(\w+)", r.path)), r.path
 
 
 def _route_regex(path: str) -> re.Pattern[str]:
@@ -235,6 +255,7 @@ DB_CALLS: dict[str, Callable[[Any], Any]] = {
     "get_collection": lambda db: db.get_collection("c"),
     "list_collections": lambda db: db.list_collections(),
     "delete_collection": lambda db: db.delete_collection("c"),
+    "alter_collection": lambda db: db.alter_collection("c", indexed_fields={"lang": "keyword"}),
 }
 COLL_CALLS: dict[str, Callable[[Any], Any]] = {
     "upsert": lambda c: c.upsert({"id": "a", "vector": VEC}),
@@ -256,12 +277,17 @@ COLL_CALLS: dict[str, Callable[[Any], Any]] = {
 }
 
 
-# The clients' key management (not in the Protocols: the engine has no API keys).
+# The clients' admin calls: keys, erase, backups (not in the Protocols: the engine has no API keys).
 KEY_CALLS: dict[str, Callable[[Any], Any]] = {
     "create_key": lambda db: db.create_key("reader"),
     "list_keys": lambda db: db.list_keys(),
     "revoke_key": lambda db: db.revoke_key("0123456789abcdef"),
     "rotate_key": lambda db: db.rotate_key("0123456789abcdef", grace_seconds=0),
+    "erase_tenant": lambda db: db.erase_tenant("acme", confirm="acme"),
+    # The operator's backups (bootstrap admin key only; docs/backup.md).
+    "create_backup": lambda db: db.create_backup("nightly"),
+    "list_backups": lambda db: db.list_backups(),
+    "verify_backup": lambda db: db.verify_backup("nightly"),
 }
 
 

@@ -20,6 +20,7 @@ import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from types import EllipsisType
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
@@ -34,7 +35,18 @@ from engramdb.errors import (
     Unavailable,
     error_from_dict,
 )
-from engramdb.types import ApiKeyInfo, CollectionConfig, Edge, ExtractResult, Hit, NewApiKey, Record, ScanPage
+from engramdb.types import (
+    ApiKeyInfo,
+    BackupInfo,
+    CollectionConfig,
+    Edge,
+    ExtractResult,
+    Hit,
+    NewApiKey,
+    Record,
+    ScanPage,
+    TenantErased,
+)
 
 try:  # orjson parses large responses (vectors) several times faster; stdlib json is the fallback.
     import orjson
@@ -297,6 +309,21 @@ def list_collections() -> Call[list[CollectionConfig]]:
         lambda d: [CollectionConfig.model_validate(c) for c in d["collections"]],
         True,
     )
+
+
+def alter_collection(
+    name: str,
+    indexed_fields: Mapping[str, str | None] | None,
+    default_ttl_seconds: float | EllipsisType | None,
+    ef_search: int | None,
+) -> Call[CollectionConfig]:
+    body: dict[str, Any] = _compact(
+        {"indexed_fields": dict(indexed_fields) if indexed_fields is not None else None, "ef_search": ef_search}
+    )
+    if default_ttl_seconds is not ...:
+        body["default_ttl_seconds"] = default_ttl_seconds  # null removes the default TTL
+    # The body states the settings wanted, not a change to them: a repeat leaves the same state.
+    return Call("alter_collection", "PATCH", coll_path(name), body, _config, True)
 
 
 def delete_collection(name: str) -> Call[None]:
@@ -652,6 +679,59 @@ def rotate_key(key_id: str, grace_seconds: float | None) -> Call[NewApiKey]:
     body = _compact({"grace_seconds": grace_seconds})
     # Not retried: a repeat would rotate the new key's predecessor again (key_not_rotatable) or mint another.
     return Call("rotate_key", "POST", _key_path(key_id) + "/rotate", body, _new_key, False)
+
+
+def erase_tenant(tenant: str, confirm: str, timeout: float | None) -> Call[TenantErased]:
+    body = {"confirm": confirm}
+    # Not retried: a repeat after a lost answer finds no tenant (tenant_not_found).
+    return Call(
+        "erase_tenant",
+        "POST",
+        "/v1/admin/tenants/" + _seg(tenant) + "/erase",
+        body,
+        lambda d: TenantErased(tenant=d["tenant"], collections=int(d["collections"]), keys=int(d["keys"])),
+        False,
+        timeout,
+    )
+
+
+# ------------------------------------------------------------ backups
+# The operator's (bootstrap admin key only): docs/backup.md. A backup copies the whole node, which can
+# take far longer than a database call, so these wait at least an hour unless told otherwise.
+BACKUP_MIN_TIMEOUT = 3600.0
+
+
+def backup_timeout(client_timeout: float | None, timeout: float | None) -> float | None:
+    """Seconds a backup call waits: ``timeout`` if given, else the client's but at least an hour."""
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
+            raise InvalidArgument("timeout must be a positive number of seconds", code="invalid_timeout")
+        return float(timeout)
+    return None if client_timeout is None else max(float(client_timeout), BACKUP_MIN_TIMEOUT)
+
+
+def _backup(d: Any) -> BackupInfo:
+    return BackupInfo.from_dict(d["backup"])
+
+
+def create_backup(name: str, timeout: float | None) -> Call[BackupInfo]:
+    # Not retried: a repeat after a lost answer finds the backup written (backup_exists).
+    return Call("create_backup", "POST", "/v1/admin/backups", {"name": name}, _backup, False, timeout)
+
+
+def list_backups() -> Call[list[BackupInfo]]:
+    return Call(
+        "list_backups",
+        "GET",
+        "/v1/admin/backups",
+        None,
+        lambda d: [BackupInfo.from_dict(b) for b in d["backups"]],
+        True,
+    )
+
+
+def verify_backup(name: str, timeout: float | None) -> Call[BackupInfo]:
+    return Call("verify_backup", "POST", "/v1/admin/backups/" + _seg(name) + "/verify", None, _backup, True, timeout)
 
 
 EXTRACT_MIN_TIMEOUT = 120.0

@@ -14,6 +14,7 @@ import ssl
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from types import EllipsisType
 from typing import Any, TypeVar
 
 import httpx
@@ -21,7 +22,18 @@ import httpx
 from engramdb.api import CollectionAPI, DatabaseAPI
 from engramdb.client import calls
 from engramdb.errors import Closed
-from engramdb.types import ApiKeyInfo, CollectionConfig, Edge, ExtractResult, Hit, NewApiKey, Record, ScanPage
+from engramdb.types import (
+    ApiKeyInfo,
+    BackupInfo,
+    CollectionConfig,
+    Edge,
+    ExtractResult,
+    Hit,
+    NewApiKey,
+    Record,
+    ScanPage,
+    TenantErased,
+)
 
 T = TypeVar("T")
 
@@ -140,6 +152,16 @@ class Client(DatabaseAPI):
     def delete_collection(self, name: str) -> None:
         self._run(calls.delete_collection(name))
 
+    def alter_collection(
+        self,
+        name: str,
+        *,
+        indexed_fields: Mapping[str, str | None] | None = None,
+        default_ttl_seconds: float | EllipsisType | None = ...,
+        ef_search: int | None = None,
+    ) -> CollectionConfig:
+        return self._run(calls.alter_collection(name, indexed_fields, default_ttl_seconds, ef_search))
+
     # ------------------------------------------------------------- API keys
     # Key management needs an admin key; it is not part of the data API the engine shares.
     def create_key(
@@ -175,6 +197,38 @@ class Client(DatabaseAPI):
         The default grace is one day; 0 ends the old key now.
         """
         return self._run(calls.rotate_key(key_id, grace_seconds))
+
+    # ---------------------------------------------------------------- erase
+    def erase_tenant(self, tenant: str, *, confirm: str, timeout: float | None = None) -> TenantErased:
+        """Delete tenant ``tenant`` with its collections and API keys, and erase them from disk (GDPR erase).
+
+        ``confirm`` must be the tenant's name again. An admin key erases only its own tenant (and
+        stops working with it); the bootstrap admin key erases any. Cannot be undone
+        (docs/security.md, Erasure). The server compacts its files before answering: this waits
+        at least an hour unless ``timeout`` says otherwise.
+        """
+        return self._run(calls.erase_tenant(tenant, confirm, calls.backup_timeout(self.timeout, timeout)))
+
+    # -------------------------------------------------------------- backups
+    def create_backup(self, name: str, *, timeout: float | None = None) -> BackupInfo:
+        """Back up the whole node into the server's ``backup.dir`` as ``name`` (bootstrap admin key only).
+
+        Consistent as of one moment while the server keeps serving (docs/backup.md). Waits at least an
+        hour unless ``timeout`` says otherwise. Restoring is offline: ``engramdb backup restore``.
+        """
+        return self._run(calls.create_backup(name, calls.backup_timeout(self.timeout, timeout)))
+
+    def list_backups(self) -> list[BackupInfo]:
+        """The backups in the server's ``backup.dir``, by name (bootstrap admin key only)."""
+        return self._run(calls.list_backups())
+
+    def verify_backup(self, name: str, *, timeout: float | None = None) -> BackupInfo:
+        """Check the backup ``name``: its manifest, every file's SHA-256 and its database (bootstrap admin key only).
+
+        Raises ``CorruptData`` (``backup_corrupt``, ``backup_incomplete``, ``backup_manifest_invalid``) or
+        ``FailedPrecondition`` (``backup_version_mismatch``) for a backup that must not be restored.
+        """
+        return self._run(calls.verify_backup(name, calls.backup_timeout(self.timeout, timeout)))
 
     # ------------------------------------------------------------ lifecycle
     def close(self) -> None:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pyroaring import BitMap
 
-from engramdb import validation
+from engramdb import tracing, validation
 from engramdb.api import CollectionAPI
 from engramdb.engine.budget import MASK, Deadline, current_deadline
 from engramdb.engine.graph import GraphMixin, edge_tombstones
@@ -111,7 +111,18 @@ class Collection(GraphMixin, CollectionAPI):
         Called lazily by the first query; servers call it at start-up so that
         ``/ready`` reflects progress. ``progress(done, total)`` reports a rebuild.
         """
-        self.indexes.load(progress)
+        if self.indexes.loaded:  # every operation calls this: no span unless there is work
+            return
+        with tracing.span("engine.load"):
+            self.indexes.load(progress)
+
+    def reindex_status(self) -> dict[str, Any] | None:
+        """Progress of building the payload index of fields an alter added; None when none is pending.
+
+        See :meth:`CollectionIndexes.reindex_status`; filters on such fields are answered
+        correctly meanwhile, by checking records.
+        """
+        return self.indexes.reindex_status()
 
     @property
     def load_progress(self) -> tuple[int, int]:
@@ -193,7 +204,8 @@ class Collection(GraphMixin, CollectionAPI):
             seen.add(rid)
         self.load()
         muts = [Mutation(keyspace.CHANGE_RECORD, self.prefix, self._key(rid), row) for rid, row in built]
-        self.store.apply(muts)
+        with tracing.span("engine.upsert"):
+            self.store.apply(muts)
         return [version_str(row.version) for _, row in built]
 
     def _embed_missing(self, items: list[Record | Mapping[str, Any]]) -> None:
@@ -559,21 +571,22 @@ class Collection(GraphMixin, CollectionAPI):
 
         self._check_open()
         self.load()
-        return run_search(
-            self,
-            vector=vector,
-            k=k,
-            filter=filter,
-            ef=ef,
-            include=include,
-            exact=exact,
-            text=text,
-            mode=mode,
-            weights=weights,
-            expand=expand,
-            min_score=min_score,
-            refresh_ttl=refresh_ttl,
-        )
+        with tracing.span("engine.search"):
+            return run_search(
+                self,
+                vector=vector,
+                k=k,
+                filter=filter,
+                ef=ef,
+                include=include,
+                exact=exact,
+                text=text,
+                mode=mode,
+                weights=weights,
+                expand=expand,
+                min_score=min_score,
+                refresh_ttl=refresh_ttl,
+            )
 
     def extract(
         self,
@@ -607,4 +620,5 @@ class Collection(GraphMixin, CollectionAPI):
             "config": self.config.model_dump(mode="json"),
             "loaded": self.loaded,
             "count": self.indexes.size(),
+            "reindex": self.indexes.reindex_status(),
         }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import functools
 import logging
 import os
@@ -10,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import EllipsisType
 from typing import TYPE_CHECKING, Any
 
 from engramdb import validation
@@ -82,6 +84,8 @@ class Database(DatabaseAPI):
             max_wal_mb=s.max_wal_mb,
             block_cache_mb=s.block_cache_mb,
             tombstone_grace_seconds=s.tombstone_grace_seconds,
+            statistics=s.statistics,
+            erase_within_seconds=s.erase_within_seconds,
         )
         # Rows of the layers above the engine (API keys): they reach storage only through this.
         self.metadata = Metadata(self.store)
@@ -101,10 +105,15 @@ class Database(DatabaseAPI):
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._thread_errors: dict[str, str] = {}  # background thread name -> why it stopped
+        # One erase pass at a time; changelog trimming and the erase's rewrite of entries must not interleave.
+        self._erase_lock = threading.Lock()
+        self._changelog_lock = threading.Lock()
+        self._erase_error: str | None = None  # why the last erase pass failed (None: it did not)
         self.ensure_tenant(DEFAULT_TENANT)
         if start_background:
             self._start("engramdb-ttl", self._sweep_loop)
             self._start("engramdb-snapshot", self._snapshot_loop)
+            self._start("engramdb-erase", self._erase_loop)
 
     # --------------------------------------------------------------- tenants
     def _next_id(self, counter: str) -> int:
@@ -288,17 +297,228 @@ class Database(DatabaseAPI):
     def delete_collection(self, name: str, *, tenant: str = DEFAULT_TENANT) -> None:
         self._check_open()
         with self._lock:
+            prefix = self._drop_collection(name, tenant)
+        self._erase_dropped({prefix})
+
+    def _erase_dropped(self, prefixes: set[bytes]) -> None:
+        """Erase dropped collections' data from disk now; if that fails, their erase marks make the erase task retry."""
+        try:
+            self.erase(prefixes)
+            self.store.write_rows("ttl", {}, [keyspace.ttl_key(0, keyspace.TTL_ERASE, p) for p in prefixes])
+        except Closed:
+            raise
+        except BaseException as e:
+            if not is_failure(e):
+                raise
+            log.exception("erasing a deleted collection from disk failed; the erase task retries it")
+
+    def _drop_collection(self, name: str, tenant: str) -> bytes:
+        """Delete a collection's rows and index files (lock held); returns its prefix, marked for erase."""
+        coll = self.get_collection(name, tenant=tenant)
+        key = keyspace.collection_key(coll.tenant_id, name)
+        p = coll.prefix
+        # First, durably: if this process dies before the erase below is done, the erase task finishes it.
+        self.store.write_rows("ttl", {keyspace.ttl_key(0, keyspace.TTL_ERASE, p): b""})
+        self.store.write_meta({}, [key])
+        self._collections.pop((tenant, name), None)
+        coll.drop_files()
+        for cf in ("records", "edges_out", "edges_in", "vectors"):
+            self.store.delete_range(cf, p, keyspace.prefix_end(p))
+        ns_index = keyspace.namespace_index_prefix(p)
+        self.store.delete_range("meta", ns_index, keyspace.prefix_end(ns_index))
+        self.store.write_meta({}, [keyspace.idle_mark_key(p)])  # its changelog trimming mark
+        return p
+
+    def erase_tenant(self, name: str) -> int:
+        """Delete tenant ``name`` with every collection, and erase them from disk now; returns the collections.
+
+        The tenant's API keys are the service's (see ``KeyStore.erase_tenant``).
+        Its name goes too; creating a collection in a tenant of that name later
+        starts a new, empty tenant.
+        """
+        self._check_open()
+        validation.name(name, "tenant name")
+        with self._lock:
+            self.tenant_id(name)  # NotFound (tenant_not_found) if there is none
+            prefixes = {self._drop_collection(c.name, name) for c in self.list_collections(tenant=name)}
+            self.store.write_meta({}, [keyspace.tenant_key(name)])
+        self._erase_dropped(prefixes)
+        log.info("tenant %s erased with %d collections", name, len(prefixes))
+        return len(prefixes)
+
+    # ----------------------------------------------------------------- erase
+    def _erase_loop(self) -> None:
+        # Marks fall due half the bound after a delete (with the tombstone purge): checking
+        # every tenth of the bound keeps the whole erase inside it. Without a bound only
+        # dropped collections leave marks (due at once), checked every minute.
+        bound = self.settings.storage.erase_within_seconds
+        interval = min(60.0, bound / 10) if bound > 0 else 60.0
+        while not self._stop.wait(interval):
+            try:
+                self.erase_due()
+                self._erase_error = None
+            except Closed:
+                return
+            except BaseException as e:
+                if not is_failure(e):  # e.g. SystemExit: stop (and say so), see _thread_main
+                    raise
+                self._erase_error = f"erasing deleted data from disk failed ({type(e).__name__}: {e}); retrying"
+                log.exception("erasing deleted data failed; will retry")
+
+    def erase_due(self, now: float | None = None) -> int:
+        """Run the erase for every collection whose erase mark is due; returns the marks handled."""
+        now_ms = int((now if now is not None else time.time()) * 1000)
+        marks: list[bytes] = []
+        for tk, _ in self.store.iter_prefix("ttl", b""):
+            when, kind, _ = keyspace.parse_ttl_key(tk)
+            if when > now_ms:
+                break
+            if kind == keyspace.TTL_ERASE:
+                marks.append(tk)
+        if not marks:
+            return 0
+        # The tombstones due with the marks go first, so that their ids are erased too.
+        while self.sweep(now) >= 1000:
+            pass
+        self.erase({keyspace.parse_ttl_key(tk)[2] for tk in marks})
+        self.store.write_rows("ttl", {}, marks)
+        return len(marks)
+
+    def erase(self, prefixes: set[bytes] | None = None) -> None:
+        """Remove the data of deleted records, edges and collections from every file now (GDPR erase).
+
+        ``prefixes``: the collections (live or dropped) to erase; None = every
+        collection. For each live one, the HNSW nodes of deleted vectors are
+        zeroed, the text index is rewritten without deleted documents and the
+        indexes are snapshotted; a dropped one loses its TTL-queue rows. Then
+        changelog entries naming rows that are gone are blanked, and RocksDB
+        flushes, compacts the ranges and reopens (``Store.erase_files``).
+        Tombstones still in their grace period keep their ids until purged.
+        """
+        self._check_open()
+        with self._erase_lock:
+            colls = {c.prefix: c for c in self.collections()}
+            todo = set(colls) if prefixes is None else set(prefixes)
+            for p in sorted(todo):
+                coll = colls.get(p)
+                if coll is not None:
+                    coll.indexes.erase_deleted()
+            dropped = {p for p in todo if p not in colls}
+            if dropped:
+                self._forget_ttl(dropped)
+            self.trim_changelog()
+            self._blank_changelog(todo, colls)
+            ranges: list[tuple[str, bytes | None, bytes | None]] = []
+            for p in sorted(todo):
+                end = keyspace.prefix_end(p)
+                ranges.extend((cf, p, end) for cf in ("records", "vectors", "edges_out", "edges_in"))
+                ns = keyspace.namespace_index_prefix(p)
+                ranges.append(("meta", ns, keyspace.prefix_end(ns)))
+            ns_all = keyspace.NAMESPACE_INDEX_PREFIX
+            # The small families whole: the changelog and TTL queue hold ids of every collection,
+            # the rest of meta tenants', collections' and keys' rows.
+            ranges += [
+                ("changes", None, None),
+                ("ttl", None, None),
+                ("meta", None, ns_all),
+                ("meta", keyspace.prefix_end(ns_all), None),
+            ]
+            self.store.erase_files(ranges)
+
+    def _forget_ttl(self, prefixes: set[bytes]) -> None:
+        """Drop the TTL-queue rows of dropped collections (the erase marks are their caller's)."""
+        gone: list[bytes] = []
+        for tk, _ in self.store.iter_prefix("ttl", b""):
+            _, kind, key = keyspace.parse_ttl_key(tk)
+            if kind != keyspace.TTL_ERASE and key[:8] in prefixes:
+                gone.append(tk)
+            if len(gone) >= 10_000:
+                self.store.write_rows("ttl", {}, gone)
+                gone = []
+        self.store.write_rows("ttl", {}, gone)
+
+    def _blank_changelog(self, prefixes: set[bytes], colls: Mapping[bytes, Collection]) -> None:
+        """Blank the changelog entries that name a row of ``prefixes`` that is gone.
+
+        An entry only names a key, but a record id may be personal data. The
+        entry stays (as ``CHANGE_ERASED``) to keep its sequence number. A live
+        collection needs its entries after its snapshot for replay: only those
+        it already contains are blanked.
+        """
+        with self._changelog_lock:
+            blank: dict[bytes, bytes] = {}
+            for k, v in self.store.iter_prefix("changes", b""):
+                if not v or v[0] not in (keyspace.CHANGE_RECORD, keyspace.CHANGE_EDGE) or v[1:9] not in prefixes:
+                    continue
+                coll = colls.get(v[1:9])
+                if coll is not None:
+                    if keyspace.parse_seq(k) > coll.indexes.watermark:
+                        continue
+                    cf = "records" if v[0] == keyspace.CHANGE_RECORD else "edges_out"
+                    if self.store.get(cf, v[1:]) is not None:
+                        continue
+                blank[k] = bytes([keyspace.CHANGE_ERASED])
+                if len(blank) >= 10_000:
+                    self.store.write_rows("changes", blank)
+                    blank = {}
+            self.store.write_rows("changes", blank)
+
+    def erase_problem(self) -> str | None:
+        """Why the last background erase pass failed (None: it did not); it is retried, the node stays ready."""
+        return self._erase_error
+
+    def alter_collection(
+        self,
+        name: str,
+        *,
+        tenant: str = DEFAULT_TENANT,
+        indexed_fields: Mapping[str, str | None] | None = None,
+        default_ttl_seconds: float | EllipsisType | None = ...,
+        ef_search: int | None = None,
+    ) -> CollectionConfig:
+        self._check_open()
+        # Every value is checked before anything is written: a bad one changes nothing.
+        fields_change = validation.indexed_fields_change(indexed_fields)
+        ttl = validation.default_ttl(default_ttl_seconds) if default_ttl_seconds is not ... else None
+        ef = validation.ef_search(ef_search) if ef_search is not None else None
+        with self._lock:
             coll = self.get_collection(name, tenant=tenant)
+            old = coll.config
+            fields = dict(old.indexed_fields)
+            for path, ftype in fields_change.items():
+                if ftype is None:
+                    fields.pop(path, None)
+                else:
+                    fields[path] = ftype  # type: ignore[assignment]  # checked by indexed_fields_change
+            if len(fields) > validation.MAX_INDEXED_FIELDS:
+                raise InvalidArgument(
+                    f"a collection may index at most {validation.MAX_INDEXED_FIELDS} fields", code="invalid_config"
+                )
+            new = dataclasses.replace(
+                old,
+                indexed_fields=fields,
+                default_ttl_seconds=ttl if default_ttl_seconds is not ... else old.default_ttl_seconds,
+                index=dataclasses.replace(old.index, ef_search=ef) if ef is not None else old.index,
+            )
+            if new == old:
+                return old
             key = keyspace.collection_key(coll.tenant_id, name)
-            self.store.write_meta({}, [key])
-            self._collections.pop((tenant, name), None)
-            coll.drop_files()
-            p = coll.prefix
-            for cf in ("records", "edges_out", "edges_in", "vectors"):
-                self.store.delete_range(cf, p, keyspace.prefix_end(p))
-            ns_index = keyspace.namespace_index_prefix(p)
-            self.store.delete_range("meta", ns_index, keyspace.prefix_end(ns_index))
-            self.store.write_meta({}, [keyspace.idle_mark_key(p)])  # its changelog trimming mark
+            raw = self.store.get("meta", key)
+            if raw is None:  # deleted meanwhile by another process of the same data dir: cannot happen in-process
+                raise NotFound(f"collection {name!r} does not exist in tenant {tenant!r}", code="collection_not_found")
+            # Stored first and durably: after a crash the load builds what this declares.
+            self.store.write_meta({key: pack({**unpack(raw), "config": new.model_dump(mode="json")})})
+            coll.config = new
+            coll.indexes.set_config(new)
+            log.info(
+                "collection %s/%s altered: indexed fields %s, default TTL %s, ef_search %d",
+                tenant,
+                name,
+                sorted(fields),
+                new.default_ttl_seconds,
+                new.index.ef_search,
+            )
+            return new
 
     def collections(self) -> list[Collection]:
         """Every collection of every tenant (opened, not necessarily loaded)."""
@@ -359,6 +579,8 @@ class Database(DatabaseAPI):
             when, kind, key = keyspace.parse_ttl_key(tk)
             if when > now_ms or handled >= limit:
                 break
+            if kind == keyspace.TTL_ERASE:
+                continue  # the erase task's (erase_due)
             handled += 1
             if kind == keyspace.TTL_EXPIRE:
                 raw = self.store.get("records", key)
@@ -456,7 +678,8 @@ class Database(DatabaseAPI):
         # storage holds, after a lost WAL tail, must not trim it away).
         upto = min(*marks, self.store.notified_seq)
         if upto > 0:
-            self.store.delete_range("changes", keyspace.seq_key(0), keyspace.seq_key(upto))
+            with self._changelog_lock:
+                self.store.delete_range("changes", keyspace.seq_key(0), keyspace.seq_key(upto))
 
     # -------------------------------------------------------------- lifecycle
     # ---------------------------------------------------------------- health

@@ -10,19 +10,21 @@ reads search needs (filter candidates, stored vectors, liveness).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 import numpy as np
 from pyroaring import BitMap
 
+from engramdb.engine import timings
 from engramdb.engine.budget import Deadline
-from engramdb.errors import Closed, CorruptData, EngramError
+from engramdb.errors import Closed, CorruptData, EngramError, is_failure
 from engramdb.filters import Filter, json_equal
 from engramdb.index.payload import PayloadIndex
 from engramdb.index.vector import VectorIndex, remove_snapshot
@@ -39,6 +41,8 @@ log = logging.getLogger("engramdb.collection")
 
 _CAND_CACHE_ENTRIES = 256
 _CAND_CACHE_BYTES = 32 << 20
+# Records read per step of building an added field's payload index (the index lock is held for one step).
+REINDEX_CHUNK = 1000
 
 
 def _vector_of(row: RecordRow) -> np.ndarray:
@@ -108,6 +112,10 @@ class CollectionIndexes:
         self.load_progress: tuple[int, int] = (0, 0)  # (done, total) while (re)building
         self._pending_scan: tuple[int, bool] | None = None  # see trim_mark
         self._index_error: str | None = None  # set when an index update failed; see problem()
+        # Building the payload index of fields an alter added (see reindex_status).
+        self._reindex: dict[str, Any] | None = None
+        self._reindex_thread: threading.Thread | None = None
+        self._reindex_stop = threading.Event()
 
     @property
     def name(self) -> str:
@@ -156,7 +164,8 @@ class CollectionIndexes:
                 rebuild = False
                 try:
                     vindex = VectorIndex.load(vdir, self.dimension, self.metric, p.m, p.ef_construction, p.ef_search)
-                    payload = PayloadIndex.from_bytes(vindex.extra, self.config.indexed_fields)
+                    # Its fields may differ from the config's after an alter: _sync_fields reconciles them.
+                    payload = PayloadIndex.from_bytes(vindex.extra)
                     watermark = vindex.watermark
                     self._check_watermark(watermark)
                 except (CorruptData, OSError, ValueError) as e:
@@ -173,6 +182,7 @@ class CollectionIndexes:
                     self._vindex, self._payload, self._text = vindex, payload, text
                     self._applied_seq = self._replay(watermark)
                     self._commit_text()
+                    self._sync_fields()
                     return
                 if rebuild:
                     vindex, payload = self._new_indexes()
@@ -194,6 +204,7 @@ class CollectionIndexes:
                 if rebuild:
                     self._dirty = max(self._dirty, 1)
                 self._commit_text()
+                self._sync_fields()
 
     def _commit_text(self) -> None:
         """Make what loading fed the text index searchable before ``load`` returns.
@@ -327,6 +338,7 @@ class CollectionIndexes:
         text: TextIndex | None,
         progress: Callable[[int, int], None] | None,
     ) -> None:
+        started = time.perf_counter()
         remove_snapshot(self.index_dir)
         now = time.time()
         total = self._estimate_rows()
@@ -363,6 +375,7 @@ class CollectionIndexes:
         self.load_progress = (done, done)
         if progress:
             progress(done, done)
+        timings.record("rebuild", started, self.store)
 
     def _rebuild_text(self, vindex: VectorIndex, text: TextIndex, progress: Callable[[int, int], None] | None) -> None:
         """Fill an empty text index from the stored rows the vector snapshot has labels for."""
@@ -401,6 +414,7 @@ class CollectionIndexes:
 
     def _replay(self, after_seq: int) -> int:
         """Apply every changelog entry of this collection newer than ``after_seq``."""
+        started = time.perf_counter()
         last = after_seq
         pending: list[bytes] = []
         with self.store.iterator("changes", keyspace.seq_key(after_seq + 1)) as it:
@@ -428,7 +442,147 @@ class CollectionIndexes:
             for key, row in zip(chunk, self.store.get_records(chunk, vector=True), strict=True):
                 self._index_row(keyspace.record_id_of(key), row if row is not None and row.live(now) else None, None)
         self._dirty += len(keys)
+        timings.record("replay", started, self.store)
         return last
+
+    # ------------------------------------------------- altering the configuration
+    def set_config(self, config: CollectionConfig) -> None:
+        """Take an altered configuration (already stored): new ``ef_search``, indexed fields added or dropped.
+
+        Fields added are indexed in the background from the stored records
+        (:meth:`reindex_status`); until that completes, filters on them are
+        answered by checking each record, so they are never wrong.
+        """
+        with self._index_lock:
+            self.config = config
+            if self._vindex is not None:
+                self._vindex.ef_search = config.index.ef_search
+            if self._payload is not None:
+                self._sync_fields()
+
+    def _sync_fields(self) -> None:
+        """Make the payload index's fields those of the config (under the index lock, indexes loaded)."""
+        payload = self._payload
+        assert payload is not None
+        want = self.config.indexed_fields
+        have = {**payload.fields, **payload.building}
+        gone = [p for p, t in have.items() if want.get(p) != t]
+        if gone:
+            payload.drop_fields(gone)
+            self._dirty += 1  # the next snapshot must not bring them back
+        new = {p: t for p, t in want.items() if have.get(p) != t}
+        if new:
+            payload.begin_fields(new)
+        self._generation += 1  # cached candidates were computed with the old fields
+        if payload.building and not self._closed:
+            t = self._reindex_thread
+            if t is None or not t.is_alive():
+                self._reindex_thread = threading.Thread(
+                    target=self._reindex_main, name=f"engramdb-reindex-{self.tenant}/{self.name}", daemon=True
+                )
+                self._reindex_thread.start()
+
+    def reindex_status(self) -> dict[str, Any] | None:
+        """Progress of building the payload index of added fields; None when no build is pending.
+
+        ``{"state": "building" | "retrying", "fields": [...], "done": n, "total": estimate,
+        "error": why the last attempt failed (retrying only)}``. ``total`` is the
+        number of stored rows, an estimate; ``done`` counts rows scanned.
+        """
+        st = self._reindex
+        if st is None:
+            payload = self._payload
+            if payload is None or not payload.building:
+                return None
+            return {"state": "building", "fields": sorted(payload.building), "done": 0, "total": 0}
+        return dict(st)
+
+    def _reindex_main(self) -> None:
+        """The builder thread: index the fields being built from the stored records, then let them answer.
+
+        A failure (storage error, a panic in a binding) is logged, shown by
+        :meth:`reindex_status` and retried; meanwhile filters on those fields
+        keep being answered by checking records, so nothing is wrong, only slower.
+        """
+        delay = 1.0
+        while not self._reindex_stop.is_set():
+            try:
+                with self._index_lock:
+                    payload = self._payload
+                    tokens = payload.building_tokens() if payload is not None and not self._closed else {}
+                if not tokens:
+                    self._reindex = None
+                    return
+                total = self.size() or 0
+                self._reindex = {"state": "building", "fields": sorted(tokens), "done": 0, "total": total}
+                if not self._backfill(total):
+                    return  # closing
+                with self._index_lock:
+                    if payload is None or self._payload is not payload or self._closed:
+                        return
+                    done = payload.finish_fields(tokens)
+                    self._generation += 1
+                    self._dirty += 1  # a snapshot with the new fields spares the next start this build
+                log.info("%s/%s: payload index of %s built", self.tenant, self.name, ", ".join(sorted(done)))
+                delay = 1.0
+            except BaseException as e:
+                if self._closed or isinstance(e, Closed):
+                    return
+                if not is_failure(e):
+                    self._reindex = {**(self._reindex or {}), "state": "failed", "error": f"{type(e).__name__}: {e}"}
+                    log.critical("%s/%s: building the payload index stopped: %r", self.tenant, self.name, e)
+                    raise
+                log.exception("%s/%s: building the payload index failed; retrying", self.tenant, self.name)
+                self._reindex = {**(self._reindex or {}), "state": "retrying", "error": f"{type(e).__name__}: {e}"}
+                self._reindex_stop.wait(delay)
+                delay = min(delay * 2, 60.0)
+
+    def _backfill(self, total: int) -> bool:
+        """Feed every stored record to the fields being built, a chunk at a time; False when closing.
+
+        Each chunk reads the rows and indexes them under the index lock, so no
+        committed change is applied meanwhile: the rows read are at least as
+        new as what the indexes hold. A row committed but not yet applied is
+        indexed here and then again by :meth:`apply_committed` (remove the old
+        metadata, add the new: the same end state); a change applied before
+        its record's chunk is read again here (adding is idempotent). Searches
+        and writes wait for one chunk at most.
+        """
+        start = self.prefix
+        done = 0
+        while not self._reindex_stop.is_set():
+            step = self._backfill_chunk(start)
+            if step is None:
+                return False
+            n, last = step
+            done += n
+            self._reindex = {**(self._reindex or {}), "done": done, "total": max(total, done)}
+            if last is None or n < REINDEX_CHUNK:
+                return True
+            start = last + b"\x00"
+        return False
+
+    def _backfill_chunk(self, start: bytes) -> tuple[int, bytes | None] | None:
+        """Index up to REINDEX_CHUNK stored rows from ``start`` on; (rows read, last key), None when closing."""
+        with self._index_lock:
+            vindex, payload = self._vindex, self._payload
+            if vindex is None or payload is None or self._closed:
+                return None
+            label_of = vindex.label_of
+            n = 0
+            last: bytes | None = None
+            with contextlib.closing(self.store.iter_prefix("records", self.prefix, start=start)) as rows:
+                for k, v in rows:
+                    last = k
+                    n += 1
+                    row = decode_record(v)
+                    if not row.deleted:
+                        label = label_of.get(keyspace.record_id_of(k))
+                        if label is not None:
+                            payload.backfill(label, row.metadata)
+                    if n >= REINDEX_CHUNK:
+                        break
+            return n, last
 
     # ------------------------------------------------------ index maintenance
     def apply_committed(self, changes: list[Change]) -> None:
@@ -560,6 +714,7 @@ class CollectionIndexes:
         # Taken before looking at _dirty, which is 0 while a child writes: a
         # close meanwhile must wait for that snapshot, not skip its own.
         with self._snapshot_lock:
+            started = time.perf_counter()
             with self._index_lock:
                 vindex, payload = self._vindex, self._payload
                 if vindex is None or payload is None or not self._dirty:
@@ -572,6 +727,7 @@ class CollectionIndexes:
                 if wait is None:
                     vindex.save(self.index_dir, seq, extra=payload.to_bytes())
                     self._dirty = 0
+                    timings.record("snapshot", started, self.store)
                     return True
                 dirty, self._dirty = self._dirty, 0
             done = False
@@ -583,6 +739,7 @@ class CollectionIndexes:
                     with self._index_lock:
                         self._dirty += dirty
             if done:
+                timings.record("snapshot", started, self.store)
                 return True
             log.warning("snapshot of collection %r in a child process failed; writing it in-process", self.name)
         return self.snapshot()
@@ -609,6 +766,57 @@ class CollectionIndexes:
                 self._applied_seq = max(self._applied_seq, through)
             return self._vindex.watermark
 
+    def hold_snapshot_files(self) -> contextlib.AbstractContextManager[object]:
+        """Hold this collection's snapshot lock: no snapshot is written and no watermark moves meanwhile.
+
+        A backup holds it while it links the snapshot files and takes the
+        RocksDB checkpoint, so the snapshot it ships is complete and the
+        changelog entries after its watermark are still in the checkpoint
+        (trimming waits for every loaded collection's lock, see
+        ``Database.trim_changelog``). Writes and searches go on.
+        """
+        return self._snapshot_lock
+
+    def erase_deleted(self) -> None:
+        """Remove what the indexes keep of deleted or replaced records, in memory and in their files (GDPR erase).
+
+        The HNSW nodes of deleted vectors are zeroed, the text index is written
+        anew from the live records (tantivy keeps a deleted document's terms
+        until a merge) and a snapshot is written in this process, replacing
+        the files that held the old vectors. Writes of every collection wait
+        while the text is re-indexed (they wait for this collection's lock).
+        """
+        self.load()
+        with self._index_lock:
+            vindex = self._vindex
+            if vindex is None or self._closed:
+                return
+            vindex.scrub_deleted()
+            if self._text is not None:
+                self._text.rewrite(self._live_texts(vindex))
+            self._dirty = max(self._dirty, 1)
+            self._generation += 1
+        if not self.snapshot():
+            raise EngramError(
+                f"erasing deleted data of {self.tenant}/{self.name}: its indexes could not be snapshotted "
+                f"({self._index_error or 'no snapshot written'}); retried after a restart rebuilds them"
+            )
+        with self._snapshot_lock:
+            # Left by a snapshot child killed half way: they may hold old vectors.
+            for leftover in ("vector.hnsw.tmp", "vector.meta.tmp"):
+                (self.index_dir / leftover).unlink(missing_ok=True)
+
+    def _live_texts(self, vindex: VectorIndex) -> list[tuple[int, str]]:
+        label_of = vindex.label_of
+        now = time.time()
+        out = []
+        for k, v in self.store.iter_prefix("records", self.prefix):
+            row = decode_record(v)
+            label = label_of.get(keyspace.record_id_of(k))
+            if label is not None and row.text and row.live(now):
+                out.append((label, row.text))
+        return out
+
     @property
     def watermark(self) -> int:
         """Changelog sequence the last snapshot contains (0 = none)."""
@@ -618,6 +826,11 @@ class CollectionIndexes:
         """Snapshot (unless ``snapshot`` is false), stop listening to changes and release the text index."""
         if self._closed:
             return
+        # A field build stops between chunks; the next load begins it again (the config declares it).
+        self._reindex_stop.set()
+        builder = self._reindex_thread
+        if builder is not None and builder is not threading.current_thread():
+            builder.join(30.0)
         try:
             if snapshot:
                 self.snapshot()
@@ -727,3 +940,20 @@ class CollectionIndexes:
         """Labels in the vector index (expired ones not yet swept included); None while not loaded."""
         vindex = self._vindex
         return len(vindex) if vindex is not None else None
+
+    def text_documents(self) -> int | None:
+        """Documents text search sees (as of the last commit); None while not loaded. For metrics: never loads."""
+        text = self._text
+        if self._vindex is None or self._closed:
+            return None
+        if text is None:
+            return 0
+        try:
+            return text.count()
+        except EngramError:
+            return None  # closed meanwhile
+
+    def payload_bytes(self) -> int | None:
+        """Memory of the payload index, roughly (:meth:`PayloadIndex.nbytes`); None while not loaded. Never loads."""
+        payload = self._payload
+        return payload.nbytes() if payload is not None and not self._closed else None

@@ -443,19 +443,80 @@ class PayloadIndex:
 
     def __init__(self, fields: Mapping[str, str]) -> None:
         self._fields: dict[str, _Field] = {}
+        # Fields being built from the stored records (an alter added them): maintained by every
+        # add/remove like the others, but never consulted by queries until :meth:`finish_fields`,
+        # so a filter on them is answered by checking records until the index is complete.
+        self._building: dict[str, _Field] = {}
         for path, ftype in fields.items():
-            if not isinstance(path, str) or not path or any(not p for p in path.split(".")):
-                raise InvalidArgument(f"indexed field {path!r} must be a non-empty dotted path like 'a.b'")
-            if ftype not in FIELD_TYPES:
-                raise InvalidArgument(
-                    f"indexed field {path!r} has type {ftype!r}; use one of {', '.join(sorted(FIELD_TYPES))}"
-                )
+            _check_field(path, ftype)
             self._fields[path] = _Field(path, ftype)
 
     @property
     def fields(self) -> dict[str, str]:
-        """The declared fields and their types."""
+        """The declared fields that answer queries, and their types (fields being built are not among them)."""
         return {p: f.type for p, f in self._fields.items()}
+
+    @property
+    def building(self) -> dict[str, str]:
+        """The fields being built (see :meth:`begin_fields`) and their types."""
+        return {p: f.type for p, f in self._building.items()}
+
+    def begin_fields(self, fields: Mapping[str, str]) -> None:
+        """Start indexing ``fields`` (new, or a new type for a declared one) without answering queries on them.
+
+        Every later :meth:`add`/:meth:`remove` maintains them; :meth:`backfill` indexes the records
+        that existed before; :meth:`finish_fields` makes them answer queries.
+        """
+        for path, ftype in fields.items():
+            _check_field(path, ftype)
+        for path, ftype in fields.items():
+            cur = self._fields.get(path)
+            if cur is not None and cur.type == ftype:
+                continue
+            self._fields.pop(path, None)
+            self._building[path] = _Field(path, ftype)
+
+    def drop_fields(self, paths: Iterable[str]) -> None:
+        """Stop indexing ``paths`` (declared or being built); filters on them then check records."""
+        for path in paths:
+            self._fields.pop(path, None)
+            self._building.pop(path, None)
+
+    def backfill(self, label: int, metadata: Mapping[str, Any] | None) -> None:
+        """Index a record's metadata under ``label`` for the fields being built only.
+
+        Safe to repeat for a label that a concurrent :meth:`add` already indexed with the same
+        metadata: every posting is a set.
+        """
+        _check_label(label)
+        if not metadata:
+            return
+        for f in self._building.values():
+            value = get_path(metadata, f.parts)
+            if value is not MISSING:
+                f.add(label, value)
+
+    def building_tokens(self) -> dict[str, object]:
+        """The fields being built, each with a token that :meth:`finish_fields` checks.
+
+        A field dropped and begun again (or cleared) while a builder scanned the records gets a
+        new token: the builder's scan did not cover it, so it must not be finished with the old one.
+        """
+        return dict(self._building)
+
+    def finish_fields(self, tokens: Mapping[str, object]) -> list[str]:
+        """Let the built fields answer queries (those whose token is still current); returns them."""
+        done = []
+        for path, token in tokens.items():
+            f = self._building.get(path)
+            if f is not None and f is token:
+                del self._building[path]
+                self._fields[path] = f
+                done.append(path)
+        return done
+
+    def _all_fields(self) -> list[_Field]:
+        return [*self._fields.values(), *self._building.values()]
 
     # -- maintenance
 
@@ -464,7 +525,7 @@ class PayloadIndex:
         _check_label(label)
         if not metadata:
             return
-        for f in self._fields.values():
+        for f in self._all_fields():
             value = get_path(metadata, f.parts)
             if value is not MISSING:
                 f.add(label, value)
@@ -474,7 +535,7 @@ class PayloadIndex:
         _check_label(label)
         if not metadata:
             return
-        for f in self._fields.values():
+        for f in self._all_fields():
             value = get_path(metadata, f.parts)
             if value is not MISSING:
                 f.remove(label, value)
@@ -488,7 +549,7 @@ class PayloadIndex:
         """
         if not labels:
             return
-        for f in self._fields.values():
+        for f in self._all_fields():
             f.present -= labels
             f.lists -= labels
             for kd in list(f.other):
@@ -513,6 +574,7 @@ class PayloadIndex:
     def clear(self) -> None:
         """Drop every entry, keeping the declared fields."""
         self._fields = {p: _Field(p, f.type) for p, f in self._fields.items()}
+        self._building = {p: _Field(p, f.type) for p, f in self._building.items()}
 
     # -- queries
 
@@ -601,6 +663,22 @@ class PayloadIndex:
             out[p] = {"present": len(f.present), "distinct": f.distinct(), "unindexed": len(unindexed)}
         return out
 
+    def nbytes(self) -> int:
+        """Memory the postings hold, roughly (bitmaps and numeric arrays), for metrics.
+
+        Safe to call while another thread changes the index: it reads copies of
+        the containers (an estimate may be off by that change).
+        """
+        total = 0
+        for f in self._all_fields():
+            bitmaps = [f.present, f.lists, *f.other.values(), *list(f.values.values())]
+            num = f.numeric
+            if num is not None:
+                total += num.vals.nbytes + num.labs.nbytes
+                bitmaps += [num.stale, *list(num.delta.values())]
+            total += sum(bm.__sizeof__() for bm in bitmaps)
+        return total
+
     # -- serialisation
 
     def to_bytes(self) -> bytes:
@@ -685,6 +763,13 @@ class PayloadIndex:
         idx = cls(dict(specs))
         idx._fields = {f.path: f for f in loaded}
         return idx
+
+
+def _check_field(path: Any, ftype: Any) -> None:
+    if not isinstance(path, str) or not path or any(not p for p in path.split(".")):
+        raise InvalidArgument(f"indexed field {path!r} must be a non-empty dotted path like 'a.b'")
+    if ftype not in FIELD_TYPES:
+        raise InvalidArgument(f"indexed field {path!r} has type {ftype!r}; use one of {', '.join(sorted(FIELD_TYPES))}")
 
 
 def _check_label(label: int) -> None:

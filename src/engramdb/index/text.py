@@ -765,6 +765,22 @@ class TextIndex:
 
         self._write("clear", apply)
 
+    def rewrite(self, items: Iterable[tuple[int, str]]) -> None:
+        """Replace every document with ``items`` in one commit, and delete the old segment files (GDPR erase).
+
+        A deleted document's terms stay in its segment until tantivy merges
+        it, which the binding cannot ask for; dropping every segment and
+        indexing the live documents again leaves none. Searches see the old
+        documents until the commit, then the new ones.
+        """
+        self.clear()
+        self.upsert_many(items)
+        with self._lock:
+            self._commit_locked()
+            writer = self._writer_or_raise()
+            with _translated("garbage-collect files"):
+                writer.garbage_collect_files()
+
     def _write(self, action: str, apply: Callable[[tantivy.IndexWriter], None]) -> None:
         """Apply one write operation under the write lock, remembering it until it is committed.
 

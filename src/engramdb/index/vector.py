@@ -214,6 +214,36 @@ class VectorIndex:
         self._index.mark_deleted(label)
         return label
 
+    def scrub_deleted(self) -> int:
+        """Overwrite the vector of every deleted node with zeros; returns how many (GDPR erase).
+
+        hnswlib only flags a deleted node: its vector stays in memory and in
+        every snapshot until an insert reuses the slot. Replacing all deleted
+        slots at once (``replace_deleted`` takes each from hnswlib's set of
+        deleted nodes) with zero vectors under throwaway labels, then deleting
+        those again, leaves the slots reusable and holding nothing. Searches
+        wait meanwhile: for a moment the zero vectors are live nodes. Each
+        slot costs about one insert.
+        """
+        with self._write_lock:
+            n = self._index.get_current_count() - len(self.live)
+            if n <= 0:
+                return 0
+            if self.next_label + n > MAX_LABEL:
+                raise CorruptData(
+                    f"the vector index has used up its {MAX_LABEL:,} labels; it is rebuilt with compact "
+                    "labels when the database is next opened"
+                )
+            labels = np.arange(self.next_label, self.next_label + n, dtype=np.uint64)
+            self.next_label += n
+            with self._readers_lock:
+                while self._readers:
+                    self._no_readers.wait()
+                self._index.add_items(np.zeros((n, self.dim), dtype=np.float32), labels, replace_deleted=True)
+                for label in labels.tolist():
+                    self._index.mark_deleted(label)
+            return n
+
     def _ensure_capacity(self, new: int) -> None:
         need = self._index.get_current_count() + new
         cap = self._index.get_max_elements()

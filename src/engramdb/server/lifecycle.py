@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
+from engramdb import tracing
 from engramdb.config import Settings, TLSSettings, affected, check, dev_only_env_warnings
 from engramdb.errors import EngramError
 from engramdb.service.api_keys import load_bootstrap_key, load_metrics_key
@@ -136,6 +137,40 @@ def _start_grpc(service: Service, settings: Settings) -> Any:
     return start_grpc_server(service, settings)
 
 
+def _start_metrics_port(service: Service, settings: Settings) -> Any:
+    """The keyless /metrics listener on a loopback address (``server.metrics_port``), or None when it is off."""
+    srv = settings.server
+    if not srv.metrics_port:
+        return None
+    from engramdb.server.metrics import MetricsPort
+
+    port = MetricsPort(service, srv.metrics_host, srv.metrics_port).start()
+    log.info("/metrics without a key on http://%s:%d/metrics (loopback only)", _bracket(port.host), port.port)
+    return port
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _start_tracing(settings: Settings) -> None:
+    """Export spans when ``tracing.enabled`` (``config.check`` made sure the SDK is installed)."""
+    cfg = settings.tracing
+    if not cfg.enabled:
+        return
+    from urllib.parse import urlsplit
+
+    tracing.configure(service_name=cfg.service_name, sample_ratio=cfg.sample_ratio, endpoint=cfg.otlp_endpoint)
+    where = urlsplit(cfg.otlp_endpoint)  # scheme and host only: a path or query may carry a token
+    log.info(
+        "tracing on: spans of %.0f%% of new traces to %s://%s (service %s)",
+        cfg.sample_ratio * 100,
+        where.scheme,
+        where.netloc.rpartition("@")[2],
+        cfg.service_name,
+    )
+
+
 def run_server(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT; returns the process exit status (0 after a clean shutdown)."""
     from engramdb.service.logs import configure_logging
@@ -167,11 +202,27 @@ def run_server(settings: Settings) -> int:
         print(f"engramdb: refusing to start: {e.message}", file=sys.stderr)
         db.close()
         return 1
+    metrics_port: Any = None
+    try:
+        metrics_port = _start_metrics_port(service, settings)
+    except OSError as e:
+        print(
+            f"engramdb: cannot listen for /metrics on {srv.metrics_host}:{srv.metrics_port} "
+            f"(server.metrics_port): {e.strerror or e}",
+            file=sys.stderr,
+        )
+        service.close()
+        db.close()
+        return 1
+    _start_tracing(settings)
     grpc_handle: Any = None
     try:
         grpc_handle = _start_grpc(service, settings)
     except Exception as e:
         print(f"engramdb: cannot start gRPC: {e}", file=sys.stderr)
+        if metrics_port is not None:
+            metrics_port.stop()
+        tracing.shutdown()
         service.close()
         db.close()
         return 1
@@ -250,6 +301,9 @@ def run_server(settings: Settings) -> int:
         if loader.is_alive():
             log.warning("closing while collections are still loading; the next start will rebuild them")
         service.close()  # after the drain: no extraction is using the model's connections any more
+        if metrics_port is not None:
+            metrics_port.stop()
+        tracing.shutdown()  # the last spans, before the process goes
         clean = False
         try:
             # Bounded, even with a storage or index thread hung or dead: a stop

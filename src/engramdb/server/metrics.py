@@ -9,20 +9,29 @@ stored twice.
 
 from __future__ import annotations
 
-import shutil
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    Counter,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from engramdb.errors import EngramError
 from engramdb.service import Service
 from engramdb.service.metrics import LATENCY_BUCKETS
 
-__all__ = ["CONTENT_TYPE_LATEST", "HttpMetrics", "install", "render"]
+__all__ = ["CONTENT_TYPE_LATEST", "EXPORTED_METRICS", "HttpMetrics", "MetricsPort", "install", "render"]
 
 
 class HttpMetrics:
@@ -60,12 +69,92 @@ class HttpMetrics:
         children[1].observe(seconds)
 
 
+# Every metric family /metrics exports (as the exposition names it, counters without ``_total``),
+# whatever the data: dashboards and alert rules may use these and no others (tests check both ways).
+# Histograms also export ``_bucket``, ``_sum`` and ``_count`` series; counters ``_total`` and ``_created``.
+EXPORTED_METRICS: tuple[str, ...] = (
+    # service (engramdb.service.metrics)
+    "engramdb_operation_duration_seconds",
+    "engramdb_operations",
+    "engramdb_auth_failures",
+    "engramdb_rate_limited",
+    "engramdb_operations_in_flight",
+    "engramdb_index_snapshot_duration_seconds",
+    "engramdb_index_replay_duration_seconds",
+    "engramdb_index_rebuild_duration_seconds",
+    # HTTP
+    "engramdb_http_requests",
+    "engramdb_http_request_duration_seconds",
+    # node and collections (StorageCollector)
+    "engramdb_ready",
+    "engramdb_uptime_seconds",
+    "engramdb_disk_free_bytes",
+    "engramdb_memory_limit_bytes",
+    "engramdb_collections",
+    "engramdb_collection_records",
+    "engramdb_collection_loaded",
+    "engramdb_collection_text_documents",
+    "engramdb_collection_payload_index_bytes",
+    # RocksDB (EngineCollector)
+    "engramdb_rocksdb_pending_compaction_bytes",
+    "engramdb_rocksdb_memtable_bytes",
+    "engramdb_rocksdb_sst_files",
+    "engramdb_rocksdb_sst_bytes",
+    "engramdb_rocksdb_estimated_keys",
+    "engramdb_rocksdb_write_stalls",
+    "engramdb_rocksdb_stall_seconds",
+    "engramdb_rocksdb_delayed_write_rate_bytes",
+    "engramdb_rocksdb_write_stopped",
+    "engramdb_rocksdb_wal_bytes",
+    "engramdb_rocksdb_block_cache_usage_bytes",
+    "engramdb_rocksdb_block_cache_pinned_bytes",
+    "engramdb_rocksdb_block_cache_capacity_bytes",
+    "engramdb_rocksdb_block_cache_hits",
+    "engramdb_rocksdb_block_cache_misses",
+    # process (prometheus_client's process and platform collectors; Linux)
+    "process_resident_memory_bytes",
+    "process_virtual_memory_bytes",
+    "process_cpu_seconds",
+    "process_open_fds",
+    "process_max_fds",
+    "process_start_time_seconds",
+    "python_info",
+    "python_gc_objects_collected",
+    "python_gc_objects_uncollectable",
+    "python_gc_collections",
+)
+# Families present only when the data exists: block-cache hits/misses need storage.statistics; the memory
+# limit needs a cgroup limit; process_* need Linux's /proc.
+CONDITIONAL_METRICS: frozenset[str] = frozenset(
+    {
+        "engramdb_rocksdb_block_cache_hits",
+        "engramdb_rocksdb_block_cache_misses",
+        "engramdb_memory_limit_bytes",
+        "python_gc_objects_collected",
+        "python_gc_objects_uncollectable",
+        "python_gc_collections",
+    }
+)
+# The label both names take for collections past server.metrics_max_collections (a name never starts with "_").
+OTHER = "_other"
+# Payload index sizes walk every posting list: computed at most this often per collection.
+PAYLOAD_BYTES_TTL = 60.0
+
+
 class StorageCollector(Collector):
-    """Per-collection record counts and load state, readiness, uptime and free disk space."""
+    """Readiness, uptime, free disk, memory limit, and per-collection sizes (bounded label sets).
+
+    Collections get their own ``tenant``/``collection`` labels up to
+    ``server.metrics_max_collections`` (the largest first); the rest are summed
+    under ``tenant="_other", collection="_other"``, so a tenant creating
+    thousands of collections cannot blow up the scraper's series count.
+    """
 
     def __init__(self, service: Service):
         self.service = service
         self.started = time.time()
+        self.max_labelled = service.settings.server.metrics_max_collections
+        self._payload_bytes: dict[tuple[str, str], tuple[float, int]] = {}
 
     def collect(self) -> Iterator[Metric]:
         svc = self.service
@@ -75,42 +164,166 @@ class StorageCollector(Collector):
         up = GaugeMetricFamily("engramdb_uptime_seconds", "Seconds since the server started")
         up.add_metric([], time.time() - self.started)
         yield up
+        yield from self._collections()
+        readings = svc.resources.readings()
+        if readings.disk_free is not None:
+            free = GaugeMetricFamily("engramdb_disk_free_bytes", "Free bytes on the data directory's file system")
+            free.add_metric([], float(readings.disk_free))
+            yield free
+        if readings.cgroup_memory_limit is not None:
+            limit = GaugeMetricFamily(
+                "engramdb_memory_limit_bytes", "The memory limit of the server's cgroup (memory.max), when it has one"
+            )
+            limit.add_metric([], float(readings.cgroup_memory_limit))
+            yield limit
+
+    def _collections(self) -> Iterator[Metric]:
+        labels = ["tenant", "collection"]
+        count = GaugeMetricFamily("engramdb_collections", "Collections of every tenant")
         records = GaugeMetricFamily(
             "engramdb_collection_records",
             "Records in the vector index of each loaded collection (expired but unswept ones included)",
-            labels=["tenant", "collection"],
+            labels=labels,
         )
         loaded = GaugeMetricFamily(
-            "engramdb_collection_loaded",
-            "1 when the collection's indexes are in memory",
-            labels=["tenant", "collection"],
+            "engramdb_collection_loaded", "1 when the collection's indexes are in memory", labels=labels
         )
+        docs = GaugeMetricFamily(
+            "engramdb_collection_text_documents", "Documents in the text index of each loaded collection", labels=labels
+        )
+        payload = GaugeMetricFamily(
+            "engramdb_collection_payload_index_bytes",
+            "Memory of each loaded collection's payload (filter) index, estimated at most once a minute",
+            labels=labels,
+        )
+        rows: list[tuple[str, str, bool, int | None, int | None, int | None]] = []
         try:
-            for coll in svc.db.collections():
-                info = coll.info()
-                loaded.add_metric([coll.tenant, coll.name], 1.0 if info["loaded"] else 0.0)
-                if info["count"] is not None:
-                    records.add_metric([coll.tenant, coll.name], float(info["count"]))
+            colls = self.service.db.collections()
+            now = time.monotonic()
+            for coll in colls:
+                ix = coll.indexes
+                rows.append(
+                    (coll.tenant, coll.name, coll.loaded, ix.size(), ix.text_documents(), self._payload(coll, now))
+                )
         except EngramError:
             pass  # the database closed during shutdown; report what we have
+        count.add_metric([], float(len(rows)))
+        yield count
+        # The largest keep their labels; ties in name order, so the set is stable between scrapes.
+        rows.sort(key=lambda r: (-(r[3] or 0), r[0], r[1]))
+        rest = [0.0, 0.0, 0.0, 0.0]
+        for i, (tenant, name, is_loaded, n, d, pb) in enumerate(rows):
+            if i < self.max_labelled:
+                loaded.add_metric([tenant, name], 1.0 if is_loaded else 0.0)
+                for fam, value in ((records, n), (docs, d), (payload, pb)):
+                    if value is not None:
+                        fam.add_metric([tenant, name], float(value))
+            else:
+                for j, extra in enumerate((1.0 if is_loaded else 0.0, n, d, pb)):
+                    rest[j] += float(extra or 0)
+        if len(rows) > self.max_labelled:
+            for j, fam in enumerate((loaded, records, docs, payload)):
+                fam.add_metric([OTHER, OTHER], rest[j])
         yield records
         yield loaded
+        yield docs
+        yield payload
+        seen = {(r[0], r[1]) for r in rows}
+        for key in [k for k in self._payload_bytes if k not in seen]:
+            del self._payload_bytes[key]
+
+    def _payload(self, coll: Any, now: float) -> int | None:
+        key = (coll.tenant, coll.name)
+        hit = self._payload_bytes.get(key)
+        if hit is not None and now - hit[0] < PAYLOAD_BYTES_TTL:
+            return hit[1]
+        value = coll.indexes.payload_bytes()
+        if value is None:
+            self._payload_bytes.pop(key, None)
+        else:
+            self._payload_bytes[key] = (now, value)
+        return value
+
+
+class EngineCollector(Collector):
+    """RocksDB's gauges and counters (``Store.engine_stats``), per column family where RocksDB keeps them."""
+
+    def __init__(self, service: Service):
+        self.service = service
+
+    def collect(self) -> Iterator[Metric]:
         try:
-            usage = shutil.disk_usage(svc.db.path)
-        except OSError:
-            return
-        free = GaugeMetricFamily("engramdb_disk_free_bytes", "Free bytes on the data directory's file system")
-        free.add_metric([], float(usage.free))
-        yield free
+            st = self.service.db.store.engine_stats()
+        except EngramError:
+            return  # closed during shutdown
+        cf = ["cf"]
+        pending = GaugeMetricFamily(
+            "engramdb_rocksdb_pending_compaction_bytes", "Bytes compaction estimates it still has to rewrite", labels=cf
+        )
+        memtable = GaugeMetricFamily("engramdb_rocksdb_memtable_bytes", "Memory of the memtables", labels=cf)
+        files = GaugeMetricFamily("engramdb_rocksdb_sst_files", "SST files per LSM level", labels=["cf", "level"])
+        sst = GaugeMetricFamily("engramdb_rocksdb_sst_bytes", "Bytes of the live SST files", labels=cf)
+        keys = GaugeMetricFamily("engramdb_rocksdb_estimated_keys", "Keys, as RocksDB estimates them", labels=cf)
+        stalls = CounterMetricFamily(
+            "engramdb_rocksdb_write_stalls",
+            "Writes RocksDB slowed (delay) or stopped (stop) since the server started",
+            labels=["cf", "kind"],
+        )
+        for name, cfs in sorted(st.column_families.items()):
+            pending.add_metric([name], float(cfs.pending_compaction_bytes))
+            memtable.add_metric([name], float(cfs.memtable_bytes))
+            sst.add_metric([name], float(cfs.sst_bytes))
+            keys.add_metric([name], float(cfs.estimated_keys))
+            for level, n in enumerate(cfs.files_per_level):
+                files.add_metric([name, str(level)], float(n))
+            stalls.add_metric([name, "delay"], float(cfs.stalls.get("total-delays", 0)))
+            stalls.add_metric([name, "stop"], float(cfs.stalls.get("total-stops", 0)))
+        yield from (pending, memtable, files, sst, keys, stalls)
+        stall = CounterMetricFamily(
+            "engramdb_rocksdb_stall_seconds", "Time writes spent stalled by RocksDB since the server started"
+        )
+        stall.add_metric([], st.stall_seconds)
+        yield stall
+        for name, help_text, value in (
+            (
+                "engramdb_rocksdb_delayed_write_rate_bytes",
+                "The rate RocksDB slows writes to while compaction catches up (0: not slowed)",
+                st.delayed_write_rate,
+            ),
+            ("engramdb_rocksdb_write_stopped", "1 while RocksDB stops every write", float(st.write_stopped)),
+            ("engramdb_rocksdb_wal_bytes", "Bytes of the write-ahead log files", st.wal_bytes),
+            ("engramdb_rocksdb_block_cache_usage_bytes", "Bytes in the block cache", st.block_cache_usage),
+            ("engramdb_rocksdb_block_cache_pinned_bytes", "Bytes pinned in the block cache", st.block_cache_pinned),
+            ("engramdb_rocksdb_block_cache_capacity_bytes", "Size of the block cache", st.block_cache_capacity),
+        ):
+            g = GaugeMetricFamily(name, help_text)
+            g.add_metric([], float(value))
+            yield g
+        if st.tickers:  # storage.statistics only
+            for name, ticker, what in (
+                ("engramdb_rocksdb_block_cache_hits", "hit", "Block reads the block cache answered"),
+                ("engramdb_rocksdb_block_cache_misses", "miss", "Block reads the block cache missed"),
+            ):
+                c = CounterMetricFamily(name, what + " (storage.statistics), by block kind", labels=["kind"])
+                c.add_metric(["all"], float(st.tickers.get(f"rocksdb.block.cache.{ticker}", 0)))
+                for kind in ("data", "index", "filter"):
+                    c.add_metric([kind], float(st.tickers.get(f"rocksdb.block.cache.{kind}.{ticker}", 0)))
+                yield c
 
 
 def install(service: Service) -> HttpMetrics:
-    """Register the HTTP and storage metrics on the service's registry (once per service)."""
+    """Register the HTTP, storage, engine and process metrics on the service's registry (once per service)."""
     existing = getattr(service, "_http_metrics", None)
     if isinstance(existing, HttpMetrics):
         return existing
     http = HttpMetrics(service)
-    service.metrics.registry.register(StorageCollector(service))
+    r = service.metrics.registry
+    r.register(StorageCollector(service))
+    r.register(EngineCollector(service))
+    # The standard process_* and python_* families, in this registry rather than the global one.
+    ProcessCollector(registry=r)
+    PlatformCollector(registry=r)
+    GCCollector(registry=r)
     service._http_metrics = http  # type: ignore[attr-defined]
     return http
 
@@ -118,3 +331,107 @@ def install(service: Service) -> HttpMetrics:
 def render(service: Service) -> bytes:
     """The Prometheus text exposition of every metric of this service."""
     return generate_latest(service.metrics.registry)
+
+
+# Host names a request to the metrics port may carry: a page whose DNS name was rebound to 127.0.0.1
+# sends its own name and is refused, so no web page can read the port through the operator's browser.
+_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+_MAX_SCRAPES = 4  # concurrent requests; more get 503 (only local processes can connect at all)
+
+
+class MetricsPort:
+    """``/metrics`` without a key on a loopback address (``server.metrics_port``), in threads of its own.
+
+    Only processes on this machine can connect, which is the access control;
+    a request must also name a loopback host (DNS rebinding) and carry no
+    foreign ``Origin``. GET and HEAD of ``/metrics`` only.
+    """
+
+    def __init__(self, service: Service, host: str, port: int):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        slots = threading.BoundedSemaphore(_MAX_SCRAPES)
+
+        class Handler(BaseHTTPRequestHandler):
+            timeout = 10  # seconds for a request's head: a stalled client cannot hold a thread
+            server_version = "engramdb"
+            sys_version = ""
+
+            def do_GET(self) -> None:
+                self._serve(body=True)
+
+            def do_HEAD(self) -> None:
+                self._serve(body=False)
+
+            def _serve(self, *, body: bool) -> None:
+                if self.path != "/metrics":
+                    self._plain(404, "only /metrics is served on this port\n", body)
+                    return
+                if not _loopback_request(self.headers.get("Host"), self.headers.get("Origin")):
+                    self._plain(421, "this port answers requests to a loopback host name only\n", body)
+                    return
+                if not slots.acquire(blocking=False):
+                    self._plain(503, "too many concurrent scrapes\n", body)
+                    return
+                try:
+                    data = render(service)
+                finally:
+                    slots.release()
+                self.send_response(200)
+                self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if body:
+                    self.wfile.write(data)
+
+            def _plain(self, status: int, text: str, body: bool) -> None:
+                data = text.encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "text/plain; charset=utf-8")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if body:
+                    self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # scrapes are not worth a log line each (as /metrics on the main port)
+
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        class Server(ThreadingHTTPServer):
+            address_family = family
+            daemon_threads = True
+
+        self._server = Server((host, port), Handler)
+        self.host = host
+        self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="engramdb-metrics-port", kwargs={"poll_interval": 0.5}, daemon=True
+        )
+
+    def start(self) -> MetricsPort:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _loopback_request(host: str | None, origin: str | None) -> bool:
+    from urllib.parse import urlsplit
+
+    if host is None:
+        return False
+    try:
+        name = urlsplit("//" + host.strip()).hostname
+    except ValueError:
+        return False
+    if name not in _LOOPBACK_HOSTS:
+        return False
+    if origin is None:
+        return True
+    try:
+        return urlsplit(origin.strip()).hostname in _LOOPBACK_HOSTS
+    except ValueError:
+        return False

@@ -197,6 +197,22 @@ class KeyStore:
                 self._put(key)
             return key
 
+    def erase_tenant(self, tenant: str) -> int:
+        """Strip every key of ``tenant`` to an anonymous revoked row; returns how many (erase tenant).
+
+        The rows stay, holding neither the tenant's name, the scope, the
+        label nor the digest: a key was stored once, and authentication stays
+        on as it did before (see ``has_keys``).
+        """
+        with self._lock:
+            keys = self.list_keys(tenant)
+            now = time.time()
+            for k in keys:
+                self._put(
+                    ApiKey(k.id, "", "", k.role, None, None, True, None, k.created_at, revoked_at=k.revoked_at or now)
+                )
+            return len(keys)
+
     def rotate(
         self, key_id: str, *, grace_seconds: float = DEFAULT_ROTATION_GRACE_SECONDS, tenant: str | None = None
     ) -> tuple[str, ApiKey]:

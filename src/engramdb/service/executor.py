@@ -17,13 +17,15 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
-from engramdb import validation
+from engramdb import tracing, validation
 from engramdb.config import ExtractionSettings, Settings
 from engramdb.embed.profiles import PROFILE_DETAIL
+from engramdb.engine import backup
 from engramdb.engine.budget import query_budget
 from engramdb.engine.collection import Collection
 from engramdb.engine.database import DEFAULT_TENANT, Database
@@ -55,6 +57,7 @@ from engramdb.service.context import (
 )
 from engramdb.service.limits import AuthFailureThrottle, TokenBuckets
 from engramdb.service.metrics import ServiceMetrics
+from engramdb.service.resources import ResourceChecks
 from engramdb.types import CollectionConfig, ExtractResult, Hit, Record
 
 log = logging.getLogger("engramdb.service")
@@ -146,6 +149,7 @@ _FIELD_CODES: dict[str, str] = {
     "tenant": "invalid_name",
     "collections": "invalid_scope",
     "source_id": "invalid_id",
+    "confirm": "erase_not_confirmed",
 }
 _BATCHES = {"records": "invalid_record", "edges": "invalid_edge"}
 
@@ -161,6 +165,8 @@ def _error_code(op: str, loc: tuple[int | str, ...], kind: str) -> str:
         if loc == ("embedder",):
             return "embedder_not_allowed"  # anything but {"profile": name} (EmbedderRef)
         return "invalid_config"  # the engine reports every collection-config problem so
+    if op == "alter_collection" and head != "coll":
+        return "invalid_config"  # as the engine's validation.indexed_fields_change, default_ttl, ef_search
     if head in _BATCHES:
         if len(loc) <= 2 or kind == "extra_forbidden":
             return _BATCHES[head]
@@ -278,7 +284,9 @@ class Service:
         self._ip_buckets = TokenBuckets(rl.per_ip_per_second, rl.per_ip_burst)
         self._auth_throttle = AuthFailureThrottle(rl.auth_failures_per_minute)
         self.metrics = ServiceMetrics()
+        self.metrics.watch(db.store)
         self.readiness = Readiness()
+        self.resources = ResourceChecks(db.path, srv.min_free_disk_mb)
         self._inflight = 0
         self._idle = threading.Condition()
         self._draining = False
@@ -310,12 +318,13 @@ class Service:
 
         Once loaded, the node is ready only while the database reports no
         problem (:meth:`Database.problems`: a storage or background thread
-        gone, an index that misses changes or cannot commit); otherwise the
-        status is ``unavailable`` with the reasons.
+        gone, an index that misses changes or cannot commit) and the machine
+        has room to go on (:mod:`engramdb.service.resources`: disk space, file
+        descriptors, memory); otherwise the status is ``unavailable`` with the reasons.
         """
         r = self.readiness
         if r.ready:
-            problems = self.db.problems()
+            problems = [*self.db.problems(), *self.resources.problems()]
             if problems:
                 return {"status": "unavailable", "problems": problems}
             return {"status": "ready"}
@@ -360,6 +369,7 @@ class Service:
 
     def close(self) -> None:
         """Release what the service holds besides the database (the extractor's connections)."""
+        self.metrics.unwatch()
         ext, self.extractor = self.extractor, None
         if ext is not None and self._owns_extractor:
             close = getattr(ext, "close", None)
@@ -540,7 +550,13 @@ class Service:
         label = op if spec is not None else "unknown"
         start = time.perf_counter()
         status = "ok"
-        self._enter()
+        fault = False  # a server-side failure (5xx), which marks the span failed; client errors do not
+        span = tracing.start("service", label)  # None unless tracing is on
+        try:
+            self._enter()
+        except EngramError as e:
+            tracing.finish(span, e.code)
+            raise
         try:
             if spec is None:
                 raise InvalidArgument(f"unknown operation {op!r}", code="unknown_operation")
@@ -559,16 +575,19 @@ class Service:
             return spec.handler(self, Call(ctx, p, ctx.acting_tenant), req, params)
         except EngramError as e:
             status = e.code
+            fault = e.http_status >= 500
             if PROFILE_DETAIL in e.details:
                 raise _embedder_failure(e, op, ctx.request_id) from None
             raise
         except Exception:
-            status = "internal"
+            status, fault = "internal", True
             log.exception("operation %s failed (request id %s)", op, ctx.request_id)
             raise EngramError(f"internal error; the server log has the details (request id {ctx.request_id})") from None
         finally:
             self._exit()
             self.metrics.observe(label, status, time.perf_counter() - start)
+            if span is not None:
+                tracing.finish(span, None if status == "ok" else status, failed=fault)
 
     def _enter(self) -> None:
         with self._idle:
@@ -616,7 +635,12 @@ class Service:
 
     def _get_collection(self, call: Call, req: models.GetCollection, params: dict[str, Any]) -> dict[str, Any]:
         coll = self.collection(call, req.coll)
-        return {"collection": _collection_out(coll.config), "count": coll.count()}
+        return {"collection": _collection_out(coll.config), "count": coll.count(), "reindex": coll.reindex_status()}
+
+    def _alter_collection(self, call: Call, req: models.AlterCollection, params: dict[str, Any]) -> dict[str, Any]:
+        kw = _set_fields(req, "indexed_fields", "default_ttl_seconds", "ef_search")
+        cfg = self.db.alter_collection(req.coll, tenant=call.tenant, **kw)
+        return {"collection": _collection_out(cfg), "reindex": self.collection(call, req.coll).reindex_status()}
 
     def _delete_collection(self, call: Call, req: models.DeleteCollection, params: dict[str, Any]) -> dict[str, Any]:
         self.db.delete_collection(req.coll, tenant=call.tenant)
@@ -787,6 +811,83 @@ class Service:
         log.info("API key %s rotated to %s", req.key_id, key.id)
         return _new_key(secret, key)
 
+    # erase
+    def _erase_tenant(self, call: Call, req: models.EraseTenant, params: dict[str, Any]) -> dict[str, Any]:
+        """Delete a tenant, its collections and its keys, and erase them from disk (GDPR erase)."""
+        target = req.tenant
+        validation.name(target, "tenant")
+        if not call.principal.any_tenant and target != call.tenant:
+            if call.principal is ANONYMOUS:
+                raise PermissionDenied(
+                    "requests without an API key act on tenant 'default' only; erasing another tenant needs "
+                    "the bootstrap admin key",
+                    code="tenant_not_allowed",
+                )
+            raise PermissionDenied(
+                "an admin key can erase only its own tenant; the bootstrap admin key can erase any",
+                code="tenant_mismatch",
+            )
+        if req.confirm != target:
+            raise InvalidArgument(
+                f"erasing a tenant cannot be undone: send confirm equal to the tenant's name ({target!r})",
+                code="erase_not_confirmed",
+            )
+        return erase_tenant(self.db, self.keys, target)
+
+    # backups
+    def _backup_dir(self, call: Call) -> Path:
+        """The operator's backup directory, for the bootstrap admin key only (a backup holds every tenant)."""
+        if not call.principal.any_tenant:
+            raise PermissionDenied(
+                "backups hold every tenant's data and are for the operator: use the bootstrap admin key "
+                "(ENGRAMDB_ADMIN_KEY or server.admin_key_file)",
+                code="permission_denied",
+            )
+        d = self.settings.backup.dir
+        if d is None:
+            raise FailedPrecondition(
+                "no backup directory is configured on this server; the operator sets backup.dir "
+                "(ENGRAMDB_BACKUP__DIR), or stops the server and runs 'engramdb backup create DEST --data-dir DIR'",
+                code="backup_not_configured",
+            )
+        return d
+
+    def _create_backup(self, call: Call, req: models.CreateBackupBody, params: dict[str, Any]) -> dict[str, Any]:
+        d = self._backup_dir(call)
+        dest = backup.backup_path(d, req.name)
+        d.mkdir(parents=True, exist_ok=True)
+        info = backup.create_backup(self.db, dest)
+        log.info("backup %s created (%d bytes, changelog sequence %d)", req.name, info["bytes"], info["seq"])
+        return {"backup": info}
+
+    def _list_backups(self, call: Call, req: models.ListBackupsBody, params: dict[str, Any]) -> dict[str, Any]:
+        return {"backups": backup.list_backups(self._backup_dir(call))}
+
+    def _verify_backup(self, call: Call, req: models.VerifyBackup, params: dict[str, Any]) -> dict[str, Any]:
+        return {"backup": backup.verify_backup(backup.backup_path(self._backup_dir(call), req.name))}
+
+
+def erase_tenant(db: Database, keys: KeyStore, tenant: str) -> dict[str, Any]:
+    """Delete ``tenant``'s collections and API keys and erase them from disk (the service's and the CLI's).
+
+    Returns ``{"tenant", "collections", "keys"}`` (how many of each); NotFound
+    (``tenant_not_found``) if the tenant has neither collections nor keys.
+    """
+    validation.name(tenant, "tenant")
+    # The keys first: they stop working before the data goes, and their rows are rewritten
+    # before the erase below compacts the metadata, so the old rows leave the files with it.
+    # Their anonymous revoked rows stay, so authentication stays on (KeyStore.erase_tenant).
+    n_keys = keys.erase_tenant(tenant)
+    try:
+        collections = db.erase_tenant(tenant)
+    except NotFound:
+        if not n_keys:
+            raise
+        collections = 0  # keys but never a collection: only the key rows to erase
+        db.erase(set())
+    log.info("tenant %s erased: %d collections, %d API keys", tenant, collections, n_keys)
+    return {"tenant": tenant, "collections": collections, "keys": n_keys}
+
 
 def _public_endpoint(cfg: ExtractionSettings) -> str | None:
     """The chat URL as the extractor's errors show it (``details.url``), None when extraction is off."""
@@ -878,6 +979,8 @@ OPS: dict[str, OpSpec] = {
         _spec("list_collections", models.ListCollectionsBody, "reader", "list"),
         _spec("get_collection", models.GetCollection, "reader", "collection"),
         _spec("delete_collection", models.DeleteCollection, "writer", "collection"),
+        # A schema change, like creating or deleting a collection: the writer role.
+        _spec("alter_collection", models.AlterCollection, "writer", "collection"),
         _spec("upsert", models.Upsert, "writer", "collection"),
         _spec("get", models.Get, "reader", "collection"),
         _spec("get_one", models.GetOne, "reader", "collection"),
@@ -899,5 +1002,9 @@ OPS: dict[str, OpSpec] = {
         _spec("list_keys", models.ListKeysBody, "admin", "none"),
         _spec("revoke_key", models.RevokeKey, "admin", "none"),
         _spec("rotate_key", models.RotateKey, "admin", "none"),
+        _spec("erase_tenant", models.EraseTenant, "admin", "none"),
+        _spec("create_backup", models.CreateBackupBody, "admin", "none"),
+        _spec("list_backups", models.ListBackupsBody, "admin", "none"),
+        _spec("verify_backup", models.VerifyBackup, "admin", "none"),
     )
 }

@@ -44,12 +44,14 @@ from engramdb.validation import (
     MAX_GRAPH_LIMIT,
     MAX_HOPS,
     MAX_ID_BYTES,
+    MAX_INDEXED_FIELDS,
     MAX_K,
     MAX_KEY_NAME_CHARS,
     MAX_RELATION_BYTES,
     MAX_TIMEOUT_MS,
     MAX_TTL_SECONDS,
     NAME_PATTERN,
+    immutable_field,
 )
 
 IncludeField = Literal["vector", "text", "metadata", "namespace", "expires_at", "timestamps", "importance"]
@@ -222,6 +224,47 @@ class GetCollection(_Coll):
 
 
 class DeleteCollection(_Coll):
+    pass
+
+
+class AlterCollectionBody(_Req):
+    """The settings to change; a field left out keeps its value (see docs/api-contract.md)."""
+
+    indexed_fields: Annotated[
+        dict[str, FieldType | None] | None,
+        Field(
+            max_length=MAX_INDEXED_FIELDS,
+            description="fields to add or retype in the payload index; a field mapped to null stops being indexed",
+        ),
+    ] = None
+    default_ttl_seconds: Annotated[
+        float | None,
+        _bounds(
+            "TTL of records written from now on without their own; null: none. Stored records keep their expiry",
+            exclusiveMinimum=0,
+            maximum=MAX_TTL_SECONDS,
+        ),
+    ] = None
+    ef_search: Annotated[
+        int | None, _bounds("search breadth of queries without their own ef", minimum=1, maximum=MAX_EF)
+    ] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_immutable(cls, data: Any) -> Any:
+        # Named so the caller learns what cannot change (and why), not just "extra inputs are not permitted".
+        if isinstance(data, dict):
+            for name in ("name", "dimension", "metric", "embedder", "text_index"):
+                if name in data:
+                    raise immutable_field(name)
+            index = data.get("index")
+            if "index" in data:
+                fixed = [k for k in ("m", "ef_construction") if isinstance(index, dict) and k in index]
+                raise immutable_field(f"index.{fixed[0]}" if fixed else "index")
+        return data
+
+
+class AlterCollection(AlterCollectionBody, _Coll):
     pass
 
 
@@ -479,6 +522,34 @@ class RotateKey(RotateKeyBody, _KeyId):
     pass
 
 
+# -------------------------------------------------------------------- erase
+class EraseTenantBody(_Req):
+    # Optional in the model so that the handler answers 403 before 400, and a missing and a wrong
+    # confirmation get the same code (erase_not_confirmed).
+    confirm: Annotated[
+        str | None, Field(description="the tenant's name again, to confirm the erase", max_length=MAX_COLL_PATH_CHARS)
+    ] = None
+
+
+class EraseTenant(EraseTenantBody):
+    # The name rule is the engine's (validation.name), checked before anything is erased.
+    tenant: Annotated[str, Field(min_length=1, max_length=MAX_COLL_PATH_CHARS)]
+
+
+# ------------------------------------------------------------------ backups
+# The operator's (bootstrap admin key only): a backup holds every tenant. Callers choose a name, never a path.
+class CreateBackupBody(_Req):
+    name: Name
+
+
+class ListBackupsBody(_Req):
+    pass
+
+
+class VerifyBackup(_Req):
+    name: Annotated[str, Field(min_length=1, max_length=MAX_COLL_PATH_CHARS)]
+
+
 # ---------------------------------------------------------------- responses
 class RecordOut(BaseModel):
     id: str
@@ -516,9 +587,25 @@ class CollectionResult(BaseModel):
     collection: CollectionConfig
 
 
+class ReindexOut(BaseModel):
+    """Progress of building the payload index of fields an alter added (filters on them stay correct meanwhile)."""
+
+    state: Literal["building", "retrying", "failed"]
+    fields: list[str]
+    done: int = Field(description="stored rows scanned so far")
+    total: int = Field(description="records in the collection when the pass began (an estimate)")
+    error: str | None = Field(default=None, description="why the last attempt failed (retrying, failed)")
+
+
 class CollectionInfoResult(BaseModel):
     collection: CollectionConfig
     count: int
+    reindex: ReindexOut | None = Field(default=None, description="null when no field is being indexed")
+
+
+class AlterCollectionResult(BaseModel):
+    collection: CollectionConfig
+    reindex: ReindexOut | None = Field(default=None, description="null when no field is being indexed")
 
 
 class CollectionsResult(BaseModel):
@@ -623,6 +710,34 @@ class KeysResult(BaseModel):
 
 class RevokedResult(BaseModel):
     revoked: bool
+
+
+class TenantErasedResult(BaseModel):
+    tenant: str
+    collections: Annotated[int, Field(description="collections deleted and erased from disk")]
+    keys: Annotated[int, Field(description="API keys of the tenant, revoked and stripped of their details")]
+
+
+class BackupInfo(BaseModel):
+    name: str
+    status: Annotated[
+        Literal["complete", "incomplete", "invalid"],
+        Field(description="from the manifest alone; verify_backup checks every file"),
+    ]
+    created_at: float | None = None
+    seq: Annotated[int | None, Field(description="the changelog sequence the backup is consistent at")] = None
+    engramdb_version: str | None = None
+    bytes: int | None = None
+    files: int | None = None
+    problem: str | None = None
+
+
+class BackupResult(BaseModel):
+    backup: BackupInfo
+
+
+class BackupsResult(BaseModel):
+    backups: list[BackupInfo]
 
 
 class ErrorDetail(BaseModel):

@@ -28,7 +28,7 @@ edges_in    P lp(target) lp(relation) source                      the same edge 
 changes     u64 changelog sequence                                kind byte (``CHANGE_*``), then the
                                                                   records or edges_out key
 ttl         u64 due time in ms, kind byte (``TTL_*``), the        empty (a queue ordered by due time)
-            records or edges_out key
+            records or edges_out key (``TTL_ERASE``: a P only)
 hints       (reserved for the cluster's hinted handoff)           -
 ==========  ====================================================  ==========================================
 
@@ -76,10 +76,15 @@ META_NAMESPACES: Final[dict[str, MetaNamespace]] = {
 TTL_EXPIRE = 1  # a record's expiry
 TTL_PURGE_RECORD = 2  # a record tombstone past its grace period
 TTL_PURGE_EDGE = 3  # an edge tombstone past its grace period
+# A collection (key: its prefix only, never a record id) whose deleted data
+# must be erased from every file by then: see Database.erase.
+TTL_ERASE = 4
 
 # Kinds of rows in the changelog.
 CHANGE_RECORD = 1
 CHANGE_EDGE = 2
+# A changelog entry whose key was erased (GDPR): the entry stays only to keep its sequence number.
+CHANGE_ERASED = 3
 
 NS_ID_SEP = b"\x01"  # between an encoded namespace and the record id
 

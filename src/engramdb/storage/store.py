@@ -19,6 +19,7 @@ import errno
 import logging
 import os
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -258,6 +259,86 @@ class _SharedHold:
                 g._cond.notify_all()
 
 
+# RocksDB's default number of LSM levels (L0-L6).
+_LEVELS = 7
+# Of RocksDB's statistics tickers, those exported (see EngineStats.tickers).
+_TICKERS = frozenset(
+    {
+        "rocksdb.block.cache.hit",
+        "rocksdb.block.cache.miss",
+        "rocksdb.block.cache.data.hit",
+        "rocksdb.block.cache.data.miss",
+        "rocksdb.block.cache.filter.hit",
+        "rocksdb.block.cache.filter.miss",
+        "rocksdb.block.cache.index.hit",
+        "rocksdb.block.cache.index.miss",
+        "rocksdb.bloom.filter.useful",
+        "rocksdb.stall.micros",
+        "rocksdb.compact.read.bytes",
+        "rocksdb.compact.write.bytes",
+        "rocksdb.flush.write.bytes",
+    }
+)
+
+
+@dataclass
+class CfStats:
+    """One column family's RocksDB gauges."""
+
+    pending_compaction_bytes: int = 0
+    memtable_bytes: int = 0
+    sst_bytes: int = 0
+    estimated_keys: int = 0
+    files_per_level: list[int] = field(default_factory=list)
+    # write stalls since open, by cause (RocksDB's cf-write-stall-stats: "memtable-limit-stops", ...)
+    stalls: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class EngineStats:
+    """What :meth:`Store.engine_stats` reads from RocksDB."""
+
+    delayed_write_rate: int = 0  # bytes/s RocksDB slows writes to (0: not slowed)
+    write_stopped: bool = False
+    block_cache_usage: int = 0
+    block_cache_pinned: int = 0
+    block_cache_capacity: int = 0
+    stall_seconds: float = 0.0  # cumulative write-stall time since open
+    wal_bytes: int = 0
+    column_families: dict[str, CfStats] = field(default_factory=dict)
+    # statistics counters (only with storage.statistics): "rocksdb.block.cache.hit" -> count
+    tickers: dict[str, int] = field(default_factory=dict)
+
+
+_STALL_RE = re.compile(r"Cumulative stall: (\d+):(\d+):([\d.]+) H:M:S")
+
+
+def _cumulative_stall(dbstats: str) -> float:
+    m = _STALL_RE.search(dbstats)
+    return int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3]) if m else 0.0
+
+
+def _stall_counts(text: str) -> dict[str, int]:
+    """``"Write Stall (count): a: 1, b: 0"`` -> ``{"a": 1, "b": 0}``."""
+    _, _, body = text.partition("):")
+    out = {}
+    for part in body.split(","):
+        name, _, value = part.strip().partition(": ")
+        if name and value.strip().isdigit():
+            out[name] = int(value)
+    return out
+
+
+def _tickers(text: str) -> dict[str, int]:
+    """The ``COUNT`` tickers of ``Options.get_statistics()`` (``"rocksdb.block.cache.hit COUNT : 12"``)."""
+    out = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition(" COUNT : ")
+        if sep and value.strip().isdigit():
+            out[name.strip()] = int(value)
+    return out
+
+
 class Store:
     """One RocksDB database per node data directory."""
 
@@ -271,10 +352,14 @@ class Store:
         max_wal_mb: int = 512,
         block_cache_mb: int = 128,
         tombstone_grace_seconds: float = 10 * 86400,
+        statistics: bool = False,
+        erase_within_seconds: float = 0.0,
     ):
         self.path = str(path)
         self.sync_writes = sync_writes
         self.tombstone_grace_seconds = tombstone_grace_seconds
+        # 0: no bound; else a delete is purged and erased from every file within it (see grace_ms).
+        self.erase_within_seconds = erase_within_seconds
         # Free space the disk must have before a database that hit a full
         # disk is reopened: reopening writes a new WAL and MANIFEST, and a
         # reopen that fails half way would leave no handle to read from.
@@ -310,6 +395,11 @@ class Store:
         opts.set_max_background_jobs(max_background_jobs)
         opts.set_max_total_wal_size(max_wal_mb * 1024 * 1024)
         opts.set_paranoid_checks(True)
+        if statistics:
+            # Counters on every read and write (about 10-20 % of a cached point read): off unless asked.
+            opts.enable_statistics()
+        self.statistics = statistics
+        self._block_cache = cache
         self._opts = opts
         self._cf_opts = options
         self._gate = _Gate()
@@ -668,6 +758,20 @@ class Store:
 
         self._write_direct(fill)
 
+    def write_rows(self, cf: str, puts: dict[bytes, bytes], deletes: Sequence[bytes] = ()) -> None:
+        """Durable write of rows that no version check guards (erase marks, blanked changelog entries)."""
+        if not puts and not deletes:
+            return
+
+        def fill(wb: WriteBatch) -> None:
+            h = self.handle[cf]
+            for k, v in puts.items():
+                wb.put(k, v, h)
+            for k in deletes:
+                wb.delete(k, h)
+
+        self._write_direct(fill)
+
     def delete_range(self, cf: str, start: bytes, end: bytes) -> None:
         """Remove a whole key range (collection drop, changelog trim)."""
         self._write_direct(lambda wb: wb.delete_range(start, end, self.handle[cf]))
@@ -823,7 +927,8 @@ class Store:
         """Decide every mutation of ``batch`` against the stored versions and write the result atomically."""
         wb = WriteBatch(raw_mode=True)
         h = self.handle
-        grace_ms = int(self.tombstone_grace_seconds * 1000)
+        grace_ms = self.grace_ms()
+        erase = self.erase_within_seconds > 0
         overlay: dict[bytes, RecordRow | EdgeRow | None] = {}
         results: list[tuple[_Item, list[Change] | None, BaseException | None]] = []
         seq = self._seq
@@ -891,6 +996,8 @@ class Store:
                                     b"",
                                 )
                             )
+                            if erase:
+                                ops.append(self._erase_mark(m.prefix, new.updated_at, grace_ms))
             except BaseException as e:  # a corrupt old row fails only its own caller
                 results.append((item, None, e))
                 seq = seq_before
@@ -943,6 +1050,8 @@ class Store:
                     b"",
                 )
             )
+            if self.erase_within_seconds > 0:
+                ops.append(self._erase_mark(m.prefix, new.updated_at, grace_ms))
         else:
             if new.expires_at is not None:
                 ops.append(
@@ -950,6 +1059,25 @@ class Store:
                 )
             if new.namespace:
                 ops.append(("put", "meta", keyspace.ns_key(m.prefix, new.namespace, rid), b""))
+
+    def grace_ms(self) -> int:
+        """How long tombstones are kept, in ms: the grace period, capped at half the erase bound.
+
+        A tombstone's key is the record id (or the edge's ids), which may be
+        personal data too, so with an erase bound it is purged within half of it
+        and the erase pass (due at the same moment) removes it from the files
+        in the other half. On one node nothing needs a tombstone longer: the
+        clock never hands out a version older than one already written.
+        """
+        grace = self.tombstone_grace_seconds
+        if self.erase_within_seconds > 0:
+            grace = min(grace, self.erase_within_seconds / 2)
+        return int(grace * 1000)
+
+    @staticmethod
+    def _erase_mark(prefix: bytes, deleted_at: float, grace_ms: int) -> tuple[str, str, bytes, bytes | None]:
+        # Ordered after the TTL_PURGE_* rows of the same moment: the pass finds the tombstones purged.
+        return ("put", "ttl", keyspace.ttl_key(int(deleted_at * 1000) + grace_ms, keyspace.TTL_ERASE, prefix), b"")
 
     def _notify(self, results: list[tuple[_Item, list[Change] | None, BaseException | None]]) -> dict[bytes, str]:
         """Hand the applied changes to their collections' listeners; returns why it failed, by collection prefix."""
@@ -992,6 +1120,112 @@ class Store:
                     cf.flush(True)
                     flushed += size
         return flushed
+
+    def checkpoint(self, path: str | os.PathLike[str]) -> None:
+        """A RocksDB checkpoint of the whole database at ``path`` (which must not exist): one consistent point.
+
+        Every write committed before the call is in it, none is half in it (a
+        ``WriteBatch`` is atomic). On the same file system the table files are
+        hard links, so this takes milliseconds whatever the size; the caller
+        copies them out (engine/backup.py).
+        """
+        from rocksdict import Checkpoint
+
+        # Shared: a reopen after a full disk must not swap the handle under the checkpoint.
+        with self._gate.shared():
+            if self._closed:
+                raise Closed("the database is closed")
+            try:
+                Checkpoint(self.db).create_checkpoint(str(path))
+            except Exception as e:
+                raise self._write_failed(e) from e
+
+    def engine_stats(self) -> EngineStats:
+        """RocksDB's own gauges and counters, for metrics (cheap: property reads and one directory listing)."""
+        out = EngineStats()
+        with self._gate.shared():
+            if self._closed:
+                return out
+            db = self.db
+            out.delayed_write_rate = int(db.property_int_value("rocksdb.actual-delayed-write-rate") or 0)
+            out.write_stopped = bool(db.property_int_value("rocksdb.is-write-stopped") or 0)
+            out.block_cache_usage = self._block_cache.get_usage()
+            out.block_cache_pinned = self._block_cache.get_pinned_usage()
+            out.block_cache_capacity = int(db.property_int_value("rocksdb.block-cache-capacity") or 0)
+            out.stall_seconds = _cumulative_stall(db.property_value("rocksdb.dbstats") or "")
+            for name, cf in self.cf.items():
+                c = CfStats()
+                c.pending_compaction_bytes = int(
+                    cf.property_int_value("rocksdb.estimate-pending-compaction-bytes") or 0
+                )
+                c.memtable_bytes = int(cf.property_int_value("rocksdb.cur-size-all-mem-tables") or 0)
+                c.sst_bytes = int(cf.property_int_value("rocksdb.live-sst-files-size") or 0)
+                c.files_per_level = [
+                    int(cf.property_int_value(f"rocksdb.num-files-at-level{n}") or 0) for n in range(_LEVELS)
+                ]
+                c.estimated_keys = int(cf.property_int_value("rocksdb.estimate-num-keys") or 0)
+                c.stalls = _stall_counts(cf.property_value("rocksdb.cf-write-stall-stats") or "")
+                out.column_families[name] = c
+            if self.statistics:
+                text = self._opts.get_statistics() or ""
+                out.tickers = {k: v for k, v in _tickers(text).items() if k in _TICKERS}
+        try:
+            with os.scandir(self.path) as entries:
+                out.wal_bytes = sum(e.stat().st_size for e in entries if e.name.endswith(".log") and e.is_file())
+        except OSError:
+            pass
+        return out
+
+    def erase_files(self, ranges: Sequence[tuple[str, bytes | None, bytes | None]], timeout: float = 30.0) -> None:
+        """Remove every trace of deleted rows in ``ranges`` from the files: the last step of an erase.
+
+        ``ranges`` are ``(column family, start, end)`` (None: open end). Deleted
+        or overwritten values stay in SST files until a compaction drops them,
+        in the write-ahead log until the memtables holding them are flushed,
+        and a deleted key may bound an SST file in the MANIFEST. So: flush
+        every column family (the old logs become obsolete and RocksDB deletes
+        them), compact each range down through the bottom level, then reopen
+        the handle, which writes a fresh MANIFEST and deletes the old one.
+        Raises ``Unavailable`` if readers hold the handle for ``timeout``
+        seconds (the caller retries later).
+        """
+        from rocksdict import BottommostLevelCompaction, CompactOptions
+
+        opts = CompactOptions()
+        # Also rewrite the bottom level, where a range tombstone may still cover old values.
+        opts.set_bottommost_level_compaction(BottommostLevelCompaction.force())
+        opts.set_exclusive_manual_compaction(False)
+        try:
+            self._flush_and_compact(ranges, opts)
+        except Exception as e:
+            raise self._write_failed(e) from e
+        if not self.reopen(timeout):
+            raise Unavailable(
+                "erasing deleted data: the database handle could not be reopened because reads held it for "
+                f"{timeout:.0f} s; the erase is retried",
+                code="erase_incomplete",
+            )
+
+    def _flush_and_compact(self, ranges: Sequence[tuple[str, bytes | None, bytes | None]], opts: Any) -> None:
+        # A function of its own: a column family object left in a caller's frame would keep the LOCK held on reopen.
+        with self._gate.shared():
+            for cf in self.cf.values():
+                cf.flush(True)
+            self.db.flush(True)  # the unused default family must not pin an old log
+            for name, start, end in ranges:
+                self.cf[name].compact_range(start, end, opts)
+
+    def reopen(self, timeout: float) -> bool:
+        """Close and open the RocksDB handle once no reader holds it (False: not within ``timeout`` seconds)."""
+        with self._recover_lock, self._gate.exclusive(timeout=timeout) as won:
+            if not won:
+                return False
+            self.cf.clear()
+            self.handle.clear()
+            self.db.close()
+            del self.db
+            self._open()
+            return True
 
     def memtable_bytes(self) -> int:
         """Memory held by the memtables of every column family."""

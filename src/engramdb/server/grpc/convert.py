@@ -232,6 +232,13 @@ def new_key_out(d: Mapping[str, Any]) -> pb.NewKeyResponse:
     return pb.NewKeyResponse(**kw)
 
 
+def backup_info_out(d: Mapping[str, Any]) -> pb.BackupInfo:
+    """A BackupInfo from the service's backup summary."""
+    kw: dict[str, Any] = {}
+    _set(kw, d, "name", "status", "created_at", "seq", "engramdb_version", "bytes", "files", "problem")
+    return pb.BackupInfo(**kw)
+
+
 # ------------------------------------------------------------ request -> params
 def _coll(m: Any) -> Params:
     return {"coll": m.coll}
@@ -245,6 +252,25 @@ def create_collection_in(m: pb.CreateCollectionRequest) -> Params:
     if m.indexed_fields:
         p["indexed_fields"] = dict(m.indexed_fields)
     return p
+
+
+def alter_collection_in(m: pb.AlterCollectionRequest) -> Params:
+    p: Params = {"coll": m.coll}
+    if m.indexed_fields:
+        # "" is the map's way to say null (stop indexing the field): proto3 map values cannot be absent.
+        p["indexed_fields"] = {k: (v or None) for k, v in m.indexed_fields.items()}
+    _opt(m, p, "default_ttl_seconds", "ef_search", "dimension", "metric", "text_index")
+    if m.HasField("clear_default_ttl") and m.clear_default_ttl:
+        if "default_ttl_seconds" in p:
+            raise InvalidArgument("give default_ttl_seconds or clear_default_ttl, not both", code="invalid_config")
+        p["default_ttl_seconds"] = None
+    _json(m, p, "index_json", "index")
+    _json(m, p, "embedder_json", "embedder")
+    return p
+
+
+def _reindex_json(r: Result) -> str:
+    return dump_json(r["reindex"]) if r.get("reindex") else ""
 
 
 def upsert_in(m: pb.UpsertRequest) -> Params:
@@ -370,6 +396,12 @@ def create_key_in(m: pb.CreateKeyRequest) -> Params:
 def rotate_key_in(m: pb.RotateKeyRequest) -> Params:
     p: Params = {"key_id": m.key_id}
     _opt(m, p, "grace_seconds")
+    return p
+
+
+def erase_tenant_in(m: pb.EraseTenantRequest) -> Params:
+    p: Params = {"tenant": m.tenant}
+    _opt(m, p, "confirm")
     return p
 
 
@@ -524,7 +556,16 @@ RPCS: dict[str, Rpc] = {
         pb.GetCollectionRequest,
         pb.GetCollectionResponse,
         _coll,
-        lambda r: pb.GetCollectionResponse(collection=collection_out(r["collection"]), count=r.get("count") or 0),
+        lambda r: pb.GetCollectionResponse(
+            collection=collection_out(r["collection"]), count=r.get("count") or 0, reindex_json=_reindex_json(r)
+        ),
+    ),
+    "AlterCollection": Rpc(
+        "alter_collection",
+        pb.AlterCollectionRequest,
+        pb.AlterCollectionResponse,
+        alter_collection_in,
+        lambda r: pb.AlterCollectionResponse(collection=collection_out(r["collection"]), reindex_json=_reindex_json(r)),
     ),
     "DeleteCollection": Rpc(
         "delete_collection",
@@ -641,5 +682,33 @@ RPCS: dict[str, Rpc] = {
         pb.NewKeyResponse,
         rotate_key_in,
         new_key_out,
+    ),
+    "EraseTenant": Rpc(
+        "erase_tenant",
+        pb.EraseTenantRequest,
+        pb.EraseTenantResponse,
+        erase_tenant_in,
+        lambda r: pb.EraseTenantResponse(tenant=r["tenant"], collections=r["collections"], keys=r["keys"]),
+    ),
+    "CreateBackup": Rpc(
+        "create_backup",
+        pb.CreateBackupRequest,
+        pb.BackupResponse,
+        lambda m: {"name": m.name},
+        lambda r: pb.BackupResponse(backup=backup_info_out(r["backup"])),
+    ),
+    "ListBackups": Rpc(
+        "list_backups",
+        pb.ListBackupsRequest,
+        pb.ListBackupsResponse,
+        lambda m: {},
+        lambda r: pb.ListBackupsResponse(backups=[backup_info_out(b) for b in r["backups"]]),
+    ),
+    "VerifyBackup": Rpc(
+        "verify_backup",
+        pb.VerifyBackupRequest,
+        pb.BackupResponse,
+        lambda m: {"name": m.name},
+        lambda r: pb.BackupResponse(backup=backup_info_out(r["backup"])),
     ),
 }

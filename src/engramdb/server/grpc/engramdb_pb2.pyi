@@ -259,13 +259,83 @@ class GetCollectionRequest(_message.Message):
     def __init__(self, coll: _Optional[str] = ...) -> None: ...
 
 class GetCollectionResponse(_message.Message):
-    __slots__ = ("collection", "count")
+    __slots__ = ("collection", "count", "reindex_json")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
+    REINDEX_JSON_FIELD_NUMBER: _ClassVar[int]
     collection: CollectionConfig
     count: int
+    reindex_json: str
     def __init__(
-        self, collection: _Optional[_Union[CollectionConfig, _Mapping]] = ..., count: _Optional[int] = ...
+        self,
+        collection: _Optional[_Union[CollectionConfig, _Mapping]] = ...,
+        count: _Optional[int] = ...,
+        reindex_json: _Optional[str] = ...,
+    ) -> None: ...
+
+class AlterCollectionRequest(_message.Message):
+    __slots__ = (
+        "coll",
+        "indexed_fields",
+        "default_ttl_seconds",
+        "clear_default_ttl",
+        "ef_search",
+        "dimension",
+        "metric",
+        "index_json",
+        "embedder_json",
+        "text_index",
+    )
+    class IndexedFieldsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+
+    COLL_FIELD_NUMBER: _ClassVar[int]
+    INDEXED_FIELDS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CLEAR_DEFAULT_TTL_FIELD_NUMBER: _ClassVar[int]
+    EF_SEARCH_FIELD_NUMBER: _ClassVar[int]
+    DIMENSION_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    INDEX_JSON_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDER_JSON_FIELD_NUMBER: _ClassVar[int]
+    TEXT_INDEX_FIELD_NUMBER: _ClassVar[int]
+    coll: str
+    indexed_fields: _containers.ScalarMap[str, str]
+    default_ttl_seconds: float
+    clear_default_ttl: bool
+    ef_search: int
+    dimension: int
+    metric: str
+    index_json: str
+    embedder_json: str
+    text_index: bool
+    def __init__(
+        self,
+        coll: _Optional[str] = ...,
+        indexed_fields: _Optional[_Mapping[str, str]] = ...,
+        default_ttl_seconds: _Optional[float] = ...,
+        clear_default_ttl: _Optional[bool] = ...,
+        ef_search: _Optional[int] = ...,
+        dimension: _Optional[int] = ...,
+        metric: _Optional[str] = ...,
+        index_json: _Optional[str] = ...,
+        embedder_json: _Optional[str] = ...,
+        text_index: _Optional[bool] = ...,
+    ) -> None: ...
+
+class AlterCollectionResponse(_message.Message):
+    __slots__ = ("collection", "reindex_json")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    REINDEX_JSON_FIELD_NUMBER: _ClassVar[int]
+    collection: CollectionConfig
+    reindex_json: str
+    def __init__(
+        self, collection: _Optional[_Union[CollectionConfig, _Mapping]] = ..., reindex_json: _Optional[str] = ...
     ) -> None: ...
 
 class DeleteCollectionRequest(_message.Message):
@@ -831,3 +901,81 @@ class RotateKeyRequest(_message.Message):
     key_id: str
     grace_seconds: float
     def __init__(self, key_id: _Optional[str] = ..., grace_seconds: _Optional[float] = ...) -> None: ...
+
+class EraseTenantRequest(_message.Message):
+    __slots__ = ("tenant", "confirm")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    CONFIRM_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    confirm: str
+    def __init__(self, tenant: _Optional[str] = ..., confirm: _Optional[str] = ...) -> None: ...
+
+class EraseTenantResponse(_message.Message):
+    __slots__ = ("tenant", "collections", "keys")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    collections: int
+    keys: int
+    def __init__(
+        self, tenant: _Optional[str] = ..., collections: _Optional[int] = ..., keys: _Optional[int] = ...
+    ) -> None: ...
+
+class CreateBackupRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ListBackupsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class VerifyBackupRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class BackupInfo(_message.Message):
+    __slots__ = ("name", "status", "created_at", "seq", "engramdb_version", "bytes", "files", "problem")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    ENGRAMDB_VERSION_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    status: str
+    created_at: float
+    seq: int
+    engramdb_version: str
+    bytes: int
+    files: int
+    problem: str
+    def __init__(
+        self,
+        name: _Optional[str] = ...,
+        status: _Optional[str] = ...,
+        created_at: _Optional[float] = ...,
+        seq: _Optional[int] = ...,
+        engramdb_version: _Optional[str] = ...,
+        bytes: _Optional[int] = ...,
+        files: _Optional[int] = ...,
+        problem: _Optional[str] = ...,
+    ) -> None: ...
+
+class BackupResponse(_message.Message):
+    __slots__ = ("backup",)
+    BACKUP_FIELD_NUMBER: _ClassVar[int]
+    backup: BackupInfo
+    def __init__(self, backup: _Optional[_Union[BackupInfo, _Mapping]] = ...) -> None: ...
+
+class ListBackupsResponse(_message.Message):
+    __slots__ = ("backups",)
+    BACKUPS_FIELD_NUMBER: _ClassVar[int]
+    backups: _containers.RepeatedCompositeFieldContainer[BackupInfo]
+    def __init__(self, backups: _Optional[_Iterable[_Union[BackupInfo, _Mapping]]] = ...) -> None: ...

@@ -5,7 +5,7 @@ import warnings
 
 from . import engramdb_pb2 as engramdb_dot_v1_dot_engramdb__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -57,6 +57,11 @@ class EngramDBStub:
                 '/engramdb.v1.EngramDB/DeleteCollection',
                 request_serializer=engramdb_dot_v1_dot_engramdb__pb2.DeleteCollectionRequest.SerializeToString,
                 response_deserializer=engramdb_dot_v1_dot_engramdb__pb2.DeleteCollectionResponse.FromString,
+                _registered_method=True)
+        self.AlterCollection = channel.unary_unary(
+                '/engramdb.v1.EngramDB/AlterCollection',
+                request_serializer=engramdb_dot_v1_dot_engramdb__pb2.AlterCollectionRequest.SerializeToString,
+                response_deserializer=engramdb_dot_v1_dot_engramdb__pb2.AlterCollectionResponse.FromString,
                 _registered_method=True)
         self.Upsert = channel.unary_unary(
                 '/engramdb.v1.EngramDB/Upsert',
@@ -153,6 +158,26 @@ class EngramDBStub:
                 request_serializer=engramdb_dot_v1_dot_engramdb__pb2.RotateKeyRequest.SerializeToString,
                 response_deserializer=engramdb_dot_v1_dot_engramdb__pb2.NewKeyResponse.FromString,
                 _registered_method=True)
+        self.EraseTenant = channel.unary_unary(
+                '/engramdb.v1.EngramDB/EraseTenant',
+                request_serializer=engramdb_dot_v1_dot_engramdb__pb2.EraseTenantRequest.SerializeToString,
+                response_deserializer=engramdb_dot_v1_dot_engramdb__pb2.EraseTenantResponse.FromString,
+                _registered_method=True)
+        self.CreateBackup = channel.unary_unary(
+                '/engramdb.v1.EngramDB/CreateBackup',
+                request_serializer=engramdb_dot_v1_dot_engramdb__pb2.CreateBackupRequest.SerializeToString,
+                response_deserializer=engramdb_dot_v1_dot_engramdb__pb2.BackupResponse.FromString,
+                _registered_method=True)
+        self.ListBackups = channel.unary_unary(
+                '/engramdb.v1.EngramDB/ListBackups',
+                request_serializer=engramdb_dot_v1_dot_engramdb__pb2.ListBackupsRequest.SerializeToString,
+                response_deserializer=engramdb_dot_v1_dot_engramdb__pb2.ListBackupsResponse.FromString,
+                _registered_method=True)
+        self.VerifyBackup = channel.unary_unary(
+                '/engramdb.v1.EngramDB/VerifyBackup',
+                request_serializer=engramdb_dot_v1_dot_engramdb__pb2.VerifyBackupRequest.SerializeToString,
+                response_deserializer=engramdb_dot_v1_dot_engramdb__pb2.BackupResponse.FromString,
+                _registered_method=True)
 
 
 class EngramDBServicer:
@@ -185,6 +210,13 @@ class EngramDBServicer:
 
     def DeleteCollection(self, request, context):
         """delete_collection: the collection with all its records and edges.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AlterCollection(self, request, context):
+        """alter_collection: change indexed fields, default TTL or ef_search online.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -325,6 +357,37 @@ class EngramDBServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EraseTenant(self, request, context):
+        """erase_tenant (admin of that tenant, or the bootstrap admin key): delete the
+        tenant with its collections and API keys and erase them from disk;
+        `confirm` must equal the tenant's name (docs/security.md, Erasure).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateBackup(self, request, context):
+        """create_backup (bootstrap admin key only): back up the whole node into the
+        operator's backup.dir under `name` (docs/backup.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListBackups(self, request, context):
+        """list_backups (bootstrap admin key only): the backups in backup.dir.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VerifyBackup(self, request, context):
+        """verify_backup (bootstrap admin key only): check a backup's every file.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EngramDBServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -347,6 +410,11 @@ def add_EngramDBServicer_to_server(servicer, server):
                     servicer.DeleteCollection,
                     request_deserializer=engramdb_dot_v1_dot_engramdb__pb2.DeleteCollectionRequest.FromString,
                     response_serializer=engramdb_dot_v1_dot_engramdb__pb2.DeleteCollectionResponse.SerializeToString,
+            ),
+            'AlterCollection': grpc.unary_unary_rpc_method_handler(
+                    servicer.AlterCollection,
+                    request_deserializer=engramdb_dot_v1_dot_engramdb__pb2.AlterCollectionRequest.FromString,
+                    response_serializer=engramdb_dot_v1_dot_engramdb__pb2.AlterCollectionResponse.SerializeToString,
             ),
             'Upsert': grpc.unary_unary_rpc_method_handler(
                     servicer.Upsert,
@@ -442,6 +510,26 @@ def add_EngramDBServicer_to_server(servicer, server):
                     servicer.RotateKey,
                     request_deserializer=engramdb_dot_v1_dot_engramdb__pb2.RotateKeyRequest.FromString,
                     response_serializer=engramdb_dot_v1_dot_engramdb__pb2.NewKeyResponse.SerializeToString,
+            ),
+            'EraseTenant': grpc.unary_unary_rpc_method_handler(
+                    servicer.EraseTenant,
+                    request_deserializer=engramdb_dot_v1_dot_engramdb__pb2.EraseTenantRequest.FromString,
+                    response_serializer=engramdb_dot_v1_dot_engramdb__pb2.EraseTenantResponse.SerializeToString,
+            ),
+            'CreateBackup': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateBackup,
+                    request_deserializer=engramdb_dot_v1_dot_engramdb__pb2.CreateBackupRequest.FromString,
+                    response_serializer=engramdb_dot_v1_dot_engramdb__pb2.BackupResponse.SerializeToString,
+            ),
+            'ListBackups': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBackups,
+                    request_deserializer=engramdb_dot_v1_dot_engramdb__pb2.ListBackupsRequest.FromString,
+                    response_serializer=engramdb_dot_v1_dot_engramdb__pb2.ListBackupsResponse.SerializeToString,
+            ),
+            'VerifyBackup': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyBackup,
+                    request_deserializer=engramdb_dot_v1_dot_engramdb__pb2.VerifyBackupRequest.FromString,
+                    response_serializer=engramdb_dot_v1_dot_engramdb__pb2.BackupResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -556,6 +644,33 @@ class EngramDB:
             '/engramdb.v1.EngramDB/DeleteCollection',
             engramdb_dot_v1_dot_engramdb__pb2.DeleteCollectionRequest.SerializeToString,
             engramdb_dot_v1_dot_engramdb__pb2.DeleteCollectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AlterCollection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/engramdb.v1.EngramDB/AlterCollection',
+            engramdb_dot_v1_dot_engramdb__pb2.AlterCollectionRequest.SerializeToString,
+            engramdb_dot_v1_dot_engramdb__pb2.AlterCollectionResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1069,6 +1184,114 @@ class EngramDB:
             '/engramdb.v1.EngramDB/RotateKey',
             engramdb_dot_v1_dot_engramdb__pb2.RotateKeyRequest.SerializeToString,
             engramdb_dot_v1_dot_engramdb__pb2.NewKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseTenant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/engramdb.v1.EngramDB/EraseTenant',
+            engramdb_dot_v1_dot_engramdb__pb2.EraseTenantRequest.SerializeToString,
+            engramdb_dot_v1_dot_engramdb__pb2.EraseTenantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateBackup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/engramdb.v1.EngramDB/CreateBackup',
+            engramdb_dot_v1_dot_engramdb__pb2.CreateBackupRequest.SerializeToString,
+            engramdb_dot_v1_dot_engramdb__pb2.BackupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBackups(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/engramdb.v1.EngramDB/ListBackups',
+            engramdb_dot_v1_dot_engramdb__pb2.ListBackupsRequest.SerializeToString,
+            engramdb_dot_v1_dot_engramdb__pb2.ListBackupsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyBackup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/engramdb.v1.EngramDB/VerifyBackup',
+            engramdb_dot_v1_dot_engramdb__pb2.VerifyBackupRequest.SerializeToString,
+            engramdb_dot_v1_dot_engramdb__pb2.BackupResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -31,6 +31,7 @@ import grpc
 import orjson
 from google.protobuf.message import DecodeError, Message
 
+from engramdb import tracing
 from engramdb.errors import EngramError, InvalidArgument, RateLimited
 from engramdb.server.grpc.convert import RPCS, Rpc
 from engramdb.service import RequestContext, Service
@@ -52,6 +53,8 @@ _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # down rather than turning a clear error into a transport failure.
 _MAX_ERROR_BYTES = 4096
 MALFORMED_LOG_INTERVAL = 60.0
+# gRPC statuses that are the server's fault (OpenTelemetry's rule for server spans); the rest are the caller's.
+_SERVER_FAULTS = frozenset({"UNKNOWN", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNIMPLEMENTED", "DEADLINE_EXCEEDED"})
 
 
 class _RateLimitedWarning:
@@ -177,8 +180,11 @@ class EngramDBServicer:
 
         def handle(request: bytes, context: grpc.ServicerContext) -> Message:
             start = time.perf_counter()
-            ctx = request_context(context.invocation_metadata(), context.peer())
+            metadata = context.invocation_metadata()
+            ctx = request_context(metadata, context.peer())
             status = "OK"
+            # None unless tracing is on; continues the caller's trace (traceparent metadata).
+            span = tracing.start_server(path[1:], metadata, **{"rpc.system": "grpc"}) if tracing.enabled() else None
 
             def parse() -> dict[str, Any]:
                 # Called by the service after authentication and the rate limits.
@@ -210,6 +216,9 @@ class EngramDBServicer:
                 )
             finally:
                 _log_access(ctx, path, status, time.perf_counter() - start)
+                if span is not None:
+                    code = grpc.StatusCode[status].value[0]
+                    tracing.finish(span, failed=status in _SERVER_FAULTS, attributes={"rpc.grpc.status_code": code})
 
         handle.__name__ = handle.__qualname__ = f"handle_{op}"
         return handle

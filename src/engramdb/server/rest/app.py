@@ -40,6 +40,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from engramdb import tracing
 from engramdb._version import __version__
 from engramdb.errors import (
     EngramError,
@@ -145,6 +146,8 @@ class RequestMiddleware:
         state = scope.setdefault("state", {})
         state["request_id"] = rid
         status = [500]
+        # None unless tracing is on; continues the caller's trace (W3C traceparent).
+        span = tracing.start_server("HTTP " + scope["method"], scope["headers"]) if tracing.enabled() else None
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -161,6 +164,18 @@ class RequestMiddleware:
             await self.app(scope, self._limited(receive), send_wrapper)
         finally:
             self._finish(scope, state, status[0], time.perf_counter() - start)
+            if span is not None:
+                route = route_template(scope)
+                tracing.finish(
+                    span,
+                    failed=status[0] >= 500,
+                    name=f"{scope['method']} {route}",
+                    attributes={
+                        "http.request.method": scope["method"],
+                        "http.route": route,
+                        "http.response.status_code": status[0],
+                    },
+                )
 
     def _declared_too_big(self, value: bytes | None) -> EngramError | None:
         if value is None:
@@ -191,8 +206,7 @@ class RequestMiddleware:
         return limited
 
     def _finish(self, scope: Scope, state: dict[str, Any], status: int, seconds: float) -> None:
-        route = scope.get("route")
-        template = getattr(route, "path", None) or "unmatched"
+        template = route_template(scope)
         self.http_metrics.observe(scope["method"], template, status, seconds)
         path = scope.get("path", "")
         level = logging.DEBUG if path in _QUIET_PATHS and status < 400 else logging.INFO
@@ -210,6 +224,20 @@ class RequestMiddleware:
             "client_ip": ctx.client_ip if ctx is not None else _client_ip(scope),
         }
         access_log.log(level, "request", extra=fields)
+
+
+def route_template(scope: Scope) -> str:
+    """The path template of the route that served a request (``/v1/collections/{coll}/search``), or ``unmatched``.
+
+    FastAPI's router, unlike Starlette's, does not put plain routes in
+    ``scope["route"]``; it does put their endpoint in ``scope["endpoint"]``,
+    which :func:`create_app` labels with its template.
+    """
+    route = scope.get("route")
+    return getattr(route, "path", None) or getattr(scope.get("endpoint"), _TEMPLATE_ATTR, None) or "unmatched"
+
+
+_TEMPLATE_ATTR = "engramdb_route_template"
 
 
 def _client_ip(scope: Scope) -> str:
@@ -365,6 +393,10 @@ def create_app(service: Service) -> FastAPI:
     ):
         app.router.add_route(path, fn, methods=["GET"], name=path.strip("/"))
 
+    for r in app.router.routes:
+        endpoint, template = getattr(r, "endpoint", None), getattr(r, "path", None)
+        if endpoint is not None and isinstance(template, str):
+            setattr(endpoint, _TEMPLATE_ATTR, template)
     _install_error_handlers(app)
     hosts = allowed_hosts(service.settings.server)
     if hosts is not None:  # inside RequestMiddleware: refusals get request ids, access logs and metrics

@@ -22,7 +22,7 @@ _ERROR_STATUSES = {
     "400": "The request is invalid (code says why)",
     "401": "No valid API key",
     "403": "The key's role or scope does not allow this, or a web page of another site sent it (origin_not_allowed)",
-    "404": "The collection, record or key does not exist (or belongs to another tenant)",
+    "404": "The collection, record, key or tenant does not exist (or belongs to another tenant)",
     "409": "Conflicts with the current state",
     "413": "The body is larger than server.max_request_mb",
     "421": "The Host header names a host not in server.allowed_hosts (host_not_allowed)",
@@ -34,6 +34,8 @@ _PATH_PARAMS: dict[str, dict[str, Any]] = {
     "coll": {"type": "string", "minLength": 1, "maxLength": models.MAX_COLL_PATH_CHARS},
     "id": {"type": "string", "minLength": 1, "maxLength": MAX_ID_BYTES},
     "key_id": {"type": "string", "minLength": 1, "maxLength": models.MAX_KEY_ID_CHARS},
+    "name": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": NAME_PATTERN},  # a backup's
+    "tenant": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": NAME_PATTERN},
 }
 
 
@@ -64,7 +66,7 @@ def _required(model: type[BaseModel]) -> bool:
 
 def _operation(r: RouteSpec) -> dict[str, Any]:
     params: list[dict[str, Any]] = []
-    for name in ("coll", "id", "key_id"):
+    for name in _PATH_PARAMS:
         if "{" + name in r.path:
             params.append({"name": name, "in": "path", "required": True, "schema": _PATH_PARAMS[name]})
     if "include" in r.query:
