@@ -27,10 +27,10 @@ $(SERVE_STAMP): pyproject.toml | $(BIN)/python
 
 # The test run covers every optional part: the local embedder (torch's CPU
 # build, installed first so nothing pulls a CUDA one), LangGraph, LangChain, OpenTelemetry,
-# Parquet (pyarrow, for export/import).
+# Parquet (pyarrow, for export/import), the cluster's etcd client (etcd3gw).
 $(TEST_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[server,dev,local,langgraph,langchain,otel,parquet]'
+	$(BIN)/pip install -q -e '.[server,dev,local,langgraph,langchain,otel,parquet,cluster]'
 	touch $@
 
 install: $(SERVE_STAMP)  ## install the server into .venv

@@ -21,11 +21,15 @@ never ids, keys, tenant or collection names, or user text.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import random
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from typing import Any
+
+from engramdb.errors import EngramError
 
 log = logging.getLogger("engramdb.tracing")
 
@@ -64,16 +68,18 @@ def configure(
 ) -> None:
     """Start recording spans, exported to ``exporter`` or else OTLP/HTTP at ``endpoint``.
 
-    New traces are sampled at ``sample_ratio``; a request whose ``traceparent``
-    says its caller sampled it is always recorded (and one that says not, never),
-    so a trace is whole or absent. ``batch=False`` exports each span as it ends
-    (tests). Raises ImportError when the ``otel`` extra is missing.
+    New traces are sampled at ``sample_ratio``. The server span starts before the
+    caller is authenticated, so a ``traceparent`` cannot raise the volume: one
+    that says its caller sampled it is still sampled at ``sample_ratio``, by a
+    random draw (the trace id is the caller's choice), and one that says not is
+    never recorded. ``batch=False`` exports each span as it ends (tests).
+    Raises ImportError when the ``otel`` extra is missing.
     """
     global _tracer, _provider
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
-    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
 
     from engramdb._version import __version__
 
@@ -84,7 +90,10 @@ def configure(
     shutdown()
     provider = TracerProvider(
         resource=Resource.create({"service.name": service_name, "service.version": __version__}),
-        sampler=ParentBased(TraceIdRatioBased(sample_ratio)),
+        sampler=ParentBased(
+            TraceIdRatioBased(sample_ratio),
+            remote_parent_sampled=ALWAYS_ON if sample_ratio >= 1.0 else _random_ratio(sample_ratio),
+        ),
     )
     provider.add_span_processor(BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter))
     _provider = provider
@@ -102,12 +111,48 @@ def shutdown() -> None:
             log.warning("flushing the last spans failed", exc_info=True)
 
 
+def _random_ratio(ratio: float) -> Any:
+    """A sampler keeping ``ratio`` of the spans it is asked about, drawn at random (not from the trace id)."""
+    from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+
+    class RandomRatio(Sampler):
+        def should_sample(self, parent_context: Any, trace_id: int, name: str, *args: Any, **kw: Any) -> Any:
+            ts = kw.get("trace_state")
+            if random.random() < ratio:
+                return SamplingResult(Decision.RECORD_AND_SAMPLE, kw.get("attributes"), ts)
+            return SamplingResult(Decision.DROP, None, ts)
+
+        def get_description(self) -> str:
+            return f"RandomRatio{{{ratio}}}"
+
+    return RandomRatio()
+
+
 def span(name: str) -> AbstractContextManager[Any]:
     """A child span of the current one around a block (the no-op while tracing is off)."""
     tracer = _tracer
     if tracer is None:
         return _NO_SPAN
-    return tracer.start_as_current_span(name)  # type: ignore[no-any-return]
+    return _span(tracer, name)
+
+
+@contextlib.contextmanager
+def _span(tracer: Any, name: str) -> Iterator[Any]:
+    from opentelemetry.trace import Status, StatusCode
+
+    # OpenTelemetry's defaults would export the exception's message and stack: they hold caller input
+    # (ids, filter field names, text). A span gets the error code only.
+    with tracer.start_as_current_span(name, record_exception=False, set_status_on_exception=False) as sp:
+        try:
+            yield sp
+        except EngramError as e:
+            sp.set_attribute("engramdb.error_code", e.code)
+            if e.http_status >= 500:  # a client's mistake does not mark the span failed
+                sp.set_status(Status(StatusCode.ERROR, e.code))
+            raise
+        except BaseException as e:
+            sp.set_status(Status(StatusCode.ERROR, type(e).__name__))
+            raise
 
 
 def start(name: str, detail: str | None = None) -> Any:

@@ -64,6 +64,16 @@ _TARGET_BATCH_BYTES = 4 << 20
 _PARQUET_MAGIC = b"PAR1"
 _PARQUET_HEADER_KEY = b"engramdb.header"
 _PARQUET_END_KEY = b"engramdb.end"
+# A Parquet column chunk is decompressed whole by pyarrow, zstd shrinks repeated bytes ~100,000 times and a
+# dictionary repeats one value for many rows: the footer's sizes and value counts are checked against these
+# before anything is read, strings stay dictionary-encoded in Arrow, and rows become Python objects a small batch
+# at a time after their sizes are checked. A row holds at most 1 MiB of text and 1 MiB of metadata JSON; the
+# exporter closes a row group at _PARQUET_GROUP_TARGET_BYTES, so its own files always pass.
+MAX_PARQUET_ROW_BYTES = 4 << 20
+MAX_PARQUET_GROUP_BYTES = 128 << 20
+_PARQUET_GROUP_TARGET_BYTES = 32 << 20
+_PARQUET_BATCH_ROWS = 16
+_PARQUET_STRING_COLUMNS = ("kind", "id", "text", "metadata", "src", "relation", "dst", "properties")
 
 ExportProgress = Callable[[int, int], None]  # (records, edges) written so far
 ImportProgress = Callable[[int, int, int, int], None]  # (position, total, records, edges)
@@ -306,6 +316,12 @@ def _parquet_row(item: Mapping[str, Any]) -> dict[str, Any]:
     return row
 
 
+def _parquet_row_bytes(row: Mapping[str, Any]) -> int:
+    """About what ``row`` takes uncompressed in a row group (UTF-8 strings, float32 vector), for sizing groups."""
+    n = 64 + 4 * len(row.get("vector") or ()) + sum(len(s) + 8 for s in row.get("namespace") or ())
+    return n + sum(len(v.encode()) for k in _PARQUET_STRING_COLUMNS if isinstance(v := row.get(k), str))
+
+
 def export_parquet(
     coll: CollectionAPI,
     path: str | os.PathLike[str],
@@ -326,15 +342,18 @@ def export_parquet(
     def write(f: IO[bytes]) -> None:
         writer = pq.ParquetWriter(f, schema)
         rows: list[dict[str, Any]] = []
+        rows_bytes = 0
         end: dict[str, Any] | None = None
         for item in items:
             if item["kind"] == "end":
                 end = item
                 break
-            rows.append(_parquet_row(item))
-            if len(rows) >= (page_size or page_size_for(coll.dimension)):
+            row = _parquet_row(item)
+            rows.append(row)
+            rows_bytes += _parquet_row_bytes(row)
+            if len(rows) >= (page_size or page_size_for(coll.dimension)) or rows_bytes >= _PARQUET_GROUP_TARGET_BYTES:
                 writer.write_table(pa.Table.from_pylist(rows, schema=schema))
-                rows = []
+                rows, rows_bytes = [], 0
                 if progress is not None:
                     progress(stats.records, stats.edges)
         if rows:
@@ -446,6 +465,8 @@ def _parse_json(raw: bytes, where: str) -> Any:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise _bad(where, f"not valid JSON ({e})") from None
+    except RecursionError:
+        raise _bad(where, "JSON is nested too deeply") from None
 
 
 class _JsonlSource:
@@ -474,7 +495,7 @@ class _JsonlSource:
         last = lines[-1] if len(lines) > 1 or tail_start == 0 else None
         try:
             end = json.loads(last) if last is not None else None
-        except ValueError:
+        except (ValueError, RecursionError):
             end = None
         if not isinstance(end, dict) or end.get("kind") != "end":
             raise _bad(
@@ -506,7 +527,7 @@ class _ParquetSource:
         pq = _parquet()
         self.path = path
         try:
-            self.file = pq.ParquetFile(path)
+            self.file = pq.ParquetFile(path, read_dictionary=list(_PARQUET_STRING_COLUMNS))
         except Exception as e:  # pyarrow raises its own ArrowInvalid for a damaged or truncated file
             raise _bad(str(path), f"not a readable Parquet file, truncated or damaged ({e}); export again") from None
         meta = self.file.schema_arrow.metadata or {}
@@ -520,6 +541,54 @@ class _ParquetSource:
         if self.header is not None and not (isinstance(self.end, dict) and self.end.get("kind") == "end"):
             raise _bad(str(path), "the file has no end marker: it is not a complete export; export again")
         self.total = self.file.metadata.num_rows
+        cfg = self.header.get("collection") if isinstance(self.header, dict) else None
+        dim = cfg.get("dimension") if isinstance(cfg, dict) else None
+        dim = dim if isinstance(dim, int) and 0 < dim <= validation.MAX_DIMENSION else validation.MAX_DIMENSION
+        for g in range(self.file.num_row_groups):
+            self._check_group_size(g, dim)
+
+    def _check_group_size(self, g: int, dim: int) -> None:
+        """Refuse a row group whose decoded size is out of bounds, from the footer, before reading any of it."""
+        group = self.file.metadata.row_group(g)
+        rows = max(1, group.num_rows)
+        where = f"{self.path} row group {g}"
+        hint = "this is not an EngramDB export; export again (or as JSONL)"
+        size = group.total_byte_size
+        for c in range(group.num_columns):
+            col = group.column(c)
+            size = max(size, col.total_uncompressed_size)
+            # Dictionary and run-length encodings repeat values for free: the value count bounds what is decoded.
+            name = col.path_in_schema.split(".", 1)[0]
+            per_row = dim if name == "vector" else validation.MAX_NAMESPACE_DEPTH if name == "namespace" else 1
+            if col.num_values > rows * per_row:
+                raise _bad(where, f"column {name!r} holds {col.num_values} values for {group.num_rows} rows; {hint}")
+        limit = min(MAX_PARQUET_GROUP_BYTES, rows * MAX_PARQUET_ROW_BYTES)
+        if size > limit:
+            raise _bad(
+                where,
+                f"a column is {size >> 20} MiB uncompressed for {group.num_rows} rows, more than the "
+                f"{limit >> 20} MiB an export row group may hold ({MAX_PARQUET_ROW_BYTES >> 20} MiB a row, "
+                f"{MAX_PARQUET_GROUP_BYTES >> 20} MiB a group); {hint}",
+            )
+
+    @staticmethod
+    def _check_row_sizes(batch: Any, where: str) -> None:
+        """Refuse a row over MAX_PARQUET_ROW_BYTES while still in Arrow (dictionary-encoded), before to_pylist."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        total = pa.array([0] * batch.num_rows, pa.int64())
+        for name in _PARQUET_STRING_COLUMNS:
+            if name not in batch.schema.names:
+                continue
+            col = batch.column(name)
+            if pa.types.is_dictionary(col.type):
+                lengths = pc.binary_length(col.dictionary).take(col.indices)
+            else:
+                lengths = pc.binary_length(col)
+            total = pc.add(total, pc.fill_null(lengths.cast(pa.int64()), 0))
+        if batch.num_rows and pc.max(total).as_py() > MAX_PARQUET_ROW_BYTES:
+            raise _bad(where, f"a row holds more than {MAX_PARQUET_ROW_BYTES >> 20} MiB of text and metadata")
 
     def items(self, start_pos: int, start_line: int) -> Iterator[_Item]:
         row = 0
@@ -528,8 +597,9 @@ class _ParquetSource:
             if row + n <= start_pos:
                 row += n  # acknowledged already: not even read
                 continue
-            for batch in self.file.iter_batches(row_groups=[g]):
-                for d in batch.to_pylist():
+            for batch in self.file.iter_batches(batch_size=_PARQUET_BATCH_ROWS, row_groups=[g]):
+                self._check_row_sizes(batch, f"{self.path} rows {row + 1}-{row + batch.num_rows}")
+                for d in _pylist(batch):
                     row += 1
                     if row <= start_pos:
                         continue
@@ -545,6 +615,10 @@ class _ParquetSource:
             if isinstance(out.get(key), str):
                 out[key] = _parse_json(out[key].encode(), f"{where}.{key}")
         return out
+
+
+def _pylist(batch: Any) -> list[dict[str, Any]]:
+    return batch.to_pylist()  # type: ignore[no-any-return]
 
 
 def _open_source(path: Path) -> _Source:
@@ -582,7 +656,7 @@ def _write_checkpoint(path: Path, doc: Mapping[str, Any]) -> None:
 def _read_checkpoint(cp: Path, src: _Source, path: Path) -> dict[str, Any]:
     try:
         doc = json.loads(cp.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise FailedPrecondition(
             f"checkpoint {cp} cannot be read ({e}); delete it to import from the start", code="checkpoint_mismatch"
         ) from None

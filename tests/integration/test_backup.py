@@ -212,6 +212,15 @@ def _damage(bk: Path, how: str) -> None:
         _rewrite_manifest(bk, format_version=backup.FORMAT_VERSION + 1)
     elif how == "wrong_seq":
         _rewrite_manifest(bk, seq=_manifest(bk)["seq"] + 5)
+    elif how == "symlinked_dir":  # the files stay as listed, but behind a link that could lead anywhere
+        os.rename(bk / "indexes", bk.parent / "elsewhere")
+        os.symlink(bk.parent / "elsewhere", bk / "indexes")
+    elif how == "symlinked_file":
+        sst = _largest_sst(bk)
+        os.rename(sst, bk.parent / sst.name)
+        os.symlink(bk.parent / sst.name, sst)
+    elif how == "deep_manifest":
+        (bk / backup.MANIFEST_FILE).write_text("[" * 100_000)
     elif how == "path_escape":
         m = _manifest(bk)
         m["files"][0]["path"] = "db/../../evil"
@@ -228,6 +237,9 @@ DAMAGE = {
     "missing_manifest": (CorruptData, "backup_incomplete", "has no manifest.json"),
     "edited_manifest": (CorruptData, "backup_manifest_invalid", "checksum does not match"),
     "garbled_manifest": (CorruptData, "backup_manifest_invalid", "not JSON"),
+    "deep_manifest": (CorruptData, "backup_manifest_invalid", "nested too deeply"),
+    "symlinked_dir": (CorruptData, "backup_corrupt", "indexes in"),
+    "symlinked_file": (CorruptData, "backup_corrupt", "symbolic link"),
     "newer_version": (FailedPrecondition, "backup_version_mismatch", "newer than this one"),
     "newer_format": (FailedPrecondition, "backup_version_mismatch", "format version"),
     "wrong_seq": (CorruptData, "backup_corrupt", "ends at changelog sequence"),
@@ -249,6 +261,102 @@ def test_damaged_backups_are_refused(good_backup: Path, tmp_path: Path, how: str
     # Nothing restored, nothing half-restored, no temporary directory left behind.
     assert not target.exists()
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".restored.")]
+
+
+def test_a_backup_name_that_is_a_link_is_not_followed(good_backup: Path, tmp_path: Path) -> None:
+    bdir = tmp_path / "backups"
+    bdir.mkdir()
+    os.symlink(good_backup, bdir / "linked")
+    assert backup.list_backups(bdir) == []
+    with pytest.raises(EngramError) as ei:
+        backup.verify_backup(backup.backup_path(bdir, "linked"))
+    assert ei.value.code == "backup_not_found"
+    with pytest.raises(EngramError) as ei:
+        backup.restore_backup(bdir / "linked", tmp_path / "restored")
+    assert ei.value.code == "backup_not_found" and not (tmp_path / "restored").exists()
+
+
+def test_an_unreadable_manifest_does_not_break_the_listing(
+    good_backup: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bdir = tmp_path / "backups"
+    bdir.mkdir()
+    os.rename(good_backup, bdir / "good")
+    (bdir / "deep").mkdir()
+    (bdir / "deep" / backup.MANIFEST_FILE).write_text("[" * 100_000)
+    listed = {b["name"]: b for b in backup.list_backups(bdir)}
+    assert listed["good"]["status"] == "complete"
+    assert listed["deep"]["status"] == "invalid" and "nested too deeply" in listed["deep"]["problem"]
+    real = backup.read_manifest
+
+    def broken(src: Any) -> dict[str, Any]:
+        if Path(src).name == "deep":
+            raise RecursionError("any unexpected failure reading one backup")
+        return real(src)
+
+    monkeypatch.setattr(backup, "read_manifest", broken)
+    listed = {b["name"]: b for b in backup.list_backups(bdir)}
+    assert listed["good"]["status"] == "complete" and listed["deep"]["status"] == "invalid"
+
+
+def test_create_removes_partials_of_killed_backups_only(tmp_path: Path) -> None:
+    import fcntl
+
+    bdir = tmp_path / "backups"
+    (bdir / ".old.partial-0123abcd" / "db").mkdir(parents=True)  # left by a killed backup: nobody holds it
+    live = bdir / ".other.partial-89abcdef"
+    live.mkdir()
+    fd = os.open(live, os.O_RDONLY | os.O_DIRECTORY)  # another backup writing right now
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        (bdir / ".not-ours").mkdir()
+        with Database(tmp_path / "data") as db:
+            _fill(db, 20)
+            backup.create_backup(db, bdir / "new")
+        assert sorted(p.name for p in bdir.iterdir()) == [".not-ours", ".other.partial-89abcdef", "new"]
+    finally:
+        os.close(fd)
+
+
+def test_a_running_backup_holds_its_partial_against_cleanup(tmp_path: Path) -> None:
+    import fcntl
+
+    bdir = tmp_path / "backups"
+    seen: list[bool] = []
+
+    def progress(done: int, total: int) -> None:  # called while the copy runs
+        for p in bdir.glob(".b.partial-*"):
+            fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                seen.append(False)  # a concurrent create would have removed it
+            except OSError:
+                seen.append(True)
+            finally:
+                os.close(fd)
+
+    with Database(tmp_path / "data") as db:
+        _fill(db, 20)
+        backup.create_backup(db, bdir / "b", progress=progress)
+    assert seen and all(seen)
+
+
+def test_create_refuses_when_the_backup_disk_is_too_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    bdir = tmp_path / "backups"
+    bdir.mkdir()
+    real = shutil.disk_usage
+    with Database(tmp_path / "data") as db:
+        _fill(db, 20)
+        free = real(bdir).free
+        monkeypatch.setattr(backup.shutil, "disk_usage", lambda p: real(p)._replace(free=5 << 20))
+        with pytest.raises(EngramError) as ei:
+            backup.create_backup(db, bdir / "b1", min_free_mb=10)
+        assert ei.value.code == "backup_no_space" and "server.min_free_disk_mb" in ei.value.message
+        assert list(bdir.iterdir()) == []  # nothing copied, nothing left
+        monkeypatch.setattr(backup.shutil, "disk_usage", lambda p: real(p)._replace(free=free))
+        assert backup.create_backup(db, bdir / "b1", min_free_mb=10)["status"] == "complete"
 
 
 def test_restore_never_touches_a_non_empty_data_dir_without_force(good_backup: Path, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from engramdb.config import load as load_settings
 from engramdb.engine.database import Database
 from engramdb.service.api_keys import KeyStore
 from engramdb.storage import store as store_module
+from engramdb.storage.store import Store
 from engramdb.types import TenantErased
 
 ID_CANARY = b"zq7idcanary4242"
@@ -149,6 +151,87 @@ def test_erased_tenant_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(engramdb.NotFound):
         db.erase_tenant(ID_CANARY.decode())
     db.erase_due(now=time.time() + 3600)  # the other tenant's deleted record, once its tombstone is due
+    db.close()
+    assert _files_with(tmp_path) == {}
+
+
+@pytest.mark.parametrize("op", ["upsert", "link", "delete"])
+@pytest.mark.parametrize("drop", ["delete_collection", "erase_tenant"])
+def test_write_racing_a_drop_is_refused_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, op: str, drop: str
+) -> None:
+    """A write that passed its collection's open check before the drop lands before the erase or not at all."""
+    db = _open(tmp_path)
+    tenant = "t1"
+    _fill(db, tenant=tenant)
+    coll = db.get_collection("c", tenant=tenant)
+    prefix = coll.prefix
+    reached, go = threading.Event(), threading.Event()
+    original = Store.apply
+
+    def paused_apply(store: Store, mutations: list[Any]) -> Any:
+        if threading.current_thread().name == "racer":  # between the open check and the write
+            reached.set()
+            go.wait(30)
+        return original(store, mutations)
+
+    monkeypatch.setattr(Store, "apply", paused_apply)
+    rid = ID_CANARY.decode()
+    writes = {
+        "upsert": lambda: coll.upsert({"id": rid, "vector": VEC.tolist(), "text": f"again {TEXT_CANARY}"}),
+        "link": lambda: coll.link({"src": rid, "relation": "likes", "dst": "r2"}),
+        "delete": lambda: coll.delete(rid),
+    }
+    outcome: list[BaseException | None] = []
+
+    def racer() -> None:
+        try:
+            writes[op]()
+            outcome.append(None)
+        except BaseException as e:
+            outcome.append(e)
+
+    t = threading.Thread(target=racer, name="racer")
+    t.start()
+    assert reached.wait(30)
+    if drop == "delete_collection":
+        db.delete_collection("c", tenant=tenant)
+    else:
+        assert db.erase_tenant(tenant) == 1
+    go.set()
+    t.join(30)
+    assert len(outcome) == 1
+    err = outcome[0]
+    assert isinstance(err, engramdb.NotFound) and err.code == "collection_not_found", err
+    for cf in ("records", "vectors", "edges_out", "edges_in"):
+        assert list(db.store.iter_prefix(cf, prefix)) == [], cf
+    # Collection ids are never reused: the same name again is a new prefix, which takes writes.
+    again = db.create_collection("c", 4, metric="l2", tenant=tenant)
+    assert again.prefix != prefix
+    again.upsert({"id": "r0", "vector": [0.0, 1.0, 2.0, 3.0]})
+    assert again.count() == 1
+    db.close()
+    assert _files_with(tmp_path) == {}
+
+
+def test_drop_interrupted_before_its_delete_is_finished_by_the_erase(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = _open(tmp_path)
+    _fill(db, "gone")
+    original = Store.delete_range
+
+    def fail(store: Store, cf: str, start: bytes, end: bytes) -> None:
+        raise engramdb.EngramError("simulated storage failure")
+
+    monkeypatch.setattr(Store, "delete_range", fail)
+    with pytest.raises(engramdb.EngramError):
+        db.delete_collection("gone")  # the collection is gone, its rows are not (as after a crash there)
+    monkeypatch.setattr(Store, "delete_range", original)
+    db.close()
+    assert set(_files_with(tmp_path)) == set(CANARIES)
+    db = _open(tmp_path)
+    assert db.erase_due() == 1  # the drop's erase mark
     db.close()
     assert _files_with(tmp_path) == {}
 

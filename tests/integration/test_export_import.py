@@ -364,6 +364,64 @@ def test_parquet_roundtrip_and_resume(source: Any, tmp_path: Path) -> None:
     assert "export again" in ei.value.message
 
 
+def _parquet_file(path: Path, rows: list[dict[str, Any]], dim: int = DIM) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    writer = pq.ParquetWriter(path, transfer._parquet_schema(_header(dim)), compression="zstd")
+    writer.write_table(pa.Table.from_pylist(rows, schema=transfer._parquet_schema(_header(dim))))
+    writer.add_key_value_metadata(
+        {b"engramdb.end": json.dumps({"kind": "end", "records": len(rows), "edges": 0}).encode()}
+    )
+    writer.close()
+    return path
+
+
+def test_parquet_bombs_are_refused_before_they_are_decoded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("pyarrow")
+
+    def never(batch: Any) -> Any:
+        raise AssertionError("rows of a bomb were turned into Python objects")
+
+    monkeypatch.setattr(transfer, "_pylist", never)
+    big = 5 << 20  # over the 4 MiB a Parquet row may hold
+    cases = [
+        # distinct texts: the column chunk itself is too big for 8 rows, refused from the footer
+        ([{**_rec(i), "text": chr(65 + i) * big} for i in range(8)], "MiB uncompressed for 8 rows"),
+        # one text repeated by the dictionary: small chunk, refused in Arrow before to_pylist
+        ([{**_rec(i), "text": "a" * big} for i in range(8)], "a row holds more than 4 MiB"),
+        # run-length-encoded vector values: refused by the footer's value count
+        ([{**_rec(i), "vector": [0.0] * 100_000} for i in range(8)], "holds 800000 values for 8 rows"),
+    ]
+    with engramdb.open(tmp_path / "db") as db:
+        for rows, text in cases:
+            path = _parquet_file(tmp_path / "bomb.parquet", rows)
+            assert path.stat().st_size < 200_000
+            with pytest.raises(InvalidArgument) as ei:
+                transfer.import_file(db, path, create=True)
+            assert ei.value.code == "invalid_export" and text in ei.value.message, ei.value.message
+            assert all(c.name != "h" or db.get_collection("h").count() == 0 for c in db.list_collections())
+
+
+def test_deeply_nested_json_is_a_clear_error(tmp_path: Path) -> None:
+    deep = "[" * 100_000 + "]" * 100_000
+    with engramdb.open(tmp_path / "db") as db:
+        for lines, text in [
+            ([_header(), deep, {"kind": "end", "records": 1, "edges": 0}], "d.jsonl:2: JSON is nested too deeply"),
+            ([deep, {"kind": "end", "records": 0, "edges": 0}], "d.jsonl:1: JSON is nested too deeply"),
+            ([_header(), _rec(0), deep], "truncated"),
+        ]:
+            path = _write(tmp_path / "d.jsonl", lines)
+            with pytest.raises(InvalidArgument) as ei:
+                transfer.import_file(db, path, create=True)
+            assert ei.value.code == "invalid_export" and text in ei.value.message, ei.value.message
+        path = _write(tmp_path / "ok.jsonl", [_header(), _rec(0), {"kind": "end", "records": 1, "edges": 0}])
+        Path(str(path) + ".checkpoint").write_text(deep)
+        with pytest.raises(FailedPrecondition) as fp:
+            transfer.import_file(db, path, create=True, resume=True)
+        assert fp.value.code == "checkpoint_mismatch"
+
+
 def _doc_code() -> dict[str, Any]:
     """The conversion functions of docs/export-import.md: the python blocks that define functions."""
     blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)

@@ -149,6 +149,52 @@ def test_metrics_port_serves_without_a_key_on_loopback_only(server_factory: Call
     assert httpx.get(f"http://localhost:{mport}/metrics").status_code == 200
 
 
+def test_metrics_port_bounds_connections_and_cuts_slow_clients(server_factory: Callable[..., ServerProcess]) -> None:
+    import socket
+
+    from engramdb.server import metrics
+
+    mport = free_port()
+    server_factory(env={"ENGRAMDB_SERVER__METRICS_PORT": str(mport)})
+    cap, extra = metrics._MAX_CONNECTIONS, 4
+    held: list[socket.socket] = []
+    try:
+        for _ in range(cap):
+            held.append(socket.create_connection(("127.0.0.1", mport), timeout=10))
+            held[-1].sendall(b"GET /metrics HTTP/1.1\r\n")  # a head that never ends
+        time.sleep(0.5)  # the server has accepted them all
+        t0 = time.monotonic()
+        for _ in range(extra):  # over the cap: closed at once, no thread for them
+            with socket.create_connection(("127.0.0.1", mport), timeout=10) as s:
+                assert s.recv(1) == b""
+        assert time.monotonic() - t0 < 3
+        # A client dripping its head a byte at a time (each read well inside the per-read timeout) is cut off
+        # at the head deadline, and so are the silent ones.
+        drip, t0 = held[0], time.monotonic()
+        drip.settimeout(1.0)
+        cut = None
+        while time.monotonic() - t0 < metrics._HEAD_DEADLINE + 5:
+            try:
+                drip.sendall(b"X")
+                if drip.recv(1) == b"":
+                    cut = time.monotonic() - t0
+                    break
+            except TimeoutError:
+                continue
+            except OSError:
+                cut = time.monotonic() - t0
+                break
+        assert cut is not None and cut < metrics._HEAD_DEADLINE + 2, cut
+        for s in held[1:]:
+            s.settimeout(5)
+            assert s.recv(1) == b""
+        r = httpx.get(f"http://127.0.0.1:{mport}/metrics", timeout=10)  # the port serves again
+        assert r.status_code == 200 and "engramdb_ready" in r.text
+    finally:
+        for s in held:
+            s.close()
+
+
 def test_metrics_host_must_be_loopback(tmp_path: Path) -> None:
     env = server_env({"ENGRAMDB_SERVER__METRICS_HOST": "0.0.0.0", "ENGRAMDB_SERVER__METRICS_PORT": "9464"})
     for cmd in (
@@ -241,6 +287,67 @@ def test_rest_request_with_traceparent_gives_linked_spans(traced: tuple[Service,
         service_span = next(s for s in exporter.get_finished_spans() if s.name == "service search")
         assert service_span.attributes["engramdb.error_code"] == "invalid_k"
         assert service_span.status.status_code.name != "ERROR"
+
+
+def _span_text(spans: list[Any]) -> str:
+    """Everything an exporter would send of ``spans``: names, attributes, events, status descriptions."""
+    return repr(
+        [
+            (
+                s.name,
+                dict(s.attributes or {}),
+                s.status.description,
+                [(e.name, dict(e.attributes or {})) for e in s.events],
+            )
+            for s in spans
+        ]
+    )
+
+
+def test_spans_carry_error_codes_never_caller_input(traced: tuple[Service, InMemorySpanExporter]) -> None:
+    from starlette.testclient import TestClient
+
+    from engramdb.server.rest import create_app
+
+    svc, exporter = traced
+    canary = "patient.ssn_123-45-6789"
+    with TestClient(create_app(svc), base_url="http://localhost") as c:
+        c.post("/v1/collections", json={"name": "c", "dimension": 2}).raise_for_status()
+        c.post("/v1/collections/c/records", json={"records": [{"id": "a", "vector": [1, 0]}]}).raise_for_status()
+        exporter.clear()
+        for body in (
+            {"vector": [1, 0], "filter": {canary: {"$regex": "x"}}},  # refused inside the engine's search span
+            {"vector": [1, 0], "filter": {"$or": [{canary: {"$bogus": 1}}]}},
+        ):
+            r = c.post("/v1/collections/c/search", json=body, headers={"traceparent": TRACEPARENT})
+            assert r.status_code == 400 and canary in r.text  # the caller is told; the trace is not
+    spans = list(exporter.get_finished_spans())
+    engine = [s for s in spans if s.name == "engine.search"]
+    assert engine and all(s.attributes["engramdb.error_code"] == "invalid_filter" for s in engine)
+    assert all(not s.events and s.status.status_code.name != "ERROR" for s in engine)
+    assert canary not in _span_text(spans) and "ssn" not in _span_text(spans)
+
+
+def test_a_callers_sampled_flag_does_not_force_recording(tmp_path: Path) -> None:
+    from starlette.testclient import TestClient
+
+    from engramdb.server.rest import create_app
+
+    settings = load(data_dir=str(tmp_path / "d"), server={"grpc_port": 0})
+    db = Database(settings.data_dir, settings)
+    svc = Service(db, settings)
+    svc.load_all()
+    exporter = InMemorySpanExporter()
+    tracing.configure(exporter=exporter, batch=False, sample_ratio=0.0)
+    try:
+        with TestClient(create_app(svc), base_url="http://localhost") as c:
+            for _ in range(20):  # unauthenticated, and claiming its caller sampled the trace
+                c.get("/v1/collections", headers={"traceparent": TRACEPARENT})
+        assert exporter.get_finished_spans() == ()
+    finally:
+        tracing.shutdown()
+        svc.close()
+        db.close()
 
 
 def test_grpc_call_with_traceparent_metadata_gives_linked_spans(traced: tuple[Service, InMemorySpanExporter]) -> None:

@@ -263,6 +263,31 @@ def test_field_dropped_and_added_again_mid_build_is_rebuilt_whole(
     _check_lang(coll, model)
 
 
+def test_field_added_while_the_builder_exits_is_built(
+    db: engramdb.Database, coll: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A field added between the builder deciding "nothing left" and its thread ending still gets built."""
+    model = _populate(coll, 200)
+    exited, resume = threading.Event(), threading.Event()
+    original = CollectionIndexes._reindex_main
+
+    def build_then_linger(ix: CollectionIndexes) -> None:
+        original(ix)
+        if not exited.is_set():  # the first builder: it has decided to exit, its thread is still alive
+            exited.set()
+            resume.wait(10)
+
+    monkeypatch.setattr(CollectionIndexes, "_reindex_main", build_then_linger)
+    db.alter_collection("c", indexed_fields={"lang": "keyword"})
+    assert exited.wait(30)
+    db.alter_collection("c", indexed_fields={"n": "int"})
+    resume.set()
+    _wait_built(coll, timeout=10)
+    assert coll.indexes.payload.fields == {"lang": "keyword", "n": "int"}
+    assert coll.count({"n": {"$gte": 150}}) == 50
+    _check_lang(coll, model)
+
+
 def test_remove_and_retype_fields(tmp_path: Any) -> None:
     path = tmp_path / "d"
     with engramdb.open(path) as db:

@@ -11,6 +11,8 @@ from layers below it::
     config, extract                                   settings; the extraction language model
     engine                                            the embedded database
     engramdb (the package root)                       re-exports the engine, the clients and the types
+    cluster                                           etcd control plane, shards; the coordinator sits between
+                                                      the service and the engine
     service                                           one operation catalogue, auth, limits
     server, integrations                              REST/gRPC fronts; LangGraph/LangChain adapters
     cli
@@ -58,6 +60,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("engramdb.config", "engramdb.extract"),
     ("engramdb.engine",),
     ("engramdb",),
+    ("engramdb.cluster",),
     ("engramdb.service",),
     ("engramdb.server", "engramdb.integrations"),
     ("engramdb.cli",),

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import logging
@@ -43,15 +44,24 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from engramdb import validation
 from engramdb._version import __version__
-from engramdb.errors import AlreadyExists, CorruptData, EngramError, FailedPrecondition, InvalidArgument, NotFound
+from engramdb.errors import (
+    AlreadyExists,
+    CorruptData,
+    EngramError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    StorageFull,
+)
 from engramdb.storage import keyspace
 
 if TYPE_CHECKING:
@@ -68,6 +78,7 @@ MAX_MANIFEST_BYTES = 64 << 20
 MAX_LISTED_BACKUPS = 1000
 _CHUNK = 1 << 20
 _STAGING_PREFIX = ".backup-staging-"
+_PARTIAL_RE = re.compile(r"^\..+\.partial-[0-9a-f]{8}$")
 # Only these two trees are part of a data directory's state (see Database).
 _TOP_DIRS = ("db", "indexes")
 # RocksDB files a checkpoint does not need (its info log, its lock).
@@ -144,7 +155,9 @@ def check_destination(dest: Path, data_dir: Path) -> None:
         raise AlreadyExists(f"{dest} exists already; choose a new name for the backup", code="backup_exists")
 
 
-def create_backup(db: Database, dest: str | os.PathLike[str], *, progress: Progress | None = None) -> dict[str, Any]:
+def create_backup(
+    db: Database, dest: str | os.PathLike[str], *, progress: Progress | None = None, min_free_mb: int = 0
+) -> dict[str, Any]:
     """Back up the open database ``db`` into the new directory ``dest``; returns the manifest's summary.
 
     Works while the database serves reads and writes. ``dest`` must not exist
@@ -160,6 +173,7 @@ def create_backup(db: Database, dest: str | os.PathLike[str], *, progress: Progr
         staging = data_dir / f"{_STAGING_PREFIX}{secrets.token_hex(8)}"
         staging.mkdir()
         partial: Path | None = None
+        stack = contextlib.ExitStack()
         try:
             collections = _stage(db, staging)
             seq = checkpoint_seq(staging / "db")
@@ -172,11 +186,17 @@ def create_backup(db: Database, dest: str | os.PathLike[str], *, progress: Progr
                     shutil.rmtree(staging / "indexes" / str(c["id"]), ignore_errors=True)
                     c["index_watermark"] = None
             dest.parent.mkdir(parents=True, exist_ok=True)
-            partial = dest.parent / f".{dest.name}.partial-{secrets.token_hex(4)}"
-            partial.mkdir()
+            _remove_stale_partials(dest.parent)
             names = _files_under(staging)
             sizes = {n: (staging / n).stat().st_size for n in names}
             total = sum(sizes.values())
+            _check_free_space(dest.parent, total, min_free_mb)
+            partial = dest.parent / f".{dest.name}.partial-{secrets.token_hex(4)}"
+            partial.mkdir()
+            # Held until the copy ends: a later create removes only partials no live process holds.
+            partial_fd = os.open(partial, os.O_RDONLY | os.O_DIRECTORY)
+            stack.callback(os.close, partial_fd)
+            fcntl.flock(partial_fd, fcntl.LOCK_EX)
             done = 0
             files = []
             for n in names:
@@ -206,10 +226,40 @@ def create_backup(db: Database, dest: str | os.PathLike[str], *, progress: Progr
             shutil.rmtree(staging, ignore_errors=True)
             if partial is not None:
                 shutil.rmtree(partial, ignore_errors=True)
+            stack.close()
     log.info(
         "backup written to %s: %d files, %d bytes, consistent at changelog sequence %d", dest, len(files), done, seq
     )
     return summary(dest.name, manifest)
+
+
+def _remove_stale_partials(directory: Path) -> None:
+    """``.NAME.partial-*`` directories of killed backups: no process holds their lock (a live backup does)."""
+    for entry in os.scandir(directory):
+        if not (_PARTIAL_RE.match(entry.name) and entry.is_dir(follow_symlinks=False)):
+            continue
+        try:
+            fd = os.open(entry.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # a backup is writing it right now
+        finally:
+            os.close(fd)
+        log.info("backup: removing %s, left by a backup that was interrupted", entry.path)
+        shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def _check_free_space(directory: Path, needed: int, min_free_mb: int) -> None:
+    free = shutil.disk_usage(directory).free
+    if free < needed + min_free_mb * (1 << 20):
+        raise StorageFull(
+            f"the backup needs {needed >> 20} MiB and {directory}'s file system has {free >> 20} MiB free "
+            f"(keeping server.min_free_disk_mb = {min_free_mb} MiB free); free space there, or delete old backups",
+            code="backup_no_space",
+        )
 
 
 def _remove_stale_staging(data_dir: Path) -> None:
@@ -355,7 +405,7 @@ def _copy(
     h = hashlib.sha256()
     size = 0
     last_report = 0.0
-    with open(src, "rb") as fin, open(dst, "wb") as fout:
+    with _open_regular(src) as fin, open(dst, "wb") as fout:
         while chunk := fin.read(_CHUNK):
             h.update(chunk)
             fout.write(chunk)
@@ -373,11 +423,26 @@ def _copy(
     return size, digest
 
 
+def _open_regular(path: Path) -> IO[bytes]:
+    """``path`` opened for reading if it is a regular file and no symbolic link (checked by the caller's tree walk)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise _corrupt(f"{path} is a symbolic link; a backup holds regular files only") from None
+        raise
+    f = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        f.close()
+        raise _corrupt(f"{path} is not a regular file; a backup holds regular files only")
+    return f
+
+
 def _hash(path: Path, progress: Progress | None, done: int, total: int) -> str:
     h = hashlib.sha256()
     size = 0
     last_report = 0.0
-    with open(path, "rb") as f:
+    with _open_regular(path) as f:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
             size += len(chunk)
@@ -434,22 +499,27 @@ def read_manifest(src: str | os.PathLike[str]) -> dict[str, Any]:
     unsafe paths) or ``backup_version_mismatch`` (FailedPrecondition).
     """
     src = Path(src)
-    if not src.is_dir():
-        raise NotFound(f"no backup at {src}", code="backup_not_found")
+    # The backup itself may not be a link (list_backups never shows one): it would lead anywhere.
+    if src.is_symlink() or not src.is_dir():
+        raise NotFound(f"no backup at {src} (a backup is a directory, not a symbolic link)", code="backup_not_found")
     mf = src / MANIFEST_FILE
     try:
-        with open(mf, "rb") as f:
+        with _open_regular(mf) as f:
             raw = f.read(MAX_MANIFEST_BYTES + 1)
     except FileNotFoundError:
         raise _incomplete(f"{src} has no {MANIFEST_FILE}") from None
     except OSError as e:
         raise _invalid_manifest(src, f"unreadable: {e.strerror}") from None
+    except CorruptData as e:
+        raise _invalid_manifest(src, "a symbolic link or not a regular file") from e
     if len(raw) > MAX_MANIFEST_BYTES:
         raise _invalid_manifest(src, f"larger than {MAX_MANIFEST_BYTES} bytes")
     try:
         m = json.loads(raw)
     except ValueError as e:
         raise _invalid_manifest(src, f"not JSON: {e}") from None
+    except RecursionError:
+        raise _invalid_manifest(src, "not JSON: nested too deeply") from None
     if not isinstance(m, dict) or m.get("format") != FORMAT:
         raise _invalid_manifest(src, "not an EngramDB backup manifest")
     if m.get("checksum") != _manifest_checksum(m):
@@ -491,12 +561,27 @@ def read_manifest(src: str | os.PathLike[str]) -> dict[str, Any]:
     return m
 
 
+def _check_no_links(src: Path) -> None:
+    """Refuse a backup holding anything but directories and regular files: a link would make verify hash, and
+    restore copy into the data directory, whatever file it points to."""
+    for root, dirs, files in os.walk(src):  # never follows a link: a linked directory is listed, not entered
+        for n in dirs + files:
+            p = os.path.join(root, n)
+            mode = os.lstat(p).st_mode
+            if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+                raise _corrupt(
+                    f"{os.path.relpath(p, src)} in {src} is a symbolic link or special file; "
+                    "a backup holds regular files and directories only"
+                )
+
+
 def _check_files_present(src: Path, m: dict[str, Any]) -> None:
     """Every file the manifest lists exists with its size (cheap; catches a partial or truncated copy)."""
+    _check_no_links(src)
     for f in m["files"]:
         p = src / f["path"]
         try:
-            size = p.stat().st_size
+            size = p.lstat().st_size
         except FileNotFoundError:
             raise _incomplete(f"{f['path']} is missing from {src}") from None
         if size != f["size"]:
@@ -557,6 +642,9 @@ def list_backups(directory: str | os.PathLike[str]) -> list[dict[str, Any]]:
         except EngramError as e:
             status = "incomplete" if e.code == "backup_incomplete" else "invalid"
             out.append({"name": name, "status": status, "problem": e.message})
+        except Exception as e:  # one unreadable entry must not hide the other backups
+            log.warning("backup %s in %s cannot be read: %r", name, d, e)
+            out.append({"name": name, "status": "invalid", "problem": f"cannot be read ({type(e).__name__})"})
     return out
 
 

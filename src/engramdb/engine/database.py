@@ -322,12 +322,22 @@ class Database(DatabaseAPI):
         self.store.write_meta({}, [key])
         self._collections.pop((tenant, name), None)
         coll.drop_files()
+        self._delete_rows(p)
+        return p
+
+    def _delete_rows(self, p: bytes) -> None:
+        """Delete a dropped collection's rows, after closing its prefix to writes.
+
+        A write that passed the collection's open check before the drop is
+        either committed before ``drop_prefix`` returns (and deleted here) or
+        refused by the writer: none lands after the delete and outlives the erase.
+        """
+        self.store.drop_prefix(p)
         for cf in ("records", "edges_out", "edges_in", "vectors"):
             self.store.delete_range(cf, p, keyspace.prefix_end(p))
         ns_index = keyspace.namespace_index_prefix(p)
         self.store.delete_range("meta", ns_index, keyspace.prefix_end(ns_index))
         self.store.write_meta({}, [keyspace.idle_mark_key(p)])  # its changelog trimming mark
-        return p
 
     def erase_tenant(self, name: str) -> int:
         """Delete tenant ``name`` with every collection, and erase them from disk now; returns the collections.
@@ -404,6 +414,9 @@ class Database(DatabaseAPI):
                 if coll is not None:
                     coll.indexes.erase_deleted()
             dropped = {p for p in todo if p not in colls}
+            for p in sorted(dropped):
+                # Again: a drop interrupted (crash, failed write) before its delete left rows behind.
+                self._delete_rows(p)
             if dropped:
                 self._forget_ttl(dropped)
             self.trim_changelog()

@@ -510,9 +510,13 @@ class CollectionIndexes:
                 with self._index_lock:
                     payload = self._payload
                     tokens = payload.building_tokens() if payload is not None and not self._closed else {}
-                if not tokens:
-                    self._reindex = None
-                    return
+                    if not tokens:
+                        # Decided under the lock that _sync_fields takes: a field added after this finds
+                        # no builder and starts one, instead of trusting this thread that is on its way out.
+                        self._reindex = None
+                        if self._reindex_thread is threading.current_thread():
+                            self._reindex_thread = None
+                        return
                 total = self.size() or 0
                 self._reindex = {"state": "building", "fields": sorted(tokens), "done": 0, "total": total}
                 if not self._backfill(total):

@@ -9,6 +9,7 @@ stored twice.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -337,6 +338,12 @@ def render(service: Service) -> bytes:
 # sends its own name and is refused, so no web page can read the port through the operator's browser.
 _LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 _MAX_SCRAPES = 4  # concurrent requests; more get 503 (only local processes can connect at all)
+# Connections at once (each a thread): more are closed at once. A connection's request head must arrive within
+# _HEAD_DEADLINE seconds in all (a per-read timeout alone lets a client drip a byte at a time forever), and the
+# whole connection ends after _CONNECTION_DEADLINE seconds, so no local process can hold the port's threads.
+_MAX_CONNECTIONS = 16
+_HEAD_DEADLINE = 5.0
+_CONNECTION_DEADLINE = 30.0
 
 
 class MetricsPort:
@@ -351,11 +358,37 @@ class MetricsPort:
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         slots = threading.BoundedSemaphore(_MAX_SCRAPES)
+        connections = threading.BoundedSemaphore(_MAX_CONNECTIONS)
 
         class Handler(BaseHTTPRequestHandler):
-            timeout = 10  # seconds for a request's head: a stalled client cannot hold a thread
+            timeout = _HEAD_DEADLINE  # per read; _cut_after bounds the total
             server_version = "engramdb"
             sys_version = ""
+
+            def setup(self) -> None:
+                super().setup()
+                self._started = time.monotonic()
+                self._deadline = self._cut_after(_HEAD_DEADLINE)
+
+            def _cut_after(self, seconds: float) -> threading.Timer:
+                def cut() -> None:
+                    with contextlib.suppress(OSError):
+                        self.connection.shutdown(socket.SHUT_RDWR)  # the handler's blocked read returns at once
+
+                timer = threading.Timer(seconds, cut)
+                timer.daemon = True
+                timer.start()
+                return timer
+
+            def parse_request(self) -> bool:
+                ok = super().parse_request()  # reads the headers: the head is complete here
+                self._deadline.cancel()
+                self._deadline = self._cut_after(max(0.0, _CONNECTION_DEADLINE - (time.monotonic() - self._started)))
+                return ok
+
+            def finish(self) -> None:
+                self._deadline.cancel()
+                super().finish()
 
             def do_GET(self) -> None:
                 self._serve(body=True)
@@ -401,6 +434,22 @@ class MetricsPort:
         class Server(ThreadingHTTPServer):
             address_family = family
             daemon_threads = True
+
+            def process_request(self, request: Any, client_address: Any) -> None:
+                if not connections.acquire(blocking=False):
+                    self.shutdown_request(request)  # closed before any thread starts for it
+                    return
+                try:
+                    super().process_request(request, client_address)
+                except BaseException:
+                    connections.release()
+                    raise
+
+            def process_request_thread(self, request: Any, client_address: Any) -> None:
+                try:
+                    super().process_request_thread(request, client_address)
+                finally:
+                    connections.release()
 
         self._server = Server((host, port), Handler)
         self.host = host

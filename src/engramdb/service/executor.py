@@ -856,7 +856,7 @@ class Service:
         d = self._backup_dir(call)
         dest = backup.backup_path(d, req.name)
         d.mkdir(parents=True, exist_ok=True)
-        info = backup.create_backup(self.db, dest)
+        info = backup.create_backup(self.db, dest, min_free_mb=self.settings.server.min_free_disk_mb)
         log.info("backup %s created (%d bytes, changelog sequence %d)", req.name, info["bytes"], info["seq"])
         return {"backup": info}
 

@@ -46,6 +46,7 @@ from engramdb.errors import (
     CorruptData,
     EngramError,
     FailedPrecondition,
+    NotFound,
     StorageFull,
     Unavailable,
     is_failure,
@@ -128,6 +129,7 @@ class _Item:
     mutations: list[Mutation]
     future: Future[list[Change]]
     purge: list[tuple[bytes, bytes]] = field(default_factory=list)  # (ttl key, expected raw row)
+    drop: bytes | None = None  # a collection prefix that takes no more mutations (see Store.drop_prefix)
 
 
 def _fail(fut: Future[list[Change]], exc: BaseException) -> None:
@@ -412,6 +414,12 @@ class Store:
         # this process (set before notified_seq moves past it); lets an idle
         # collection's snapshot be declared current without loading it.
         self.last_change_seq: dict[bytes, int] = {}
+        # Prefixes of collections dropped in this process; only the writer thread reads and adds
+        # to it (see drop_prefix). Collection ids are never reused, so an entry blocks no later
+        # collection; it costs one 8-byte prefix per collection dropped since the process started.
+        # Not persisted: after a restart no collection object can name a dropped prefix, and the
+        # erase of a dropped collection drops its prefix again before it deletes the rows.
+        self._dropped: set[bytes] = set()
         self._q: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._closed = False
         self._close_lock = threading.Lock()
@@ -639,6 +647,20 @@ class Store:
         fut: Future[list[Change]] = Future()
         self._enqueue(_Item(mutations, fut))
         return fut
+
+    def drop_prefix(self, prefix: bytes) -> None:
+        """Refuse every mutation of the collection ``prefix`` from now on (it is being dropped).
+
+        Goes through the writer's queue: once this returns, every write queued
+        before it is committed (so deleting the collection's rows afterwards
+        removes them) and every later one fails with ``collection_not_found``
+        and writes nothing. Without this, a write that passed its collection's
+        open check before the drop would land after the rows were deleted and
+        erased, and stay on disk for good.
+        """
+        fut: Future[list[Change]] = Future()
+        self._enqueue(_Item([], fut, drop=prefix))
+        self.wait(fut)
 
     def purge(self, items: list[tuple[bytes, bytes]]) -> None:
         """Physically remove rows named by ttl keys if they still hold ``expected`` bytes."""
@@ -937,6 +959,22 @@ class Store:
             changes: list[Change] = []
             local: dict[bytes, RecordRow | EdgeRow | None] = {}
             seq_before = seq
+            if item.drop is not None:
+                self._dropped.add(item.drop)
+                results.append((item, [], None))
+                continue
+            if self._dropped and any(m.prefix in self._dropped for m in item.mutations):
+                results.append(
+                    (
+                        item,
+                        None,
+                        NotFound(
+                            "the collection was deleted while this write was in progress; nothing was written",
+                            code="collection_not_found",
+                        ),
+                    )
+                )
+                continue
             try:
                 for ttl_k, expected in item.purge:
                     _, kind, key = keyspace.parse_ttl_key(ttl_k)
