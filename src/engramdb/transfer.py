@@ -34,14 +34,13 @@ from typing import IO, Any, Protocol
 
 from engramdb import validation
 from engramdb._version import __version__
-from engramdb.api import CollectionAPI
+from engramdb.api import CollectionAPI, DatabaseAPI
 from engramdb.errors import DimensionMismatch, FailedPrecondition, InvalidArgument, NotFound
 from engramdb.types import Edge, Record
 
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
-    "CollectionHost",
     "ExportStats",
     "ImportStats",
     "export_items",
@@ -77,26 +76,6 @@ _PARQUET_STRING_COLUMNS = ("kind", "id", "text", "metadata", "src", "relation", 
 
 ExportProgress = Callable[[int, int], None]  # (records, edges) written so far
 ImportProgress = Callable[[int, int, int, int], None]  # (position, total, records, edges)
-
-
-class CollectionHost(Protocol):
-    """Where an import finds or creates its collection: a :class:`~engramdb.api.DatabaseAPI` fits."""
-
-    def get_collection(self, name: str) -> CollectionAPI: ...
-
-    def create_collection(
-        self,
-        name: str,
-        dimension: int | None = None,
-        metric: str = "cosine",
-        *,
-        index: Mapping[str, Any] | None = None,
-        embedder: Mapping[str, Any] | None = None,
-        default_ttl_seconds: float | None = None,
-        indexed_fields: Mapping[str, str] | None = None,
-        text_index: bool = True,
-        exist_ok: bool = False,
-    ) -> CollectionAPI: ...
 
 
 @dataclass
@@ -402,7 +381,7 @@ def check_header(header: Any, where: str) -> dict[str, Any]:
 
 
 def _open_target(
-    host: CollectionHost, cfg: Mapping[str, Any], name: str | None, create: bool
+    host: DatabaseAPI, cfg: Mapping[str, Any], name: str | None, create: bool
 ) -> tuple[CollectionAPI, bool]:
     target = validation.name(name if name is not None else cfg["name"], "collection name")
     try:
@@ -717,7 +696,7 @@ def _blame(e: InvalidArgument, what: str, wheres: Sequence[str]) -> InvalidArgum
 
 
 def import_file(
-    host: CollectionHost,
+    host: DatabaseAPI,
     path: str | os.PathLike[str],
     *,
     collection: str | None = None,
