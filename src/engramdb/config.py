@@ -145,6 +145,16 @@ def _is_host_name(name: str) -> bool:
         return re.fullmatch(r"[a-z0-9_]([a-z0-9_-]{0,62})(\.[a-z0-9_]([a-z0-9_-]{0,62}))*", name) is not None
 
 
+def is_loopback_host(host: str) -> bool:
+    """Whether a bind address or host name stays on this machine (a loopback IP, or ``localhost``)."""
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def _loopback_host(v: str) -> str:
     """``server.metrics_host``: a loopback address only, since that port serves /metrics without a key."""
     import ipaddress
@@ -217,12 +227,7 @@ class ServerSettings:
             return self.auth == "required"
         if any_key:
             return True
-        import ipaddress
-
-        try:
-            return not ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return self.host != "localhost"
+        return not is_loopback_host(self.host)
 
 
 def _otlp_url(v: str) -> str:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 
 from engramdb import tracing
-from engramdb.config import Settings, TLSSettings, affected, check, dev_only_env_warnings
+from engramdb.config import Settings, TLSSettings, affected, check, dev_only_env_warnings, is_loopback_host
 from engramdb.errors import EngramError
 from engramdb.service.api_keys import load_bootstrap_key, load_metrics_key
 
@@ -63,7 +63,7 @@ def preflight(settings: Settings, *, invalid: Collection[str] = ()) -> tuple[lis
             "auth is required but no bootstrap admin key is set (ENGRAMDB_ADMIN_KEY or server.admin_key_file); "
             "only keys made with `engramdb keys create` will work"
         )
-    if srv.auth == "disabled" and not _is_loopback(srv.host):
+    if srv.auth == "disabled" and not is_loopback_host(srv.host):
         warnings.append(
             f"auth is disabled while listening on {srv.host}: anyone who can connect is an admin of tenant 'default'"
         )
@@ -72,15 +72,6 @@ def preflight(settings: Settings, *, invalid: Collection[str] = ()) -> tuple[lis
     if not ext.enabled and ext.customised():
         warnings.append("extraction settings are given but extraction.model is not set: extraction stays disabled")
     return [p for p in problems if not affected(p, invalid)], warnings
-
-
-def _is_loopback(host: str) -> bool:
-    import ipaddress
-
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 # TLS 1.2 suites REST accepts: forward-secret key exchange with AEAD ciphers only, as gRPC's BoringSSL offers.

@@ -22,23 +22,15 @@ pod's IP as Host) must reach them, and they carry nothing a page could use.
 
 from __future__ import annotations
 
-import ipaddress
 from urllib.parse import urlsplit
 
-from engramdb.config import ServerSettings, _host_names
+from engramdb.config import ServerSettings, _host_names, is_loopback_host
 from engramdb.errors import EngramError, HostNotAllowed, PermissionDenied
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 # Probe endpoints reachable by any Host name (see the module docstring).
 PROBE_PATHS = frozenset({"/health", "/ready"})
 _WILDCARD_BINDS = frozenset({"", "0.0.0.0", "::"})
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 def allowed_hosts(srv: ServerSettings) -> list[str] | None:
@@ -55,7 +47,7 @@ def allowed_hosts(srv: ServerSettings) -> list[str] | None:
         names = _host_names(srv.allowed_hosts) or []
         return None if "*" in names else names
     bind = srv.host.strip().lower().strip("[]")
-    if _is_loopback(bind) or srv.auth == "disabled":
+    if is_loopback_host(bind) or srv.auth == "disabled":
         return [*LOOPBACK_NAMES, *([bind] if bind not in _WILDCARD_BINDS and bind not in LOOPBACK_NAMES else [])]
     return None
 
