@@ -4,6 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SERVE_STAMP := $(VENV)/.installed-serve
 TEST_STAMP := $(VENV)/.installed-test
+CLUSTER_STAMP := $(VENV)/.installed-cluster
 
 # The fast checks `make check` runs after lint and mypy: the layer order and the documents tied to
 # the code. Each file is small; none starts a server.
@@ -11,7 +12,7 @@ CHECK_TESTS := tests/unit/test_layers.py tests/unit/test_public_surface.py tests
 	tests/unit/test_readme.py tests/unit/test_filters_doc.py tests/unit/test_doc_references.py
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-test serve test check lint typecheck layers docs-test soak bench proto clean
+.PHONY: help install install-test serve cluster test check lint typecheck layers docs-test soak bench proto clean
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -38,6 +39,14 @@ install-test: $(TEST_STAMP)  ## install everything the tests need into .venv
 
 serve: install  ## start the server on 127.0.0.1:7878 (REST) and :7879 (gRPC), data in ./engramdb-data
 	$(BIN)/engramdb serve
+
+$(CLUSTER_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[server,cluster]'
+	touch $@
+
+# etcd is Debian's `etcd` (apt-get install etcd-server); the command says so when it is missing.
+cluster: $(CLUSTER_STAMP)  ## a local etcd and 3 nodes on 127.0.0.1:7878, :7888, :7898 (data in ./cluster-data); Ctrl-C stops them
+	$(BIN)/engramdb dev cluster --nodes 3 --dir ./cluster-data
 
 test: install-test  ## the default test run (a few minutes on 2 cores)
 	$(BIN)/python -m pytest

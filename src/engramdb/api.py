@@ -12,11 +12,11 @@ deployment                      database                             collection
 embedded (``engramdb.open``)    :class:`engramdb.Database`           :class:`engramdb.Collection`
 remote, blocking                :class:`engramdb.client.Client`      :class:`engramdb.client.RemoteCollection`
 remote, asyncio                 :class:`engramdb.client.AsyncClient` :class:`engramdb.client.AsyncRemoteCollection`
-cluster (planned)               the cluster coordinator              the coordinator's collection
+cluster (any node of one)       ``cluster.coordinator.Coordinator``  ``cluster.coordinator.ClusterCollection``
 ==============================  ===================================  =========================================
 
 Code written against these Protocols runs against any of them. An
-implementation (the future cluster coordinator included) must guarantee:
+implementation (the cluster coordinator included) must guarantee:
 
 - **Same signatures.** The parameter names, kinds and defaults declared
   here. An implementation may only add keyword-only parameters with a
@@ -47,7 +47,7 @@ from elsewhere, like the engine's graph methods).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import EllipsisType, FunctionType
 from typing import TYPE_CHECKING, Any, Protocol, Self
 
@@ -56,7 +56,7 @@ from engramdb.types import CollectionConfig, Edge, ExtractResult, Hit, Record, S
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["AsyncCollectionAPI", "AsyncDatabaseAPI", "CollectionAPI", "DatabaseAPI"]
+__all__ = ["AsyncCollectionAPI", "AsyncDatabaseAPI", "CollectionAPI", "DatabaseAPI", "ServedCollection", "TenantData"]
 
 _DEFAULT_INCLUDE = ("metadata", "text")
 
@@ -88,6 +88,18 @@ class CollectionAPI(Protocol):
     @property
     def metric(self) -> str:
         """Its distance metric: ``"cosine"``, ``"dot"`` or ``"l2"`` (``config.metric``)."""
+        ...
+
+    def with_consistency(self, level: str) -> Self:
+        """A view of this collection whose reads and writes use consistency ``level`` (one|quorum|all).
+
+        In a cluster (docs/cluster.md) writes are acknowledged by that many
+        replicas of each shard, and reads ask that many and return the newest
+        version. A single node is every replica, so there it only validates
+        ``level``. Makes no request; raises ``InvalidArgument``
+        (``invalid_consistency``) for another value. The collection itself
+        keeps the server's default.
+        """
         ...
 
     # ---------------------------------------------------------------- write
@@ -354,6 +366,8 @@ class DatabaseAPI(Protocol):
         indexed_fields: Mapping[str, str] | None = None,
         text_index: bool = True,
         exist_ok: bool = False,
+        shards: int | None = None,
+        replication_factor: int | None = None,
     ) -> CollectionAPI:
         """Create a collection. With ``exist_ok`` an identical existing one is returned.
 
@@ -361,6 +375,15 @@ class DatabaseAPI(Protocol):
         ``AlreadyExists`` (``collection_exists``) if the name is taken (with
         ``exist_ok``: by a collection with a different configuration) and
         ``InvalidArgument`` (``invalid_config``) for a bad configuration.
+
+        ``shards`` (a power of two, 1-4096) and ``replication_factor`` (1-16)
+        lay the collection out over a cluster (docs/cluster.md); None takes the
+        server's default (a cluster's ``cluster.default_shards`` and
+        ``cluster.default_replication_factor``; 1 on a single node). Both are
+        fixed at creation. Invalid values raise ``InvalidArgument``
+        (``invalid_shards``, ``invalid_replication_factor``); a value above 1
+        on a single node or an embedded database raises ``FailedPrecondition``
+        (``not_a_cluster``). Either way nothing is created.
         """
         ...
 
@@ -401,7 +424,7 @@ class DatabaseAPI(Protocol):
         keeps the setting.
 
         Everything else (dimension, metric, index ``m`` and ``ef_construction``,
-        embedder, text index, name) is fixed at creation: a request to change it
+        embedder, text index, shards, replication factor, name) is fixed at creation: a request to change it
         fails with ``InvalidArgument`` (code ``immutable_field``, naming the
         field) and changes nothing, like any invalid value (``invalid_config``).
         Raises ``NotFound`` (``collection_not_found``) for a missing collection.
@@ -444,6 +467,9 @@ class AsyncCollectionAPI(Protocol):
 
     @property
     def metric(self) -> str: ...
+
+    # Not a coroutine: a view is made locally, without a request.
+    def with_consistency(self, level: str) -> Self: ...
 
     async def upsert(self, records: Record | Mapping[str, Any] | Sequence[Record | Mapping[str, Any]]) -> list[str]: ...
 
@@ -584,6 +610,8 @@ class AsyncDatabaseAPI(Protocol):
         indexed_fields: Mapping[str, str] | None = None,
         text_index: bool = True,
         exist_ok: bool = False,
+        shards: int | None = None,
+        replication_factor: int | None = None,
     ) -> AsyncCollectionAPI: ...
 
     async def get_collection(self, name: str) -> AsyncCollectionAPI: ...
@@ -630,3 +658,36 @@ def _fill_docs(cls: type, api: type) -> None:
 
 _fill_docs(AsyncCollectionAPI, CollectionAPI)
 _fill_docs(AsyncDatabaseAPI, DatabaseAPI)
+
+
+class ServedCollection(CollectionAPI, Protocol):
+    """What the service layer needs of a collection beyond :class:`CollectionAPI`.
+
+    The engine's :class:`~engramdb.engine.collection.Collection` on a single node, the
+    cluster coordinator's collection in cluster mode.
+    """
+
+    def reindex_status(self) -> dict[str, Any] | None:
+        """Progress of a payload-index build started by ``alter_collection``; None when none runs."""
+        ...
+
+
+class TenantData(Protocol):
+    """Where the service finds collections: per tenant, named by the caller's tenant.
+
+    Implemented by :class:`engramdb.Database` (a single node) and by the cluster coordinator
+    (:mod:`engramdb.cluster.coordinator`), so every REST and gRPC handler is written once.
+    """
+
+    # Called with the request's fields as keywords (the engine's create_collection parameters).
+    @property
+    def create_collection(self) -> Callable[..., ServedCollection]: ...
+
+    def get_collection(self, name: str, *, tenant: str) -> ServedCollection: ...
+
+    def list_collections(self, *, tenant: str) -> list[CollectionConfig]: ...
+
+    @property
+    def alter_collection(self) -> Callable[..., CollectionConfig]: ...
+
+    def delete_collection(self, name: str, *, tenant: str) -> None: ...

@@ -9,6 +9,8 @@
     engramdb backup verify SRC
     engramdb backup restore SRC --data-dir DIR [--force]
     engramdb backup list DIR
+    engramdb cluster status [--config FILE] [--etcd URL[,URL]] [--name NAME] [--json]
+    engramdb dev cluster [--nodes 3] [--dir ./cluster-data] [--base-port 7878]
 
 ``keys`` subcommands work directly on a data directory whose server is
 stopped (RocksDB allows one process per directory). Heavy modules are imported
@@ -49,6 +51,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="REST port (default 7878)")
     serve.add_argument("--grpc-port", type=int, help="gRPC port (default 7879)")
+    serve.add_argument(
+        "--cluster-etcd",
+        metavar="URL[,URL]",
+        help="run as a cluster node with these etcd endpoints (sets cluster.enabled and cluster.etcd_endpoints)",
+    )
+    serve.add_argument("--node-id", metavar="ID", help="this node's id in the cluster (cluster.node_id)")
+    serve.add_argument("--peer-port", type=int, metavar="N", help="node-to-node port (cluster.peer_port, default 7880)")
 
     cfg = sub.add_parser("config", help="configuration tools")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
@@ -78,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_transfer_commands(sub)
     _add_backup_commands(sub)
     _add_erase_commands(sub)
+    _add_cluster_commands(sub)
     return p
 
 
@@ -98,7 +108,14 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, flag, None)
         if value is not None:
             server[key] = value
-    return {"data_dir": args.data_dir, "server": server or None}
+    cluster: dict[str, Any] = {}
+    if getattr(args, "cluster_etcd", None) is not None:
+        cluster.update(enabled=True, etcd_endpoints=args.cluster_etcd)
+    for flag, key in (("node_id", "node_id"), ("peer_port", "peer_port")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            cluster[key] = value
+    return {"data_dir": args.data_dir, "server": server or None, "cluster": cluster or None}
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -547,6 +564,275 @@ def cmd_erase(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------- cluster (docs/cluster.md)
+
+STATUS_TIMEOUT = 5.0  # seconds to wait for etcd's first answer
+
+
+def _add_cluster_commands(sub: Any) -> None:
+    cl = sub.add_parser("cluster", help="inspect a cluster through its etcd")
+    cs = cl.add_subparsers(dest="cluster_command", required=True)
+    st = cs.add_parser("status", help="members, collections, shards and their replica sets, as etcd holds them")
+    st.add_argument("--config", metavar="FILE", help="YAML configuration file (its cluster section is used)")
+    st.add_argument("--etcd", metavar="URL[,URL]", help="etcd endpoints (default: cluster.etcd_endpoints)")
+    st.add_argument("--name", help="the cluster's name (default: cluster.name)")
+    st.add_argument("--json", action="store_true", help="print JSON")
+    dev = sub.add_parser("dev", help="tools for trying EngramDB out")
+    ds = dev.add_subparsers(dest="dev_command", required=True)
+    dc = ds.add_parser(
+        "cluster", help="start a local etcd and N nodes on loopback ports; Ctrl-C stops them (data is kept)"
+    )
+    dc.add_argument("--nodes", type=int, default=3, help="how many nodes, 1-16 (default 3)")
+    dc.add_argument("--dir", default="./cluster-data", help="where etcd's and the nodes' data and logs go")
+    dc.add_argument(
+        "--base-port",
+        type=int,
+        default=7878,
+        help="node n<i> serves REST on BASE+10*(i-1), gRPC on the next port, node-to-node on the one after; "
+        "etcd uses BASE-2 and BASE-1 (default 7878)",
+    )
+
+
+def _iso(ts: Any) -> str | None:
+    import datetime
+
+    try:
+        return datetime.datetime.fromtimestamp(float(ts), datetime.UTC).isoformat(timespec="seconds")
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
+
+
+def _names(value: Any) -> list[str]:
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
+def cluster_report(view: Any, cluster: str, endpoints: list[str]) -> dict[str, Any]:
+    """``cluster status`` as data: members, tenants, collections with each shard's replica set (see --json)."""
+    members = []
+    for node_id, entry in sorted(view.members.items()):
+        v = entry.value
+        members.append(
+            {
+                "node_id": node_id,
+                "state": str(v.get("state", "")),
+                "address": str(v.get("address", "")),
+                "version": str(v.get("version", "")),
+                "started_at": _iso(v.get("started_at")),
+                "up": True,  # the key exists only while the node's lease is alive
+            }
+        )
+    keys = sorted(set(view.collections) | {(t, c) for t, c, _ in view.placement})
+    collections, missing_nodes = [], set()
+    for t, c in keys:
+        entry = view.collections.get((t, c))
+        config = dict(entry.value) if entry is not None else {}
+        shards = config.get("shards")
+        placed = sorted((s, e.value) for (pt, pc, s), e in view.placement.items() if (pt, pc) == (t, c))
+        out_shards = []
+        for shard, value in placed:
+            replicas, pending = _names(value.get("replicas")), _names(value.get("pending"))
+            down = [n for n in replicas + pending if n not in view.members]
+            missing_nodes.update(down)
+            out_shards.append(
+                {"shard": shard, "replicas": replicas, "pending": pending, "epoch": value.get("epoch"), "down": down}
+            )
+        unplaced = []
+        if isinstance(shards, int) and 0 < shards <= 4096:
+            have = {s for s, _ in placed}
+            unplaced = [s for s in range(shards) if s not in have]
+        collections.append(
+            {
+                "tenant": t,
+                "name": c,
+                "in_schema": entry is not None,
+                "shards": shards,
+                "replication_factor": config.get("replication_factor"),
+                "placement": out_shards,
+                "unplaced_shards": unplaced,
+            }
+        )
+    for node_id in sorted(missing_nodes):
+        members.append(
+            {"node_id": node_id, "state": None, "address": None, "version": None, "started_at": None, "up": False}
+        )
+    return {
+        "cluster": cluster,
+        "etcd_endpoints": endpoints,
+        "revision": view.revision,
+        "members": members,
+        "tenants": sorted(set(view.tenants) | {t for t, _ in keys}),
+        "collections": collections,
+    }
+
+
+def _print_cluster_report(r: dict[str, Any]) -> None:
+    up = sum(1 for m in r["members"] if m["up"])
+    print(f"cluster {r['cluster']!r} (etcd {', '.join(r['etcd_endpoints'])}, revision {r['revision']})")
+    print(f"members: {up} up" + (f", {len(r['members']) - up} down" if len(r["members"]) > up else ""))
+    if r["members"]:
+        print(f"  {'NODE':<20} {'STATE':<9} {'UP':<4} {'ADDRESS':<28} STARTED")
+    for m in r["members"]:
+        note = "" if m["up"] else "  (holds replicas but has no member key: down or gone)"
+        print(
+            f"  {m['node_id']:<20} {m['state'] or '-':<9} {'yes' if m['up'] else 'no':<4} "
+            f"{m['address'] or '-':<28} {m['started_at'] or '-'}{note}"
+        )
+    print(f"tenants: {', '.join(r['tenants']) or '-'}")
+    print(f"collections: {len(r['collections'])}")
+    for c in r["collections"]:
+        what = "not in the schema" if not c["in_schema"] else f"{c['shards']} shards"
+        print(f"  {c['tenant']}/{c['name']}: {what}, replication factor {c['replication_factor']}")
+        for p in c["placement"]:
+            replicas = " ".join(n + (" (down)" if n in p["down"] else "") for n in p["replicas"]) or "-"
+            pending = " ".join(n + (" (down)" if n in p["down"] else "") for n in p["pending"])
+            print(
+                f"    shard {p['shard']}: replicas {replicas}"
+                + (f", pending {pending}" if pending else "")
+                + f", epoch {p['epoch']}"
+            )
+        if c["unplaced_shards"]:
+            print(f"    shards without placement: {', '.join(map(str, c['unplaced_shards']))}")
+
+
+def cmd_cluster_status(args: argparse.Namespace) -> int:
+    import logging
+    import os
+
+    from engramdb import config
+    from engramdb.errors import EngramError, Unavailable
+
+    flags = {k: v for k, v in (("etcd_endpoints", args.etcd), ("name", args.name)) if v is not None}
+    try:
+        c = config.load(args.config, cluster=flags or None).cluster
+    except EngramError as e:
+        return _fail(e.message)
+    try:
+        from engramdb.cluster.control import ControlPlane, EtcdTLS
+    except ImportError:
+        return _fail("the etcd client is not installed: pip install 'engramdb[cluster]'")
+    tls = EtcdTLS(*(str(p) if p is not None else None for p in (c.etcd_ca_file, c.etcd_cert_file, c.etcd_key_file)))
+    # The watch thread retries a lost etcd with a warning each time; this command reports it once itself.
+    logging.getLogger("engramdb.cluster").setLevel(logging.ERROR)
+    # A reader only: it watches, never registers, so it never appears as a member.
+    cp = ControlPlane(
+        cluster=c.name,
+        node_id=f"status-{os.getpid()}",
+        endpoints=c.etcd_endpoints,
+        request_timeout_seconds=2.0,
+        tls=tls,
+    )
+    try:
+        cp.start()
+        view = cp.wait_for(lambda v: v.revision > 0, STATUS_TIMEOUT)
+    except Unavailable:
+        why = (cp.watch_last_error or "").removeprefix("Unavailable: ")
+        return _fail(
+            f"etcd did not answer within {STATUS_TIMEOUT:.0f} s: "
+            + (why or f"no response from {', '.join(c.etcd_endpoints)}")
+            + " (endpoints from --etcd or cluster.etcd_endpoints)"
+        )
+    finally:
+        cp.close()
+    report = cluster_report(view, c.name, list(c.etcd_endpoints))
+    if args.json:
+        print(json.dumps(report, allow_nan=False))
+    else:
+        _print_cluster_report(report)
+    return 0
+
+
+def _busy_ports(ports: list[int]) -> list[int]:
+    import socket
+
+    busy = []
+    for port in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind: TIME_WAIT is no conflict
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                busy.append(port)
+    return busy
+
+
+def cmd_dev_cluster(args: argparse.Namespace) -> int:
+    import os
+    import signal
+    from pathlib import Path
+
+    from engramdb.cluster.local import LocalCluster, find_etcd
+    from engramdb.config import NON_SETTING_ENV
+
+    if not 1 <= args.nodes <= 16:
+        return _fail(f"--nodes must be from 1 to 16, got {args.nodes}")
+    if not 3 <= args.base_port <= 65535 - 10 * (args.nodes - 1) - 2:
+        return _fail(f"--base-port {args.base_port} leaves no room for etcd below it or {args.nodes} nodes above it")
+    try:
+        find_etcd()
+    except RuntimeError as e:
+        return _fail(str(e))
+    # Settings in the caller's environment apply to every node; the cluster's own (ports, ids, etcd) win.
+    env = {
+        k: v for k, v in os.environ.items() if k.upper().startswith("ENGRAMDB_") and k.upper() not in NON_SETTING_ENV
+    }
+    cluster = LocalCluster(
+        Path(args.dir),
+        args.nodes,
+        admin_key=os.environ.get("ENGRAMDB_ADMIN_KEY") or None,
+        env=env,
+        default_replication_factor=min(3, args.nodes),
+        name="dev",
+        base_port=args.base_port,
+    )
+    ports = [cluster.etcd.client_port, cluster.etcd.peer_port]
+    ports += [p for n in cluster.nodes for p in (n.rest_port, n.grpc_port, n.peer_port)]
+    busy = _busy_ports(ports)
+    if busy:
+        return _fail(
+            f"port(s) {', '.join(map(str, busy))} on 127.0.0.1 are in use (another server or dev cluster?); "
+            "stop it or choose other ports with --base-port"
+        )
+    stopping = False
+
+    def on_signal(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        if stopping:
+            return  # already stopping: let the nodes finish
+        stopping = True
+        raise KeyboardInterrupt
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    status = 0
+    try:
+        print(f"starting etcd and {args.nodes} nodes of cluster 'dev' under {args.dir}", flush=True)
+        print(f"  etcd  {cluster.etcd.endpoint}  (log {cluster.etcd.log_path})")
+        print(f"  {'NODE':<5} {'REST':<24} {'GRPC':<17} {'PEER':<17} LOG")
+        for n in cluster.nodes:
+            print(f"  {n.node_id:<5} {n.url:<24} {n.grpc_target:<17} {n.peer_address:<17} {n.log_path}")
+        sys.stdout.flush()
+        cluster.start()
+        print(f"status: engramdb cluster status --etcd {cluster.etcd.endpoint} --name dev")
+        print(f"ready: cluster 'dev' with {args.nodes} nodes; Ctrl-C stops it", flush=True)
+        reported: set[str] = set()
+        while True:
+            time.sleep(1.0)
+            for n in cluster.nodes:
+                if n.node_id not in reported and not n.alive:
+                    reported.add(n.node_id)
+                    code = n.proc.returncode if n.proc is not None else None
+                    print(f"node {n.node_id} exited with status {code}; its log: {n.log_path}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("stopping the nodes, then etcd", flush=True)
+    except (RuntimeError, OSError) as e:
+        status = _fail(f"the dev cluster did not start: {e}")
+    finally:
+        stopping = True
+        cluster.stop()
+        for s, h in previous.items():
+            signal.signal(s, h)
+    return status
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``engramdb`` command; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -560,6 +846,10 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_backup(args)
     if args.command == "erase":
         return cmd_erase(args)
+    if args.command == "cluster":
+        return cmd_cluster_status(args)
+    if args.command == "dev":
+        return cmd_dev_cluster(args)
     return cmd_keys(args)
 
 

@@ -420,6 +420,152 @@ def check_embedders(settings: Settings) -> list[str]:
     return problems
 
 
+# The bound of engramdb.cluster.ring.MAX_SHARDS, repeated because the cluster layer sits above the settings
+# (tests/unit/test_cluster_config.py pins the two equal).
+CLUSTER_MAX_SHARDS = 4096
+CLUSTER_MAX_ETCD_ENDPOINTS = 16
+_WILDCARD_HOSTS = frozenset({"0.0.0.0", "::"})
+
+
+def _cluster_name(v: str) -> str:
+    from engramdb.validation import NAME_RE, NAME_RULE
+
+    if not NAME_RE.fullmatch(v):
+        raise ValueError(f"{v!r} is not a valid name: use {NAME_RULE}")
+    return v
+
+
+def _node_id(v: str | None) -> str | None:
+    return None if v is None else _cluster_name(v)
+
+
+def _etcd_endpoints(v: list[str]) -> list[str]:
+    from urllib.parse import urlsplit
+
+    if not v:
+        raise ValueError("list at least one etcd endpoint, e.g. http://127.0.0.1:2379")
+    if len(v) > CLUSTER_MAX_ETCD_ENDPOINTS:
+        raise ValueError(f"at most {CLUSTER_MAX_ETCD_ENDPOINTS} etcd endpoints, got {len(v)}")
+    for url in v:
+        parts = urlsplit(url)
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or port is None
+            or parts.path not in ("", "/")
+            or parts.query
+            or parts.fragment
+            or parts.username is not None
+        ):
+            raise ValueError(
+                f"{url!r} is not an etcd client URL: give http(s)://host:port with nothing after the port "
+                "(e.g. http://127.0.0.1:2379; etcd credentials are client certificates, not URL user info)"
+            )
+    return v
+
+
+def _split_host_port(v: str) -> tuple[str, int]:
+    host, sep, port = v.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{v!r}: write an IPv6 address in brackets, e.g. [::1]:7880")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{v!r} is not host:port (a port from 1 to 65535), e.g. 10.0.0.5:7880")
+    return host, int(port)
+
+
+def _peer_host(v: str) -> str:
+    host = v.strip().lower()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not _is_host_name(host):
+        raise ValueError(f"{v!r} is not a host name or IP address (no scheme or port: the port is cluster.peer_port)")
+    return host
+
+
+def _advertise(v: str | None) -> str | None:
+    if v is None:
+        return None
+    host, _ = _split_host_port(v.strip())
+    if not _is_host_name(host.lower()):
+        raise ValueError(f"{v!r}: {host!r} is not a host name or IP address")
+    if host in _WILDCARD_HOSTS:
+        raise ValueError(f"{v!r}: other nodes cannot dial a wildcard address; give this node's own address or name")
+    return v.strip()
+
+
+def _cluster_shards(v: int) -> int:
+    if not 1 <= v <= CLUSTER_MAX_SHARDS or v & (v - 1):
+        raise ValueError(f"must be a power of two from 1 to {CLUSTER_MAX_SHARDS} (1, 2, 4, 8, ...), got {v}")
+    return v
+
+
+Consistency = Literal["one", "quorum", "all"]
+
+
+@dataclass
+class ClusterSettings:
+    """Cluster mode (docs/cluster.md): this node's identity, etcd, the node-to-node service, defaults.
+
+    Off unless ``enabled``; needs the ``cluster`` extra. Every address here is the operator's: API
+    callers never choose an etcd endpoint or a peer.
+    """
+
+    __pydantic_config__: ClassVar[dict[str, Any]] = _STRICT_KEYS
+
+    enabled: bool = False
+    name: Annotated[str, FieldCheck(_cluster_name)] = "engramdb"  # etcd key prefix /engramdb/<name>/
+    # unset = generated at the first start and kept in <data_dir>/cluster-node-id
+    node_id: Annotated[str | None, FieldCheck(_node_id)] = None
+    etcd_endpoints: Annotated[list[str], _ListFromText(), FieldCheck(_etcd_endpoints)] = field(
+        default_factory=lambda: ["http://127.0.0.1:2379"]
+    )
+    etcd_ca_file: Path | None = None  # CA bundle that signed etcd's certificate
+    etcd_cert_file: Path | None = None  # client certificate for etcd (with etcd_key_file)
+    etcd_key_file: Path | None = None
+    peer_host: Annotated[str, FieldCheck(_peer_host)] = "127.0.0.1"  # where the node-to-node gRPC service listens
+    peer_port: Annotated[int, Bounds(ge=1, le=65535)] = 7880
+    advertise: Annotated[str | None, FieldCheck(_advertise)] = None  # host:port other nodes dial; unset = peer_host
+    default_replication_factor: Annotated[int, Bounds(ge=1, le=16)] = 3
+    default_shards: Annotated[int, FieldCheck(_cluster_shards)] = 8
+    write_consistency: Consistency = "quorum"
+    read_consistency: Consistency = "quorum"
+    search_consistency: Consistency = "one"
+    lease_ttl_seconds: Annotated[int, Bounds(ge=2, le=300)] = 10  # a node silent this long is down
+    peer_timeout_seconds: Annotated[float, Bounds(gt=0, le=600)] = 5.0  # deadline of one node-to-node call
+    breaker_failures: Annotated[int, Bounds(ge=1, le=1000)] = 5  # failures in a row that open a peer's breaker
+    breaker_open_seconds: Annotated[float, Bounds(gt=0, le=3600)] = 5.0  # how long it stays open
+    vnodes: Annotated[int, Bounds(ge=1, le=1024)] = 256  # virtual nodes per node on the token ring
+    gc_grace_seconds: Annotated[float, Bounds(ge=0)] = 864000.0
+
+    def __post_init__(self) -> None:
+        # pydantic has run the field checks already; direct construction has not.
+        _cluster_name(self.name)
+        _node_id(self.node_id)
+        _etcd_endpoints(self.etcd_endpoints)
+        self.peer_host = _peer_host(self.peer_host)
+        self.advertise = _advertise(self.advertise)
+        _cluster_shards(self.default_shards)
+
+    def advertised(self) -> str:
+        """The ``host:port`` other nodes dial to reach this one's node-to-node service."""
+        if self.advertise is not None:
+            return self.advertise
+        if self.peer_host in _WILDCARD_HOSTS:
+            raise InvalidArgument(
+                f"cluster.advertise is needed: cluster.peer_host {self.peer_host} listens on every address, "
+                "so other nodes need to be told which one to dial",
+                code="invalid_config",
+            )
+        host = f"[{self.peer_host}]" if ":" in self.peer_host else self.peer_host
+        return f"{host}:{self.peer_port}"
+
+
 ENV_PREFIX = "ENGRAMDB_"
 
 
@@ -437,6 +583,7 @@ class Settings:
     extraction: ExtractionSettings = field(default_factory=ExtractionSettings)
     tracing: TracingSettings = field(default_factory=TracingSettings)
     backup: BackupSettings = field(default_factory=BackupSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
     # named embedder profiles API callers may choose (ENGRAMDB_EMBEDDERS__<NAME>__<SETTING>)
     embedders: Annotated[dict[str, EmbedderProfile], FieldCheck(_embedder_names)] = field(default_factory=dict)
 
@@ -831,6 +978,47 @@ def check(settings: Settings, *, for_server: bool = True) -> list[str]:
         problems.extend(check_embedders(settings))
         problems.extend(check_tracing(settings.tracing))
         problems.extend(check_backup(settings))
+        problems.extend(check_cluster(settings))
+    return problems
+
+
+def check_cluster(settings: Settings) -> list[str]:
+    """Problems of the cluster section that the schema cannot see: other sections, files, installed modules."""
+    c = settings.cluster
+    problems = []
+    if (c.etcd_cert_file is None) != (c.etcd_key_file is None):
+        problems.append("cluster: etcd_cert_file and etcd_key_file must be given together (etcd client TLS)")
+    for name in ("etcd_ca_file", "etcd_cert_file", "etcd_key_file"):
+        p = getattr(c, name)
+        if p is not None and not Path(p).is_file():
+            problems.append(f"cluster.{name}: {p} does not exist or is not a file")
+    if not c.enabled:
+        return problems
+    if _missing_module("etcd3gw"):
+        problems.append(
+            "cluster.enabled: the etcd client is not installed (etcd3gw); install it with "
+            "pip install 'engramdb[cluster]' or set cluster.enabled: false"
+        )
+    srv = settings.server
+    taken = {"server.port": srv.port, "server.metrics_port": srv.metrics_port}
+    if srv.grpc_enabled:
+        taken["server.grpc_port"] = srv.grpc_port
+    for other, port in taken.items():
+        if port == c.peer_port:
+            problems.append(
+                f"cluster.peer_port: {c.peer_port} is also {other}; the node-to-node service needs its own port"
+            )
+    if c.advertise is None and c.peer_host in _WILDCARD_HOSTS:
+        problems.append(
+            f"cluster.advertise: cluster.peer_host {c.peer_host} listens on every address; set cluster.advertise to "
+            "the host:port other nodes dial to reach this one (e.g. 10.0.0.5:7880)"
+        )
+    if srv.tls.enabled and srv.tls.client_ca_file is None:
+        problems.append(
+            "server.tls.client_ca_file: cluster mode with TLS needs the cluster CA here: the node-to-node service "
+            "uses mutual TLS with server.tls.cert_file/key_file, and a node accepts only peers whose certificate "
+            "this CA signed (it then also requires client certificates of API clients)"
+        )
     return problems
 
 

@@ -7,8 +7,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Self, TypeVar
 
+from engramdb import validation
+from engramdb.errors import InvalidArgument
+
 # The bounds live with the rules that apply them (validation.py); these names stay importable from here.
-from engramdb.validation import INCLUDE_FIELDS, MAX_DIMENSION, MAX_ID_BYTES, MAX_K, MAX_TTL_SECONDS, NAME_RE  # noqa: F401
+from engramdb.validation import (  # noqa: F401
+    INCLUDE_FIELDS,
+    MAX_DIMENSION,
+    MAX_ID_BYTES,
+    MAX_K,
+    MAX_REPLICATION_FACTOR,
+    MAX_SHARDS,
+    MAX_TTL_SECONDS,
+    NAME_RE,
+)
 
 if TYPE_CHECKING:
     from pydantic import TypeAdapter
@@ -187,12 +199,21 @@ class CollectionConfig(_Validated):
     # metadata fields that get a payload index (dotted paths)
     indexed_fields: dict[str, FieldType] = field(default_factory=dict)
     text_index: bool = True  # keep a BM25 index over record text
+    # The cluster layout (docs/cluster.md), fixed at creation. A single node holds one copy of everything: 1 and 1.
+    # Configurations stored before these fields existed load with those values.
+    shards: Annotated[int, Bounds(ge=1, le=MAX_SHARDS)] = 1
+    replication_factor: Annotated[int, Bounds(ge=1, le=MAX_REPLICATION_FACTOR)] = 1
 
     def __post_init__(self) -> None:
         if not NAME_RE.fullmatch(self.name):
             raise ValueError(
                 "collection names are 1-128 letters, digits, '_', '.', '-', starting with a letter or digit"
             )
+        try:
+            validation.shards(self.shards)
+            validation.replication_factor(self.replication_factor)
+        except InvalidArgument as e:
+            raise ValueError(e.message) from None
         for name in self.indexed_fields:
             if not name or any(not part for part in name.split(".")):
                 raise ValueError(f"indexed field {name!r} must be a non-empty dotted path")

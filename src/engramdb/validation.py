@@ -313,7 +313,17 @@ def ef(value: Any) -> int | None:
 # the stored vectors and the HNSW graph were built for the dimension, metric, m and ef_construction,
 # the vectors were embedded by the embedder, and the text index exists or not from the start.
 ALTERABLE_FIELDS = ("indexed_fields", "default_ttl_seconds", "ef_search")
-IMMUTABLE_FIELDS = ("name", "dimension", "metric", "index.m", "index.ef_construction", "embedder", "text_index")
+IMMUTABLE_FIELDS = (
+    "name",
+    "dimension",
+    "metric",
+    "index.m",
+    "index.ef_construction",
+    "embedder",
+    "text_index",
+    "shards",
+    "replication_factor",
+)
 INDEXED_FIELD_TYPES = ("keyword", "int", "float", "bool")
 MAX_INDEXED_FIELDS = 256
 MAX_FIELD_PATH_CHARS = 256
@@ -376,6 +386,54 @@ def default_ttl(value: Any) -> float | None:
 def ef_search(value: Any) -> int:
     """A collection's default HNSW search breadth."""
     return int_in_range(value, "ef_search", 1, MAX_EF, "invalid_config")
+
+
+# ------------------------------------------------------------- cluster knobs
+# Per-request consistency and a collection's layout (docs/cluster.md). They are part of the public API on
+# every deployment; a single node holds every replica of every shard, so there they are only validated.
+CONSISTENCY_LEVELS = ("one", "quorum", "all")
+MAX_SHARDS = 4096
+# Every write goes to each replica: beyond 16 copies a write costs more than any failure it survives.
+MAX_REPLICATION_FACTOR = 16
+
+
+def _shown(value: Any) -> str:
+    """``repr`` of a caller's value for an error message, cut short: the value may be megabytes long."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def consistency(value: Any, where: str = "consistency") -> str | None:
+    """A request's consistency level; None (not given) takes the server's default."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or value not in CONSISTENCY_LEVELS:
+        raise InvalidArgument(
+            f"{where} must be one of 'one', 'quorum' or 'all' (replicas that must answer in a cluster), "
+            f"got {_shown(value)}",
+            code="invalid_consistency",
+        )
+    return value
+
+
+def shards(value: Any, where: str = "shards") -> int:
+    """A collection's shard count: a power of two (splitting a shard doubles it), 1 to MAX_SHARDS."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SHARDS or value & (value - 1):
+        raise InvalidArgument(
+            f"{where} must be a power of two from 1 to {MAX_SHARDS} (1, 2, 4, 8, ...), got {_shown(value)}",
+            code="invalid_shards",
+        )
+    return value
+
+
+def replication_factor(value: Any, where: str = "replication_factor") -> int:
+    """How many nodes hold a copy of each shard: 1 to MAX_REPLICATION_FACTOR."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_REPLICATION_FACTOR:
+        raise InvalidArgument(
+            f"{where} must be an integer from 1 to {MAX_REPLICATION_FACTOR}, got {_shown(value)}",
+            code="invalid_replication_factor",
+        )
+    return value
 
 
 def mode(value: Any) -> str:

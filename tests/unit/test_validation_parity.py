@@ -96,6 +96,34 @@ CASES = [
         {"name": "t", "dimension": 3, "default_ttl_seconds": TTL_TOO_LONG},
         "invalid_config",
     ),
+    Case(
+        "shards-not-a-power-of-two",
+        lambda db, c: db.create_collection("s", 3, shards=3),
+        "create_collection",
+        {"name": "s", "dimension": 3, "shards": 3},
+        "invalid_shards",
+    ),
+    Case(
+        "shards-on-one-node",
+        lambda db, c: db.create_collection("s", 3, shards=2),
+        "create_collection",
+        {"name": "s", "dimension": 3, "shards": 2},
+        "not_a_cluster",
+    ),
+    Case(
+        "replication-factor-too-large",
+        lambda db, c: db.create_collection("s", 3, replication_factor=validation.MAX_REPLICATION_FACTOR + 1),
+        "create_collection",
+        {"name": "s", "dimension": 3, "replication_factor": validation.MAX_REPLICATION_FACTOR + 1},
+        "invalid_replication_factor",
+    ),
+    Case(
+        "consistency",
+        lambda db, c: c.with_consistency("ALL").count(),
+        "count",
+        _c(consistency="ALL"),
+        "invalid_consistency",
+    ),
     # -------------------------------------------------------------- records
     Case("id-empty", lambda db, c: c.upsert(_rec(id="")), "upsert", _c(records=[_rec(id="")]), "invalid_id"),
     Case(
@@ -486,6 +514,9 @@ def test_every_field_the_issue_names_is_covered() -> None:
         "cursor",
         "filter",
         "include",
+        "consistency",
+        "shards",
+        "replication-factor",
     ]
     assert [f for f in fields if not any(re.search(rf"(^|-){f}(-|$)", c.id) for c in CASES)] == []
 
@@ -518,6 +549,9 @@ def _schema() -> dict[str, Any]:
         ("EdgeIn", "relation", "maxLength", validation.MAX_RELATION_BYTES),
         ("RotateKeyBody", "grace_seconds", "maximum", validation.MAX_TTL_SECONDS),
         ("ExtractBody", "text", "maxLength", validation.MAX_EXTRACT_TEXT_CHARS),
+        ("CreateCollectionBody", "shards", "maximum", validation.MAX_SHARDS),
+        ("CreateCollectionBody", "replication_factor", "maximum", validation.MAX_REPLICATION_FACTOR),
+        ("SearchBody", "consistency", "enum", [*validation.CONSISTENCY_LEVELS, None]),
     ],
 )
 def test_openapi_publishes_the_engines_bounds(model: str, field: str, keyword: str, value: Any) -> None:

@@ -12,6 +12,7 @@ behave identically; only the waiting differs.
 from __future__ import annotations
 
 import asyncio
+import copy
 import ssl
 from collections.abc import Iterable, Mapping, Sequence
 from types import EllipsisType
@@ -19,6 +20,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from engramdb import validation
 from engramdb.api import AsyncCollectionAPI, AsyncDatabaseAPI
 from engramdb.client import calls
 from engramdb.errors import Closed
@@ -127,6 +129,8 @@ class AsyncClient(AsyncDatabaseAPI):
         indexed_fields: Mapping[str, str] | None = None,
         text_index: bool = True,
         exist_ok: bool = False,
+        shards: int | None = None,
+        replication_factor: int | None = None,
     ) -> AsyncRemoteCollection:
         cfg = await self._run(
             calls.create_collection(
@@ -139,6 +143,8 @@ class AsyncClient(AsyncDatabaseAPI):
                 indexed_fields=indexed_fields,
                 text_index=text_index,
                 exist_ok=exist_ok,
+                shards=shards,
+                replication_factor=replication_factor,
             )
         )
         return AsyncRemoteCollection(self, cfg)
@@ -253,13 +259,25 @@ class AsyncClient(AsyncDatabaseAPI):
 class AsyncRemoteCollection(AsyncCollectionAPI):
     """A collection on the server, with the methods of the engine's ``Collection``.
 
-    Holds no state besides the configuration read when it was obtained; every
-    method is one request (retried per the client's policy).
+    Holds no state besides the configuration read when it was obtained (and the
+    consistency level a :meth:`with_consistency` view sends); every method is
+    one request (retried per the client's policy).
     """
 
     def __init__(self, client: AsyncClient, config: CollectionConfig):
         self._client = client
         self.config = config
+        self._consistency: str | None = None  # sent with every request; None: the server's default
+
+    def with_consistency(self, level: str) -> AsyncRemoteCollection:
+        # Checked here so a bad level fails before any request, with the engine's error.
+        checked = validation.consistency(level)
+        view = copy.copy(self)
+        view._consistency = checked
+        return view
+
+    async def _run(self, call: calls.Call[T]) -> T:
+        return await self._client._run(calls.at_consistency(call, self._consistency))
 
     @property
     def name(self) -> str:
@@ -281,7 +299,7 @@ class AsyncRemoteCollection(AsyncCollectionAPI):
 
     # ---------------------------------------------------------------- write
     async def upsert(self, records: Record | Mapping[str, Any] | Sequence[Record | Mapping[str, Any]]) -> list[str]:
-        return await self._client._run(calls.upsert(self.name, self.dimension, records))
+        return await self._run(calls.upsert(self.name, self.dimension, records))
 
     async def patch(
         self,
@@ -294,7 +312,7 @@ class AsyncRemoteCollection(AsyncCollectionAPI):
         importance: float | None = None,
         vector: Sequence[float] | None = None,
     ) -> Record:
-        return await self._client._run(
+        return await self._run(
             calls.patch(
                 self.name,
                 self.dimension,
@@ -309,22 +327,22 @@ class AsyncRemoteCollection(AsyncCollectionAPI):
         )
 
     async def delete(self, ids: str | Sequence[str] | None = None, *, filter: Mapping[str, Any] | None = None) -> int:
-        return await self._client._run(calls.delete(self.name, ids, filter))
+        return await self._run(calls.delete(self.name, ids, filter))
 
     async def refresh_ttl(self, ids: str | Sequence[str]) -> int:
-        return await self._client._run(calls.refresh_ttl(self.name, ids))
+        return await self._run(calls.refresh_ttl(self.name, ids))
 
     # ----------------------------------------------------------------- read
     async def get(self, id: str, *, include: Iterable[str] | None = None, refresh_ttl: bool = False) -> Record | None:
-        return await self._client._run(calls.get_one(self.name, id, include, refresh_ttl))
+        return await self._run(calls.get_one(self.name, id, include, refresh_ttl))
 
     async def get_many(
         self, ids: Sequence[str], *, include: Iterable[str] | None = None, refresh_ttl: bool = False
     ) -> list[Record]:
-        return await self._client._run(calls.get_many(self.name, ids, include, refresh_ttl))
+        return await self._run(calls.get_many(self.name, ids, include, refresh_ttl))
 
     async def count(self, filter: Mapping[str, Any] | None = None) -> int:
-        return await self._client._run(calls.count(self.name, filter))
+        return await self._run(calls.count(self.name, filter))
 
     async def scan(
         self,
@@ -336,7 +354,7 @@ class AsyncRemoteCollection(AsyncCollectionAPI):
         filter: Mapping[str, Any] | None = None,
         include: Iterable[str] | None = None,
     ) -> ScanPage:
-        return await self._client._run(
+        return await self._run(
             calls.scan(
                 self.name,
                 cursor=cursor,
@@ -357,7 +375,7 @@ class AsyncRemoteCollection(AsyncCollectionAPI):
         limit: int = 100,
         offset: int = 0,
     ) -> list[tuple[str, ...]]:
-        return await self._client._run(
+        return await self._run(
             calls.list_namespaces(self.name, prefix, suffix=suffix, max_depth=max_depth, limit=limit, offset=offset)
         )
 
@@ -377,7 +395,7 @@ class AsyncRemoteCollection(AsyncCollectionAPI):
         min_score: float | None = None,
         refresh_ttl: bool = False,
     ) -> list[Hit]:
-        return await self._client._run(
+        return await self._run(
             calls.search(
                 self.name,
                 self.dimension,
@@ -403,10 +421,10 @@ class AsyncRemoteCollection(AsyncCollectionAPI):
         *,
         create_missing: bool = False,
     ) -> list[str]:
-        return await self._client._run(calls.link(self.name, edges, create_missing))
+        return await self._run(calls.link(self.name, edges, create_missing))
 
     async def unlink(self, edges: Sequence[Any] | Mapping[str, Any] | Edge) -> int:
-        return await self._client._run(calls.unlink(self.name, edges))
+        return await self._run(calls.unlink(self.name, edges))
 
     async def edges(
         self,
@@ -416,7 +434,7 @@ class AsyncRemoteCollection(AsyncCollectionAPI):
         relation: str | None = None,
         limit: int = 1000,
     ) -> list[Edge]:
-        return await self._client._run(calls.edges(self.name, id, direction=direction, relation=relation, limit=limit))
+        return await self._run(calls.edges(self.name, id, direction=direction, relation=relation, limit=limit))
 
     async def neighbors(
         self,
@@ -430,7 +448,7 @@ class AsyncRemoteCollection(AsyncCollectionAPI):
         include: Iterable[str] | None = ("metadata", "text"),
         timeout_ms: float = 2000,
     ) -> list[Hit]:
-        return await self._client._run(
+        return await self._run(
             calls.neighbors(
                 self.name,
                 id,
@@ -455,7 +473,7 @@ class AsyncRemoteCollection(AsyncCollectionAPI):
         include: Iterable[str] | None = ("metadata", "text"),
         timeout_ms: float = 2000,
     ) -> dict[str, list[Any]]:
-        return await self._client._run(
+        return await self._run(
             calls.subgraph(
                 self.name,
                 ids,
@@ -480,7 +498,7 @@ class AsyncRemoteCollection(AsyncCollectionAPI):
         source_id: str | None = None,
         timeout: float | None = None,
     ) -> ExtractResult:
-        return await self._client._run(
+        return await self._run(
             calls.extract(
                 self.name,
                 text,

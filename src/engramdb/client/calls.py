@@ -19,7 +19,7 @@ import random
 import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import EllipsisType
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
@@ -261,6 +261,13 @@ def _int(key: str) -> Callable[[Any], int]:
     return lambda d: int(d[key])
 
 
+def at_consistency(call: Call[T], level: str | None) -> Call[T]:
+    """``call`` carrying ``consistency`` (a collection's data operations all have a body); None: unchanged."""
+    if level is None:
+        return call
+    return replace(call, body={**(call.body or {}), "consistency": level})
+
+
 # Operations ------------------------------------------------------------------
 # One function per operation of docs/api-contract.md. ``idempotent`` decides the
 # retry policy (see RetryPolicy and docs/client.md, "Retries").
@@ -277,6 +284,8 @@ def create_collection(
     indexed_fields: Mapping[str, str] | None,
     text_index: bool,
     exist_ok: bool,
+    shards: int | None = None,
+    replication_factor: int | None = None,
 ) -> Call[CollectionConfig]:
     body = _compact(
         {
@@ -287,6 +296,9 @@ def create_collection(
             "embedder": dict(embedder) if embedder is not None else None,
             "default_ttl_seconds": default_ttl_seconds,
             "indexed_fields": dict(indexed_fields) if indexed_fields is not None else None,
+            # None: the server's default (its cluster settings; 1 on a single node).
+            "shards": shards,
+            "replication_factor": replication_factor,
         }
     )
     body["text_index"] = text_index

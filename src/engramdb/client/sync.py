@@ -10,6 +10,7 @@ Request building, answer decoding and the retry policy live in
 
 from __future__ import annotations
 
+import copy
 import ssl
 import threading
 import time
@@ -19,6 +20,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from engramdb import validation
 from engramdb.api import CollectionAPI, DatabaseAPI
 from engramdb.client import calls
 from engramdb.errors import Closed
@@ -127,6 +129,8 @@ class Client(DatabaseAPI):
         indexed_fields: Mapping[str, str] | None = None,
         text_index: bool = True,
         exist_ok: bool = False,
+        shards: int | None = None,
+        replication_factor: int | None = None,
     ) -> RemoteCollection:
         cfg = self._run(
             calls.create_collection(
@@ -139,6 +143,8 @@ class Client(DatabaseAPI):
                 indexed_fields=indexed_fields,
                 text_index=text_index,
                 exist_ok=exist_ok,
+                shards=shards,
+                replication_factor=replication_factor,
             )
         )
         return RemoteCollection(self, cfg)
@@ -252,13 +258,25 @@ class Client(DatabaseAPI):
 class RemoteCollection(CollectionAPI):
     """A collection on the server, with the methods of the engine's ``Collection``.
 
-    Holds no state besides the configuration read when it was obtained; every
-    method is one request (retried per the client's policy).
+    Holds no state besides the configuration read when it was obtained (and the
+    consistency level a :meth:`with_consistency` view sends); every method is
+    one request (retried per the client's policy).
     """
 
     def __init__(self, client: Client, config: CollectionConfig):
         self._client = client
         self.config = config
+        self._consistency: str | None = None  # sent with every request; None: the server's default
+
+    def with_consistency(self, level: str) -> RemoteCollection:
+        # Checked here so a bad level fails before any request, with the engine's error.
+        checked = validation.consistency(level)
+        view = copy.copy(self)
+        view._consistency = checked
+        return view
+
+    def _run(self, call: calls.Call[T]) -> T:
+        return self._client._run(calls.at_consistency(call, self._consistency))
 
     @property
     def name(self) -> str:
@@ -280,7 +298,7 @@ class RemoteCollection(CollectionAPI):
 
     # ---------------------------------------------------------------- write
     def upsert(self, records: Record | Mapping[str, Any] | Sequence[Record | Mapping[str, Any]]) -> list[str]:
-        return self._client._run(calls.upsert(self.name, self.dimension, records))
+        return self._run(calls.upsert(self.name, self.dimension, records))
 
     def patch(
         self,
@@ -293,7 +311,7 @@ class RemoteCollection(CollectionAPI):
         importance: float | None = None,
         vector: Sequence[float] | None = None,
     ) -> Record:
-        return self._client._run(
+        return self._run(
             calls.patch(
                 self.name,
                 self.dimension,
@@ -308,22 +326,22 @@ class RemoteCollection(CollectionAPI):
         )
 
     def delete(self, ids: str | Sequence[str] | None = None, *, filter: Mapping[str, Any] | None = None) -> int:
-        return self._client._run(calls.delete(self.name, ids, filter))
+        return self._run(calls.delete(self.name, ids, filter))
 
     def refresh_ttl(self, ids: str | Sequence[str]) -> int:
-        return self._client._run(calls.refresh_ttl(self.name, ids))
+        return self._run(calls.refresh_ttl(self.name, ids))
 
     # ----------------------------------------------------------------- read
     def get(self, id: str, *, include: Iterable[str] | None = None, refresh_ttl: bool = False) -> Record | None:
-        return self._client._run(calls.get_one(self.name, id, include, refresh_ttl))
+        return self._run(calls.get_one(self.name, id, include, refresh_ttl))
 
     def get_many(
         self, ids: Sequence[str], *, include: Iterable[str] | None = None, refresh_ttl: bool = False
     ) -> list[Record]:
-        return self._client._run(calls.get_many(self.name, ids, include, refresh_ttl))
+        return self._run(calls.get_many(self.name, ids, include, refresh_ttl))
 
     def count(self, filter: Mapping[str, Any] | None = None) -> int:
-        return self._client._run(calls.count(self.name, filter))
+        return self._run(calls.count(self.name, filter))
 
     def scan(
         self,
@@ -335,7 +353,7 @@ class RemoteCollection(CollectionAPI):
         filter: Mapping[str, Any] | None = None,
         include: Iterable[str] | None = None,
     ) -> ScanPage:
-        return self._client._run(
+        return self._run(
             calls.scan(
                 self.name,
                 cursor=cursor,
@@ -356,7 +374,7 @@ class RemoteCollection(CollectionAPI):
         limit: int = 100,
         offset: int = 0,
     ) -> list[tuple[str, ...]]:
-        return self._client._run(
+        return self._run(
             calls.list_namespaces(self.name, prefix, suffix=suffix, max_depth=max_depth, limit=limit, offset=offset)
         )
 
@@ -376,7 +394,7 @@ class RemoteCollection(CollectionAPI):
         min_score: float | None = None,
         refresh_ttl: bool = False,
     ) -> list[Hit]:
-        return self._client._run(
+        return self._run(
             calls.search(
                 self.name,
                 self.dimension,
@@ -402,10 +420,10 @@ class RemoteCollection(CollectionAPI):
         *,
         create_missing: bool = False,
     ) -> list[str]:
-        return self._client._run(calls.link(self.name, edges, create_missing))
+        return self._run(calls.link(self.name, edges, create_missing))
 
     def unlink(self, edges: Sequence[Any] | Mapping[str, Any] | Edge) -> int:
-        return self._client._run(calls.unlink(self.name, edges))
+        return self._run(calls.unlink(self.name, edges))
 
     def edges(
         self,
@@ -415,7 +433,7 @@ class RemoteCollection(CollectionAPI):
         relation: str | None = None,
         limit: int = 1000,
     ) -> list[Edge]:
-        return self._client._run(calls.edges(self.name, id, direction=direction, relation=relation, limit=limit))
+        return self._run(calls.edges(self.name, id, direction=direction, relation=relation, limit=limit))
 
     def neighbors(
         self,
@@ -429,7 +447,7 @@ class RemoteCollection(CollectionAPI):
         include: Iterable[str] | None = ("metadata", "text"),
         timeout_ms: float = 2000,
     ) -> list[Hit]:
-        return self._client._run(
+        return self._run(
             calls.neighbors(
                 self.name,
                 id,
@@ -454,7 +472,7 @@ class RemoteCollection(CollectionAPI):
         include: Iterable[str] | None = ("metadata", "text"),
         timeout_ms: float = 2000,
     ) -> dict[str, list[Any]]:
-        return self._client._run(
+        return self._run(
             calls.subgraph(
                 self.name,
                 ids,
@@ -479,7 +497,7 @@ class RemoteCollection(CollectionAPI):
         source_id: str | None = None,
         timeout: float | None = None,
     ) -> ExtractResult:
-        return self._client._run(
+        return self._run(
             calls.extract(
                 self.name,
                 text,

@@ -45,13 +45,14 @@ import requests
 from etcd3gw import exceptions as etcd_exc
 
 from engramdb import validation
-from engramdb.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Unavailable, is_failure
+from engramdb.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable, is_failure
 
 log = logging.getLogger("engramdb.cluster")
 
 T = TypeVar("T")
 
 MEMBER_STATES: Final = ("joining", "up", "draining", "left")
+MAX_TXN_OPS: Final = 128  # etcd's default --max-txn-ops
 MAX_VALUE_BYTES: Final = 1 << 20  # etcd refuses requests over 1.5 MiB by default; stay clearly below
 _MAX_ADDRESS = 255  # host:port (a DNS name is at most 253 characters)
 
@@ -67,8 +68,9 @@ class KeySpace:
         schema/tenants/<tenant>              a tenant's record, created only if absent
         schema/collections/<tenant>/<name>   a collection's config, created only if absent
         placement/<tenant>/<name>/<shard>    a shard's replica set, replaced by compare-and-swap
+        keys/<key_id>                        an API key's record (digest, tenant, role, scope, expiry)
 
-    (``keys/`` and ``ops/`` follow with the features that write them.) Every name in a key obeys
+    (``ops/`` follows with the membership changes that write it.) Every name in a key obeys
     the name rule of ``validation.py`` (no ``/``), so a key parses back unambiguously.
     """
 
@@ -101,6 +103,13 @@ class KeySpace:
             raise InvalidArgument(f"shard must be a non-negative integer, got {shard!r}", code="invalid_shard")
         return f"{self.root}placement/{t}/{c}/{shard}"
 
+    @property
+    def keys(self) -> str:
+        return self.root + "keys/"
+
+    def key(self, key_id: str) -> str:
+        return self.keys + validation.name(key_id, "key id")
+
     def parse(self, key: str) -> tuple[str, tuple[str, ...]] | None:
         """``(kind, parts)`` for a key of this cluster: ``("member", (node,))``, ``("tenant", (t,))``,
         ``("collection", (t, c))``, ``("placement", (t, c, shard))``; None for any other key."""
@@ -118,6 +127,8 @@ class KeySpace:
                 return "collection", (tenant, name)
             case ("placement", tenant, name, shard) if shard.isdigit():
                 return "placement", (tenant, name, shard)
+            case ("keys", key_id):
+                return "key", (key_id,)
         return None
 
 
@@ -182,6 +193,7 @@ class View:
     tenants: Mapping[str, Entry] = field(default_factory=lambda: MappingProxyType({}))
     collections: Mapping[tuple[str, str], Entry] = field(default_factory=lambda: MappingProxyType({}))
     placement: Mapping[tuple[str, str, int], Entry] = field(default_factory=lambda: MappingProxyType({}))
+    keys: Mapping[str, Entry] = field(default_factory=lambda: MappingProxyType({}))
 
     def member(self, node_id: str) -> MemberInfo | None:
         e = self.members.get(node_id)
@@ -471,6 +483,85 @@ class ControlPlane:
             )
         return int(result["header"]["revision"])
 
+    def create_collection_placed(
+        self,
+        tenant: str,
+        collection: str,
+        config: Mapping[str, Any],
+        placements: Mapping[int, Mapping[str, Any]],
+    ) -> int:
+        """Create a collection and every shard's placement in one transaction, if the collection is absent.
+
+        Returns the revision (the collection's ``create_revision``, which names its shard replicas on
+        the nodes). AlreadyExists when another coordinator created it first. Placement keys left by
+        an earlier collection of the same name are overwritten in the same transaction.
+        """
+        key = self.keys.collection(tenant, collection)
+        if len(placements) + 1 > MAX_TXN_OPS:
+            raise InvalidArgument(
+                f"a collection can have at most {MAX_TXN_OPS - 1} shards in this version (one etcd transaction)",
+                code="invalid_shards",
+            )
+        puts = [{"request_put": {"key": _b64(key), "value": _encode(config, f"collection {collection!r}")}}]
+        for shard, value in sorted(placements.items()):
+            pkey = self.keys.placement(tenant, collection, shard)
+            puts.append({"request_put": {"key": _b64(pkey), "value": _encode(value, "placement")}})
+        txn = {
+            "compare": [{"key": _b64(key), "result": "EQUAL", "target": "CREATE", "create_revision": 0}],
+            "success": puts,
+            "failure": [],
+        }
+        result = self._etcd.call(lambda c: c.transaction(txn))
+        if not result.get("succeeded"):
+            raise AlreadyExists(
+                f"collection {collection!r} already exists in tenant {tenant!r}", code="collection_exists"
+            )
+        return int(result["header"]["revision"])
+
+    def replace_collection(
+        self, tenant: str, collection: str, config: Mapping[str, Any], *, create_revision: int
+    ) -> int:
+        """Replace a collection's config if it is still the one created at ``create_revision``."""
+        key = self.keys.collection(tenant, collection)
+        txn = {
+            "compare": [{"key": _b64(key), "result": "EQUAL", "target": "CREATE", "create_revision": create_revision}],
+            "success": [{"request_put": {"key": _b64(key), "value": _encode(config, f"collection {collection!r}")}}],
+            "failure": [],
+        }
+        result = self._etcd.call(lambda c: c.transaction(txn))
+        if not result.get("succeeded"):
+            raise FailedPrecondition(
+                f"collection {collection!r} was deleted or re-created meanwhile; read it again", code="conflict"
+            )
+        return int(result["header"]["revision"])
+
+    def delete_collection(self, tenant: str, collection: str, *, create_revision: int) -> int:
+        """Delete a collection's schema and placement keys if it is still the one created at ``create_revision``.
+
+        Every node sees the deletion in its watch and drops its shard replicas. NotFound when the
+        collection is gone (or was re-created) already.
+        """
+        key = self.keys.collection(tenant, collection)
+        pprefix = self.keys.root + f"placement/{tenant}/{collection}/"
+        txn = {
+            "compare": [{"key": _b64(key), "result": "EQUAL", "target": "CREATE", "create_revision": create_revision}],
+            "success": [
+                {"request_delete_range": {"key": _b64(key)}},
+                {"request_delete_range": {"key": _b64(pprefix), "range_end": _b64(_prefix_end(pprefix))}},
+            ],
+            "failure": [],
+        }
+        result = self._etcd.call(lambda c: c.transaction(txn))
+        if not result.get("succeeded"):
+            raise NotFound(f"collection {collection!r} does not exist", code="collection_not_found")
+        return int(result["header"]["revision"])
+
+    def put_key(self, key_id: str, record: Mapping[str, Any]) -> int:
+        """Write an API key's record (the key store serialises its own read-modify-writes)."""
+        key, value = self.keys.key(key_id), _encode(record, "API key")
+        result = self._etcd.call(lambda c: c.post(c.get_url("/kv/put"), json={"key": _b64(key), "value": value}))
+        return int(result["header"]["revision"])
+
     def _create_if_absent(self, key: str, value: Mapping[str, Any], what: str) -> int:
         txn = {
             "compare": [{"key": _b64(key), "result": "EQUAL", "target": "CREATE", "create_revision": 0}],
@@ -694,6 +785,7 @@ class _Building:
         self.tenants = dict(base.tenants)
         self.collections = dict(base.collections)
         self.placement = dict(base.placement)
+        self.keys_ = dict(base.keys)
 
     def _target(self, key: str) -> tuple[dict[Any, Entry], Any] | None:
         parsed = self.keys.parse(key)
@@ -706,6 +798,8 @@ class _Building:
             return self.tenants, parts[0]
         if kind == "collection":
             return self.collections, (parts[0], parts[1])
+        if kind == "key":
+            return self.keys_, parts[0]
         return self.placement, (parts[0], parts[1], int(parts[2]))
 
     def put(self, kv: Mapping[str, Any]) -> None:
@@ -740,6 +834,7 @@ class _Building:
             tenants=MappingProxyType(self.tenants),
             collections=MappingProxyType(self.collections),
             placement=MappingProxyType(self.placement),
+            keys=MappingProxyType(self.keys_),
         )
 
 

@@ -38,7 +38,7 @@ import xxhash
 from engramdb import validation
 from engramdb.errors import InvalidArgument
 
-MAX_SHARDS = 4096
+MAX_SHARDS = validation.MAX_SHARDS
 # 256 vnodes keep every node within about ±25% of the mean share of replicas for 3-10 nodes (measured in
 # tests/unit/test_ring.py; docs/decisions.md); building the ring stays well under a millisecond per node.
 DEFAULT_VNODES = 256
@@ -52,17 +52,8 @@ def _h64(text: str) -> int:
 
 
 def _check_shards(shards: Any, where: str = "shards") -> int:
-    if (
-        isinstance(shards, bool)
-        or not isinstance(shards, int)
-        or not 1 <= shards <= MAX_SHARDS
-        or shards & (shards - 1) != 0
-    ):
-        raise InvalidArgument(
-            f"{where} must be a power of two from 1 to {MAX_SHARDS} (1, 2, 4, 8, ...), got {shards!r}",
-            code="invalid_shards",
-        )
-    return shards
+    # The rule API callers meet at create_collection: one definition (validation.py).
+    return validation.shards(shards, where)
 
 
 def _check_shard(shard: Any, shards: int) -> int:
@@ -113,10 +104,7 @@ def _check_nodes(nodes: Iterable[str]) -> tuple[str, ...]:
 
 
 def _check_rf(rf: Any, n_nodes: int) -> int:
-    if isinstance(rf, bool) or not isinstance(rf, int) or rf < 1:
-        raise InvalidArgument(
-            f"replication_factor must be an integer of at least 1, got {rf!r}", code="invalid_replication_factor"
-        )
+    validation.replication_factor(rf)
     if rf > n_nodes:
         raise InvalidArgument(
             f"replication_factor {rf} exceeds the {n_nodes} node(s) available; lower it or add nodes",

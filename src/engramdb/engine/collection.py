@@ -6,6 +6,7 @@ import base64
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,36 +15,21 @@ from pyroaring import BitMap
 
 from engramdb import tracing, validation
 from engramdb.api import CollectionAPI
+from engramdb.engine import rows
 from engramdb.engine.budget import MASK, Deadline, current_deadline
 from engramdb.engine.graph import GraphMixin, edge_tombstones
 from engramdb.engine.hlc import HLC, version_str
 from engramdb.engine.indexes import CollectionIndexes
 from engramdb.engine.records import RecordReader
-from engramdb.errors import Closed, FailedPrecondition, InvalidArgument
+from engramdb.errors import Closed, FailedPrecondition, InvalidArgument, NotFound
 from engramdb.filters import And, Filter, NamespacePrefix, compile_filter
 from engramdb.storage import keyspace
-from engramdb.storage.codec import RecordRow, decode_record
+from engramdb.storage.codec import EdgeRow, RecordRow, decode_record
 from engramdb.storage.store import Mutation, Store
 from engramdb.types import CollectionConfig, ExtractResult, Hit, Record, ScanPage
 
 if TYPE_CHECKING:
     from engramdb.embed import Embedder
-
-_RECORD_FIELDS = frozenset(
-    {
-        "id",
-        "vector",
-        "text",
-        "metadata",
-        "namespace",
-        "ttl_seconds",
-        "expires_at",
-        "importance",
-        "created_at",
-        "updated_at",
-        "version",
-    }
-)
 
 
 class Collection(GraphMixin, CollectionAPI):
@@ -100,6 +86,11 @@ class Collection(GraphMixin, CollectionAPI):
     def __repr__(self) -> str:
         return f"Collection({self.tenant!r}/{self.name!r}, dimension={self.dimension}, metric={self.metric!r})"
 
+    def with_consistency(self, level: str) -> Collection:
+        # This node holds every replica of this collection, so every level is met by itself.
+        validation.consistency(level)
+        return self
+
     # --------------------------------------------------------------- loading
     @property
     def loaded(self) -> bool:
@@ -144,88 +135,14 @@ class Collection(GraphMixin, CollectionAPI):
         if self.indexes.closed:
             raise Closed(f"collection {self.name!r} was closed or deleted")
 
-    def _build_row(self, item: Record | Mapping[str, Any], where: str, now: float) -> tuple[str, RecordRow]:
-        if isinstance(item, Record):
-            d: Mapping[str, Any] = item.__dict__
-        elif isinstance(item, Mapping):
-            d = item
-            unknown = set(d) - _RECORD_FIELDS
-            if unknown:
-                raise InvalidArgument(f"{where} has unknown fields {sorted(unknown)}", code="invalid_record")
-        else:
-            raise InvalidArgument(f"{where} must be a Record or a dict", code="invalid_record")
-        rid = validation.record_id(d.get("id"), f"{where}.id")
-        text = validation.text(d.get("text"))
-        vec_in = d.get("vector")
-        if vec_in is None:
-            if self.embedder is None or text is None:
-                raise InvalidArgument(
-                    f"{where} has no vector; give a vector, or text in a collection with an embedder",
-                    code="missing_vector",
-                )
-            vec_in = self.embedder.embed([text])[0]
-        vec = validation.vector(vec_in, self.dimension, self.metric, f"{where}.vector")
-        ttl = validation.positive_seconds(d.get("ttl_seconds"), f"{where}.ttl_seconds")
-        expires_at = validation.epoch_seconds(d.get("expires_at"), f"{where}.expires_at")
-        if ttl is not None and expires_at is not None:
-            raise InvalidArgument(f"{where}: give ttl_seconds or expires_at, not both", code="invalid_ttl")
-        if ttl is None and expires_at is None:
-            ttl = self.config.default_ttl_seconds
-        if ttl is not None:
-            expires_at = now + ttl
-        hlc, node = self.hlc.now()
-        row = RecordRow(
-            hlc=hlc,
-            node=node,
-            created_at=now,
-            updated_at=now,
-            expires_at=expires_at,
-            namespace=validation.namespace(d.get("namespace"), f"{where}.namespace"),
-            metadata=validation.metadata(d.get("metadata")),
-            text=text,
-            vector=vec.tobytes(),
-            importance=validation.finite(d.get("importance"), f"{where}.importance"),
-            ttl_seconds=ttl,
-        )
-        return rid, row
-
     def upsert(self, records: Record | Mapping[str, Any] | Sequence[Record | Mapping[str, Any]]) -> list[str]:
         self._check_open()
-        items = [records] if isinstance(records, (Record, Mapping)) else list(records)
-        validation.batch(items, "records")
-        now = time.time()
-        if self.embedder is not None:
-            self._embed_missing(items)
-        built = [self._build_row(it, f"records[{i}]", now) for i, it in enumerate(items)]
-        seen: set[str] = set()
-        for rid, _ in built:
-            if rid in seen:
-                raise InvalidArgument(f"id {rid!r} appears twice in one batch", code="duplicate_id")
-            seen.add(rid)
+        built = rows.upsert_rows(records, time.time(), self.config, self.hlc, self.embedder)
         self.load()
         muts = [Mutation(keyspace.CHANGE_RECORD, self.prefix, self._key(rid), row) for rid, row in built]
         with tracing.span("engine.upsert"):
             self.store.apply(muts)
         return [version_str(row.version) for _, row in built]
-
-    def _embed_missing(self, items: list[Record | Mapping[str, Any]]) -> None:
-        """Embed the text of vector-less records in one provider call."""
-        assert self.embedder is not None
-        todo = []
-        for i, it in enumerate(items):
-            d = it.__dict__ if isinstance(it, Record) else it
-            if isinstance(d, Mapping) and d.get("vector") is None and isinstance(d.get("text"), str):
-                todo.append(i)
-        if not todo:
-            return
-        texts = [(items[i].__dict__ if isinstance(items[i], Record) else items[i])["text"] for i in todo]  # type: ignore[index]
-        vecs = self.embedder.embed(texts)
-        for i, v in zip(todo, vecs, strict=True):
-            it = items[i]
-            if isinstance(it, Record):
-                items[i] = Record(**{**it.__dict__, "vector": v})
-            else:
-                items[i] = {**it, "vector": v}
 
     def patch(
         self,
@@ -240,47 +157,23 @@ class Collection(GraphMixin, CollectionAPI):
     ) -> Record:
         self._check_open()
         rid = validation.record_ref(id)
-        md_patch = validation.metadata(metadata) if metadata is not None else None
-        new_text = validation.text(text)
-        new_ns = validation.namespace(namespace) if namespace is not None else None
-        ttl = validation.positive_seconds(ttl_seconds, "ttl_seconds")
-        imp = validation.finite(importance, "importance")
-        vec = validation.vector(vector, self.dimension, self.metric) if vector is not None else None
+        change = rows.Patch.parse(
+            self.config,
+            metadata=metadata,
+            text=text,
+            namespace=namespace,
+            ttl_seconds=ttl_seconds,
+            importance=importance,
+            vector=vector,
+        )
         self.load()
         for _ in range(16):
             now = time.time()
             # The vector is read too when the patch keeps it: the new row is written whole.
-            cur = self.store.get_record(self._key(rid), vector=vec is None)
+            cur = self.store.get_record(self._key(rid), vector=change.vector is None)
             if cur is None or not cur.live(now):
-                from engramdb.errors import NotFound
-
                 raise NotFound(f"record {rid!r} does not exist in collection {self.name!r}", code="record_not_found")
-            md = dict(cur.metadata)
-            if md_patch:
-                for k, v in md_patch.items():
-                    if v is None:
-                        md.pop(k, None)
-                    else:
-                        md[k] = v
-                validation.metadata(md)  # the merged object must respect the size cap too
-            hlc, node = self.hlc.now()
-            row = RecordRow(
-                hlc=hlc,
-                node=node,
-                created_at=cur.created_at,
-                updated_at=now,
-                expires_at=(now + ttl) if ttl is not None else cur.expires_at,
-                namespace=new_ns if new_ns is not None else cur.namespace,
-                metadata=md,
-                text=new_text if new_text is not None else cur.text,
-                vector=vec.tobytes() if vec is not None else cur.vector,
-                importance=imp if imp is not None else cur.importance,
-                ttl_seconds=ttl if ttl is not None else cur.ttl_seconds,
-            )
-            if self.embedder is not None and new_text is not None and vec is None:
-                row.vector = validation.vector(
-                    self.embedder.embed([new_text])[0], self.dimension, self.metric
-                ).tobytes()
+            row = change.apply(cur, now, self.config, self.hlc, self.embedder)
             changes = self.store.apply(
                 [Mutation(keyspace.CHANGE_RECORD, self.prefix, self._key(rid), row, if_version=cur.version)]
             )
@@ -313,11 +206,8 @@ class Collection(GraphMixin, CollectionAPI):
             now = time.time()
             muts = []
             for rid in chunk:
-                hlc, node = self.hlc.now()
                 muts.append(
-                    Mutation(
-                        keyspace.CHANGE_RECORD, self.prefix, self._key(rid), RecordRow(hlc, node, True, updated_at=now)
-                    )
+                    Mutation(keyspace.CHANGE_RECORD, self.prefix, self._key(rid), rows.tombstone(now, self.hlc))
                 )
                 muts.extend(self._edge_tombstones(rid, now))
             changes = self.store.apply(muts)
@@ -340,6 +230,55 @@ class Collection(GraphMixin, CollectionAPI):
         """Tombstones for every live edge touching ``rid`` (both directions)."""
         return edge_tombstones(self.store, self.hlc, self.prefix, rid, now)
 
+    def apply_rows(
+        self,
+        records: Sequence[tuple[str, RecordRow]] = (),
+        edges: Sequence[tuple[str, str, str, EdgeRow]] = (),
+        detach: Sequence[tuple[str, tuple[int, int]]] = (),
+    ) -> list[bool]:
+        """Apply rows built elsewhere (by a cluster coordinator, :mod:`engramdb.engine.rows`) as they are.
+
+        The replica side of a replicated write: rows keep the version they were given and go
+        through the one mutation path (last writer wins by version, so a replayed or late row
+        never overwrites a newer one). ``detach`` pairs ``(id, version)`` tombstone, at that
+        version, every edge of this collection touching ``id`` (a record deleted in another
+        shard takes its incoming edges with it). The clock observes every version, so this
+        node's own later writes are newer. Returns, per record then per edge row, whether the
+        row it replaced was live (how a coordinator counts deleted records and edges).
+        """
+        self._check_open()
+        now = time.time()
+        muts = [Mutation(keyspace.CHANGE_RECORD, self.prefix, self._key(rid), row) for rid, row in records]
+        for src, rel, dst, erow in edges:
+            muts.append(
+                Mutation(
+                    keyspace.CHANGE_EDGE,
+                    self.prefix,
+                    keyspace.edge_out_key(self.prefix, src, rel, dst),
+                    erow,
+                    in_key=keyspace.edge_in_key(self.prefix, src, rel, dst),
+                )
+            )
+        n_rows = len(muts)
+        for rid, (stamp, node) in detach:
+            gone = EdgeRow(stamp, node, True, updated_at=now)
+            muts.extend(replace(m, row=gone) for m in self._edge_tombstones(rid, now))
+        newest = max((m.row.version for m in muts), default=None)
+        if newest is not None:
+            self.hlc.observe(newest)
+        if not muts:
+            return []
+        self.load()
+        changes = self.store.apply(muts)
+        out = []
+        for c in changes[:n_rows]:
+            old = c.old
+            if isinstance(old, RecordRow):
+                out.append(c.applied and old.live(now))
+            else:
+                out.append(c.applied and old is not None and not old.deleted)
+        return out
+
     def refresh_ttl(self, ids: str | Sequence[str]) -> int:
         self._check_open()
         id_list = [ids] if isinstance(ids, str) else list(ids)
@@ -349,21 +288,7 @@ class Collection(GraphMixin, CollectionAPI):
             cur = self.store.get_record(self._key(validation.record_ref(rid)), vector=True)
             if cur is None or not cur.live(now) or cur.ttl_seconds is None:
                 continue
-            hlc, node = self.hlc.now()
-            row = RecordRow(
-                hlc,
-                node,
-                False,
-                cur.created_at,
-                now,
-                now + cur.ttl_seconds,
-                cur.namespace,
-                cur.metadata,
-                cur.text,
-                cur.vector,
-                cur.importance,
-                cur.ttl_seconds,
-            )
+            row = rows.refreshed_row(cur, now, self.hlc)
             muts.append(Mutation(keyspace.CHANGE_RECORD, self.prefix, self._key(rid), row, if_version=cur.version))
         if not muts:
             return 0

@@ -22,7 +22,7 @@ from engramdb.engine.collection import Collection
 from engramdb.engine.graph import edge_tombstones
 from engramdb.engine.hlc import HLC
 from engramdb.engine.metadata import Metadata
-from engramdb.errors import AlreadyExists, Closed, InvalidArgument, NotFound, is_failure
+from engramdb.errors import AlreadyExists, Closed, FailedPrecondition, InvalidArgument, NotFound, is_failure
 from engramdb.storage import keyspace
 from engramdb.storage.codec import RecordRow, decode_record, pack, unpack
 from engramdb.storage.store import Mutation, Store
@@ -34,6 +34,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("engramdb.database")
 
 DEFAULT_TENANT = "default"
+NOT_A_CLUSTER = (
+    "shards and replication_factor above 1 need cluster mode (docs/cluster.md); this server is a single node, "
+    "which holds one copy of everything: leave them out or set them to 1"
+)
 
 
 _libc: Any = None
@@ -161,8 +165,64 @@ class Database(DatabaseAPI):
         indexed_fields: Mapping[str, str] | None = None,
         text_index: bool = True,
         exist_ok: bool = False,
+        shards: int | None = None,
+        replication_factor: int | None = None,
     ) -> Collection:
         self._check_open()
+        # The public API is the same in a cluster, where these lay the collection out (docs/cluster.md).
+        # This database is one node holding one copy of everything, so only 1 (or None) fits.
+        n_shards = 1 if shards is None else validation.shards(shards)
+        rf = 1 if replication_factor is None else validation.replication_factor(replication_factor)
+        if n_shards != 1 or rf != 1:
+            raise FailedPrecondition(NOT_A_CLUSTER, code="not_a_cluster")
+        cfg, emb = self.new_config(
+            name,
+            dimension,
+            metric,
+            index=index,
+            embedder=embedder,
+            default_ttl_seconds=default_ttl_seconds,
+            indexed_fields=indexed_fields,
+            text_index=text_index,
+        )
+        with self._lock:
+            tid = self.ensure_tenant(tenant)
+            key = keyspace.collection_key(tid, name)
+            raw = self.store.get("meta", key)
+            if raw is not None:
+                existing = self.get_collection(name, tenant=tenant)
+                if exist_ok and existing.config == cfg:
+                    return existing
+                raise AlreadyExists(
+                    f"collection {name!r} already exists in tenant {tenant!r}"
+                    + (" with a different configuration" if exist_ok else ""),
+                    code="collection_exists",
+                )
+            cid = self._next_id("collection")
+            self.store.write_meta(
+                {key: pack({"id": cid, "config": cfg.model_dump(mode="json"), "created_at": time.time()})}
+            )
+            coll = self._make(tenant, tid, cid, cfg, emb)
+            self._collections[(tenant, name)] = coll
+            coll.load()
+            return coll
+
+    def new_config(
+        self,
+        name: str,
+        dimension: int | None = None,
+        metric: str = "cosine",
+        *,
+        index: Mapping[str, Any] | None = None,
+        embedder: Mapping[str, Any] | None = None,
+        default_ttl_seconds: float | None = None,
+        indexed_fields: Mapping[str, str] | None = None,
+        text_index: bool = True,
+    ) -> tuple[CollectionConfig, Any]:
+        """A new collection's validated configuration and its embedder (None without one); creates nothing.
+
+        The one place create requests are checked, for this database and for a cluster coordinator.
+        """
         emb = None
         if embedder is not None:
             from engramdb.types import EmbedderConfig
@@ -200,27 +260,7 @@ class Database(DatabaseAPI):
                 msg = "; ".join(f"{'.'.join(map(str, x['loc'])) or 'config'}: {x['msg']}" for x in e.errors())
                 raise InvalidArgument(f"invalid collection config: {msg}", code="invalid_config") from e
             raise
-        with self._lock:
-            tid = self.ensure_tenant(tenant)
-            key = keyspace.collection_key(tid, name)
-            raw = self.store.get("meta", key)
-            if raw is not None:
-                existing = self.get_collection(name, tenant=tenant)
-                if exist_ok and existing.config == cfg:
-                    return existing
-                raise AlreadyExists(
-                    f"collection {name!r} already exists in tenant {tenant!r}"
-                    + (" with a different configuration" if exist_ok else ""),
-                    code="collection_exists",
-                )
-            cid = self._next_id("collection")
-            self.store.write_meta(
-                {key: pack({"id": cid, "config": cfg.model_dump(mode="json"), "created_at": time.time()})}
-            )
-            coll = self._make(tenant, tid, cid, cfg, emb)
-            self._collections[(tenant, name)] = coll
-            coll.load()
-            return coll
+        return cfg, emb
 
     def _make(self, tenant: str, tid: int, cid: int, cfg: CollectionConfig, emb: Any = None) -> Collection:
         if emb is None and cfg.embedder is not None:
@@ -480,6 +520,35 @@ class Database(DatabaseAPI):
         """Why the last background erase pass failed (None: it did not); it is retried, the node stays ready."""
         return self._erase_error
 
+    @staticmethod
+    def altered_config(
+        old: CollectionConfig,
+        *,
+        indexed_fields: Mapping[str, str | None] | None = None,
+        default_ttl_seconds: float | EllipsisType | None = ...,
+        ef_search: int | None = None,
+    ) -> CollectionConfig:
+        """``old`` with an ``alter_collection`` change applied (validated; nothing is stored)."""
+        fields_change = validation.indexed_fields_change(indexed_fields)
+        ttl = validation.default_ttl(default_ttl_seconds) if default_ttl_seconds is not ... else None
+        ef = validation.ef_search(ef_search) if ef_search is not None else None
+        fields = dict(old.indexed_fields)
+        for path, ftype in fields_change.items():
+            if ftype is None:
+                fields.pop(path, None)
+            else:
+                fields[path] = ftype  # type: ignore[assignment]  # checked by indexed_fields_change
+        if len(fields) > validation.MAX_INDEXED_FIELDS:
+            raise InvalidArgument(
+                f"a collection may index at most {validation.MAX_INDEXED_FIELDS} fields", code="invalid_config"
+            )
+        return dataclasses.replace(
+            old,
+            indexed_fields=fields,
+            default_ttl_seconds=ttl if default_ttl_seconds is not ... else old.default_ttl_seconds,
+            index=dataclasses.replace(old.index, ef_search=ef) if ef is not None else old.index,
+        )
+
     def alter_collection(
         self,
         name: str,
@@ -491,28 +560,19 @@ class Database(DatabaseAPI):
     ) -> CollectionConfig:
         self._check_open()
         # Every value is checked before anything is written: a bad one changes nothing.
-        fields_change = validation.indexed_fields_change(indexed_fields)
-        ttl = validation.default_ttl(default_ttl_seconds) if default_ttl_seconds is not ... else None
-        ef = validation.ef_search(ef_search) if ef_search is not None else None
+        self.altered_config(
+            CollectionConfig(name="check", dimension=1),
+            indexed_fields=indexed_fields,
+            default_ttl_seconds=default_ttl_seconds,
+            ef_search=ef_search,
+        )
         with self._lock:
             coll = self.get_collection(name, tenant=tenant)
             old = coll.config
-            fields = dict(old.indexed_fields)
-            for path, ftype in fields_change.items():
-                if ftype is None:
-                    fields.pop(path, None)
-                else:
-                    fields[path] = ftype  # type: ignore[assignment]  # checked by indexed_fields_change
-            if len(fields) > validation.MAX_INDEXED_FIELDS:
-                raise InvalidArgument(
-                    f"a collection may index at most {validation.MAX_INDEXED_FIELDS} fields", code="invalid_config"
-                )
-            new = dataclasses.replace(
-                old,
-                indexed_fields=fields,
-                default_ttl_seconds=ttl if default_ttl_seconds is not ... else old.default_ttl_seconds,
-                index=dataclasses.replace(old.index, ef_search=ef) if ef is not None else old.index,
+            new = self.altered_config(
+                old, indexed_fields=indexed_fields, default_ttl_seconds=default_ttl_seconds, ef_search=ef_search
             )
+            fields = new.indexed_fields
             if new == old:
                 return old
             key = keyspace.collection_key(coll.tenant_id, name)

@@ -10,10 +10,17 @@ Visibility: an edge is *visible* only while both of its endpoints are live
 records (not deleted, not expired). Edges to missing ids (written with
 ``create_missing=True``) or to expired records stay stored but are never
 listed or traversed, so "deleted means gone" holds on every graph path even
-before the TTL sweeper or a delete has removed the rows. Liveness is read from
-the in-memory vector index (``label_of`` + ``expires``), which the writer
-thread updates before a write is acknowledged; records that are returned are
-re-checked against their stored row.
+before the TTL sweeper or a delete has removed the rows. In the engine,
+liveness is read from the in-memory vector index (``label_of`` + ``expires``),
+which the writer thread updates before a write is acknowledged; records that
+are returned are re-checked against their stored row.
+
+Every read walk (:func:`list_edges`, :func:`walk_neighbors`,
+:func:`walk_subgraph`, :func:`expand_hits`) runs over a :class:`GraphSource`:
+batches of adjacency lists, liveness and record rows. The engine's source is
+:class:`StoreGraphSource`; a cluster coordinator implements the same protocol
+with one request per node per batch, and gets the engine's results, scores,
+ordering and errors because the walk itself is this one code.
 
 See ``docs/graph.md`` for the user-facing contract (API, scoring, bounds).
 """
@@ -24,7 +31,9 @@ import contextlib
 import heapq
 import struct
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -42,9 +51,11 @@ if TYPE_CHECKING:
     from engramdb.filters import Filter
     from engramdb.storage.store import Store
 
-# Edge rows read per node and direction during a traversal. A hub with more
-# edges than this is only partly explored; without a cap one celebrity node
-# could make every traversal that touches it scan millions of rows.
+# Live edge rows read per node and direction during a traversal. A hub with
+# more edges than this is only partly explored; without a cap one celebrity
+# node could make every traversal that touches it scan millions of rows.
+# Removed edges (tombstones) are skipped and not counted, so every shard of a
+# cluster can cut the same rows as a single node would.
 SCAN_CAP = 10_000
 DEFAULT_GRAPH_TIMEOUT_MS = 2000
 
@@ -65,20 +76,123 @@ class GraphIndexes(Protocol):
         ...
 
 
+@dataclass(slots=True)
+class Adj:
+    """One live edge seen from a node: ``other`` is the neighbour across it.
+
+    ``other`` is ``dst`` for an out-edge and ``src`` for an in-edge (both for
+    a self-loop). ``properties`` and ``version`` (the edge's version string)
+    are set only when asked for (``details=True``); walks need just the weight.
+    """
+
+    other: str
+    src: str
+    relation: str
+    dst: str
+    weight: float
+    properties: dict[str, Any] | None = None
+    version: str | None = None
+
+    def step(self) -> dict[str, Any]:
+        return {"src": self.src, "relation": self.relation, "dst": self.dst, "weight": self.weight}
+
+    def edge(self) -> Edge:
+        return Edge(self.src, self.relation, self.dst, self.weight, self.properties or {}, self.version)
+
+
+class GraphSource(Protocol):
+    """What every graph read needs of a collection: batched adjacency, liveness and record rows.
+
+    The engine implements it over RocksDB (:class:`StoreGraphSource`); a
+    cluster coordinator over its shards. The walks call each method once per
+    batch of at most :attr:`batch_nodes` nodes, never once per edge.
+    """
+
+    @property
+    def name(self) -> str:
+        """The collection's name, for error messages."""
+        ...
+
+    @property
+    def batch_nodes(self) -> int:
+        """How many frontier nodes the walks pass to one :meth:`adjacent` call.
+
+        Small for a local store (the time limit is checked between batches);
+        large for a remote source (one round trip per batch).
+        """
+        ...
+
+    def adjacent(
+        self,
+        nodes: Sequence[str],
+        direction: str,
+        relations: tuple[str, ...] | None,
+        limit_per_node: int | None,
+        *,
+        details: bool = False,
+        targets: Container[str] | None = None,
+    ) -> dict[str, list[Adj]]:
+        """The live (not removed) edges of each node in ``direction`` ("out", "in" or "both").
+
+        Whether the other endpoint is live is NOT checked here. Per node, the
+        out-edges come first, then the in-edges, each in scan order
+        (:func:`adjacency_sort_key`). ``relations`` (None: all) restricts the
+        relation; ``targets`` (None: all) the other endpoint.
+        ``limit_per_node`` caps the edges returned per node and direction (the
+        first ones in scan order, counted after ``targets``). ``details`` fills
+        :attr:`Adj.properties` and :attr:`Adj.version`. Every node of
+        ``nodes`` is a key of the result.
+        """
+        ...
+
+    def live(self, ids: Iterable[str]) -> AbstractSet[str]:
+        """The ids among ``ids`` (which may repeat) that are live records: stored, not deleted, not expired."""
+        ...
+
+    def rows(self, ids: Sequence[str]) -> list[RecordRow | None]:
+        """Stored rows (live or not; vectors need not be loaded) for ids, in order; None where absent."""
+        ...
+
+    def records(
+        self,
+        pairs: Sequence[tuple[str, RecordRow | None]],
+        include: frozenset[str],
+        now: float,
+        flt: Filter | None = None,
+    ) -> list[Record | None]:
+        """Public records of ``(id, row)`` pairs, as :meth:`RecordReader.records` (None: absent or not live)."""
+        ...
+
+
 class ExpandTarget(Protocol):
     """What graph expansion of search hits needs of a collection (:func:`expand_hits`)."""
 
-    @property
-    def store(self) -> Store: ...
+    def graph_source(self) -> AbstractContextManager[GraphSource]: ...
 
-    @property
-    def prefix(self) -> bytes: ...
 
-    @property
-    def indexes(self) -> GraphIndexes: ...
+def adjacency_sort_key(relations: tuple[str, ...] | None) -> Callable[[Adj], tuple[Any, ...]]:
+    """The scan order of one node's edges in one direction, for merging partial adjacency lists.
 
-    @property
-    def reader(self) -> RecordReader: ...
+    A node's edges are stored under ``node | relation | other``, the relation
+    length-prefixed: without ``relations`` they come by relation (shorter
+    UTF-8 first, then bytewise), then by the other endpoint's UTF-8 bytes; with
+    ``relations`` they come relation by relation in the order given, then by
+    the other endpoint. A coordinator merging per-shard in-edge lists sorts by
+    this key (stable) and then applies the cap.
+    """
+    if relations is None:
+
+        def key(a: Adj) -> tuple[Any, ...]:
+            rel = a.relation.encode()
+            return (len(rel), rel, a.other.encode())
+
+        return key
+    rank = {r: i for i, r in enumerate(relations)}
+
+    def key_ranked(a: Adj) -> tuple[Any, ...]:
+        return (rank[a.relation], a.other.encode())
+
+    return key_ranked
 
 
 def _include(value: Iterable[str] | None) -> frozenset[str]:
@@ -86,7 +200,9 @@ def _include(value: Iterable[str] | None) -> frozenset[str]:
 
 
 @dataclass(frozen=True, slots=True)
-class _NewEdge:
+class NewEdge:
+    """A validated edge to write (:func:`parse_new_edges`)."""
+
     src: str
     relation: str
     dst: str
@@ -96,6 +212,27 @@ class _NewEdge:
     @property
     def key(self) -> EdgeKey:
         return (self.src, self.relation, self.dst)
+
+    def row(self, version: tuple[int, int], now: float) -> EdgeRow:
+        """The stored edge row at HLC ``version``, written at ``now`` (Unix seconds)."""
+        return EdgeRow(version[0], version[1], False, self.weight, self.properties, updated_at=now)
+
+
+def edge_tombstone(version: tuple[int, int], now: float) -> EdgeRow:
+    """The row that removes an edge (unlink, or a deleted/expired endpoint) at HLC ``version``."""
+    return EdgeRow(version[0], version[1], True, updated_at=now)
+
+
+def edge_mutation(prefix: bytes, key: EdgeKey, row: EdgeRow) -> Mutation:
+    """The one mutation that writes ``row`` under both the out- and the in-key of edge ``key``."""
+    src, rel, dst = key
+    return Mutation(
+        keyspace.CHANGE_EDGE,
+        prefix,
+        keyspace.edge_out_key(prefix, src, rel, dst),
+        row,
+        in_key=keyspace.edge_in_key(prefix, src, rel, dst),
+    )
 
 
 def _edge_dict(item: Any, where: str) -> Mapping[str, Any]:
@@ -112,7 +249,14 @@ def _edge_dict(item: Any, where: str) -> Mapping[str, Any]:
     raise InvalidArgument(f"{where} must be an Edge or a dict with src, relation and dst", code="invalid_edge")
 
 
-def _parse_new_edge(item: Any, where: str) -> _NewEdge:
+def _edge_items(edges: Any) -> list[Any]:
+    items: list[Any] = [edges] if isinstance(edges, (Edge, Mapping)) else list(edges)
+    validation.batch(items, "edges")
+    return items
+
+
+def parse_new_edge(item: Any, where: str) -> NewEdge:
+    """One edge to write: an Edge or a dict; InvalidArgument naming ``where`` otherwise."""
     d = _edge_dict(item, where)
     src = validation.record_id(d.get("src"), f"{where}.src")
     dst = validation.record_id(d.get("dst"), f"{where}.dst")
@@ -126,10 +270,50 @@ def _parse_new_edge(item: Any, where: str) -> _NewEdge:
     except InvalidArgument as e:
         # The shared JSON checks speak of "metadata"; say which field it was.
         raise InvalidArgument(f"{where}.properties: {e.message}", code="invalid_properties") from e
-    return _NewEdge(src, rel, dst, weight, props)
+    return NewEdge(src, rel, dst, weight, props)
 
 
-def _parse_edge_key(item: Any, where: str) -> EdgeKey:
+def parse_new_edges(edges: Any) -> list[NewEdge]:
+    """The ``edges`` argument of ``link`` (one edge or a batch), validated as a whole, in order.
+
+    Raises InvalidArgument for any bad item or an edge given twice; nothing
+    may be written then.
+    """
+    parsed = [parse_new_edge(it, f"edges[{i}]") for i, it in enumerate(_edge_items(edges))]
+    seen: set[EdgeKey] = set()
+    for i, e in enumerate(parsed):
+        if e.key in seen:
+            raise InvalidArgument(
+                f"edges[{i}] ({e.src!r}, {e.relation!r}, {e.dst!r}) appears twice in one batch",
+                code="duplicate_edge",
+            )
+        seen.add(e.key)
+    return parsed
+
+
+def check_create_missing(value: Any) -> bool:
+    """The ``create_missing`` argument of ``link``."""
+    if not isinstance(value, bool):
+        raise InvalidArgument("create_missing must be true or false", code="invalid_argument")
+    return value
+
+
+def link_endpoints(edges: Sequence[NewEdge]) -> list[str]:
+    """The distinct endpoints of ``edges``, in order: what must be live for ``create_missing=False``."""
+    return list(dict.fromkeys(rid for e in edges for rid in (e.src, e.dst)))
+
+
+def missing_endpoints_error(missing: Sequence[str]) -> NotFound:
+    """The error of ``link`` when endpoints in ``missing`` are not live records."""
+    return NotFound(
+        f"cannot link to records that do not exist or have expired: {list(missing[:10])!r}"
+        f"{' …' if len(missing) > 10 else ''}; create them first or pass create_missing=True",
+        code="record_not_found",
+        details={"missing": list(missing[:100])},
+    )
+
+
+def parse_edge_key(item: Any, where: str) -> EdgeKey:
     """The (src, relation, dst) of an unlink item: a 3-tuple, a dict or an Edge."""
     if isinstance(item, (Edge, Mapping)):
         d = _edge_dict(item, where)
@@ -146,6 +330,11 @@ def _parse_edge_key(item: Any, where: str) -> EdgeKey:
         raise InvalidArgument(f"{where}.{e.message}", code=e.code) from e
     # Naming an edge to remove: edges stored before control characters were refused stay removable.
     return (validation.record_ref(src, f"{where}.src"), relation, validation.record_ref(dst, f"{where}.dst"))
+
+
+def parse_edge_keys(edges: Any) -> list[EdgeKey]:
+    """The ``edges`` argument of ``unlink`` (one item or a batch): distinct keys, in order."""
+    return list(dict.fromkeys(parse_edge_key(it, f"edges[{i}]") for i, it in enumerate(_edge_items(edges))))
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,88 +401,139 @@ def expand_seeds(spec: Any, k: int) -> int:
 
 
 # ------------------------------------------------------------------ traversal
-@dataclass(slots=True)
-class _Adj:
-    """One visible edge seen from a node: ``other`` is the neighbour across it."""
-
-    other: str
-    src: str
-    relation: str
-    dst: str
-    weight: float
-
-    def step(self) -> dict[str, Any]:
-        return {"src": self.src, "relation": self.relation, "dst": self.dst, "weight": self.weight}
-
-
 _U16 = struct.Struct(">H")
 
 
-class _EdgeReader:
-    """Adjacency scans for one traversal, one RocksDB iterator per column family.
+class StoreGraphSource:
+    """The :class:`GraphSource` of an engine collection: RocksDB adjacency, in-memory liveness.
 
-    A traversal seeks hundreds of adjacency lists; re-seeking one iterator is
-    cheaper than creating one per node, and it reads one consistent view. Use
-    it as a context manager: iterators must be gone before the store closes.
+    One traversal seeks hundreds of adjacency lists; re-seeking one iterator
+    per column family is cheaper than creating one per node, and it reads one
+    consistent view. Use it as a context manager: iterators must be gone
+    before the store closes. Liveness is taken at the first :meth:`live` call
+    (a fixed 'now' for the whole walk), so building one costs nothing.
     """
 
-    def __init__(self, store: Store, prefix: bytes):
+    # Nodes per adjacency batch: the walks check their time limit between batches.
+    batch_nodes = 16
+
+    def __init__(self, name: str, store: Store, prefix: bytes, indexes: GraphIndexes, reader: RecordReader):
+        self.name = name
         self.store = store
         self.prefix = prefix
+        self.indexes = indexes
+        self.reader = reader
+        self._alive: Callable[[str], bool] | None = None
         self._its: dict[str, Any] = {}
         self._stack = contextlib.ExitStack()
 
-    def __enter__(self) -> _EdgeReader:
+    def __enter__(self) -> StoreGraphSource:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._its.clear()
         self._stack.close()  # drops (and so closes) the iterators
 
-    def scan(
-        self, cf: str, node: str, relations: tuple[str, ...] | None, cap: int | None = None
-    ) -> Iterator[tuple[str, str, bytes]]:
-        """(relation, other node, raw edge row) of ``node``'s edges in ``cf``, in key order."""
+    def adjacent(
+        self,
+        nodes: Sequence[str],
+        direction: str,
+        relations: tuple[str, ...] | None,
+        limit_per_node: int | None,
+        *,
+        details: bool = False,
+        targets: Container[str] | None = None,
+    ) -> dict[str, list[Adj]]:
+        out: dict[str, list[Adj]] = {}
+        for node in nodes:
+            adj: list[Adj] = []
+            if direction in ("out", "both"):
+                self._scan(adj, "edges_out", node, relations, limit_per_node, details, targets)
+            if direction in ("in", "both"):
+                self._scan(adj, "edges_in", node, relations, limit_per_node, details, targets)
+            out[node] = adj
+        return out
+
+    def _scan(
+        self,
+        out: list[Adj],
+        cf: str,
+        node: str,
+        relations: tuple[str, ...] | None,
+        cap: int | None,
+        details: bool,
+        targets: Container[str] | None,
+    ) -> None:
+        """Append ``node``'s live edges in ``cf`` to ``out``, in key order, at most ``cap`` of them."""
+        node_prefix = keyspace.edge_node_prefix(self.prefix, node)
+        prefixes = (
+            [node_prefix] if relations is None else [keyspace.edge_node_prefix(self.prefix, node, r) for r in relations]
+        )
         it = self._its.get(cf)
         if it is None:
-            it = self._its[cf] = self._stack.enter_context(self.store.iterator(cf, self.prefix))
-        node_prefix = keyspace.edge_node_prefix(self.prefix, node)
+            # Created at the first prefix: one seek fewer for single-node reads (edges()).
+            it = self._its[cf] = self._stack.enter_context(self.store.iterator(cf, prefixes[0]))
+        else:
+            it.seek(prefixes[0])
         # Keys are prefix | u16 len + node | u16 len + relation | other node
         # (storage/keyspace.py); parsing just the tail after the known node prefix
         # is the hot loop of every traversal.
         off = len(node_prefix)
-        prefixes = (
-            [node_prefix] if relations is None else [keyspace.edge_node_prefix(self.prefix, node, r) for r in relations]
-        )
-        n = 0
-        for p in prefixes:
-            it.seek(p)
-            while it.valid():
-                k = it.key()
+        outgoing = cf == "edges_out"
+        valid, key, value, step = it.valid, it.key, it.value, it.next
+        append = out.append
+        unpack = _U16.unpack_from
+        left = -1 if cap is None else cap  # never reaches 0 without a cap
+        for i, p in enumerate(prefixes):
+            if i:
+                it.seek(p)
+            while valid():
+                k = key()
                 if not k.startswith(p):
                     break
-                (ln,) = _U16.unpack_from(k, off)
-                yield k[off + 2 : off + 2 + ln].decode(), k[off + 2 + ln :].decode(), it.value()
-                n += 1
-                if cap is not None and n >= cap:
-                    return
-                it.next()
+                (ln,) = unpack(k, off)
+                other = k[off + 2 + ln :].decode()
+                if targets is None or other in targets:
+                    row = decode_edge(value())
+                    if not row.deleted:
+                        rel = k[off + 2 : off + 2 + ln].decode()
+                        a = (
+                            Adj(other, node, rel, other, row.weight)
+                            if outgoing
+                            else Adj(other, other, rel, node, row.weight)
+                        )
+                        if details:
+                            a.properties = row.properties
+                            a.version = version_str(row.version)
+                        append(a)
+                        left -= 1
+                        if not left:
+                            return
+                step()
+
+    def live(self, ids: Iterable[str]) -> set[str]:
+        if self._alive is None:
+            self._alive = self.indexes.alive_fn()
+        alive = self._alive
+        return {r for r in ids if alive(r)}
+
+    def rows(self, ids: Sequence[str]) -> list[RecordRow | None]:
+        return self.reader.rows(ids)
+
+    def records(
+        self,
+        pairs: Sequence[tuple[str, RecordRow | None]],
+        include: frozenset[str],
+        now: float,
+        flt: Filter | None = None,
+    ) -> list[Record | None]:
+        return self.reader.records(pairs, include, now, flt)
 
 
-def _adjacent(rd: _EdgeReader, node: str, direction: str, relations: tuple[str, ...] | None) -> list[_Adj]:
-    """Stored, non-tombstoned edges of ``node`` (liveness of the other end is the caller's check)."""
-    out: list[_Adj] = []
-    if direction in ("out", "both"):
-        for r, dst, v in rd.scan("edges_out", node, relations, SCAN_CAP):
-            row = decode_edge(v)
-            if not row.deleted:
-                out.append(_Adj(dst, node, r, dst, row.weight))
-    if direction in ("in", "both"):
-        for r, src, v in rd.scan("edges_in", node, relations, SCAN_CAP):
-            row = decode_edge(v)
-            if not row.deleted:
-                out.append(_Adj(src, src, r, node, row.weight))
-    return out
+def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    size = max(1, size)
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
 
 
 def _importance_factor(row: RecordRow | None) -> float:
@@ -303,305 +543,204 @@ def _importance_factor(row: RecordRow | None) -> float:
     return max(0.0, 1.0 + row.importance)
 
 
-class GraphMixin:
-    """Edge and traversal methods, mixed into :class:`~engramdb.engine.collection.Collection`."""
+def require_live(source: GraphSource, rid: str) -> None:
+    """NotFound (``record_not_found``) unless ``rid`` is a live record: the start of a walk must exist."""
+    if rid not in source.live((rid,)):
+        raise NotFound(f"record {rid!r} does not exist in collection {source.name!r}", code="record_not_found")
 
-    if TYPE_CHECKING:
-        # Provided by Collection; declared so the mixin type-checks on its own.
-        store: Store
-        hlc: HLC
-        prefix: bytes
 
-        @property
-        def name(self) -> str: ...
+def attach_records(source: GraphSource, hits: list[Hit], inc: frozenset[str]) -> list[Hit]:
+    """Attach records (fields in ``inc``) to ``hits``, dropping any node deleted meanwhile."""
+    if not inc or not hits:
+        return hits
+    now = time.time()
+    out = []
+    ids = [h.id for h in hits]
+    pairs = list(zip(ids, source.rows(ids), strict=True))
+    for h, rec in zip(hits, source.records(pairs, inc, now), strict=True):
+        if rec is not None:
+            h.record = rec
+            out.append(h)
+    return out
 
-        @property
-        def indexes(self) -> GraphIndexes: ...
 
-        @property
-        def reader(self) -> RecordReader: ...
-
-        def _check_open(self) -> None: ...
-
-        def _edge_tombstones(self, rid: str, now: float) -> list[Mutation]: ...
-
-    # -------------------------------------------------------------- writes
-    def link(
-        self, edges: Edge | Mapping[str, Any] | Sequence[Edge | Mapping[str, Any]], *, create_missing: bool = False
-    ) -> list[str]:
-        self._check_open()
-        if not isinstance(create_missing, bool):
-            raise InvalidArgument("create_missing must be true or false", code="invalid_argument")
-        items: list[Any] = [edges] if isinstance(edges, (Edge, Mapping)) else list(edges)
-        validation.batch(items, "edges")
-        parsed = [_parse_new_edge(it, f"edges[{i}]") for i, it in enumerate(items)]
-        seen: set[EdgeKey] = set()
-        for i, e in enumerate(parsed):
-            if e.key in seen:
-                raise InvalidArgument(
-                    f"edges[{i}] ({e.src!r}, {e.relation!r}, {e.dst!r}) appears twice in one batch",
-                    code="duplicate_edge",
-                )
-            seen.add(e.key)
-        if not parsed:
-            return []
-        endpoints = list(dict.fromkeys(rid for e in parsed for rid in (e.src, e.dst)))
-        if not create_missing:
-            missing = self._not_live(endpoints)
-            if missing:
-                raise NotFound(
-                    f"cannot link to records that do not exist or have expired: {missing[:10]!r}"
-                    f"{' …' if len(missing) > 10 else ''}; create them first or pass create_missing=True",
-                    code="record_not_found",
-                    details={"missing": missing[:100]},
-                )
-        now = time.time()
-        muts: list[Mutation] = []
-        for e in parsed:
-            hlc, node = self.hlc.now()
-            muts.append(
-                Mutation(
-                    keyspace.CHANGE_EDGE,
-                    self.prefix,
-                    keyspace.edge_out_key(self.prefix, e.src, e.relation, e.dst),
-                    EdgeRow(hlc, node, False, e.weight, e.properties, updated_at=now),
-                    in_key=keyspace.edge_in_key(self.prefix, e.src, e.relation, e.dst),
-                )
-            )
-        self.store.apply(muts)
-        if not create_missing:
-            # A delete of an endpoint may have committed between our check and
-            # our write, after it tombstoned that record's edges. Re-check and
-            # remove what the delete would have removed, so the delete wins
-            # instead of leaving an edge that resurfaces if the id is reused.
-            gone = self._not_live(endpoints)
-            if gone:
-                t = time.time()
-                self.store.apply([m for rid in gone for m in self._edge_tombstones(rid, t)])
-        return [version_str(m.row.version) for m in muts]
-
-    def unlink(self, edges: Sequence[Any] | Mapping[str, Any] | Edge) -> int:
-        self._check_open()
-        items: list[Any] = [edges] if isinstance(edges, (Edge, Mapping)) else list(edges)
-        validation.batch(items, "edges")
-        keys = list(dict.fromkeys(_parse_edge_key(it, f"edges[{i}]") for i, it in enumerate(items)))
-        if not keys:
-            return 0
-        out_keys = [keyspace.edge_out_key(self.prefix, s, r, d) for s, r, d in keys]
-        now = time.time()
-        muts: list[Mutation] = []
-        for (s, r, d), ok, raw in zip(keys, out_keys, self.store.multi_get("edges_out", out_keys), strict=True):
-            # Absent or already-removed edges need no tombstone: nothing to hide.
-            if raw is None or decode_edge(raw).deleted:
-                continue
-            hlc, node = self.hlc.now()
-            muts.append(
-                Mutation(
-                    keyspace.CHANGE_EDGE,
-                    self.prefix,
-                    ok,
-                    EdgeRow(hlc, node, True, updated_at=now),
-                    in_key=keyspace.edge_in_key(self.prefix, s, r, d),
-                )
-            )
-        if not muts:
-            return 0
-        changes = self.store.apply(muts)
-        return sum(1 for c in changes if c.applied and isinstance(c.old, EdgeRow) and not c.old.deleted)
-
-    # --------------------------------------------------------------- reads
-    def edges(
-        self,
-        id: str,
-        *,
-        direction: str = "out",
-        relation: str | None = None,
-        limit: int = 1000,
-    ) -> list[Edge]:
-        self._check_open()
-        rid = validation.record_ref(id)
-        direction = validation.direction(direction)
-        rel = None if relation is None else validation.relation_ref(relation)
-        limit = validation.graph_limit(limit)
-        alive = self.indexes.alive_fn()
-        self._require_live(rid, alive)
-        out: list[Edge] = []
-        seen: set[EdgeKey] = set()
-        for cf in ("edges_out", "edges_in") if direction == "both" else (f"edges_{direction}",):
-            for k, v in self.store.iter_prefix(cf, keyspace.edge_node_prefix(self.prefix, rid, rel)):
-                row = decode_edge(v)
-                if row.deleted:
-                    continue
-                a, r, b = keyspace.parse_edge_key(k)
-                src, dst = (a, b) if cf == "edges_out" else (b, a)
-                if (src, r, dst) in seen or not alive(b):
+def list_edges(
+    source: GraphSource,
+    id: str,
+    *,
+    direction: str = "out",
+    relation: str | None = None,
+    limit: int = 1000,
+) -> list[Edge]:
+    """:meth:`Collection.edges` over ``source``: visible edges of a live record, out-edges first, in scan order."""
+    rid = validation.record_ref(id)
+    direction = validation.direction(direction)
+    rel = None if relation is None else validation.relation_ref(relation)
+    limit = validation.graph_limit(limit)
+    require_live(source, rid)
+    rels = None if rel is None else (rel,)
+    out: list[Edge] = []
+    seen: set[EdgeKey] = set()
+    for d in ("out", "in") if direction == "both" else (direction,):
+        # Edges to endpoints that are not live are hidden, so `limit` rows may
+        # not be enough: read again with a larger cap until `limit` visible
+        # edges are found or the node has no more.
+        base = len(out)
+        cap = limit
+        while True:
+            adj = source.adjacent([rid], d, rels, cap, details=True)[rid]
+            alive = source.live(a.other for a in adj)
+            del out[base:]
+            added: list[EdgeKey] = []
+            for a in adj:
+                key = (a.src, a.relation, a.dst)
+                if key in seen or a.other not in alive:
                     continue  # a self-loop shows once under "both"
-                seen.add((src, r, dst))
-                out.append(Edge(src, r, dst, row.weight, row.properties, version_str(row.version)))
+                seen.add(key)
+                added.append(key)
+                out.append(a.edge())
                 if len(out) >= limit:
                     return out
-        return out
+            if len(adj) < cap:
+                break
+            seen.difference_update(added)
+            cap *= 4
+    return out
 
-    def neighbors(
-        self,
-        id: str,
-        *,
-        hops: int = 1,
-        relations: str | Sequence[str] | None = None,
-        direction: str = "out",
-        limit: int = 100,
-        fanout: int | None = None,
-        include: Iterable[str] | None = _DEFAULT_INCLUDE,
-        timeout_ms: float = DEFAULT_GRAPH_TIMEOUT_MS,
-    ) -> list[Hit]:
-        self._check_open()
-        rid = validation.record_ref(id)
-        hops = validation.hops(hops)
-        rels = validation.relations(relations)
-        direction = validation.direction(direction)
-        limit = validation.graph_limit(limit)
-        if fanout is not None:
-            fanout = validation.fanout(fanout)
-        inc = _include(include)
-        deadline = time.monotonic() + validation.timeout_ms(timeout_ms) / 1000
-        alive = self.indexes.alive_fn()
-        self._require_live(rid, alive)
-        with _EdgeReader(self.store, self.prefix) as rd:
-            visited = {rid}
-            frontier: list[tuple[str, float, tuple[_Adj, ...]]] = [(rid, 1.0, ())]
-            found: list[tuple[str, float, int, tuple[_Adj, ...]]] = []
-            for hop in range(1, hops + 1):
-                level: dict[str, tuple[float, tuple[_Adj, ...]]] = {}
-                for u, score, path in frontier:
-                    if time.monotonic() > deadline:
-                        raise DeadlineExceeded(
-                            f"neighbors of {rid!r} took longer than {timeout_ms} ms; "
-                            "lower hops, name relations, set a fanout or raise timeout_ms"
-                        )
-                    adj = [a for a in _adjacent(rd, u, direction, rels) if a.other not in visited and alive(a.other)]
-                    if fanout is not None:
-                        adj = sorted(adj, key=lambda a: -a.weight)[:fanout]
-                    for a in adj:
-                        cand = validation.bounded_score(score * a.weight)
-                        cur = level.get(a.other)
-                        if cur is None:
-                            # Stop discovering once the answer is full; nodes already
-                            # found may still improve their path below.
-                            if len(found) + len(level) >= limit:
-                                continue
-                            level[a.other] = (cand, (*path, a))
-                        elif cand > cur[0]:
-                            level[a.other] = (cand, (*path, a))
-                if not level:
-                    break
-                ordered = sorted(level.items(), key=lambda kv: (-kv[1][0], kv[0]))
-                visited.update(level)
-                found.extend((v, s, hop, p) for v, (s, p) in ordered)
-                frontier = [(v, s, p) for v, (s, p) in ordered]
-                if len(found) >= limit:
-                    break
-        hits = [Hit(id=v, score=s, hop=h, path=[a.step() for a in p]) for v, s, h, p in found[:limit]]
-        return self._with_records(hits, inc)
 
-    def subgraph(
-        self,
-        ids: str | Sequence[str],
-        *,
-        hops: int = 1,
-        relations: str | Sequence[str] | None = None,
-        direction: str = "both",
-        limit: int = 500,
-        include: Iterable[str] | None = _DEFAULT_INCLUDE,
-        timeout_ms: float = DEFAULT_GRAPH_TIMEOUT_MS,
-    ) -> dict[str, list[Any]]:
-        self._check_open()
-        id_list = [ids] if isinstance(ids, str) else list(ids)
-        validation.batch(id_list, "ids")
-        starts = [validation.record_ref(r, f"ids[{i}]") for i, r in enumerate(id_list)]
-        hops = validation.hops(hops, lo=0)
-        rels = validation.relations(relations)
-        direction = validation.direction(direction)
-        limit = validation.graph_limit(limit)
-        inc = _include(include)
-        deadline = time.monotonic() + validation.timeout_ms(timeout_ms) / 1000
-
-        def check_time() -> None:
+def walk_neighbors(
+    source: GraphSource,
+    id: str,
+    *,
+    hops: int = 1,
+    relations: str | Sequence[str] | None = None,
+    direction: str = "out",
+    limit: int = 100,
+    fanout: int | None = None,
+    include: Iterable[str] | None = _DEFAULT_INCLUDE,
+    timeout_ms: float = DEFAULT_GRAPH_TIMEOUT_MS,
+) -> list[Hit]:
+    """:meth:`Collection.neighbors` over ``source`` (see docs/graph.md)."""
+    rid = validation.record_ref(id)
+    hops = validation.hops(hops)
+    rels = validation.relations(relations)
+    direction = validation.direction(direction)
+    limit = validation.graph_limit(limit)
+    if fanout is not None:
+        fanout = validation.fanout(fanout)
+    inc = _include(include)
+    deadline = time.monotonic() + validation.timeout_ms(timeout_ms) / 1000
+    require_live(source, rid)
+    visited = {rid}
+    frontier: list[tuple[str, float, tuple[Adj, ...]]] = [(rid, 1.0, ())]
+    found: list[tuple[str, float, int, tuple[Adj, ...]]] = []
+    for hop in range(1, hops + 1):
+        level: dict[str, tuple[float, tuple[Adj, ...]]] = {}
+        for batch in _batches(frontier, source.batch_nodes):
             if time.monotonic() > deadline:
                 raise DeadlineExceeded(
-                    f"subgraph took longer than {timeout_ms} ms; "
-                    "lower hops or limit, name relations or raise timeout_ms"
+                    f"neighbors of {rid!r} took longer than {timeout_ms} ms; "
+                    "lower hops, name relations, set a fanout or raise timeout_ms"
                 )
+            adjs = source.adjacent([u for u, _, _ in batch], direction, rels, SCAN_CAP)
+            alive = source.live(a.other for lst in adjs.values() for a in lst if a.other not in visited)
+            for u, score, path in batch:
+                adj = [a for a in adjs[u] if a.other in alive]
+                if fanout is not None:
+                    adj = sorted(adj, key=lambda a: -a.weight)[:fanout]
+                for a in adj:
+                    cand = validation.bounded_score(score * a.weight)
+                    cur = level.get(a.other)
+                    if cur is None:
+                        # Stop discovering once the answer is full; nodes already
+                        # found may still improve their path below.
+                        if len(found) + len(level) >= limit:
+                            continue
+                        level[a.other] = (cand, (*path, a))
+                    elif cand > cur[0]:
+                        level[a.other] = (cand, (*path, a))
+        if not level:
+            break
+        ordered = sorted(level.items(), key=lambda kv: (-kv[1][0], kv[0]))
+        visited.update(level)
+        found.extend((v, s, hop, p) for v, (s, p) in ordered)
+        frontier = [(v, s, p) for v, (s, p) in ordered]
+        if len(found) >= limit:
+            break
+    hits = [Hit(id=v, score=s, hop=h, path=[a.step() for a in p]) for v, s, h, p in found[:limit]]
+    return attach_records(source, hits, inc)
 
-        alive = self.indexes.alive_fn()
-        nodes: dict[str, None] = {}
-        for r in starts:
-            if len(nodes) < limit and alive(r):
-                nodes[r] = None
-        with _EdgeReader(self.store, self.prefix) as rd:
-            frontier = list(nodes)
-            for _ in range(hops):
-                nxt: list[str] = []
-                for u in frontier:
-                    check_time()
-                    for a in _adjacent(rd, u, direction, rels):
-                        if len(nodes) >= limit:
-                            break
-                        if a.other not in nodes and alive(a.other):
-                            nodes[a.other] = None
-                            nxt.append(a.other)
-                frontier = nxt
-                if not frontier or len(nodes) >= limit:
-                    break
-            now = time.time()
-            records: list[Record] = []
-            kept: set[str] = set()
-            node_ids = list(nodes)
-            pairs = list(zip(node_ids, self.reader.rows(node_ids), strict=True))
-            for rid, rec in zip(node_ids, self.reader.records(pairs, inc, now), strict=True):
-                if rec is not None:
-                    records.append(rec)
-                    kept.add(rid)
-            edge_list: list[Edge] = []
-            for rec in records:
-                check_time()
-                # Scanning only out-edges lists each edge between kept nodes once.
-                for r, dst, v in rd.scan("edges_out", rec.id, rels):
-                    if dst not in kept:
-                        continue
-                    row_e = decode_edge(v)
-                    if not row_e.deleted:
-                        edge_list.append(
-                            Edge(rec.id, r, dst, row_e.weight, row_e.properties, version_str(row_e.version))
-                        )
-        return {"nodes": records, "edges": edge_list}
 
-    # ------------------------------------------------------------- helpers
-    def _not_live(self, rids: Sequence[str]) -> list[str]:
-        """Ids among ``rids`` that are not live records.
+def walk_subgraph(
+    source: GraphSource,
+    ids: str | Sequence[str],
+    *,
+    hops: int = 1,
+    relations: str | Sequence[str] | None = None,
+    direction: str = "both",
+    limit: int = 500,
+    include: Iterable[str] | None = _DEFAULT_INCLUDE,
+    timeout_ms: float = DEFAULT_GRAPH_TIMEOUT_MS,
+) -> dict[str, list[Any]]:
+    """:meth:`Collection.subgraph` over ``source``: ``{"nodes": [Record], "edges": [Edge]}``."""
+    id_list = [ids] if isinstance(ids, str) else list(ids)
+    validation.batch(id_list, "ids")
+    starts = [validation.record_ref(r, f"ids[{i}]") for i, r in enumerate(id_list)]
+    hops = validation.hops(hops, lo=0)
+    rels = validation.relations(relations)
+    direction = validation.direction(direction)
+    limit = validation.graph_limit(limit)
+    inc = _include(include)
+    deadline = time.monotonic() + validation.timeout_ms(timeout_ms) / 1000
 
-        Uses the same in-memory liveness as traversal (current for every
-        acknowledged write), so "may be linked" and "is visible" agree, and a
-        batch of thousands of edges is checked without decoding any row.
-        """
-        alive = self.indexes.alive_fn()
-        return [r for r in rids if not alive(r)]
+    def check_time() -> None:
+        if time.monotonic() > deadline:
+            raise DeadlineExceeded(
+                f"subgraph took longer than {timeout_ms} ms; lower hops or limit, name relations or raise timeout_ms"
+            )
 
-    def _require_live(self, rid: str, alive: Callable[[str], bool]) -> None:
-        if not alive(rid):
-            raise NotFound(f"record {rid!r} does not exist in collection {self.name!r}", code="record_not_found")
-
-    def _with_records(self, hits: list[Hit], inc: frozenset[str]) -> list[Hit]:
-        """Attach records (fields in ``inc``), dropping any node deleted meanwhile."""
-        if not inc or not hits:
-            return hits
-        now = time.time()
-        out = []
-        pairs = list(zip([h.id for h in hits], self.reader.rows([h.id for h in hits]), strict=True))
-        for h, rec in zip(hits, self.reader.records(pairs, inc, now), strict=True):
-            if rec is not None:
-                h.record = rec
-                out.append(h)
-        return out
+    start_alive = source.live(starts)
+    nodes: dict[str, None] = {}
+    for r in starts:
+        if len(nodes) < limit and r in start_alive:
+            nodes[r] = None
+    frontier = list(nodes)
+    for _ in range(hops):
+        nxt: list[str] = []
+        for batch in _batches(frontier, source.batch_nodes):
+            check_time()
+            if len(nodes) >= limit:
+                break
+            adjs = source.adjacent(batch, direction, rels, SCAN_CAP)
+            alive = source.live(a.other for lst in adjs.values() for a in lst if a.other not in nodes)
+            for u in batch:
+                for a in adjs[u]:
+                    if len(nodes) >= limit:
+                        break
+                    if a.other in alive and a.other not in nodes:
+                        nodes[a.other] = None
+                        nxt.append(a.other)
+        frontier = nxt
+        if not frontier or len(nodes) >= limit:
+            break
+    now = time.time()
+    records: list[Record] = []
+    kept: set[str] = set()
+    node_ids = list(nodes)
+    pairs = list(zip(node_ids, source.rows(node_ids), strict=True))
+    for rid, rec in zip(node_ids, source.records(pairs, inc, now), strict=True):
+        if rec is not None:
+            records.append(rec)
+            kept.add(rid)
+    edge_list: list[Edge] = []
+    kept_ids = [rec.id for rec in records]
+    for batch in _batches(kept_ids, source.batch_nodes):
+        check_time()
+        # Reading only out-edges lists each edge between kept nodes once.
+        adjs = source.adjacent(batch, "out", rels, None, details=True, targets=kept)
+        for u in batch:
+            edge_list.extend(a.edge() for a in adjs[u])
+    return {"nodes": records, "edges": edge_list}
 
 
 # ------------------------------------------------------- expansion for search
@@ -609,7 +748,7 @@ class GraphMixin:
 class _Best:
     base: float  # seed_score * prod(decay * weight) along the path; what propagates
     hop: int
-    path: tuple[_Adj, ...]  # edges from the seed; turned into dicts only for returned nodes
+    path: tuple[Adj, ...]  # edges from the seed; turned into dicts only for returned nodes
     seed: str
     hit: Hit | None = None  # the ranked hit, for nodes that came from search
 
@@ -623,7 +762,7 @@ class _Best:
 
 
 def expand_hits(
-    coll: ExpandTarget,
+    source: GraphSource,
     hits: list[Hit],
     expand: Any,
     flt: Filter | None,
@@ -649,13 +788,12 @@ def expand_hits(
     if not hits:
         return []
     deadline = time.monotonic() + spec.timeout_ms / 1000
-    alive = coll.indexes.alive_fn()
     rows: dict[str, RecordRow | None] = {}
 
     def load_rows(ids: Iterable[str]) -> None:
         need = [r for r in dict.fromkeys(ids) if r not in rows]
         if need:
-            rows.update(zip(need, coll.reader.rows(need), strict=True))
+            rows.update(zip(need, source.rows(need), strict=True))
 
     now = time.time()
 
@@ -671,60 +809,65 @@ def expand_hits(
     n_seeds = len(hits) if spec.seeds is None else min(spec.seeds, len(hits))
     frontier = list(dict.fromkeys(h.id for h in hits[:n_seeds]))
     timed_out = False
-    with _EdgeReader(coll.store, coll.prefix) as rd:
-        for hop in range(1, spec.hops + 1):
-            # Candidate edges of each frontier node, heaviest first. The frontier's
-            # entries are frozen for the level: a node improved during this level is
-            # walked again from its new score at the next one.
-            cands: dict[str, list[_Adj]] = {}
-            level = {u: best[u] for u in frontier}
-            for u, bu in level.items():
-                if time.monotonic() > deadline:
-                    timed_out = True
-                    break
-                on_path = bu.nodes()
-                adj = [a for a in _adjacent(rd, u, spec.direction, spec.relations) if a.other not in on_path]
-                adj.sort(key=lambda a: -a.weight)  # stable: ties keep key order
-                cands[u] = [a for a in adj if alive(a.other)]
-            # Pick up to `fanout` eligible edges per node. With a filter that needs
-            # rows, read them in rounds (one multi_get per round for the whole
-            # level) so a node whose first choices fail the filter reaches further.
-            if flt is None:
-                chosen = {u: c[: spec.fanout] for u, c in cands.items()}
-            else:
-                chosen = {u: [] for u in cands}
-                pos = dict.fromkeys(cands, 0)
-                pending = [u for u in cands if cands[u]]
-                while pending:
-                    want: dict[str, list[_Adj]] = {}
-                    for u in pending:
-                        take = spec.fanout - len(chosen[u])
-                        want[u] = cands[u][pos[u] : pos[u] + take]
-                        pos[u] += take
-                    load_rows(a.other for batch in want.values() for a in batch)
-                    for u, batch in want.items():
-                        chosen[u].extend(a for a in batch if eligible(a.other))
-                    pending = [u for u in pending if len(chosen[u]) < spec.fanout and pos[u] < len(cands[u])]
-            updated: dict[str, None] = {}
-            for u in cands:
-                bu = level[u]
-                for a in chosen[u]:
-                    cand = validation.bounded_score(bu.base * spec.decay * a.weight)
-                    cur = best.get(a.other)
-                    if cur is None or cand > cur.base:
-                        best[a.other] = _Best(cand, hop, (*bu.path, a), bu.seed, cur.hit if cur else None)
-                        updated[a.other] = None
-            # Walk on from the nodes this hop improved, best first, as a beam of `limit`.
-            frontier = sorted(updated, key=lambda r: (-best[r].base, r))[: spec.limit]
-            if frontier and not spec.use_importance and len(best) >= spec.limit:
-                # A step multiplies by decay * weight, which is <= 1 for the usual
-                # weights in [0, 1/decay]: nothing reached from a node scoring
-                # below the current limit-th best can make the answer. Skip those
-                # nodes (their adjacency reads are the cost of expansion).
-                bar = heapq.nlargest(spec.limit, (b.base for b in best.values()))[-1]
-                frontier = [u for u in frontier if best[u].base >= bar]
-            if timed_out or not frontier:
+    for hop in range(1, spec.hops + 1):
+        # Candidate edges of each frontier node, heaviest first. The frontier's
+        # entries are frozen for the level: a node improved during this level is
+        # walked again from its new score at the next one.
+        cands: dict[str, list[Adj]] = {}
+        level = {u: best[u] for u in frontier}
+        for batch in _batches(frontier, source.batch_nodes):
+            if time.monotonic() > deadline:
+                timed_out = True
                 break
+            adjs = source.adjacent(batch, spec.direction, spec.relations, SCAN_CAP)
+            off_path: dict[str, list[Adj]] = {}
+            for u in batch:
+                on_path = level[u].nodes()
+                adj = [a for a in adjs[u] if a.other not in on_path]
+                adj.sort(key=lambda a: -a.weight)  # stable: ties keep scan order
+                off_path[u] = adj
+            alive = source.live(a.other for adj in off_path.values() for a in adj)
+            for u in batch:
+                cands[u] = [a for a in off_path[u] if a.other in alive]
+        # Pick up to `fanout` eligible edges per node. With a filter that needs
+        # rows, read them in rounds (one batch per round for the whole level)
+        # so a node whose first choices fail the filter reaches further.
+        if flt is None:
+            chosen = {u: c[: spec.fanout] for u, c in cands.items()}
+        else:
+            chosen = {u: [] for u in cands}
+            pos = dict.fromkeys(cands, 0)
+            pending = [u for u in cands if cands[u]]
+            while pending:
+                want: dict[str, list[Adj]] = {}
+                for u in pending:
+                    take = spec.fanout - len(chosen[u])
+                    want[u] = cands[u][pos[u] : pos[u] + take]
+                    pos[u] += take
+                load_rows(a.other for batch_adj in want.values() for a in batch_adj)
+                for u, batch_adj in want.items():
+                    chosen[u].extend(a for a in batch_adj if eligible(a.other))
+                pending = [u for u in pending if len(chosen[u]) < spec.fanout and pos[u] < len(cands[u])]
+        updated: dict[str, None] = {}
+        for u in cands:
+            bu = level[u]
+            for a in chosen[u]:
+                cand = validation.bounded_score(bu.base * spec.decay * a.weight)
+                cur = best.get(a.other)
+                if cur is None or cand > cur.base:
+                    best[a.other] = _Best(cand, hop, (*bu.path, a), bu.seed, cur.hit if cur else None)
+                    updated[a.other] = None
+        # Walk on from the nodes this hop improved, best first, as a beam of `limit`.
+        frontier = sorted(updated, key=lambda r: (-best[r].base, r))[: spec.limit]
+        if frontier and not spec.use_importance and len(best) >= spec.limit:
+            # A step multiplies by decay * weight, which is <= 1 for the usual
+            # weights in [0, 1/decay]: nothing reached from a node scoring
+            # below the current limit-th best can make the answer. Skip those
+            # nodes (their adjacency reads are the cost of expansion).
+            bar = heapq.nlargest(spec.limit, (b.base for b in best.values()))[-1]
+            frontier = [u for u in frontier if best[u].base >= bar]
+        if timed_out or not frontier:
+            break
 
     def final_score(rid: str) -> float:
         b = best[rid].base
@@ -746,7 +889,7 @@ def expand_hits(
         if inc or flt is not None:
             load_rows(expanded)
             if inc:
-                got = coll.reader.records([(r, rows.get(r)) for r in expanded], inc, now, flt)
+                got = source.records([(r, rows.get(r)) for r in expanded], inc, now, flt)
                 recs = dict(zip(expanded, got, strict=True))
         for rid in chunk:
             b = best[rid]
@@ -761,6 +904,153 @@ def expand_hits(
     return out
 
 
+class GraphMixin:
+    """Edge and traversal methods, mixed into :class:`~engramdb.engine.collection.Collection`."""
+
+    if TYPE_CHECKING:
+        # Provided by Collection; declared so the mixin type-checks on its own.
+        store: Store
+        hlc: HLC
+        prefix: bytes
+
+        @property
+        def name(self) -> str: ...
+
+        @property
+        def indexes(self) -> GraphIndexes: ...
+
+        @property
+        def reader(self) -> RecordReader: ...
+
+        def _check_open(self) -> None: ...
+
+        def _edge_tombstones(self, rid: str, now: float) -> list[Mutation]: ...
+
+    def graph_source(self) -> StoreGraphSource:
+        """This collection as a :class:`GraphSource`; use it in a ``with`` block."""
+        return StoreGraphSource(self.name, self.store, self.prefix, self.indexes, self.reader)
+
+    # -------------------------------------------------------------- writes
+    def link(
+        self, edges: Edge | Mapping[str, Any] | Sequence[Edge | Mapping[str, Any]], *, create_missing: bool = False
+    ) -> list[str]:
+        self._check_open()
+        check_create_missing(create_missing)
+        parsed = parse_new_edges(edges)
+        if not parsed:
+            return []
+        endpoints = link_endpoints(parsed)
+        if not create_missing:
+            missing = self._not_live(endpoints)
+            if missing:
+                raise missing_endpoints_error(missing)
+        now = time.time()
+        muts = [edge_mutation(self.prefix, e.key, e.row(self.hlc.now(), now)) for e in parsed]
+        self.store.apply(muts)
+        if not create_missing:
+            # A delete of an endpoint may have committed between our check and
+            # our write, after it tombstoned that record's edges. Re-check and
+            # remove what the delete would have removed, so the delete wins
+            # instead of leaving an edge that resurfaces if the id is reused.
+            gone = self._not_live(endpoints)
+            if gone:
+                t = time.time()
+                self.store.apply([m for rid in gone for m in self._edge_tombstones(rid, t)])
+        return [version_str(m.row.version) for m in muts]
+
+    def unlink(self, edges: Sequence[Any] | Mapping[str, Any] | Edge) -> int:
+        self._check_open()
+        keys = parse_edge_keys(edges)
+        if not keys:
+            return 0
+        out_keys = [keyspace.edge_out_key(self.prefix, s, r, d) for s, r, d in keys]
+        now = time.time()
+        muts: list[Mutation] = []
+        for key, raw in zip(keys, self.store.multi_get("edges_out", out_keys), strict=True):
+            # Absent or already-removed edges need no tombstone: nothing to hide.
+            if raw is None or decode_edge(raw).deleted:
+                continue
+            muts.append(edge_mutation(self.prefix, key, edge_tombstone(self.hlc.now(), now)))
+        if not muts:
+            return 0
+        changes = self.store.apply(muts)
+        return sum(1 for c in changes if c.applied and isinstance(c.old, EdgeRow) and not c.old.deleted)
+
+    # --------------------------------------------------------------- reads
+    def edges(
+        self,
+        id: str,
+        *,
+        direction: str = "out",
+        relation: str | None = None,
+        limit: int = 1000,
+    ) -> list[Edge]:
+        self._check_open()
+        with self.graph_source() as source:
+            return list_edges(source, id, direction=direction, relation=relation, limit=limit)
+
+    def neighbors(
+        self,
+        id: str,
+        *,
+        hops: int = 1,
+        relations: str | Sequence[str] | None = None,
+        direction: str = "out",
+        limit: int = 100,
+        fanout: int | None = None,
+        include: Iterable[str] | None = _DEFAULT_INCLUDE,
+        timeout_ms: float = DEFAULT_GRAPH_TIMEOUT_MS,
+    ) -> list[Hit]:
+        self._check_open()
+        with self.graph_source() as source:
+            return walk_neighbors(
+                source,
+                id,
+                hops=hops,
+                relations=relations,
+                direction=direction,
+                limit=limit,
+                fanout=fanout,
+                include=include,
+                timeout_ms=timeout_ms,
+            )
+
+    def subgraph(
+        self,
+        ids: str | Sequence[str],
+        *,
+        hops: int = 1,
+        relations: str | Sequence[str] | None = None,
+        direction: str = "both",
+        limit: int = 500,
+        include: Iterable[str] | None = _DEFAULT_INCLUDE,
+        timeout_ms: float = DEFAULT_GRAPH_TIMEOUT_MS,
+    ) -> dict[str, list[Any]]:
+        self._check_open()
+        with self.graph_source() as source:
+            return walk_subgraph(
+                source,
+                ids,
+                hops=hops,
+                relations=relations,
+                direction=direction,
+                limit=limit,
+                include=include,
+                timeout_ms=timeout_ms,
+            )
+
+    # ------------------------------------------------------------- helpers
+    def _not_live(self, rids: Sequence[str]) -> list[str]:
+        """Ids among ``rids`` that are not live records.
+
+        Uses the same in-memory liveness as traversal (current for every
+        acknowledged write), so "may be linked" and "is visible" agree, and a
+        batch of thousands of edges is checked without decoding any row.
+        """
+        alive = self.indexes.alive_fn()
+        return [r for r in rids if not alive(r)]
+
+
 def edge_tombstones(store: Store, hlc: HLC, prefix: bytes, rid: str, now: float) -> list[Mutation]:
     """Tombstone mutations for every live edge touching ``rid``, in both directions.
 
@@ -773,14 +1063,5 @@ def edge_tombstones(store: Store, hlc: HLC, prefix: bytes, rid: str, now: float)
                 continue
             a, rel, b = keyspace.parse_edge_key(k)
             src, dst = (a, b) if cf == "edges_out" else (b, a)
-            version = hlc.now()
-            out.append(
-                Mutation(
-                    keyspace.CHANGE_EDGE,
-                    prefix,
-                    keyspace.edge_out_key(prefix, src, rel, dst),
-                    EdgeRow(version[0], version[1], True, updated_at=now),
-                    in_key=keyspace.edge_in_key(prefix, src, rel, dst),
-                )
-            )
+            out.append(edge_mutation(prefix, (src, rel, dst), edge_tombstone(hlc.now(), now)))
     return out

@@ -21,6 +21,7 @@ from engramdb.types import Hit
 if TYPE_CHECKING:
     from engramdb.embed import Embedder
     from engramdb.engine.indexes import Candidates
+    from engramdb.engine.records import RecordReader
     from engramdb.index.text import TextIndex
     from engramdb.index.vector import VectorIndex
     from engramdb.types import CollectionConfig
@@ -66,6 +67,9 @@ class SearchTarget(ExpandTarget, Protocol):
 
     @property
     def indexes(self) -> SearchIndexes: ...
+
+    @property
+    def reader(self) -> RecordReader: ...
 
     def refresh_ttl(self, ids: str | Sequence[str]) -> int: ...
 
@@ -124,7 +128,8 @@ def run_search(
     if expand is not None:
         from engramdb.engine.graph import expand_hits
 
-        hits = expand_hits(coll, hits, expand, flt, inc)
+        with coll.graph_source() as source:
+            hits = expand_hits(source, hits, expand, flt, inc)
         if min_score is not None:
             hits = [h for h in hits if h.score >= min_score]
     if refresh_ttl and hits:

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import signal
 import ssl
@@ -24,6 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Collection, Generator
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -182,17 +184,41 @@ def run_server(settings: Settings) -> int:
     from engramdb.service import Service
 
     srv = settings.server
+    node_id: str | None = None
+    if settings.cluster.enabled:
+        from engramdb.cluster.identity import hlc_node, resolve_node_id
+
+        try:
+            Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+            node_id = resolve_node_id(Path(settings.data_dir), settings.cluster.node_id)
+        except (EngramError, OSError) as e:
+            print(f"engramdb: refusing to start: {getattr(e, 'message', e)}", file=sys.stderr)
+            return 1
+        # Versions this node stamps carry its number, so two coordinators never issue the same one.
+        settings = dataclasses.replace(settings, node_id=hlc_node(node_id))
     try:
         db = Database(settings.data_dir, settings)
     except Exception as e:  # a held LOCK (another server on this data dir), permissions, corruption
         print(f"engramdb: cannot open the data directory {settings.data_dir}: {e}", file=sys.stderr)
         return 1
+    cluster: Any = None
     try:
-        service = Service(db, settings, admin_key=load_bootstrap_key(settings), metrics_key=load_metrics_key(settings))
-    except EngramError as e:  # e.g. the extraction key vanished between preflight and here
-        print(f"engramdb: refusing to start: {e.message}", file=sys.stderr)
+        extra: dict[str, Any] = {}
+        if node_id is not None:
+            from engramdb.cluster.node import ClusterNode
+
+            cluster = ClusterNode(db, settings, node_id)
+            extra = {"data": cluster.coordinator, "key_rows": cluster.metadata, "problems": cluster.problems}
+        service = Service(
+            db, settings, admin_key=load_bootstrap_key(settings), metrics_key=load_metrics_key(settings), **extra
+        )
+    except (EngramError, OSError) as e:  # e.g. the extraction key vanished between preflight and here
+        print(f"engramdb: refusing to start: {getattr(e, 'message', e)}", file=sys.stderr)
         db.close()
         return 1
+    if cluster is not None:
+        cluster.use_registry(service.metrics.registry)
+        cluster.start()
     metrics_port: Any = None
     try:
         metrics_port = _start_metrics_port(service, settings)
@@ -292,6 +318,11 @@ def run_server(settings: Settings) -> int:
         if loader.is_alive():
             log.warning("closing while collections are still loading; the next start will rebuild them")
         service.close()  # after the drain: no extraction is using the model's connections any more
+        if cluster is not None:
+            try:
+                cluster.close(grace=min(5.0, left()))
+            except BaseException:
+                log.exception("leaving the cluster failed")
         if metrics_port is not None:
             metrics_port.stop()
         tracing.shutdown()  # the last spans, before the process goes

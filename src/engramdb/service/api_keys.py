@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from engramdb import validation
 from engramdb.config import Settings
@@ -113,10 +113,22 @@ def check_key_fields(role: str, tenant: str, collections: list[str] | None, name
         raise InvalidArgument(f"name must be 1-{validation.MAX_KEY_NAME_CHARS} characters", code="invalid_argument")
 
 
+class MetadataRows(Protocol):
+    """Where key rows live: :class:`~engramdb.engine.metadata.Metadata`, or in a cluster, rows in etcd."""
+
+    def get(self, namespace: str, key: str) -> Any | None: ...
+
+    def put(self, namespace: str, key: str, value: Any) -> None: ...
+
+    def scan(self, namespace: str) -> list[tuple[str, Any]]: ...
+
+    def has_rows(self, namespace: str) -> bool: ...
+
+
 class KeyStore:
     """Keys of every tenant, kept in the engine's metadata rows."""
 
-    def __init__(self, metadata: Metadata):
+    def __init__(self, metadata: Metadata | MetadataRows):
         self._meta = metadata
         # Serialises read-modify-write of key rows (revoke, rotate) within this process.
         self._lock = threading.Lock()
@@ -130,6 +142,9 @@ class KeyStore:
 
     def has_keys(self) -> bool:
         """Whether any API key was ever stored (revoked and expired ones count)."""
+        # Rows other nodes of a cluster write arrive without a write here: ask the (in-memory) rows.
+        if not self._has_keys and getattr(self._meta, "shared", False):
+            self._has_keys = self._any_row()
         return self._has_keys
 
     # ----------------------------------------------------------------- rows

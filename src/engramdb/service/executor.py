@@ -23,11 +23,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ValidationError
 
 from engramdb import tracing, validation
+from engramdb.api import ServedCollection, TenantData
 from engramdb.config import ExtractionSettings, Settings
 from engramdb.embed.profiles import PROFILE_DETAIL
 from engramdb.engine import backup
 from engramdb.engine.budget import query_budget
-from engramdb.engine.collection import Collection
 from engramdb.engine.database import DEFAULT_TENANT, Database
 from engramdb.engine.extraction import Extractor
 from engramdb.errors import (
@@ -150,6 +150,7 @@ _FIELD_CODES: dict[str, str] = {
     "collections": "invalid_scope",
     "source_id": "invalid_id",
     "confirm": "erase_not_confirmed",
+    "consistency": "invalid_consistency",
 }
 _BATCHES = {"records": "invalid_record", "edges": "invalid_edge"}
 
@@ -164,6 +165,8 @@ def _error_code(op: str, loc: tuple[int | str, ...], kind: str) -> str:
     if op == "create_collection":
         if loc == ("embedder",):
             return "embedder_not_allowed"  # anything but {"profile": name} (EmbedderRef)
+        if head in ("shards", "replication_factor"):
+            return f"invalid_{head}"  # the codes validation.shards / replication_factor give a bad number
         return "invalid_config"  # the engine reports every collection-config problem so
     if op == "alter_collection" and head != "coll":
         return "invalid_config"  # as the engine's validation.indexed_fields_change, default_ttl, ef_search
@@ -260,12 +263,20 @@ class Service:
         admin_key: str | None = None,
         metrics_key: str | None = None,
         extractor: Extractor | None = None,
+        data: TenantData | None = None,
+        key_rows: Any = None,
+        problems: Callable[[], list[str]] | None = None,
     ):
         self.db = db
+        # Where collections and records live: this node's engine, or the cluster coordinator,
+        # which offers the same calls and reaches the engines of every node (docs/cluster.md).
+        self.data: TenantData = data if data is not None else db
         # Collection configs arrive from API callers: embed only with the operator's profiles.
         db.refuse_inline_embedders()
         self.settings = settings
-        self.keys = KeyStore(db.metadata)
+        # API keys: this node's metadata rows, or (cluster mode) rows every node shares in etcd.
+        self.keys = KeyStore(key_rows if key_rows is not None else db.metadata)
+        self._extra_problems = problems
         srv = settings.server
         # Only the digests of the bootstrap and metrics keys are kept, so a heap dump does not reveal them.
         self._bootstrap_digest = digest(admin_key) if admin_key else None
@@ -325,6 +336,8 @@ class Service:
         r = self.readiness
         if r.ready:
             problems = [*self.db.problems(), *self.resources.problems()]
+            if self._extra_problems is not None:
+                problems.extend(self._extra_problems())
             if problems:
                 return {"status": "unavailable", "problems": problems}
             return {"status": "ready"}
@@ -611,8 +624,10 @@ class Service:
         if name is not None and not p.may_use(name):
             raise PermissionDenied(f"this API key may not use collection {name!r}", code="collection_not_in_scope")
 
-    def collection(self, call: Call, name: str) -> Collection:
-        return self.db.get_collection(name, tenant=call.tenant)
+    def collection(self, call: Call, name: str, consistency: str | None = None) -> ServedCollection:
+        coll = self.data.get_collection(name, tenant=call.tenant)
+        # The level is validated by the collection (every path gets invalid_consistency) before the operation runs.
+        return coll if consistency is None else coll.with_consistency(consistency)
 
     # ------------------------------------------------------------ handlers
     # Each handler gets the validated model and the raw params; bulk payloads
@@ -624,38 +639,38 @@ class Service:
     ) -> dict[str, Any]:
         kw = req.model_dump(exclude_unset=True)
         name = kw.pop("name")
-        coll = self.db.create_collection(name, tenant=call.tenant, **kw)
+        coll = self.data.create_collection(name, tenant=call.tenant, **kw)
         return {"collection": _collection_out(coll.config)}
 
     def _list_collections(self, call: Call, req: models.ListCollectionsBody, params: dict[str, Any]) -> dict[str, Any]:
-        configs = self.db.list_collections(tenant=call.tenant)
+        configs = self.data.list_collections(tenant=call.tenant)
         return {
             "collections": [_collection_out(c) for c in configs if call.principal.may_use(c.name)],
         }
 
     def _get_collection(self, call: Call, req: models.GetCollection, params: dict[str, Any]) -> dict[str, Any]:
-        coll = self.collection(call, req.coll)
+        coll = self.collection(call, req.coll, req.consistency)
         return {"collection": _collection_out(coll.config), "count": coll.count(), "reindex": coll.reindex_status()}
 
     def _alter_collection(self, call: Call, req: models.AlterCollection, params: dict[str, Any]) -> dict[str, Any]:
         kw = _set_fields(req, "indexed_fields", "default_ttl_seconds", "ef_search")
-        cfg = self.db.alter_collection(req.coll, tenant=call.tenant, **kw)
+        cfg = self.data.alter_collection(req.coll, tenant=call.tenant, **kw)
         return {"collection": _collection_out(cfg), "reindex": self.collection(call, req.coll).reindex_status()}
 
     def _delete_collection(self, call: Call, req: models.DeleteCollection, params: dict[str, Any]) -> dict[str, Any]:
-        self.db.delete_collection(req.coll, tenant=call.tenant)
+        self.data.delete_collection(req.coll, tenant=call.tenant)
         return {"deleted": True}
 
     def _upsert(self, call: Call, req: models.Upsert, params: dict[str, Any]) -> dict[str, Any]:
-        return {"versions": self.collection(call, req.coll).upsert(params["records"])}
+        return {"versions": self.collection(call, req.coll, req.consistency).upsert(params["records"])}
 
     def _get(self, call: Call, req: models.Get, params: dict[str, Any]) -> dict[str, Any]:
         kw = _set_fields(req, "include", "refresh_ttl")
-        recs = self.collection(call, req.coll).get_many(req.ids, **kw)
+        recs = self.collection(call, req.coll, req.consistency).get_many(req.ids, **kw)
         return {"records": [_record(r) for r in recs]}
 
     def _get_one(self, call: Call, req: models.GetOne, params: dict[str, Any]) -> dict[str, Any]:
-        coll = self.collection(call, req.coll)
+        coll = self.collection(call, req.coll, req.consistency)
         rec = coll.get(req.id, **_set_fields(req, "include"))
         if rec is None:
             raise NotFound(f"record {req.id!r} does not exist in collection {req.coll!r}", code="record_not_found")
@@ -663,26 +678,26 @@ class Service:
 
     def _patch(self, call: Call, req: models.Patch, params: dict[str, Any]) -> dict[str, Any]:
         kw = _set_fields(req, "metadata", "text", "namespace", "ttl_seconds", "importance", "vector")
-        return {"record": _record(self.collection(call, req.coll).patch(req.id, **kw))}
+        return {"record": _record(self.collection(call, req.coll, req.consistency).patch(req.id, **kw))}
 
     def _delete(self, call: Call, req: models.Delete, params: dict[str, Any]) -> dict[str, Any]:
-        return {"deleted": self.collection(call, req.coll).delete(req.ids, filter=req.filter)}
+        return {"deleted": self.collection(call, req.coll, req.consistency).delete(req.ids, filter=req.filter)}
 
     def _delete_one(self, call: Call, req: models.DeleteOne, params: dict[str, Any]) -> dict[str, Any]:
-        return {"deleted": self.collection(call, req.coll).delete([req.id])}
+        return {"deleted": self.collection(call, req.coll, req.consistency).delete([req.id])}
 
     def _scan(self, call: Call, req: models.Scan, params: dict[str, Any]) -> dict[str, Any]:
         kw = _set_fields(req, "cursor", "limit", "id_prefix", "namespace_prefix", "filter", "include")
         with self._query_budget():
-            page = self.collection(call, req.coll).scan(**kw)
+            page = self.collection(call, req.coll, req.consistency).scan(**kw)
         return {"records": [_record(r) for r in page.records], "next_cursor": page.next_cursor}
 
     def _count(self, call: Call, req: models.Count, params: dict[str, Any]) -> dict[str, Any]:
         with self._query_budget():
-            return {"count": self.collection(call, req.coll).count(req.filter)}
+            return {"count": self.collection(call, req.coll, req.consistency).count(req.filter)}
 
     def _refresh_ttl(self, call: Call, req: models.RefreshTtl, params: dict[str, Any]) -> dict[str, Any]:
-        return {"refreshed": self.collection(call, req.coll).refresh_ttl(req.ids)}
+        return {"refreshed": self.collection(call, req.coll, req.consistency).refresh_ttl(req.ids)}
 
     def _search(self, call: Call, req: models.Search, params: dict[str, Any]) -> dict[str, Any]:
         kw = _set_fields(
@@ -693,7 +708,7 @@ class Service:
         if req.expand is not None:
             kw["expand"] = req.expand.model_dump(exclude_unset=True)
         with self._query_budget():
-            hits = self.collection(call, req.coll).search(**kw)
+            hits = self.collection(call, req.coll, req.consistency).search(**kw)
         return {"hits": [_hit(h) for h in hits]}
 
     def _query_budget(self) -> AbstractContextManager[None]:
@@ -703,29 +718,29 @@ class Service:
 
     def _list_namespaces(self, call: Call, req: models.ListNamespaces, params: dict[str, Any]) -> dict[str, Any]:
         kw = _set_fields(req, "suffix", "max_depth", "limit", "offset")
-        found = self.collection(call, req.coll).list_namespaces(req.prefix, **kw)
+        found = self.collection(call, req.coll, req.consistency).list_namespaces(req.prefix, **kw)
         return {"namespaces": [list(ns) for ns in found]}
 
     def _link(self, call: Call, req: models.Link, params: dict[str, Any]) -> dict[str, Any]:
-        coll = self.collection(call, req.coll)
+        coll = self.collection(call, req.coll, req.consistency)
         return {"versions": coll.link(params["edges"], create_missing=req.create_missing)}
 
     def _unlink(self, call: Call, req: models.Unlink, params: dict[str, Any]) -> dict[str, Any]:
-        return {"deleted": self.collection(call, req.coll).unlink(params["edges"])}
+        return {"deleted": self.collection(call, req.coll, req.consistency).unlink(params["edges"])}
 
     def _edges(self, call: Call, req: models.Edges, params: dict[str, Any]) -> dict[str, Any]:
         kw = _set_fields(req, "direction", "relation", "limit")
-        return {"edges": [e.to_dict() for e in self.collection(call, req.coll).edges(req.id, **kw)]}
+        return {"edges": [e.to_dict() for e in self.collection(call, req.coll, req.consistency).edges(req.id, **kw)]}
 
     def _neighbors(self, call: Call, req: models.Neighbors, params: dict[str, Any]) -> dict[str, Any]:
         kw = _set_fields(req, "hops", "relations", "direction", "limit", "fanout", "include", "timeout_ms")
         _drop_none(kw, "fanout", "timeout_ms")
-        return {"hits": [_hit(h) for h in self.collection(call, req.coll).neighbors(req.id, **kw)]}
+        return {"hits": [_hit(h) for h in self.collection(call, req.coll, req.consistency).neighbors(req.id, **kw)]}
 
     def _subgraph(self, call: Call, req: models.Subgraph, params: dict[str, Any]) -> dict[str, Any]:
         kw = _set_fields(req, "hops", "relations", "direction", "limit", "include", "timeout_ms")
         _drop_none(kw, "timeout_ms")
-        got = self.collection(call, req.coll).subgraph(req.ids, **kw)
+        got = self.collection(call, req.coll, req.consistency).subgraph(req.ids, **kw)
         return {
             "nodes": [_record(r) for r in got.get("nodes", [])],
             "edges": [e.to_dict() for e in got.get("edges", [])],
@@ -733,7 +748,7 @@ class Service:
 
     def _extract(self, call: Call, req: models.Extract, params: dict[str, Any]) -> dict[str, Any]:
         # The collection first: another tenant's (or a missing) collection is a 404 whatever the configuration.
-        coll = self.collection(call, req.coll)
+        coll = self.collection(call, req.coll, req.consistency)
         extractor = self.extractor
         if extractor is None:
             raise FailedPrecondition(

@@ -33,6 +33,7 @@ from engramdb.types import (
     pydantic_fields,
 )
 from engramdb.validation import (
+    CONSISTENCY_LEVELS,
     MAX_BATCH,
     MAX_DIMENSION,
     MAX_EDGE_WEIGHT,
@@ -48,6 +49,8 @@ from engramdb.validation import (
     MAX_K,
     MAX_KEY_NAME_CHARS,
     MAX_RELATION_BYTES,
+    MAX_REPLICATION_FACTOR,
+    MAX_SHARDS,
     MAX_TIMEOUT_MS,
     MAX_TTL_SECONDS,
     NAME_PATTERN,
@@ -88,6 +91,15 @@ MAX_EXPIRES_AT = MAX_EPOCH_SECONDS  # Unix seconds, about the year 5100
 TtlSeconds = Annotated[float | None, _bounds("seconds, at most 100 years", exclusiveMinimum=0, maximum=MAX_TTL_SECONDS)]
 ExpiresAt = Annotated[float | None, _bounds("Unix time in seconds", minimum=0, exclusiveMaximum=MAX_EXPIRES_AT)]
 Relation = Annotated[str, _bounds(f"1-{MAX_RELATION_BYTES} bytes of UTF-8", minLength=1, maxLength=MAX_RELATION_BYTES)]
+# Every data operation takes it (docs/cluster.md); validation.consistency refuses other values, on every path.
+Consistency = Annotated[
+    str | None,
+    _bounds(
+        "replicas of each shard that must answer in a cluster: one, quorum or all; omitted = the server's "
+        "default. A single node is every replica",
+        enum=[*CONSISTENCY_LEVELS, None],  # null (like omitting it) is the default
+    ),
+]
 
 
 class _Req(BaseModel):
@@ -213,6 +225,23 @@ class CreateCollectionBody(_Req):
     indexed_fields: dict[str, FieldType] = Field(default_factory=dict)
     text_index: bool = True
     exist_ok: bool = False
+    shards: Annotated[
+        int | None,
+        _bounds(
+            "a power of two; omitted = the server's default (cluster.default_shards; 1 on a single node)",
+            minimum=1,
+            maximum=MAX_SHARDS,
+        ),
+    ] = None
+    replication_factor: Annotated[
+        int | None,
+        _bounds(
+            "copies of each shard; omitted = the server's default (cluster.default_replication_factor; "
+            "1 on a single node)",
+            minimum=1,
+            maximum=MAX_REPLICATION_FACTOR,
+        ),
+    ] = None
 
 
 class ListCollectionsBody(_Req):
@@ -220,7 +249,7 @@ class ListCollectionsBody(_Req):
 
 
 class GetCollection(_Coll):
-    pass
+    consistency: Consistency = None  # of its record count
 
 
 class DeleteCollection(_Coll):
@@ -254,7 +283,7 @@ class AlterCollectionBody(_Req):
     def _refuse_immutable(cls, data: Any) -> Any:
         # Named so the caller learns what cannot change (and why), not just "extra inputs are not permitted".
         if isinstance(data, dict):
-            for name in ("name", "dimension", "metric", "embedder", "text_index"):
+            for name in ("name", "dimension", "metric", "embedder", "text_index", "shards", "replication_factor"):
                 if name in data:
                     raise immutable_field(name)
             index = data.get("index")
@@ -271,6 +300,7 @@ class AlterCollection(AlterCollectionBody, _Coll):
 # ------------------------------------------------------------------ records
 class UpsertBody(_Req):
     records: Annotated[list[RecordIn], Field(max_length=MAX_BATCH)]
+    consistency: Consistency = None
 
 
 class Upsert(UpsertBody, _Coll):
@@ -281,6 +311,7 @@ class GetBody(_Req):
     ids: Annotated[list[RecordId], Field(max_length=MAX_BATCH)]
     include: Include = None
     refresh_ttl: bool = False
+    consistency: Consistency = None
 
 
 class Get(GetBody, _Coll):
@@ -289,6 +320,7 @@ class Get(GetBody, _Coll):
 
 class GetOne(_Id, _Coll):
     include: Include = None
+    consistency: Consistency = None
 
 
 class PatchBody(_Req):
@@ -298,6 +330,7 @@ class PatchBody(_Req):
     ttl_seconds: TtlSeconds = None
     importance: float | None = None
     vector: list[float] | None = None
+    consistency: Consistency = None
 
 
 class Patch(PatchBody, _Id, _Coll):
@@ -307,6 +340,7 @@ class Patch(PatchBody, _Id, _Coll):
 class DeleteBody(_Req):
     ids: Annotated[list[RecordId] | None, Field(max_length=MAX_BATCH)] = None
     filter: Filter = None
+    consistency: Consistency = None
 
 
 class Delete(DeleteBody, _Coll):
@@ -314,7 +348,7 @@ class Delete(DeleteBody, _Coll):
 
 
 class DeleteOne(_Id, _Coll):
-    pass
+    consistency: Consistency = None
 
 
 class ScanBody(_Req):
@@ -324,6 +358,7 @@ class ScanBody(_Req):
     namespace_prefix: Namespace = None
     filter: Filter = None
     include: Include = None
+    consistency: Consistency = None
 
 
 class Scan(ScanBody, _Coll):
@@ -332,6 +367,7 @@ class Scan(ScanBody, _Coll):
 
 class CountBody(_Req):
     filter: Filter = None
+    consistency: Consistency = None
 
 
 class Count(CountBody, _Coll):
@@ -340,6 +376,7 @@ class Count(CountBody, _Coll):
 
 class RefreshTtlBody(_Req):
     ids: Annotated[list[RecordId], Field(max_length=MAX_BATCH)]
+    consistency: Consistency = None
 
 
 class RefreshTtl(RefreshTtlBody, _Coll):
@@ -360,6 +397,7 @@ class SearchBody(_Req):
     expand: ExpandIn | None = None
     min_score: float | None = None
     refresh_ttl: bool = False
+    consistency: Consistency = None
 
 
 class Search(SearchBody, _Coll):
@@ -372,6 +410,7 @@ class ListNamespacesBody(_Req):
     max_depth: Annotated[int | None, _bounds(minimum=1)] = None
     limit: Limit = 100
     offset: Annotated[int, _bounds(minimum=0)] = 0
+    consistency: Consistency = None
 
 
 class ListNamespaces(ListNamespacesBody, _Coll):
@@ -382,6 +421,7 @@ class ListNamespaces(ListNamespacesBody, _Coll):
 class LinkBody(_Req):
     edges: Annotated[list[EdgeIn], Field(max_length=MAX_BATCH)]
     create_missing: bool = False
+    consistency: Consistency = None
 
 
 class Link(LinkBody, _Coll):
@@ -390,6 +430,7 @@ class Link(LinkBody, _Coll):
 
 class UnlinkBody(_Req):
     edges: Annotated[list[EdgeRef], Field(max_length=MAX_BATCH)]
+    consistency: Consistency = None
 
 
 class Unlink(UnlinkBody, _Coll):
@@ -401,6 +442,7 @@ class EdgesBody(_Req):
     direction: Direction = "out"
     relation: Relation | None = None
     limit: GraphLimit = 1000
+    consistency: Consistency = None
 
 
 class Edges(EdgesBody, _Coll):
@@ -416,6 +458,7 @@ class NeighborsBody(_Req):
     fanout: Annotated[int | None, _bounds(minimum=1, maximum=MAX_FANOUT)] = None
     include: Include = None
     timeout_ms: TimeoutMs = None
+    consistency: Consistency = None
 
 
 class Neighbors(NeighborsBody, _Coll):
@@ -430,6 +473,7 @@ class SubgraphBody(_Req):
     limit: GraphLimit = 500
     include: Include = None
     timeout_ms: TimeoutMs = None
+    consistency: Consistency = None
 
 
 class Subgraph(SubgraphBody, _Coll):
@@ -472,6 +516,7 @@ class ExtractBody(_Req):
             description="recorded in each entity's metadata.sources and each edge's properties",
         ),
     ] = None
+    consistency: Consistency = None
 
     @field_validator("text")
     @classmethod

@@ -210,7 +210,7 @@ def collection_out(d: Mapping[str, Any]) -> pb.CollectionConfig:
         kw["embedder_json"] = dump_json(d["embedder"])
     if d.get("indexed_fields"):
         kw["indexed_fields"] = d["indexed_fields"]
-    _set(kw, d, "default_ttl_seconds")
+    _set(kw, d, "default_ttl_seconds", "shards", "replication_factor")
     return pb.CollectionConfig(**kw)
 
 
@@ -246,7 +246,7 @@ def _coll(m: Any) -> Params:
 
 def create_collection_in(m: pb.CreateCollectionRequest) -> Params:
     p: Params = {"name": m.name}
-    _opt(m, p, "dimension", "metric", "default_ttl_seconds", "text_index", "exist_ok")
+    _opt(m, p, "dimension", "metric", "default_ttl_seconds", "text_index", "exist_ok", "shards", "replication_factor")
     _json(m, p, "index_json", "index")
     _json(m, p, "embedder_json", "embedder")
     if m.indexed_fields:
@@ -259,7 +259,7 @@ def alter_collection_in(m: pb.AlterCollectionRequest) -> Params:
     if m.indexed_fields:
         # "" is the map's way to say null (stop indexing the field): proto3 map values cannot be absent.
         p["indexed_fields"] = {k: (v or None) for k, v in m.indexed_fields.items()}
-    _opt(m, p, "default_ttl_seconds", "ef_search", "dimension", "metric", "text_index")
+    _opt(m, p, "default_ttl_seconds", "ef_search", "dimension", "metric", "text_index", "shards", "replication_factor")
     if m.HasField("clear_default_ttl") and m.clear_default_ttl:
         if "default_ttl_seconds" in p:
             raise InvalidArgument("give default_ttl_seconds or clear_default_ttl, not both", code="invalid_config")
@@ -273,21 +273,29 @@ def _reindex_json(r: Result) -> str:
     return dump_json(r["reindex"]) if r.get("reindex") else ""
 
 
+def get_collection_in(m: pb.GetCollectionRequest) -> Params:
+    p: Params = {"coll": m.coll}
+    _opt(m, p, "consistency")
+    return p
+
+
 def upsert_in(m: pb.UpsertRequest) -> Params:
-    return {"coll": m.coll, "records": [record_in(r, f"records[{i}]") for i, r in enumerate(m.records)]}
+    p: Params = {"coll": m.coll, "records": [record_in(r, f"records[{i}]") for i, r in enumerate(m.records)]}
+    _opt(m, p, "consistency")
+    return p
 
 
 def get_in(m: pb.GetRequest) -> Params:
     p: Params = {"coll": m.coll, "ids": list(m.ids)}
     _fields(m, p, "include")
-    _opt(m, p, "refresh_ttl")
+    _opt(m, p, "refresh_ttl", "consistency")
     return p
 
 
 def patch_in(m: pb.PatchRequest) -> Params:
     p: Params = {"coll": m.coll, "id": m.id}
     _json(m, p, "metadata_json", "metadata")
-    _opt(m, p, "text", "ttl_seconds", "importance")
+    _opt(m, p, "text", "ttl_seconds", "importance", "consistency")
     _fields(m, p, "namespace")
     if m.HasField("vector"):
         p["vector"] = unpack_vector(m.vector, "vector")
@@ -299,12 +307,13 @@ def delete_in(m: pb.DeleteRequest) -> Params:
     p: Params = {"coll": m.coll}
     _list(m, p, "ids")
     _json(m, p, "filter_json", "filter")
+    _opt(m, p, "consistency")
     return p
 
 
 def scan_in(m: pb.ScanRequest) -> Params:
     p: Params = {"coll": m.coll}
-    _opt(m, p, "cursor", "limit", "id_prefix")
+    _opt(m, p, "cursor", "limit", "id_prefix", "consistency")
     _list(m, p, "namespace_prefix")
     _json(m, p, "filter_json", "filter")
     _fields(m, p, "include")
@@ -314,11 +323,14 @@ def scan_in(m: pb.ScanRequest) -> Params:
 def count_in(m: pb.CountRequest) -> Params:
     p: Params = {"coll": m.coll}
     _json(m, p, "filter_json", "filter")
+    _opt(m, p, "consistency")
     return p
 
 
 def refresh_ttl_in(m: pb.RefreshTtlRequest) -> Params:
-    return {"coll": m.coll, "ids": list(m.ids)}
+    p: Params = {"coll": m.coll, "ids": list(m.ids)}
+    _opt(m, p, "consistency")
+    return p
 
 
 def search_in(m: pb.SearchRequest) -> Params:
@@ -334,7 +346,7 @@ def search_in(m: pb.SearchRequest) -> Params:
         p["ef"] = m.ef
     if m.HasField("include"):
         p["include"] = list(m.include.fields)
-    _opt(m, p, "exact", "text", "mode", "min_score", "refresh_ttl")
+    _opt(m, p, "exact", "text", "mode", "min_score", "refresh_ttl", "consistency")
     _json(m, p, "weights_json", "weights")
     _json(m, p, "expand_json", "expand")
     return p
@@ -343,29 +355,31 @@ def search_in(m: pb.SearchRequest) -> Params:
 def list_namespaces_in(m: pb.ListNamespacesRequest) -> Params:
     p: Params = {"coll": m.coll}
     _list(m, p, "prefix", "suffix")
-    _opt(m, p, "max_depth", "limit", "offset")
+    _opt(m, p, "max_depth", "limit", "offset", "consistency")
     return p
 
 
 def link_in(m: pb.LinkRequest) -> Params:
     p: Params = {"coll": m.coll, "edges": [edge_in(e, f"edges[{i}]") for i, e in enumerate(m.edges)]}
-    _opt(m, p, "create_missing")
+    _opt(m, p, "create_missing", "consistency")
     return p
 
 
 def unlink_in(m: pb.UnlinkRequest) -> Params:
-    return {"coll": m.coll, "edges": [{"src": e.src, "relation": e.relation, "dst": e.dst} for e in m.edges]}
+    p: Params = {"coll": m.coll, "edges": [{"src": e.src, "relation": e.relation, "dst": e.dst} for e in m.edges]}
+    _opt(m, p, "consistency")
+    return p
 
 
 def edges_in(m: pb.EdgesRequest) -> Params:
     p: Params = {"coll": m.coll, "id": m.id}
-    _opt(m, p, "direction", "relation", "limit")
+    _opt(m, p, "direction", "relation", "limit", "consistency")
     return p
 
 
 def neighbors_in(m: pb.NeighborsRequest) -> Params:
     p: Params = {"coll": m.coll, "id": m.id}
-    _opt(m, p, "hops", "direction", "limit", "fanout", "timeout_ms")
+    _opt(m, p, "hops", "direction", "limit", "fanout", "timeout_ms", "consistency")
     _list(m, p, "relations")
     _fields(m, p, "include")
     return p
@@ -373,7 +387,7 @@ def neighbors_in(m: pb.NeighborsRequest) -> Params:
 
 def subgraph_in(m: pb.SubgraphRequest) -> Params:
     p: Params = {"coll": m.coll, "ids": list(m.ids)}
-    _opt(m, p, "hops", "direction", "limit", "timeout_ms")
+    _opt(m, p, "hops", "direction", "limit", "timeout_ms", "consistency")
     _list(m, p, "relations")
     _fields(m, p, "include")
     return p
@@ -381,7 +395,7 @@ def subgraph_in(m: pb.SubgraphRequest) -> Params:
 
 def extract_in(m: pb.ExtractRequest) -> Params:
     p: Params = {"coll": m.coll, "text": m.text}
-    _opt(m, p, "instructions", "dedupe_threshold", "source_id")
+    _opt(m, p, "instructions", "dedupe_threshold", "source_id", "consistency")
     _list(m, p, "namespace")
     return p
 
@@ -521,6 +535,9 @@ def collection_to_dict(m: pb.CollectionConfig) -> dict[str, Any]:
         "default_ttl_seconds": m.default_ttl_seconds if m.HasField("default_ttl_seconds") else None,
         "indexed_fields": dict(m.indexed_fields),
         "text_index": m.text_index,
+        # 0 = not sent (a server from before these fields): such a server has one copy of one shard.
+        "shards": m.shards or 1,
+        "replication_factor": m.replication_factor or 1,
     }
 
 
@@ -555,7 +572,7 @@ RPCS: dict[str, Rpc] = {
         "get_collection",
         pb.GetCollectionRequest,
         pb.GetCollectionResponse,
-        _coll,
+        get_collection_in,
         lambda r: pb.GetCollectionResponse(
             collection=collection_out(r["collection"]), count=r.get("count") or 0, reindex_json=_reindex_json(r)
         ),

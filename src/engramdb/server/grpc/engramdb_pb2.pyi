@@ -148,6 +148,8 @@ class CollectionConfig(_message.Message):
         "default_ttl_seconds",
         "indexed_fields",
         "text_index",
+        "shards",
+        "replication_factor",
     )
     class IndexedFieldsEntry(_message.Message):
         __slots__ = ("key", "value")
@@ -165,6 +167,8 @@ class CollectionConfig(_message.Message):
     DEFAULT_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     INDEXED_FIELDS_FIELD_NUMBER: _ClassVar[int]
     TEXT_INDEX_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    REPLICATION_FACTOR_FIELD_NUMBER: _ClassVar[int]
     name: str
     dimension: int
     metric: str
@@ -173,6 +177,8 @@ class CollectionConfig(_message.Message):
     default_ttl_seconds: float
     indexed_fields: _containers.ScalarMap[str, str]
     text_index: bool
+    shards: int
+    replication_factor: int
     def __init__(
         self,
         name: _Optional[str] = ...,
@@ -183,6 +189,8 @@ class CollectionConfig(_message.Message):
         default_ttl_seconds: _Optional[float] = ...,
         indexed_fields: _Optional[_Mapping[str, str]] = ...,
         text_index: _Optional[bool] = ...,
+        shards: _Optional[int] = ...,
+        replication_factor: _Optional[int] = ...,
     ) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
@@ -196,6 +204,8 @@ class CreateCollectionRequest(_message.Message):
         "indexed_fields",
         "text_index",
         "exist_ok",
+        "shards",
+        "replication_factor",
     )
     class IndexedFieldsEntry(_message.Message):
         __slots__ = ("key", "value")
@@ -214,6 +224,8 @@ class CreateCollectionRequest(_message.Message):
     INDEXED_FIELDS_FIELD_NUMBER: _ClassVar[int]
     TEXT_INDEX_FIELD_NUMBER: _ClassVar[int]
     EXIST_OK_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    REPLICATION_FACTOR_FIELD_NUMBER: _ClassVar[int]
     name: str
     dimension: int
     metric: str
@@ -223,6 +235,8 @@ class CreateCollectionRequest(_message.Message):
     indexed_fields: _containers.ScalarMap[str, str]
     text_index: bool
     exist_ok: bool
+    shards: int
+    replication_factor: int
     def __init__(
         self,
         name: _Optional[str] = ...,
@@ -234,6 +248,8 @@ class CreateCollectionRequest(_message.Message):
         indexed_fields: _Optional[_Mapping[str, str]] = ...,
         text_index: _Optional[bool] = ...,
         exist_ok: _Optional[bool] = ...,
+        shards: _Optional[int] = ...,
+        replication_factor: _Optional[int] = ...,
     ) -> None: ...
 
 class CollectionResponse(_message.Message):
@@ -253,10 +269,12 @@ class ListCollectionsResponse(_message.Message):
     def __init__(self, collections: _Optional[_Iterable[_Union[CollectionConfig, _Mapping]]] = ...) -> None: ...
 
 class GetCollectionRequest(_message.Message):
-    __slots__ = ("coll",)
+    __slots__ = ("coll", "consistency")
     COLL_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_FIELD_NUMBER: _ClassVar[int]
     coll: str
-    def __init__(self, coll: _Optional[str] = ...) -> None: ...
+    consistency: str
+    def __init__(self, coll: _Optional[str] = ..., consistency: _Optional[str] = ...) -> None: ...
 
 class GetCollectionResponse(_message.Message):
     __slots__ = ("collection", "count", "reindex_json")
@@ -285,6 +303,8 @@ class AlterCollectionRequest(_message.Message):
         "index_json",
         "embedder_json",
         "text_index",
+        "shards",
+        "replication_factor",
     )
     class IndexedFieldsEntry(_message.Message):
         __slots__ = ("key", "value")
@@ -304,6 +324,8 @@ class AlterCollectionRequest(_message.Message):
     INDEX_JSON_FIELD_NUMBER: _ClassVar[int]
     EMBEDDER_JSON_FIELD_NUMBER: _ClassVar[int]
     TEXT_INDEX_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    REPLICATION_FACTOR_FIELD_NUMBER: _ClassVar[int]
     coll: str
     indexed_fields: _containers.ScalarMap[str, str]
     default_ttl_seconds: float
@@ -314,6 +336,8 @@ class AlterCollectionRequest(_message.Message):
     index_json: str
     embedder_json: str
     text_index: bool
+    shards: int
+    replication_factor: int
     def __init__(
         self,
         coll: _Optional[str] = ...,
@@ -326,6 +350,8 @@ class AlterCollectionRequest(_message.Message):
         index_json: _Optional[str] = ...,
         embedder_json: _Optional[str] = ...,
         text_index: _Optional[bool] = ...,
+        shards: _Optional[int] = ...,
+        replication_factor: _Optional[int] = ...,
     ) -> None: ...
 
 class AlterCollectionResponse(_message.Message):
@@ -351,13 +377,18 @@ class DeleteCollectionResponse(_message.Message):
     def __init__(self, deleted: _Optional[bool] = ...) -> None: ...
 
 class UpsertRequest(_message.Message):
-    __slots__ = ("coll", "records")
+    __slots__ = ("coll", "records", "consistency")
     COLL_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_FIELD_NUMBER: _ClassVar[int]
     coll: str
     records: _containers.RepeatedCompositeFieldContainer[Record]
+    consistency: str
     def __init__(
-        self, coll: _Optional[str] = ..., records: _Optional[_Iterable[_Union[Record, _Mapping]]] = ...
+        self,
+        coll: _Optional[str] = ...,
+        records: _Optional[_Iterable[_Union[Record, _Mapping]]] = ...,
+        consistency: _Optional[str] = ...,
     ) -> None: ...
 
 class VersionsResponse(_message.Message):
@@ -367,21 +398,24 @@ class VersionsResponse(_message.Message):
     def __init__(self, versions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetRequest(_message.Message):
-    __slots__ = ("coll", "ids", "include", "refresh_ttl")
+    __slots__ = ("coll", "ids", "include", "refresh_ttl", "consistency")
     COLL_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_FIELD_NUMBER: _ClassVar[int]
     REFRESH_TTL_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_FIELD_NUMBER: _ClassVar[int]
     coll: str
     ids: _containers.RepeatedScalarFieldContainer[str]
     include: FieldList
     refresh_ttl: bool
+    consistency: str
     def __init__(
         self,
         coll: _Optional[str] = ...,
         ids: _Optional[_Iterable[str]] = ...,
         include: _Optional[_Union[FieldList, _Mapping]] = ...,
         refresh_ttl: _Optional[bool] = ...,
+        consistency: _Optional[str] = ...,
     ) -> None: ...
 
 class RecordsResponse(_message.Message):
@@ -391,7 +425,17 @@ class RecordsResponse(_message.Message):
     def __init__(self, records: _Optional[_Iterable[_Union[Record, _Mapping]]] = ...) -> None: ...
 
 class PatchRequest(_message.Message):
-    __slots__ = ("coll", "id", "metadata_json", "text", "namespace", "ttl_seconds", "importance", "vector")
+    __slots__ = (
+        "coll",
+        "id",
+        "metadata_json",
+        "text",
+        "namespace",
+        "ttl_seconds",
+        "importance",
+        "vector",
+        "consistency",
+    )
     COLL_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     METADATA_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -400,6 +444,7 @@ class PatchRequest(_message.Message):
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     IMPORTANCE_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_FIELD_NUMBER: _ClassVar[int]
     coll: str
     id: str
     metadata_json: str
@@ -408,6 +453,7 @@ class PatchRequest(_message.Message):
     ttl_seconds: float
     importance: float
     vector: bytes
+    consistency: str
     def __init__(
         self,
         coll: _Optional[str] = ...,
@@ -418,6 +464,7 @@ class PatchRequest(_message.Message):
         ttl_seconds: _Optional[float] = ...,
         importance: _Optional[float] = ...,
         vector: _Optional[bytes] = ...,
+        consistency: _Optional[str] = ...,
     ) -> None: ...
 
 class RecordResponse(_message.Message):
@@ -427,15 +474,21 @@ class RecordResponse(_message.Message):
     def __init__(self, record: _Optional[_Union[Record, _Mapping]] = ...) -> None: ...
 
 class DeleteRequest(_message.Message):
-    __slots__ = ("coll", "ids", "filter_json")
+    __slots__ = ("coll", "ids", "filter_json", "consistency")
     COLL_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
     FILTER_JSON_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_FIELD_NUMBER: _ClassVar[int]
     coll: str
     ids: _containers.RepeatedScalarFieldContainer[str]
     filter_json: str
+    consistency: str
     def __init__(
-        self, coll: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., filter_json: _Optional[str] = ...
+        self,
+        coll: _Optional[str] = ...,
+        ids: _Optional[_Iterable[str]] = ...,
+        filter_json: _Optional[str] = ...,
+        consistency: _Optional[str] = ...,
     ) -> None: ...
 
 class DeletedResponse(_message.Message):
@@ -445,7 +498,7 @@ class DeletedResponse(_message.Message):
     def __init__(self, deleted: _Optional[int] = ...) -> None: ...
 
 class ScanRequest(_message.Message):
-    __slots__ = ("coll", "cursor", "limit", "id_prefix", "namespace_prefix", "filter_json", "include")
+    __slots__ = ("coll", "cursor", "limit", "id_prefix", "namespace_prefix", "filter_json", "include", "consistency")
     COLL_FIELD_NUMBER: _ClassVar[int]
     CURSOR_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
@@ -453,6 +506,7 @@ class ScanRequest(_message.Message):
     NAMESPACE_PREFIX_FIELD_NUMBER: _ClassVar[int]
     FILTER_JSON_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_FIELD_NUMBER: _ClassVar[int]
     coll: str
     cursor: str
     limit: int
@@ -460,6 +514,7 @@ class ScanRequest(_message.Message):
     namespace_prefix: _containers.RepeatedScalarFieldContainer[str]
     filter_json: str
     include: FieldList
+    consistency: str
     def __init__(
         self,
         coll: _Optional[str] = ...,
@@ -469,6 +524,7 @@ class ScanRequest(_message.Message):
         namespace_prefix: _Optional[_Iterable[str]] = ...,
         filter_json: _Optional[str] = ...,
         include: _Optional[_Union[FieldList, _Mapping]] = ...,
+        consistency: _Optional[str] = ...,
     ) -> None: ...
 
 class ScanResponse(_message.Message):
@@ -482,12 +538,16 @@ class ScanResponse(_message.Message):
     ) -> None: ...
 
 class CountRequest(_message.Message):
-    __slots__ = ("coll", "filter_json")
+    __slots__ = ("coll", "filter_json", "consistency")
     COLL_FIELD_NUMBER: _ClassVar[int]
     FILTER_JSON_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_FIELD_NUMBER: _ClassVar[int]
     coll: str
     filter_json: str
-    def __init__(self, coll: _Optional[str] = ..., filter_json: _Optional[str] = ...) -> None: ...
+    consistency: str
+    def __init__(
+        self, coll: _Optional[str] = ..., filter_json: _Optional[str] = ..., consistency: _Optional[str] = ...
+    ) -> None: ...
 
 class CountResponse(_message.Message):
     __slots__ = ("count",)
@@ -496,12 +556,16 @@ class CountResponse(_message.Message):
     def __init__(self, count: _Optional[int] = ...) -> None: ...
 
 class RefreshTtlRequest(_message.Message):
-    __slots__ = ("coll", "ids")
+    __slots__ = ("coll", "ids", "consistency")
     COLL_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_FIELD_NUMBER: _ClassVar[int]
     coll: str
     ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, coll: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    consistency: str
+    def __init__(
+        self, coll: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., consistency: _Optional[str] = ...
+    ) -> None: ...
 
 class RefreshTtlResponse(_message.Message):
     __slots__ = ("refreshed",)
@@ -524,6 +588,7 @@ class SearchRequest(_message.Message):
         "expand_json",
         "min_score",
         "refresh_ttl",
+        "consistency",
     )
     COLL_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
@@ -538,6 +603,7 @@ class SearchRequest(_message.Message):
     EXPAND_JSON_FIELD_NUMBER: _ClassVar[int]
     MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
     REFRESH_TTL_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_FIELD_NUMBER: _ClassVar[int]
     coll: str
     vector: bytes
     k: int
@@ -551,6 +617,7 @@ class SearchRequest(_message.Message):
     expand_json: str
     min_score: float
     refresh_ttl: bool
+    consistency: str
     def __init__(
         self,
         coll: _Optional[str] = ...,
@@ -566,6 +633,7 @@ class SearchRequest(_message.Message):
         expand_json: _Optional[str] = ...,
         min_score: _Optional[float] = ...,
         refresh_ttl: _Optional[bool] = ...,
+        consistency: _Optional[str] = ...,
     ) -> None: ...
 
 class SearchResponse(_message.Message):
@@ -575,19 +643,21 @@ class SearchResponse(_message.Message):
     def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ...) -> None: ...
 
 class ListNamespacesRequest(_message.Message):
-    __slots__ = ("coll", "prefix", "suffix", "max_depth", "limit", "offset")
+    __slots__ = ("coll", "prefix", "suffix", "max_depth", "limit", "offset", "consistency")
     COLL_FIELD_NUMBER: _ClassVar[int]
     PREFIX_FIELD_NUMBER: _ClassVar[int]
     SUFFIX_FIELD_NUMBER: _ClassVar[int]
     MAX_DEPTH_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_FIELD_NUMBER: _ClassVar[int]
     coll: str
     prefix: _containers.RepeatedScalarFieldContainer[str]
     suffix: _containers.RepeatedScalarFieldContainer[str]
     max_depth: int
     limit: int
     offset: int
+    consistency: str
     def __init__(
         self,
         coll: _Optional[str] = ...,
@@ -596,6 +666,7 @@ class ListNamespacesRequest(_message.Message):
         max_depth: _Optional[int] = ...,
         limit: _Optional[int] = ...,
         offset: _Optional[int] = ...,
+        consistency: _Optional[str] = ...,
     ) -> None: ...
 
 class Namespace(_message.Message):
@@ -611,42 +682,52 @@ class ListNamespacesResponse(_message.Message):
     def __init__(self, namespaces: _Optional[_Iterable[_Union[Namespace, _Mapping]]] = ...) -> None: ...
 
 class LinkRequest(_message.Message):
-    __slots__ = ("coll", "edges", "create_missing")
+    __slots__ = ("coll", "edges", "create_missing", "consistency")
     COLL_FIELD_NUMBER: _ClassVar[int]
     EDGES_FIELD_NUMBER: _ClassVar[int]
     CREATE_MISSING_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_FIELD_NUMBER: _ClassVar[int]
     coll: str
     edges: _containers.RepeatedCompositeFieldContainer[Edge]
     create_missing: bool
+    consistency: str
     def __init__(
         self,
         coll: _Optional[str] = ...,
         edges: _Optional[_Iterable[_Union[Edge, _Mapping]]] = ...,
         create_missing: _Optional[bool] = ...,
+        consistency: _Optional[str] = ...,
     ) -> None: ...
 
 class UnlinkRequest(_message.Message):
-    __slots__ = ("coll", "edges")
+    __slots__ = ("coll", "edges", "consistency")
     COLL_FIELD_NUMBER: _ClassVar[int]
     EDGES_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_FIELD_NUMBER: _ClassVar[int]
     coll: str
     edges: _containers.RepeatedCompositeFieldContainer[EdgeKey]
+    consistency: str
     def __init__(
-        self, coll: _Optional[str] = ..., edges: _Optional[_Iterable[_Union[EdgeKey, _Mapping]]] = ...
+        self,
+        coll: _Optional[str] = ...,
+        edges: _Optional[_Iterable[_Union[EdgeKey, _Mapping]]] = ...,
+        consistency: _Optional[str] = ...,
     ) -> None: ...
 
 class EdgesRequest(_message.Message):
-    __slots__ = ("coll", "id", "direction", "relation", "limit")
+    __slots__ = ("coll", "id", "direction", "relation", "limit", "consistency")
     COLL_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     DIRECTION_FIELD_NUMBER: _ClassVar[int]
     RELATION_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_FIELD_NUMBER: _ClassVar[int]
     coll: str
     id: str
     direction: str
     relation: str
     limit: int
+    consistency: str
     def __init__(
         self,
         coll: _Optional[str] = ...,
@@ -654,6 +735,7 @@ class EdgesRequest(_message.Message):
         direction: _Optional[str] = ...,
         relation: _Optional[str] = ...,
         limit: _Optional[int] = ...,
+        consistency: _Optional[str] = ...,
     ) -> None: ...
 
 class EdgesResponse(_message.Message):
@@ -663,7 +745,18 @@ class EdgesResponse(_message.Message):
     def __init__(self, edges: _Optional[_Iterable[_Union[Edge, _Mapping]]] = ...) -> None: ...
 
 class NeighborsRequest(_message.Message):
-    __slots__ = ("coll", "id", "hops", "relations", "direction", "limit", "fanout", "include", "timeout_ms")
+    __slots__ = (
+        "coll",
+        "id",
+        "hops",
+        "relations",
+        "direction",
+        "limit",
+        "fanout",
+        "include",
+        "timeout_ms",
+        "consistency",
+    )
     COLL_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     HOPS_FIELD_NUMBER: _ClassVar[int]
@@ -673,6 +766,7 @@ class NeighborsRequest(_message.Message):
     FANOUT_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_FIELD_NUMBER: _ClassVar[int]
     coll: str
     id: str
     hops: int
@@ -682,6 +776,7 @@ class NeighborsRequest(_message.Message):
     fanout: int
     include: FieldList
     timeout_ms: float
+    consistency: str
     def __init__(
         self,
         coll: _Optional[str] = ...,
@@ -693,10 +788,11 @@ class NeighborsRequest(_message.Message):
         fanout: _Optional[int] = ...,
         include: _Optional[_Union[FieldList, _Mapping]] = ...,
         timeout_ms: _Optional[float] = ...,
+        consistency: _Optional[str] = ...,
     ) -> None: ...
 
 class SubgraphRequest(_message.Message):
-    __slots__ = ("coll", "ids", "hops", "relations", "direction", "limit", "include", "timeout_ms")
+    __slots__ = ("coll", "ids", "hops", "relations", "direction", "limit", "include", "timeout_ms", "consistency")
     COLL_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
     HOPS_FIELD_NUMBER: _ClassVar[int]
@@ -705,6 +801,7 @@ class SubgraphRequest(_message.Message):
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_FIELD_NUMBER: _ClassVar[int]
     coll: str
     ids: _containers.RepeatedScalarFieldContainer[str]
     hops: int
@@ -713,6 +810,7 @@ class SubgraphRequest(_message.Message):
     limit: int
     include: FieldList
     timeout_ms: float
+    consistency: str
     def __init__(
         self,
         coll: _Optional[str] = ...,
@@ -723,6 +821,7 @@ class SubgraphRequest(_message.Message):
         limit: _Optional[int] = ...,
         include: _Optional[_Union[FieldList, _Mapping]] = ...,
         timeout_ms: _Optional[float] = ...,
+        consistency: _Optional[str] = ...,
     ) -> None: ...
 
 class SubgraphResponse(_message.Message):
@@ -738,19 +837,21 @@ class SubgraphResponse(_message.Message):
     ) -> None: ...
 
 class ExtractRequest(_message.Message):
-    __slots__ = ("coll", "text", "instructions", "namespace", "dedupe_threshold", "source_id")
+    __slots__ = ("coll", "text", "instructions", "namespace", "dedupe_threshold", "source_id", "consistency")
     COLL_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     INSTRUCTIONS_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     DEDUPE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_FIELD_NUMBER: _ClassVar[int]
     coll: str
     text: str
     instructions: str
     namespace: _containers.RepeatedScalarFieldContainer[str]
     dedupe_threshold: float
     source_id: str
+    consistency: str
     def __init__(
         self,
         coll: _Optional[str] = ...,
@@ -759,6 +860,7 @@ class ExtractRequest(_message.Message):
         namespace: _Optional[_Iterable[str]] = ...,
         dedupe_threshold: _Optional[float] = ...,
         source_id: _Optional[str] = ...,
+        consistency: _Optional[str] = ...,
     ) -> None: ...
 
 class ExtractedEntity(_message.Message):

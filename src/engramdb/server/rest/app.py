@@ -303,6 +303,10 @@ def _query_params(request: Request, spec: RouteSpec) -> dict[str, Any]:
     if "include" in spec.query and "include" in request.query_params:
         # Repeated (?include=a&include=b) or comma-separated (?include=a,b); empty means no fields.
         out["include"] = [p for v in request.query_params.getlist("include") for p in v.split(",") if p]
+    if "consistency" in spec.query and "consistency" in request.query_params:
+        levels = request.query_params.getlist("consistency")
+        # Given twice, the list itself goes on, for the service to refuse (invalid_consistency) instead of picking one.
+        out["consistency"] = levels[0] if len(levels) == 1 else levels
     return out
 
 

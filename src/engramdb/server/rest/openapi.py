@@ -14,7 +14,7 @@ from pydantic.json_schema import models_json_schema
 
 from engramdb.server.rest.routes import ROUTES, RouteSpec
 from engramdb.service import models
-from engramdb.validation import MAX_ID_BYTES, NAME_PATTERN
+from engramdb.validation import CONSISTENCY_LEVELS, MAX_ID_BYTES, NAME_PATTERN
 
 REF = "#/components/schemas/{model}"
 TENANT_HEADER = "X-EngramDB-Tenant"
@@ -79,6 +79,17 @@ def _operation(r: RouteSpec) -> dict[str, Any]:
                 "explode": True,
                 "schema": {"type": "array", "items": {"$ref": REF.format(model="IncludeField")}},
                 "description": "record fields to return (repeat the parameter, or separate with commas)",
+            }
+        )
+    if "consistency" in r.query:
+        params.append(
+            {
+                "name": "consistency",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "string", "enum": list(CONSISTENCY_LEVELS)},
+                "description": "replicas of each shard that must answer in a cluster; omitted = the server's "
+                "default. A single node is every replica",
             }
         )
     params.append(

@@ -73,6 +73,7 @@ ROUTES: tuple[RouteSpec, ...] = (
         None,
         models.CollectionInfoResult,
         "A collection and its record count",
+        query=("consistency",),
         tag="collections",
     ),
     RouteSpec(
@@ -95,14 +96,30 @@ ROUTES: tuple[RouteSpec, ...] = (
     ),
     RouteSpec("upsert", "POST", _R, models.UpsertBody, models.VersionsResult, "Insert or replace records"),
     RouteSpec("get", "POST", _R + "/get", models.GetBody, models.RecordsResult, "Get records by id"),
-    RouteSpec("get_one", "GET", _R + "/{id:path}", None, models.RecordResult, "Get one record", query=("include",)),
+    RouteSpec(
+        "get_one",
+        "GET",
+        _R + "/{id:path}",
+        None,
+        models.RecordResult,
+        "Get one record",
+        query=("include", "consistency"),
+    ),
     RouteSpec(
         "patch", "PATCH", _R + "/{id:path}", models.PatchBody, models.RecordResult, "Merge changes into a record"
     ),
     RouteSpec(
         "delete", "POST", _R + "/delete", models.DeleteBody, models.DeletedResult, "Delete records by id or filter"
     ),
-    RouteSpec("delete_one", "DELETE", _R + "/{id:path}", None, models.DeletedResult, "Delete one record"),
+    RouteSpec(
+        "delete_one",
+        "DELETE",
+        _R + "/{id:path}",
+        None,
+        models.DeletedResult,
+        "Delete one record",
+        query=("consistency",),
+    ),
     RouteSpec("scan", "POST", _R + "/scan", models.ScanBody, models.ScanResult, "Page through records in id order"),
     RouteSpec("count", "POST", _C + "/count", models.CountBody, models.CountResult, "Count records"),
     RouteSpec(

@@ -1,0 +1,227 @@
+"""The replica side of node-to-node calls: a node's shard replicas, served from its engine.
+
+Shard ``s`` of collection ``c`` (tenant ``t``) is, on each node of its replica set, an ordinary
+engine collection of tenant ``t`` named ``<c>.r<rev>.s<s>``, where ``rev`` is the etcd revision
+that created the collection: a collection deleted and created again under the same name gets new
+replicas, and a node that missed the deletion can never mix the two. Users never see these names:
+in cluster mode collections are listed from etcd.
+
+A replica is created when the first call for it arrives, from the schema in this node's view of
+etcd (waiting briefly for the view to reach the caller's revision), and only on a node the
+placement names. Writes arrive as finished rows (:mod:`engramdb.engine.rows`) and go through the
+engine's one mutation path, :meth:`~engramdb.engine.collection.Collection.apply_rows`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from engramdb import validation
+from engramdb.cluster import wire
+from engramdb.cluster.control import ControlPlane, View
+from engramdb.engine.budget import query_budget
+from engramdb.engine.collection import Collection
+from engramdb.engine.database import Database
+from engramdb.errors import FailedPrecondition, InvalidArgument, NotFound
+from engramdb.storage import keyspace
+from engramdb.types import CollectionConfig
+
+log = logging.getLogger("engramdb.cluster")
+
+VIEW_WAIT_SECONDS = 5.0
+_REPLICA_NAME = re.compile(r"^(?P<coll>.+)\.r(?P<rev>[0-9]+)\.s(?P<shard>[0-9]+)$")
+
+
+def replica_name(collection: str, rev: int, shard: int) -> str:
+    """The engine collection that holds ``shard`` of ``collection`` (created at etcd revision ``rev``)."""
+    suffix = f".r{rev}.s{shard}"
+    # Names are at most 128 characters; the revision alone is unique, the name is kept for people.
+    return collection[: 128 - len(suffix)] + suffix
+
+
+def parse_replica_name(name: str) -> tuple[str, int, int] | None:
+    m = _REPLICA_NAME.match(name)
+    return None if m is None else (m["coll"], int(m["rev"]), int(m["shard"]))
+
+
+def schema_config(value: Any) -> CollectionConfig:
+    """The user's configuration as stored in etcd (``schema/collections/<t>/<c>``)."""
+    return CollectionConfig.from_stored(dict(value["config"]))
+
+
+def _ids(value: Any, what: str = "ids") -> list[str]:
+    if not isinstance(value, list):
+        raise InvalidArgument(f"{what} must be a list", code="malformed_request")
+    return [validation.record_ref(v, what) for v in value]
+
+
+class Replicas:
+    """This node's shard replicas and the handlers of the internal service."""
+
+    def __init__(self, db: Database, control: ControlPlane, node_id: str, query_timeout: float) -> None:
+        self.db = db
+        self.control = control
+        self.node_id = node_id
+        self.query_timeout = query_timeout
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------ lookup
+    def _view_at(self, rev: int) -> View:
+        view = self.control.view
+        if view.revision < rev:
+            view = self.control.wait_for_revision(rev, VIEW_WAIT_SECONDS)
+        return view
+
+    def shard(self, msg: dict[str, Any], shard: int | None = None) -> Collection:
+        """The local replica the message names (created on first use); NotFound / not_a_replica otherwise."""
+        t = validation.name(msg.get("t"), "tenant")
+        c = validation.name(msg.get("c"), "collection")
+        rev = msg.get("rev")
+        s = msg.get("shard") if shard is None else shard
+        if not isinstance(rev, int) or not isinstance(s, int) or rev < 1 or s < 0:
+            raise InvalidArgument("rev and shard must be integers", code="malformed_request")
+        view = self._view_at(rev)
+        entry = view.collections.get((t, c))
+        if entry is None or entry.create_revision != rev:
+            raise NotFound(f"collection {c!r} does not exist", code="collection_not_found")
+        placed = view.placement.get((t, c, s))
+        if placed is None or self.node_id not in (*placed.value.get("replicas", ()), *placed.value.get("pending", ())):
+            raise FailedPrecondition(f"this node holds no replica of shard {s} of {t}/{c}", code="not_a_replica")
+        name = replica_name(c, rev, s)
+        try:
+            return self.db.get_collection(name, tenant=t)
+        except NotFound:
+            pass
+        with self._lock:
+            try:
+                return self.db.get_collection(name, tenant=t)
+            except NotFound:
+                cfg = schema_config(entry.value)
+                log.info("creating replica of shard %d of %s/%s", s, t, c)
+                # No embedder: coordinators send vectors, and embed query text themselves.
+                return self.db.create_collection(
+                    name,
+                    cfg.dimension,
+                    cfg.metric,
+                    tenant=t,
+                    index=cfg.index.model_dump(mode="json")
+                    if hasattr(cfg.index, "model_dump")
+                    else dict(cfg.index.__dict__),
+                    default_ttl_seconds=cfg.default_ttl_seconds,
+                    indexed_fields=dict(cfg.indexed_fields),
+                    text_index=cfg.text_index,
+                    exist_ok=True,
+                )
+
+    def drop_orphans(self, view: View) -> int:
+        """Delete local replicas whose collection is gone from the schema (or was re-created)."""
+        dropped = 0
+        for tenant in self.db.list_tenants():
+            for cfg in self.db.list_collections(tenant=tenant):
+                parsed = parse_replica_name(cfg.name)
+                if parsed is None:
+                    continue
+                coll, rev, _ = parsed
+                entry = view.collections.get((tenant, coll))
+                if entry is not None and entry.create_revision == rev:
+                    continue
+                if entry is None and view.revision < rev:
+                    continue  # our view is older than the collection: not an orphan yet
+                log.info("dropping replica %s/%s: its collection was deleted", tenant, cfg.name)
+                try:
+                    self.db.delete_collection(cfg.name, tenant=tenant)
+                    dropped += 1
+                except NotFound:
+                    pass
+        return dropped
+
+    # ----------------------------------------------------------- handlers
+    def handlers(self) -> dict[str, Callable[[dict[str, Any], str], dict[str, Any]]]:
+        return {
+            "Apply": self.apply,
+            "Read": self.read,
+            "Scan": self.scan,
+            "Count": self.count,
+            "Namespaces": self.namespaces,
+            "Search": self.search,
+            "Ping": self.ping,
+        }
+
+    def ping(self, msg: dict[str, Any], caller: str) -> dict[str, Any]:
+        return {"node": self.node_id, "time": time.time()}
+
+    def apply(self, msg: dict[str, Any], caller: str) -> dict[str, Any]:
+        coll = self.shard(msg)
+        records = [(validation.record_ref(r[0]), wire.record_row_in(r[1])) for r in msg.get("records") or ()]
+        edges = [
+            (validation.record_ref(e[0]), str(e[1]), validation.record_ref(e[2]), wire.edge_row_in(e[3]))
+            for e in msg.get("edges") or ()
+        ]
+        detach = [(validation.record_ref(d[0]), wire.version(d[1])) for d in msg.get("detach") or ()]
+        return {"live": coll.apply_rows(records, edges, detach)}
+
+    def read(self, msg: dict[str, Any], caller: str) -> dict[str, Any]:
+        """Each id's stored version (tombstones too) and, for live rows, the record with ``include``."""
+        coll = self.shard(msg)
+        ids = _ids(msg.get("ids"))
+        inc = validation.include(msg.get("include") or ())
+        now = time.time()
+        rows = coll.store.get_records([keyspace.record_key(coll.prefix, rid) for rid in ids])
+        live = [(rid, row) for rid, row in zip(ids, rows, strict=True) if row is not None and row.live(now)]
+        records = {r.id: r for r in coll.reader.records(live, inc, now) if r is not None}
+        out: list[Any] = []
+        for rid, row in zip(ids, rows, strict=True):
+            if row is None:
+                out.append(None)
+                continue
+            rec = records.get(rid)
+            out.append([[row.hlc, row.node], None if rec is None else wire.record_out(rec)])
+        return {"rows": out}
+
+    def scan(self, msg: dict[str, Any], caller: str) -> dict[str, Any]:
+        coll = self.shard(msg)
+        with query_budget(self.query_timeout):
+            page = coll.scan(
+                cursor=msg.get("cursor"),
+                limit=msg.get("limit", 100),
+                id_prefix=msg.get("id_prefix"),
+                namespace_prefix=msg.get("namespace_prefix"),
+                filter=msg.get("filter"),
+                include=msg.get("include"),
+            )
+        return {"records": [wire.record_out(r) for r in page.records], "next": page.next_cursor}
+
+    def count(self, msg: dict[str, Any], caller: str) -> dict[str, Any]:
+        coll = self.shard(msg)
+        with query_budget(self.query_timeout):
+            return {"count": coll.count(msg.get("filter"))}
+
+    def namespaces(self, msg: dict[str, Any], caller: str) -> dict[str, Any]:
+        coll = self.shard(msg)
+        found = coll.list_namespaces(
+            msg.get("prefix"),
+            suffix=msg.get("suffix"),
+            max_depth=msg.get("max_depth"),
+            limit=msg.get("limit", 100),
+            offset=0,
+        )
+        return {"namespaces": [list(ns) for ns in found]}
+
+    def search(self, msg: dict[str, Any], caller: str) -> dict[str, Any]:
+        """Search each named shard (``shards``) with the same parameters; hits of all of them."""
+        shards = msg.get("shards")
+        if not isinstance(shards, list) or not shards:
+            raise InvalidArgument("shards must be a non-empty list", code="malformed_request")
+        params = dict(msg.get("params") or {})
+        out = []
+        with query_budget(self.query_timeout):
+            for s in shards:
+                coll = self.shard(msg, s)
+                hits = coll.search(**params)
+                out.append([wire.hit_out(h) for h in hits])
+        return {"hits": out}

@@ -1,0 +1,174 @@
+"""A real 3-node cluster on loopback: real etcd, real ``engramdb serve`` processes, kill -9.
+
+One cluster serves the module (starting it costs seconds); the test that kills a node runs last
+and the fixture's cluster is not reused after it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+import engramdb
+from engramdb.cluster.local import LocalCluster
+
+pytestmark = pytest.mark.skipif(shutil.which("etcd") is None, reason="etcd (Debian etcd-server) is not installed")
+
+KEY = "cluster-test-admin-key-0123456789abcdef"
+H = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    c = LocalCluster(Path(tmp_path_factory.mktemp("cluster")), 3, admin_key=KEY, default_shards=4)
+    c.start()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def post(c: LocalCluster, i: int, path: str, body: dict[str, Any]) -> httpx.Response:
+    return httpx.post(c.node(i).url + path, json=body, headers=H, timeout=30)
+
+
+def records(n: int, start: int = 0) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": f"r{i:03d}",
+            "vector": [1.0, float(i), 0.5, float(i % 7)],
+            "text": f"note number {i}",
+            "metadata": {"i": i},
+        }
+        for i in range(start, start + n)
+    ]
+
+
+def test_any_node_serves_what_another_wrote(cluster: LocalCluster) -> None:
+    assert post(cluster, 0, "/v1/collections", {"name": "shared", "dimension": 4}).status_code == 201
+    r = post(cluster, 1, "/v1/collections/shared/records", {"records": records(40)})
+    assert r.status_code == 200, r.text
+    for i in range(3):
+        got = httpx.get(cluster.node(i).url + "/v1/collections/shared/records/r007", headers=H)
+        assert got.status_code == 200 and got.json()["record"]["metadata"] == {"i": 7}
+        assert post(cluster, i, "/v1/collections/shared/count", {}).json() == {"count": 40}
+    listed = httpx.get(cluster.node(2).url + "/v1/collections", headers=H).json()["collections"]
+    assert [(c["name"], c["shards"], c["replication_factor"]) for c in listed] == [("shared", 4, 3)]
+
+
+def test_scan_pages_cross_coordinators_in_id_order(cluster: LocalCluster) -> None:
+    post(cluster, 0, "/v1/collections", {"name": "paged", "dimension": 4})
+    assert post(cluster, 0, "/v1/collections/paged/records", {"records": records(25)}).status_code == 200
+    seen: list[str] = []
+    cursor = None
+    for page in range(20):
+        body: dict[str, Any] = {"limit": 6}
+        if cursor:
+            body["cursor"] = cursor
+        j = post(cluster, page % 3, "/v1/collections/paged/records/scan", body).json()
+        seen += [r["id"] for r in j["records"]]
+        cursor = j["next_cursor"]
+        if not cursor:
+            break
+    assert seen == [f"r{i:03d}" for i in range(25)]
+
+
+def test_results_match_a_single_node(cluster: LocalCluster, tmp_path: Path) -> None:
+    """The same data on an embedded database and on the cluster: same records, counts and top hits."""
+    data = records(60)
+    post(cluster, 0, "/v1/collections", {"name": "parity", "dimension": 4, "indexed_fields": {"i": "int"}})
+    assert post(cluster, 2, "/v1/collections/parity/records", {"records": data}).status_code == 200
+    with engramdb.open(tmp_path / "single") as db:
+        one = db.create_collection("parity", 4, indexed_fields={"i": "int"})
+        one.upsert(data)
+        remote = engramdb.connect(cluster.node(1).url, api_key=KEY).get_collection("parity")
+        flt = {"i": {"$gte": 10, "$lt": 40}}
+        assert remote.count(flt) == one.count(flt) == 30
+        q = [1.0, 20.0, 0.5, 6.0]
+        for kw in ({}, {"filter": flt}, {"exact": True}):
+            a = [(h.id, round(h.score, 5)) for h in one.search(q, k=8, include=[], **kw)]
+            b = [(h.id, round(h.score, 5)) for h in remote.search(q, k=8, include=[], **kw)]
+            assert a == b, kw
+        got = remote.get_many(["r001", "r059", "missing"])
+        assert [r.id for r in got] == ["r001", "r059"]
+        assert got[0].text == one.get("r001").text  # type: ignore[union-attr]
+        remote.delete(["r001"])
+        one.delete(["r001"])
+        assert remote.count() == one.count() == 59
+        assert remote.get("r001") is None
+
+
+def test_bad_input_is_refused_and_changes_nothing(cluster: LocalCluster) -> None:
+    r = post(cluster, 0, "/v1/collections", {"name": "bad1", "dimension": 4, "shards": 3})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_shards"
+    r = post(cluster, 0, "/v1/collections", {"name": "bad2", "dimension": 4, "replication_factor": 4})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_replication_factor"
+    assert "4" in r.json()["error"]["message"] and "3" in r.json()["error"]["message"]
+    names = [c["name"] for c in httpx.get(cluster.node(1).url + "/v1/collections", headers=H).json()["collections"]]
+    assert "bad1" not in names and "bad2" not in names
+    post(cluster, 0, "/v1/collections", {"name": "strict", "dimension": 4})
+    r = post(cluster, 1, "/v1/collections/strict/records", {"records": records(2), "consistency": "most"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_consistency"
+    bad = [*records(2), {"id": "x", "vector": [1.0, 2.0]}]
+    r = post(cluster, 1, "/v1/collections/strict/records", {"records": bad})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "dimension_mismatch"
+    assert post(cluster, 2, "/v1/collections/strict/count", {}).json() == {"count": 0}
+
+
+def test_keys_made_on_one_node_work_on_every_node(cluster: LocalCluster) -> None:
+    r = httpx.post(cluster.node(0).url + "/v1/admin/keys", json={"role": "reader"}, headers=H)
+    assert r.status_code in (200, 201), r.text
+    key = r.json()["key"]
+    deadline = time.monotonic() + 10
+    while True:
+        got = httpx.get(cluster.node(2).url + "/v1/collections", headers={"Authorization": f"Bearer {key}"})
+        if got.status_code == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert got.status_code == 200
+    denied = httpx.post(
+        cluster.node(1).url + "/v1/collections",
+        json={"name": "nope", "dimension": 4},
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    assert denied.status_code == 403
+
+
+def test_delete_collection_drops_it_everywhere(cluster: LocalCluster) -> None:
+    post(cluster, 0, "/v1/collections", {"name": "gone", "dimension": 4})
+    post(cluster, 0, "/v1/collections/gone/records", {"records": records(5)})
+    assert httpx.delete(cluster.node(1).url + "/v1/collections/gone", headers=H).status_code == 200
+    for i in range(3):
+        assert httpx.get(cluster.node(i).url + "/v1/collections/gone", headers=H).status_code == 404
+    post(cluster, 2, "/v1/collections", {"name": "gone", "dimension": 4})
+    assert post(cluster, 0, "/v1/collections/gone/count", {}).json() == {"count": 0}
+
+
+def test_zz_consistency_levels_with_a_node_killed(cluster: LocalCluster) -> None:
+    """RF=3, one node kill -9'd: ONE and QUORUM keep working, ALL fails cleanly with 503."""
+    post(cluster, 0, "/v1/collections", {"name": "cl", "dimension": 4})
+    assert post(cluster, 0, "/v1/collections/cl/records", {"records": records(30)}).status_code == 200
+    cluster.node(2).kill()
+    for level in ("one", "quorum"):
+        r = post(cluster, 0, "/v1/collections/cl/records", {"records": records(10, 100), "consistency": level})
+        assert r.status_code == 200, (level, r.text)
+        r = post(cluster, 1, "/v1/collections/cl/count", {"consistency": level})
+        assert r.json() == {"count": 40}, level
+    r = post(cluster, 1, "/v1/collections/cl/records", {"records": records(1, 200), "consistency": "all"})
+    assert r.status_code == 503
+    err = r.json()["error"]
+    assert err["code"] == "not_enough_replicas"
+    assert err["details"]["required"] == 3 and err["details"]["acked"] == 2
+    r = post(cluster, 0, "/v1/collections/cl/count", {"consistency": "all"})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "not_enough_replicas"
+    # Every record acknowledged at QUORUM is readable at QUORUM from either surviving node.
+    remote = engramdb.connect(cluster.node(1).url, api_key=KEY).get_collection("cl")
+    assert len(remote.get_many([f"r{i:03d}" for i in range(100, 110)])) == 10
+    ready = httpx.get(cluster.node(0).url + "/ready")
+    assert ready.status_code == 200, ready.text  # one peer down does not take the others out of service
