@@ -580,8 +580,10 @@ def list_edges(
     require_live(source, rid)
     rels = None if rel is None else (rel,)
     out: list[Edge] = []
-    seen: set[EdgeKey] = set()
     for d in ("out", "in") if direction == "both" else (direction,):
+        # Under "both" a self-loop is listed once, with the out-edges: the
+        # in-edges are read only after every out-edge was listed.
+        skip_loops = d == "in" and direction == "both"
         # Edges to endpoints that are not live are hidden, so `limit` rows may
         # not be enough: read again with a larger cap until `limit` visible
         # edges are found or the node has no more.
@@ -591,19 +593,14 @@ def list_edges(
             adj = source.adjacent([rid], d, rels, cap, details=True)[rid]
             alive = source.live(a.other for a in adj)
             del out[base:]
-            added: list[EdgeKey] = []
             for a in adj:
-                key = (a.src, a.relation, a.dst)
-                if key in seen or a.other not in alive:
-                    continue  # a self-loop shows once under "both"
-                seen.add(key)
-                added.append(key)
+                if a.other not in alive or (skip_loops and a.src == a.dst):
+                    continue
                 out.append(a.edge())
                 if len(out) >= limit:
                     return out
             if len(adj) < cap:
                 break
-            seen.difference_update(added)
             cap *= 4
     return out
 
