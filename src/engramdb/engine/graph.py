@@ -27,7 +27,6 @@ See ``docs/graph.md`` for the user-facing contract (API, scoring, bounds).
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import struct
 import time
@@ -42,7 +41,7 @@ from engramdb.engine.hlc import HLC, version_str
 from engramdb.errors import DeadlineExceeded, InvalidArgument, NotFound
 from engramdb.storage import keyspace
 from engramdb.storage.codec import EdgeRow, RecordRow, decode_edge
-from engramdb.storage.store import Mutation, Store
+from engramdb.storage.store import Mutation, Store, check_iterator
 from engramdb.types import Edge, Hit, Record
 
 if TYPE_CHECKING:
@@ -78,11 +77,11 @@ class GraphIndexes(Protocol):
 
 @dataclass(slots=True)
 class Adj:
-    """One live edge seen from a node: ``other`` is the neighbour across it.
+    r"""One live edge seen from a node: ``other`` is the neighbour across it.
 
     ``other`` is ``dst`` for an out-edge and ``src`` for an in-edge (both for
-    a self-loop). ``properties`` and ``version`` (the edge's version string)
-    are set only when asked for (``details=True``); walks need just the weight.
+    a self-loop). Walks need only the weight; listings read whole
+    :class:`~engramdb.types.Edge`\ s (:meth:`GraphSource.edges`).
     """
 
     other: str
@@ -90,14 +89,9 @@ class Adj:
     relation: str
     dst: str
     weight: float
-    properties: dict[str, Any] | None = None
-    version: str | None = None
 
     def step(self) -> dict[str, Any]:
         return {"src": self.src, "relation": self.relation, "dst": self.dst, "weight": self.weight}
-
-    def edge(self) -> Edge:
-        return Edge(self.src, self.relation, self.dst, self.weight, self.properties or {}, self.version)
 
 
 class GraphSource(Protocol):
@@ -128,20 +122,31 @@ class GraphSource(Protocol):
         direction: str,
         relations: tuple[str, ...] | None,
         limit_per_node: int | None,
-        *,
-        details: bool = False,
-        targets: Container[str] | None = None,
     ) -> dict[str, list[Adj]]:
         """The live (not removed) edges of each node in ``direction`` ("out", "in" or "both").
 
         Whether the other endpoint is live is NOT checked here. Per node, the
         out-edges come first, then the in-edges, each in scan order
-        (:func:`adjacency_sort_key`). ``relations`` (None: all) restricts the
-        relation; ``targets`` (None: all) the other endpoint.
-        ``limit_per_node`` caps the edges returned per node and direction (the
-        first ones in scan order, counted after ``targets``). ``details`` fills
-        :attr:`Adj.properties` and :attr:`Adj.version`. Every node of
-        ``nodes`` is a key of the result.
+        (:func:`scan_order`). ``relations`` (None: all) restricts the
+        relation. ``limit_per_node`` (None: no limit) caps the edges returned
+        per node and direction: the first ones in scan order, removed edges
+        not counted. Every node of ``nodes`` is a key of the result.
+        """
+        ...
+
+    def edges(
+        self,
+        nodes: Sequence[str],
+        direction: str,
+        relations: tuple[str, ...] | None,
+        limit_per_node: int | None,
+        *,
+        targets: Container[str] | None = None,
+    ) -> dict[str, list[Edge]]:
+        """As :meth:`adjacent` for one direction ("out" or "in"), as whole edges (properties, version).
+
+        ``targets`` (None: all) keeps only edges whose other endpoint is in
+        it; ``limit_per_node`` counts the edges kept.
         """
         ...
 
@@ -170,27 +175,27 @@ class ExpandTarget(Protocol):
     def graph_source(self) -> AbstractContextManager[GraphSource]: ...
 
 
-def adjacency_sort_key(relations: tuple[str, ...] | None) -> Callable[[Adj], tuple[Any, ...]]:
-    """The scan order of one node's edges in one direction, for merging partial adjacency lists.
+def scan_order(relations: tuple[str, ...] | None) -> Callable[[str, str], tuple[Any, ...]]:
+    """The sort key ``key(relation, other)`` of one node's edges in one direction, in scan order.
 
-    A node's edges are stored under ``node | relation | other``, the relation
-    length-prefixed: without ``relations`` they come by relation (shorter
-    UTF-8 first, then bytewise), then by the other endpoint's UTF-8 bytes; with
-    ``relations`` they come relation by relation in the order given, then by
-    the other endpoint. A coordinator merging per-shard in-edge lists sorts by
-    this key (stable) and then applies the cap.
+    For merging partial adjacency lists (a coordinator's per-shard in-edges):
+    sort by this key, then apply the cap. A node's edges are stored under
+    ``node | relation | other`` with the relation length-prefixed, so without
+    ``relations`` they come by relation (shorter UTF-8 first, then bytewise),
+    then by the other endpoint's UTF-8 bytes; with ``relations`` they come
+    relation by relation in the order given, then by the other endpoint.
     """
     if relations is None:
 
-        def key(a: Adj) -> tuple[Any, ...]:
-            rel = a.relation.encode()
-            return (len(rel), rel, a.other.encode())
+        def key(relation: str, other: str) -> tuple[Any, ...]:
+            rel = relation.encode()
+            return (len(rel), rel, other.encode())
 
         return key
     rank = {r: i for i, r in enumerate(relations)}
 
-    def key_ranked(a: Adj) -> tuple[Any, ...]:
-        return (rank[a.relation], a.other.encode())
+    def key_ranked(relation: str, other: str) -> tuple[Any, ...]:
+        return (rank[relation], other.encode())
 
     return key_ranked
 
@@ -425,14 +430,24 @@ class StoreGraphSource:
         self.reader = reader
         self._alive: Callable[[str], bool] | None = None
         self._its: dict[str, Any] = {}
-        self._stack = contextlib.ExitStack()
+        # The iterators' context managers, closed on exit (a plain list: an
+        # ExitStack costs more than a one-edge edges() call spends on reading).
+        self._open: list[AbstractContextManager[Any]] = []
 
     def __enter__(self) -> StoreGraphSource:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._its.clear()
-        self._stack.close()  # drops (and so closes) the iterators
+        opened, self._open = self._open, []
+        err: BaseException | None = None
+        for cm in reversed(opened):
+            try:
+                cm.__exit__(None, None, None)  # drops (and so closes) the iterator
+            except BaseException as e:  # close the others too, then report the first failure
+                err = err or e
+        if err is not None:
+            raise err
 
     def adjacent(
         self,
@@ -440,31 +455,48 @@ class StoreGraphSource:
         direction: str,
         relations: tuple[str, ...] | None,
         limit_per_node: int | None,
-        *,
-        details: bool = False,
-        targets: Container[str] | None = None,
     ) -> dict[str, list[Adj]]:
         out: dict[str, list[Adj]] = {}
         for node in nodes:
             adj: list[Adj] = []
             if direction in ("out", "both"):
-                self._scan(adj, "edges_out", node, relations, limit_per_node, details, targets)
+                self._scan(adj, "edges_out", node, relations, limit_per_node, False, None)
             if direction in ("in", "both"):
-                self._scan(adj, "edges_in", node, relations, limit_per_node, details, targets)
+                self._scan(adj, "edges_in", node, relations, limit_per_node, False, None)
             out[node] = adj
+        return out
+
+    def edges(
+        self,
+        nodes: Sequence[str],
+        direction: str,
+        relations: tuple[str, ...] | None,
+        limit_per_node: int | None,
+        *,
+        targets: Container[str] | None = None,
+    ) -> dict[str, list[Edge]]:
+        cf = "edges_out" if direction == "out" else "edges_in"
+        out: dict[str, list[Edge]] = {}
+        for node in nodes:
+            found: list[Edge] = []
+            self._scan(found, cf, node, relations, limit_per_node, True, targets)
+            out[node] = found
         return out
 
     def _scan(
         self,
-        out: list[Adj],
+        out: list[Any],
         cf: str,
         node: str,
         relations: tuple[str, ...] | None,
         cap: int | None,
-        details: bool,
+        whole: bool,
         targets: Container[str] | None,
     ) -> None:
-        """Append ``node``'s live edges in ``cf`` to ``out``, in key order, at most ``cap`` of them."""
+        """Append ``node``'s live edges in ``cf`` to ``out`` in key order, at most ``cap`` of them.
+
+        As :class:`~engramdb.types.Edge` objects if ``whole``, else as :class:`Adj`.
+        """
         node_prefix = keyspace.edge_node_prefix(self.prefix, node)
         prefixes = (
             [node_prefix] if relations is None else [keyspace.edge_node_prefix(self.prefix, node, r) for r in relations]
@@ -472,7 +504,9 @@ class StoreGraphSource:
         it = self._its.get(cf)
         if it is None:
             # Created at the first prefix: one seek fewer for single-node reads (edges()).
-            it = self._its[cf] = self._stack.enter_context(self.store.iterator(cf, prefixes[0]))
+            cm = self.store.iterator(cf, prefixes[0])
+            it = self._its[cf] = cm.__enter__()
+            self._open.append(cm)
         else:
             it.seek(prefixes[0])
         # Keys are prefix | u16 len + node | u16 len + relation | other node
@@ -497,19 +531,18 @@ class StoreGraphSource:
                     row = decode_edge(value())
                     if not row.deleted:
                         rel = k[off + 2 : off + 2 + ln].decode()
-                        a = (
-                            Adj(other, node, rel, other, row.weight)
-                            if outgoing
-                            else Adj(other, other, rel, node, row.weight)
-                        )
-                        if details:
-                            a.properties = row.properties
-                            a.version = version_str(row.version)
-                        append(a)
+                        src, dst = (node, other) if outgoing else (other, node)
+                        if whole:
+                            append(Edge(src, rel, dst, row.weight, row.properties, version_str(row.version)))
+                        else:
+                            append(Adj(other, src, rel, dst, row.weight))
                         left -= 1
                         if not left:
                             return
                 step()
+            else:
+                # The iterator also stops on a read error: that must not look like the end of the data.
+                check_iterator(it)
 
     def live(self, ids: Iterable[str]) -> set[str]:
         if self._alive is None:
@@ -579,30 +612,43 @@ def list_edges(
     limit = validation.graph_limit(limit)
     require_live(source, rid)
     rels = None if rel is None else (rel,)
-    out: list[Edge] = []
-    for d in ("out", "in") if direction == "both" else (direction,):
-        # Under "both" a self-loop is listed once, with the out-edges: the
-        # in-edges are read only after every out-edge was listed.
-        skip_loops = d == "in" and direction == "both"
-        # Edges to endpoints that are not live are hidden, so `limit` rows may
-        # not be enough: read again with a larger cap until `limit` visible
-        # edges are found or the node has no more.
-        base = len(out)
-        cap = limit
-        while True:
-            adj = source.adjacent([rid], d, rels, cap, details=True)[rid]
-            alive = source.live(a.other for a in adj)
-            del out[base:]
-            for a in adj:
-                if a.other not in alive or (skip_loops and a.src == a.dst):
-                    continue
-                out.append(a.edge())
-                if len(out) >= limit:
-                    return out
-            if len(adj) < cap:
-                break
-            cap *= 4
-    return out
+    dirs = ("out", "in") if direction == "both" else (direction,)
+    # Edges to endpoints that are not live are hidden, so `limit` rows of a
+    # direction may not be enough: that direction is read again with a larger
+    # cap until `limit` visible edges are found or the node has no more.
+    caps = dict.fromkeys(dirs, limit)
+    rows: dict[str, list[Edge]] = {}
+    others: dict[str, list[str]] = {}
+    need: list[str] = []
+    for d in dirs:
+        rows[d] = source.edges([rid], d, rels, limit)[rid]
+        others[d] = _others(d, rows[d])
+        need += others[d]
+    alive = source.live(need) if need else frozenset()
+    while True:
+        out: list[Edge] = []
+        for d in dirs:
+            # Under "both" a self-loop is listed once, with the out-edges: the
+            # in-edges are used only after every out-edge was listed.
+            skip_loops = d == "in" and direction == "both"
+            for e, other in zip(rows[d], others[d], strict=True):
+                if other in alive and not (skip_loops and e.src == e.dst):
+                    out.append(e)
+                    if len(out) >= limit:
+                        return out
+            if len(rows[d]) == caps[d]:
+                break  # this direction may have more rows
+        else:
+            return out
+        caps[d] *= 4
+        rows[d] = source.edges([rid], d, rels, caps[d])[rid]
+        others[d] = _others(d, rows[d])
+        alive = {*alive, *source.live([o for o in others[d] if o not in alive])}
+
+
+def _others(direction: str, edges: list[Edge]) -> list[str]:
+    """The endpoint across each edge from the node whose ``direction`` edges these are."""
+    return [e.dst for e in edges] if direction == "out" else [e.src for e in edges]
 
 
 def walk_neighbors(
@@ -734,9 +780,9 @@ def walk_subgraph(
     for batch in _batches(kept_ids, source.batch_nodes):
         check_time()
         # Reading only out-edges lists each edge between kept nodes once.
-        adjs = source.adjacent(batch, "out", rels, None, details=True, targets=kept)
+        found = source.edges(batch, "out", rels, None, targets=kept)
         for u in batch:
-            edge_list.extend(a.edge() for a in adjs[u])
+            edge_list.extend(found[u])
     return {"nodes": records, "edges": edge_list}
 
 
