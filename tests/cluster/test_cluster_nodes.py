@@ -150,9 +150,90 @@ def test_delete_collection_drops_it_everywhere(cluster: LocalCluster) -> None:
     assert post(cluster, 0, "/v1/collections/gone/count", {}).json() == {"count": 0}
 
 
+def test_grpc_on_any_node(cluster: LocalCluster) -> None:
+    import grpc
+
+    from engramdb.server.grpc import engramdb_pb2 as pb
+    from engramdb.server.grpc import engramdb_pb2_grpc as pb_grpc
+    from engramdb.server.grpc.convert import pack_vector
+
+    post(cluster, 0, "/v1/collections", {"name": "rpc", "dimension": 4})
+    assert post(cluster, 0, "/v1/collections/rpc/records", {"records": records(12)}).status_code == 200
+    meta = (("authorization", f"Bearer {KEY}"),)
+    with grpc.insecure_channel(cluster.node(2).grpc_target) as ch:
+        stub = pb_grpc.EngramDBStub(ch)
+        got = stub.Get(pb.GetRequest(coll="rpc", ids=["r003", "r011"], consistency="all"), metadata=meta, timeout=30)
+        assert [r.id for r in got.records] == ["r003", "r011"]
+        hits = stub.Search(
+            pb.SearchRequest(coll="rpc", vector=pack_vector([1.0, 5.0, 0.5, 5.0]), k=3), metadata=meta, timeout=30
+        )
+        assert hits.hits[0].id == "r005"
+        try:
+            stub.Get(pb.GetRequest(coll="rpc", ids=["r003"], consistency="most"), metadata=meta, timeout=30)
+            raise AssertionError("a bad consistency was accepted")
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_graph_across_shards(cluster: LocalCluster) -> None:
+    """Edges live in their source's shard: in-edges, walks and deletes must see every shard."""
+    c = engramdb.connect(cluster.node(0).url, api_key=KEY).create_collection("g", 4)
+    c.upsert(records(20))
+    ids = [f"r{i:03d}" for i in range(20)]
+    c.link([{"src": ids[i], "relation": "next", "dst": ids[(i + 1) % 20]} for i in range(20)])
+    other = engramdb.connect(cluster.node(2).url, api_key=KEY).get_collection("g")
+    assert [e.src for e in other.edges("r005", direction="in")] == ["r004"]
+    assert [h.id for h in other.neighbors("r000", hops=3)] == ["r001", "r002", "r003"]
+    sub = other.subgraph(["r010"], hops=1)
+    assert sorted(n.id for n in sub["nodes"]) == ["r009", "r010", "r011"]
+    c.delete(["r005"])  # takes r004 -> r005, stored in r004's shard, with it
+    assert other.edges("r004") == []
+    c.upsert(records(1, 5))
+    assert other.edges("r004") == []  # a re-created record does not bring the old edge back
+    hits = other.search([1.0, 10.0, 0.5, 3.0], k=1, include=[], expand={"hops": 1})
+    assert {h.id for h in hits} >= {"r010", "r011"}
+    assert other.unlink([{"src": "r010", "relation": "next", "dst": "r011"}]) == 1
+    assert [e.dst for e in other.edges("r010")] == []
+
+
+def test_zy_losing_etcd_stops_writes_until_it_is_back(cluster: LocalCluster) -> None:
+    """No etcd for longer than the lease: writes 503 etcd_session_lost, /ready 503; back by itself after."""
+    post(cluster, 0, "/v1/collections", {"name": "etcdloss", "dimension": 4})
+    assert post(cluster, 0, "/v1/collections/etcdloss/records", {"records": records(3)}).status_code == 200
+    cluster.etcd.kill()
+    try:
+        deadline = time.monotonic() + 30
+        written = 3
+        while True:
+            r = post(cluster, 1, "/v1/collections/etcdloss/records", {"records": records(1, 50)})
+            if r.status_code == 503 or time.monotonic() > deadline:
+                break
+            written = 4  # acknowledged before the session ran out
+            time.sleep(0.5)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "etcd_session_lost", r.text
+        assert httpx.get(cluster.node(1).url + "/ready").status_code == 503
+        # Reads are served from the replicas meanwhile.
+        assert post(cluster, 1, "/v1/collections/etcdloss/count", {}).json() == {"count": written}
+    finally:
+        cluster.etcd.start()
+    deadline = time.monotonic() + 60
+    while True:
+        r = post(cluster, 1, "/v1/collections/etcdloss/records", {"records": records(1, 50)})
+        if r.status_code == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert r.status_code == 200, r.text
+    for i in range(3):
+        deadline = time.monotonic() + 60
+        while httpx.get(cluster.node(i).url + "/ready").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert httpx.get(cluster.node(i).url + "/ready").status_code == 200
+
+
 def test_zz_consistency_levels_with_a_node_killed(cluster: LocalCluster) -> None:
     """RF=3, one node kill -9'd: ONE and QUORUM keep working, ALL fails cleanly with 503."""
-    post(cluster, 0, "/v1/collections", {"name": "cl", "dimension": 4})
+    created = post(cluster, 0, "/v1/collections", {"name": "cl", "dimension": 4})
+    assert created.status_code == 201, created.text
     assert post(cluster, 0, "/v1/collections/cl/records", {"records": records(30)}).status_code == 200
     cluster.node(2).kill()
     for level in ("one", "quorum"):
@@ -172,3 +253,56 @@ def test_zz_consistency_levels_with_a_node_killed(cluster: LocalCluster) -> None
     assert len(remote.get_many([f"r{i:03d}" for i in range(100, 110)])) == 10
     ready = httpx.get(cluster.node(0).url + "/ready")
     assert ready.status_code == 200, ready.text  # one peer down does not take the others out of service
+
+
+CANARIES = {"id": b"zq7clusteridcanary", "text": b"zq7clustertextcanary", "metadata": b"zq7clustermetacanary"}
+
+
+def _node_files_with(c: LocalCluster) -> set[str]:
+    found: set[str] = set()
+    for node in c.nodes:
+        for path in Path(node.data_dir).rglob("*"):
+            try:
+                data = path.read_bytes() if path.is_file() else b""
+            except (FileNotFoundError, IsADirectoryError):
+                continue
+            found |= {name for name, canary in CANARIES.items() if canary in data}
+    return found
+
+
+def test_erase_tenant_cluster_wide(local_cluster_factory: Any) -> None:
+    """One call erases a tenant on every node: collections gone everywhere, no canary left in any node's files."""
+    c = local_cluster_factory(3, admin_key=KEY, default_shards=2)
+    tenant = "victim"
+    db = engramdb.connect(c.node(0).url, api_key=KEY, tenant=tenant)
+    coll = db.create_collection("secrets", 4)
+    coll.upsert(records(10))
+    coll.upsert(
+        {
+            "id": CANARIES["id"].decode(),
+            "vector": [1.0, 2.0, 3.0, 4.0],
+            "text": f"private {CANARIES['text'].decode()} note",
+            "metadata": {"who": CANARIES["metadata"].decode()},
+        }
+    )
+    engramdb.connect(c.node(0).url, api_key=KEY, tenant="keep").create_collection("kept", 4)
+    db.create_key("reader", tenant=tenant, name="zq7clusterkeycanary")
+    assert _node_files_with(c) == set(CANARIES)  # so the check at the end can fail
+    r = httpx.post(
+        c.node(1).url + f"/v1/admin/tenants/{tenant}/erase", json={"confirm": tenant}, headers=H, timeout=120
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["collections"] == 1 and r.json()["keys"] == 1
+    # etcd's history of the rewritten key rows (the key's name, the tenant's) is compacted away.
+    old = httpx.post(c.etcd.endpoint + "/v3/kv/range", json={"key": "Lw==", "revision": 2}, timeout=10)
+    assert "compacted" in old.text
+    for i in range(3):
+        got = httpx.get(c.node(i).url + "/v1/collections", headers={**H, "X-EngramDB-Tenant": tenant})
+        assert got.json()["collections"] == []
+    kept = httpx.get(c.node(2).url + "/v1/collections", headers={**H, "X-EngramDB-Tenant": "keep"})
+    assert [x["name"] for x in kept.json()["collections"]] == ["kept"]
+    deadline = time.monotonic() + 60  # every node erases its replicas when its watch shows the deletion
+    while _node_files_with(c) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    c.stop()
+    assert _node_files_with(c) == set()

@@ -197,7 +197,25 @@ class SyncAdapter:
 
 
 # --------------------------------------------------------------- backends
-BACKENDS = ["embedded", "sync", "async"]
+# "cluster": the blocking client against the nodes of a real 3-node cluster (real etcd, RF 3, 4 shards),
+# a different node per test. Skipped where Debian's etcd is not installed (CI installs it).
+BACKENDS = ["embedded", "sync", "async", "cluster"]
+
+
+@pytest.fixture(scope="session")
+def parity_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    import shutil
+
+    if shutil.which("etcd") is None:
+        pytest.skip("etcd (Debian etcd-server) is not installed")
+    from engramdb.cluster.local import LocalCluster
+
+    cluster = LocalCluster(tmp_path_factory.mktemp("parity-cluster"), 3, admin_key="parity-cluster-" + uuid.uuid4().hex)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(params=BACKENDS)
@@ -209,8 +227,15 @@ def api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
         yield db
         db.close()
         return
-    srv: ServerInfo = request.getfixturevalue("remote_server")
     tenant = "t-" + uuid.uuid4().hex[:12]  # a fresh tenant per test: nothing shared, nothing to clean
+    if kind == "cluster":
+        cluster = request.getfixturevalue("parity_cluster")
+        node = cluster.node(int(uuid.uuid4().int % len(cluster)))
+        client = engramdb.connect(node.url, api_key=cluster.admin_key, tenant=tenant, timeout=30)
+        yield client
+        client.close()
+        return
+    srv: ServerInfo = request.getfixturevalue("remote_server")
     if kind == "sync":
         client = engramdb.connect(srv.url, api_key=srv.admin_key, tenant=tenant, timeout=30)
         yield client
@@ -447,8 +472,10 @@ def test_search_filter_include(api: Any) -> None:
     exact = c.search(q, k=20, filter={"$or": [{"i": 3}, {"i": {"$in": [4, 5]}}]}, exact=True)
     assert sorted(h.id for h in exact) == ["r003", "r004", "r005"]
     assert c.search(q, k=3, min_score=2.0) == []
-    # The text index is near-real-time (applied after the write is acknowledged): poll briefly for it.
-    text_hits = eventually(lambda: c.search(text="number 7", mode="text", k=3))
+    # The text index is near-real-time (applied after the write is acknowledged; in a cluster, on each
+    # replica by itself): poll briefly until every record is in it.
+    eventually(lambda: all(c.search(text=f"number {i}", mode="text", k=1) for i in range(20)))
+    text_hits = c.search(text="number 7", mode="text", k=3)
     assert text_hits[0].id == "r007"
     hybrid = c.search(q, text="number 7", mode="hybrid", k=3)
     assert hybrid and all(h.signals for h in hybrid)
@@ -1182,10 +1209,27 @@ def test_extract_same_answers_everywhere(tmp_path: Path) -> None:
                 loop.close()
         finally:
             sp.stop()
+        import shutil
+
+        if shutil.which("etcd") is not None:  # the same through a node of a 3-node cluster (CI has etcd)
+            from engramdb.cluster.local import LocalCluster
+
+            env = {
+                "ENGRAMDB_EXTRACTION__MODEL": "fake-chat",
+                "ENGRAMDB_EXTRACTION__BASE_URL": fake.url + "/v1",
+                "ENGRAMDB_EXTRACTION__MAX_RETRIES": "0",
+                **{f"ENGRAMDB_EMBEDDERS__FAKE__{k.upper()}": str(v) for k, v in profile.items()},
+            }
+            key = "extract-cluster-" + uuid.uuid4().hex
+            with (
+                LocalCluster(tmp_path / "cluster", 3, admin_key=key, env=env) as cluster,
+                engramdb.connect(cluster.node(1).url, key, tenant="cluster") as client,
+            ):
+                results["cluster"] = [_norm_extract(x) for x in _extract_scenario(client, fake.url, None)]
     assert results["embedded"][0][1][0]["id"] == "entity:ada lovelace"  # the scenario really extracted
     diffs = [
         f"{kind} step {i}:\n  embedded: {want!r}\n  {kind}: {got!r}"
-        for kind in ("sync", "async")
+        for kind in [k for k in ("sync", "async", "cluster") if k in results]
         for i, (want, got) in enumerate(zip(results["embedded"], results[kind], strict=True))
         if got != want
     ]

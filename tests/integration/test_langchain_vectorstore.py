@@ -175,3 +175,26 @@ def test_remote_client(server: Any) -> None:
         client.delete_collection(name)
     finally:
         client.close()
+
+
+@pytest.mark.slow
+def test_a_cluster_node(tmp_path: Path) -> None:
+    """The vector store through a node of a real 3-node cluster (RF 3, 4 shards): unchanged code."""
+    import shutil
+
+    if shutil.which("etcd") is None:
+        pytest.skip("etcd (Debian etcd-server) is not installed")
+    from engramdb.cluster.local import LocalCluster
+
+    key = "lc-cluster-" + uuid.uuid4().hex
+    with (
+        LocalCluster(tmp_path / "cluster", 3, admin_key=key) as cluster,
+        engramdb.connect(cluster.node(1).url, key) as client,
+    ):
+        store = EngramVectorStore(DeterministicFakeEmbedding(size=DIMS), "lc", db=client)
+        store.add_documents(DOCS)
+        assert store.similarity_search("lorem ipsum dolor", k=1, filter={"source": "a.md"}) == [DOCS[2]]
+        assert [d.id for d in store.max_marginal_relevance_search("fox", k=2, fetch_k=4)]
+        assert {d.id for d in store.get_by_ids(["a", "b"])} == {"a", "b"}
+        store.delete(["a"])
+        assert store.get_by_ids(["a"]) == []

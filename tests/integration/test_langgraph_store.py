@@ -468,6 +468,26 @@ def test_remote_client_matches_inmemorystore(server: Any) -> None:
         client.close()
 
 
+@pytest.mark.slow
+def test_a_cluster_node_matches_inmemorystore(tmp_path: Path) -> None:
+    """The same scenario through a node of a real 3-node cluster (RF 3, 4 shards): unchanged code."""
+    import shutil
+
+    if shutil.which("etcd") is None:
+        pytest.skip("etcd (Debian etcd-server) is not installed")
+    from engramdb.cluster.local import LocalCluster
+
+    key = "lg-cluster-" + uuid.uuid4().hex
+    with (
+        LocalCluster(tmp_path / "cluster", 3, admin_key=key) as cluster,
+        engramdb.connect(cluster.node(2).url, key) as client,
+    ):
+        idx = _index(["text", "tags[*]"])
+        got = _run(EngramStore(client, index=idx, collection="lg"))
+        want = _run(InMemoryStore(index=idx))
+        _compare(got, want)
+
+
 # ------------------------------------------------ batches: LangGraph's rules, all or nothing
 def test_batch_takes_the_langgraph_root_label_like_inmemorystore(db: Any) -> None:
     """LangGraph refuses a "langgraph" root label in put() only; batch() takes it, as InMemoryStore does."""

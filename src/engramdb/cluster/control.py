@@ -562,6 +562,17 @@ class ControlPlane:
         result = self._etcd.call(lambda c: c.post(c.get_url("/kv/put"), json={"key": _b64(key), "value": value}))
         return int(result["header"]["revision"])
 
+    def compact(self) -> int:
+        """Drop etcd's history before the current revision (after an erase: old values of erased rows).
+
+        Compaction removes old revisions from etcd's keyspace; the freed pages leave its file at
+        the next ``etcdctl defrag`` (docs/cluster.md, "Operating").
+        """
+        header = self._etcd.call(lambda c: c.post(c.get_url("/kv/range"), json={"key": _b64(self.keys.root)}))
+        rev = int(header["header"]["revision"])
+        self._etcd.call(lambda c: c.post(c.get_url("/kv/compaction"), json={"revision": rev, "physical": True}))
+        return rev
+
     def _create_if_absent(self, key: str, value: Mapping[str, Any], what: str) -> int:
         txn = {
             "compare": [{"key": _b64(key), "result": "EQUAL", "target": "CREATE", "create_revision": 0}],

@@ -43,19 +43,19 @@ from engramdb.cluster.control import ControlPlane
 from engramdb.cluster.peers import PeerCall, Peers, wait_quorum
 from engramdb.cluster.replica import Replicas, schema_config
 from engramdb.cluster.ring import Placement, Ring, shard_of
-from engramdb.engine import rows
-from engramdb.engine.hlc import HLC, parse_version
-from engramdb.engine.search import fuse
+from engramdb.engine import graph, rows
+from engramdb.engine.hlc import HLC, parse_version, version_str
+from engramdb.engine.search import fuse, text_index_disabled
 from engramdb.errors import (
     AlreadyExists,
+    DeadlineExceeded,
     EngramError,
-    FailedPrecondition,
     InvalidArgument,
     NotFound,
     Unavailable,
 )
 from engramdb.filters import compile_filter
-from engramdb.storage.codec import RecordRow
+from engramdb.storage.codec import EdgeRow, RecordRow
 from engramdb.types import CollectionConfig, Edge, ExtractResult, Hit, Record, ScanPage
 
 if TYPE_CHECKING:
@@ -99,6 +99,11 @@ class Layout:
         if shard is not None:
             m["shard"] = shard
         return m
+
+
+def retryable(e: EngramError) -> bool:
+    """Whether another replica may answer where this one failed (not a bad request, which fails everywhere)."""
+    return isinstance(e, (Unavailable, DeadlineExceeded)) or e.code == "not_a_replica" or e.http_status >= 500
 
 
 def _newer(a: tuple[int, int] | None, b: tuple[int, int] | None) -> bool:
@@ -359,15 +364,20 @@ class Coordinator:
         value = {**entry.value, "config": _with_layout(new, layout.shards, layout.rf).model_dump(mode="json")}
         rev = self.control.replace_collection(tenant, name, value, create_revision=layout.rev)
         self.control.wait_for_revision(rev, 10.0)
-        # Replicas take the change now rather than at their next call, so filters on new fields work at once.
-        self._each_replica(self.layout(tenant, name), "Ping")
-        return self.layout(tenant, name).config
-
-    def _each_replica(self, layout: Layout, method: str) -> None:
-        nodes = sorted({n for reps in layout.replicas for n in reps})
-        calls = [self.call(n, method, layout.msg()) for n in nodes]
+        # Replicas take the change now rather than at their next call, so a new field's index starts
+        # building at once; a replica that is down takes it at its next call.
+        layout = self.layout(tenant, name)
+        hosted: dict[str, list[int]] = {}
+        for s, reps in enumerate(layout.replicas):
+            for n in reps:
+                hosted.setdefault(n, []).append(s)
+        calls = [self.call(n, "Sync", layout.msg(shards=shards), self.timeout) for n, shards in hosted.items()]
         for c in calls:
-            c.add_done_callback(lambda _c: None)
+            try:
+                c.result(self.timeout + 1)
+            except EngramError as e:
+                log.warning("node %s takes the altered configuration of %s later (%s)", c.peer, name, e.code)
+        return layout.config
 
     # ------------------------------------------------------------ writes
     def write(self, layout: Layout, batches: Mapping[int, Mapping[str, Any]], level: str) -> dict[int, list[bool]]:
@@ -391,7 +401,7 @@ class Coordinator:
                 errs = [c.error for c in calls if c.done() and c.error is not None]
                 # A request error (bad input) is the same on every replica: report it as it is.
                 for e in errs:
-                    if not isinstance(e, (Unavailable, FailedPrecondition)) and e.http_status < 500:
+                    if not retryable(e):
                         raise e
                 raise Unavailable(
                     f"shard {shard} of {layout.name!r}: {len(acked)} replica(s) acknowledged the write, "
@@ -409,7 +419,7 @@ class Coordinator:
     def _missed_callback(self, layout: Layout, shard: int) -> Callable[[PeerCall], None]:
         def check(call: PeerCall) -> None:
             err = call.error
-            if err is not None and (isinstance(err, Unavailable) or err.http_status >= 500):
+            if err is not None and retryable(err):
                 self.missed_write(call.peer, layout, shard, err.code)
 
         return check
@@ -431,7 +441,7 @@ class Coordinator:
                 try:
                     answers.append((c.peer, c.result(self.timeout + 1)))
                 except EngramError as e:
-                    if not isinstance(e, (Unavailable, FailedPrecondition)) and e.http_status < 500:
+                    if not retryable(e):
                         raise
                     errors.append(e)
         if len(answers) < want:
@@ -442,6 +452,54 @@ class Coordinator:
                 details={"shard": shard, "acked": len(answers), "required": want},
             )
         return answers
+
+    def fan_out(
+        self,
+        layout: Layout,
+        want: int,
+        method: str,
+        shards: Iterable[int],
+        build: Callable[[list[int]], dict[str, Any]],
+        results: Callable[[dict[str, Any]], list[Any]],
+    ) -> dict[int, list[Any]]:
+        """``want`` answers per shard, one call per node for all the shards it answers for.
+
+        Replicas are tried in :meth:`_order` (this node, then healthy peers in turn); a shard whose
+        node failed is asked of its next replica. ``build(shards)`` makes a node's message and
+        ``results(answer)`` gives one result per shard, in the same order.
+        """
+        todo = {s: self._order(layout.replicas[s]) for s in shards}
+        got: dict[int, list[Any]] = {s: [] for s in todo}
+        last_error: EngramError | None = None
+        while True:
+            plan: dict[str, list[int]] = {}
+            for s, cands in todo.items():
+                short = want - len(got[s])
+                if short <= 0:
+                    continue
+                if len(cands) < short:
+                    raise Unavailable(
+                        f"shard {s} of {layout.name!r}: {len(got[s])} replica(s) answered, {want} required"
+                        + (f" ({last_error.message})" if last_error else ""),
+                        code="not_enough_replicas",
+                        details={"shard": s, "acked": len(got[s]), "required": want},
+                    )
+                for node in cands[:short]:
+                    plan.setdefault(node, []).append(s)
+                todo[s] = cands[short:]
+            if not plan:
+                return got
+            calls = [(part, self.call(node, method, build(part), self.timeout)) for node, part in plan.items()]
+            for part, call in calls:
+                try:
+                    ans = call.result(self.timeout + 1)
+                except EngramError as e:
+                    if not retryable(e):
+                        raise
+                    last_error = e
+                    continue
+                for s, result in zip(part, results(ans), strict=True):
+                    got[s].append(result)
 
     def read(self, layout: Layout, ids: Sequence[str], include: frozenset[str], level: str) -> dict[str, Record | None]:
         """The newest version of each id over ``level`` replicas of its shard (None: absent, deleted, expired)."""
@@ -808,14 +866,12 @@ class ClusterCollection(CollectionAPI):
                     )
                 vector = emb.embed_query(text)
             q = validation.vector(vector, self.dimension, self.metric, "query vector").tolist()
-        if expand is not None:
-            raise FailedPrecondition(
-                "graph expansion in search is not available in cluster mode yet (docs/cluster.md)",
-                code="not_supported_in_cluster",
-            )
+        if mode in ("text", "hybrid") and not self.config.text_index:
+            raise text_index_disabled(self.name)
+        fetch = k if expand is None else max(k, graph.expand_seeds(expand, k))  # validates the spec first
         base = {"filter": filter, "ef": ef, "include": sorted(inc), "exact": exact}
         if mode == "hybrid":
-            deep = max(k, 50)
+            deep = max(fetch, 50)
             ranked = {
                 "vector": self._scatter({**base, "vector": q, "k": deep, "mode": "vector"}, deep),
                 "text": self._scatter({**base, "text": text, "k": deep, "mode": "text"}, deep),
@@ -831,88 +887,96 @@ class ClusterCollection(CollectionAPI):
             ids = {v: key for key, v in labels.items()}
             hits = [
                 replace(by_id[ids[label]], score=score, signals=signals)
-                for label, score, signals in fuse(lists, weights or {}, k)
+                for label, score, signals in fuse(lists, weights or {}, fetch)
             ]
         else:
-            params: dict[str, Any] = {**base, "k": k, "mode": mode}
+            params: dict[str, Any] = {**base, "k": fetch, "mode": mode}
             if q is not None:
                 params["vector"] = q
             if text is not None:
                 params["text"] = text
-            hits = self._scatter(params, k)
+            hits = self._scatter(params, fetch)
         if min_score is not None:
             hits = [h for h in hits if h.score >= min_score]
+        if expand is not None:
+            hits = graph.expand_hits(self.graph_source(), hits, expand, compile_filter(filter), inc)
+            if min_score is not None:
+                hits = [h for h in hits if h.score >= min_score]
         if refresh_ttl and hits:
             self.refresh_ttl([h.id for h in hits])
-        return hits[:k]
+        return hits if expand is not None else hits[:k]
 
     def _scatter(self, params: dict[str, Any], k: int) -> list[Hit]:
-        """Search every shard (one replica each, one call per node) and merge the hits by score."""
+        """Search every shard (one replica each at ONE, one call per node) and merge the hits by score."""
         level = self._level or self.co.settings.search_consistency
-        want = needed(level, self.layout.rf)
         lay = self.layout
-        # shard -> replicas still to try, in preference order
-        todo = {s: self.co._order(lay.replicas[s]) for s in range(lay.shards)}
-        answered = {s: 0 for s in range(lay.shards)}
+        answers = self.co.fan_out(
+            lay,
+            needed(level, lay.rf),
+            "Search",
+            range(lay.shards),
+            lambda shards: lay.msg(shards=shards, params=params),
+            lambda ans: ans["hits"],
+        )
         hits: dict[str, Hit] = {}
-        last_error: EngramError | None = None
-        while True:
-            plan: dict[str, list[int]] = {}
-            for s, cands in todo.items():
-                short = want - answered[s]
-                if short <= 0:
-                    continue
-                if len(cands) < short:
-                    raise Unavailable(
-                        f"shard {s} of {lay.name!r}: {answered[s]} replica(s) answered, {want} required"
-                        + (f" ({last_error.message})" if last_error else ""),
-                        code="not_enough_replicas",
-                        details={"shard": s, "acked": answered[s], "required": want},
-                    )
-                for node in cands[:short]:
-                    plan.setdefault(node, []).append(s)
-                todo[s] = cands[short:]
-            if not plan:
-                break
-            calls = [
-                (node, shards, self.co.call(node, "Search", lay.msg(shards=shards, params=params), self.co.timeout))
-                for node, shards in plan.items()
-            ]
-            for _, shards, call in calls:
-                try:
-                    ans = call.result(self.co.timeout + 1)
-                except EngramError as e:
-                    if not isinstance(e, (Unavailable, FailedPrecondition)) and e.http_status < 500:
-                        raise
-                    last_error = e
-                    continue
-                for s, shard_hits in zip(shards, ans["hits"], strict=True):
-                    answered[s] += 1
-                    for raw in shard_hits:
-                        h = wire.hit_in(raw)
-                        old = hits.get(h.id)
-                        if old is None or (
-                            h.record is not None
-                            and old.record is not None
-                            and _rec_version(h.record) > _rec_version(old.record)
-                        ):
-                            hits[h.id] = h
+        for results in answers.values():
+            for shard_hits in results:
+                for raw in shard_hits:
+                    h = wire.hit_in(raw)
+                    old = hits.get(h.id)
+                    if old is None or (
+                        h.record is not None
+                        and old.record is not None
+                        and _rec_version(h.record) > _rec_version(old.record)
+                    ):
+                        hits[h.id] = h
         return sorted(hits.values(), key=lambda h: (-h.score, h.id))[:k]
 
     # ------------------------------------------------------------- graph
-    def _graph_unavailable(self) -> FailedPrecondition:
-        return FailedPrecondition(
-            "graph operations are not available in cluster mode yet (docs/cluster.md)",
-            code="not_supported_in_cluster",
-        )
+    def graph_source(self) -> ClusterGraphSource:
+        """The collection's graph over its shards, for the engine's walks (:mod:`engramdb.engine.graph`)."""
+        return ClusterGraphSource(self)
 
     def link(
         self, edges: Edge | Mapping[str, Any] | Sequence[Edge | Mapping[str, Any]], *, create_missing: bool = False
     ) -> list[str]:
-        raise self._graph_unavailable()
+        graph.check_create_missing(create_missing)
+        parsed = graph.parse_new_edges(edges)
+        if not parsed:
+            return []
+        endpoints = graph.link_endpoints(parsed)
+        if not create_missing:
+            found = self.co.read(self.layout, endpoints, frozenset(), self._read_level())
+            missing = [rid for rid in endpoints if found.get(rid) is None]
+            if missing:
+                raise graph.missing_endpoints_error(missing)
+        now = time.time()
+        versions = []
+        batches: dict[int, dict[str, Any]] = {}
+        for e in parsed:
+            row = e.row(self.co.hlc.now(), now)
+            versions.append(row.version)
+            src, rel, dst = e.key
+            # An edge lives in its source's shard, out and in keys both (docs/decisions.md#cluster).
+            batches.setdefault(self.layout.shard_of(src), {"edges": []})["edges"].append(
+                [src, rel, dst, wire.edge_row_out(row)]
+            )
+        self.co.write(self.layout, batches, self._write_level())
+        return [version_str(v) for v in versions]
 
     def unlink(self, edges: Sequence[Any] | Mapping[str, Any] | Edge) -> int:
-        raise self._graph_unavailable()
+        keys = graph.parse_edge_keys(edges)
+        if not keys:
+            return 0
+        now = time.time()
+        batches: dict[int, dict[str, Any]] = {}
+        for src, rel, dst in keys:
+            row = graph.edge_tombstone(self.co.hlc.now(), now)
+            batches.setdefault(self.layout.shard_of(src), {"edges": []})["edges"].append(
+                [src, rel, dst, wire.edge_row_out(row)]
+            )
+        live = self.co.write(self.layout, batches, self._write_level())
+        return sum(sum(1 for flag in flags if flag) for flags in live.values())
 
     def edges(
         self,
@@ -920,9 +984,9 @@ class ClusterCollection(CollectionAPI):
         *,
         direction: str = "out",
         relation: str | None = None,
-        limit: int = 100,
+        limit: int = 1000,
     ) -> list[Edge]:
-        raise self._graph_unavailable()
+        return graph.list_edges(self.graph_source(), id, direction=direction, relation=relation, limit=limit)
 
     def neighbors(
         self,
@@ -934,9 +998,19 @@ class ClusterCollection(CollectionAPI):
         limit: int = 100,
         fanout: int | None = None,
         include: Iterable[str] | None = ("metadata", "text"),
-        timeout_ms: float | None = None,
+        timeout_ms: float = 2000,
     ) -> list[Hit]:
-        raise self._graph_unavailable()
+        return graph.walk_neighbors(
+            self.graph_source(),
+            id,
+            hops=hops,
+            relations=relations,
+            direction=direction,
+            limit=limit,
+            fanout=fanout,
+            include=include,
+            timeout_ms=timeout_ms,
+        )
 
     def subgraph(
         self,
@@ -945,11 +1019,45 @@ class ClusterCollection(CollectionAPI):
         hops: int = 1,
         relations: Sequence[str] | None = None,
         direction: str = "both",
-        limit: int = 1000,
+        limit: int = 500,
         include: Iterable[str] | None = ("metadata", "text"),
-        timeout_ms: float | None = None,
+        timeout_ms: float = 2000,
     ) -> dict[str, Any]:
-        raise self._graph_unavailable()
+        return graph.walk_subgraph(
+            self.graph_source(),
+            ids,
+            hops=hops,
+            relations=relations,
+            direction=direction,
+            limit=limit,
+            include=include,
+            timeout_ms=timeout_ms,
+        )
+
+    # -------------------------------------------------------- extraction
+    @property
+    def hlc(self) -> HLC:
+        return self.co.hlc
+
+    @property
+    def embedder(self) -> Any:
+        return self.co.embedder(self.layout)
+
+    def apply_rows(
+        self, records: Sequence[tuple[str, RecordRow]] = (), edges: Sequence[tuple[str, str, str, EdgeRow]] = ()
+    ) -> list[bool]:
+        """Send finished rows (an extraction's) to their shards' replicas, acknowledged at the write consistency."""
+        batches: dict[int, dict[str, Any]] = {}
+        for rid, row in records:
+            batches.setdefault(self.layout.shard_of(rid), {"records": [], "edges": []})["records"].append(
+                [rid, wire.record_row_out(row)]
+            )
+        for src, rel, dst, erow in edges:
+            batches.setdefault(self.layout.shard_of(src), {"records": [], "edges": []})["edges"].append(
+                [src, rel, dst, wire.edge_row_out(erow)]
+            )
+        self.co.write(self.layout, batches, self._write_level())
+        return []
 
     def extract(
         self,
@@ -961,6 +1069,163 @@ class ClusterCollection(CollectionAPI):
         dedupe_threshold: float = 0.92,
         source_id: str | None = None,
     ) -> ExtractResult:
-        raise FailedPrecondition(
-            "extraction is not available in cluster mode yet (docs/cluster.md)", code="not_supported_in_cluster"
+        from engramdb.engine.extraction import extract_into
+
+        return extract_into(
+            self,
+            text,
+            extractor,
+            instructions=instructions,
+            namespace=namespace,
+            dedupe_threshold=dedupe_threshold,
+            source_id=source_id,
         )
+
+
+class ClusterGraphSource:
+    """A collection's graph over its shards (:class:`engramdb.engine.graph.GraphSource`).
+
+    Out-edges of a node are in its own shard; its in-edges are in the shards of their sources, so
+    in-edges are asked of every shard and merged in scan order before the cap, which gives exactly
+    the rows one node would return. Adjacency is read from one replica per shard (like search, at
+    the collection's search consistency); liveness and records at its read consistency, cached
+    for the walk.
+    """
+
+    batch_nodes = 1000  # one round trip per batch: large batches
+
+    def __init__(self, coll: ClusterCollection) -> None:
+        self.coll = coll
+        self.co = coll.co
+        self.layout = coll.layout
+        self._rows: dict[str, Record | None] = {}
+
+    @property
+    def name(self) -> str:
+        return self.layout.name
+
+    def __enter__(self) -> ClusterGraphSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def _ask(
+        self, method: str, parts: Mapping[int, list[str]], extra: Mapping[str, Any]
+    ) -> dict[int, dict[str, list[Any]]]:
+        lay = self.layout
+        # Adjacency is read from one replica per shard, like search at ONE (docs/cluster.md); the
+        # records the walk returns are read at the collection's read consistency.
+        answers = self.co.fan_out(
+            lay,
+            1,
+            method,
+            parts.keys(),
+            lambda shards: lay.msg(parts=[[s, parts[s]] for s in shards], **extra),
+            lambda ans: ans["parts"],
+        )
+        return {s: got[0] for s, got in answers.items()}
+
+    def _one_direction(
+        self,
+        method: str,
+        nodes: Sequence[str],
+        direction: str,
+        relations: tuple[str, ...] | None,
+        limit: int | None,
+        extra: Mapping[str, Any],
+        other: Callable[[Any], tuple[str, str]],
+    ) -> dict[str, list[Any]]:
+        lay = self.layout
+        msg = {
+            "direction": direction,
+            "relations": None if relations is None else list(relations),
+            "limit": limit,
+            **extra,
+        }
+        if direction == "out":
+            parts: dict[int, list[str]] = {}
+            for n in nodes:
+                parts.setdefault(lay.shard_of(n), []).append(n)
+            out: dict[str, list[Any]] = {}
+            for got in self._ask(method, parts, msg).values():
+                out.update(got)
+            return out
+        every = {s: list(nodes) for s in range(lay.shards)}
+        merged: dict[str, list[Any]] = {n: [] for n in nodes}
+        for got in self._ask(method, every, msg).values():
+            for n, items in got.items():
+                merged[n].extend(items)
+        key = graph.scan_order(relations)
+        for items in merged.values():
+            items.sort(key=lambda it: key(*other(it)))
+            if limit is not None:
+                del items[limit:]
+        return merged
+
+    def adjacent(
+        self, nodes: Sequence[str], direction: str, relations: tuple[str, ...] | None, limit_per_node: int | None
+    ) -> dict[str, list[graph.Adj]]:
+        nodes = list(dict.fromkeys(nodes))
+        out: dict[str, list[graph.Adj]] = {n: [] for n in nodes}
+        for d in ("out", "in") if direction == "both" else (direction,):
+            got = self._one_direction("Adjacent", nodes, d, relations, limit_per_node, {}, lambda a: (a[2], a[0]))
+            for n in nodes:
+                out[n].extend(graph.Adj(a[0], a[1], a[2], a[3], float(a[4])) for a in got.get(n, []))
+        return out
+
+    def edges(
+        self,
+        nodes: Sequence[str],
+        direction: str,
+        relations: tuple[str, ...] | None,
+        limit_per_node: int | None,
+        *,
+        targets: Any = None,
+    ) -> dict[str, list[Edge]]:
+        nodes = list(dict.fromkeys(nodes))
+        extra = {} if targets is None else {"targets": sorted(targets)}
+
+        def other(e: Mapping[str, Any]) -> tuple[str, str]:
+            return (e["relation"], e["src"] if direction == "in" else e["dst"])
+
+        got = self._one_direction("Edges", nodes, direction, relations, limit_per_node, extra, other)
+        return {n: [Edge.from_dict(e) for e in got.get(n, [])] for n in nodes}
+
+    def _load(self, ids: Iterable[str]) -> None:
+        todo = [rid for rid in dict.fromkeys(ids) if rid not in self._rows]
+        if todo:
+            self._rows.update(self.co.read(self.layout, todo, _ROW_FIELDS, self.coll._read_level()))
+
+    def live(self, ids: Iterable[str]) -> set[str]:
+        ids = list(ids)
+        self._load(ids)
+        return {rid for rid in ids if self._rows.get(rid) is not None}
+
+    def rows(self, ids: Sequence[str]) -> list[RecordRow | None]:
+        self._load(ids)
+        return [None if (r := self._rows.get(rid)) is None else _row_of(r) for rid in ids]
+
+    def records(
+        self,
+        pairs: Sequence[tuple[str, RecordRow | None]],
+        include: frozenset[str],
+        now: float,
+        flt: Any = None,
+    ) -> list[Record | None]:
+        from engramdb.engine.records import RecordReader
+
+        ids = [rid for rid, row in pairs if row is not None]
+        full = self.co.read(self.layout, ids, include, self.coll._read_level()) if "vector" in include else {}
+        out: list[Record | None] = []
+        for rid, row in pairs:
+            if row is None or not row.live(now):
+                out.append(None)
+            elif "vector" in include:
+                out.append(full.get(rid))
+            else:
+                out.append(RecordReader.to_record(rid, row, include))
+        return out
+
+
+_ROW_FIELDS = ALL_FIELDS - {"vector"}

@@ -68,6 +68,10 @@ class EtcdMetadata:
         self._check(namespace)
         return bool(self.control.view.keys)
 
+    def forget_history(self) -> None:
+        """After rows were rewritten to erase them: drop etcd's older revisions of every key."""
+        self.control.compact()
+
 
 class ClusterNode:
     """Everything cluster mode adds to one server process."""

@@ -69,6 +69,7 @@ class Replicas:
         self.node_id = node_id
         self.query_timeout = query_timeout
         self._lock = threading.Lock()
+        self._synced: dict[tuple[str, str], int] = {}  # replica -> schema mod_revision its config matches
 
     # ------------------------------------------------------------ lookup
     def _view_at(self, rev: int) -> View:
@@ -94,9 +95,13 @@ class Replicas:
             raise FailedPrecondition(f"this node holds no replica of shard {s} of {t}/{c}", code="not_a_replica")
         name = replica_name(c, rev, s)
         try:
-            return self.db.get_collection(name, tenant=t)
+            coll = self.db.get_collection(name, tenant=t)
         except NotFound:
             pass
+        else:
+            if self._synced.get((t, name)) != entry.mod_revision:
+                self._sync_config(coll, t, name, schema_config(entry.value), entry.mod_revision)
+            return coll
         with self._lock:
             try:
                 return self.db.get_collection(name, tenant=t)
@@ -104,6 +109,7 @@ class Replicas:
                 cfg = schema_config(entry.value)
                 log.info("creating replica of shard %d of %s/%s", s, t, c)
                 # No embedder: coordinators send vectors, and embed query text themselves.
+                self._synced[(t, name)] = entry.mod_revision
                 return self.db.create_collection(
                     name,
                     cfg.dimension,
@@ -117,6 +123,25 @@ class Replicas:
                     text_index=cfg.text_index,
                     exist_ok=True,
                 )
+
+    def _sync_config(self, coll: Collection, tenant: str, name: str, want: CollectionConfig, mod_rev: int) -> None:
+        """Apply an ``alter_collection`` made through any coordinator to this replica (indexed fields, ef, TTL)."""
+        have = coll.config
+        change: dict[str, Any] = {}
+        fields: dict[str, str | None] = {
+            k: v for k, v in want.indexed_fields.items() if have.indexed_fields.get(k) != v
+        }
+        fields.update({k: None for k in have.indexed_fields if k not in want.indexed_fields})
+        if fields:
+            change["indexed_fields"] = fields
+        if want.index.ef_search != have.index.ef_search:
+            change["ef_search"] = want.index.ef_search
+        if want.default_ttl_seconds != have.default_ttl_seconds:
+            change["default_ttl_seconds"] = want.default_ttl_seconds
+        if change:
+            log.info("replica %s/%s takes the altered configuration: %s", tenant, name, sorted(change))
+            self.db.alter_collection(name, tenant=tenant, **change)
+        self._synced[(tenant, name)] = mod_rev
 
     def drop_orphans(self, view: View) -> int:
         """Delete local replicas whose collection is gone from the schema (or was re-created)."""
@@ -149,11 +174,23 @@ class Replicas:
             "Count": self.count,
             "Namespaces": self.namespaces,
             "Search": self.search,
+            "Adjacent": self.adjacent,
+            "Edges": self.edges,
             "Ping": self.ping,
+            "Sync": self.sync,
         }
 
     def ping(self, msg: dict[str, Any], caller: str) -> dict[str, Any]:
         return {"node": self.node_id, "time": time.time()}
+
+    def sync(self, msg: dict[str, Any], caller: str) -> dict[str, Any]:
+        """Bring this node's replicas of ``shards`` to the schema's configuration now (after an alter)."""
+        shards = msg.get("shards")
+        if not isinstance(shards, list):
+            raise InvalidArgument("shards must be a list", code="malformed_request")
+        for s in shards:
+            self.shard(msg, s)
+        return {"synced": len(shards)}
 
     def apply(self, msg: dict[str, Any], caller: str) -> dict[str, Any]:
         coll = self.shard(msg)
@@ -225,3 +262,41 @@ class Replicas:
                 hits = coll.search(**params)
                 out.append([wire.hit_out(h) for h in hits])
         return {"hits": out}
+
+    def _graph_request(
+        self, msg: dict[str, Any]
+    ) -> tuple[list[tuple[int, list[str]]], str, tuple[str, ...] | None, int | None]:
+        parts = msg.get("parts")
+        if not isinstance(parts, list) or not parts:
+            raise InvalidArgument("parts must be a non-empty list", code="malformed_request")
+        direction = msg.get("direction")
+        if direction not in ("out", "in", "both"):
+            raise InvalidArgument("direction must be out, in or both", code="malformed_request")
+        rels = msg.get("relations")
+        relations = None if rels is None else tuple(validation.relation_ref(r) for r in rels)
+        limit = msg.get("limit")
+        if limit is not None and (not isinstance(limit, int) or limit < 1):
+            raise InvalidArgument("limit must be a positive integer", code="malformed_request")
+        return [(int(p[0]), _ids(p[1], "nodes")) for p in parts], direction, relations, limit
+
+    def adjacent(self, msg: dict[str, Any], caller: str) -> dict[str, Any]:
+        """Live edges of nodes, per shard (``parts``: [[shard, nodes], ...]), as graph.Adj fields."""
+        parts, direction, relations, limit = self._graph_request(msg)
+        out = []
+        for s, nodes in parts:
+            with self.shard(msg, s).graph_source() as src:
+                adj = src.adjacent(nodes, direction, relations, limit)
+            out.append({n: [[a.other, a.src, a.relation, a.dst, a.weight] for a in adj.get(n, [])] for n in nodes})
+        return {"parts": out}
+
+    def edges(self, msg: dict[str, Any], caller: str) -> dict[str, Any]:
+        """Whole live edges of nodes in one direction, per shard; ``targets`` keeps edges to those ids only."""
+        parts, direction, relations, limit = self._graph_request(msg)
+        raw_targets = msg.get("targets")
+        targets = None if raw_targets is None else set(_ids(raw_targets, "targets"))
+        out = []
+        for s, nodes in parts:
+            with self.shard(msg, s).graph_source() as src:
+                got = src.edges(nodes, direction, relations, limit, targets=targets)
+            out.append({n: [e.to_dict() for e in got.get(n, [])] for n in nodes})
+        return {"parts": out}

@@ -5,8 +5,9 @@ name always lands on the same record. Before that, each new entity is compared
 with existing entity records by vector similarity (same type, cosine ≥
 ``dedupe_threshold``), so "IBM" and "International Business Machines" merge
 when the embedder places them together. Everything is validated and built
-first, then written with one call of the storage mutation function: either
-the whole extraction is stored or nothing is.
+first, then written with one call (``apply_rows``): on one node either the
+whole extraction is stored or nothing is; in a cluster each shard's part is
+acknowledged at the request's consistency (docs/cluster.md).
 """
 
 from __future__ import annotations
@@ -21,15 +22,12 @@ from engramdb import validation
 from engramdb.engine.hlc import version_str
 from engramdb.errors import FailedPrecondition, InvalidArgument
 from engramdb.extract.schema import Extraction, normalise_name
-from engramdb.storage import keyspace
 from engramdb.storage.codec import EdgeRow, RecordRow
-from engramdb.storage.store import Mutation
 from engramdb.types import ExtractResult, Hit, Record
 
 if TYPE_CHECKING:
     from engramdb.embed import Embedder
     from engramdb.engine.hlc import HLC
-    from engramdb.storage.store import Store
 
 ENTITY_PREFIX = "entity:"
 MAX_ID_NAME_BYTES = 400
@@ -54,13 +52,13 @@ class ExtractTarget(Protocol):
     def embedder(self) -> Embedder | None: ...
 
     @property
-    def store(self) -> Store: ...
-
-    @property
     def hlc(self) -> HLC: ...
 
-    @property
-    def prefix(self) -> bytes: ...
+    def apply_rows(
+        self, records: Sequence[tuple[str, RecordRow]] = (), edges: Sequence[tuple[str, str, str, EdgeRow]] = ()
+    ) -> list[bool]:
+        """Store finished rows in one write (the engine's; a cluster coordinator sends them to the replicas)."""
+        ...
 
     def get(self, id: str, *, include: Iterable[str] | None = None) -> Record | None: ...
 
@@ -147,7 +145,8 @@ def extract_into(
         r.id: r
         for r in coll.get_many(sorted(set(target_of.values())), include=["metadata", "text", "namespace", "importance"])
     }
-    muts: list[Mutation] = []
+    rows: list[tuple[str, RecordRow]] = []
+    edge_rows: list[tuple[str, str, str, EdgeRow]] = []
     written: dict[str, dict[str, Any]] = {}
     for k, vec in zip(keys, vecs, strict=True):
         ent = by_key[k]
@@ -183,7 +182,7 @@ def extract_into(
             vector=validation.vector(vec, coll.dimension, coll.metric).tobytes(),
             importance=old.importance if old is not None else None,
         )
-        muts.append(Mutation(keyspace.CHANGE_RECORD, coll.prefix, keyspace.record_key(coll.prefix, rid), row))
+        rows.append((rid, row))
         written[rid] = {"id": rid, "name": ent.name, "type": ent.type, "merged": old is not None}
 
     edges = []
@@ -193,17 +192,9 @@ def extract_into(
         relation = validation.relation(rel.relation)
         hlc, node = coll.hlc.now()
         props = {"source_id": source_id} if source_id is not None else {}
-        muts.append(
-            Mutation(
-                keyspace.CHANGE_EDGE,
-                coll.prefix,
-                keyspace.edge_out_key(coll.prefix, src, relation, dst),
-                EdgeRow(hlc, node, False, float(rel.weight), props, now),
-                in_key=keyspace.edge_in_key(coll.prefix, src, relation, dst),
-            )
-        )
+        edge_rows.append((src, relation, dst, EdgeRow(hlc, node, False, float(rel.weight), props, now)))
         edges.append(
             {"src": src, "relation": relation, "dst": dst, "weight": rel.weight, "version": version_str((hlc, node))}
         )
-    coll.store.apply(muts)
+    coll.apply_rows(rows, edge_rows)
     return ExtractResult(list(written.values()), edges)

@@ -313,13 +313,17 @@ def _exact(coll: SearchTarget, q: np.ndarray, k: int, checker: _Checker) -> list
     return list(zip(all_l[order].tolist(), vindex.score(all_d[order]).tolist(), strict=True))
 
 
+def text_index_disabled(name: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"collection {name!r} was created with text_index=false; text search is unavailable",
+        code="text_index_disabled",
+    )
+
+
 def text_search(coll: SearchTarget, query: str, k: int, checker: _Checker) -> list[tuple[int, float]]:
     tindex = coll.indexes.text_index
     if tindex is None:
-        raise FailedPrecondition(
-            f"collection {coll.name!r} was created with text_index=false; text search is unavailable",
-            code="text_index_disabled",
-        )
+        raise text_index_disabled(coll.name)
     cands = checker.candidates
     if cands is not None and checker.exact and len(cands) <= coll.exact_threshold:
         got = tindex.search(query, k, candidates=cands)

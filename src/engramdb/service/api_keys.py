@@ -130,6 +130,7 @@ class KeyStore:
 
     def __init__(self, metadata: Metadata | MetadataRows):
         self._meta = metadata
+        self.rows = metadata
         # Serialises read-modify-write of key rows (revoke, rotate) within this process.
         self._lock = threading.Lock()
         # Whether any key row exists: read once here, set by every write. Rows are never deleted

@@ -847,7 +847,7 @@ class Service:
                 f"erasing a tenant cannot be undone: send confirm equal to the tenant's name ({target!r})",
                 code="erase_not_confirmed",
             )
-        return erase_tenant(self.db, self.keys, target)
+        return erase_tenant(self.db, self.keys, target, data=self.data)
 
     # backups
     def _backup_dir(self, call: Call) -> Path:
@@ -882,7 +882,7 @@ class Service:
         return {"backup": backup.verify_backup(backup.backup_path(self._backup_dir(call), req.name))}
 
 
-def erase_tenant(db: Database, keys: KeyStore, tenant: str) -> dict[str, Any]:
+def erase_tenant(db: Database, keys: KeyStore, tenant: str, data: TenantData | None = None) -> dict[str, Any]:
     """Delete ``tenant``'s collections and API keys and erase them from disk (the service's and the CLI's).
 
     Returns ``{"tenant", "collections", "keys"}`` (how many of each); NotFound
@@ -893,6 +893,21 @@ def erase_tenant(db: Database, keys: KeyStore, tenant: str) -> dict[str, Any]:
     # before the erase below compacts the metadata, so the old rows leave the files with it.
     # Their anonymous revoked rows stay, so authentication stays on (KeyStore.erase_tenant).
     n_keys = keys.erase_tenant(tenant)
+    if data is not None and data is not db:
+        # A cluster: the collections go from etcd, and every node erases its replicas of them.
+        collections = len(data.list_collections(tenant=tenant))
+        if not collections and not n_keys:
+            raise NotFound(f"tenant {tenant!r} does not exist", code="tenant_not_found")
+        for cfg in data.list_collections(tenant=tenant):
+            try:
+                data.delete_collection(cfg.name, tenant=tenant)
+            except NotFound:
+                pass
+        forget = getattr(keys.rows, "forget_history", None)
+        if forget is not None:
+            forget()  # etcd keeps the rewritten key rows' old values until its history is compacted
+        log.info("tenant %s erased cluster-wide: %d collections, %d API keys", tenant, collections, n_keys)
+        return {"tenant": tenant, "collections": collections, "keys": n_keys}
     try:
         collections = db.erase_tenant(tenant)
     except NotFound:
