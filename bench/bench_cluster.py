@@ -361,9 +361,16 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=16, help="concurrent clients (threads) of the scaling part")
     ap.add_argument("--procs", type=int, default=2, help="client processes the clients are spread over")
     ap.add_argument("--duration", type=float, default=8.0, help="seconds per scaling phase (max 120)")
+    ap.add_argument(
+        "--settle-ms",
+        type=int,
+        help="cluster.write_settle_ms of the nodes (default: the server's, 100; 0 = answer at the level's acks)",
+    )
     ap.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON to FILE")
     ap.add_argument("--quick", action="store_true", help="2,000 rows, 100 queries, 150 writes, 1 round, --nodes 1,3")
     args = ap.parse_args()
+    if args.settle_ms is not None:
+        NODE_ENV["ENGRAMDB_CLUSTER__WRITE_SETTLE_MS"] = str(args.settle_ms)
     if args.quick:
         args.rows, args.queries, args.writes, args.rounds = 2000, 100, 150, 1
         args.shards, args.nodes, args.duration = "1,4", "1,3", 4.0

@@ -24,6 +24,7 @@ import json
 import re
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -577,6 +578,15 @@ def _add_cluster_commands(sub: Any) -> None:
     st.add_argument("--etcd", metavar="URL[,URL]", help="etcd endpoints (default: cluster.etcd_endpoints)")
     st.add_argument("--name", help="the cluster's name (default: cluster.name)")
     st.add_argument("--json", action="store_true", help="print JSON")
+    rs = cs.add_parser(
+        "restore",
+        help="write a cluster backup's schema, placement and API keys into a fresh etcd (docs/backup.md, Cluster)",
+    )
+    rs.add_argument("manifest", metavar="MANIFEST", help="the cluster-<name>.json a cluster backup wrote")
+    rs.add_argument("--config", metavar="FILE", help="YAML configuration file (its cluster section is used)")
+    rs.add_argument("--etcd", metavar="URL[,URL]", help="etcd endpoints (default: cluster.etcd_endpoints)")
+    rs.add_argument("--name", help="the cluster's name (default: cluster.name)")
+    rs.add_argument("--force", action="store_true", help="also when etcd already holds collections or keys")
     dev = sub.add_parser("dev", help="tools for trying EngramDB out")
     ds = dev.add_subparsers(dest="dev_command", required=True)
     dc = ds.add_parser(
@@ -694,7 +704,8 @@ def _print_cluster_report(r: dict[str, Any]) -> None:
             print(f"    shards without placement: {', '.join(map(str, c['unplaced_shards']))}")
 
 
-def cmd_cluster_status(args: argparse.Namespace) -> int:
+def _cluster_reader(args: argparse.Namespace) -> tuple[Any, Any] | int:
+    """``(control plane, cluster settings)`` of --config/--etcd/--name, started and loaded; an exit status if not."""
     import logging
     import os
 
@@ -723,16 +734,53 @@ def cmd_cluster_status(args: argparse.Namespace) -> int:
     )
     try:
         cp.start()
-        view = cp.wait_for(lambda v: v.revision > 0, STATUS_TIMEOUT)
+        cp.wait_for(lambda v: v.revision > 0, STATUS_TIMEOUT)
     except Unavailable:
         why = (cp.watch_last_error or "").removeprefix("Unavailable: ")
+        cp.close()
         return _fail(
             f"etcd did not answer within {STATUS_TIMEOUT:.0f} s: "
             + (why or f"no response from {', '.join(c.etcd_endpoints)}")
             + " (endpoints from --etcd or cluster.etcd_endpoints)"
         )
+    return cp, c
+
+
+def cmd_cluster_restore(args: argparse.Namespace) -> int:
+    from engramdb.errors import EngramError
+
+    try:
+        from engramdb.cluster.backup import read_manifest, restore_manifest
+
+        manifest = read_manifest(Path(args.manifest))
+    except EngramError as e:
+        return _fail(e.message)
+    got = _cluster_reader(args)
+    if isinstance(got, int):
+        return got
+    cp, c = got
+    try:
+        done = restore_manifest(cp, manifest, force=args.force)
+    except EngramError as e:
+        return _fail(e.message)
     finally:
         cp.close()
+    nodes = ", ".join(sorted(manifest.get("nodes", {})))
+    print(
+        f"cluster {c.name}: {done['collections']} collection(s) and {done['keys']} API key(s) restored into etcd. "
+        f"Restore each node's backup into its data directory (engramdb backup restore) and start nodes {nodes} "
+        "with their node ids."
+    )
+    return 0
+
+
+def cmd_cluster_status(args: argparse.Namespace) -> int:
+    got = _cluster_reader(args)
+    if isinstance(got, int):
+        return got
+    cp, c = got
+    view = cp.view
+    cp.close()
     report = cluster_report(view, c.name, list(c.etcd_endpoints))
     if args.json:
         print(json.dumps(report, allow_nan=False))
@@ -847,7 +895,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "erase":
         return cmd_erase(args)
     if args.command == "cluster":
-        return cmd_cluster_status(args)
+        return cmd_cluster_restore(args) if args.cluster_command == "restore" else cmd_cluster_status(args)
     if args.command == "dev":
         return cmd_dev_cluster(args)
     return cmd_keys(args)

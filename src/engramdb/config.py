@@ -542,6 +542,8 @@ class ClusterSettings:
     breaker_open_seconds: Annotated[float, Bounds(gt=0, le=3600)] = 5.0  # how long it stays open
     vnodes: Annotated[int, Bounds(ge=1, le=1024)] = 256  # virtual nodes per node on the token ring
     gc_grace_seconds: Annotated[float, Bounds(ge=0)] = 864000.0
+    # after a write has its acks, how long it waits for the other replicas' (0: not at all)
+    write_settle_ms: Annotated[int, Bounds(ge=0, le=1000)] = 100
 
     def __post_init__(self) -> None:
         # pydantic has run the field checks already; direct construction has not.

@@ -41,11 +41,11 @@ from engramdb.api import CollectionAPI
 from engramdb.cluster import wire
 from engramdb.cluster.control import ControlPlane
 from engramdb.cluster.peers import PeerCall, Peers, wait_quorum
-from engramdb.cluster.replica import Replicas, schema_config
+from engramdb.cluster.replica import Replicas, naming_rev, schema_config
 from engramdb.cluster.ring import Placement, Ring, shard_of
 from engramdb.engine import graph, rows
 from engramdb.engine.hlc import HLC, parse_version, version_str
-from engramdb.engine.search import fuse, text_index_disabled
+from engramdb.engine.search import Query, fuse, text_index_disabled
 from engramdb.errors import (
     AlreadyExists,
     DeadlineExceeded,
@@ -84,7 +84,8 @@ class Layout:
 
     tenant: str
     name: str
-    rev: int
+    rev: int  # the revision in its replicas' names (naming_rev)
+    created: int  # the etcd revision that created its schema key here
     mod_rev: int
     config: CollectionConfig
     shards: int
@@ -95,7 +96,7 @@ class Layout:
         return shard_of(rid, self.shards)
 
     def msg(self, shard: int | None = None, **fields: Any) -> dict[str, Any]:
-        m: dict[str, Any] = {"t": self.tenant, "c": self.name, "rev": self.rev, **fields}
+        m: dict[str, Any] = {"t": self.tenant, "c": self.name, "rev": self.rev, "at": self.created, **fields}
         if shard is not None:
             m["shard"] = shard
         return m
@@ -251,7 +252,15 @@ class Coordinator:
                 )
             reps.append(tuple(p.value.get("replicas", ())))
         return Layout(
-            tenant, name, entry.create_revision, entry.mod_revision, schema_config(value), shards, rf, tuple(reps)
+            tenant,
+            name,
+            naming_rev(entry),
+            entry.create_revision,
+            entry.mod_revision,
+            schema_config(value),
+            shards,
+            rf,
+            tuple(reps),
         )
 
     def embedder(self, layout: Layout) -> Any:
@@ -353,7 +362,7 @@ class Coordinator:
     def delete_collection(self, name: str, *, tenant: str) -> None:
         self._check_session()
         layout = self.layout(tenant, name)
-        rev = self.control.delete_collection(tenant, name, create_revision=layout.rev)
+        rev = self.control.delete_collection(tenant, name, create_revision=layout.created)
         self.control.wait_for_revision(rev, 10.0)
 
     def alter_collection(self, name: str, *, tenant: str, **kw: Any) -> CollectionConfig:
@@ -362,7 +371,7 @@ class Coordinator:
         new = self.db.altered_config(layout.config, **kw)
         entry = self.control.view.collections[(tenant, name)]
         value = {**entry.value, "config": _with_layout(new, layout.shards, layout.rf).model_dump(mode="json")}
-        rev = self.control.replace_collection(tenant, name, value, create_revision=layout.rev)
+        rev = self.control.replace_collection(tenant, name, value, create_revision=layout.created)
         self.control.wait_for_revision(rev, 10.0)
         # Replicas take the change now rather than at their next call, so a new field's index starts
         # building at once; a replica that is down takes it at its next call.
@@ -394,8 +403,15 @@ class Coordinator:
                 calls.append(call)
             per_shard[shard] = calls
         out: dict[int, list[bool]] = {}
+        settle_until = None
         for shard, calls in per_shard.items():
             wait_quorum(calls, want, self.timeout)
+            if settle_until is None:
+                settle_until = time.monotonic() + self.settings.write_settle_ms / 1000
+            # Enough acks; the other replicas are usually a moment behind. Waiting that moment (never
+            # more than cluster.write_settle_ms) means a healthy cluster has the write everywhere when it
+            # returns, so a search or graph read at ONE sees it (docs/decisions.md#cluster).
+            wait_quorum(calls, len(calls), max(0.0, settle_until - time.monotonic()))
             acked = [c for c in calls if c.done() and c.error is None]
             if len(acked) < want:
                 errs = [c.error for c in calls if c.done() and c.error is not None]
@@ -845,27 +861,20 @@ class ClusterCollection(CollectionAPI):
         min_score: float | None = None,
         refresh_ttl: bool = False,
     ) -> list[Hit]:
-        k = validation.k(k)
-        inc = validation.include(include)
-        ef = validation.ef(ef)
-        emb = self.co.embedder(self.layout)
-        if mode is None:
-            mode = "vector" if vector is not None or emb is not None else "text"
-        mode = validation.mode(mode)
-        if text is not None and not isinstance(text, str):
-            raise InvalidArgument("text must be a string", code="invalid_text")
-        if mode in ("text", "hybrid") and not text:
-            raise InvalidArgument(f"mode {mode!r} needs a non-empty text query", code="missing_text")
+        query = Query.parse(
+            self.co.embedder(self.layout),
+            self.dimension,
+            self.metric,
+            vector=vector,
+            k=k,
+            include=include,
+            ef=ef,
+            text=text,
+            mode=mode,
+        )
+        k, inc, ef, mode = query.k, query.include, query.ef, query.mode
+        q = None if query.vector is None else query.vector.tolist()
         compile_filter(filter)
-        q: list[float] | None = None
-        if mode in ("vector", "hybrid"):
-            if vector is None:
-                if emb is None or not text:
-                    raise InvalidArgument(
-                        "give a query vector, or text in a collection that has an embedder", code="missing_vector"
-                    )
-                vector = emb.embed_query(text)
-            q = validation.vector(vector, self.dimension, self.metric, "query vector").tolist()
         if mode in ("text", "hybrid") and not self.config.text_index:
             raise text_index_disabled(self.name)
         fetch = k if expand is None else max(k, graph.expand_seeds(expand, k))  # validates the spec first

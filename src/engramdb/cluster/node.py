@@ -110,7 +110,14 @@ class ClusterNode:
             breaker_open_seconds=cs.breaker_open_seconds,
             metrics=self.metrics,
         )
-        self.replicas = Replicas(db, self.control, node_id, settings.server.query_timeout_seconds)
+        self.replicas = Replicas(
+            db,
+            self.control,
+            node_id,
+            settings.server.query_timeout_seconds,
+            backup_dir=settings.backup.dir,
+            min_free_mb=settings.server.min_free_disk_mb,
+        )
         self.coordinator = Coordinator(
             db=db,
             control=self.control,
@@ -133,9 +140,21 @@ class ClusterNode:
         self.follower_failures = 0
 
     def use_registry(self, registry: CollectorRegistry) -> None:
-        """Export the per-peer metrics with the service's (called once, before start)."""
+        """Export the per-peer and membership metrics with the service's (called once, before start)."""
+        from prometheus_client import Gauge
+
         self.metrics = PeerMetrics(registry)
         self.peers.metrics = self.metrics
+        Gauge(
+            "engramdb_cluster_etcd_session",
+            "1 while this node holds its etcd session (else it refuses writes)",
+            registry=registry,
+        ).set_function(lambda: 1.0 if self.control.session_ok else 0.0)
+        Gauge(
+            "engramdb_cluster_members",
+            "Nodes registered in etcd (live leases), as this node's view has them",
+            registry=registry,
+        ).set_function(lambda: float(len(self.control.view.members)))
 
     def start(self, wait_seconds: float = 10.0) -> None:
         """Listen for peers, load the view and register as up (etcd may still be down: then it keeps trying)."""
@@ -192,6 +211,12 @@ class ClusterNode:
         self.peers.update(addresses)
         if view.revision > 0:
             self.replicas.drop_orphans(view)
+
+    def backup(self, name: str) -> dict[str, Any]:
+        """A backup of every node and the cluster manifest (:mod:`engramdb.cluster.backup`)."""
+        from engramdb.cluster.backup import backup_cluster
+
+        return backup_cluster(self.coordinator, name, self.settings.backup.dir)
 
     def problems(self) -> list[str]:
         """Why this node should not take traffic now (for /ready): etcd session, watch, unreachable peers."""

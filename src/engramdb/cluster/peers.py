@@ -237,6 +237,7 @@ class Peer:
         else:
             self.channel = grpc.insecure_channel(address, options=options)
         self._methods: dict[str, Any] = {}
+        metrics.breaker_open.labels(node_id).set(0)  # every known peer has a breaker state on /metrics
 
     def close(self) -> None:
         self.channel.close()
@@ -265,7 +266,7 @@ class Peer:
         start = time.perf_counter()
         fut = self._stub(method).future(
             payload,
-            timeout=min(self.timeout, timeout) if timeout else self.timeout,
+            timeout=timeout or self.timeout,  # a caller may give a longer deadline (a backup)
             metadata=((NODE_KEY, self.self_id),),
         )
 

@@ -19,11 +19,13 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from engramdb import validation
 from engramdb.cluster import wire
-from engramdb.cluster.control import ControlPlane, View
+from engramdb.cluster.control import ControlPlane, Entry, View
+from engramdb.engine import backup
 from engramdb.engine.budget import query_budget
 from engramdb.engine.collection import Collection
 from engramdb.engine.database import Database
@@ -49,6 +51,11 @@ def parse_replica_name(name: str) -> tuple[str, int, int] | None:
     return None if m is None else (m["coll"], int(m["rev"]), int(m["shard"]))
 
 
+def naming_rev(entry: Entry) -> int:
+    """The revision in a collection's replica names: its creation's, kept across a restore (``replica_rev``)."""
+    return int(entry.value.get("replica_rev", entry.create_revision))
+
+
 def schema_config(value: Any) -> CollectionConfig:
     """The user's configuration as stored in etcd (``schema/collections/<t>/<c>``)."""
     return CollectionConfig.from_stored(dict(value["config"]))
@@ -63,8 +70,19 @@ def _ids(value: Any, what: str = "ids") -> list[str]:
 class Replicas:
     """This node's shard replicas and the handlers of the internal service."""
 
-    def __init__(self, db: Database, control: ControlPlane, node_id: str, query_timeout: float) -> None:
+    def __init__(
+        self,
+        db: Database,
+        control: ControlPlane,
+        node_id: str,
+        query_timeout: float,
+        *,
+        backup_dir: Path | None = None,
+        min_free_mb: int = 0,
+    ) -> None:
         self.db = db
+        self.backup_dir = backup_dir  # the operator's backup.dir on this node
+        self.min_free_mb = min_free_mb
         self.control = control
         self.node_id = node_id
         self.query_timeout = query_timeout
@@ -84,11 +102,13 @@ class Replicas:
         c = validation.name(msg.get("c"), "collection")
         rev = msg.get("rev")
         s = msg.get("shard") if shard is None else shard
-        if not isinstance(rev, int) or not isinstance(s, int) or rev < 1 or s < 0:
-            raise InvalidArgument("rev and shard must be integers", code="malformed_request")
-        view = self._view_at(rev)
+        at = msg.get("at")  # the etcd revision that created the collection, as the coordinator saw it
+        if not all(isinstance(v, int) and v >= 0 for v in (rev, s, at)):
+            raise InvalidArgument("rev, at and shard must be integers", code="malformed_request")
+        assert isinstance(rev, int) and isinstance(s, int) and isinstance(at, int)
+        view = self._view_at(at)
         entry = view.collections.get((t, c))
-        if entry is None or entry.create_revision != rev:
+        if entry is None or naming_rev(entry) != rev:
             raise NotFound(f"collection {c!r} does not exist", code="collection_not_found")
         placed = view.placement.get((t, c, s))
         if placed is None or self.node_id not in (*placed.value.get("replicas", ()), *placed.value.get("pending", ())):
@@ -153,7 +173,7 @@ class Replicas:
                     continue
                 coll, rev, _ = parsed
                 entry = view.collections.get((tenant, coll))
-                if entry is not None and entry.create_revision == rev:
+                if entry is not None and naming_rev(entry) == rev:
                     continue
                 if entry is None and view.revision < rev:
                     continue  # our view is older than the collection: not an orphan yet
@@ -178,10 +198,24 @@ class Replicas:
             "Edges": self.edges,
             "Ping": self.ping,
             "Sync": self.sync,
+            "Backup": self.backup,
         }
 
     def ping(self, msg: dict[str, Any], caller: str) -> dict[str, Any]:
         return {"node": self.node_id, "time": time.time()}
+
+    def backup(self, msg: dict[str, Any], caller: str) -> dict[str, Any]:
+        """This node's part of a cluster backup: a backup named ``name`` in this node's ``backup.dir``."""
+        if self.backup_dir is None:
+            raise FailedPrecondition(
+                f"node {self.node_id} has no backup directory: set backup.dir (ENGRAMDB_BACKUP__DIR) on every node",
+                code="backup_not_configured",
+            )
+        dest = backup.backup_path(self.backup_dir, str(msg.get("name")))
+        self.backup_dir.mkdir(parents=True, exist_ok=True)
+        info = backup.create_backup(self.db, dest, min_free_mb=self.min_free_mb)
+        log.info("backup %s of node %s created for a cluster backup", dest.name, self.node_id)
+        return {"node": self.node_id, "backup": info}
 
     def sync(self, msg: dict[str, Any], caller: str) -> dict[str, Any]:
         """Bring this node's replicas of ``shards`` to the schema's configuration now (after an alter)."""

@@ -90,6 +90,8 @@ class Database(DatabaseAPI):
             tombstone_grace_seconds=s.tombstone_grace_seconds,
             statistics=s.statistics,
             erase_within_seconds=s.erase_within_seconds,
+            # Replicas keep tombstones until every replica must have seen them (docs/cluster.md).
+            keep_tombstones_seconds=self.settings.cluster.gc_grace_seconds if self.settings.cluster.enabled else 0.0,
         )
         # Rows of the layers above the engine (API keys): they reach storage only through this.
         self.metadata = Metadata(self.store)

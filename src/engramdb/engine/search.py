@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -74,6 +75,56 @@ class SearchTarget(ExpandTarget, Protocol):
     def refresh_ttl(self, ids: str | Sequence[str]) -> int: ...
 
 
+@dataclass(frozen=True)
+class Query:
+    """A search request's checked parameters and its query vector (embedded from the text when needed).
+
+    The one place these rules live, for the engine and for the cluster coordinator (which embeds
+    once and sends the vector to the shards).
+    """
+
+    k: int
+    include: frozenset[str]
+    ef: int | None
+    mode: str
+    vector: np.ndarray | None
+
+    @classmethod
+    def parse(
+        cls,
+        embedder: Embedder | None,
+        dimension: int,
+        metric: str,
+        *,
+        vector: Sequence[float] | np.ndarray | None,
+        k: Any,
+        include: Iterable[str] | None,
+        ef: int | None,
+        text: str | None,
+        mode: str | None,
+    ) -> Query:
+        k = validation.k(k)
+        inc = validation.include(include)
+        ef = validation.ef(ef)
+        if mode is None:
+            mode = "vector" if vector is not None or embedder is not None else "text"
+        mode = validation.mode(mode)
+        if text is not None and not isinstance(text, str):
+            raise InvalidArgument("text must be a string", code="invalid_text")
+        if mode in ("text", "hybrid") and not text:
+            raise InvalidArgument(f"mode {mode!r} needs a non-empty text query", code="missing_text")
+        q = None
+        if mode in ("vector", "hybrid"):
+            if vector is None:
+                if embedder is None or not text:
+                    raise InvalidArgument(
+                        "give a query vector, or text in a collection that has an embedder", code="missing_vector"
+                    )
+                vector = embedder.embed_query(text)
+            q = validation.vector(vector, dimension, metric, "query vector")
+        return cls(k, inc, ef, mode, q)
+
+
 def run_search(
     coll: SearchTarget,
     *,
@@ -90,26 +141,11 @@ def run_search(
     min_score: float | None,
     refresh_ttl: bool,
 ) -> list[Hit]:
-    k = validation.k(k)
-    inc = validation.include(include)
-    ef = validation.ef(ef)
-    if mode is None:
-        mode = "vector" if vector is not None or coll.embedder is not None else "text"
-    mode = validation.mode(mode)
-    if text is not None and not isinstance(text, str):
-        raise InvalidArgument("text must be a string", code="invalid_text")
-    if mode in ("text", "hybrid") and not text:
-        raise InvalidArgument(f"mode {mode!r} needs a non-empty text query", code="missing_text")
+    query = Query.parse(
+        coll.embedder, coll.dimension, coll.metric, vector=vector, k=k, include=include, ef=ef, text=text, mode=mode
+    )
+    k, inc, ef, mode, q = query.k, query.include, query.ef, query.mode, query.vector
     flt = compile_filter(filter)
-    q = None
-    if mode in ("vector", "hybrid"):
-        if vector is None:
-            if coll.embedder is None or not text:
-                raise InvalidArgument(
-                    "give a query vector, or text in a collection that has an embedder", code="missing_vector"
-                )
-            vector = coll.embedder.embed_query(text)
-        q = validation.vector(vector, coll.dimension, coll.metric, "query vector")
     fetch = k if expand is None else max(k, expand_seeds(expand, k))  # validates the spec before any work
     # Started after the query text was embedded: the embedder has its own timeout.
     checker = _Checker(coll, flt, current_deadline("search"))

@@ -208,7 +208,12 @@ def run_server(settings: Settings) -> int:
             from engramdb.cluster.node import ClusterNode
 
             cluster = ClusterNode(db, settings, node_id)
-            extra = {"data": cluster.coordinator, "key_rows": cluster.metadata, "problems": cluster.problems}
+            extra = {
+                "data": cluster.coordinator,
+                "key_rows": cluster.metadata,
+                "problems": cluster.problems,
+                "cluster_backup": cluster.backup,
+            }
         service = Service(
             db, settings, admin_key=load_bootstrap_key(settings), metrics_key=load_metrics_key(settings), **extra
         )

@@ -32,7 +32,15 @@ from engramdb.errors import EngramError
 from engramdb.service import Service
 from engramdb.service.metrics import LATENCY_BUCKETS
 
-__all__ = ["CONTENT_TYPE_LATEST", "EXPORTED_METRICS", "HttpMetrics", "MetricsPort", "install", "render"]
+__all__ = [
+    "CLUSTER_METRICS",
+    "CONTENT_TYPE_LATEST",
+    "EXPORTED_METRICS",
+    "HttpMetrics",
+    "MetricsPort",
+    "install",
+    "render",
+]
 
 
 class HttpMetrics:
@@ -126,6 +134,14 @@ EXPORTED_METRICS: tuple[str, ...] = (
 )
 # Families present only when the data exists: block-cache hits/misses need storage.statistics; the memory
 # limit needs a cgroup limit; process_* need Linux's /proc.
+# Exported by a node in cluster mode (engramdb.cluster.peers), per peer node id.
+CLUSTER_METRICS: tuple[str, ...] = (
+    "engramdb_cluster_etcd_session",
+    "engramdb_cluster_members",
+    "engramdb_peer_rpc_duration_seconds",
+    "engramdb_peer_rpc_errors",
+    "engramdb_peer_breaker_open",
+)
 CONDITIONAL_METRICS: frozenset[str] = frozenset(
     {
         "engramdb_rocksdb_block_cache_hits",

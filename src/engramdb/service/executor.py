@@ -266,6 +266,7 @@ class Service:
         data: TenantData | None = None,
         key_rows: Any = None,
         problems: Callable[[], list[str]] | None = None,
+        cluster_backup: Callable[[str], dict[str, Any]] | None = None,
     ):
         self.db = db
         # Where collections and records live: this node's engine, or the cluster coordinator,
@@ -277,6 +278,8 @@ class Service:
         # API keys: this node's metadata rows, or (cluster mode) rows every node shares in etcd.
         self.keys = KeyStore(key_rows if key_rows is not None else db.metadata)
         self._extra_problems = problems
+        # In a cluster a backup covers every node (engramdb.cluster.backup), through the same call.
+        self._cluster_backup = cluster_backup
         srv = settings.server
         # Only the digests of the bootstrap and metrics keys are kept, so a heap dump does not reveal them.
         self._bootstrap_digest = digest(admin_key) if admin_key else None
@@ -869,6 +872,10 @@ class Service:
 
     def _create_backup(self, call: Call, req: models.CreateBackupBody, params: dict[str, Any]) -> dict[str, Any]:
         d = self._backup_dir(call)
+        if self._cluster_backup is not None:
+            info = self._cluster_backup(req.name)
+            log.info("cluster backup %s created (every node, and the cluster manifest on this one)", req.name)
+            return {"backup": info}
         dest = backup.backup_path(d, req.name)
         d.mkdir(parents=True, exist_ok=True)
         info = backup.create_backup(self.db, dest, min_free_mb=self.settings.server.min_free_disk_mb)

@@ -356,12 +356,14 @@ class Store:
         tombstone_grace_seconds: float = 10 * 86400,
         statistics: bool = False,
         erase_within_seconds: float = 0.0,
+        keep_tombstones_seconds: float = 0.0,
     ):
         self.path = str(path)
         self.sync_writes = sync_writes
         self.tombstone_grace_seconds = tombstone_grace_seconds
         # 0: no bound; else a delete is purged and erased from every file within it (see grace_ms).
         self.erase_within_seconds = erase_within_seconds
+        self.keep_tombstones_seconds = keep_tombstones_seconds
         # Free space the disk must have before a database that hit a full
         # disk is reopened: reopening writes a new WAL and MANIFEST, and a
         # reopen that fails half way would leave no handle to read from.
@@ -1105,12 +1107,16 @@ class Store:
         personal data too, so with an erase bound it is purged within half of it
         and the erase pass (due at the same moment) removes it from the files
         in the other half. On one node nothing needs a tombstone longer: the
-        clock never hands out a version older than one already written.
+        clock never hands out a version older than one already written. A
+        cluster replica keeps them at least ``keep_tombstones_seconds``
+        (``cluster.gc_grace_seconds``) whatever the erase bound: a replica that
+        missed the delete still holds the record, and without the tombstone a
+        read would bring it back.
         """
         grace = self.tombstone_grace_seconds
         if self.erase_within_seconds > 0:
             grace = min(grace, self.erase_within_seconds / 2)
-        return int(grace * 1000)
+        return int(max(grace, self.keep_tombstones_seconds) * 1000)
 
     @staticmethod
     def _erase_mark(prefix: bytes, deleted_at: float, grace_ms: int) -> tuple[str, str, bytes, bytes | None]:
