@@ -178,10 +178,10 @@ def test_hadolint() -> None:
 
 
 # ----------------------------------------------------------------- deploy/healthcheck.py
-def _healthcheck(port: int) -> subprocess.CompletedProcess[str]:
+def _healthcheck(port: int, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(HEALTHCHECK)],
-        env={"ENGRAMDB_SERVER__PORT": str(port), "PATH": "/usr/bin:/bin"},
+        [sys.executable, str(HEALTHCHECK), *args],
+        env={"ENGRAMDB_SERVER__PORT": str(port), "PATH": "/usr/bin:/bin", **(env or {})},
         capture_output=True,
         text=True,
         timeout=30,
@@ -211,3 +211,35 @@ def test_healthcheck_speaks_tls(tmp_path: Path, server_factory) -> None:  # type
     r = _healthcheck(sp.port)
     assert r.returncode == 0, r.stdout + r.stderr
     assert ADMIN_KEY not in r.stdout
+
+
+def test_healthcheck_asks_ready_when_told(server_factory) -> None:  # type: ignore[no-untyped-def]
+    sp = server_factory(wait="ready")
+    r = _healthcheck(sp.port, "/ready")
+    assert r.returncode == 0 and "/ready answered 200" in r.stdout, r.stdout + r.stderr
+    bad = _healthcheck(sp.port, "/v1/collections")  # only the two probe paths
+    assert bad.returncode == 2 and "usage" in bad.stdout
+
+
+def test_healthcheck_presents_the_server_certificate_where_client_certificates_are_required(
+    tmp_path: Path,
+    server_factory,  # type: ignore[no-untyped-def]
+) -> None:
+    """A cluster node with TLS requires client certificates (server.tls.client_ca_file): the probes of
+    deploy/kubernetes-cluster run healthcheck.py, which presents the node's own certificate."""
+    import time
+
+    from tls_certs import cluster_ca
+
+    ca, certs = cluster_ca(tmp_path, ["engramdb-0"])
+    cert, key = certs["engramdb-0"]
+    tls = {"ENGRAMDB_SERVER__TLS__CERT_FILE": str(cert), "ENGRAMDB_SERVER__TLS__KEY_FILE": str(key)}
+    sp = server_factory(env={**tls, "ENGRAMDB_SERVER__TLS__CLIENT_CA_FILE": str(ca)}, scheme="https", wait=None)
+    deadline = time.monotonic() + 60
+    while (r := _healthcheck(sp.port, "/ready", env=tls)).returncode != 0 and time.monotonic() < deadline:
+        assert sp.proc.poll() is None, sp.log_text()[-2000:]
+        time.sleep(0.3)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert _healthcheck(sp.port, env=tls).returncode == 0
+    # Without a client certificate the handshake is refused: what the kubelet's HTTPS probe would get.
+    assert _healthcheck(sp.port, "/ready").returncode == 1

@@ -2,7 +2,7 @@
 kubernetes-validate, so offline and strict: an unknown field fails), and the pieces fit together:
 the server's configuration in the ConfigMap is valid and names files the pod mounts, the probes hit
 /health and /ready on the REST port, the pod runs as the image's user with a read-only root, and
-the StatefulSet stays at one replica while the cluster mode does not exist.
+the StatefulSet stays at one replica (several nodes are the cluster overlay's, test_cluster_manifests.py).
 """
 
 from __future__ import annotations
@@ -161,10 +161,10 @@ def test_probes_use_health_and_ready_on_the_rest_port() -> None:
     assert pod_spec(sts)["terminationGracePeriodSeconds"] > cfg["shutdown_timeout_seconds"] + 5
 
 
-def test_one_replica_until_the_cluster_exists() -> None:
+def test_one_replica_without_the_cluster_overlay() -> None:
     sts = find("StatefulSet")
     assert sts["spec"]["replicas"] == 1
-    assert "cluster mode does not exist" in (K8S / "statefulset.yaml").read_text()
+    assert "deploy/kubernetes-cluster" in (K8S / "statefulset.yaml").read_text()
     assert sts["spec"]["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Retain", "whenScaled": "Retain"}
 
 

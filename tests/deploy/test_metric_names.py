@@ -4,6 +4,10 @@ A server is started, asked a few requests (successes, errors, a refused key), an
 scraped with the admin key. Every metric name in every PromQL expression of
 deploy/grafana/engramdb.json and deploy/prometheus/alerts.yml must be in that scrape, and every
 ``status`` an alert matches on must be an error code the server can report.
+
+The cluster's series (``CLUSTER_METRICS``: etcd session, members, per-peer RPCs) exist only on a
+cluster node: those names are checked against the scrape of a real node of a real two-node cluster
+(etcd + ``engramdb serve`` nodes, ``engramdb.cluster.local.LocalCluster``) instead.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from engramdb.server.metrics import CLUSTER_METRICS
 from integration.conftest import ADMIN_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,6 +30,8 @@ DASHBOARD = ROOT / "deploy" / "grafana" / "engramdb.json"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 # Series Prometheus itself records for every scrape, not exported by the server.
 SCRAPE_SERIES = {"up"}
+# Every series name the cluster's families can give; a name here is looked for on a cluster node.
+CLUSTER_SERIES = {f + suffix for f in CLUSTER_METRICS for suffix in ("", "_total", "_bucket", "_sum", "_count")}
 
 _FUNCTIONS = {
     "abs", "absent", "absent_over_time", "avg", "avg_over_time", "bottomk", "ceil", "changes", "clamp",
@@ -129,9 +136,52 @@ def scrape(tmp_path_factory: pytest.TempPathFactory) -> str:
 def test_every_metric_in_the_expressions_is_exported(scrape: str, source: str, exprs: list[str]) -> None:
     assert exprs
     exported = exported_names(scrape) | SCRAPE_SERIES
-    used = {name: expr for expr in exprs for name in metric_names(expr)}
+    used = {name: expr for expr in exprs for name in metric_names(expr) if name not in CLUSTER_SERIES}
     assert used, source
     missing = {name: expr for name, expr in used.items() if name not in exported}
+    assert missing == {}
+
+
+@pytest.fixture(scope="module")
+def cluster_scrape(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """/metrics of a node of a real cluster (etcd + 2 nodes; the names do not depend on the size)."""
+    import shutil
+
+    from engramdb.cluster.local import LocalCluster
+
+    if shutil.which("etcd") is None:
+        pytest.skip("etcd is not installed (Debian package `etcd-server`; .ci/run installs it)")
+    cluster = LocalCluster(tmp_path_factory.mktemp("cluster"), 2, admin_key=ADMIN_KEY, default_replication_factor=2)
+    cluster.start()
+    try:
+        auth = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        url = cluster.node(0).url
+        r = httpx.post(url + "/v1/collections", json={"name": "notes", "dimension": 2}, headers=auth)
+        assert r.status_code == 201, r.text
+        r = httpx.post(
+            url + "/v1/collections/notes/records", json={"records": [{"id": "a", "vector": [1.0, 0.0]}]}, headers=auth
+        )
+        assert r.status_code == 200, r.text
+        r = httpx.get(url + "/metrics", headers=auth)
+        assert r.status_code == 200, r.text
+        return r.text
+    finally:
+        cluster.stop()
+
+
+def test_cluster_metrics_in_the_alerts_are_exported_by_a_cluster_node(cluster_scrape: str) -> None:
+    exported = exported_names(cluster_scrape)
+    assert set(CLUSTER_METRICS) <= exported  # the list is what a node exports ...
+    used = {name: expr for expr in alert_exprs() + dashboard_exprs() for name in metric_names(expr)}
+    cluster_used = {name: expr for name, expr in used.items() if name in CLUSTER_SERIES}
+    # ... and every cluster family has an alert (the dashboard may add panels).
+    assert {n.removesuffix("_bucket") for n in cluster_used} >= {
+        "engramdb_cluster_etcd_session",
+        "engramdb_cluster_members",
+        "engramdb_peer_rpc_duration_seconds",
+        "engramdb_peer_breaker_open",
+    }
+    missing = {name: expr for name, expr in cluster_used.items() if name not in exported}
     assert missing == {}
 
 

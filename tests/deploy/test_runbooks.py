@@ -153,3 +153,38 @@ def test_index_lists_every_runbook_and_links_resolve() -> None:
     for page in RUNBOOKS.glob("*.md"):
         for target in re.findall(r"\]\(([^)#]+\.md)", page.read_text()):
             assert (page.parent / target).is_file(), f"{page.name}: {target}"
+
+
+def test_etcd_runbook_status_command_reports_members_and_a_lost_etcd(tmp_path: Path) -> None:
+    """etcd-down.md's `engramdb cluster status`, run as written against a real etcd: the members it
+    holds while etcd answers, and the runbook's "etcd did not answer" (exit 1) once it is gone."""
+    import shutil
+
+    if shutil.which("etcd") is None:
+        pytest.skip("etcd is not installed (Debian package `etcd-server`; .ci/run installs it)")
+    from engramdb.cluster.control import ControlPlane, MemberInfo
+    from engramdb.cluster.local import EtcdProcess
+
+    page = RUNBOOKS / "etcd-down.md"
+    (status,) = blocks(page, "status")
+    assert "engramdb cluster status" in status
+    assert "engramdb: etcd did not answer within 5 s" in page.read_text()
+    etcd = EtcdProcess(tmp_path / "etcd-data", name="runbook")
+    etcd.start()
+    try:
+        cp = ControlPlane(cluster="engramdb", node_id="engramdb-1", endpoints=[etcd.endpoint], lease_ttl_seconds=10)
+        cp.start()
+        try:
+            cp.register(MemberInfo(node_id="engramdb-1", address="10.0.0.2:7880", state="up", version="x"))
+            cp.wait_for(lambda v: "engramdb-1" in v.members, 30)
+            env = cli_env({"ETCD_ENDPOINTS": etcd.endpoint, "CLUSTER": "engramdb"})
+            up = run_shell(status, env, tmp_path)
+            assert up.returncode == 0, up.stdout + up.stderr
+            assert "members: 1 up" in up.stdout and "engramdb-1" in up.stdout and "10.0.0.2:7880" in up.stdout
+        finally:
+            cp.close()
+    finally:
+        etcd.kill()
+    down = run_shell(status, env, tmp_path)
+    assert down.returncode == 1
+    assert down.stderr.startswith("engramdb: etcd did not answer within 5 s"), down.stderr

@@ -69,6 +69,7 @@ class KeySpace:
         schema/collections/<tenant>/<name>   a collection's config, created only if absent
         placement/<tenant>/<name>/<shard>    a shard's replica set, replaced by compare-and-swap
         keys/<key_id>                        an API key's record (digest, tenant, role, scope, expiry)
+        dropped/<tenant>/<name>/<rev>        a deleted collection's replicas (named by rev) may be erased
 
     (``ops/`` follows with the membership changes that write it.) Every name in a key obeys
     the name rule of ``validation.py`` (no ``/``), so a key parses back unambiguously.
@@ -110,6 +111,10 @@ class KeySpace:
     def key(self, key_id: str) -> str:
         return self.keys + validation.name(key_id, "key id")
 
+    def dropped(self, tenant: str, collection: str, rev: int) -> str:
+        t, c = validation.name(tenant, "tenant"), validation.name(collection, "collection")
+        return f"{self.root}dropped/{t}/{c}/{int(rev)}"
+
     def parse(self, key: str) -> tuple[str, tuple[str, ...]] | None:
         """``(kind, parts)`` for a key of this cluster: ``("member", (node,))``, ``("tenant", (t,))``,
         ``("collection", (t, c))``, ``("placement", (t, c, shard))``; None for any other key."""
@@ -129,6 +134,8 @@ class KeySpace:
                 return "placement", (tenant, name, shard)
             case ("keys", key_id):
                 return "key", (key_id,)
+            case ("dropped", tenant, name, rev) if rev.isdigit():
+                return "dropped", (tenant, name, rev)
         return None
 
 
@@ -194,6 +201,7 @@ class View:
     collections: Mapping[tuple[str, str], Entry] = field(default_factory=lambda: MappingProxyType({}))
     placement: Mapping[tuple[str, str, int], Entry] = field(default_factory=lambda: MappingProxyType({}))
     keys: Mapping[str, Entry] = field(default_factory=lambda: MappingProxyType({}))
+    dropped: Mapping[tuple[str, str, int], Entry] = field(default_factory=lambda: MappingProxyType({}))
 
     def member(self, node_id: str) -> MemberInfo | None:
         e = self.members.get(node_id)
@@ -535,7 +543,9 @@ class ControlPlane:
             )
         return int(result["header"]["revision"])
 
-    def delete_collection(self, tenant: str, collection: str, *, create_revision: int) -> int:
+    def delete_collection(
+        self, tenant: str, collection: str, *, create_revision: int, replica_rev: int | None = None
+    ) -> int:
         """Delete a collection's schema and placement keys if it is still the one created at ``create_revision``.
 
         Every node sees the deletion in its watch and drops its shard replicas. NotFound when the
@@ -548,6 +558,14 @@ class ControlPlane:
             "success": [
                 {"request_delete_range": {"key": _b64(key)}},
                 {"request_delete_range": {"key": _b64(pprefix), "range_end": _b64(_prefix_end(pprefix))}},
+                # Nodes erase replicas only on this positive mark, never because etcd lacks a collection
+                # (an empty or older etcd after a restore must not make them delete data).
+                {
+                    "request_put": {
+                        "key": _b64(self.keys.dropped(tenant, collection, replica_rev or create_revision)),
+                        "value": _encode({"at": time.time()}, "drop mark"),
+                    }
+                },
             ],
             "failure": [],
         }
@@ -797,6 +815,7 @@ class _Building:
         self.collections = dict(base.collections)
         self.placement = dict(base.placement)
         self.keys_ = dict(base.keys)
+        self.dropped = dict(base.dropped)
 
     def _target(self, key: str) -> tuple[dict[Any, Entry], Any] | None:
         parsed = self.keys.parse(key)
@@ -811,6 +830,8 @@ class _Building:
             return self.collections, (parts[0], parts[1])
         if kind == "key":
             return self.keys_, parts[0]
+        if kind == "dropped":
+            return self.dropped, (parts[0], parts[1], int(parts[2]))
         return self.placement, (parts[0], parts[1], int(parts[2]))
 
     def put(self, kv: Mapping[str, Any]) -> None:
@@ -846,6 +867,7 @@ class _Building:
             collections=MappingProxyType(self.collections),
             placement=MappingProxyType(self.placement),
             keys=MappingProxyType(self.keys_),
+            dropped=MappingProxyType(self.dropped),
         )
 
 

@@ -362,7 +362,7 @@ class Coordinator:
     def delete_collection(self, name: str, *, tenant: str) -> None:
         self._check_session()
         layout = self.layout(tenant, name)
-        rev = self.control.delete_collection(tenant, name, create_revision=layout.created)
+        rev = self.control.delete_collection(tenant, name, create_revision=layout.created, replica_rev=layout.rev)
         self.control.wait_for_revision(rev, 10.0)
 
     def alter_collection(self, name: str, *, tenant: str, **kw: Any) -> CollectionConfig:

@@ -138,6 +138,7 @@ class ClusterNode:
         self._stop = threading.Event()
         self._follower: threading.Thread | None = None
         self.follower_failures = 0
+        self._unknown: list[str] = []
 
     def use_registry(self, registry: CollectorRegistry) -> None:
         """Export the per-peer and membership metrics with the service's (called once, before start)."""
@@ -211,6 +212,15 @@ class ClusterNode:
         self.peers.update(addresses)
         if view.revision > 0:
             self.replicas.drop_orphans(view)
+            unknown = self.replicas.unknown(view)
+            if unknown and unknown != self._unknown:
+                log.warning(
+                    "%d local replica(s) belong to collections etcd does not know (kept, not erased): %s; after a "
+                    "restore, run engramdb cluster restore with the cluster manifest (docs/backup.md)",
+                    len(unknown),
+                    ", ".join(unknown[:5]),
+                )
+            self._unknown = unknown
 
     def backup(self, name: str) -> dict[str, Any]:
         """A backup of every node and the cluster manifest (:mod:`engramdb.cluster.backup`)."""

@@ -164,26 +164,41 @@ class Replicas:
         self._synced[(tenant, name)] = mod_rev
 
     def drop_orphans(self, view: View) -> int:
-        """Delete local replicas whose collection is gone from the schema (or was re-created)."""
+        """Erase local replicas of collections whose deletion etcd records (``dropped/`` marks).
+
+        Only a positive mark counts: a collection missing from etcd (an empty or older etcd after
+        a restore, an operator's mistake) leaves the replica alone, reported by :meth:`unknown`.
+        """
         dropped = 0
         for tenant in self.db.list_tenants():
             for cfg in self.db.list_collections(tenant=tenant):
                 parsed = parse_replica_name(cfg.name)
-                if parsed is None:
+                if parsed is None or (tenant, parsed[0], parsed[1]) not in view.dropped:
                     continue
-                coll, rev, _ = parsed
-                entry = view.collections.get((tenant, coll))
-                if entry is not None and naming_rev(entry) == rev:
-                    continue
-                if entry is None and view.revision < rev:
-                    continue  # our view is older than the collection: not an orphan yet
-                log.info("dropping replica %s/%s: its collection was deleted", tenant, cfg.name)
+                log.info("erasing replica %s/%s: its collection was deleted", tenant, cfg.name)
                 try:
                     self.db.delete_collection(cfg.name, tenant=tenant)
                     dropped += 1
                 except NotFound:
                     pass
         return dropped
+
+    def unknown(self, view: View) -> list[str]:
+        """Local replicas of collections etcd neither holds nor marks deleted (kept; the operator decides)."""
+        out = []
+        for tenant in self.db.list_tenants():
+            for cfg in self.db.list_collections(tenant=tenant):
+                parsed = parse_replica_name(cfg.name)
+                if parsed is None:
+                    continue
+                entry = view.collections.get((tenant, parsed[0]))
+                if (entry is None or naming_rev(entry) != parsed[1]) and (
+                    tenant,
+                    parsed[0],
+                    parsed[1],
+                ) not in view.dropped:
+                    out.append(f"{tenant}/{cfg.name}")
+        return out
 
     # ----------------------------------------------------------- handlers
     def handlers(self) -> dict[str, Callable[[dict[str, Any], str], dict[str, Any]]]:
