@@ -74,20 +74,21 @@ bench: install-test  ## search benchmark on ../shared/data (raw hnswlib measured
 
 # protoc names its outputs after the proto path (engramdb/v1/...), which keeps the
 # descriptor's file name stable for other protos that import it; the stubs are then
-# moved flat into the package and the stub's absolute sibling import
+# moved flat into src/engramdb/grpc_codec (below the clients and the server, which both use them) and the stub's absolute sibling import
 # (`from engramdb.v1 import engramdb_pb2`) is made relative. pyproject's ruff
 # exclude covers the generated .py files but not the .pyi stub, so the stub is
 # marked noqa and formatted to keep `make lint` clean.
-proto: install-test  ## regenerate the gRPC stubs in src/engramdb/server/grpc from proto/
+PROTO_OUT := src/engramdb/grpc_codec
+proto: install-test  ## regenerate the gRPC stubs in src/engramdb/grpc_codec from proto/
 	rm -rf build/proto && mkdir -p build/proto
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=build/proto --pyi_out=build/proto \
 		--grpc_python_out=build/proto proto/engramdb/v1/engramdb.proto
-	cp build/proto/engramdb/v1/engramdb_pb2.py src/engramdb/server/grpc/
-	{ echo '# ruff: noqa'; cat build/proto/engramdb/v1/engramdb_pb2.pyi; } > src/engramdb/server/grpc/engramdb_pb2.pyi
-	$(BIN)/ruff format -q src/engramdb/server/grpc/engramdb_pb2.pyi
+	cp build/proto/engramdb/v1/engramdb_pb2.py $(PROTO_OUT)/
+	{ echo '# ruff: noqa'; cat build/proto/engramdb/v1/engramdb_pb2.pyi; } > $(PROTO_OUT)/engramdb_pb2.pyi
+	$(BIN)/ruff format -q $(PROTO_OUT)/engramdb_pb2.pyi
 	sed 's/^from engramdb\.v1 import engramdb_pb2 as/from . import engramdb_pb2 as/' \
-		build/proto/engramdb/v1/engramdb_pb2_grpc.py > src/engramdb/server/grpc/engramdb_pb2_grpc.py
-	grep -q '^from \. import engramdb_pb2 as' src/engramdb/server/grpc/engramdb_pb2_grpc.py
+		build/proto/engramdb/v1/engramdb_pb2_grpc.py > $(PROTO_OUT)/engramdb_pb2_grpc.py
+	grep -q '^from \. import engramdb_pb2 as' $(PROTO_OUT)/engramdb_pb2_grpc.py
 
 clean:  ## remove .venv and the tool caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -54,6 +54,7 @@ Usage::
     python bench/bench_server.py --phases rest,rest-httpx,grpc,ref   # also show what httpx costs
     python bench/bench_server.py --baseline-src /tmp/base/src   # before/after: also a server from another checkout
     python bench/bench_server.py --py-spy /tmp/rest.txt   # first an extra REST phase sampled by py-spy
+    python bench/bench_server.py --client-transports --quick   # engramdb.connect over REST vs prefer_grpc=True
 """
 
 from __future__ import annotations
@@ -590,6 +591,72 @@ def _summary(phases: list[dict[str, Any]], transport: str) -> dict[str, Any] | N
     }
 
 
+def client_transports(args: argparse.Namespace, ds: common.Dataset) -> None:
+    """``--client-transports``: the blocking ``engramdb`` client over REST vs over gRPC (``prefer_grpc=True``).
+
+    One server, one client thread (no concurrency: the client library's own cost per call is
+    what differs), single k = 10 searches with the held-out queries, ``include`` none and the
+    default (metadata and text), phases alternated over ``--rounds``; prints QPS, p50 and the
+    gRPC / REST ratio (best and median of the rounds).
+    """
+    import engramdb
+
+    rows: list[list[Any]] = []
+    qps: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
+    includes: dict[str, Any] = {"none": None, "default": ("metadata", "text")}
+    with tempfile.TemporaryDirectory(prefix="bench-client-") as tmp:
+        server = Server(Path(tmp) / "data", args.log_level)
+        try:
+            server.wait_ready()
+            common.log(f"server up: REST {server.url}, gRPC {server.grpc_address}; loading {ds.n:,} rows ...")
+            load(server, ds)
+            clients = {
+                "rest": engramdb.connect(server.url, ADMIN_KEY),
+                "grpc": engramdb.connect(server.url, ADMIN_KEY, prefer_grpc=True, grpc_target=server.grpc_address),
+            }
+            colls = {t: c.get_collection(COLLECTION) for t, c in clients.items()}
+            queries = [q for q in ds.queries]
+            for inc in includes.values():  # both transports give the same hits
+                a, b = (colls[t].search(queries[0], k=common.K, include=inc) for t in ("rest", "grpc"))
+                assert [(h.id, h.score, h.record) for h in a] == [(h.id, h.score, h.record) for h in b]
+            for rnd in range(args.rounds):
+                for inc_name, inc in includes.items():
+                    for transport in ("rest", "grpc"):
+                        coll = colls[transport]
+                        for q in queries[:50]:  # warm-up: connections, caches
+                            coll.search(q, k=common.K, include=inc)
+                        lat: list[float] = []
+                        end_at = time.perf_counter() + args.duration
+                        i = 0
+                        while time.perf_counter() < end_at:
+                            t0 = time.perf_counter()
+                            coll.search(queries[i % len(queries)], k=common.K, include=inc)
+                            lat.append(time.perf_counter() - t0)
+                            i += 1
+                        stats = common.LatencyStats.of(lat, sum(lat))
+                        qps[(inc_name, transport)].append(stats.qps)
+                        rows.append([transport, inc_name, rnd + 1, common.fmt(stats.qps), common.fmt(stats.p50_ms, 3)])
+                        common.log(f"{transport} include={inc_name} round {rnd + 1}: {stats.qps:,.0f} QPS")
+            for c in clients.values():
+                c.close()
+        finally:
+            server.stop()
+    print()
+    print(
+        f"The blocking client over REST vs gRPC: {ds.label}, k={common.K}, one client thread, "
+        f"{args.duration:.0f} s per phase, {args.rounds} round(s), {os.cpu_count()} CPUs."
+    )
+    common.print_table(["transport", "include", "round", "QPS", "p50 ms"], rows)
+    print()
+    for inc_name in includes:
+        r, g = qps[(inc_name, "rest")], qps[(inc_name, "grpc")]
+        print(
+            f"include={inc_name}: gRPC / REST QPS best {max(g) / max(r):.2f}x, "
+            f"median {statistics.median(g) / statistics.median(r):.2f}x "
+            f"(REST best {max(r):,.0f}, gRPC best {max(g):,.0f} QPS)"
+        )
+
+
 def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "--serve-reference":
         serve_reference(sys.argv[2], int(sys.argv[3]))
@@ -617,6 +684,12 @@ def main() -> None:
         "--py-spy", metavar="PATH", help="first sample the server with py-spy during an extra REST phase (not compared)"
     )
     ap.add_argument("--quick", action="store_true", help="5,000 rows, 1 round of 5 s phases")
+    ap.add_argument(
+        "--client-transports",
+        action="store_true",
+        help="instead: the blocking engramdb client over REST vs gRPC (prefer_grpc=True), one thread, "
+        "k=10 searches with include none and default",
+    )
     args = ap.parse_args()
     if args.quick:
         args.n, args.duration, args.rounds = 5000, 5.0, 1
@@ -637,6 +710,9 @@ def main() -> None:
 
     load_before = " ".join(f"{x:.1f}" for x in os.getloadavg())
     ds = common.load_dataset(args.n, queries=500, log=common.log)
+    if args.client_transports:
+        client_transports(args, ds)
+        return
     common.log(f"dataset: {ds.label}, {len(ds.queries)} held-out queries, k={common.K}")
     phases: list[dict[str, Any]] = []
     profiled: dict[str, Any] | None = None

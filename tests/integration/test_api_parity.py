@@ -65,6 +65,7 @@ needs_graph = pytest.mark.skipif(not HAS_GRAPH, reason="the engine's graph metho
 class ServerInfo:
     url: str
     admin_key: str
+    grpc_target: str | None = None  # host:port of its gRPC server
 
 
 def _free_port() -> int:
@@ -77,6 +78,9 @@ def _as_server_info(value: Any) -> ServerInfo:
     """Accept the shapes a shared ``server`` fixture may yield: (url, key), a dict or an object."""
     if isinstance(value, ServerInfo):
         return value
+    grpc_address = getattr(value, "grpc_address", None)
+    if grpc_address is not None:
+        return ServerInfo(str(value.base_url), str(value.admin_key), str(grpc_address))
     if isinstance(value, (tuple, list)) and len(value) >= 2:
         return ServerInfo(str(value[0]), str(value[1]))
     if isinstance(value, dict):
@@ -98,6 +102,7 @@ def _own_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerInfo
     except ImportError:
         pytest.skip("engramdb.cli (the server) does not exist yet")
     port = _free_port()
+    grpc_port = _free_port()
     key = "parity-admin-" + uuid.uuid4().hex
     data = tmp_path_factory.mktemp("parity-server")
     env = {
@@ -106,7 +111,7 @@ def _own_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerInfo
         "ENGRAMDB_DATA_DIR": str(data),
         "ENGRAMDB_SERVER__HOST": "127.0.0.1",
         "ENGRAMDB_SERVER__PORT": str(port),
-        "ENGRAMDB_SERVER__GRPC_ENABLED": "false",
+        "ENGRAMDB_SERVER__GRPC_PORT": str(grpc_port),  # the "grpc" backend's
         "ENGRAMDB_SERVER__AUTH": "required",
         "ENGRAMDB_STORAGE__SYNC_WRITES": "false",
         "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
@@ -127,7 +132,7 @@ def _own_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerInfo
             if time.monotonic() > deadline:
                 raise RuntimeError("engramdb serve did not become ready in 60 s")
             time.sleep(0.1)
-        yield ServerInfo(url, key)
+        yield ServerInfo(url, key, f"127.0.0.1:{grpc_port}")
     finally:
         proc.terminate()
         try:
@@ -199,7 +204,8 @@ class SyncAdapter:
 # --------------------------------------------------------------- backends
 # "cluster": the blocking client against the nodes of a real 3-node cluster (real etcd, RF 3, 4 shards),
 # a different node per test. Skipped where Debian's etcd is not installed (CI installs it).
-BACKENDS = ["embedded", "sync", "async", "cluster"]
+# "grpc": the blocking client sending every operation over gRPC (prefer_grpc=True) to the same server.
+BACKENDS = ["embedded", "sync", "async", "cluster", "grpc"]
 
 
 @pytest.fixture(scope="session")
@@ -236,8 +242,9 @@ def api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
         client.close()
         return
     srv: ServerInfo = request.getfixturevalue("remote_server")
-    if kind == "sync":
-        client = engramdb.connect(srv.url, api_key=srv.admin_key, tenant=tenant, timeout=30)
+    if kind in ("sync", "grpc"):
+        grpc = {"prefer_grpc": True, "grpc_target": srv.grpc_target} if kind == "grpc" else {}
+        client = engramdb.connect(srv.url, api_key=srv.admin_key, tenant=tenant, timeout=30, **grpc)
         yield client
         client.close()
         return
@@ -738,6 +745,10 @@ def test_identical_answers_everywhere(request: pytest.FixtureRequest, tmp_path: 
     srv: ServerInfo = request.getfixturevalue("remote_server")
     with engramdb.connect(srv.url, srv.admin_key, tenant="t-" + uuid.uuid4().hex[:12]) as client:
         results["sync"] = [_norm(x) for x in _scenario(client)]
+    with engramdb.connect(
+        srv.url, srv.admin_key, tenant="t-" + uuid.uuid4().hex[:12], prefer_grpc=True, grpc_target=srv.grpc_target
+    ) as client:
+        results["grpc"] = [_norm(x) for x in _scenario(client)]
     loop = LoopThread()
     try:
 
@@ -751,7 +762,7 @@ def test_identical_answers_everywhere(request: pytest.FixtureRequest, tmp_path: 
         loop.close()
     diffs = [
         f"{kind} step {i}:\n  embedded: {want!r}\n  {kind}: {got!r}"
-        for kind in ("sync", "async")
+        for kind in ("sync", "async", "grpc")
         for i, (want, got) in enumerate(zip(results["embedded"], results[kind], strict=True))
         if got != want
     ]

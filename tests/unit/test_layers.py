@@ -5,6 +5,8 @@ from layers below it::
 
     errors, types, api, filters, validation, _version the vocabulary and the declared surface: pure, no I/O
     storage, index, embed, client, openai_http        adapters to disk, indexes, models and the network
+    grpc_codec                                        the generated gRPC messages and their codec, shared by
+                                                      the clients and the server
     transfer                                          export/import files; written against the api Protocols
                                                       alone, so it serves the engine and the clients alike
     tracing                                           OpenTelemetry spans for every layer above (no-op when off)
@@ -53,6 +55,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "engramdb.index",
         "engramdb.embed",
         "engramdb.client",
+        "engramdb.grpc_codec",
         "engramdb.openai_http",
         "engramdb.transfer",
         "engramdb.tracing",

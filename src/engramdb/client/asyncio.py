@@ -16,7 +16,7 @@ import copy
 import ssl
 from collections.abc import Iterable, Mapping, Sequence
 from types import EllipsisType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
@@ -36,6 +36,9 @@ from engramdb.types import (
     ScanPage,
     TenantErased,
 )
+
+if TYPE_CHECKING:
+    from engramdb.client.grpc_transport import AsyncGrpcTransport
 
 T = TypeVar("T")
 
@@ -58,11 +61,19 @@ class AsyncClient(AsyncDatabaseAPI):
         tenant: str | None = None,
         verify: bool | str | ssl.SSLContext = True,
         transport: httpx.AsyncBaseTransport | None = None,
+        prefer_grpc: bool = False,
+        grpc_target: str | None = None,
     ):
         self.url = calls.base_url(url)
         self.timeout = timeout
         self.tenant = tenant
         self.retry_policy = calls.RetryPolicy(retries=calls.check_retries(retries))
+        # Imported only when asked for: grpcio is an optional dependency (the `grpc` extra).
+        self._grpc: AsyncGrpcTransport | None = None
+        if prefer_grpc:
+            from engramdb.client.grpc_transport import AsyncGrpcTransport
+
+            self._grpc = AsyncGrpcTransport(self.url, api_key, tenant, verify, grpc_target)
         self._closed = False
         self._http = httpx.AsyncClient(
             base_url=self.url,
@@ -83,6 +94,15 @@ class AsyncClient(AsyncDatabaseAPI):
         """Send ``call``, retrying as :class:`~engramdb.client.calls.RetryPolicy` allows."""
         if self._closed:
             raise Closed("the client is closed")
+        if self._grpc is not None:
+            from engramdb.client.grpc_transport import NotRepresentable, encode
+
+            try:
+                rpc, request = encode(call)
+            except NotRepresentable:
+                pass  # a value only JSON carries as given: this call goes over REST
+            else:
+                return await self._grpc.run(call, rpc, request, self.retry_policy, self.timeout)
         content = calls.encode_body(call.body)
         hdrs = {"Content-Type": "application/json"} if content is not None else None
         attempt = 0
@@ -241,6 +261,8 @@ class AsyncClient(AsyncDatabaseAPI):
         if self._closed:
             return
         self._closed = True
+        if self._grpc is not None:
+            await self._grpc.close()
         await self._http.aclose()
 
     aclose = close  # the name asyncio libraries (contextlib.aclosing) expect

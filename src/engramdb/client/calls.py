@@ -95,6 +95,8 @@ class Call(Generic[T]):
     decode: Callable[[Any], T]
     idempotent: bool
     timeout: float | None = None  # seconds for this call; None = the client's timeout
+    # The values of the path's parameters (coll, id, key_id, tenant, name), which gRPC sends as fields.
+    args: Mapping[str, str] | None = None
 
 
 def _seg(value: str) -> str:
@@ -309,7 +311,7 @@ def create_collection(
 
 
 def get_collection(name: str) -> Call[CollectionConfig]:
-    return Call("get_collection", "GET", coll_path(name), None, _config, True)
+    return Call("get_collection", "GET", coll_path(name), None, _config, True, args={"coll": name})
 
 
 def list_collections() -> Call[list[CollectionConfig]]:
@@ -335,26 +337,34 @@ def alter_collection(
     if default_ttl_seconds is not ...:
         body["default_ttl_seconds"] = default_ttl_seconds  # null removes the default TTL
     # The body states the settings wanted, not a change to them: a repeat leaves the same state.
-    return Call("alter_collection", "PATCH", coll_path(name), body, _config, True)
+    return Call("alter_collection", "PATCH", coll_path(name), body, _config, True, args={"coll": name})
 
 
 def delete_collection(name: str) -> Call[None]:
     # Not retried: a repeat after a lost answer would report collection_not_found.
-    return Call("delete_collection", "DELETE", coll_path(name), None, _none, False)
+    return Call("delete_collection", "DELETE", coll_path(name), None, _none, False, args={"coll": name})
 
 
 def upsert(coll: str, dimension: int | None, records: Any) -> Call[list[str]]:
     items = [records] if isinstance(records, (Record, Mapping)) else list(records)
     body = {"records": [record_payload(it, dimension, f"records[{i}]") for i, it in enumerate(items)]}
     # Upsert replaces whole records by id: a repeat leaves the same state.
-    return Call("upsert", "POST", coll_path(coll, "records"), body, lambda d: [str(v) for v in d["versions"]], True)
+    return Call(
+        "upsert",
+        "POST",
+        coll_path(coll, "records"),
+        body,
+        lambda d: [str(v) for v in d["versions"]],
+        True,
+        args={"coll": coll},
+    )
 
 
 def get_many(coll: str, ids: Sequence[str], include: Iterable[str] | None, refresh_ttl: bool) -> Call[list[Record]]:
     body = _compact({"ids": _ids(ids), "include": _include(include)})
     if refresh_ttl:
         body["refresh_ttl"] = True
-    return Call("get", "POST", coll_path(coll, "records", "get"), body, _records, True)
+    return Call("get", "POST", coll_path(coll, "records", "get"), body, _records, True, args={"coll": coll})
 
 
 def get_one(coll: str, id: str, include: Iterable[str] | None, refresh_ttl: bool) -> Call[Record | None]:
@@ -366,7 +376,7 @@ def get_one(coll: str, id: str, include: Iterable[str] | None, refresh_ttl: bool
         recs = _records(d)
         return recs[0] if recs else None
 
-    return Call("get", base.method, base.path, base.body, first, True)
+    return Call("get", base.method, base.path, base.body, first, True, args=base.args)
 
 
 def patch(
@@ -401,6 +411,7 @@ def patch(
         body,
         lambda d: Record.from_dict(d["record"]),
         False,
+        args={"coll": coll, "id": id},
     )
 
 
@@ -408,11 +419,21 @@ def delete(coll: str, ids: str | Sequence[str] | None, filter: Mapping[str, Any]
     body = _compact({"ids": _ids(ids) if ids is not None else None, "filter": filter})
     # Not retried: the state converges, but the second answer would count 0
     # instead of the records the first attempt deleted.
-    return Call("delete", "POST", coll_path(coll, "records", "delete"), body, _int("deleted"), False)
+    return Call(
+        "delete", "POST", coll_path(coll, "records", "delete"), body, _int("deleted"), False, args={"coll": coll}
+    )
 
 
 def count(coll: str, filter: Mapping[str, Any] | None) -> Call[int]:
-    return Call("count", "POST", coll_path(coll, "count"), _compact({"filter": filter}), _int("count"), True)
+    return Call(
+        "count",
+        "POST",
+        coll_path(coll, "count"),
+        _compact({"filter": filter}),
+        _int("count"),
+        True,
+        args={"coll": coll},
+    )
 
 
 def scan(
@@ -442,6 +463,7 @@ def scan(
         body,
         lambda d: ScanPage(_records(d), d.get("next_cursor")),
         True,
+        args={"coll": coll},
     )
 
 
@@ -470,6 +492,7 @@ def list_namespaces(
         body,
         lambda d: [tuple(ns) for ns in d["namespaces"]],
         True,
+        args={"coll": coll},
     )
 
 
@@ -512,7 +535,7 @@ def search(
         body["refresh_ttl"] = True
     # A search with refresh_ttl restarts TTL clocks, which a repeat does again:
     # same end state, so it stays retryable.
-    return Call("search", "POST", coll_path(coll, "search"), body, _hits, True)
+    return Call("search", "POST", coll_path(coll, "search"), body, _hits, True, args={"coll": coll})
 
 
 def refresh_ttl(coll: str, ids: str | Sequence[str]) -> Call[int]:
@@ -524,6 +547,7 @@ def refresh_ttl(coll: str, ids: str | Sequence[str]) -> Call[int]:
         {"ids": _ids(ids)},
         _int("refreshed"),
         True,
+        args={"coll": coll},
     )
 
 
@@ -571,18 +595,26 @@ def link(coll: str, edges: Any, create_missing: bool) -> Call[list[str]]:
         body["create_missing"] = True
     # Edges are unique by (src, relation, dst) and linking replaces one: a repeat
     # leaves the same state, like upsert.
-    return Call("link", "POST", coll_path(coll, "edges"), body, lambda d: [str(v) for v in d["versions"]], True)
+    return Call(
+        "link",
+        "POST",
+        coll_path(coll, "edges"),
+        body,
+        lambda d: [str(v) for v in d["versions"]],
+        True,
+        args={"coll": coll},
+    )
 
 
 def unlink(coll: str, edges: Any) -> Call[int]:
     body = {"edges": [_unlink_item(e, f"edges[{i}]") for i, e in enumerate(_edge_list(edges))]}
     # Not retried, for the same reason as delete: the count would be wrong.
-    return Call("unlink", "POST", coll_path(coll, "edges", "delete"), body, _int("deleted"), False)
+    return Call("unlink", "POST", coll_path(coll, "edges", "delete"), body, _int("deleted"), False, args={"coll": coll})
 
 
 def edges(coll: str, id: str, *, direction: str, relation: str | None, limit: int) -> Call[list[Edge]]:
     body = _compact({"id": id, "direction": direction, "relation": relation, "limit": limit})
-    return Call("edges", "POST", coll_path(coll, "edges", "list"), body, _edges, True)
+    return Call("edges", "POST", coll_path(coll, "edges", "list"), body, _edges, True, args={"coll": coll})
 
 
 def _relations(relations: str | Iterable[str] | None) -> list[str] | None:
@@ -615,7 +647,7 @@ def neighbors(
         }
     )
     body["include"] = _include(include) or []  # None means "no fields", as in search
-    return Call("neighbors", "POST", coll_path(coll, "neighbors"), body, _hits, True)
+    return Call("neighbors", "POST", coll_path(coll, "neighbors"), body, _hits, True, args={"coll": coll})
 
 
 def subgraph(
@@ -647,6 +679,7 @@ def subgraph(
         body,
         lambda d: {"nodes": [Record.from_dict(r) for r in d["nodes"]], "edges": _edges(d)},
         True,
+        args={"coll": coll},
     )
 
 
@@ -684,13 +717,13 @@ def list_keys() -> Call[list[ApiKeyInfo]]:
 
 def revoke_key(key_id: str) -> Call[None]:
     # Revoking a revoked key answers the same: safe to repeat.
-    return Call("revoke_key", "DELETE", _key_path(key_id), None, _none, True)
+    return Call("revoke_key", "DELETE", _key_path(key_id), None, _none, True, args={"key_id": key_id})
 
 
 def rotate_key(key_id: str, grace_seconds: float | None) -> Call[NewApiKey]:
     body = _compact({"grace_seconds": grace_seconds})
     # Not retried: a repeat would rotate the new key's predecessor again (key_not_rotatable) or mint another.
-    return Call("rotate_key", "POST", _key_path(key_id) + "/rotate", body, _new_key, False)
+    return Call("rotate_key", "POST", _key_path(key_id) + "/rotate", body, _new_key, False, args={"key_id": key_id})
 
 
 def erase_tenant(tenant: str, confirm: str, timeout: float | None) -> Call[TenantErased]:
@@ -704,6 +737,7 @@ def erase_tenant(tenant: str, confirm: str, timeout: float | None) -> Call[Tenan
         lambda d: TenantErased(tenant=d["tenant"], collections=int(d["collections"]), keys=int(d["keys"])),
         False,
         timeout,
+        args={"tenant": tenant},
     )
 
 
@@ -743,7 +777,16 @@ def list_backups() -> Call[list[BackupInfo]]:
 
 
 def verify_backup(name: str, timeout: float | None) -> Call[BackupInfo]:
-    return Call("verify_backup", "POST", "/v1/admin/backups/" + _seg(name) + "/verify", None, _backup, True, timeout)
+    return Call(
+        "verify_backup",
+        "POST",
+        "/v1/admin/backups/" + _seg(name) + "/verify",
+        None,
+        _backup,
+        True,
+        timeout,
+        args={"name": name},
+    )
 
 
 EXTRACT_MIN_TIMEOUT = 120.0
@@ -794,6 +837,7 @@ def extract(
         lambda d: ExtractResult.from_dict(d),
         False,
         timeout,
+        args={"coll": coll},
     )
 
 

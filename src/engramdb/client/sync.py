@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from types import EllipsisType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
@@ -36,6 +36,9 @@ from engramdb.types import (
     ScanPage,
     TenantErased,
 )
+
+if TYPE_CHECKING:
+    from engramdb.client.grpc_transport import GrpcTransport
 
 T = TypeVar("T")
 
@@ -57,11 +60,19 @@ class Client(DatabaseAPI):
         tenant: str | None = None,
         verify: bool | str | ssl.SSLContext = True,
         transport: httpx.BaseTransport | None = None,
+        prefer_grpc: bool = False,
+        grpc_target: str | None = None,
     ):
         self.url = calls.base_url(url)
         self.timeout = timeout
         self.tenant = tenant
         self.retry_policy = calls.RetryPolicy(retries=calls.check_retries(retries))
+        # Imported only when asked for: grpcio is an optional dependency (the `grpc` extra).
+        self._grpc: GrpcTransport | None = None
+        if prefer_grpc:
+            from engramdb.client.grpc_transport import GrpcTransport
+
+            self._grpc = GrpcTransport(self.url, api_key, tenant, verify, grpc_target)
         self._closed = False
         self._lock = threading.Lock()
         self._http = httpx.Client(
@@ -83,6 +94,15 @@ class Client(DatabaseAPI):
         """Send ``call``, retrying as :class:`~engramdb.client.calls.RetryPolicy` allows."""
         if self._closed:
             raise Closed("the client is closed")
+        if self._grpc is not None:
+            from engramdb.client.grpc_transport import NotRepresentable, encode
+
+            try:
+                rpc, request = encode(call)
+            except NotRepresentable:
+                pass  # a value only JSON carries as given: this call goes over REST
+            else:
+                return self._grpc.run(call, rpc, request, self.retry_policy, self.timeout)
         content = calls.encode_body(call.body)
         hdrs = {"Content-Type": "application/json"} if content is not None else None
         attempt = 0
@@ -242,6 +262,8 @@ class Client(DatabaseAPI):
             if self._closed:
                 return
             self._closed = True
+        if self._grpc is not None:
+            self._grpc.close()
         self._http.close()
 
     @property
@@ -519,6 +541,8 @@ def connect(
     retries: int = 3,
     tenant: str | None = None,
     verify: bool | str | ssl.SSLContext = True,
+    prefer_grpc: bool = False,
+    grpc_target: str | None = None,
 ) -> Client:
     """Connect to an EngramDB server; the result has the embedded ``Database`` API.
 
@@ -527,6 +551,18 @@ def connect(
     attempts retryable failures get (see docs/client.md). ``tenant`` selects
     the tenant for keys allowed to choose one (the bootstrap admin key).
     ``verify`` is True, False (development only) or a CA bundle path / SSLContext.
+    ``prefer_grpc=True`` sends the operations over gRPC (the ``grpc`` extra) to ``grpc_target``
+    (default: the URL's host, port 7879), with the same key, tenant, TLS, timeout, retries and
+    errors (docs/client.md, "gRPC transport").
     No request is made until the first call.
     """
-    return Client(url, api_key, timeout=timeout, retries=retries, tenant=tenant, verify=verify)
+    return Client(
+        url,
+        api_key,
+        timeout=timeout,
+        retries=retries,
+        tenant=tenant,
+        verify=verify,
+        prefer_grpc=prefer_grpc,
+        grpc_target=grpc_target,
+    )

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from engramdb.engine.hlc import version_str
 from engramdb.filters import Filter
 from engramdb.storage import keyspace
-from engramdb.storage.codec import RecordRow
+from engramdb.storage.codec import RecordRow, record_fields
 from engramdb.storage.store import Store
 from engramdb.types import Record
 
@@ -49,6 +49,50 @@ class RecordReader:
             updated_at=row.updated_at if "timestamps" in include else None,
             version=version_str(row.version),
         )
+
+    def live_records(self, rids: Sequence[str], inc: frozenset[str], now: float) -> list[Record | None]:
+        """Public records of ids read now (one multi-get), None where absent or not live; ``inc`` without "vector".
+
+        The same records as :meth:`rows` then :meth:`records`, built straight from
+        the stored fields: a search's hits are read once and turned into records
+        at once, so no :class:`RecordRow` is built in between (a third of the time
+        of reading ten hits).
+        """
+        if "vector" in inc:
+            raise ValueError("live_records reads rows without their vectors")
+        prefix = self.prefix  # keys as keyspace.record_key builds them, without a call per id
+        raws = self.store.multi_get("records", [prefix + rid.encode() for rid in rids])
+        want_text = "text" in inc
+        want_meta = "metadata" in inc
+        want_ns = "namespace" in inc
+        want_exp = "expires_at" in inc
+        want_imp = "importance" in inc
+        want_ts = "timestamps" in inc
+        out: list[Record | None] = []
+        for rid, raw in zip(rids, raws, strict=True):
+            if raw is None:
+                out.append(None)
+                continue
+            a = record_fields(raw)
+            if a[3] or (a[6] is not None and a[6] <= now):  # deleted, or expired (RecordRow.live)
+                out.append(None)
+                continue
+            out.append(
+                Record(
+                    id=rid,
+                    vector=None,
+                    text=a[9] if want_text else None,
+                    metadata=a[8] if want_meta else {},
+                    namespace=tuple(a[7]) if want_ns else (),
+                    expires_at=a[6] if want_exp else None,
+                    ttl_seconds=a[12] if want_exp else None,
+                    importance=a[11] if want_imp else None,
+                    created_at=a[5] if want_ts else None,
+                    updated_at=a[4] if want_ts else None,
+                    version=version_str((a[1], a[2])),
+                )
+            )
+        return out
 
     def records(
         self,

@@ -104,7 +104,7 @@ class Query:
         mode: str | None,
     ) -> Query:
         k = validation.k(k)
-        inc = validation.include(include)
+        inc = _include(include)
         ef = validation.ef(ef)
         if mode is None:
             mode = "vector" if vector is not None or embedder is not None else "text"
@@ -123,6 +123,24 @@ class Query:
                 vector = embedder.embed_query(text)
             q = validation.vector(vector, dimension, metric, "query vector")
         return cls(k, inc, ef, mode, q)
+
+
+# Checked include sets by the caller's value: nearly every query passes one of a
+# few literal tuples (the default, ``[]``), so each is validated once, not per query.
+_INCLUDE_CACHE: dict[tuple[str, ...], frozenset[str]] = {}
+_INCLUDE_CACHE_MAX = 256
+
+
+def _include(include: Iterable[str] | None) -> frozenset[str]:
+    if type(include) is tuple or type(include) is list:  # others (sets, generators, str) validate every time
+        key = tuple(include)
+        inc = _INCLUDE_CACHE.get(key)  # unhashable elements: the same TypeError as validation's frozenset
+        if inc is None:
+            inc = validation.include(key)
+            if len(_INCLUDE_CACHE) < _INCLUDE_CACHE_MAX:
+                _INCLUDE_CACHE[key] = inc
+        return inc
+    return validation.include(include)
 
 
 def run_search(
@@ -271,10 +289,24 @@ class _Checker:
         if not inc:
             # Ids and scores only: nothing to read. A label deleted while we
             # searched has no id any more and is dropped.
+            names = self.vindex.names_of([label for label, _, _ in scored])
             return [
                 Hit(id=rid, score=float(score), signals=signals)
-                for label, score, signals in scored
-                if (rid := name_of(label)) is not None
+                for rid, (_, score, signals) in zip(names, scored, strict=True)
+                if rid is not None
+            ]
+        if not self.rows and "vector" not in inc:
+            # Nothing read yet (no filter needed rows): read the hits' rows and build
+            # their records in one pass, as records() would from rows().
+            names = self.vindex.names_of([label for label, _, _ in scored])
+            named_ids = [
+                (rid, score, signals) for rid, (_, score, signals) in zip(names, scored, strict=True) if rid is not None
+            ]
+            recs = self.reader.live_records([rid for rid, _, _ in named_ids], inc, self.now)
+            return [
+                Hit(id=rid, score=float(score), record=rec, signals=signals)
+                for (rid, score, signals), rec in zip(named_ids, recs, strict=True)
+                if rec is not None  # deleted or expired while we searched
             ]
         self._load_rows([lb for lb, _, _ in scored if lb not in self.rows])
         named = [
@@ -301,7 +333,7 @@ def vector_search(
         return _exact(coll, q, k, checker)
     if checker.candidates is None and not vindex.expires:
         labels, dists = vindex.knn(q, k, ef_base)
-        return list(zip(labels.tolist(), vindex.score(dists).tolist(), strict=True))
+        return list(zip(labels.tolist(), vindex.score_list(dists), strict=True))
     p = planner.plan(k, cand_count, total, ef_base, exact_threshold=coll.exact_threshold, exact_filter=checker.exact)
     if p.strategy == "exact":
         return _exact(coll, q, k, checker)

@@ -12,6 +12,7 @@ import array
 import contextlib
 import ctypes
 import gc
+import math
 import mmap
 import os
 import select
@@ -88,6 +89,9 @@ class VectorIndex:
         self._readers = 0
         self._readers_lock = threading.Lock()
         self._no_readers = threading.Condition(self._readers_lock)
+        # Threads waiting for the readers to leave: a reader leaving notifies only
+        # when there is one (Condition.notify_all costs a search a few microseconds).
+        self._waiting = 0
 
     # ----------------------------------------------------------------- state
     def __len__(self) -> int:
@@ -111,16 +115,21 @@ class VectorIndex:
 
     def name_of(self, label: int) -> str | None:
         """The record id of ``label``, or None if it has no live vector (cheap on a fresh load)."""
-        ids, packed = self._id_of, self._packed
-        if ids is None and packed is not None:
+        ids = self._id_of
+        if ids is not None:
+            return ids.get(label)
+        packed = self._packed
+        if packed is not None:
             return packed.get(label)
-        # Unpacked meanwhile (or never packed): the dict is the truth.
+        # Unpacked meanwhile: the dict is the truth.
         return self.id_of.get(label)
 
     def names_of(self, labels: Sequence[int]) -> list[str | None]:
         """``name_of`` for many labels at once."""
         ids, packed = self._id_of, self._packed
         if ids is None and packed is not None:
+            if len(labels) <= 64:  # a search's hits: usually ids looked up before (the memo)
+                return [packed.get(lb) for lb in labels]
             return packed.get_many(labels)
         get = self.id_of.get
         return [get(lb) for lb in labels]
@@ -156,6 +165,17 @@ class VectorIndex:
             top = np.finfo(scores.dtype).max
             scores = np.nan_to_num(scores, nan=-top, posinf=top, neginf=-top)
         return scores
+
+    def score_list(self, dist: np.ndarray) -> list[float]:
+        """``score(dist).tolist()``, cheaper for the few distances of one search (the same floats)."""
+        if self.metric == "l2":
+            return self.score(dist).tolist()
+        # 1 - dist in float32 cannot overflow, so no error state is needed; a sum of
+        # float32 values cannot overflow a float64, so it is finite iff every one is.
+        out: list[float] = (1.0 - dist).tolist()
+        if not math.isfinite(sum(out)):
+            return self.score(dist).tolist()
+        return out
 
     # ---------------------------------------------------------------- writes
     def upsert(self, ids: list[str], vectors: np.ndarray, expires: Iterable[float | None]) -> list[int]:
@@ -237,8 +257,7 @@ class VectorIndex:
             labels = np.arange(self.next_label, self.next_label + n, dtype=np.uint64)
             self.next_label += n
             with self._readers_lock:
-                while self._readers:
-                    self._no_readers.wait()
+                self._wait_no_readers()
                 self._index.add_items(np.zeros((n, self.dim), dtype=np.float32), labels, replace_deleted=True)
                 for label in labels.tolist():
                     self._index.mark_deleted(label)
@@ -251,9 +270,17 @@ class VectorIndex:
             return
         target = max(need, cap * 2)
         with self._readers_lock:
+            self._wait_no_readers()
+            self._index.resize_index(target)
+
+    def _wait_no_readers(self) -> None:
+        """Wait (holding ``_readers_lock``) until no search is inside hnswlib."""
+        self._waiting += 1
+        try:
             while self._readers:
                 self._no_readers.wait()
-            self._index.resize_index(target)
+        finally:
+            self._waiting -= 1
 
     # ----------------------------------------------------------------- reads
     def _enter(self) -> None:
@@ -263,7 +290,7 @@ class VectorIndex:
     def _exit(self) -> None:
         with self._readers_lock:
             self._readers -= 1
-            if not self._readers:
+            if not self._readers and self._waiting:
                 self._no_readers.notify_all()
 
     def knn(

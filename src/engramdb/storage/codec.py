@@ -128,10 +128,21 @@ def encode_record(r: RecordRow) -> bytes:
     return _seal(payload)
 
 
-def decode_record(raw: bytes) -> RecordRow:
+def record_fields(raw: bytes) -> list[Any]:
+    """A record row's checked fields as stored (see :func:`encode_record`), without building a :class:`RecordRow`.
+
+    For read paths that turn rows straight into their public form: positions 0-4
+    (format, hlc, node, deleted, updated_at) always exist; a live row has 13
+    fields, position 10 holding the vector (format 1) or its digest (format 2).
+    """
     a = _open(raw, "record")
     if not isinstance(a, list) or not a or a[0] not in (1, RECORD_FORMAT):
         raise CorruptData("record row has an unknown format; was it written by a newer EngramDB?")
+    return a
+
+
+def decode_record(raw: bytes) -> RecordRow:
+    a = record_fields(raw)
     if a[3]:
         return RecordRow(hlc=a[1], node=a[2], deleted=True, updated_at=a[4])
     inline = a[0] == 1

@@ -1,8 +1,9 @@
 """gRPC server: ``engramdb.v1.EngramDB`` over the service layer (see docs/grpc.md).
 
 ``start_grpc_server(service, settings)`` serves it; ``convert`` holds the
-message ⇄ contract-dict conversions; ``engramdb_pb2``/``engramdb_pb2_grpc`` are
-generated from proto/engramdb/v1/engramdb.proto by ``make proto``.
+message ⇄ contract-dict conversions. The messages generated from
+proto/engramdb/v1/engramdb.proto by ``make proto`` live in
+:mod:`engramdb.grpc_codec`, which the Python clients use too.
 """
 
 from __future__ import annotations

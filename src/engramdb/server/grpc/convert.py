@@ -18,7 +18,7 @@ Rules (mirrored in proto/engramdb/v1/engramdb.proto and docs/grpc.md):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,21 +27,21 @@ import orjson
 from google.protobuf.message import Message
 
 from engramdb.errors import InvalidArgument
-from engramdb.server.grpc import engramdb_pb2 as pb
+from engramdb.grpc_codec import F32 as _F32
+from engramdb.grpc_codec import collection_to_dict as collection_to_dict  # the codec is shared with the clients
+from engramdb.grpc_codec import edge_to_dict as edge_to_dict
+from engramdb.grpc_codec import engramdb_pb2 as pb
+from engramdb.grpc_codec import extract_to_dict as extract_to_dict
+from engramdb.grpc_codec import hit_to_dict as hit_to_dict
+from engramdb.grpc_codec import pack_vector as pack_vector
+from engramdb.grpc_codec import record_to_dict as record_to_dict
 from engramdb.validation import json_loads
 
 Params = dict[str, Any]
 Result = Mapping[str, Any]
 
-_F32 = np.dtype("<f4")
-
 
 # --------------------------------------------------------------------- codecs
-def pack_vector(values: Iterable[float] | np.ndarray) -> bytes:
-    """Packed little-endian float32 bytes of a vector (exact for float32 input)."""
-    return np.asarray(values, dtype=_F32).tobytes()
-
-
 def unpack_vector(data: bytes, where: str) -> list[float]:
     """The floats of a packed vector; a list because that is the contract's JSON shape.
 
@@ -471,74 +471,6 @@ def extract_out(r: Result) -> pb.ExtractResponse:
     for e in r["edges"]:
         fill_edge(resp.edges.add(), e)
     return resp
-
-
-# ------------------------------------------------- messages -> contract dicts
-# The reverse direction, for gRPC clients and tests: each gives exactly the
-# dict the REST JSON decodes to (``Record.to_dict()`` and friends).
-def record_to_dict(m: pb.Record) -> dict[str, Any]:
-    return {
-        "id": m.id,
-        "vector": np.frombuffer(m.vector, dtype=_F32).tolist() if m.HasField("vector") else None,
-        "text": m.text if m.HasField("text") else None,
-        "metadata": orjson.loads(m.metadata_json) if m.metadata_json else {},
-        "namespace": list(m.namespace),
-        "expires_at": m.expires_at if m.HasField("expires_at") else None,
-        "ttl_seconds": m.ttl_seconds if m.HasField("ttl_seconds") else None,
-        "importance": m.importance if m.HasField("importance") else None,
-        "created_at": m.created_at if m.HasField("created_at") else None,
-        "updated_at": m.updated_at if m.HasField("updated_at") else None,
-        "version": m.version if m.HasField("version") else None,
-    }
-
-
-def edge_to_dict(m: pb.Edge) -> dict[str, Any]:
-    return {
-        "src": m.src,
-        "relation": m.relation,
-        "dst": m.dst,
-        "weight": m.weight if m.HasField("weight") else 1.0,
-        "properties": orjson.loads(m.properties_json) if m.properties_json else {},
-        "version": m.version if m.HasField("version") else None,
-    }
-
-
-def hit_to_dict(m: pb.Hit) -> dict[str, Any]:
-    return {
-        "id": m.id,
-        "score": m.score,
-        "record": record_to_dict(m.record) if m.HasField("record") else None,
-        "hop": m.hop,
-        "path": orjson.loads(m.path_json) if m.path_json else [],
-        "signals": dict(m.signals),
-    }
-
-
-def extract_to_dict(m: pb.ExtractResponse) -> dict[str, Any]:
-    """The extract result as REST returns it (``ExtractResult.to_dict()``)."""
-    return {
-        "entities": [{"id": e.id, "name": e.name, "type": e.type, "merged": e.merged} for e in m.entities],
-        "edges": [
-            {"src": e.src, "relation": e.relation, "dst": e.dst, "weight": e.weight, "version": e.version}
-            for e in m.edges
-        ],
-    }
-
-
-def collection_to_dict(m: pb.CollectionConfig) -> dict[str, Any]:
-    return {
-        "name": m.name,
-        "dimension": m.dimension,
-        "metric": m.metric,
-        "index": orjson.loads(m.index_json) if m.index_json else None,
-        "embedder": orjson.loads(m.embedder_json) if m.embedder_json else None,
-        "default_ttl_seconds": m.default_ttl_seconds if m.HasField("default_ttl_seconds") else None,
-        "indexed_fields": dict(m.indexed_fields),
-        "text_index": m.text_index,
-        # 0 = not sent (a server from before these fields): such a server has one copy of one shard.
-        "shards": m.shards or 1,
-        "replication_factor": m.replication_factor or 1,
-    }
 
 
 # --------------------------------------------------------------------- table
