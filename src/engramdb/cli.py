@@ -9,6 +9,7 @@
     engramdb backup verify SRC
     engramdb backup restore SRC --data-dir DIR [--force]
     engramdb backup list DIR
+    engramdb stats [--data-dir DIR | --url URL ...] [--limit N] [--load] [--json]
     engramdb cluster status [--config FILE] [--etcd URL[,URL]] [--name NAME] [--json]
     engramdb dev cluster [--nodes 3] [--dir ./cluster-data] [--base-port 7878]
 
@@ -88,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_transfer_commands(sub)
     _add_backup_commands(sub)
     _add_erase_commands(sub)
+    _add_stats_command(sub)
     _add_cluster_commands(sub)
     return p
 
@@ -565,6 +567,90 @@ def cmd_erase(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------- stats (docs/observability.md)
+
+
+def _add_stats_command(sub: Any) -> None:
+    st = sub.add_parser(
+        "stats", help="memory per component: process, RocksDB, each collection's indexes (a server or a data dir)"
+    )
+    _connection_args(st)
+    st.add_argument("--limit", type=int, default=None, help="collections listed, the largest first (default 100)")
+    st.add_argument(
+        "--load",
+        action="store_true",
+        help="without --url: load the collections' indexes first, as a starting server does, to estimate them",
+    )
+    st.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1024 * 1024):,.1f} MiB"
+
+
+def _print_stats(got: dict[str, Any]) -> None:
+    proc, rocks, totals = got.get("process"), got.get("rocksdb"), got["totals"]
+    if proc is not None:
+        print(f"process   rss {_mib(proc['rss_bytes'])}, peak {_mib(proc['peak_rss_bytes'])}")
+    if rocks is not None:
+        print(
+            f"rocksdb   memtables {_mib(rocks['memtables_bytes'])}, block cache {_mib(rocks['block_cache_bytes'])}"
+            f" of {_mib(rocks['block_cache_capacity_bytes'])}, table readers {_mib(rocks['table_readers_bytes'])};"
+            f" files: SST {_mib(rocks['sst_files_bytes'])}, WAL {_mib(rocks['wal_bytes'])}"
+        )
+    print(
+        f"{'TENANT':<16} {'COLLECTION':<24} {'RECORDS':>10} {'VECTOR':>12} {'ID MAPS':>12} {'PAYLOAD':>12} {'TEXT':>12}"
+    )
+    for c in got["collections"]:
+        cells = [_mib(c[k]) for k in ("vector_index_bytes", "id_maps_bytes", "payload_index_bytes", "text_index_bytes")]
+        shown = f"{c['records']:>10,}" if c["loaded"] else f"{'unloaded':>10}"
+        print(f"{c['tenant']:<16} {c['name']:<24} {shown} " + " ".join(f"{x:>12}" for x in cells))
+    more = " (more not listed: raise --limit)" if got["more"] else ""
+    print(
+        f"total     {totals['collections']} collections ({totals['loaded_collections']} loaded); listed: "
+        f"{totals['records']:,} records, indexes {_mib(totals['index_bytes'])}{more}"
+    )
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    import os
+
+    from engramdb.errors import EngramError
+
+    limit = args.limit
+    try:
+        if args.url:
+            from engramdb.client import Client
+
+            key = None
+            if args.api_key_env:
+                key = os.environ.get(args.api_key_env)
+                if not key:
+                    return _fail(f"environment variable {args.api_key_env} is not set (it should hold the API key)")
+            with Client(args.url, key, tenant=args.tenant, verify=args.ca_file or True, timeout=60.0) as client:
+                got = client.stats(limit)
+        else:
+            db = _open_db(args)
+            try:
+                if args.load:
+                    tenants = [args.tenant] if args.tenant else db.list_tenants()
+                    for t in tenants:
+                        for cfg in db.list_collections(tenant=t):
+                            db.get_collection(cfg.name, tenant=t).load()
+                got = db.stats(100 if limit is None else limit, tenant=args.tenant)
+            finally:
+                db.close()
+    except EngramError as e:
+        return _fail(f"{e.message} [{e.code}]")
+    except (OSError, RuntimeError) as e:
+        return _fail(str(e))
+    if args.json:
+        print(json.dumps(got))
+    else:
+        _print_stats(got)
+    return 0
+
+
 # ------------------------------------------------------------------- cluster (docs/cluster.md)
 
 STATUS_TIMEOUT = 5.0  # seconds to wait for etcd's first answer
@@ -894,6 +980,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_backup(args)
     if args.command == "erase":
         return cmd_erase(args)
+    if args.command == "stats":
+        return cmd_stats(args)
     if args.command == "cluster":
         return cmd_cluster_restore(args) if args.cluster_command == "restore" else cmd_cluster_status(args)
     if args.command == "dev":

@@ -47,6 +47,9 @@ MAX_FANOUT = 1000
 MAX_GRAPH_LIMIT = 10_000
 MAX_TIMEOUT_MS = 60_000
 MAX_KEY_NAME_CHARS = 200
+# Collections one stats answer lists in detail (the largest first): each costs a few estimates.
+DEFAULT_STATS_COLLECTIONS = 100
+MAX_STATS_COLLECTIONS = 1000
 # Bounds of an extract request. The text goes into one chat request: 100,000
 # characters is about 25,000 tokens, within the context of current chat models
 # with room for the answer; longer documents should be split by the caller
@@ -447,6 +450,11 @@ def page_limit(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_BATCH:
         raise InvalidArgument(f"limit must be an integer from 1 to {MAX_BATCH}", code="invalid_limit")
     return value
+
+
+def stats_limit(value: Any) -> int:
+    """How many collections a stats answer lists (the rest only counted; ``more`` says so)."""
+    return int_in_range(value, "limit", 1, MAX_STATS_COLLECTIONS, "invalid_limit")
 
 
 def int_in_range(value: Any, where: str, lo: int, hi: int, code: str) -> int:

@@ -46,6 +46,7 @@ BODIES: dict[str, dict[str, Any] | None] = {
     "list_keys": None,
     "revoke_key": None,
     "rotate_key": {},
+    "stats": None,
 }
 WRITER_OPS = {
     "create_collection", "delete_collection", "upsert", "patch", "delete", "delete_one", "refresh_ttl", "link",
@@ -53,7 +54,7 @@ WRITER_OPS = {
 }  # fmt: skip
 ADMIN_OPS = {
     "create_key", "list_keys", "revoke_key", "rotate_key", "erase_tenant", "create_backup", "list_backups",
-    "verify_backup",
+    "verify_backup", "stats",
 }  # fmt: skip
 COLLECTION_OPS = [r for r in ROUTES if "{coll}" in r.path]
 

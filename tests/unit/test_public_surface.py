@@ -208,10 +208,10 @@ def test_every_operation_has_a_grpc_method() -> None:
     assert len(ops) == len(set(ops)), "an operation has two RPCs"
 
 
-def test_admin_operations_are_keys_erase_and_backups() -> None:
+def test_admin_operations_are_keys_erase_backups_and_stats() -> None:
     keys = {"create_key", "list_keys", "revoke_key", "rotate_key"}
     backups = {"create_backup", "list_backups", "verify_backup"}
-    assert keys | {"erase_tenant"} | backups == ADMIN_OPS
+    assert keys | {"erase_tenant", "stats"} | backups == ADMIN_OPS
 
 
 def test_every_path_parameter_is_in_the_openapi_document() -> None:
@@ -291,6 +291,8 @@ KEY_CALLS: dict[str, Callable[[Any], Any]] = {
     "create_backup": lambda db: db.create_backup("nightly"),
     "list_backups": lambda db: db.list_backups(),
     "verify_backup": lambda db: db.verify_backup("nightly"),
+    # Memory per component of the node (docs/observability.md).
+    "stats": lambda db: db.stats(limit=5),
 }
 
 

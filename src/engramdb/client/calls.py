@@ -789,6 +789,18 @@ def verify_backup(name: str, timeout: float | None) -> Call[BackupInfo]:
     )
 
 
+# ------------------------------------------------------------ stats
+def stats(limit: int | None) -> Call[dict[str, Any]]:
+    """Memory per component of the node answering (admin; docs/observability.md)."""
+    path = "/v1/admin/stats"
+    args: dict[str, str] = {}
+    if limit is not None:
+        # The server checks the value (invalid_limit); only its text travels in the query.
+        args["limit"] = str(limit)
+        path += "?limit=" + quote(args["limit"], safe="")
+    return Call("stats", "GET", path, None, lambda d: dict(d), True, args=args)
+
+
 EXTRACT_MIN_TIMEOUT = 120.0
 
 

@@ -46,6 +46,7 @@ from engramdb.grpc_codec import (
     hit_to_dict,
     pack_vector,
     record_to_dict,
+    stats_to_dict,
 )
 from engramdb.grpc_codec import engramdb_pb2 as pb
 from engramdb.grpc_codec.engramdb_pb2_grpc import EngramDBStub
@@ -482,6 +483,15 @@ def _create_backup(args: Any, body: Any) -> Message:
     return pb.CreateBackupRequest(**kw)
 
 
+def _stats(args: Any, body: Any) -> Message:
+    if body:
+        raise NotRepresentable
+    if "limit" not in args:
+        return pb.StatsRequest()
+    # Not an integer, or out of uint32 (ValueError, caught by encode): REST carries it, for the server to refuse.
+    return pb.StatsRequest(limit=int(args["limit"]))
+
+
 # ------------------------------------------------------------ answers
 # Each gives the dict REST answers with, for the Call's own decoder.
 def _opt(m: Any, name: str) -> Any:
@@ -603,6 +613,7 @@ OPS: dict[str, tuple[str, Builder, Reader]] = {
         _only(pb.VerifyBackupRequest, name="name"),
         lambda m: {"backup": _backup(m.backup)},
     ),
+    "stats": ("Stats", _stats, stats_to_dict),
 }
 
 

@@ -256,6 +256,18 @@ class Client(DatabaseAPI):
         """
         return self._run(calls.verify_backup(name, calls.backup_timeout(self.timeout, timeout)))
 
+    # ---------------------------------------------------------------- stats
+    def stats(self, limit: int | None = None) -> dict[str, Any]:
+        """Memory per component of the node answering, in bytes (admin only; docs/observability.md).
+
+        ``{"process", "rocksdb", "collections", "totals", "more"}``, the shape of the embedded
+        ``Database.stats()``. The bootstrap admin key sees every tenant's collections (or the
+        client's ``tenant`` only, when one is set); a tenant's admin key its own, without the
+        node-wide ``process`` and ``rocksdb`` (None). ``limit`` (1-1000, default 100): collections
+        listed, the largest first; ``more`` says whether others were left out.
+        """
+        return self._run(calls.stats(limit))
+
     # ------------------------------------------------------------ lifecycle
     def close(self) -> None:
         with self._lock:

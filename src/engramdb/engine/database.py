@@ -18,6 +18,7 @@ from engramdb import validation
 from engramdb.api import DatabaseAPI
 from engramdb.config import Settings
 from engramdb.config import load as load_settings
+from engramdb.engine import stats
 from engramdb.engine.collection import Collection
 from engramdb.engine.graph import edge_tombstones
 from engramdb.engine.hlc import HLC
@@ -602,6 +603,23 @@ class Database(DatabaseAPI):
             for cfg in self.list_collections(tenant=tname):
                 out.append(self.get_collection(cfg.name, tenant=tname))
         return out
+
+    def stats(self, limit: int = validation.DEFAULT_STATS_COLLECTIONS, *, tenant: str | None = None) -> dict[str, Any]:
+        """Memory per component of this process: the shape of the server's ``stats`` (docs/observability.md).
+
+        ``{"process": {...}, "rocksdb": {...}, "collections": [...], "totals": {...}, "more": bool}``,
+        in bytes. The ``limit`` (1-1000) collections with the most records are listed, of every
+        tenant or of ``tenant`` alone; a collection whose indexes are not loaded yet holds none
+        of them in memory (``loaded: false``, zeros). Cheap at any size: nothing is scanned.
+        """
+        self._check_open()
+        validation.stats_limit(limit)
+        if tenant is None:
+            colls = self.collections()
+        else:
+            validation.name(tenant, "tenant")
+            colls = [self.get_collection(c.name, tenant=tenant) for c in self.list_collections(tenant=tenant)]
+        return stats.node_stats(self.store, colls, limit)
 
     def load_all(self, progress: Callable[[str, int, int], None] | None = None) -> None:
         """Load every collection's indexes (servers call this before /ready)."""

@@ -41,6 +41,9 @@ log = logging.getLogger("engramdb.collection")
 
 _CAND_CACHE_ENTRIES = 256
 _CAND_CACHE_BYTES = 32 << 20
+# Payload index sizes walk every posting list: computed again at most this often per collection, and only
+# after a change (payload_bytes).
+PAYLOAD_BYTES_TTL = 10.0
 # Records read per step of building an added field's payload index (the index lock is held for one step).
 REINDEX_CHUNK = 1000
 
@@ -109,6 +112,8 @@ class CollectionIndexes:
         self._generation = 0
         self._cand_cache: dict[str, tuple[int, Candidates]] = {}
         self._cand_cache_bytes = 0
+        # (index, generation, when, bytes) of the last payload_bytes walk
+        self._payload_nbytes: tuple[PayloadIndex, int, float, int] | None = None
         self.load_progress: tuple[int, int] = (0, 0)  # (done, total) while (re)building
         self._pending_scan: tuple[int, bool] | None = None  # see trim_mark
         self._index_error: str | None = None  # set when an index update failed; see problem()
@@ -958,6 +963,46 @@ class CollectionIndexes:
             return None  # closed meanwhile
 
     def payload_bytes(self) -> int | None:
-        """Memory of the payload index, roughly (:meth:`PayloadIndex.nbytes`); None while not loaded. Never loads."""
+        """Memory of the payload index, roughly (:meth:`PayloadIndex.nbytes`); None while not loaded. Never loads.
+
+        ``nbytes`` walks every posting list, so a value is reused until the index changes and
+        for at least :data:`PAYLOAD_BYTES_TTL` seconds after that (``/metrics`` and ``stats``
+        both read it here).
+        """
         payload = self._payload
-        return payload.nbytes() if payload is not None and not self._closed else None
+        if payload is None or self._closed:
+            return None
+        now, gen = time.monotonic(), self._generation
+        cached = self._payload_nbytes
+        if cached is not None and cached[0] is payload and (cached[1] == gen or now - cached[2] < PAYLOAD_BYTES_TTL):
+            return cached[3]
+        value = payload.nbytes()
+        self._payload_nbytes = (payload, gen, now, value)
+        return value
+
+    def memory_stats(self) -> dict[str, Any]:
+        """What the indexes hold in memory, in bytes (estimates: see docs/observability.md). Never loads.
+
+        ``records``: labels in the vector index (0 while not loaded). Cheap at any size: the vector
+        index from its parameters, the id maps from a sample, the payload index at most once per
+        :data:`PAYLOAD_BYTES_TTL`, the text index from one directory listing.
+        """
+        vindex, text = self._vindex, self._text
+        loaded = vindex is not None and not self._closed
+        out: dict[str, Any] = {
+            "records": 0,
+            "vector_index_bytes": 0,
+            "id_maps_bytes": 0,
+            "payload_index_bytes": 0,
+            "text_index_bytes": 0,
+            "loaded": loaded,
+        }
+        if not loaded:
+            return out
+        assert vindex is not None
+        out["records"] = len(vindex)
+        out["vector_index_bytes"] = vindex.memory_bytes()
+        out["id_maps_bytes"] = vindex.id_maps_bytes()
+        out["payload_index_bytes"] = self.payload_bytes() or 0
+        out["text_index_bytes"] = text.disk_bytes() if text is not None else 0
+        return out

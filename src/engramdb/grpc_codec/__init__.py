@@ -79,6 +79,22 @@ def extract_to_dict(m: pb.ExtractResponse) -> dict[str, Any]:
     }
 
 
+def _fields(m: Any) -> dict[str, Any]:
+    """Every field of a flat message (scalars only) by its name: the proto names the contract's keys."""
+    return {f.name: getattr(m, f.name) for f in m.DESCRIPTOR.fields}
+
+
+def stats_to_dict(m: pb.StatsResponse) -> dict[str, Any]:
+    """The stats answer as REST returns it (``process`` and ``rocksdb`` None when absent)."""
+    return {
+        "process": _fields(m.process) if m.HasField("process") else None,
+        "rocksdb": _fields(m.rocksdb) if m.HasField("rocksdb") else None,
+        "collections": [_fields(c) for c in m.collections],
+        "totals": _fields(m.totals),
+        "more": m.more,
+    }
+
+
 def collection_to_dict(m: pb.CollectionConfig) -> dict[str, Any]:
     return {
         "name": m.name,

@@ -1081,3 +1081,147 @@ class ListBackupsResponse(_message.Message):
     BACKUPS_FIELD_NUMBER: _ClassVar[int]
     backups: _containers.RepeatedCompositeFieldContainer[BackupInfo]
     def __init__(self, backups: _Optional[_Iterable[_Union[BackupInfo, _Mapping]]] = ...) -> None: ...
+
+class StatsRequest(_message.Message):
+    __slots__ = ("limit",)
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    def __init__(self, limit: _Optional[int] = ...) -> None: ...
+
+class ProcessStats(_message.Message):
+    __slots__ = ("rss_bytes", "peak_rss_bytes")
+    RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PEAK_RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    rss_bytes: int
+    peak_rss_bytes: int
+    def __init__(self, rss_bytes: _Optional[int] = ..., peak_rss_bytes: _Optional[int] = ...) -> None: ...
+
+class RocksDbStats(_message.Message):
+    __slots__ = (
+        "memtables_bytes",
+        "block_cache_bytes",
+        "block_cache_capacity_bytes",
+        "table_readers_bytes",
+        "sst_files_bytes",
+        "wal_bytes",
+    )
+    MEMTABLES_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_CACHE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_CACHE_CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TABLE_READERS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SST_FILES_BYTES_FIELD_NUMBER: _ClassVar[int]
+    WAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    memtables_bytes: int
+    block_cache_bytes: int
+    block_cache_capacity_bytes: int
+    table_readers_bytes: int
+    sst_files_bytes: int
+    wal_bytes: int
+    def __init__(
+        self,
+        memtables_bytes: _Optional[int] = ...,
+        block_cache_bytes: _Optional[int] = ...,
+        block_cache_capacity_bytes: _Optional[int] = ...,
+        table_readers_bytes: _Optional[int] = ...,
+        sst_files_bytes: _Optional[int] = ...,
+        wal_bytes: _Optional[int] = ...,
+    ) -> None: ...
+
+class CollectionStats(_message.Message):
+    __slots__ = (
+        "tenant",
+        "name",
+        "records",
+        "vector_index_bytes",
+        "id_maps_bytes",
+        "payload_index_bytes",
+        "text_index_bytes",
+        "loaded",
+    )
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_INDEX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ID_MAPS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_INDEX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TEXT_INDEX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LOADED_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    name: str
+    records: int
+    vector_index_bytes: int
+    id_maps_bytes: int
+    payload_index_bytes: int
+    text_index_bytes: int
+    loaded: bool
+    def __init__(
+        self,
+        tenant: _Optional[str] = ...,
+        name: _Optional[str] = ...,
+        records: _Optional[int] = ...,
+        vector_index_bytes: _Optional[int] = ...,
+        id_maps_bytes: _Optional[int] = ...,
+        payload_index_bytes: _Optional[int] = ...,
+        text_index_bytes: _Optional[int] = ...,
+        loaded: _Optional[bool] = ...,
+    ) -> None: ...
+
+class StatsTotals(_message.Message):
+    __slots__ = (
+        "collections",
+        "loaded_collections",
+        "records",
+        "vector_index_bytes",
+        "id_maps_bytes",
+        "payload_index_bytes",
+        "text_index_bytes",
+        "index_bytes",
+    )
+    COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
+    LOADED_COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_INDEX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ID_MAPS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_INDEX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TEXT_INDEX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    INDEX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    collections: int
+    loaded_collections: int
+    records: int
+    vector_index_bytes: int
+    id_maps_bytes: int
+    payload_index_bytes: int
+    text_index_bytes: int
+    index_bytes: int
+    def __init__(
+        self,
+        collections: _Optional[int] = ...,
+        loaded_collections: _Optional[int] = ...,
+        records: _Optional[int] = ...,
+        vector_index_bytes: _Optional[int] = ...,
+        id_maps_bytes: _Optional[int] = ...,
+        payload_index_bytes: _Optional[int] = ...,
+        text_index_bytes: _Optional[int] = ...,
+        index_bytes: _Optional[int] = ...,
+    ) -> None: ...
+
+class StatsResponse(_message.Message):
+    __slots__ = ("process", "rocksdb", "collections", "totals", "more")
+    PROCESS_FIELD_NUMBER: _ClassVar[int]
+    ROCKSDB_FIELD_NUMBER: _ClassVar[int]
+    COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
+    TOTALS_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
+    process: ProcessStats
+    rocksdb: RocksDbStats
+    collections: _containers.RepeatedCompositeFieldContainer[CollectionStats]
+    totals: StatsTotals
+    more: bool
+    def __init__(
+        self,
+        process: _Optional[_Union[ProcessStats, _Mapping]] = ...,
+        rocksdb: _Optional[_Union[RocksDbStats, _Mapping]] = ...,
+        collections: _Optional[_Iterable[_Union[CollectionStats, _Mapping]]] = ...,
+        totals: _Optional[_Union[StatsTotals, _Mapping]] = ...,
+        more: _Optional[bool] = ...,
+    ) -> None: ...

@@ -178,6 +178,11 @@ class EngramDBStub:
                 request_serializer=engramdb_dot_v1_dot_engramdb__pb2.VerifyBackupRequest.SerializeToString,
                 response_deserializer=engramdb_dot_v1_dot_engramdb__pb2.BackupResponse.FromString,
                 _registered_method=True)
+        self.Stats = channel.unary_unary(
+                '/engramdb.v1.EngramDB/Stats',
+                request_serializer=engramdb_dot_v1_dot_engramdb__pb2.StatsRequest.SerializeToString,
+                response_deserializer=engramdb_dot_v1_dot_engramdb__pb2.StatsResponse.FromString,
+                _registered_method=True)
 
 
 class EngramDBServicer:
@@ -388,6 +393,14 @@ class EngramDBServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Stats(self, request, context):
+        """stats (admin): memory per component of the node answering (docs/observability.md);
+        a tenant's admin key sees its own collections only, without process and rocksdb.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EngramDBServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -530,6 +543,11 @@ def add_EngramDBServicer_to_server(servicer, server):
                     servicer.VerifyBackup,
                     request_deserializer=engramdb_dot_v1_dot_engramdb__pb2.VerifyBackupRequest.FromString,
                     response_serializer=engramdb_dot_v1_dot_engramdb__pb2.BackupResponse.SerializeToString,
+            ),
+            'Stats': grpc.unary_unary_rpc_method_handler(
+                    servicer.Stats,
+                    request_deserializer=engramdb_dot_v1_dot_engramdb__pb2.StatsRequest.FromString,
+                    response_serializer=engramdb_dot_v1_dot_engramdb__pb2.StatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1292,6 +1310,33 @@ class EngramDB:
             '/engramdb.v1.EngramDB/VerifyBackup',
             engramdb_dot_v1_dot_engramdb__pb2.VerifyBackupRequest.SerializeToString,
             engramdb_dot_v1_dot_engramdb__pb2.BackupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Stats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/engramdb.v1.EngramDB/Stats',
+            engramdb_dot_v1_dot_engramdb__pb2.StatsRequest.SerializeToString,
+            engramdb_dot_v1_dot_engramdb__pb2.StatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1088,6 +1088,22 @@ class TextIndex:
         """Directory of the index, or ``None`` for a RAM index."""
         return self._path
 
+    def disk_bytes(self) -> int:
+        """Bytes of the index's files (one directory listing); 0 for a RAM index.
+
+        tantivy memory-maps its segments, so this is what its searchers can hold in the page
+        cache at most; tantivy-py reports no heap figure of its own (and the writer's indexing
+        buffer, at most ``writer_heap_bytes``, is not included).
+        """
+        path = self._path
+        if path is None:
+            return 0
+        try:
+            with os.scandir(path) as entries:
+                return sum(e.stat().st_size for e in entries if e.is_file(follow_symlinks=False))
+        except OSError:
+            return 0  # removed meanwhile (collection dropped)
+
     @property
     def refresh_interval(self) -> float:
         """Seconds between background commit/reload checks."""

@@ -12,11 +12,13 @@ import array
 import contextlib
 import ctypes
 import gc
+import itertools
 import math
 import mmap
 import os
 import select
 import signal
+import sys
 import threading
 import zlib
 from collections.abc import Callable, Iterable, Sequence
@@ -43,6 +45,10 @@ TOMBSTONE_MIN = 64
 MAX_LABEL = 2**32 - 1
 LABEL_COMPACT_AT = 2**31
 _HNSW_FILE = "vector.hnsw"
+# Sizes in hnswlib's allocations on 64-bit Linux (VectorIndex.memory_bytes): a pointer, an int, a
+# std::mutex, a visited-list mark, one label -> slot hash map entry (node and bucket), the label-operation locks.
+_PTR, _INT, _MUTEX, _VISITED, _HASH_ENTRY = 8, 4, 40, 2, 40
+_LABEL_LOCKS = 65536
 _META_FILE = "vector.meta"
 
 
@@ -144,6 +150,46 @@ class VectorIndex:
                     self._label_of = {rid: label for label, rid in self.id_of.items()}
                 lo = self._label_of
         return lo
+
+    # ---------------------------------------------------------------- memory
+    def memory_bytes(self) -> int:
+        """Memory hnswlib holds for this index, computed from its parameters (O(1), no walk).
+
+        hnswlib allocates per slot of ``max_elements`` (the capacity, which grows by doubling):
+        the level-0 record (``dim`` float32s, ``2·M`` int32 links and their count, the 8-byte
+        label), a pointer to the upper-level links, the element's level and its lock, and 2 bytes
+        in the visited list of a search. Per element in use: the label → slot hash map entry and,
+        on average ``1/(M-1)`` upper levels of ``M`` links each. Plus 65,536 label-operation
+        locks per index. Allocator overhead and the visited lists of concurrent searches beyond
+        the first are not counted.
+        """
+        idx = self._index
+        cap = int(idx.get_max_elements())
+        used = int(idx.get_current_count())
+        m = max(2, self.m)
+        level0 = self.dim * 4 + 2 * m * 4 + 4 + 8
+        per_slot = level0 + _PTR + _INT + _MUTEX + _VISITED
+        upper = (m * 4 + 4) / (m - 1)
+        return int(cap * per_slot + used * (_HASH_ENTRY + upper) + _LABEL_LOCKS * _MUTEX)
+
+    def id_maps_bytes(self, sample: int = 256) -> int:
+        """Memory of the label ↔ record id maps, expiry times and the live bitmap, estimated.
+
+        The dict tables are measured exactly (``sys.getsizeof``); the key and value objects
+        from up to ``sample`` entries, scaled to the whole map, so the cost does not grow with
+        the collection. The id → label map shares its strings and integers with label → id.
+        """
+        total = self.live.__sizeof__()
+        ids, packed, rev = self._id_of, self._packed, self._label_of
+        if ids is None and packed is not None:
+            total += packed.nbytes()
+        elif ids is not None:
+            total += sys.getsizeof(ids) + _objects_bytes(ids, sample)
+        if rev is not None:
+            total += sys.getsizeof(rev)
+        exp = self.expires
+        total += sys.getsizeof(exp) + _objects_bytes(exp, sample)
+        return total
 
     def normalize(self, vectors: np.ndarray) -> np.ndarray:
         """Cosine is inner product over unit vectors: normalise once on the way in."""
@@ -564,6 +610,27 @@ class VectorIndex:
         return self
 
 
+def _objects_bytes(d: dict[Any, Any], sample: int = 256) -> int:
+    """The keys' and values' own objects in ``d``, from up to ``sample`` entries scaled to ``len(d)``.
+
+    Objects a key or value shares with others (small ints, interned strings) count each time: an estimate
+    from above. A writer changing ``d`` meanwhile only costs the sample (retried, then given up as 0).
+    """
+    n = len(d)
+    if not n:
+        return 0
+    for _ in range(3):
+        try:
+            items = list(itertools.islice(d.items(), sample))
+        except RuntimeError:  # changed size during the iteration
+            continue
+        if not items:
+            return 0
+        got = sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in items)
+        return int(got * n / len(items))
+    return 0
+
+
 class _PackedIds:
     """A snapshot's label → id map as stored: sorted labels, and the ids' UTF-8 back to back.
 
@@ -603,6 +670,11 @@ class _PackedIds:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def nbytes(self) -> int:
+        """Memory of the packed arrays and the ids looked up so far (those sampled, see ``_objects_bytes``)."""
+        seen = self._seen
+        return int(self.labels.nbytes + len(self.blob) + self.ends.nbytes) + sys.getsizeof(seen) + _objects_bytes(seen)
 
     def get(self, label: int) -> str | None:
         name = self._seen.get(label)

@@ -154,8 +154,6 @@ CONDITIONAL_METRICS: frozenset[str] = frozenset(
 )
 # The label both names take for collections past server.metrics_max_collections (a name never starts with "_").
 OTHER = "_other"
-# Payload index sizes walk every posting list: computed at most this often per collection.
-PAYLOAD_BYTES_TTL = 60.0
 
 
 class StorageCollector(Collector):
@@ -171,7 +169,6 @@ class StorageCollector(Collector):
         self.service = service
         self.started = time.time()
         self.max_labelled = service.settings.server.metrics_max_collections
-        self._payload_bytes: dict[tuple[str, str], tuple[float, int]] = {}
 
     def collect(self) -> Iterator[Metric]:
         svc = self.service
@@ -216,12 +213,10 @@ class StorageCollector(Collector):
         rows: list[tuple[str, str, bool, int | None, int | None, int | None]] = []
         try:
             colls = self.service.db.collections()
-            now = time.monotonic()
             for coll in colls:
                 ix = coll.indexes
-                rows.append(
-                    (coll.tenant, coll.name, coll.loaded, ix.size(), ix.text_documents(), self._payload(coll, now))
-                )
+                # payload_bytes is cached by the indexes (the walk runs at most once a minute).
+                rows.append((coll.tenant, coll.name, coll.loaded, ix.size(), ix.text_documents(), ix.payload_bytes()))
         except EngramError:
             pass  # the database closed during shutdown; report what we have
         count.add_metric([], float(len(rows)))
@@ -245,21 +240,6 @@ class StorageCollector(Collector):
         yield loaded
         yield docs
         yield payload
-        seen = {(r[0], r[1]) for r in rows}
-        for key in [k for k in self._payload_bytes if k not in seen]:
-            del self._payload_bytes[key]
-
-    def _payload(self, coll: Any, now: float) -> int | None:
-        key = (coll.tenant, coll.name)
-        hit = self._payload_bytes.get(key)
-        if hit is not None and now - hit[0] < PAYLOAD_BYTES_TTL:
-            return hit[1]
-        value = coll.indexes.payload_bytes()
-        if value is None:
-            self._payload_bytes.pop(key, None)
-        else:
-            self._payload_bytes[key] = (now, value)
-        return value
 
 
 class EngineCollector(Collector):

@@ -888,6 +888,18 @@ class Service:
     def _verify_backup(self, call: Call, req: models.VerifyBackup, params: dict[str, Any]) -> dict[str, Any]:
         return {"backup": backup.verify_backup(backup.backup_path(self._backup_dir(call), req.name))}
 
+    # stats
+    def _stats(self, call: Call, req: models.Stats, params: dict[str, Any]) -> dict[str, Any]:
+        """Memory per component of this node (in a cluster: of the node answering, its own replicas)."""
+        p = call.principal
+        # The bootstrap key sees every tenant unless it names one (X-EngramDB-Tenant); others their own.
+        every = p.any_tenant and call.ctx.tenant is None
+        out = self.db.stats(req.limit, tenant=None if every else call.tenant)
+        if not p.metrics:
+            # Node-wide figures move with every tenant's traffic: the operator's, like /metrics.
+            out["process"] = out["rocksdb"] = None
+        return out
+
 
 def erase_tenant(db: Database, keys: KeyStore, tenant: str, data: TenantData | None = None) -> dict[str, Any]:
     """Delete ``tenant``'s collections and API keys and erase them from disk (the service's and the CLI's).
@@ -1043,5 +1055,6 @@ OPS: dict[str, OpSpec] = {
         _spec("create_backup", models.CreateBackupBody, "admin", "none"),
         _spec("list_backups", models.ListBackupsBody, "admin", "none"),
         _spec("verify_backup", models.VerifyBackup, "admin", "none"),
+        _spec("stats", models.Stats, "admin", "none"),
     )
 }

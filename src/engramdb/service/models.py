@@ -34,6 +34,7 @@ from engramdb.types import (
 )
 from engramdb.validation import (
     CONSISTENCY_LEVELS,
+    DEFAULT_STATS_COLLECTIONS,
     MAX_BATCH,
     MAX_DIMENSION,
     MAX_EDGE_WEIGHT,
@@ -51,6 +52,7 @@ from engramdb.validation import (
     MAX_RELATION_BYTES,
     MAX_REPLICATION_FACTOR,
     MAX_SHARDS,
+    MAX_STATS_COLLECTIONS,
     MAX_TIMEOUT_MS,
     MAX_TTL_SECONDS,
     NAME_PATTERN,
@@ -595,6 +597,14 @@ class VerifyBackup(_Req):
     name: Annotated[str, Field(min_length=1, max_length=MAX_COLL_PATH_CHARS)]
 
 
+# Memory per component of the node answering (docs/observability.md): a tenant admin sees its own collections.
+class Stats(_Req):
+    limit: Annotated[
+        int,
+        _bounds("collections listed, the largest first", minimum=1, maximum=MAX_STATS_COLLECTIONS),
+    ] = DEFAULT_STATS_COLLECTIONS
+
+
 # ---------------------------------------------------------------- responses
 class RecordOut(BaseModel):
     id: str
@@ -783,6 +793,50 @@ class BackupResult(BaseModel):
 
 class BackupsResult(BaseModel):
     backups: list[BackupInfo]
+
+
+class ProcessStats(BaseModel):
+    rss_bytes: int
+    peak_rss_bytes: int
+
+
+class RocksDbStats(BaseModel):
+    memtables_bytes: int
+    block_cache_bytes: int
+    block_cache_capacity_bytes: int
+    table_readers_bytes: int
+    sst_files_bytes: int
+    wal_bytes: int
+
+
+class CollectionStats(BaseModel):
+    tenant: str
+    name: str
+    records: int
+    vector_index_bytes: int
+    id_maps_bytes: int
+    payload_index_bytes: int
+    text_index_bytes: int
+    loaded: bool
+
+
+class StatsTotals(BaseModel):
+    collections: Annotated[int, Field(description="collections the caller may see, listed or not")]
+    loaded_collections: int
+    records: int
+    vector_index_bytes: int
+    id_maps_bytes: int
+    payload_index_bytes: int
+    text_index_bytes: int
+    index_bytes: Annotated[int, Field(description="the four index figures of the listed collections, added up")]
+
+
+class StatsResult(BaseModel):
+    process: Annotated[ProcessStats | None, Field(description="the node's process; null for a tenant's admin key")]
+    rocksdb: Annotated[RocksDbStats | None, Field(description="the node's RocksDB; null for a tenant's admin key")]
+    collections: list[CollectionStats]
+    totals: Annotated[StatsTotals, Field(description="of the listed collections")]
+    more: Annotated[bool, Field(description="collections were left out of the list (raise limit)")]
 
 
 class ErrorDetail(BaseModel):

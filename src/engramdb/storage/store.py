@@ -291,6 +291,7 @@ class CfStats:
     memtable_bytes: int = 0
     sst_bytes: int = 0
     estimated_keys: int = 0
+    table_readers_bytes: int = 0  # index and filter blocks of open SST files held outside the block cache
     files_per_level: list[int] = field(default_factory=list)
     # write stalls since open, by cause (RocksDB's cf-write-stall-stats: "memtable-limit-stops", ...)
     stalls: dict[str, int] = field(default_factory=dict)
@@ -1204,6 +1205,7 @@ class Store:
                 )
                 c.memtable_bytes = int(cf.property_int_value("rocksdb.cur-size-all-mem-tables") or 0)
                 c.sst_bytes = int(cf.property_int_value("rocksdb.live-sst-files-size") or 0)
+                c.table_readers_bytes = int(cf.property_int_value("rocksdb.estimate-table-readers-mem") or 0)
                 c.files_per_level = [
                     int(cf.property_int_value(f"rocksdb.num-files-at-level{n}") or 0) for n in range(_LEVELS)
                 ]

@@ -239,6 +239,20 @@ def backup_info_out(d: Mapping[str, Any]) -> pb.BackupInfo:
     return pb.BackupInfo(**kw)
 
 
+def stats_out(r: Result) -> pb.StatsResponse:
+    """A StatsResponse from the stats answer (every key a field of the same name)."""
+    kw: dict[str, Any] = {
+        "collections": [pb.CollectionStats(**c) for c in r["collections"]],
+        "totals": pb.StatsTotals(**r["totals"]),
+        "more": bool(r["more"]),
+    }
+    if r.get("process") is not None:
+        kw["process"] = pb.ProcessStats(**r["process"])
+    if r.get("rocksdb") is not None:
+        kw["rocksdb"] = pb.RocksDbStats(**r["rocksdb"])
+    return pb.StatsResponse(**kw)
+
+
 # ------------------------------------------------------------ request -> params
 def _coll(m: Any) -> Params:
     return {"coll": m.coll}
@@ -659,5 +673,12 @@ RPCS: dict[str, Rpc] = {
         pb.BackupResponse,
         lambda m: {"name": m.name},
         lambda r: pb.BackupResponse(backup=backup_info_out(r["backup"])),
+    ),
+    "Stats": Rpc(
+        "stats",
+        pb.StatsRequest,
+        pb.StatsResponse,
+        lambda m: {"limit": m.limit} if m.HasField("limit") else {},
+        stats_out,
     ),
 }

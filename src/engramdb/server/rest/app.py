@@ -307,6 +307,14 @@ def _query_params(request: Request, spec: RouteSpec) -> dict[str, Any]:
         levels = request.query_params.getlist("consistency")
         # Given twice, the list itself goes on, for the service to refuse (invalid_consistency) instead of picking one.
         out["consistency"] = levels[0] if len(levels) == 1 else levels
+    if "limit" in spec.query and "limit" in request.query_params:
+        given = request.query_params.getlist("limit")
+        # A few digits become the number; anything else goes on as text, for the service to refuse (invalid_limit).
+        value = given[0] if len(given) == 1 else None
+        if value is None:
+            out["limit"] = given
+        else:
+            out["limit"] = int(value) if value.isascii() and value.isdigit() and len(value) <= 9 else value
     return out
 
 

@@ -14,7 +14,7 @@ from pydantic.json_schema import models_json_schema
 
 from engramdb.server.rest.routes import ROUTES, RouteSpec
 from engramdb.service import models
-from engramdb.validation import CONSISTENCY_LEVELS, MAX_ID_BYTES, NAME_PATTERN
+from engramdb.validation import CONSISTENCY_LEVELS, MAX_ID_BYTES, MAX_STATS_COLLECTIONS, NAME_PATTERN
 
 REF = "#/components/schemas/{model}"
 TENANT_HEADER = "X-EngramDB-Tenant"
@@ -90,6 +90,16 @@ def _operation(r: RouteSpec) -> dict[str, Any]:
                 "schema": {"type": "string", "enum": list(CONSISTENCY_LEVELS)},
                 "description": "replicas of each shard that must answer in a cluster; omitted = the server's "
                 "default. A single node is every replica",
+            }
+        )
+    if "limit" in r.query:
+        params.append(
+            {
+                "name": "limit",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "integer", "minimum": 1, "maximum": MAX_STATS_COLLECTIONS},
+                "description": "collections listed, the largest first (default 100)",
             }
         )
     params.append(

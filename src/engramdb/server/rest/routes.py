@@ -237,4 +237,14 @@ ROUTES: tuple[RouteSpec, ...] = (
         "Check a backup's manifest, every file's checksum and its database (bootstrap admin key only)",
         tag="admin",
     ),
+    RouteSpec(
+        "stats",
+        "GET",
+        "/v1/admin/stats",
+        None,
+        models.StatsResult,
+        "Memory per component of the node answering: process, RocksDB, each collection's indexes",
+        query=("limit",),
+        tag="admin",
+    ),
 )
