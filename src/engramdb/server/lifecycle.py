@@ -233,6 +233,7 @@ def run_server(settings: Settings) -> int:
             f"(server.metrics_port): {e.strerror or e}",
             file=sys.stderr,
         )
+        _leave(cluster)
         service.close()
         db.close()
         return 1
@@ -245,6 +246,7 @@ def run_server(settings: Settings) -> int:
         if metrics_port is not None:
             metrics_port.stop()
         tracing.shutdown()
+        _leave(cluster)
         service.close()
         db.close()
         return 1
@@ -348,6 +350,15 @@ def run_server(settings: Settings) -> int:
             signal.signal(sig, handler)
         log.info("EngramDB stopped")
     return status
+
+
+def _leave(cluster: Any) -> None:
+    """Leave the cluster when start-up fails after joining it (others see this node down at once)."""
+    if cluster is not None:
+        try:
+            cluster.close(grace=0.0)
+        except BaseException:
+            log.exception("leaving the cluster failed")
 
 
 # The database close (index snapshots) gets the rest of the shutdown budget plus this.
