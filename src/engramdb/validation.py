@@ -457,6 +457,15 @@ def stats_limit(value: Any) -> int:
     return int_in_range(value, "limit", 1, MAX_STATS_COLLECTIONS, "invalid_limit")
 
 
+def namespace_listing(max_depth: Any, limit: Any, offset: Any) -> None:
+    """The paging arguments of ``list_namespaces`` (the engine's and a cluster coordinator's)."""
+    if max_depth is not None and (isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < 1):
+        raise InvalidArgument("max_depth must be a positive integer", code="invalid_argument")
+    page_limit(limit)
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise InvalidArgument("offset must be a non-negative integer", code="invalid_argument")
+
+
 def int_in_range(value: Any, where: str, lo: int, hi: int, code: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         raise InvalidArgument(f"{where} must be an integer from {lo} to {hi}, got {value!r}", code=code)

@@ -310,10 +310,10 @@ class Coordinator:
             indexed_fields=indexed_fields,
             text_index=text_index,
         )
-        cfg = _with_layout(cfg, n_shards, rf)
+        cfg = replace(cfg, shards=n_shards, replication_factor=rf)
         existing = self.control.view.collections.get((tenant, name))
         if existing is not None:
-            if exist_ok and _with_layout(schema_config(existing.value), n_shards, rf) == cfg:
+            if exist_ok and schema_config(existing.value) == cfg:
                 return self.get_collection(name, tenant=tenant)
             raise AlreadyExists(
                 f"collection {name!r} already exists in tenant {tenant!r}"
@@ -353,11 +353,7 @@ class Coordinator:
 
     def list_collections(self, *, tenant: str) -> list[CollectionConfig]:
         view = self.control.view
-        return [
-            _with_layout(schema_config(e.value), int(e.value["shards"]), int(e.value["replication_factor"]))
-            for (t, _), e in sorted(view.collections.items())
-            if t == tenant
-        ]
+        return [schema_config(e.value) for (t, _), e in sorted(view.collections.items()) if t == tenant]
 
     def delete_collection(self, name: str, *, tenant: str) -> None:
         self._check_session()
@@ -370,7 +366,7 @@ class Coordinator:
         layout = self.layout(tenant, name)
         new = self.db.altered_config(layout.config, **kw)
         entry = self.control.view.collections[(tenant, name)]
-        value = {**entry.value, "config": _with_layout(new, layout.shards, layout.rf).model_dump(mode="json")}
+        value = {**entry.value, "config": new.model_dump(mode="json")}
         rev = self.control.replace_collection(tenant, name, value, create_revision=layout.created)
         self.control.wait_for_revision(rev, 10.0)
         # Replicas take the change now rather than at their next call, so a new field's index starts
@@ -444,30 +440,8 @@ class Coordinator:
     def gather(
         self, layout: Layout, shard: int, method: str, msg: Mapping[str, Any], want: int
     ) -> list[tuple[str, dict[str, Any]]]:
-        """``want`` answers from distinct replicas of ``shard`` (asking more when some fail)."""
-        order = self._order(layout.replicas[shard])
-        answers: list[tuple[str, dict[str, Any]]] = []
-        errors: list[EngramError] = []
-        pos = 0
-        while len(answers) < want and pos < len(order):
-            batch = order[pos : pos + (want - len(answers))]
-            pos += len(batch)
-            calls = [self.call(n, method, msg, self.timeout) for n in batch]
-            for c in calls:
-                try:
-                    answers.append((c.peer, c.result(self.timeout + 1)))
-                except EngramError as e:
-                    if not retryable(e):
-                        raise
-                    errors.append(e)
-        if len(answers) < want:
-            raise Unavailable(
-                f"shard {shard} of {layout.name!r}: {len(answers)} replica(s) answered, {want} required "
-                f"({'; '.join(e.message for e in errors[:3])})",
-                code="not_enough_replicas",
-                details={"shard": shard, "acked": len(answers), "required": want},
-            )
-        return answers
+        """``want`` answers ``(node, answer)`` from distinct replicas of ``shard`` (asking more when some fail)."""
+        return self.fan_out(layout, want, method, [shard], lambda _: dict(msg), lambda ans: [ans])[shard]
 
     def fan_out(
         self,
@@ -477,15 +451,15 @@ class Coordinator:
         shards: Iterable[int],
         build: Callable[[list[int]], dict[str, Any]],
         results: Callable[[dict[str, Any]], list[Any]],
-    ) -> dict[int, list[Any]]:
-        """``want`` answers per shard, one call per node for all the shards it answers for.
+    ) -> dict[int, list[tuple[str, Any]]]:
+        """``want`` results ``(node, result)`` per shard, one call per node for all the shards it answers for.
 
         Replicas are tried in :meth:`_order` (this node, then healthy peers in turn); a shard whose
         node failed is asked of its next replica. ``build(shards)`` makes a node's message and
         ``results(answer)`` gives one result per shard, in the same order.
         """
         todo = {s: self._order(layout.replicas[s]) for s in shards}
-        got: dict[int, list[Any]] = {s: [] for s in todo}
+        got: dict[int, list[tuple[str, Any]]] = {s: [] for s in todo}
         last_error: EngramError | None = None
         while True:
             plan: dict[str, list[int]] = {}
@@ -515,7 +489,7 @@ class Coordinator:
                     last_error = e
                     continue
                 for s, result in zip(part, results(ans), strict=True):
-                    got[s].append(result)
+                    got[s].append((call.peer, result))
 
     def read(self, layout: Layout, ids: Sequence[str], include: frozenset[str], level: str) -> dict[str, Record | None]:
         """The newest version of each id over ``level`` replicas of its shard (None: absent, deleted, expired)."""
@@ -606,12 +580,6 @@ class Coordinator:
         more = len(order) > limit or boundary is not None
         next_cursor = base64.urlsafe_b64encode(page[-1].encode()).decode() if more and page else None
         return [merged[rid] for rid in page], next_cursor
-
-
-def _with_layout(cfg: CollectionConfig, shards: int, rf: int) -> CollectionConfig:
-    if hasattr(cfg, "shards"):
-        return replace(cfg, shards=shards, replication_factor=rf)
-    return cfg
 
 
 class ClusterCollection(CollectionAPI):
@@ -829,11 +797,7 @@ class ClusterCollection(CollectionAPI):
         limit: int = 100,
         offset: int = 0,
     ) -> list[tuple[str, ...]]:
-        if max_depth is not None and (isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < 1):
-            raise InvalidArgument("max_depth must be a positive integer", code="invalid_argument")
-        validation.page_limit(limit)
-        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-            raise InvalidArgument("offset must be a non-negative integer", code="invalid_argument")
+        validation.namespace_listing(max_depth, limit, offset)
         pre = list(validation.namespace(prefix, "prefix"))
         suf = list(validation.namespace(suffix, "suffix"))
         want = needed(self._read_level(), self.layout.rf)
@@ -929,7 +893,7 @@ class ClusterCollection(CollectionAPI):
         )
         hits: dict[str, Hit] = {}
         for results in answers.values():
-            for shard_hits in results:
+            for _, shard_hits in results:
                 for raw in shard_hits:
                     h = wire.hit_in(raw)
                     old = hits.get(h.id)
@@ -1133,7 +1097,7 @@ class ClusterGraphSource:
             lambda shards: lay.msg(parts=[[s, parts[s]] for s in shards], **extra),
             lambda ans: ans["parts"],
         )
-        return {s: got[0] for s, got in answers.items()}
+        return {s: got[0][1] for s, got in answers.items()}
 
     def _one_direction(
         self,

@@ -135,9 +135,7 @@ class Replicas:
                     cfg.dimension,
                     cfg.metric,
                     tenant=t,
-                    index=cfg.index.model_dump(mode="json")
-                    if hasattr(cfg.index, "model_dump")
-                    else dict(cfg.index.__dict__),
+                    index=cfg.index.model_dump(mode="json"),
                     default_ttl_seconds=cfg.default_ttl_seconds,
                     indexed_fields=dict(cfg.indexed_fields),
                     text_index=cfg.text_index,
@@ -211,13 +209,9 @@ class Replicas:
             "Search": self.search,
             "Adjacent": self.adjacent,
             "Edges": self.edges,
-            "Ping": self.ping,
             "Sync": self.sync,
             "Backup": self.backup,
         }
-
-    def ping(self, msg: dict[str, Any], caller: str) -> dict[str, Any]:
-        return {"node": self.node_id, "time": time.time()}
 
     def backup(self, msg: dict[str, Any], caller: str) -> dict[str, Any]:
         """This node's part of a cluster backup: a backup named ``name`` in this node's ``backup.dir``."""

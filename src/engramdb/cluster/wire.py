@@ -15,7 +15,7 @@ import msgpack
 
 from engramdb.errors import InvalidArgument
 from engramdb.storage.codec import EdgeRow, RecordRow
-from engramdb.types import Edge, Hit, Record
+from engramdb.types import Hit, Record
 
 # A write batch holds at most validation's batch limit of records of up to a few MiB each; the
 # gRPC channel refuses bigger messages before they reach here.
@@ -147,11 +147,3 @@ def hit_in(v: Sequence[Any]) -> Hit:
         )
     except (TypeError, ValueError) as e:
         raise InvalidArgument(f"malformed hit from a peer: {e}", code="malformed_request") from None
-
-
-def edge_out(e: Edge) -> dict[str, Any]:
-    return e.to_dict()
-
-
-def edge_in(d: Mapping[str, Any]) -> Edge:
-    return Edge(**d)

@@ -425,11 +425,7 @@ class Collection(GraphMixin, CollectionAPI):
         offset: int = 0,
     ) -> list[tuple[str, ...]]:
         self._check_open()
-        if max_depth is not None and (isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < 1):
-            raise InvalidArgument("max_depth must be a positive integer", code="invalid_argument")
-        validation.page_limit(limit)
-        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-            raise InvalidArgument("offset must be a non-negative integer", code="invalid_argument")
+        validation.namespace_listing(max_depth, limit, offset)
         pre = validation.namespace(prefix, "prefix")
         suf = validation.namespace(suffix, "suffix")
         literal = []
