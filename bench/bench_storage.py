@@ -5,7 +5,9 @@ Measured on ``--n`` records (default 100,000) with small random unit vectors
 384-d dataset rows instead) and ``{"tenant": i % 10}`` metadata:
 
 - batch ingest, batches of 1,000, ``sync_writes`` on (rows/s);
-- durable single-record upsert of existing ids, one writer (ops/s, p50/p99);
+- durable single-record upsert of existing ids, one writer (ops/s, p50/p99), each
+  with a slightly moved vector so the vector index must really change (``--same-vector``:
+  the stored vector again, a metadata-only write for EngramDB);
 - the same with ``--threads`` (default 16) concurrent writer threads — group
   commit should turn many callers into one fsync; the number of RocksDB write
   batches the engine committed is printed (records per fsync);
@@ -13,7 +15,9 @@ Measured on ``--n`` records (default 100,000) with small random unit vectors
   the parent, plus the in-process breakdown); for EngramDB also the first search
   (which loads the index snapshot).
 
-The reference in the same run is raw rocksdict with ``WriteOptions.sync = True``
+The references in the same run are raw hnswlib (``add_items`` in memory, the same
+M / ef_construction: the ingest target is 1.0x its rows/s; re-adding an existing label
+is its in-place update), raw rocksdict with ``WriteOptions.sync = True``
 and values of the same size as EngramDB's encoded record rows: one ``put`` per
 op (one thread, then the same threads), a ``WriteBatch`` of 1,000 for ingest,
 and ``Rdict(path)`` + ``get`` for open. Raw and engine phases are interleaved so
@@ -71,6 +75,8 @@ class Workload:
             self.label = f"{n:,} records, random unit {dim}-d vectors"
         self.dim = int(self.vectors.shape[1])
         self.ids = [f"r{i:08d}" for i in range(n)]
+        # The vectors single upserts send, by id: set per phase (see moved()).
+        self.upsert_vectors: dict[int, np.ndarray] = {}
         self.meta = [{"tenant": i % 10} for i in range(n)]
         self.value_size = self._engram_row_size()
         filler = np.random.default_rng(6).bytes(self.value_size)
@@ -79,6 +85,19 @@ class Workload:
 
     def record(self, i: int) -> dict[str, Any]:
         return {"id": self.ids[i], "vector": self.vectors[i], "metadata": self.meta[i]}
+
+    def upsert_record(self, i: int) -> dict[str, Any]:
+        return {"id": self.ids[i], "vector": self.upsert_vector(i), "metadata": self.meta[i]}
+
+    def upsert_vector(self, i: int) -> np.ndarray:
+        return self.upsert_vectors.get(i, self.vectors[i])
+
+    def moved(self, ids: list[int], seed: int) -> dict[int, np.ndarray]:
+        """Slightly moved unit copies of rows ``ids`` (a new seed per phase: every upsert changes the vector)."""
+        rng = np.random.default_rng(seed)
+        rows = self.vectors[ids] + rng.normal(0.0, 1e-3, (len(ids), self.dim)).astype(np.float32)
+        rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+        return {i: np.ascontiguousarray(rows[j], dtype=np.float32) for j, i in enumerate(ids)}
 
     def _engram_row_size(self) -> int:
         """Bytes of EngramDB's encoded record row for record 0 (so raw values match)."""
@@ -90,6 +109,32 @@ class Workload:
 
 
 # ========================================================================= systems
+class RawHnsw:
+    """Raw hnswlib in memory, EngramDB's default M / ef_construction: the index library's own limit."""
+
+    def __init__(self, path: Path, w: Workload):
+        import hnswlib
+
+        from engramdb.types import IndexParams
+
+        p = IndexParams()
+        self.w = w
+        self.index = hnswlib.Index(space="ip", dim=w.dim)
+        self.index.init_index(max_elements=w.n, M=p.m, ef_construction=p.ef_construction)
+
+    def ingest(self, start: int, stop: int) -> None:
+        self.index.add_items(self.w.vectors[start:stop], np.arange(start, stop))
+
+    def upsert(self, i: int) -> None:
+        self.index.add_items(self.w.upsert_vector(i)[None, :], np.array([i]))
+
+    def finish(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class RawRocks:
     """rocksdict with sync writes: the storage engine's practical limit."""
 
@@ -114,6 +159,9 @@ class RawRocks:
     def upsert(self, i: int) -> None:
         self.db.put(self.w.raw_keys[i], self.w.raw_value, self.wopts)
 
+    def finish(self) -> None:
+        pass
+
     def close(self) -> None:
         self.db.close()
 
@@ -137,7 +185,7 @@ class RawRocksHnsw(RawRocks):
 
     def upsert(self, i: int) -> None:
         super().upsert(i)
-        self.index.add_items(self.w.vectors[i : i + 1], np.array([i]))
+        self.index.add_items(self.w.upsert_vector(i)[None, :], np.array([i]))
 
 
 class Engram:
@@ -161,27 +209,44 @@ class Engram:
         self.coll.upsert([self.w.record(i) for i in range(start, stop)])
 
     def upsert(self, i: int) -> None:
-        self.coll.upsert([self.w.record(i)])
+        self.coll.upsert([self.w.upsert_record(i)])
+
+    def finish(self) -> None:
+        """One search: it returns once the indexes hold every write acknowledged before it (timed)."""
+        self.coll.search(self.w.vectors[0], k=1, include=[])
 
     def close(self) -> None:
         self.db.close()
 
 
 # ========================================================================== phases
-def timed_ingest(fn: Callable[[int, int], None], n: int) -> dict[str, float]:
+# Every timed phase ends with the system's finish(): for EngramDB a search, which waits until the
+# indexes hold every acknowledged write, so throughput counts the index work that acknowledging
+# after the fsync moves off the caller's path.
+def timed_ingest(fn: Callable[[int, int], None], n: int, finish: Callable[[], None]) -> dict[str, float]:
     t0 = time.perf_counter()
     for s in range(0, n, BATCH):
         fn(s, min(n, s + BATCH))
+    finish()
     dt = time.perf_counter() - t0
     return {"rows": n, "seconds": dt, "rows_per_s": n / dt}
 
 
-def timed_single(fn: Callable[[int], None], ids: list[int]) -> dict[str, float]:
-    stats, _ = common.time_calls(fn, ids, warmup=0)
-    return stats.to_dict()
+def timed_single(fn: Callable[[int], None], ids: list[int], finish: Callable[[], None]) -> dict[str, float]:
+    samples = []
+    clock = time.perf_counter
+    start = clock()
+    for i in ids:
+        t0 = clock()
+        fn(i)
+        samples.append(clock() - t0)
+    finish()
+    return common.LatencyStats.of(samples, clock() - start).to_dict()
 
 
-def timed_threads(fn: Callable[[int], None], ids: list[int], threads: int) -> dict[str, float]:
+def timed_threads(
+    fn: Callable[[int], None], ids: list[int], threads: int, finish: Callable[[], None]
+) -> dict[str, float]:
     """``threads`` writers, each doing its share of ``ids`` one op at a time; all start together."""
     shares = [ids[t::threads] for t in range(threads)]
     lat: list[list[float]] = [[] for _ in range(threads)]
@@ -206,6 +271,7 @@ def timed_threads(fn: Callable[[int], None], ids: list[int], threads: int) -> di
     t0 = time.perf_counter()
     for th in workers:
         th.join()
+    finish()
     wall = time.perf_counter() - t0
     if errors:
         raise errors[0]
@@ -277,7 +343,7 @@ def open_time(script: str, argv: list[str], trials: int) -> dict[str, Any]:
 
 
 # ============================================================================ main
-SYSTEMS = ("rocksdict", "rocksdict+hnswlib", "engramdb")
+SYSTEMS = ("hnswlib", "rocksdict", "rocksdict+hnswlib", "engramdb")
 
 
 def main() -> None:
@@ -289,6 +355,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=16, help="concurrent writers (default 16)")
     ap.add_argument("--trials", type=int, default=None, help="open-time processes (default 3; quick 1)")
     ap.add_argument("--quick", action="store_true", help="small smoke run (< 1 minute)")
+    ap.add_argument("--no-open", action="store_true", help="skip the open-time processes")
+    ap.add_argument(
+        "--same-vector", action="store_true", help="single upserts send the stored vector again (no index change)"
+    )
     args = ap.parse_args()
     n = args.n or (20_000 if args.quick else 100_000)
     ops = args.ops or (300 if args.quick else 1000)
@@ -303,10 +373,12 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-storage-"))
     res: dict[str, dict[str, Any]] = {s: {} for s in SYSTEMS}
     try:
+        hnsw = RawHnsw(root / "hnsw", w)
         raw = RawRocks(root / "raw", w)
         combo = RawRocksHnsw(root / "combo", w)
         eng = Engram(root / "engram", w)
-        systems: dict[str, RawRocks | RawRocksHnsw | Engram] = {"rocksdict": raw, "rocksdict+hnswlib": combo}
+        systems: dict[str, RawHnsw | RawRocks | RawRocksHnsw | Engram] = {"hnswlib": hnsw, "rocksdict": raw}
+        systems["rocksdict+hnswlib"] = combo
         systems["engramdb"] = eng
         rng = np.random.default_rng(9)
         ids1 = rng.choice(n, min(ops, n), replace=False).tolist()
@@ -316,19 +388,23 @@ def main() -> None:
         for name, sysm in systems.items():
             common.log(f"batch ingest: {name} ...")
             c0 = eng.commits
-            res[name]["ingest"] = timed_ingest(sysm.ingest, n)
+            res[name]["ingest"] = timed_ingest(sysm.ingest, n, sysm.finish)
             if sysm is eng:
                 res[name]["ingest"]["commits"] = eng.commits - c0
+        if not args.same_vector:
+            w.upsert_vectors = w.moved(ids1, 13)
         for name, sysm in systems.items():
             common.log(f"single writer: {name} ...")
             c0 = eng.commits
-            res[name]["single_1"] = timed_single(sysm.upsert, ids1)
+            res[name]["single_1"] = timed_single(sysm.upsert, ids1, sysm.finish)
             if sysm is eng:
                 res[name]["single_1"]["commits"] = eng.commits - c0
+        if not args.same_vector:
+            w.upsert_vectors = w.moved(ids16, 14)
         for name, sysm in systems.items():
             common.log(f"{args.threads} writers x {many // args.threads} ops: {name} ...")
             c0 = eng.commits
-            res[name]["single_many"] = timed_threads(sysm.upsert, ids16, args.threads)
+            res[name]["single_many"] = timed_threads(sysm.upsert, ids16, args.threads, sysm.finish)
             if sysm is eng:
                 res[name]["single_many"]["commits"] = eng.commits - c0
         t0 = time.perf_counter()
@@ -336,10 +412,11 @@ def main() -> None:
         res["engramdb"]["close_s"] = time.perf_counter() - t0
         raw.close()
         combo.close()
-        common.log("open time (new processes) ...")
-        probe = w.ids[n // 2]
-        res["engramdb"]["open"] = open_time(_OPEN_ENGRAM, [str(root / "engram"), COLLECTION, probe], trials)
-        res["rocksdict"]["open"] = open_time(_OPEN_RAW, [str(root / "raw"), "", "records/" + probe], trials)
+        if not args.no_open:
+            common.log("open time (new processes) ...")
+            probe = w.ids[n // 2]
+            res["engramdb"]["open"] = open_time(_OPEN_ENGRAM, [str(root / "engram"), COLLECTION, probe], trials)
+            res["rocksdict"]["open"] = open_time(_OPEN_RAW, [str(root / "raw"), "", "records/" + probe], trials)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     report(res, w, args, ops, time.perf_counter() - t_start, load_before)
@@ -349,11 +426,16 @@ def report(
     res: dict[str, dict[str, Any]], w: Workload, args: argparse.Namespace, ops: int, el: float, load: Any
 ) -> None:
     """Print the comparison table with ratios and targets; write the JSON result."""
-    e, r, rh = res["engramdb"], res["rocksdict"], res["rocksdict+hnswlib"]
+    e, r, rh, hn = res["engramdb"], res["rocksdict"], res["rocksdict+hnswlib"], res["hnswlib"]
     thr = args.threads
     print(
         f"\nEngramDB storage benchmark — {w.label}, sync_writes on; references: raw rocksdict sync puts, "
-        "and rocksdict sync puts + raw hnswlib add_items (same M / ef_construction) as a hand-rolled store"
+        "and rocksdict sync puts + raw hnswlib add_items (same M / ef_construction) as a hand-rolled store, "
+        "and raw hnswlib add_items in memory"
+    )
+    print(
+        "single upserts: "
+        + ("the stored vector again" if args.same_vector else "a slightly moved vector each (the index must change)")
     )
     print(f"machine: {common.machine_info()}; load average at start {load}\n")
 
@@ -385,7 +467,7 @@ def report(
     rows = []
     summary: dict[str, Any] = {}
     for label, path, target, goal, higher, digits in specs:
-        ev, rv, hv = get(e, *path), get(r, *path), get(rh, *path)
+        ev, rv, hv, nv = get(e, *path), get(r, *path), get(rh, *path), get(hn, *path)
         status = ""
         if goal is not None and ev is not None:
             status = "MET" if (ev >= goal if higher else ev <= goal) else "MISSED"
@@ -393,8 +475,10 @@ def report(
             [
                 label,
                 common.fmt(ev, digits),
+                common.fmt(nv, digits),
                 common.fmt(rv, digits),
                 common.fmt(hv, digits),
+                common.fmt_ratio(common.ratio(ev, nv)),
                 common.fmt_ratio(common.ratio(ev, rv)),
                 common.fmt_ratio(common.ratio(ev, hv)),
                 target,
@@ -404,6 +488,8 @@ def report(
         key = label.strip() if not label.startswith("  ") else f"{specs_parent(specs, label)} {label.strip()}"
         summary[key] = {
             "engramdb": ev,
+            "hnswlib": nv,
+            "ratio_vs_hnswlib": common.ratio(ev, nv),
             "rocksdict": rv,
             "rocksdict+hnswlib": hv,
             "ratio_vs_rocksdict": common.ratio(ev, rv),
@@ -412,9 +498,22 @@ def report(
             "status": status,
         }
     fs = get(e, "open", "median", "first_search_s")
-    rows.append(["EngramDB first search after open (index load) s", common.fmt(fs, 3), "-", "-", "-", "-", "", ""])
+    rows.append(
+        ["EngramDB first search after open (index load) s", common.fmt(fs, 3), "-", "-", "-", "-", "-", "-", "", ""]
+    )
     table = common.print_table(
-        ["metric", "EngramDB", "rocksdict", "rocks+hnswlib", "Engram/rocks", "Engram/rocks+hnsw", "target", "status"],
+        [
+            "metric",
+            "EngramDB",
+            "hnswlib",
+            "rocksdict",
+            "rocks+hnswlib",
+            "Engram/hnswlib",
+            "Engram/rocks",
+            "Engram/rocks+hnsw",
+            "target",
+            "status",
+        ],
         rows,
     )
     print(
@@ -424,11 +523,13 @@ def report(
         f"({e['single_many'].get('commits')} fsynced batches for {e['single_many']['count']} upserts)"
     )
     print(
-        "note: EngramDB writes 2+ keys per record (record row + changelog entry) and updates the vector, payload "
-        "and text indexes before acknowledging; rocksdict writes one key; rocksdict+hnswlib also updates an HNSW "
-        "index (re-adding an existing label makes hnswlib repair its neighbourhood, even for an unchanged vector)."
+        "note: EngramDB writes 2+ keys per record (record row + changelog entry), acknowledges after the fsync "
+        "and updates the vector, payload and text indexes before any later search reads them; rocksdict writes "
+        "one key; rocksdict+hnswlib also updates an HNSW index (re-adding an existing label makes hnswlib repair "
+        "its neighbourhood, even for an unchanged vector); hnswlib alone is in memory, nothing durable."
     )
-    print(f"open-time trials: EngramDB {e['open']['all']}, rocksdict {r['open']['all']} (after 1 warm-up each)")
+    if "open" in e:
+        print(f"open-time trials: EngramDB {e['open']['all']}, rocksdict {r['open']['all']} (after 1 warm-up each)")
     out = common.write_results(
         "storage",
         {

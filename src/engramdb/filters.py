@@ -759,10 +759,11 @@ class Filter:
     pre-built closures, so no dict is re-interpreted per record.
     """
 
-    __slots__ = ("_fields", "_match", "node")
+    __slots__ = ("_fields", "_key", "_match", "node")
 
     def __init__(self, node: Node) -> None:
         self.node: Node = node
+        self._key: str | None = None
         self._match: Matcher = _compile(node)
         acc: set[str] = set()
         _fields(node, acc)
@@ -785,11 +786,21 @@ class Filter:
         """An equivalent filter expression in canonical form (explicit operators, lists not tuples)."""
         return _to_obj(self.node)
 
+    @property
+    def cache_key(self) -> str:
+        """A string equal for equal filters, for caches of their results.
+
+        ``repr`` keeps ``True``, ``1`` and ``1.0`` apart, which equality of the nodes does not.
+        """
+        if self._key is None:
+            self._key = repr(self.node)
+        return self._key
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Filter) and other.node == self.node
 
     def __hash__(self) -> int:
-        return hash(repr(self.node))
+        return hash(self.cache_key)
 
     def __repr__(self) -> str:
         return f"Filter({self.node!r})"
@@ -810,4 +821,38 @@ def compile_filter(obj: Mapping[str, Any] | Filter | None) -> Filter | None:
         raise _err("", f"a filter must be an object like {{'field': value}}, got {_type_name(obj)}")
     if not obj:
         return None
-    return Filter(_parse_object(obj, "", 0, _Sizes()))
+    key = _flat_key(obj)
+    if key is None:
+        return Filter(_parse_object(obj, "", 0, _Sizes()))
+    flt = _COMPILED.get(key)
+    if flt is None:
+        flt = Filter(_parse_object(obj, "", 0, _Sizes()))  # raises before anything is cached
+        if len(_COMPILED) >= _COMPILED_MAX:
+            _COMPILED.clear()
+        _COMPILED[key] = flt
+    return flt
+
+
+# Compiled filters of the commonest shape, ``{"field": value, ...}`` with str/int/bool values
+# (a tenant, a user, a session): most queries repeat one, and compiling it again costs as much as
+# the rest of a search's Python. Filters are immutable, so one compiled object is shared.
+_COMPILED: dict[tuple[tuple[str, type, Any], ...], Filter] = {}
+_COMPILED_MAX = 1024
+_FLAT_TYPES: Final = (str, int, bool)
+
+
+def _flat_key(obj: Mapping[str, Any]) -> tuple[tuple[str, type, Any], ...] | None:
+    """A cache key for a plain dict of field -> str/int/bool, else None (compiled every time).
+
+    The value's exact type is part of the key: ``1`` and ``True`` are equal in Python but not as
+    filter values. Floats are left out (``-0.0 == 0.0``), as are subclasses of dict or str.
+    """
+    if type(obj) is not dict or len(obj) > 8:
+        return None
+    key = []
+    for k, v in obj.items():
+        t = type(v)
+        if type(k) is not str or t not in _FLAT_TYPES:
+            return None
+        key.append((k, t, v))
+    return tuple(key)

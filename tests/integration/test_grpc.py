@@ -676,6 +676,20 @@ def test_graceful_stop_drains_in_flight_calls(in_process: Callable[..., tuple[An
         assert info.value.code() in (SC.CANCELLED, SC.UNAVAILABLE)
 
 
+def test_grpc_max_workers_sizes_the_call_threads(in_process: Callable[..., tuple[Any, Any]]) -> None:
+    from engramdb.server.grpc.server import DEFAULT_MAX_WORKERS
+
+    default, _ = in_process()
+    small, _ = in_process(grpc_max_workers=2)
+    assert default.executor._max_workers == DEFAULT_MAX_WORKERS
+    assert small.executor._max_workers == 2
+    with grpc.insecure_channel(small.address) as ch:  # calls beyond the threads wait their turn, none fails
+        stub = pb_grpc.EngramDBStub(ch)
+        stub.CreateCollection(pb.CreateCollectionRequest(name="w", dimension=2), timeout=10)
+        calls = [stub.Count.future(pb.CountRequest(coll="w"), timeout=30) for _ in range(8)]
+        assert [c.result().count for c in calls] == [0] * 8
+
+
 def test_rate_limit_is_resource_exhausted_with_retry_after(in_process: Callable[..., tuple[Any, Any]]) -> None:
     handle, _ = in_process(rate_limits={"per_ip_per_second": 0.1, "per_ip_burst": 2})
     with grpc.insecure_channel(handle.address) as ch:

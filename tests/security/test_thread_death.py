@@ -217,7 +217,7 @@ def test_a_rust_panic_in_the_index_thread_hangs_no_write(tmp_path: Path, dead_wr
         assert db.close_within(30)
 
 
-def test_an_index_update_that_panics_fails_its_write_clearly_and_marks_the_node(
+def test_an_index_update_that_panics_fails_the_reads_clearly_and_marks_the_node(
     tmp_path: Path, dead_writer: Any
 ) -> None:
     db = Database(tmp_path / "db")
@@ -231,12 +231,18 @@ def test_an_index_update_that_panics_fails_its_write_clearly_and_marks_the_node(
             raise genuine_panic(dead_writer)
 
         a.indexes._apply = panicking_apply  # type: ignore[method-assign]
-        kind, err = bounded(lambda: a.upsert([rec("a2")]))
-        assert kind == "error" and isinstance(err, Unavailable) and err.code == "index_unavailable", err
-        assert "stored durably" in err.message
+        # Acknowledged once durable; the index update fails right after, in the notifier.
+        assert bounded(lambda: a.upsert([rec("a2")]))[0] == "ok"
+        # A search would answer without a2: it fails instead, saying why and what helps.
+        for read in (lambda: a.search([1.0, 2.0, 0.5, 0.25], k=5), lambda: a.count(), lambda: text_ids(a)):
+            kind, err = bounded(read)
+            assert kind == "error" and isinstance(err, Unavailable) and err.code == "index_unavailable", err
+            assert "missed a change" in err.message and "restart" in err.message
         a.indexes._apply = real_apply  # type: ignore[method-assign]
-        # Other collections, and this one, still take writes; the node says what is wrong.
+        # Other collections still take writes and answer searches; this one stores writes (the
+        # changelog rebuilds its indexes on restart) and the node says what is wrong.
         assert bounded(lambda: b.upsert([rec("b1")]))[0] == "ok"
+        assert text_ids(b) == {"b1"} or wait_for(lambda: text_ids(b) == {"b1"})
         assert bounded(lambda: a.upsert([rec("a3")]))[0] == "ok"
         assert a.get("a2") is not None  # the failed-to-index write is stored
         problems = db.problems()
@@ -266,8 +272,13 @@ def test_a_dead_index_thread_fails_every_write_fast_and_close_is_bounded(tmp_pat
         raise SystemExit("thread told to exit")  # not a failure: the thread stops, loudly
 
     a.indexes._apply = exiting_apply  # type: ignore[method-assign]
-    kind, err = bounded(lambda: a.upsert([rec("a2")]))
+    # Acknowledged once durable; the notifier then stops on it, and the store refuses the rest.
+    assert bounded(lambda: a.upsert([rec("a2")]))[0] == "ok"
+    assert wait_for(lambda: db.fatal is not None), db.problems()
+    # A search of a cannot see a2 any more: it fails rather than answer without it; b's indexes are current.
+    kind, err = bounded(lambda: a.search([1.0, 2.0, 0.5, 0.25], k=5))
     assert kind == "error" and isinstance(err, Unavailable) and err.code == "index_unavailable", err
+    assert bounded(lambda: b.search([1.0, 2.0, 0.5, 0.25], k=5))[0] == "ok"
     for coll, rid in ((a, "a3"), (b, "b2")):
         kind, err = bounded(lambda c=coll, r=rid: c.upsert([rec(r)]))  # type: ignore[misc]
         assert kind == "error" and isinstance(err, Unavailable) and err.code == "storage_unavailable", err
@@ -295,10 +306,14 @@ def test_a_stuck_index_thread_cannot_hold_close_or_its_waiters(tmp_path: Path) -
         release.wait(60)  # a deadlock, as far as anyone waiting can tell
 
     a.indexes._apply = stuck_apply  # type: ignore[method-assign]
+    assert bounded(lambda: a.upsert([rec("a2")]))[0] == "ok"  # durable: acknowledged
     waiter: list[tuple[str, Any]] = []
-    t = threading.Thread(target=lambda: waiter.append(bounded(lambda: a.upsert([rec("a2")]), 30)), daemon=True)
+    # A search waits for the indexes to hold a2 ...
+    t = threading.Thread(target=lambda: waiter.append(bounded(lambda: a.search([1.0, 2.0, 0.5, 0.25]), 30)))
+    t.daemon = True
     t.start()
     time.sleep(0.5)
+    assert not waiter  # ... and keeps waiting until the close gives up on the stuck thread
     t0 = time.monotonic()
     kind, clean = bounded(lambda: db.close_within(2), timeout=20)
     assert kind == "ok" and clean is False and time.monotonic() - t0 < 10

@@ -348,3 +348,10 @@ def test_test_only_env_names_are_accepted_but_the_server_warns(monkeypatch, tmp_
     s = load(None, data_dir=str(tmp_path / "d"))
     _, warnings = preflight(s)
     assert any(w.startswith("ENGRAMDB_DATA is") and "ENGRAMDB_DATA_DIR" in w for w in warnings), warnings
+
+
+def test_grpc_max_workers_is_bounded(tmp_path):
+    assert load(None, data_dir=str(tmp_path), server={"grpc_max_workers": 4}).server.grpc_max_workers == 4
+    for bad in (-1, 1025):
+        with pytest.raises(InvalidArgument, match="grpc_max_workers"):
+            load(None, data_dir=str(tmp_path), server={"grpc_max_workers": bad})

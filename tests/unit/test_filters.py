@@ -670,3 +670,22 @@ def test_fields_are_exactly_the_metadata_paths(flt: dict[str, Any]) -> None:
 
 def test_filter_is_public_type() -> None:
     assert isinstance(compile_filter({"a": 1}), Filter)
+
+
+def test_flat_filters_are_compiled_once_and_kept_apart_by_type() -> None:
+    f = compile_filter({"tenant": 3, "user": "u1"})
+    assert compile_filter({"tenant": 3, "user": "u1"}) is f  # cached: repeated tenant filters cost nothing
+    # Equal in Python, different as filter values: each gets its own compiled filter.
+    as_bool = compile_filter({"tenant": True})
+    as_int = compile_filter({"tenant": 1})
+    assert as_bool is not None and as_int is not None
+    assert as_bool.matches("r", (), {"tenant": True}) and not as_bool.matches("r", (), {"tenant": 1})
+    assert as_int.matches("r", (), {"tenant": 1}) and not as_int.matches("r", (), {"tenant": True})
+
+
+def test_a_bad_flat_filter_is_refused_every_time() -> None:
+    for _ in range(2):  # nothing cached on failure
+        with pytest.raises(InvalidFilter):
+            compile_filter({"$unknown": 1})
+        with pytest.raises(InvalidFilter):
+            compile_filter({"": "x"})

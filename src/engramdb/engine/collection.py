@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -21,7 +22,7 @@ from engramdb.engine.graph import GraphMixin, edge_tombstones
 from engramdb.engine.hlc import HLC, version_str
 from engramdb.engine.indexes import CollectionIndexes
 from engramdb.engine.records import RecordReader
-from engramdb.errors import Closed, FailedPrecondition, InvalidArgument, NotFound
+from engramdb.errors import Closed, EngramError, FailedPrecondition, InvalidArgument, NotFound
 from engramdb.filters import And, Filter, NamespacePrefix, compile_filter
 from engramdb.storage import keyspace
 from engramdb.storage.codec import EdgeRow, RecordRow, decode_record
@@ -30,6 +31,9 @@ from engramdb.types import CollectionConfig, ExtractResult, Hit, Record, ScanPag
 
 if TYPE_CHECKING:
     from engramdb.embed import Embedder
+
+# How long a listing waits for the indexes to count the writes acknowledged before it.
+_INFO_CATCH_UP_SECONDS = 5.0
 
 
 class Collection(GraphMixin, CollectionAPI):
@@ -535,6 +539,10 @@ class Collection(GraphMixin, CollectionAPI):
 
     def info(self) -> dict[str, Any]:
         """Configuration and live counts, for listings and metrics."""
+        if self.indexes.loaded and not self.indexes.closed:
+            # The count includes the writes acknowledged so far; a broken index still lists.
+            with contextlib.suppress(EngramError):
+                self.indexes.catch_up(_INFO_CATCH_UP_SECONDS)
         return {
             "name": self.name,
             "tenant": self.tenant,

@@ -24,7 +24,7 @@ from pyroaring import BitMap
 
 from engramdb.engine import timings
 from engramdb.engine.budget import Deadline
-from engramdb.errors import Closed, CorruptData, EngramError, is_failure
+from engramdb.errors import Closed, CorruptData, EngramError, Unavailable, is_failure
 from engramdb.filters import Filter, json_equal
 from engramdb.index.payload import PayloadIndex
 from engramdb.index.vector import VectorIndex, remove_snapshot
@@ -46,6 +46,9 @@ _CAND_CACHE_BYTES = 32 << 20
 PAYLOAD_BYTES_TTL = 10.0
 # Records read per step of building an added field's payload index (the index lock is held for one step).
 REINDEX_CHUNK = 1000
+# How long a snapshot (or a close) waits for the notifier to apply the collection's acknowledged
+# changes (and a close for the one being applied); past it they are left to the changelog replay.
+_CLOSE_CATCH_UP_SECONDS = 30.0
 
 
 def _vector_of(row: RecordRow) -> np.ndarray:
@@ -141,6 +144,11 @@ class CollectionIndexes:
     def _key(self, rid: str) -> bytes:
         return keyspace.record_key(self.prefix, rid)
 
+    def _row_vectors(self, rids: list[str]) -> list[bytes | None]:
+        """Vectors of records not found in the "vectors" column family (rows holding theirs inline; None: none)."""
+        rows = self.store.get_records([self._key(r) for r in rids], vector=True)
+        return [r.vector if r is not None and not r.deleted and r.vector else None for r in rows]
+
     # --------------------------------------------------------------- loading
     @property
     def loaded(self) -> bool:
@@ -168,7 +176,18 @@ class CollectionIndexes:
                 p = self.config.index
                 rebuild = False
                 try:
-                    vindex = VectorIndex.load(vdir, self.dimension, self.metric, p.m, p.ef_construction, p.ef_search)
+                    vindex = VectorIndex.load(
+                        vdir,
+                        self.dimension,
+                        self.metric,
+                        p.m,
+                        p.ef_construction,
+                        p.ef_search,
+                        # The snapshot holds the graph; the vectors are read back from storage.
+                        vectors=lambda: self.store.iter_prefix("vectors", self.prefix),
+                        fetch=self._row_vectors,
+                        key_prefix=self.prefix,
+                    )
                     # Its fields may differ from the config's after an alter: _sync_fields reconciles them.
                     payload = PayloadIndex.from_bytes(vindex.extra)
                     watermark = vindex.watermark
@@ -603,7 +622,7 @@ class CollectionIndexes:
         from the snapshot and the changelog.
         """
         with self._index_lock:
-            if self._vindex is None:
+            if self._vindex is None or self._closed:
                 return
             try:
                 self._apply(changes)
@@ -720,6 +739,10 @@ class CollectionIndexes:
             # would claim it, and a restart would not replay it. The last
             # sound snapshot and the changelog after it rebuild them instead.
             return False
+        # Every change acknowledged so far goes into it; one the notifier has not applied
+        # within the bound is left to the changelog replay at the next load.
+        with contextlib.suppress(EngramError):
+            self.catch_up(_CLOSE_CATCH_UP_SECONDS)
         # Taken before looking at _dirty, which is 0 while a child writes: a
         # close meanwhile must wait for that snapshot, not skip its own.
         with self._snapshot_lock:
@@ -796,6 +819,7 @@ class CollectionIndexes:
         while the text is re-indexed (they wait for this collection's lock).
         """
         self.load()
+        self.catch_up()  # deletes acknowledged before the erase are in the indexes, so scrubbed below
         with self._index_lock:
             vindex = self._vindex
             if vindex is None or self._closed:
@@ -847,28 +871,59 @@ class CollectionIndexes:
             # A failed snapshot (e.g. a commit tripping over a file a crash left
             # behind) must not leave the text index's writer lock held; the
             # changelog still covers everything the snapshot would have saved.
+            # No change is applied once closed (apply_committed checks under the
+            # index lock); one being applied finishes before the text index closes.
             self._closed = True
+            if self._index_lock.acquire(timeout=_CLOSE_CATCH_UP_SECONDS):
+                self._index_lock.release()
             self.store.unsubscribe(self.prefix)
             if self._text is not None:
                 self._text.close()
 
     # ------------------------------------------------------------- accessors
+    # Every read of the indexes goes through vindex, payload or text_index: each loads them
+    # and waits until they hold every change acknowledged so far (read-your-writes).
     @property
     def vindex(self) -> VectorIndex:
         self.load()
+        if self._applied_seq < self.store.committed_seq(self.prefix) or self._index_error is not None:
+            self.catch_up()
         assert self._vindex is not None
         return self._vindex
 
     @property
     def payload(self) -> PayloadIndex:
         self.load()
+        if self._applied_seq < self.store.committed_seq(self.prefix) or self._index_error is not None:
+            self.catch_up()
         assert self._payload is not None
         return self._payload
 
     @property
     def text_index(self) -> TextIndex | None:
         self.load()
+        if self._applied_seq < self.store.committed_seq(self.prefix) or self._index_error is not None:
+            self.catch_up()
         return self._text
+
+    def catch_up(self, timeout: float | None = None) -> bool:
+        """Wait until the indexes hold every change of this collection acknowledged before the call.
+
+        Writes are acknowledged once durable; the notifier thread applies them
+        to the indexes right after (overlapping the next fsync), so a read of
+        the indexes first waits here for the changes acknowledged before it
+        started. Raises ``index_unavailable`` if the indexes missed a change
+        (they would answer without it) or can no longer catch up (the
+        notifier is gone). False if ``timeout`` passed first.
+        """
+        target = self.store.committed_seq(self.prefix)
+        # Not from a thread holding the index lock (the notifier needs it to apply the changes).
+        behind = self._applied_seq < target and not self._index_lock._is_owned()  # type: ignore[attr-defined]
+        if behind and not self.store.wait_notified(target, lambda: self._applied_seq >= target, timeout):
+            return False
+        if self._index_error is not None:
+            raise Unavailable(self._index_error, code="index_unavailable")
+        return True
 
     def stored_vectors(self, labels: Sequence[int]) -> tuple[list[int], np.ndarray]:
         """The labels whose vectors could be read, and those vectors (normalised), row for row.
@@ -915,8 +970,7 @@ class CollectionIndexes:
         """
         vindex, payload = self.vindex, self.payload
         gen = self._generation
-        # repr keeps True, 1 and 1.0 apart, which equality of the nodes does not.
-        key = repr(flt.node)
+        key = flt.cache_key
         hit = self._cand_cache.get(key)
         if hit is not None and hit[0] == gen:
             return hit[1]

@@ -342,11 +342,17 @@ def vector_search(
     # A traversal sees only candidates; a post-filter sees the whole index.
     limit = cand_count if filter_fn is not None else total
     fetch, ef_q = p.fetch_k, p.ef
+    # A walk that saw only candidates of an exact filter, in an index without expiring labels,
+    # returns nothing keep() would drop: skip it (it is a good part of a filtered query's Python).
+    trusted = filter_fn is not None and checker.exact and not vindex.expires
     while True:
         checker.check_deadline()
         labels, dists = vindex.knn(q, fetch, ef_q, filter_fn=filter_fn, matching=cand_count if filter_fn else None)
-        keep = checker.keep(labels, members=filter_fn is not None)
-        res = list(zip(labels[keep].tolist(), vindex.score(dists[keep]).tolist(), strict=True))
+        if trusted:
+            res = list(zip(labels.tolist(), vindex.score_list(dists), strict=True))
+        else:
+            keep = checker.keep(labels, members=filter_fn is not None)
+            res = list(zip(labels[keep].tolist(), vindex.score_list(dists[keep]), strict=True))
         if len(res) >= k or fetch >= limit:
             return res[:k]
         # Too few survived (rows failed an inexact filter, records expired, or

@@ -4,12 +4,16 @@ All record and edge writes of every origin (every API write, TTL expiry) go thro
 :meth:`Store.apply`, which queues them for the single writer thread. That
 thread compares versions (last writer wins by HLC), maintains the derived rows
 (changelog, TTL queue, namespace index, in-edges) in the same atomic
-``WriteBatch`` and commits many callers' mutations with one fsync; a second
-thread then hands each collection's committed changes to its
-:class:`ChangeListener` (the engine's indexes) and wakes the callers, so a
-caller returns once its write is durable and indexed. Because one thread orders every
-write and one thread applies them, index updates are applied in changelog
-order and version comparisons never race.
+``WriteBatch`` and commits many callers' mutations with one fsync, then wakes
+the callers: a caller returns once its write is durable. A second thread (the
+notifier, or indexer) hands each collection's committed changes to its
+:class:`ChangeListener` (the engine's indexes) meanwhile, so the fsync of the
+next batch overlaps the index work of this one instead of adding to it. Reads
+that use the indexes first wait until the indexes hold every change committed
+before they started (:meth:`Store.committed_seq`, :meth:`Store.wait_notified`),
+so a search issued after a write returned sees it. Because one thread orders
+every write and one thread applies them, index updates are applied in
+changelog order and version comparisons never race.
 """
 
 from __future__ import annotations
@@ -67,12 +71,19 @@ log = logging.getLogger("engramdb.storage")
 
 _MAX_BATCH_MUTATIONS = 20_000
 _REREAD_ATTEMPTS = 16  # of a record whose row changes under load_vectors
+VECTORS_WRITE_BUFFER_MB = 4  # memtable size of the "vectors" column family, at most
 # How often a caller waiting for its write checks that the threads that must
 # finish it are still there (a dead thread never wakes anyone).
 _WAIT_CHECK_SECONDS = 1.0
 # One batch of index updates taking longer than this is reported by problem():
 # the indexes (and every writer waiting on them) are stuck, e.g. a deadlock.
 _NOTIFY_STALL_SECONDS = 120.0
+# Committed batches the indexes may lag behind by before the writer waits for
+# them: two lets the fsync of one batch overlap the index update of the one
+# before, and bounds how long a search waits for the indexes to catch up (two
+# batches' index work). Callers arriving while the writer waits join its next
+# batch, so a slow index makes group commits bigger rather than the lag longer.
+_MAX_INDEX_LAG = 2
 
 
 @dataclass(slots=True)
@@ -113,13 +124,16 @@ class ChangeListener(Protocol):
     def apply_committed(self, changes: list[Change]) -> None:
         """Apply ``changes`` (all applied, of this listener's collection) to the indexes.
 
-        Called in the notifier thread, after the changes are durable, in
-        changelog order, one batch at a time; the callers that wrote them wait
-        until it returns. Raising fails those callers' writes with
-        ``index_unavailable`` (the writes stay stored: loading the indexes
-        replays the changelog) and the notifier goes on with other
-        collections. A change may be delivered again after a replay already
-        applied it, so applying must be idempotent.
+        Called in the notifier thread, after the changes are durable and
+        their callers were told so, in changelog order, one batch at a time;
+        reads of the indexes wait for it (:meth:`Store.wait_notified`).
+        Raising is logged and the notifier goes on with other collections: the
+        writes stay stored (loading the indexes replays the changelog), and the
+        listener itself must refuse to answer from indexes that missed a
+        change (the engine's indexes fail their reads with
+        ``index_unavailable`` and report the collection unhealthy). A change
+        may be delivered again after a replay already applied it, so applying
+        must be idempotent.
         """
         ...
 
@@ -373,7 +387,9 @@ class Store:
         # left to their defaults, each of the eight would get its own 64 MiB
         # write buffers and its own cache, and the settings would mean little.
         cache = Cache(block_cache_mb * 1024 * 1024)  # LRU
-        memtables = WriteBufferManager(write_buffer_mb * 1024 * 1024 * 2, False)
+        # One budget of write_buffer_mb for every memtable (it was twice that): a bulk
+        # ingest filled 24 MB of memtables that stayed resident until the idle flush.
+        memtables = WriteBufferManager(write_buffer_mb * 1024 * 1024, False)
 
         def options(compress: bool = True) -> Options:
             o = Options(raw_mode=True)
@@ -390,7 +406,11 @@ class Store:
             # data blocks. ~10 bits per key.
             table.set_bloom_filter(10, False)
             o.set_block_based_table_factory(table)
-            o.set_write_buffer_size(write_buffer_mb * 1024 * 1024)
+            # The "vectors" column family (the one stored uncompressed) takes ~1.5 KB per
+            # record: smaller memtables flush it early (10 MB less at the peak of an ingest
+            # of 42,887 rows, bench/bench_memory.py).
+            mb = write_buffer_mb if compress else min(write_buffer_mb, VECTORS_WRITE_BUFFER_MB)
+            o.set_write_buffer_size(mb * 1024 * 1024)
             o.set_write_buffer_manager(memtables)
             return o
 
@@ -414,8 +434,10 @@ class Store:
         self._seq = self._last_seq()
         self._listeners: dict[bytes, ChangeListener] = {}
         # Changelog sequence of each collection's latest applied record change in
-        # this process (set before notified_seq moves past it); lets an idle
-        # collection's snapshot be declared current without loading it.
+        # this process, set by the writer before it acknowledges the change (so
+        # before notified_seq moves past it): what a read of that collection's
+        # indexes waits for (committed_seq), and what lets an idle collection's
+        # snapshot be declared current without loading it.
         self.last_change_seq: dict[bytes, int] = {}
         # Prefixes of collections dropped in this process; only the writer thread reads and adds
         # to it (see drop_prefix). Collection ids are never reused, so an entry blocks no later
@@ -433,11 +455,16 @@ class Store:
         self._recover_lock = threading.Lock()
         self._next_recovery = 0.0
         self.recoveries = 0
+        # Committed batches for the notifier: (results, seq).
         self._done_q: queue.SimpleQueue[
             tuple[list[tuple[_Item, list[Change] | None, BaseException | None]], int] | None
         ] = queue.SimpleQueue()
         # Every change up to this sequence number has been handed to the indexes.
         self.notified_seq = self.open_seq = self._seq
+        # Notified after every batch the notifier finishes (and when a thread dies):
+        # readers waiting for notified_seq, the writer waiting for the lag to shrink.
+        self._indexed = threading.Condition(threading.Lock())
+        self._unindexed = 0  # batches committed and not yet handed to the indexes (under _indexed)
         # Set (once, under _fatal_lock) when the writer or the notifier thread
         # is gone: from then on no write can complete, so none is accepted.
         self._fatal: str | None = None
@@ -481,6 +508,10 @@ class Store:
         scan = ReadOptions()
         scan.fill_cache(False)  # type: ignore[call-arg]  # rocksdict's stub omits the flag
         self.cf["vectors"].set_read_options(scan)
+        # Iterators take their own options (rocksdict ignores the ones set above): loading
+        # a snapshot scans every vector, which filled the cache with all of them (70 MB at
+        # 42,887 rows).
+        self._iter_opts: dict[str, ReadOptions] = {"vectors": scan}
 
     # ------------------------------------------------------------------ reads
     def get(self, cf: str, key: bytes) -> bytes | None:
@@ -584,7 +615,8 @@ class Store:
     def iterator(self, cf: str, start: bytes | None = None) -> Iterator[Cursor]:
         """A :class:`Cursor` positioned at ``start`` (or the first key), usable inside the block only."""
         with self._gate.shared():
-            cur = Cursor(self.cf[cf].iter())
+            opts = self._iter_opts.get(cf)
+            cur = Cursor(self.cf[cf].iter() if opts is None else self.cf[cf].iter(opts))
             try:
                 if start is None:
                     cur.seek_to_first()
@@ -696,16 +728,55 @@ class Store:
             except TimeoutError:
                 if fut.done():
                     continue
-            alive = self._writer.is_alive() and self._notifier.is_alive()
-            if (self._abandoned or not alive) and not fut.done():
-                # Both threads resolve every future they took before they
-                # exit (see _thread_main), so a dead one is a last resort; a
-                # close that gave up on a stuck thread is not.
+            if (self._abandoned or not self._writer.is_alive()) and not fut.done():
+                # The writer resolves every future it took before it exits
+                # (see _thread_main), so a dead one is a last resort; a close
+                # that gave up on a stuck thread is not.
                 raise Unavailable(
                     "storage is unavailable: the thread that completes writes is gone; the write may or may not "
                     "have been stored. Restart the server and read the record back before retrying",
                     code="storage_unavailable",
                 )
+
+    def committed_seq(self, prefix: bytes) -> int:
+        """The changelog sequence of the collection ``prefix``'s latest record change acknowledged so far (0: none).
+
+        A read of that collection's indexes that must see every write
+        acknowledged before it started waits until they hold this sequence
+        (:meth:`wait_notified`).
+        """
+        return self.last_change_seq.get(prefix, 0)
+
+    def wait_notified(self, seq: int, done: Callable[[], bool] | None = None, timeout: float | None = None) -> bool:
+        """Wait until every change up to ``seq`` was handed to the indexes, or ``done()`` is true.
+
+        Returns False if ``timeout`` seconds passed first. Raises
+        ``Unavailable`` if that can no longer happen: the notifier thread is
+        gone, or a close gave up on it. Called from the notifier itself (a
+        listener reading its own indexes) it returns at once.
+        """
+        if self.notified_seq >= seq or (done is not None and done()):
+            return True
+        if threading.current_thread() is self._notifier:
+            return True
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._indexed:
+            while self.notified_seq < seq and not (done is not None and done()):
+                if self._closed and not self._abandoned and not self._notifier.is_alive():
+                    raise Closed("the database is closed")
+                if self._abandoned or not self._notifier.is_alive():
+                    raise Unavailable(
+                        f"the indexes are unavailable: {self._fatal or 'the index update thread is stuck'}; "
+                        "acknowledged writes are stored and the indexes catch up from the changelog on restart",
+                        code="index_unavailable",
+                    )
+                left = _WAIT_CHECK_SECONDS
+                if deadline is not None:
+                    left = min(left, deadline - time.monotonic())
+                if left <= 0:
+                    return False
+                self._indexed.wait(left)
+        return True
 
     def problem(self) -> str | None:
         """Why writes cannot complete (None: they can): a vital thread is gone, or index updates stall."""
@@ -751,9 +822,15 @@ class Store:
         # indexes unless it is the thread that is gone (or stuck).
         if self._abandoned or threading.current_thread() is self._notifier or not self._notifier.is_alive():
             self._fail_done_q()
+        with self._indexed:  # wake readers and the writer waiting on the indexes: they re-check
+            self._indexed.notify_all()
 
     def _fail_done_q(self) -> None:
-        """Fail the futures of committed writes that no thread will hand to the indexes any more."""
+        """Drop committed writes that no thread will hand to the indexes any more (the changelog keeps them).
+
+        Their callers were acknowledged when they were committed; a future
+        still unresolved (none is, normally) is failed rather than left hanging.
+        """
         while True:
             try:
                 got = self._done_q.get_nowait()
@@ -860,6 +937,8 @@ class Store:
             item = self._q.get()
             if item is None:
                 return
+            # Callers arriving meanwhile join this batch: a lagging index makes commits bigger, not more.
+            self._wait_index_lag()
             batch = [item]
             n = len(item.mutations)
             while n < _MAX_BATCH_MUTATIONS:
@@ -874,6 +953,16 @@ class Store:
                 n += len(nxt.mutations)
             self._commit(batch)
 
+    def _wait_index_lag(self) -> None:
+        """Hold the next commit while the indexes lag ``_MAX_INDEX_LAG`` batches behind."""
+        if self._unindexed < _MAX_INDEX_LAG:
+            return
+        with self._indexed:
+            while self._unindexed >= _MAX_INDEX_LAG and self._fatal is None and not self._abandoned:
+                if not self._notifier.is_alive():
+                    return  # _commit finds the store fatal and refuses the batch
+                self._indexed.wait(_WAIT_CHECK_SECONDS)
+
     def _current(self, overlay: dict[bytes, RecordRow | EdgeRow | None], m: Mutation) -> RecordRow | EdgeRow | None:
         if m.key in overlay:
             return overlay[m.key]
@@ -884,6 +973,11 @@ class Store:
         return None if raw is None else decode_edge(raw)
 
     def _commit(self, batch: list[_Item]) -> None:
+        if self._fatal is not None:
+            # Taken from the queue before _die emptied it: nothing is written for these.
+            for item in batch:
+                _fail(item.future, self._unavailable())
+            return
         try:
             self._recover_if_due()
         except EngramError as e:
@@ -904,18 +998,30 @@ class Store:
             if not is_failure(e):
                 raise
             return
+        committed = self.last_change_seq
+        for _, changes, _ in results:
+            for c in changes or ():
+                if c.applied and c.mutation.kind == keyspace.CHANGE_RECORD:  # what the indexes apply
+                    committed[c.mutation.prefix] = c.seq
         self._seq = seq
         self.commits += 1
-        # The indexes are updated (and the callers woken) by the notifier
-        # thread, in commit order, while this thread already decides and
+        # The indexes are updated by the notifier thread, in commit order,
+        # while this thread acknowledges these writes and already decides and
         # fsyncs the next batch: index work and fsync overlap instead of
-        # adding up.
+        # adding up. Reads of the indexes wait for them (wait_notified).
         with self._fatal_lock:
-            if self._fatal is None:
+            queued = self._fatal is None
+            if queued:
+                with self._indexed:
+                    self._unindexed += 1
                 self._done_q.put((results, seq))
-                return
-        for item, _, exc in results:
-            _fail(item.future, exc if exc is not None else self._not_indexed(self._fatal))
+        for item, done, exc in results:
+            if exc is not None:
+                _fail(item.future, exc)
+            elif not queued:
+                _fail(item.future, self._not_indexed(self._fatal or "closing"))
+            elif not item.future.done():
+                item.future.set_result(done or [])
 
     def _run_notifier(self) -> None:
         while True:
@@ -924,27 +1030,16 @@ class Store:
                 return
             results, seq = got
             self._notifying_since = time.monotonic()
-            failed: dict[bytes, str] = {}
             try:
-                failed = self._notify(results)
-            except BaseException as e:
-                # Not from a listener (_notify contains those): the writes
-                # are durable, tell their callers and stop loudly.
-                for item, _, _ in results:
-                    _fail(item.future, self._not_indexed(f"{type(e).__name__}: {e}"))
-                raise
+                # A listener's failure is contained (and reported by it); anything
+                # else raised here ends this thread loudly, see _thread_main.
+                self._notify(results)
             finally:
                 self._notifying_since = None
-            self.notified_seq = seq
-            for item, done, exc in results:
-                if exc is not None:
-                    _fail(item.future, exc)
-                    continue
-                why = next((failed[c.mutation.prefix] for c in done or () if c.mutation.prefix in failed), None)
-                if why is not None:
-                    _fail(item.future, self._not_indexed(why))
-                elif not item.future.done():
-                    item.future.set_result(done or [])
+            with self._indexed:
+                self.notified_seq = seq
+                self._unindexed -= 1
+                self._indexed.notify_all()
 
     def _write_batch(
         self, batch: list[_Item]
@@ -1132,8 +1227,6 @@ class Store:
             for c in changes or ():
                 if c.applied:
                     by_prefix.setdefault(c.mutation.prefix, []).append(c)
-                    if c.mutation.kind == keyspace.CHANGE_RECORD:  # what index replay applies
-                        self.last_change_seq[c.mutation.prefix] = c.seq
         for prefix, changes in by_prefix.items():
             listener = self._listeners.get(prefix)
             if listener is None:

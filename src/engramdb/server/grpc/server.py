@@ -29,6 +29,7 @@ log = logging.getLogger("engramdb.server.grpc")
 
 # The GIL serialises Python work, so more threads than this only add
 # contention; it still covers many concurrent slow calls (fsync, embedding).
+# server.grpc_max_workers overrides it (fewer: less GIL contention for reads).
 DEFAULT_MAX_WORKERS = min(64, 16 * (os.cpu_count() or 1))
 
 
@@ -100,7 +101,8 @@ def start_grpc_server(service: Service, settings: Settings, *, max_workers: int 
     creds = server_credentials(cfg.tls)
 
     max_bytes = cfg.max_request_mb * 1024 * 1024
-    executor = ThreadPoolExecutor(max_workers=max_workers or DEFAULT_MAX_WORKERS, thread_name_prefix="engramdb-grpc")
+    workers = max_workers or cfg.grpc_max_workers or DEFAULT_MAX_WORKERS
+    executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="engramdb-grpc")
     server = grpc.server(
         executor,
         options=[
