@@ -55,13 +55,7 @@ def open_engine(path: Path, ds: common.Dataset) -> Any:
     db = engramdb.open(str(path), storage={"sync_writes": False})
     if "bench" in [c.name for c in db.list_collections()]:
         return db, db.get_collection("bench")
-    coll = db.create_collection(
-        "bench", dimension=ds.dim, metric="cosine", indexed_fields={f: "int" for f in ds.fields}
-    )
-    columns = [ds.fields[f].tolist() for f in ds.fields]
-    meta = [dict(zip(ds.fields, vals, strict=True)) for vals in zip(*columns, strict=True)]
-    for s in range(0, ds.n, 1000):
-        coll.upsert([{"id": str(i), "vector": ds.base[i], "metadata": meta[i]} for i in range(s, min(ds.n, s + 1000))])
+    coll = common.ingest_engramdb(db, ds)
     return db, coll
 
 

@@ -54,13 +54,7 @@ def build(path: Path, ds: common.Dataset) -> Any:
     import engramdb
 
     db = engramdb.open(str(path), storage={"sync_writes": True})
-    coll = db.create_collection(
-        "bench", dimension=ds.dim, metric="cosine", indexed_fields={f: "int" for f in ds.fields}
-    )
-    columns = [ds.fields[f].tolist() for f in ds.fields]
-    meta = [dict(zip(ds.fields, vals, strict=True)) for vals in zip(*columns, strict=True)]
-    for s in range(0, ds.n, 1000):
-        coll.upsert([{"id": str(i), "vector": ds.base[i], "metadata": meta[i]} for i in range(s, min(ds.n, s + 1000))])
+    common.ingest_engramdb(db, ds)
     return db
 
 

@@ -137,6 +137,24 @@ def _server_env(log_level: str, src: Path | None = None) -> dict[str, str]:
     return env
 
 
+def wait_http_ready(server: Any, path: str, what: str, interval: float) -> None:
+    """Poll ``server.url + path`` until it answers 200; stop the server and exit if it dies or times out."""
+    import httpx
+
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise SystemExit(f"{what} exited with {server.proc.returncode}:\n{server.log_tail()}")
+        try:
+            if httpx.get(server.url + path, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(interval)
+    server.stop()
+    raise SystemExit(f"{what} not ready after {START_TIMEOUT_S:.0f} s:\n{server.log_tail()}")
+
+
 class Server:
     """An ``engramdb serve`` subprocess on loopback (or, with ``reference``, the bare Starlette endpoint).
 
@@ -170,20 +188,7 @@ class Server:
         self.grpc_address = f"127.0.0.1:{self.grpc_port}"
 
     def wait_ready(self) -> None:
-        import httpx
-
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise SystemExit(f"server not ready after {START_TIMEOUT_S:.0f} s:\n{self.log_tail()}")
+        wait_http_ready(self, "/ready", "server", 0.1)
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the server process and its children so far (Linux /proc; 0 elsewhere).
@@ -355,20 +360,7 @@ class ChromaServer:
         self.query_path = ""
 
     def wait_ready(self) -> None:
-        import httpx
-
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"chroma exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if httpx.get(self.url + "/api/v2/heartbeat", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise SystemExit(f"chroma not ready after {START_TIMEOUT_S:.0f} s:\n{self.log_tail()}")
+        wait_http_ready(self, "/api/v2/heartbeat", "chroma", 0.2)
 
     def load(self, base: np.ndarray, tmp: Path) -> float:
         """Add every row (batches of 1,000); returns vectors/s. Sets the query path of the collection."""

@@ -183,6 +183,16 @@ def load_dataset(n: int | None = None, queries: int = 500, log: Callable[[str], 
     return Dataset(base, np.ascontiguousarray(qs[:queries]), min(n, len(real)), synth, make_metadata(n))
 
 
+def ingest_engramdb(db: Any, ds: Dataset, name: str = "bench") -> Any:
+    """Create collection ``name`` with ``ds``'s fields declared as ``int`` and upsert every row in batches of 1,000."""
+    coll = db.create_collection(name, dimension=ds.dim, metric="cosine", indexed_fields={f: "int" for f in ds.fields})
+    columns = [ds.fields[f].tolist() for f in ds.fields]
+    meta = [dict(zip(ds.fields, vals, strict=True)) for vals in zip(*columns, strict=True)]
+    for s in range(0, ds.n, 1000):
+        coll.upsert([{"id": str(i), "vector": ds.base[i], "metadata": meta[i]} for i in range(s, min(ds.n, s + 1000))])
+    return coll
+
+
 # -------------------------------------------------------------- ground truth
 def ground_truth(
     base: F32,

@@ -541,6 +541,10 @@ class CollectionIndexes:
                         if self._reindex_thread is threading.current_thread():
                             self._reindex_thread = None
                         return
+                # Writes acknowledged before the build are applied first: the total counts them, and
+                # a chunk indexes only records the vector index already holds (the rest arrive
+                # through apply_committed, which indexes the fields being built too).
+                self.catch_up(_CLOSE_CATCH_UP_SECONDS)
                 total = self.size() or 0
                 self._reindex = {"state": "building", "fields": sorted(tokens), "done": 0, "total": total}
                 if not self._backfill(total):
