@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -38,6 +40,23 @@ def _tenant_with_data(server: ServerProcess, n: int = 40) -> str:
         )
         db.create_collection("small", 4).upsert({"id": "a", "vector": [1.0, 0, 0, 0]})
     return tenant
+
+
+# The text index's files change with its background commits and merges, so two calls a moment
+# apart may see different sizes; the transports must agree on one settled state.
+SETTLE_TRIES = 20
+
+
+def _settled(
+    first: Callable[[], dict[str, Any]], second: Callable[[], dict[str, Any]]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One answer from each, once two taken back to back agree (or the last pair, which the caller checks)."""
+    for _ in range(SETTLE_TRIES):
+        a, b = first(), second()
+        if _stable(a) == _stable(b):
+            break
+        time.sleep(0.25)
+    return a, b
 
 
 def _key(server: ServerProcess, tenant: str, role: str) -> str:
@@ -133,10 +152,11 @@ def test_both_clients_over_both_transports_agree(server: ServerProcess) -> None:
     reader = _key(server, tenant, "reader")
     grpc_kw: dict[str, Any] = {"prefer_grpc": True, "grpc_target": server.grpc_address}
 
-    with engramdb.connect(server.base_url, admin, retries=0) as rest:
-        over_rest = rest.stats()
-    with engramdb.connect(DEAD_REST, admin, retries=0, **grpc_kw) as g:
-        over_grpc = g.stats()
+    with (
+        engramdb.connect(server.base_url, admin, retries=0) as rest,
+        engramdb.connect(DEAD_REST, admin, retries=0, **grpc_kw) as g,
+    ):
+        over_rest, over_grpc = _settled(rest.stats, g.stats)
         with pytest.raises(InvalidArgument) as e:
             g.stats(0)
         assert e.value.code == "invalid_limit"
@@ -145,13 +165,18 @@ def test_both_clients_over_both_transports_agree(server: ServerProcess) -> None:
     assert [c["name"] for c in over_rest["collections"]] == ["big", "small"]
 
     async def run() -> tuple[dict[str, Any], dict[str, Any]]:
-        async with engramdb.AsyncClient(server.base_url, server.admin_key, tenant=tenant, retries=0) as a:
-            got_rest = await a.stats(limit=1)
-        async with engramdb.AsyncClient(DEAD_REST, server.admin_key, tenant=tenant, retries=0, **grpc_kw) as a:
-            got_grpc = await a.stats(limit=1)
-            async with engramdb.AsyncClient(DEAD_REST, reader, retries=0, **grpc_kw) as r:
-                with pytest.raises(PermissionDenied):
-                    await r.stats()
+        async with (
+            engramdb.AsyncClient(server.base_url, server.admin_key, tenant=tenant, retries=0) as a_r,
+            engramdb.AsyncClient(DEAD_REST, server.admin_key, tenant=tenant, retries=0, **grpc_kw) as a_g,
+        ):
+            for _ in range(SETTLE_TRIES):
+                got_rest, got_grpc = await a_r.stats(limit=1), await a_g.stats(limit=1)
+                if _stable(got_rest) == _stable(got_grpc):
+                    break
+                await asyncio.sleep(0.25)
+        async with engramdb.AsyncClient(DEAD_REST, reader, retries=0, **grpc_kw) as r:
+            with pytest.raises(PermissionDenied):
+                await r.stats()
         return got_rest, got_grpc
 
     a_rest, a_grpc = asyncio.run(run())

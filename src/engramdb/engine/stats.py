@@ -8,6 +8,7 @@ collection's :meth:`CollectionIndexes.memory_stats`. No record is read.
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import sys
 from collections.abc import Iterable
@@ -15,10 +16,14 @@ from typing import Any, Protocol
 
 from engramdb import validation
 from engramdb.engine.indexes import CollectionIndexes
+from engramdb.errors import EngramError
 from engramdb.storage.store import Store
 
 # The per-collection figures totals adds up.
 COLLECTION_BYTES = ("vector_index_bytes", "id_maps_bytes", "payload_index_bytes", "text_index_bytes")
+
+
+STATS_CATCH_UP_SECONDS = 2.0  # per listed collection, at most
 
 
 class StatsCollection(Protocol):
@@ -85,7 +90,12 @@ def node_stats(
     # Ties in name order, so repeated calls list the same collections.
     rows.sort(key=lambda r: (r[1] is None, -(r[1] or 0), r[0].tenant, r[0].name))
     listed = []
-    for coll, _ in rows[:limit]:
+    for coll, n in rows[:limit]:
+        if n is not None:
+            # Count the writes acknowledged so far (the notifier may still be applying them); a
+            # broken or slow index is listed as it is.
+            with contextlib.suppress(EngramError):
+                coll.indexes.catch_up(STATS_CATCH_UP_SECONDS)
         listed.append({"tenant": coll.tenant, "name": coll.name, **coll.indexes.memory_stats()})
     totals: dict[str, int] = {
         "collections": len(rows),
