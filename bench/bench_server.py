@@ -161,6 +161,8 @@ class Server:
     ``src``: import ``engramdb`` from that directory instead of this checkout (the baseline server).
     """
 
+    stop_grace = 60.0  # seconds between SIGTERM and SIGKILL
+
     def __init__(
         self,
         data_dir: Path,
@@ -201,10 +203,11 @@ class Server:
         return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
 
     def stop(self) -> int:
+        """SIGTERM, then SIGKILL after ``stop_grace`` seconds; the exit code."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(60)
+                self.proc.wait(self.stop_grace)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
@@ -338,12 +341,15 @@ print(json.dumps({"id": str(coll.id), "count": coll.count()}))
 """
 
 
-class ChromaServer:
+class ChromaServer(Server):
     """``chroma run`` (Chroma's own server) on loopback, from the Python environment that has chromadb.
 
     Chroma's dependencies stay out of EngramDB's environment: its interpreter is only used to start the
-    server and load the rows; the load clients talk raw HTTP to its REST API (``/api/v2``).
+    server and load the rows; the load clients talk raw HTTP to its REST API (``/api/v2``). Stopping,
+    CPU time and the log come from :class:`Server`.
     """
+
+    stop_grace = 30.0
 
     def __init__(self, python: Path, data_dir: Path):
         self.python = python
@@ -381,22 +387,6 @@ class ChromaServer:
         info = json.loads(out.stdout.strip().splitlines()[-1])
         self.query_path = f"/api/v2/tenants/default_tenant/databases/default_database/collections/{info['id']}/query"
         return rate
-
-    def cpu_seconds(self) -> float:
-        return sum(_proc_cpu_seconds(pid) for pid in _process_tree(self.proc.pid))
-
-    def log_tail(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return int(self.proc.returncode)
 
 
 def chroma_body(q: np.ndarray) -> bytes:

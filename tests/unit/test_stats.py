@@ -99,7 +99,7 @@ def test_id_map_estimate_of_a_loaded_snapshot_counts_the_packed_arrays(tmp_path:
     n = 3000
     v.upsert([f"id-{i}" for i in range(n)], np.random.default_rng(3).random((n, 4), dtype=np.float32), [None] * n)
     v.save(tmp_path, watermark=1)
-    loaded = VectorIndex.load(tmp_path, 4, "l2", 16, 200, 64, vectors=list)  # ids only: vectors left zero
+    loaded = VectorIndex.load(tmp_path, 4, "l2", 16, 200, 64)
     assert loaded._packed is not None  # still packed: nothing unpacked it
     est = loaded.id_maps_bytes()
     assert est >= n * 8 + sum(len(f"id-{i}") for i in range(n))

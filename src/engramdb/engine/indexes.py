@@ -144,11 +144,6 @@ class CollectionIndexes:
     def _key(self, rid: str) -> bytes:
         return keyspace.record_key(self.prefix, rid)
 
-    def _row_vectors(self, rids: list[str]) -> list[bytes | None]:
-        """Vectors of records not found in the "vectors" column family (rows holding theirs inline; None: none)."""
-        rows = self.store.get_records([self._key(r) for r in rids], vector=True)
-        return [r.vector if r is not None and not r.deleted and r.vector else None for r in rows]
-
     # --------------------------------------------------------------- loading
     @property
     def loaded(self) -> bool:
@@ -176,18 +171,7 @@ class CollectionIndexes:
                 p = self.config.index
                 rebuild = False
                 try:
-                    vindex = VectorIndex.load(
-                        vdir,
-                        self.dimension,
-                        self.metric,
-                        p.m,
-                        p.ef_construction,
-                        p.ef_search,
-                        # The snapshot holds the graph; the vectors are read back from storage.
-                        vectors=lambda: self.store.iter_prefix("vectors", self.prefix),
-                        fetch=self._row_vectors,
-                        key_prefix=self.prefix,
-                    )
+                    vindex = VectorIndex.load(vdir, self.dimension, self.metric, p.m, p.ef_construction, p.ef_search)
                     # Its fields may differ from the config's after an alter: _sync_fields reconciles them.
                     payload = PayloadIndex.from_bytes(vindex.extra)
                     watermark = vindex.watermark
