@@ -143,6 +143,18 @@ def _fail(message: str, status: int = 1) -> int:
     return status
 
 
+def _api_key(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """The API key named by ``--api-key-env`` (None without it), or what to tell the user when it is unset."""
+    if not args.api_key_env:
+        return None, None
+    import os
+
+    key = os.environ.get(args.api_key_env)
+    if not key:
+        return None, f"environment variable {args.api_key_env} is not set (it should hold the API key)"
+    return key, None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from engramdb.config import format_problems
     from engramdb.server.lifecycle import run_server
@@ -311,7 +323,6 @@ class _Progress:
 
 
 def cmd_transfer(args: argparse.Namespace) -> int:
-    import os
 
     from engramdb import transfer
     from engramdb.errors import EngramError
@@ -321,11 +332,9 @@ def cmd_transfer(args: argparse.Namespace) -> int:
         if args.url:
             from engramdb.client import Client
 
-            key = None
-            if args.api_key_env:
-                key = os.environ.get(args.api_key_env)
-                if not key:
-                    return _fail(f"environment variable {args.api_key_env} is not set (it should hold the API key)")
+            key, missing = _api_key(args)
+            if missing:
+                return _fail(missing)
             db = Client(args.url, key, tenant=args.tenant, verify=args.ca_file or True, timeout=120.0)
             host: Any = db
         else:
@@ -613,7 +622,6 @@ def _print_stats(got: dict[str, Any]) -> None:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    import os
 
     from engramdb.errors import EngramError
 
@@ -622,11 +630,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
         if args.url:
             from engramdb.client import Client
 
-            key = None
-            if args.api_key_env:
-                key = os.environ.get(args.api_key_env)
-                if not key:
-                    return _fail(f"environment variable {args.api_key_env} is not set (it should hold the API key)")
+            key, missing = _api_key(args)
+            if missing:
+                return _fail(missing)
             with Client(args.url, key, tenant=args.tenant, verify=args.ca_file or True, timeout=60.0) as client:
                 got = client.stats(limit)
         else:
