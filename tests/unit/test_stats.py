@@ -116,6 +116,40 @@ def test_text_index_disk_bytes_grow_with_documents(tmp_path: Path) -> None:
         assert ram.disk_bytes() == 0
 
 
+def test_text_index_disk_bytes_skip_a_file_removed_while_listing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A background merge can delete a segment file between the listing and its stat (found by CI:
+    the whole index then counted as 0 bytes). The vanished file is skipped; the others still count."""
+    import os
+
+    from engramdb.index import text as text_mod
+
+    with TextIndex(tmp_path / "t") as t:
+        t.upsert_many((i, f"words about memory number {i}") for i in range(2000))
+        t.flush()
+        full = t.disk_bytes()
+        assert full > 0
+        gone = tmp_path / "t" / "merged-away.idx"
+        gone.write_bytes(b"x" * 10)
+        real_scandir = os.scandir
+
+        class _Listing:
+            def __init__(self, path: object) -> None:
+                self._it = real_scandir(path)  # type: ignore[call-overload]
+                self._entries = list(self._it)
+                gone.unlink()  # removed after the listing, before its stat
+
+            def __enter__(self) -> list[os.DirEntry[str]]:
+                return self._entries
+
+            def __exit__(self, *exc: object) -> None:
+                self._it.close()
+
+        monkeypatch.setattr(text_mod.os, "scandir", _Listing)
+        assert t.disk_bytes() == full
+
+
 def test_process_memory_reads_the_resident_set() -> None:
     got = process_memory()
     assert got["rss_bytes"] > 10 * 1024 * 1024  # a Python process with numpy loaded

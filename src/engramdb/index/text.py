@@ -1098,11 +1098,18 @@ class TextIndex:
         path = self._path
         if path is None:
             return 0
+        total = 0
         try:
             with os.scandir(path) as entries:
-                return sum(e.stat().st_size for e in entries if e.is_file(follow_symlinks=False))
+                for entry in entries:
+                    try:
+                        if entry.is_file(follow_symlinks=False):
+                            total += entry.stat(follow_symlinks=False).st_size
+                    except FileNotFoundError:
+                        continue  # a background merge removed this segment file meanwhile
         except OSError:
-            return 0  # removed meanwhile (collection dropped)
+            return 0  # the directory itself is gone (collection dropped)
+        return total
 
     @property
     def refresh_interval(self) -> float:

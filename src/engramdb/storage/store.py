@@ -1310,7 +1310,12 @@ class Store:
                 out.tickers = {k: v for k, v in _tickers(text).items() if k in _TICKERS}
         try:
             with os.scandir(self.path) as entries:
-                out.wal_bytes = sum(e.stat().st_size for e in entries if e.name.endswith(".log") and e.is_file())
+                for entry in entries:
+                    try:
+                        if entry.name.endswith(".log") and entry.is_file():
+                            out.wal_bytes += entry.stat().st_size
+                    except FileNotFoundError:
+                        continue  # a WAL RocksDB recycled between the listing and this stat
         except OSError:
             pass
         return out
