@@ -59,6 +59,9 @@ class IndexSettings:
     snapshot_after_changes: Annotated[int, Bounds(ge=1)] = 50_000
     # background snapshots written by a forked child, so the process keeps serving (POSIX only)
     snapshot_in_child: bool = True
+    # keep each live vector in the snapshot file too (hnswlib's own format): loading skips reading
+    # them back from storage (faster cold start) for twice the disk (docs/decisions.md)
+    snapshot_vectors: bool = False
     # a ceiling for exact search over a filter's candidates (the planner may choose less)
     exact_search_threshold: Annotated[int, Bounds(ge=0)] = 2048
     text_refresh_seconds: Annotated[float, Bounds(gt=0, le=1.0)] = 0.2  # near-real-time bound of text search

@@ -255,7 +255,7 @@ def test_a_snapshot_written_by_a_child_process_loads_and_later_writes_are_replay
     mark = c.indexes.watermark
     assert 0 < mark <= db.store.seq
     # The child committed a complete snapshot: it loads and holds the first 500 at least.
-    loaded = VectorIndex.load(c.index_dir, 16, "l2", 16, 200, 64)
+    loaded = VectorIndex.load(c.index_dir, 16, "l2", 16, 200, 64, vectors=_stored_vectors(c))
     assert loaded.watermark == mark and len(loaded) >= 500
     c.close(snapshot=False)  # what a crash leaves: the child's snapshot and the changelog
     db.store.close()
@@ -265,6 +265,12 @@ def test_a_snapshot_written_by_a_child_process_loads_and_later_writes_are_replay
     assert c.search(c.get("late7").vector, k=1)[0].id == "late7"
     assert c.search(c.get("r3").vector, k=1)[0].id == "r3"
     db.close()
+
+
+def _stored_vectors(c):
+    """What the engine gives VectorIndex.load: the collection's stored (record id, vector bytes)."""
+    ix = c.indexes
+    return lambda: ((k[len(ix.prefix) :], v) for k, v in ix.store.iter_prefix("vectors", ix.prefix))
 
 
 def _in_child_only(monkeypatch, action) -> list[int]:
@@ -316,7 +322,9 @@ def test_a_failed_child_snapshot_is_written_in_process(tmp_path, monkeypatch):
     c.upsert(_records(50, 8, 3))
     assert c.indexes.snapshot(in_child=True)
     assert len(forks) == 1 and c.indexes.watermark == db.store.seq and not c.indexes.dirty
-    assert VectorIndex.load(c.index_dir, 8, "l2", 16, 200, 64).watermark == c.indexes.watermark
+    assert (
+        VectorIndex.load(c.index_dir, 8, "l2", 16, 200, 64, vectors=_stored_vectors(c)).watermark == c.indexes.watermark
+    )
     db.close()
 
 
@@ -360,10 +368,13 @@ def test_close_waits_for_a_snapshot_child(tmp_path, monkeypatch):
     while c.indexes.dirty and time.monotonic() < deadline:
         time.sleep(0.005)
     assert not c.indexes.dirty  # the child is writing (for 1 s); nothing else is pending
-    seq, index_dir = db.store.seq, c.index_dir
+    seq, index_dir, db_dir = db.store.seq, c.index_dir, tmp_path / "d"
     db.close()  # must not return before the child's snapshot is committed
-    assert VectorIndex.load(index_dir, 8, "l2", 16, 200, 64).watermark == seq
     t.join()
+    assert VectorIndex.stored_watermark(index_dir) == seq
+    with engramdb.open(db_dir, storage=STORAGE) as again:  # the committed snapshot loads as it is
+        loaded = again.get_collection("c").indexes
+        assert len(loaded.vindex) == 50 and loaded.watermark == seq
 
 
 def test_a_snapshot_child_does_not_hold_the_processes_connections_open(tmp_path, monkeypatch):

@@ -56,6 +56,7 @@ class Collection(GraphMixin, CollectionAPI):
         *,
         exact_threshold: int = 2048,
         text_refresh_seconds: float = 0.2,
+        snapshot_vectors: bool = False,
         embedder: Embedder | None = None,
     ):
         self.store = store
@@ -70,7 +71,13 @@ class Collection(GraphMixin, CollectionAPI):
         self.text_refresh_seconds = text_refresh_seconds
         self.embedder = embedder
         self.indexes: CollectionIndexes = CollectionIndexes(
-            store, tenant, config, self.prefix, index_dir, text_refresh_seconds=text_refresh_seconds
+            store,
+            tenant,
+            config,
+            self.prefix,
+            index_dir,
+            text_refresh_seconds=text_refresh_seconds,
+            snapshot_vectors=snapshot_vectors,
         )
         self.reader: RecordReader = RecordReader(store, self.prefix)
 

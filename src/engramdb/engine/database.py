@@ -279,6 +279,7 @@ class Database(DatabaseAPI):
             self.path / "indexes" / str(cid),
             exact_threshold=ix.exact_search_threshold,
             text_refresh_seconds=ix.text_refresh_seconds,
+            snapshot_vectors=ix.snapshot_vectors,
             embedder=emb,
         )
 
@@ -504,14 +505,17 @@ class Database(DatabaseAPI):
         with self._changelog_lock:
             blank: dict[bytes, bytes] = {}
             for k, v in self.store.iter_prefix("changes", b""):
-                if not v or v[0] not in (keyspace.CHANGE_RECORD, keyspace.CHANGE_EDGE) or v[1:9] not in prefixes:
+                if not v:
                     continue
-                coll = colls.get(v[1:9])
+                kind, key, _ = keyspace.parse_change(v)
+                if kind not in (keyspace.CHANGE_RECORD, keyspace.CHANGE_EDGE) or key[:8] not in prefixes:
+                    continue
+                coll = colls.get(key[:8])
                 if coll is not None:
                     if keyspace.parse_seq(k) > coll.indexes.watermark:
                         continue
-                    cf = "records" if v[0] == keyspace.CHANGE_RECORD else "edges_out"
-                    if self.store.get(cf, v[1:]) is not None:
+                    cf = "records" if kind == keyspace.CHANGE_RECORD else "edges_out"
+                    if self.store.get(cf, key) is not None:
                         continue
                 blank[k] = bytes([keyspace.CHANGE_ERASED])
                 if len(blank) >= 10_000:

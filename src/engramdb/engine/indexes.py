@@ -14,7 +14,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -92,6 +92,7 @@ class CollectionIndexes:
         index_dir: Path,
         *,
         text_refresh_seconds: float = 0.2,
+        snapshot_vectors: bool = False,
     ):
         self.store = store
         self.tenant = tenant
@@ -99,6 +100,7 @@ class CollectionIndexes:
         self.prefix = prefix
         self.index_dir = index_dir
         self.text_refresh_seconds = text_refresh_seconds
+        self.snapshot_vectors = snapshot_vectors  # see IndexSettings.snapshot_vectors
         self._vindex: VectorIndex | None = None
         self._payload: PayloadIndex | None = None
         self._text: TextIndex | None = None
@@ -144,6 +146,11 @@ class CollectionIndexes:
     def _key(self, rid: str) -> bytes:
         return keyspace.record_key(self.prefix, rid)
 
+    def _row_vectors(self, rids: list[str]) -> list[bytes | None]:
+        """Vectors of records not found in the "vectors" column family (rows holding theirs inline; None: none)."""
+        rows = self.store.get_records([self._key(r) for r in rids], vector=True)
+        return [r.vector if r is not None and not r.deleted and r.vector else None for r in rows]
+
     # --------------------------------------------------------------- loading
     @property
     def loaded(self) -> bool:
@@ -171,7 +178,20 @@ class CollectionIndexes:
                 p = self.config.index
                 rebuild = False
                 try:
-                    vindex = VectorIndex.load(vdir, self.dimension, self.metric, p.m, p.ef_construction, p.ef_search)
+                    vindex = VectorIndex.load(
+                        vdir,
+                        self.dimension,
+                        self.metric,
+                        p.m,
+                        p.ef_construction,
+                        p.ef_search,
+                        # The snapshot holds the graph; the vectors are read back from storage.
+                        vectors=lambda: self.store.iter_prefix("vectors", self.prefix),
+                        fetch=self._row_vectors,
+                        replaced=self._replaced_vectors,
+                        key_prefix=self.prefix,
+                    )
+                    vindex.snapshot_vectors = self.snapshot_vectors
                     # Its fields may differ from the config's after an alter: _sync_fields reconciles them.
                     payload = PayloadIndex.from_bytes(vindex.extra)
                     watermark = vindex.watermark
@@ -306,9 +326,28 @@ class CollectionIndexes:
             watermark = min(watermark, TextIndex.stored_watermark(self.index_dir / "text"))
         return watermark
 
-    def _own_record_change(self, entry: bytes) -> bool:
-        """Whether a changelog entry is a record change of this collection (what replay applies)."""
-        return entry[0] == keyspace.CHANGE_RECORD and entry[1:9] == self.prefix
+    def _own_record_change(self, entry: bytes) -> bytes | None:
+        """The record key of a changelog entry that changed a record of this collection (what replay
+        applies); None for any other entry."""
+        if not entry or entry[0] not in (keyspace.CHANGE_RECORD, keyspace.CHANGE_RECORD_PRIOR):
+            return None
+        _, key, _ = keyspace.parse_change(entry)
+        return key if key[:8] == self.prefix else None
+
+    def _replaced_vectors(self, watermark: int) -> Iterator[tuple[bytes, bytes]]:
+        """``(record key, vector)`` replaced by this collection's changes after ``watermark``, oldest first.
+
+        The first one of a record is its vector as of that watermark (see Store._replaced_vector).
+        """
+        with self.store.iterator("changes", keyspace.seq_key(watermark + 1)) as it:
+            while it.valid():
+                val = it.value()
+                if val and val[0] == keyspace.CHANGE_RECORD_PRIOR:
+                    _, key, prior = keyspace.parse_change(val)
+                    if key[:8] == self.prefix and prior:
+                        yield key, prior
+                it.next()
+            check_iterator(it)
 
     def _has_changes_between(self, after: int, upto: int) -> bool:
         """Whether the changelog holds a change of this collection in ``(after, upto]``."""
@@ -316,8 +355,7 @@ class CollectionIndexes:
             while it.valid():
                 if keyspace.parse_seq(it.key()) > upto:
                     return False
-                val = it.value()
-                if self._own_record_change(val):
+                if self._own_record_change(it.value()) is not None:
                     return True
                 it.next()
             check_iterator(it)
@@ -334,10 +372,11 @@ class CollectionIndexes:
 
     def _new_indexes(self) -> tuple[VectorIndex, PayloadIndex]:
         p = self.config.index
-        return (
-            VectorIndex(self.dimension, self.metric, m=p.m, ef_construction=p.ef_construction, ef_search=p.ef_search),
-            PayloadIndex(self.config.indexed_fields),
+        vindex = VectorIndex(
+            self.dimension, self.metric, m=p.m, ef_construction=p.ef_construction, ef_search=p.ef_search
         )
+        vindex.snapshot_vectors = self.snapshot_vectors
+        return vindex, PayloadIndex(self.config.indexed_fields)
 
     def _rebuild(
         self,
@@ -428,9 +467,9 @@ class CollectionIndexes:
         with self.store.iterator("changes", keyspace.seq_key(after_seq + 1)) as it:
             while it.valid():
                 last = keyspace.parse_seq(it.key())
-                val = it.value()
-                if self._own_record_change(val):
-                    pending.append(bytes(val[1:]))
+                key = self._own_record_change(it.value())
+                if key is not None:
+                    pending.append(key)
                 it.next()
             check_iterator(it)
         now = time.time()

@@ -14,13 +14,16 @@ import ctypes
 import gc
 import itertools
 import math
+import mmap
 import os
 import select
 import signal
+import struct
 import sys
+import tempfile
 import threading
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +37,16 @@ from engramdb.errors import CorruptData
 
 # 2: the HNSW file's checksum is XXH3-64 (hashing 150 MB with CRC-32 took
 # longer than loading the index); format-1 snapshots are rebuilt.
-SNAPSHOT_FORMAT = 2
+# 3: the HNSW file holds the graph without the live vectors, which are read back
+# from the "vectors" column family at load (docs/decisions.md, "One copy of each
+# vector on disk"); format-2 snapshots (hnswlib's own file) still load.
+SNAPSHOT_FORMAT = 3
+_FULL_FORMAT = 2
+# hnswlib's saveIndex header: six size_t, maxlevel (int), enterpoint (uint32), maxM, maxM0, M (size_t),
+# mult (double), ef_construction (size_t); then cur_element_count level-0 records, then the upper links.
+_HNSW_HEADER = struct.Struct("<6QiI3QdQ")
+_GRAPH_MAGIC = b"EGRAPH\x00\x01"
+_CHUNK_SLOTS = 4096  # level-0 records converted per step (bounded temporaries at any size)
 # Deleted nodes allowed to pile up (as a fraction of the live count, and at
 # least TOMBSTONE_MIN) before inserts reuse their slots; see VectorIndex.upsert.
 TOMBSTONE_FRACTION = 0.1
@@ -49,6 +61,13 @@ _HNSW_FILE = "vector.hnsw"
 _PTR, _INT, _MUTEX, _VISITED, _HASH_ENTRY = 8, 4, 40, 2, 40
 _LABEL_LOCKS = 65536
 _META_FILE = "vector.meta"
+# What VectorIndex.load reads a graph-only snapshot's vectors from: every stored (key prefix + record
+# id UTF-8, float32 bytes) of the collection, and the vectors of given record ids found elsewhere (None: none).
+VectorScan = Callable[[], Iterable[tuple[bytes, bytes]]]
+VectorFetch = Callable[[list[str]], list[bytes | None]]
+# The vectors records had before changes after a watermark (given), oldest change first:
+# the first of a record is its vector as of that watermark.
+VectorsReplaced = Callable[[int], Iterable[tuple[bytes, bytes]]]
 
 
 class VectorIndex:
@@ -86,7 +105,11 @@ class VectorIndex:
         self.next_label = 1
         self.watermark = 0
         self.extra = b""  # opaque bytes stored with the snapshot (the payload index)
-        self._snapshot_file: tuple[int, int] | None = None  # (size, xxh3) of the HNSW file on disk
+        # (size, xxh3, format) of the HNSW file on disk
+        self._snapshot_file: tuple[int, int, int] | None = None
+        # Whether snapshots keep hnswlib's own file, live vectors included: a faster load for
+        # twice the disk (docs/decisions.md, "One copy of each vector on disk").
+        self.snapshot_vectors = False
         # Resizing reallocates hnswlib's arrays: searches must not run during it.
         # Ordinary adds and deletes are safe alongside searches (hnswlib locks
         # per node), so they only serialise among themselves.
@@ -424,16 +447,25 @@ class VectorIndex:
         with self._write_lock:
             self._snapshot_file = self._write_snapshot(Path(directory), watermark, extra)
 
-    def _write_snapshot(self, d: Path, watermark: int, extra: bytes) -> tuple[int, int]:
+    def _write_snapshot(self, d: Path, watermark: int, extra: bytes) -> tuple[int, int, int]:
         d.mkdir(parents=True, exist_ok=True)
         tmp_hnsw = d / (_HNSW_FILE + ".tmp")
-        self._index.save_index(str(tmp_hnsw))
-        size, digest = _file_digest(tmp_hnsw)
-        with open(tmp_hnsw, "rb") as f:
-            os.fsync(f.fileno())
+        if self.snapshot_vectors:
+            fmt = _FULL_FORMAT
+            self._index.save_index(str(tmp_hnsw))
+            size, digest = _file_digest(tmp_hnsw)
+            with open(tmp_hnsw, "rb") as f:
+                os.fsync(f.fileno())
+        else:
+            # hnswlib writes its whole file (vectors inline) to an anonymous scratch file;
+            # what is kept is that file without the live vectors ("vectors" holds them).
+            fmt = SNAPSHOT_FORMAT
+            with _scratch_file(d) as (fd, path):
+                self._index.save_index(path)
+                size, digest = _strip_vectors(fd, tmp_hnsw, self.dim, self.live)
         os.replace(tmp_hnsw, d / _HNSW_FILE)
-        self._write_meta(d, watermark, extra, size, digest)
-        return size, digest
+        self._write_meta(d, watermark, extra, size, digest, fmt)
+        return size, digest, fmt
 
     def save_forked(
         self, directory: str | os.PathLike[str], watermark: int, extra: Callable[[], bytes] = bytes
@@ -469,8 +501,8 @@ class VectorIndex:
                 try:
                     os.close(r)
                     _child_setup(parent, w)
-                    size, digest = self._write_snapshot(d, watermark, extra())
-                    os.write(w, f"{size} {digest}".encode())
+                    size, digest, fmt = self._write_snapshot(d, watermark, extra())
+                    os.write(w, f"{size} {digest} {fmt}".encode())
                     code = 0
                 finally:
                     os._exit(code)
@@ -487,17 +519,17 @@ class VectorIndex:
                 os.close(r)
                 # Whatever happened, the child ends here: it has reported (and is
                 # exiting), or it is killed before it can commit anything more.
-                if len(got) != 2:
+                if len(got) != 3:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
                 try:
                     code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
                 except ChildProcessError:  # reaped elsewhere (SIGCHLD ignored): the pipe tells
                     code = 0
-            if len(got) != 2 or code != 0:
+            if len(got) != 3 or code != 0:
                 return False
             with self._write_lock:
-                self._snapshot_file = (int(got[0]), int(got[1]))
+                self._snapshot_file = (int(got[0]), int(got[1]), int(got[2]))
                 self.watermark = watermark
             return True
 
@@ -514,14 +546,13 @@ class VectorIndex:
         with self._write_lock:
             if self._snapshot_file is None:
                 return False
-            size, digest = self._snapshot_file
-            self._write_meta(d, watermark, extra, size, digest)
+            self._write_meta(d, watermark, extra, *self._snapshot_file)
             return True
 
-    def _write_meta(self, d: Path, watermark: int, extra: bytes, size: int, digest: int) -> None:
+    def _write_meta(self, d: Path, watermark: int, extra: bytes, size: int, digest: int, fmt: int) -> None:
         """Write the metadata file, the snapshot's commit point: temp name, fsync, rename."""
         meta = {
-            "format": SNAPSHOT_FORMAT,
+            "format": fmt,
             "dim": self.dim,
             "metric": self.metric,
             "m": self.m,
@@ -565,18 +596,48 @@ class VectorIndex:
 
     @classmethod
     def load(
-        cls, directory: str | os.PathLike[str], dim: int, metric: str, m: int, ef_construction: int, ef_search: int
+        cls,
+        directory: str | os.PathLike[str],
+        dim: int,
+        metric: str,
+        m: int,
+        ef_construction: int,
+        ef_search: int,
+        vectors: VectorScan | None = None,
+        fetch: VectorFetch | None = None,
+        key_prefix: bytes = b"",
+        replaced: VectorsReplaced | None = None,
     ) -> VectorIndex:
-        """Load a snapshot; raises CorruptData if it is missing, damaged or stale-format."""
+        """Load a snapshot; raises CorruptData if it is missing, damaged or stale-format.
+
+        A current snapshot holds no live vectors: ``vectors`` yields the collection's stored
+        ``(key_prefix + record id UTF-8, float32 bytes)`` (the "vectors" column family), ``replaced``
+        the vectors that changes after the snapshot's watermark replaced or deleted (the first of
+        each record is the one its node had in the snapshot, which wins), and ``fetch`` reads those
+        still lacking (rows holding their vector inline; None: gone). So every node gets back the
+        vector it had when the graph was saved, and the changelog replay that follows every load
+        moves it as the original process did. A live node whose vector is found nowhere makes the
+        snapshot CorruptData (rebuilt from storage), as does a missing ``vectors``. Format-2
+        snapshots (hnswlib's own file) load as they are.
+        """
         d = Path(directory)
         meta = VectorIndex._read_meta(d)
-        if meta.get("format") != SNAPSHOT_FORMAT or meta["dim"] != dim or meta["metric"] != metric:
+        fmt = meta.get("format")
+        if fmt not in (SNAPSHOT_FORMAT, _FULL_FORMAT) or meta["dim"] != dim or meta["metric"] != metric:
             raise CorruptData("vector index snapshot does not match the collection")
         if meta["next_label"] >= LABEL_COMPACT_AT:
             raise CorruptData("vector index snapshot has used half its labels; rebuilding with compact labels")
+        if fmt == SNAPSHOT_FORMAT and (vectors is None or "name_ends" not in meta):
+            raise CorruptData("vector index snapshot needs the stored vectors to load")
         hnsw_path = d / _HNSW_FILE
+        graph: bytes | None = None
         try:
-            size, digest = _file_digest(hnsw_path)
+            if fmt == SNAPSHOT_FORMAT:
+                # Small (no vectors): read once, hashed from memory.
+                graph = hnsw_path.read_bytes()
+                size, digest = len(graph), xxhash.xxh3_64_intdigest(graph)
+            else:
+                size, digest = _file_digest(hnsw_path)
         except FileNotFoundError as e:
             raise CorruptData("vector index snapshot file is missing") from e
         if size != meta["hnsw_size"] or digest != meta["hnsw_xxh3"]:
@@ -584,7 +645,25 @@ class VectorIndex:
         self = cls(dim, metric, m=meta["m"], ef_construction=meta["ef_construction"], ef_search=ef_search, capacity=1)
         idx = hnswlib.Index(space="l2" if metric == "l2" else "ip", dim=dim)
         try:
-            idx.load_index(str(hnsw_path), max_elements=meta["capacity"], allow_replace_deleted=True)
+            if graph is None:
+                idx.load_index(str(hnsw_path), max_elements=meta["capacity"], allow_replace_deleted=True)
+            else:
+                assert vectors is not None
+                with _scratch_file(d) as (fd, path):
+                    _restore_vectors(
+                        graph,
+                        dim,
+                        _PackedIds.unpack(meta),
+                        vectors,
+                        fetch,
+                        fd,
+                        key_prefix,
+                        replaced(meta["watermark"]) if replaced is not None else (),
+                    )
+                    del graph  # the scratch file now holds all of it
+                    idx.load_index(path, max_elements=meta["capacity"], allow_replace_deleted=True)
+        except CorruptData:
+            raise
         except Exception as e:
             raise CorruptData(f"vector index snapshot could not be loaded: {e}") from e
         idx.set_ef(1)
@@ -605,7 +684,7 @@ class VectorIndex:
         self.next_label = meta["next_label"]
         self.watermark = meta["watermark"]
         self.extra = meta.get("extra", b"")
-        self._snapshot_file = (size, digest)
+        self._snapshot_file = (size, digest, fmt)
         return self
 
 
@@ -744,6 +823,197 @@ def _file_digest(path: Path) -> tuple[int, int]:
             h.update(view[:got])
             size += got
     return size, h.intdigest()
+
+
+def _pread(fd: int, n: int, offset: int) -> bytes:
+    """Exactly ``n`` bytes of ``fd`` at ``offset`` (CorruptData if the file is shorter)."""
+    parts = []
+    while n > 0:
+        got = os.pread(fd, min(n, 1 << 26), offset)
+        if not got:
+            raise CorruptData("vector index snapshot is truncated")
+        parts.append(got)
+        n -= len(got)
+        offset += len(got)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+@contextlib.contextmanager
+def _scratch_file(d: Path) -> Iterator[tuple[int, str]]:
+    """An anonymous file that hnswlib can open by name; gone when the block ends, even after a crash.
+
+    A memfd on Linux (memory, never written to disk); elsewhere a file in ``d`` unlinked at once.
+    """
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("engramdb-vector-snapshot", os.MFD_CLOEXEC)
+    else:  # pragma: no cover - Linux has memfd_create
+        fd, name = tempfile.mkstemp(dir=d, prefix=".vector-", suffix=".tmp")
+        os.unlink(name)
+    try:
+        yield fd, (f"/proc/self/fd/{fd}" if os.path.isdir("/proc/self/fd") else f"/dev/fd/{fd}")
+    finally:
+        os.close(fd)
+
+
+def _layout(head: bytes, dim: int) -> tuple[int, int, int, int]:
+    """``(elements, record size, label offset, vector offset)`` from an hnswlib file header, checked."""
+    offset0, capacity, n, size_per, label_off, off_data = _HNSW_HEADER.unpack(head)[:6]
+    if offset0 != 0 or label_off != off_data + dim * 4 or size_per != label_off + 8 or n > capacity:
+        raise CorruptData("vector index snapshot has an unexpected layout")
+    return n, size_per, label_off, off_data
+
+
+def _strip_vectors(src: int, dst: Path, dim: int, live: BitMap) -> tuple[int, int]:
+    """Write hnswlib's file in ``src`` to ``dst`` without the live vectors (fsynced); returns size and XXH3-64.
+
+    Layout: magic, dim (u32), hnswlib's header, each level-0 record without its vector
+    (links, label), the count (u64), slots (u32) and vectors of the nodes not live (deleted
+    nodes stay in the graph as routing points and their vectors are stored nowhere else),
+    then hnswlib's upper-level links as they were.
+    """
+    total = os.fstat(src).st_size
+    head = _pread(src, _HNSW_HEADER.size, 0)
+    n, size_per, label_off, off_data = _layout(head, dim)
+    live_sorted = np.frombuffer(live.to_array(), dtype=np.uint32).astype(np.uint64)
+    h = xxhash.xxh3_64()
+    dead_slots: list[np.ndarray] = []
+    dead_vecs: list[bytes] = []
+    with open(dst, "wb") as out:
+
+        def put(b: bytes) -> None:
+            out.write(b)
+            h.update(b)
+
+        put(_GRAPH_MAGIC + struct.pack("<I", dim) + head)
+        pos = _HNSW_HEADER.size
+        for start in range(0, n, _CHUNK_SLOTS):
+            c = min(_CHUNK_SLOTS, n - start)
+            recs = np.frombuffer(_pread(src, c * size_per, pos), dtype=np.uint8).reshape(c, size_per)
+            pos += c * size_per
+            put(np.hstack((recs[:, :off_data], recs[:, label_off:])).tobytes())
+            labels = recs[:, label_off:].copy().view("<u8").ravel()
+            if len(live_sorted):
+                at = np.minimum(np.searchsorted(live_sorted, labels), len(live_sorted) - 1)
+                dead = live_sorted[at] != labels
+            else:
+                dead = np.ones(c, dtype=bool)
+            if dead.any():
+                dead_slots.append(np.flatnonzero(dead) + start)
+                dead_vecs.append(recs[dead, off_data:label_off].tobytes())
+        slots = np.concatenate(dead_slots).astype("<u4") if dead_slots else np.empty(0, dtype="<u4")
+        put(struct.pack("<Q", len(slots)) + slots.tobytes())
+        for b in dead_vecs:
+            put(b)
+        while pos < total:
+            chunk = _pread(src, min(1 << 22, total - pos), pos)
+            put(chunk)
+            pos += len(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+        size = out.tell()
+    return size, h.intdigest()
+
+
+def _restore_vectors(
+    graph: bytes,
+    dim: int,
+    ids: _PackedIds,
+    vectors: VectorScan,
+    fetch: VectorFetch | None,
+    fd: int,
+    key_prefix: bytes = b"",
+    replaced: Iterable[tuple[bytes, bytes]] = (),
+) -> None:
+    """Write into ``fd`` the hnswlib file that ``graph`` (see ``_strip_vectors``) and the stored vectors make.
+
+    ``replaced``: (key, vector) the records had before changes after the snapshot, oldest first.
+    """
+    if graph[:8] != _GRAPH_MAGIC or struct.unpack_from("<I", graph, 8)[0] != dim:
+        raise CorruptData("vector index snapshot has an unexpected layout")
+    p = 12 + _HNSW_HEADER.size
+    head = graph[12:p]
+    n, size_per, label_off, off_data = _layout(head, dim)
+    stride, dimb = off_data + 8, dim * 4
+    level0 = np.frombuffer(graph, dtype=np.uint8, count=n * stride, offset=p).reshape(n, stride)
+    p += n * stride
+    (k,) = struct.unpack_from("<Q", graph, p)
+    p += 8
+    dead_slots = np.frombuffer(graph, dtype="<u4", count=k, offset=p).astype(np.intp)
+    p += 4 * k
+    dead_vecs = np.frombuffer(graph, dtype=np.uint8, count=k * dimb, offset=p).reshape(k, dimb)
+    p += k * dimb
+    if k and int(dead_slots.max()) >= n:
+        raise CorruptData("vector index snapshot has an unexpected layout")
+    # Slot of each (label-sorted) record id of the snapshot.
+    labels = level0[:, off_data:].copy().view("<u8").ravel()
+    order = np.argsort(labels, kind="stable")
+    want = ids.labels.view("<u8")
+    at = np.minimum(np.searchsorted(labels[order], want), max(n - 1, 0))
+    if len(want) and (n == 0 or not np.array_equal(labels[order][at], want)):
+        raise CorruptData("vector index snapshot's ids do not match its graph")
+    slots = order[at]
+    blob, ends = ids.blob, ids.ends.tolist()
+    starts = [0, *ends[:-1]] if ends else []
+    slot_of = {key_prefix + blob[a:b]: s for a, b, s in zip(starts, ends, slots.tolist(), strict=True)}
+
+    full = _HNSW_HEADER.size + n * size_per + (len(graph) - p)
+    os.ftruncate(fd, full)
+    # Faulting every page in at once is faster than one fault per page as it is written.
+    mm = mmap.mmap(fd, full, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
+    try:
+        mm[: _HNSW_HEADER.size] = head
+        mm[_HNSW_HEADER.size + n * size_per :] = graph[p:]
+        recs = np.frombuffer(mm, dtype=np.uint8, count=n * size_per, offset=_HNSW_HEADER.size).reshape(n, size_per)
+        recs[:, :off_data] = level0[:, :off_data]
+        recs[:, label_off:] = level0[:, off_data:]
+        if k:
+            recs[dead_slots, off_data:label_off] = dead_vecs
+        filled = bytearray(n)
+        # One slice assignment per vector (a memcpy into the mapping): cheaper than batching
+        # them through NumPy, which copied each vector twice.
+        first = _HNSW_HEADER.size + off_data
+
+        def put(rid: bytes, vec: bytes, s: int) -> None:
+            if len(vec) != dimb:
+                name = rid[len(key_prefix) :].decode(errors="replace")
+                raise CorruptData(f"the stored vector of record {name!r} has the wrong size")
+            o = first + s * size_per
+            mm[o : o + dimb] = vec
+            filled[s] = 1
+
+        for rid, vec in vectors():
+            s = slot_of.get(rid)
+            if s is not None:  # None: a record added after the snapshot (the replay adds it)
+                put(rid, vec, s)
+        # A record changed after the snapshot: what "vectors" holds now is not what its node
+        # was linked by. Restoring the node exactly matters: given the newer vector, the
+        # replay's re-insert lands next to it and can end up reachable only through it.
+        restored = bytearray(n)
+        for rid, vec in replaced:
+            s = slot_of.get(rid)
+            if s is not None and not restored[s]:
+                put(rid, vec, s)
+                restored[s] = 1
+        lacking = np.flatnonzero(np.frombuffer(filled, dtype=np.uint8)[slots] == 0).tolist()
+        if lacking and fetch is not None:
+            found = fetch([blob[starts[j] : ends[j]].decode() for j in lacking])
+            for j, raw in zip(lacking, found, strict=True):
+                if raw is not None and len(raw) == dimb:
+                    recs[int(slots[j]), off_data:label_off] = np.frombuffer(raw, dtype=np.uint8)
+                    filled[int(slots[j])] = 1
+            lacking = [j for j in lacking if not filled[int(slots[j])]]
+        if lacking:
+            name = blob[starts[lacking[0]] : ends[lacking[0]]].decode(errors="replace")
+            raise CorruptData(
+                f"vector index snapshot: the vector of record {name!r} as of the snapshot is stored nowhere "
+                f"({len(lacking)} such); rebuilding from the records"
+            )
+        del recs
+    finally:
+        try:
+            mm.close()
+        except BufferError:  # a view still held by an exception's frame: closed when it is freed
+            pass
 
 
 def _fsync_dir(d: Path) -> None:

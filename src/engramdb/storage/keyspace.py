@@ -42,6 +42,8 @@ from __future__ import annotations
 import struct
 from typing import Final, NamedTuple
 
+from engramdb.errors import CorruptData
+
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _U16 = struct.Struct(">H")
@@ -85,6 +87,34 @@ CHANGE_RECORD = 1
 CHANGE_EDGE = 2
 # A changelog entry whose key was erased (GDPR): the entry stays only to keep its sequence number.
 CHANGE_ERASED = 3
+# A record change that replaced a live record's vector (or deleted the record) with the vector
+# it replaced: an index snapshot holds no live vectors, and a node changed after the snapshot's
+# watermark must get back the vector it had then (docs/decisions.md, "One copy of each vector").
+# Read through parse_change, which reports it as CHANGE_RECORD.
+CHANGE_RECORD_PRIOR = 4
+
+
+def change_entry(kind: int, key: bytes, prior: bytes | None = None) -> bytes:
+    """A changelog value: the kind and the changed row's key, and for a record its replaced vector."""
+    if prior is None:
+        return bytes([kind]) + key
+    return bytes([CHANGE_RECORD_PRIOR]) + _U16.pack(len(key)) + key + prior
+
+
+def parse_change(value: bytes) -> tuple[int, bytes, bytes | None]:
+    """``(kind, key, replaced vector or None)`` of a changelog value; CorruptData if it is cut short."""
+    if not value:
+        raise CorruptData("a changelog entry is empty")
+    kind = value[0]
+    if kind != CHANGE_RECORD_PRIOR:
+        return kind, bytes(value[1:]), None
+    if len(value) < 3:
+        raise CorruptData("a changelog entry is cut short")
+    n = _U16.unpack_from(value, 1)[0]
+    if len(value) < 3 + n:
+        raise CorruptData("a changelog entry is cut short")
+    return CHANGE_RECORD, bytes(value[3 : 3 + n]), bytes(value[3 + n :])
+
 
 NS_ID_SEP = b"\x01"  # between an encoded namespace and the record id
 

@@ -648,8 +648,9 @@ class Store:
         ref = self.get("changes", k)
         if not ref:
             return None
-        cf = "records" if ref[0] == keyspace.CHANGE_RECORD else "edges_out"
-        raw = self.get(cf, ref[1:])
+        kind, key, _ = keyspace.parse_change(ref)
+        cf = "records" if kind == keyspace.CHANGE_RECORD else "edges_out"
+        raw = self.get(cf, key)
         if raw is None:
             return None
         try:
@@ -1097,9 +1098,12 @@ class Store:
                     seq += 1
                     local[m.key] = new
                     changes.append(Change(m, old, True, seq))
-                    ops.append(("put", "changes", keyspace.seq_key(seq), bytes([m.kind]) + m.key))
                     if m.kind == keyspace.CHANGE_RECORD:
                         assert isinstance(new, RecordRow)
+                        prior = self._replaced_vector(m.key, old, new)
+                        ops.append(
+                            ("put", "changes", keyspace.seq_key(seq), keyspace.change_entry(m.kind, m.key, prior))
+                        )
                         if isinstance(old, RecordRow) and not old.deleted and not new.deleted:
                             # Replacing a live record keeps its creation time.
                             new.created_at = old.created_at
@@ -1107,6 +1111,7 @@ class Store:
                         self._record_derived(ops, m, old, new, grace_ms)
                     else:
                         assert isinstance(new, EdgeRow) and m.in_key is not None
+                        ops.append(("put", "changes", keyspace.seq_key(seq), keyspace.change_entry(m.kind, m.key)))
                         val = encode_edge(new)
                         ops.append(("put", "edges_out", m.key, val))
                         ops.append(("put", "edges_in", m.in_key, val))
@@ -1150,6 +1155,22 @@ class Store:
         except Exception as e:
             raise self._write_failed(e) from e
         return results, seq
+
+    def _replaced_vector(self, key: bytes, old: Any, new: RecordRow) -> bytes | None:
+        """The vector a record change replaces or deletes, for its changelog entry (None: it keeps it).
+
+        An index snapshot holds the graph without the live vectors; loading it takes each node's
+        vector from the "vectors" column family, except for records changed after the snapshot,
+        whose vector as of the snapshot is the one the first such change replaced.
+        """
+        if not isinstance(old, RecordRow) or old.deleted or not old.has_vector:
+            return None
+        if not new.deleted and new.has_vector and new.digest() == old.digest():
+            return None
+        if old.vector is not None:  # read with the row (written earlier in this batch, or format 1)
+            return bytes(old.vector)
+        raw = self.cf["vectors"].get(key)
+        return None if raw is None else bytes(raw)
 
     def _record_derived(
         self, ops: list[tuple[str, str, bytes, bytes | None]], m: Mutation, old: Any, new: RecordRow, grace_ms: int
