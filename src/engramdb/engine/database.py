@@ -445,7 +445,8 @@ class Database(DatabaseAPI):
         collection. For each live one, the HNSW nodes of deleted vectors are
         zeroed, the text index is rewritten without deleted documents and the
         indexes are snapshotted; a dropped one loses its TTL-queue rows. Then
-        changelog entries naming rows that are gone are blanked, and RocksDB
+        changelog entries naming rows that are gone are blanked (and those the
+        snapshots cover lose the vectors their changes replaced), and RocksDB
         flushes, compacts the ranges and reopens (``Store.erase_files``).
         Tombstones still in their grace period keep their ids until purged.
         """
@@ -495,19 +496,20 @@ class Database(DatabaseAPI):
         self.store.write_rows("ttl", {}, gone)
 
     def _blank_changelog(self, prefixes: set[bytes], colls: Mapping[bytes, Collection]) -> None:
-        """Blank the changelog entries that name a row of ``prefixes`` that is gone.
+        """Blank the changelog entries that name a row of ``prefixes`` that is gone; drop replaced vectors.
 
-        An entry only names a key, but a record id may be personal data. The
-        entry stays (as ``CHANGE_ERASED``) to keep its sequence number. A live
-        collection needs its entries after its snapshot for replay: only those
-        it already contains are blanked.
+        An entry names a key, and a record id may be personal data; an entry of a
+        change that replaced a vector also holds that vector. The entry stays (as
+        ``CHANGE_ERASED``, or with its key only while the row lives) to keep its
+        sequence number. A live collection needs its entries after its snapshot
+        for replay: only those it already contains are touched.
         """
         with self._changelog_lock:
             blank: dict[bytes, bytes] = {}
             for k, v in self.store.iter_prefix("changes", b""):
                 if not v:
                     continue
-                kind, key, _ = keyspace.parse_change(v)
+                kind, key, prior = keyspace.parse_change(v)
                 if kind not in (keyspace.CHANGE_RECORD, keyspace.CHANGE_EDGE) or key[:8] not in prefixes:
                     continue
                 coll = colls.get(key[:8])
@@ -516,6 +518,10 @@ class Database(DatabaseAPI):
                         continue
                     cf = "records" if kind == keyspace.CHANGE_RECORD else "edges_out"
                     if self.store.get(cf, key) is not None:
+                        if prior is not None:
+                            # The row lives on, but the vector this change replaced is deleted
+                            # data (its HNSW node was zeroed): only the key stays.
+                            blank[k] = keyspace.change_entry(kind, key)
                         continue
                 blank[k] = bytes([keyspace.CHANGE_ERASED])
                 if len(blank) >= 10_000:
