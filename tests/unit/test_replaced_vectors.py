@@ -179,3 +179,18 @@ def test_a_node_whose_vector_is_stored_nowhere_rebuilds_from_the_records(tmp_pat
     assert c.load_progress != (0, 0)  # rebuilt
     assert c.search(base[7], k=1, include=[])[0].id == "r7"
     db.close()
+
+
+def test_no_snapshot_while_the_indexes_may_be_ahead_of_their_watermark(tmp_path: Path) -> None:
+    """Loading reads rows as they are now: until the notifier has applied what was committed by the
+    end of the load, the graph can be ahead of _applied_seq, and a snapshot must wait."""
+    with engramdb.open(tmp_path / "d", storage=STORAGE, index={"snapshot_interval_seconds": 3600}) as db:
+        c = db.create_collection("c", dimension=2, metric="l2")
+        c.upsert({"id": "a", "vector": [1, 0]})
+        assert c.count() == 1  # a read: the indexes hold the write (_applied_seq is current)
+        ix = c.indexes
+        assert ix._exact_from <= ix._applied_seq
+        ix._exact_from = ix._applied_seq + 1  # as if a load had read a change not yet applied
+        assert not ix.snapshot() and ix.dirty
+        ix._exact_from = 0
+        assert ix.snapshot() and not ix.dirty

@@ -23,7 +23,15 @@ from engramdb.engine.collection import Collection
 from engramdb.engine.graph import edge_tombstones
 from engramdb.engine.hlc import HLC
 from engramdb.engine.metadata import Metadata
-from engramdb.errors import AlreadyExists, Closed, FailedPrecondition, InvalidArgument, NotFound, is_failure
+from engramdb.errors import (
+    AlreadyExists,
+    Closed,
+    CorruptData,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    is_failure,
+)
 from engramdb.storage import keyspace
 from engramdb.storage.codec import RecordRow, decode_record, pack, unpack
 from engramdb.storage.store import Mutation, Store
@@ -509,7 +517,10 @@ class Database(DatabaseAPI):
             for k, v in self.store.iter_prefix("changes", b""):
                 if not v:
                     continue
-                kind, key, prior = keyspace.parse_change(v)
+                try:
+                    kind, key, prior = keyspace.parse_change(v)
+                except CorruptData:
+                    continue  # unreadable: whose it is cannot be told (replay skips it too)
                 if kind not in (keyspace.CHANGE_RECORD, keyspace.CHANGE_EDGE) or key[:8] not in prefixes:
                     continue
                 coll = colls.get(key[:8])

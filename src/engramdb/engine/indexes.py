@@ -110,6 +110,7 @@ class CollectionIndexes:
         # snapshot written by a child process runs outside the index lock.
         self._snapshot_lock = threading.Lock()
         self._applied_seq = 0
+        self._exact_from = 0  # see load and snapshot
         self._dirty = 0
         self._closed = False
         # Bumped after every change the indexes apply: cached filter
@@ -209,6 +210,7 @@ class CollectionIndexes:
                     self._rebuild_text(vindex, text, progress)
                     self._vindex, self._payload, self._text = vindex, payload, text
                     self._applied_seq = self._replay(watermark)
+                    self._exact_from = self.store.committed_seq(self.prefix)
                     self._commit_text()
                     self._sync_fields()
                     return
@@ -216,8 +218,9 @@ class CollectionIndexes:
                     vindex, payload = self._new_indexes()
                     if text is not None:
                         text.clear()
-                    self._rebuild(vindex, payload, text, progress)
+                    # Taken before the scan: what changes while it reads is replayed after it.
                     watermark = self.store.seq
+                    self._rebuild(vindex, payload, text, progress)
                 else:
                     if text is not None:
                         # The text index commits in the background, so after a
@@ -229,6 +232,10 @@ class CollectionIndexes:
                         watermark = min(watermark, text.watermark())
                 self._vindex, self._payload, self._text = vindex, payload, text
                 self._applied_seq = self._replay(watermark)
+                # The scan and the replay read rows as they are now, possibly newer than
+                # _applied_seq; once the notifier has applied what was committed by now,
+                # the indexes are exactly the state at _applied_seq again (see snapshot).
+                self._exact_from = self.store.committed_seq(self.prefix)
                 if rebuild:
                     self._dirty = max(self._dirty, 1)
                 self._commit_text()
@@ -331,7 +338,13 @@ class CollectionIndexes:
         applies); None for any other entry."""
         if not entry or entry[0] not in (keyspace.CHANGE_RECORD, keyspace.CHANGE_RECORD_PRIOR):
             return None
-        _, key, _ = keyspace.parse_change(entry)
+        try:
+            _, key, _ = keyspace.parse_change(entry)
+        except CorruptData as e:
+            # Unreadable (RocksDB's block checksums make this all but impossible): like any
+            # entry of another collection, it is left out rather than stopping every load.
+            log.error("changelog: %s; skipping it", e.message)
+            return None
         return key if key[:8] == self.prefix else None
 
     def _replaced_vectors(self, watermark: int) -> Iterator[tuple[bytes, bytes]]:
@@ -343,9 +356,11 @@ class CollectionIndexes:
             while it.valid():
                 val = it.value()
                 if val and val[0] == keyspace.CHANGE_RECORD_PRIOR:
-                    _, key, prior = keyspace.parse_change(val)
-                    if key[:8] == self.prefix and prior:
-                        yield key, prior
+                    key = self._own_record_change(val)
+                    if key is not None:
+                        prior = keyspace.parse_change(val)[2]
+                        if prior:
+                            yield key, prior
                 it.next()
             check_iterator(it)
 
@@ -777,6 +792,11 @@ class CollectionIndexes:
             with self._index_lock:
                 vindex, payload = self._vindex, self._payload
                 if vindex is None or payload is None or not self._dirty:
+                    return False
+                if self._applied_seq < self._exact_from:
+                    # Loading read rows newer than _applied_seq: the graph is ahead of it until
+                    # the notifier catches up, and a snapshot under that watermark would give
+                    # the next load's nodes the wrong vectors. The next snapshot tick retries.
                     return False
                 seq = self._applied_seq
                 if self._text is not None:

@@ -33,7 +33,7 @@ import numpy as np
 import xxhash
 from pyroaring import BitMap
 
-from engramdb.errors import CorruptData
+from engramdb.errors import CorruptData, EngramError
 
 # 2: the HNSW file's checksum is XXH3-64 (hashing 150 MB with CRC-32 took
 # longer than loading the index); format-1 snapshots are rebuilt.
@@ -662,7 +662,10 @@ class VectorIndex:
                     )
                     del graph  # the scratch file now holds all of it
                     idx.load_index(path, max_elements=meta["capacity"], allow_replace_deleted=True)
-        except CorruptData:
+        except EngramError:
+            # CorruptData, and the storage errors of reading the vectors back (unavailable,
+            # a read that kept conflicting): those say nothing about the snapshot, and a
+            # rebuild would not help. The load fails and is tried again by the next access.
             raise
         except Exception as e:
             raise CorruptData(f"vector index snapshot could not be loaded: {e}") from e
@@ -842,13 +845,13 @@ def _pread(fd: int, n: int, offset: int) -> bytes:
 def _scratch_file(d: Path) -> Iterator[tuple[int, str]]:
     """An anonymous file that hnswlib can open by name; gone when the block ends, even after a crash.
 
-    A memfd on Linux (memory, never written to disk); elsewhere a file in ``d`` unlinked at once.
+    A file in ``d`` unlinked at once, not a memfd: its pages are page cache the kernel can write
+    back and reclaim under memory pressure, where a memfd's are unreclaimable shared memory (a
+    whole index's worth, next to hnswlib's own copy while it loads, counted against a container's
+    memory limit). Closed and unlinked within the load or save, it is normally never written.
     """
-    if hasattr(os, "memfd_create"):
-        fd = os.memfd_create("engramdb-vector-snapshot", os.MFD_CLOEXEC)
-    else:  # pragma: no cover - Linux has memfd_create
-        fd, name = tempfile.mkstemp(dir=d, prefix=".vector-", suffix=".tmp")
-        os.unlink(name)
+    fd, name = tempfile.mkstemp(dir=d, prefix=".vector-", suffix=".tmp")
+    os.unlink(name)
     try:
         yield fd, (f"/proc/self/fd/{fd}" if os.path.isdir("/proc/self/fd") else f"/dev/fd/{fd}")
     finally:

@@ -146,6 +146,13 @@ class _Item:
     drop: bytes | None = None  # a collection prefix that takes no more mutations (see Store.drop_prefix)
 
 
+def _is_tombstone(purge_kind: int, raw: bytes) -> bool:
+    """Whether a stored record (or edge) row is a deletion's tombstone."""
+    if purge_kind == keyspace.TTL_PURGE_RECORD:
+        return decode_record(raw).deleted
+    return decode_edge(raw).deleted
+
+
 def _fail(fut: Future[list[Change]], exc: BaseException) -> None:
     if not fut.done():
         with contextlib.suppress(Exception):  # InvalidStateError: resolved meanwhile
@@ -648,7 +655,10 @@ class Store:
         ref = self.get("changes", k)
         if not ref:
             return None
-        kind, key, _ = keyspace.parse_change(ref)
+        try:
+            kind, key, _ = keyspace.parse_change(ref)
+        except CorruptData:
+            return None
         cf = "records" if kind == keyspace.CHANGE_RECORD else "edges_out"
         raw = self.get(cf, key)
         if raw is None:
@@ -1079,8 +1089,19 @@ class Store:
                     _, kind, key = keyspace.parse_ttl_key(ttl_k)
                     cf = "records" if kind == keyspace.TTL_PURGE_RECORD else "edges_out"
                     cur = self.cf[cf].get(key)
+                    queued = self.cf["ttl"].get(ttl_k) is not None
                     ops.append(("del", "ttl", ttl_k, None))
-                    if cur is not None and bytes(cur) == expected and key not in overlay:
+                    # Only a tombstone is purged: the sweeper read ``expected`` after its queue
+                    # entry, and a re-upsert in between removed that entry and made the row live
+                    # again (purging it lost an acknowledged write).
+                    if (
+                        queued
+                        and cur is not None
+                        and bytes(cur) == expected
+                        and key not in overlay
+                        and key not in local
+                        and _is_tombstone(kind, bytes(cur))
+                    ):
                         ops.append(("del", cf, key, None))
                         if kind == keyspace.TTL_PURGE_EDGE:
                             a, rel, b = keyspace.parse_edge_key(key)
