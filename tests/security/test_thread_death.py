@@ -79,17 +79,24 @@ def writer_that_lost_its_lock(path: Path) -> Any:
     index = tantivy.Index(build_schema(), path=str(path), reuse=True)
     index.register_tokenizer(TOKENIZER_NAME, build_analyzer())
     writer = index.writer(heap_size=15_000_000, num_threads=1)
-    doc = tantivy.Document()
-    doc.add_unsigned("label", 1)
-    doc.add_text("text", "apple")
-    writer.add_document(doc)
-    with no_file_descriptors() as fill:
-        with pytest.raises(ValueError):
-            writer.commit()
-        fill()  # the failed commit closed what it had opened
-        with pytest.raises(ValueError):
-            writer.rollback()  # gives up the lock, then fails to build its successor
-    return writer
+    # Another thread of this process can free a descriptor at any moment (a text index of an
+    # earlier test releasing its idle writer): a commit that got one succeeds; try again.
+    for _ in range(10):
+        doc = tantivy.Document()
+        doc.add_unsigned("label", 1)
+        doc.add_text("text", "apple")
+        writer.add_document(doc)
+        with no_file_descriptors() as fill:
+            fill()
+            try:
+                writer.commit()
+            except ValueError:
+                fill()  # the failed commit closed what it had opened
+                try:
+                    writer.rollback()  # gives up the lock, then fails to build its successor
+                except ValueError:
+                    return writer
+    raise AssertionError("a commit or rollback with no file descriptor left kept succeeding")
 
 
 def genuine_panic(dead: Any) -> BaseException:
