@@ -957,7 +957,12 @@ def _restore_vectors(
     slots = order[at]
     blob, ends = ids.blob, ids.ends.tolist()
     starts = [0, *ends[:-1]] if ends else []
-    slot_of = {key_prefix + blob[a:b]: s for a, b, s in zip(starts, ends, slots.tolist(), strict=True)}
+    # Where each record's vector goes in the image; an entry is taken out once it is written,
+    # so what is left at the end lacks one.
+    first = _HNSW_HEADER.size + off_data
+    offset_of = {
+        key_prefix + blob[a:b]: first + s * size_per for a, b, s in zip(starts, ends, slots.tolist(), strict=True)
+    }
 
     full = _HNSW_HEADER.size + n * size_per + (len(graph) - p)
     os.ftruncate(fd, full)
@@ -971,47 +976,44 @@ def _restore_vectors(
         recs[:, label_off:] = level0[:, off_data:]
         if k:
             recs[dead_slots, off_data:label_off] = dead_vecs
-        filled = bytearray(n)
-        # One slice assignment per vector (a memcpy into the mapping): cheaper than batching
-        # them through NumPy, which copied each vector twice.
-        first = _HNSW_HEADER.size + off_data
+        del recs
+        take = offset_of.pop
 
-        def put(rid: bytes, vec: bytes, s: int) -> None:
-            if len(vec) != dimb:
-                name = rid[len(key_prefix) :].decode(errors="replace")
-                raise CorruptData(f"the stored vector of record {name!r} has the wrong size")
-            o = first + s * size_per
-            mm[o : o + dimb] = vec
-            filled[s] = 1
+        def wrong_size(rid: bytes) -> CorruptData:
+            name = rid[len(key_prefix) :].decode(errors="replace")
+            return CorruptData(f"the stored vector of record {name!r} has the wrong size")
 
-        for rid, vec in vectors():
-            s = slot_of.get(rid)
-            if s is not None:  # None: a record added after the snapshot (the replay adds it)
-                put(rid, vec, s)
-        # A record changed after the snapshot: what "vectors" holds now is not what its node
-        # was linked by. Restoring the node exactly matters: given the newer vector, the
-        # replay's re-insert lands next to it and can end up reachable only through it.
-        restored = bytearray(n)
+        # A record changed after the snapshot first: what "vectors" holds now is not what its
+        # node was linked by, the first vector a change after the watermark replaced is.
+        # Restoring the node exactly matters: given the newer vector, the replay's re-insert
+        # lands next to it and can end up reachable only through it.
         for rid, vec in replaced:
-            s = slot_of.get(rid)
-            if s is not None and not restored[s]:
-                put(rid, vec, s)
-                restored[s] = 1
-        lacking = np.flatnonzero(np.frombuffer(filled, dtype=np.uint8)[slots] == 0).tolist()
-        if lacking and fetch is not None:
-            found = fetch([blob[starts[j] : ends[j]].decode() for j in lacking])
-            for j, raw in zip(lacking, found, strict=True):
+            o = take(rid, None)
+            if o is not None:  # None: added after the snapshot, or restored by an earlier change
+                if len(vec) != dimb:
+                    raise wrong_size(rid)
+                mm[o : o + dimb] = vec
+        # One slice assignment per vector (a memcpy into the mapping): cheaper than batching
+        # them through NumPy, which copied each vector twice. Inline: this runs once per record.
+        for rid, vec in vectors():
+            o = take(rid, None)
+            if o is not None:  # None: added after the snapshot (the replay adds it), or restored above
+                if len(vec) != dimb:
+                    raise wrong_size(rid)
+                mm[o : o + dimb] = vec
+        if offset_of and fetch is not None:
+            lacking = list(offset_of)
+            found = fetch([rid[len(key_prefix) :].decode() for rid in lacking])
+            for rid, raw in zip(lacking, found, strict=True):
                 if raw is not None and len(raw) == dimb:
-                    recs[int(slots[j]), off_data:label_off] = np.frombuffer(raw, dtype=np.uint8)
-                    filled[int(slots[j])] = 1
-            lacking = [j for j in lacking if not filled[int(slots[j])]]
-        if lacking:
-            name = blob[starts[lacking[0]] : ends[lacking[0]]].decode(errors="replace")
+                    o = take(rid)
+                    mm[o : o + dimb] = raw
+        if offset_of:
+            name = next(iter(offset_of))[len(key_prefix) :].decode(errors="replace")
             raise CorruptData(
                 f"vector index snapshot: the vector of record {name!r} as of the snapshot is stored nowhere "
-                f"({len(lacking)} such); rebuilding from the records"
+                f"({len(offset_of)} such); rebuilding from the records"
             )
-        del recs
     finally:
         try:
             mm.close()
