@@ -56,3 +56,20 @@ def test_an_edge_linked_again_after_the_sweeper_read_its_purge_entry_survives(tm
         key = keyspace.parse_ttl_key(tk)[2]
         db.store.purge([(tk, bytes(db.store.get("edges_out", key)))])
         assert [e.dst for e in c.edges("a")] == ["b"]
+
+
+def test_an_unreadable_row_does_not_stop_the_purge(tmp_path: Path) -> None:
+    """Found in review: decoding the row to see that it is a tombstone must not fail the whole purge
+    item (its queue entries would stay due, and every later sweep and erase pass would fail)."""
+    with engramdb.open(tmp_path / "d", storage=STORAGE) as db:
+        c = db.create_collection("c", dimension=2, metric="l2")
+        c.upsert([{"id": "r", "vector": [1, 0]}, {"id": "s", "vector": [0, 1]}])
+        c.delete(["r", "s"])
+        tk_r, tk_s = sorted(_purge_keys(db, keyspace.TTL_PURGE_RECORD))
+        key_r = keyspace.parse_ttl_key(tk_r)[2]
+        key_s = keyspace.parse_ttl_key(tk_s)[2]
+        db.store.cf["records"][key_r] = b"\x00damaged"
+        db.store.purge([(tk_r, b"\x00damaged"), (tk_s, bytes(db.store.get("records", key_s)))])
+        assert db.store.get("records", key_s) is None  # the readable tombstone went
+        assert db.store.get("records", key_r) == b"\x00damaged"  # the damaged row stays for its readers
+        assert not _purge_keys(db, keyspace.TTL_PURGE_RECORD)  # and nothing stays due

@@ -101,3 +101,27 @@ def test_a_collection_searches_and_writes_text_across_idle_periods(tmp_path: Pat
         c = db.get_collection("c")
         assert len(c.search(text="apples", k=10, mode="text")) == 7
         assert [h.id for h in c.search(text="pears", k=3, mode="text")] == ["r9"]
+
+
+def test_a_writer_that_failed_to_take_back_the_pending_changes_never_commits_part_of_them(tmp_path: Path) -> None:
+    """Found in review: after a reopened writer failed to re-buffer the uncommitted changes, the next
+    commit published what it had and forgot the rest. That writer is dropped now; a new one redoes them."""
+    with TextIndex(tmp_path / "t", refresh_interval=0.05, writer_idle_seconds=0.2) as t:
+        t.upsert(1, "alpha")
+        _wait_idle(t)
+        attempts = {"n": 0}
+
+        def flaky(writer: object) -> None:  # a change whose first re-buffering fails
+            attempts["n"] += 1
+            if attempts["n"] == 1:
+                raise ValueError("simulated failure while re-buffering")
+
+        with t._lock:
+            t._uncommitted.append(flaky)
+            t._dirty = True
+        t.upsert(2, "beta")  # reopens a writer: re-buffering stops at flaky, before this change
+        deadline = time.monotonic() + 10
+        while _hits(t, "beta") != [2] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _hits(t, "beta") == [2] and attempts["n"] >= 2
+        assert t.problem() is None

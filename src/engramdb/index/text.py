@@ -548,6 +548,9 @@ class TextIndex:
         self._refresh_interval = float(refresh_interval)
         self._max_query_terms = max_query_terms
         self._lock = threading.Lock()  # guards the writer and the fields below
+        # Signalled when a writer released for idleness has finished its merges (see _closing).
+        self._retired = threading.Condition(self._lock)
+        self._closing: tantivy.IndexWriter | None = None  # released for idleness, finishing its merges
         self._dirty = False
         self._uncommitted: list[Callable[[tantivy.IndexWriter], None]] = []
         self._closed = False
@@ -808,8 +811,11 @@ class TextIndex:
             writer = self._writer
             if writer is None:
                 # Idle or down (see _reopen_writer): the change goes out with the first
-                # commit of a reopened writer, which buffers _uncommitted again.
-                self._reopen_writer()
+                # commit of a reopened writer, which buffers _uncommitted again. While a
+                # released writer finishes its merges, the refresh thread opens the next
+                # one afterwards: this caller (the notifier) does not wait for them.
+                if self._closing is None:
+                    self._reopen_writer()
                 return
             try:
                 with _translated(action):
@@ -866,14 +872,27 @@ class TextIndex:
             return
         self._rebuffer(writer)
 
-    def _rebuffer(self, writer: tantivy.IndexWriter) -> None:
+    def _rebuffer(self, writer: tantivy.IndexWriter) -> bool:
+        """Buffer every uncommitted operation into ``writer`` (lock held); False if that failed.
+
+        A writer holding only part of them must never commit (the commit would
+        publish some changes and forget the others): it is dropped, and a new one
+        buffers them all again at the next attempt.
+        """
         try:
             for apply in self._uncommitted:
                 apply(writer)
+            return True
         except BaseException as exc:
             if not _is_failure(exc):
                 raise
-            log.warning("text index: re-buffering uncommitted changes failed; the next commit retries", exc_info=True)
+            log.warning("text index: re-buffering uncommitted changes failed; a new writer redoes them", exc_info=True)
+            if self._writer is writer:
+                self._writer = None
+            self._consume(writer)  # frees its directory lock now, whatever still refers to it
+            self._writer_error = f"re-buffering uncommitted changes failed: {_wrap(exc, 'rebuffer').message}"
+            self._next_reopen = time.monotonic() + 1.0
+            return False
 
     def _reopen_writer(self, cause: BaseException | None = None) -> tantivy.IndexWriter | None:
         """A new writer in place of a dead one (lock held), or None if it cannot be had yet.
@@ -883,6 +902,10 @@ class TextIndex:
         succeeds, writes are kept in ``_uncommitted`` and :meth:`problem`
         reports the index as down.
         """
+        if self._closed or self._writer is not None:
+            return self._writer
+        while self._closing is not None:  # the released writer still holds the directory lock
+            self._retired.wait()
         if self._closed or self._writer is not None:
             return self._writer
         if self._idle:  # released for want of writes: open at once, no back-off
@@ -908,8 +931,7 @@ class TextIndex:
                 self._path or "RAM",
             )
         self._writer_error = None
-        self._rebuffer(writer)
-        return writer
+        return writer if self._rebuffer(writer) else None
 
     def _refresh_if_dirty(self) -> None:
         """One background tick: commit + reload only when something changed."""
@@ -917,12 +939,7 @@ class TextIndex:
         # is reopened here too, so the index recovers without further writes.
         if not self._dirty and self._commit_error is None:
             if self._writer is not None and self._idle_for_long():
-                with self._lock:
-                    if not self._closed and not self._dirty and self._commit_error is None and self._idle_for_long():
-                        # Merges the last commit started finish first (a write
-                        # arriving meanwhile waits for them).
-                        self._release_writer()
-                        self._idle = True
+                self._retire_idle_writer()
             if self._writer is not None or self._idle:
                 return
         with self._lock:
@@ -933,6 +950,40 @@ class TextIndex:
             if self._writer is None and self._reopen_writer() is None:
                 return
             self._commit_locked()
+
+    def _retire_idle_writer(self) -> None:
+        """Release a writer that had no writes for ``writer_idle_seconds`` (refresh thread).
+
+        Its merges finish outside the lock: holding it for a long merge would stall the
+        notifier, which every collection shares. A write meanwhile is only buffered;
+        the next writer opens once this one has let go of the directory lock.
+        """
+        with self._lock:
+            if self._closed or self._dirty or self._commit_error is not None or not self._idle_for_long():
+                return
+            writer, self._writer = self._writer, None
+            self._idle = True
+            self._closing = writer
+        try:
+            if writer is not None:
+                self._consume(writer)
+        finally:
+            with self._lock:
+                self._closing = None
+                self._retired.notify_all()
+
+    @staticmethod
+    def _consume(writer: tantivy.IndexWriter) -> None:
+        """Finish ``writer``'s merges and drop its Rust side (threads, directory lock) now.
+
+        Not left to reference counting: a traceback kept by a log handler can hold
+        the Python object, and with it the lock, for as long as it lives.
+        """
+        try:
+            writer.wait_merging_threads()
+        except BaseException as exc:
+            if not _is_failure(exc):
+                raise
 
     def _idle_for_long(self) -> bool:
         idle = self._writer_idle_seconds
@@ -1184,10 +1235,9 @@ class TextIndex:
     def _release_writer(self) -> None:
         writer, self._writer = self._writer, None
         if writer is not None:
-            with contextlib.suppress(Exception):
-                # Finishes in-flight merges and drops the writer, which
-                # releases the directory lock for the next opener.
-                writer.wait_merging_threads()
+            # Finishes in-flight merges and drops the writer, which
+            # releases the directory lock for the next opener.
+            self._consume(writer)
 
     def close(self) -> None:
         """Stop the refresher, commit pending changes, release the writer.

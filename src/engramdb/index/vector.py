@@ -978,6 +978,11 @@ def _restore_vectors(
             recs[dead_slots, off_data:label_off] = dead_vecs
         del recs
         take = offset_of.pop
+        # The storage iterator is opened (its view taken) before the changelog is read: a
+        # change committed in between is then in the changelog with the vector it replaced,
+        # never missing from both.
+        scan = iter(vectors())
+        head_row = next(scan, None)
 
         def wrong_size(rid: bytes) -> CorruptData:
             name = rid[len(key_prefix) :].decode(errors="replace")
@@ -995,7 +1000,7 @@ def _restore_vectors(
                 mm[o : o + dimb] = vec
         # One slice assignment per vector (a memcpy into the mapping): cheaper than batching
         # them through NumPy, which copied each vector twice. Inline: this runs once per record.
-        for rid, vec in vectors():
+        for rid, vec in itertools.chain((head_row,) if head_row is not None else (), scan):
             o = take(rid, None)
             if o is not None:  # None: added after the snapshot (the replay adds it), or restored above
                 if len(vec) != dimb:

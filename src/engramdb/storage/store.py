@@ -147,10 +147,15 @@ class _Item:
 
 
 def _is_tombstone(purge_kind: int, raw: bytes) -> bool:
-    """Whether a stored record (or edge) row is a deletion's tombstone."""
-    if purge_kind == keyspace.TTL_PURGE_RECORD:
-        return decode_record(raw).deleted
-    return decode_edge(raw).deleted
+    """Whether a stored record (or edge) row is a deletion's tombstone (an unreadable row is not purged)."""
+    try:
+        if purge_kind == keyspace.TTL_PURGE_RECORD:
+            return decode_record(raw).deleted
+        return decode_edge(raw).deleted
+    except CorruptData:
+        # Failing the purge item would leave its queue entries due forever and stop every
+        # later purge (and the erase passes behind them); the row stays for its readers to report.
+        return False
 
 
 def _fail(fut: Future[list[Change]], exc: BaseException) -> None:
