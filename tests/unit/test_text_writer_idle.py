@@ -105,7 +105,8 @@ def test_a_collection_searches_and_writes_text_across_idle_periods(tmp_path: Pat
 
 def test_a_writer_that_failed_to_take_back_the_pending_changes_never_commits_part_of_them(tmp_path: Path) -> None:
     """Found in review: after a reopened writer failed to re-buffer the uncommitted changes, the next
-    commit published what it had and forgot the rest. That writer is dropped now; a new one redoes them."""
+    commit published what it had and forgot the rest. Now that commit keeps them all pending and
+    buffers them again, so the following one carries the rest."""
     with TextIndex(tmp_path / "t", refresh_interval=0.05, writer_idle_seconds=0.2) as t:
         t.upsert(1, "alpha")
         _wait_idle(t)

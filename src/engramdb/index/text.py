@@ -551,6 +551,7 @@ class TextIndex:
         # Signalled when a writer released for idleness has finished its merges (see _closing).
         self._retired = threading.Condition(self._lock)
         self._closing: tantivy.IndexWriter | None = None  # released for idleness, finishing its merges
+        self._partial = False  # the writer holds only part of _uncommitted (a re-buffering failed)
         self._dirty = False
         self._uncommitted: list[Callable[[tantivy.IndexWriter], None]] = []
         self._closed = False
@@ -833,14 +834,21 @@ class TextIndex:
         try:
             with _translated("commit"):
                 if self._dirty and writer is not None:
+                    partial = self._partial
                     try:
                         self._opstamp = int(writer.commit())
                     except BaseException as exc:
                         if _is_failure(exc):
                             self._redo(writer)
                         raise
-                    self._uncommitted.clear()
-                    self._dirty = False
+                    if partial:
+                        # The writer held only part of the pending changes: they all stay
+                        # pending and are buffered again (upserts and deletes repeat
+                        # harmlessly); the next commit carries the rest.
+                        self._rebuffer(writer)
+                    else:
+                        self._uncommitted.clear()
+                        self._dirty = False
                 self._index.reload()
         except EngramError as e:
             self._commit_error = e.message
@@ -872,27 +880,22 @@ class TextIndex:
             return
         self._rebuffer(writer)
 
-    def _rebuffer(self, writer: tantivy.IndexWriter) -> bool:
-        """Buffer every uncommitted operation into ``writer`` (lock held); False if that failed.
+    def _rebuffer(self, writer: tantivy.IndexWriter) -> None:
+        """Buffer every uncommitted operation into ``writer`` again (lock held).
 
-        A writer holding only part of them must never commit (the commit would
-        publish some changes and forget the others): it is dropped, and a new one
-        buffers them all again at the next attempt.
+        If that fails part way, the writer holds only some of them: the next commit
+        that succeeds then keeps them all and buffers them once more (see
+        _commit_locked), instead of forgetting the rest.
         """
         try:
             for apply in self._uncommitted:
                 apply(writer)
-            return True
+            self._partial = False
         except BaseException as exc:
             if not _is_failure(exc):
                 raise
-            log.warning("text index: re-buffering uncommitted changes failed; a new writer redoes them", exc_info=True)
-            if self._writer is writer:
-                self._writer = None
-            self._consume(writer)  # frees its directory lock now, whatever still refers to it
-            self._writer_error = f"re-buffering uncommitted changes failed: {_wrap(exc, 'rebuffer').message}"
-            self._next_reopen = time.monotonic() + 1.0
-            return False
+            self._partial = True
+            log.warning("text index: re-buffering uncommitted changes failed; the next commit retries", exc_info=True)
 
     def _reopen_writer(self, cause: BaseException | None = None) -> tantivy.IndexWriter | None:
         """A new writer in place of a dead one (lock held), or None if it cannot be had yet.
@@ -931,7 +934,8 @@ class TextIndex:
                 self._path or "RAM",
             )
         self._writer_error = None
-        return writer if self._rebuffer(writer) else None
+        self._rebuffer(writer)
+        return writer
 
     def _refresh_if_dirty(self) -> None:
         """One background tick: commit + reload only when something changed."""
