@@ -336,16 +336,21 @@ class CollectionIndexes:
     def _own_record_change(self, entry: bytes) -> bytes | None:
         """The record key of a changelog entry that changed a record of this collection (what replay
         applies); None for any other entry."""
+        own = self._own_change(entry)
+        return None if own is None else own[0]
+
+    def _own_change(self, entry: bytes) -> tuple[bytes, bytes | None] | None:
+        """``(record key, replaced vector or None)`` of a record change of this collection; None otherwise."""
         if not entry or entry[0] not in (keyspace.CHANGE_RECORD, keyspace.CHANGE_RECORD_PRIOR):
             return None
         try:
-            _, key, _ = keyspace.parse_change(entry)
+            _, key, prior = keyspace.parse_change(entry)
         except CorruptData as e:
             # Unreadable (RocksDB's block checksums make this all but impossible): like any
             # entry of another collection, it is left out rather than stopping every load.
             log.error("changelog: %s; skipping it", e.message)
             return None
-        return key if key[:8] == self.prefix else None
+        return (key, prior) if key[:8] == self.prefix else None
 
     def _replaced_vectors(self, watermark: int) -> Iterator[tuple[bytes, bytes]]:
         """``(record key, vector)`` replaced by this collection's changes after ``watermark``, oldest first.
@@ -356,11 +361,9 @@ class CollectionIndexes:
             while it.valid():
                 val = it.value()
                 if val and val[0] == keyspace.CHANGE_RECORD_PRIOR:
-                    key = self._own_record_change(val)
-                    if key is not None:
-                        prior = keyspace.parse_change(val)[2]
-                        if prior:
-                            yield key, prior
+                    own = self._own_change(val)
+                    if own is not None and own[1]:
+                        yield own[0], own[1]
                 it.next()
             check_iterator(it)
 

@@ -988,21 +988,16 @@ def _restore_vectors(
             name = rid[len(key_prefix) :].decode(errors="replace")
             return CorruptData(f"the stored vector of record {name!r} has the wrong size")
 
-        # A record changed after the snapshot first: what "vectors" holds now is not what its
-        # node was linked by, the first vector a change after the watermark replaced is.
-        # Restoring the node exactly matters: given the newer vector, the replay's re-insert
-        # lands next to it and can end up reachable only through it.
-        for rid, vec in replaced:
-            o = take(rid, None)
-            if o is not None:  # None: added after the snapshot, or restored by an earlier change
-                if len(vec) != dimb:
-                    raise wrong_size(rid)
-                mm[o : o + dimb] = vec
+        # Records changed after the snapshot come first: what "vectors" holds now is not what
+        # their nodes were linked by, the first vector a change after the watermark replaced
+        # is. Restoring a node exactly matters: given the newer vector, the replay's re-insert
+        # lands next to it and can end up reachable only through it. A key taken already is
+        # skipped: added after the snapshot, or restored from an earlier entry.
         # One slice assignment per vector (a memcpy into the mapping): cheaper than batching
         # them through NumPy, which copied each vector twice. Inline: this runs once per record.
-        for rid, vec in itertools.chain((head_row,) if head_row is not None else (), scan):
+        for rid, vec in itertools.chain(replaced, (head_row,) if head_row is not None else (), scan):
             o = take(rid, None)
-            if o is not None:  # None: added after the snapshot (the replay adds it), or restored above
+            if o is not None:
                 if len(vec) != dimb:
                     raise wrong_size(rid)
                 mm[o : o + dimb] = vec

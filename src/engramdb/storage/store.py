@@ -1104,7 +1104,6 @@ class Store:
                         and cur is not None
                         and bytes(cur) == expected
                         and key not in overlay
-                        and key not in local
                         and _is_tombstone(kind, bytes(cur))
                     ):
                         ops.append(("del", cf, key, None))
